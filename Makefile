@@ -1,0 +1,49 @@
+# One entry point for a fresh machine: every target bootstraps what it needs.
+#   make test   - the README's test command: venv, install (C build), lint, cppcheck, pytest
+#   make demo   - the README's main command
+#   make bench  - benchmark figures (long; not part of make test)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-stamp
+CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*.py)
+
+.PHONY: all venv sysdeps lint cppcheck test pytest demo bench clean asan
+
+all: test
+
+sysdeps:
+	bash tools/install-sysdeps.sh
+
+$(STAMP): pyproject.toml setup.py $(CSRC)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test,bench,plot]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check bms hil boards tools tests
+
+cppcheck: sysdeps
+	cppcheck --error-exitcode=1 --enable=warning,style,performance,portability \
+	  --std=c11 --inline-suppr --quiet \
+	  --suppress=missingIncludeSystem --suppress=unusedFunction \
+	  -I csrc csrc $(wildcard boards/firmware/src) $(wildcard boards/firmware/test)
+
+pytest: venv
+	$(PY) -m pytest --cov=bms --cov=hil --cov=boards --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+test: sysdeps venv lint cppcheck pytest
+
+demo: venv
+	$(VENV)/bin/bms demo
+
+bench: venv
+	$(VENV)/bin/bms bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info bms/_core*.so .pytest_cache .benchmarks
