@@ -1,0 +1,51 @@
+"""The ``bms`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in its own module with a ``main(argv) -> int``; this file only dispatches,
+so ``bms --help`` stays fast (nothing heavy is imported until a subcommand runs) and each module
+can be run on its own with ``python -m``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bms.config import ConfigError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bms.demo", "run the BMS against an emulated 23-cell stack with a built-in scenario"),
+    "run": ("bms.run", "run the BMS against real or emulated boards (one --port per stack)"),
+    "emulate": ("hil.emulator.cli", "serve an emulated board (plant model) on a pseudo-terminal"),
+    "monitor": ("bms.monitor", "live read-only view of a running BMS"),
+    "bench": ("bms.bench", "benchmark the estimation core and the control tick"),
+    "plot": ("bms.plot", "plot a run log to a PNG"),
+    "check": ("bms.check", "validate a pack file or board profile and print a summary"),
+}
+
+USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n" + "\n".join(
+    f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"bms: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except ConfigError as exc:
+        # A bad pack file or board profile is the user's input, not a bug: one clear line.
+        print(f"bms {name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
