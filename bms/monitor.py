@@ -1,0 +1,184 @@
+"""Read-only live view of a running BMS over a Unix socket that only its owner can open.
+
+The controller owns a :class:`MonitorServer`: each tick it publishes one JSON line (a snapshot) to
+every connected viewer. The server never reads from a viewer's socket, so a viewer cannot command
+anything: read-only by construction, not by a permission check. The socket lives in a directory
+created with mode 0700 and the socket itself is chmod 0600, so only the same user can connect.
+A slow or stuck viewer is dropped rather than allowed to stall the tick loop.
+
+``bms monitor [SOCKET]`` connects and redraws a compact table per snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_NAME = "bms.sock"
+
+
+def default_socket_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/ssb-bms-{os.getuid()}"
+    return Path(base) / "ssb-bms"
+
+
+def default_socket_path() -> Path:
+    return default_socket_dir() / DEFAULT_NAME
+
+
+class MonitorServer:
+    """Publishes snapshots to viewers; never reads from them."""
+
+    # A viewer that has this much unsent data is too slow: drop it instead of blocking.
+    MAX_BACKLOG_BYTES = 256 * 1024
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_socket_path()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = self.path.parent.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            os.chmod(self.path.parent, 0o700)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file is created 0600
+        try:
+            self._sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        self._sock.listen(4)
+        self._sock.setblocking(False)
+        self._viewers: list[tuple[socket.socket, bytearray]] = []
+        self.dropped_viewers = 0
+
+    @property
+    def n_viewers(self) -> int:
+        return len(self._viewers)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.setblocking(False)
+            conn.shutdown(socket.SHUT_RD)  # read-only channel: nothing a viewer sends is read
+            self._viewers.append((conn, bytearray()))
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        """Queue one snapshot for every viewer and send what the sockets take without blocking."""
+        self._accept()
+        if not self._viewers:
+            return
+        line = (json.dumps(snapshot, separators=(",", ":"), default=_jsonable) + "\n").encode()
+        alive = []
+        for conn, backlog in self._viewers:
+            backlog += line
+            try:
+                sent = conn.send(backlog)
+                del backlog[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                conn.close()
+                self.dropped_viewers += 1
+                continue
+            if len(backlog) > self.MAX_BACKLOG_BYTES:
+                conn.close()
+                self.dropped_viewers += 1
+                continue
+            alive.append((conn, backlog))
+        self._viewers = alive
+
+    def close(self) -> None:
+        for conn, _ in self._viewers:
+            conn.close()
+        self._viewers = []
+        self._sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _jsonable(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    return str(value)
+
+
+def read_snapshots(path: str | Path, timeout_s: float | None = None):
+    """Yield snapshots (dicts) from a running BMS until it closes the socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    sock.connect(str(path))
+    buffer = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line:
+                    yield json.loads(line)
+    finally:
+        sock.close()
+
+
+def render(snapshot: dict[str, Any]) -> str:
+    """A compact text view of one snapshot (also used by ``bms demo``'s live view)."""
+    lines = [
+        f"t={snapshot.get('time_s', 0.0):9.1f} s  state={snapshot.get('state', '?'):<9} "
+        f"I={snapshot.get('current_a', float('nan')):+7.2f} A  "
+        f"limits +{snapshot.get('charge_limit_a', float('nan')):.1f}/"
+        f"-{snapshot.get('discharge_limit_a', float('nan')):.1f} A  "
+        f"faults={','.join(snapshot.get('active_faults', [])) or '-'}"
+    ]
+    for stack in snapshot.get("stacks", []):
+        v = list(stack.get("cell_voltage_v", []))
+        soc = list(stack.get("soc", [])) or [float("nan")]
+        if v:
+            lines.append(
+                f"  {stack.get('name', '?'):<8} V {min(v):.3f}..{max(v):.3f}  "
+                f"SOC {100 * min(soc):5.1f}..{100 * max(soc):5.1f} % "
+                f"(+/-{300 * max(stack.get('soc_sigma', [0.0])):.1f} %)  "
+                f"T {max(stack.get('temperature_c', [float('nan')])):5.1f} C  "
+                f"p {stack.get('pressure_kpa', float('nan')):6.0f} kPa "
+                f"(exp {stack.get('pressure_expected_kpa', float('nan')):6.0f})  "
+                f"bal {stack.get('balance_mask', 0):06x}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bms monitor",
+        description="Attach read-only to a running BMS (bms run / bms demo) and show it live. "
+        "The channel is a Unix socket only the same user can open; it cannot command outputs.",
+        epilog="examples:\n  bms monitor\n  bms monitor /run/user/1000/ssb-bms/bms.sock",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("socket", nargs="?", default=str(default_socket_path()))
+    parser.add_argument("--count", type=int, default=0, help="stop after N snapshots (0 = never)")
+    args = parser.parse_args(argv)
+    try:
+        shown = 0
+        for snapshot in read_snapshots(args.socket):
+            print(render(snapshot), flush=True)
+            shown += 1
+            if args.count and shown >= args.count:
+                break
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"bms monitor: no BMS is running at {args.socket}", file=sys.stderr)
+        return 1
+    return 0
