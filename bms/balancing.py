@@ -1,0 +1,187 @@
+"""Passive balancing decision: which cells bleed, as one uint32 mask per stack.
+
+Rules (docs/safety.md, "Balancing"):
+
+- Selection by SOC (``mode: soc``): a cell starts bleeding when its SOC is more than
+  ``start_delta_soc`` above the lowest valid SOC of the pack (all cells are in series, so the
+  pack's weakest cell is the target) and stops when it is within ``stop_delta_soc``: hysteresis
+  per cell.
+- Selection by voltage (``mode: voltage``): the same with voltage deltas, only at the top of
+  charge (highest cell at or above ``top_of_charge_v``), where the OCV is steep enough for a
+  voltage difference to mean a SOC difference. The voltage deltas are the SOC deltas times the
+  OCV slope at the top of charge from the pack file (:func:`top_of_charge_slope_v`).
+- Allowed only when: balancing is enabled; the contactor state is STANDBY, or CLOSED with the
+  current at rest or charging (``current_a >= -rest_current_a``: bleeding while discharging only
+  wastes energy the load needs); no FAULT/CRITICAL active or latched; every thermistor of the
+  stack valid and below ``max_temperature_c`` (bleed resistors heat the board and the stack).
+  Per cell: voltage above ``min_cell_voltage_v`` and valid. Not allowed -> selection cleared.
+- Duty cycle: bleeding is on for ``duty_cycle x period_s`` at the start of every period and off
+  for the rest. This bounds the average heat and leaves quiet windows where cell voltages are
+  measured without the bleed current's IR drop in the tap wires.
+
+Pure logic: ``time_s`` comes from the tick loop; no clock is read here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bms.config import BalancingConfig, CellModel
+
+STATES_ALLOWED = (0, 2)  # ContactorState.STANDBY, ContactorState.CLOSED (HEARTBEAT numbers)
+
+
+def top_of_charge_slope_v(cell: CellModel, soc_from: float = 0.9) -> float:
+    """OCV slope (V per unit SOC) between ``soc_from`` and full, at the grid temperature
+    closest to 25 C: turns SOC deltas into voltage deltas for voltage-mode balancing."""
+    row = cell.ocv_v[int(np.argmin(np.abs(cell.temperature_grid_c - 25.0)))]
+    v_from = float(np.interp(soc_from, cell.soc_grid, row))
+    return (float(row[-1]) - v_from) / (1.0 - soc_from)
+
+
+def top_of_charge_voltage_v(cell: CellModel, soc: float = 0.9) -> float:
+    """OCV at ``soc`` near 25 C: above it voltage-mode balancing may run."""
+    row = cell.ocv_v[int(np.argmin(np.abs(cell.temperature_grid_c - 25.0)))]
+    return float(np.interp(soc, cell.soc_grid, row))
+
+
+@dataclass
+class BalanceDecision:
+    """``masks``: uint32 per stack (bit i = bleed cell i of that stack) for SET_OUTPUTS.
+    ``selected``: cells chosen by the SOC/voltage rule (regardless of the duty phase).
+    ``bleed_current_a``: expected bleed current per cell now (V / R when bleeding, else 0).
+    ``reason``: why nothing bleeds, or ``"balancing"`` / ``"duty off"`` / ``"balanced"``.
+    ``bleed_power_w``: heat in the bleed resistors now (sum of V^2 / R)."""
+
+    masks: np.ndarray
+    selected: np.ndarray
+    bleed_current_a: np.ndarray
+    reason: str
+    bleed_power_w: float = 0.0
+
+
+class Balancer:
+    """Keeps the per-cell hysteresis state between ticks. One instance per pack.
+
+    ``stack_cells``: cells per stack; ``stack_thermistors``: thermistors per stack (to gate
+    each stack on its own temperatures). ``period_s``: duty-cycle period (assumption: 10 s, a
+    small fraction of a bleed resistor's thermal time constant of minutes, so the resistor
+    sees the average power).
+    """
+
+    #: Assumption as in protections: 0.2 A is above the shunt noise, below any real load.
+    DEFAULT_REST_CURRENT_A = 0.2
+
+    def __init__(
+        self, config: BalancingConfig, stack_cells: Sequence[int],
+        stack_thermistors: Sequence[int], period_s: float = 10.0,
+        rest_current_a: float = DEFAULT_REST_CURRENT_A,
+        voltage_slope_v_per_soc: float | None = None, top_of_charge_v: float | None = None,
+    ) -> None:
+        if any(not 1 <= n <= 32 for n in stack_cells):
+            raise ValueError("each stack needs 1..32 cells (one uint32 mask per board)")
+        if len(stack_thermistors) != len(stack_cells):
+            raise ValueError("stack_thermistors needs one count per stack")
+        if config.mode == "voltage" and (voltage_slope_v_per_soc is None
+                                         or top_of_charge_v is None):
+            raise ValueError("voltage mode needs voltage_slope_v_per_soc and top_of_charge_v "
+                             "(see top_of_charge_slope_v / top_of_charge_voltage_v)")
+        self.config = config
+        self.period_s = period_s
+        self.rest_current_a = rest_current_a
+        self.slope = voltage_slope_v_per_soc
+        self.top_of_charge_v = top_of_charge_v
+        self.n_cells = int(sum(stack_cells))
+        self.n_stacks = len(stack_cells)
+        starts = np.cumsum([0, *stack_cells])
+        self._cell_starts = starts[:-1]
+        self._cell_stack = np.repeat(np.arange(self.n_stacks), stack_cells)
+        self._bit = (np.ones(self.n_cells, dtype=np.uint64)
+                     << (np.arange(self.n_cells) - starts[self._cell_stack]).astype(np.uint64))
+        tstarts = np.cumsum([0, *stack_thermistors])
+        self._th_starts = tstarts[:-1]
+        self._th_counts = np.asarray(stack_thermistors)
+        self.selected = np.zeros(self.n_cells, dtype=bool)
+        self._zero_masks = np.zeros(self.n_stacks, dtype=np.uint32)
+
+    def update(
+        self, time_s: float, soc: np.ndarray, cell_voltage_v: np.ndarray,
+        temperature_c: np.ndarray, state: int, current_a: float, fault_active: bool,
+    ) -> BalanceDecision:
+        """Decide this tick's masks. ``soc``/``cell_voltage_v``: (n_cells,) pack-wide;
+        ``temperature_c``: (n_thermistors,) pack-wide; ``state``: ContactorState number;
+        ``fault_active``: FaultTable.fault_latched()."""
+        cfg = self.config
+        reason = ""
+        if not cfg.enabled:
+            reason = "disabled"
+        elif state not in STATES_ALLOWED:
+            reason = "state"
+        elif state == 2 and not (math.isfinite(current_a) and current_a >= -self.rest_current_a):
+            reason = "discharging"
+        elif fault_active:
+            reason = "fault"
+        if reason:
+            return self._nothing(reason)
+
+        # Stack temperature gate: every thermistor of the stack valid and below the maximum.
+        t = np.asarray(temperature_c, dtype=float)
+        ok_t = np.where(np.isnan(t), False, t < cfg.max_temperature_c)
+        if len(t):
+            hot = np.add.reduceat((~ok_t).astype(np.int64), self._th_starts) \
+                if np.all(self._th_counts > 0) else _reduce_uneven(~ok_t, self._th_starts,
+                                                                   self._th_counts)
+            stack_ok = hot == 0
+        else:
+            stack_ok = np.ones(self.n_stacks, dtype=bool)
+
+        v = np.asarray(cell_voltage_v, dtype=float)
+        with np.errstate(invalid="ignore"):
+            cell_ok = (v > cfg.min_cell_voltage_v) & stack_ok[self._cell_stack]
+
+        if cfg.mode == "soc":
+            x = np.asarray(soc, dtype=float)
+            start, stop = cfg.start_delta_soc, cfg.stop_delta_soc
+        else:
+            x = v
+            start, stop = cfg.start_delta_soc * self.slope, cfg.stop_delta_soc * self.slope
+            if not np.nanmax(v, initial=-np.inf) >= self.top_of_charge_v:
+                return self._nothing("below top of charge")
+        valid = ~np.isnan(x)
+        if not valid.any():
+            return self._nothing("no valid data")
+        # Reference: the lowest valid cell of the whole pack, not only the eligible ones, so a
+        # hot stack does not change the target of the others.
+        lowest = float(np.min(x[valid]))
+        with np.errstate(invalid="ignore"):
+            delta = x - lowest
+            keep = self.selected & (delta > stop)
+            begin = delta > start
+        self.selected = (keep | begin) & valid & cell_ok
+        if not self.selected.any():
+            return self._nothing("balanced", keep_selection=True)
+
+        on = ((time_s % self.period_s) < cfg.duty_cycle * self.period_s - 1e-9) \
+            or cfg.duty_cycle >= 1.0
+        if not on:
+            return self._nothing("duty off", keep_selection=True)
+        bits = np.where(self.selected, self._bit, np.uint64(0))
+        masks = np.add.reduceat(bits, self._cell_starts).astype(np.uint32)
+        bleed = np.where(self.selected, np.nan_to_num(v) / cfg.bleed_resistance_ohm, 0.0)
+        power_w = float(np.sum(bleed * np.nan_to_num(v)))
+        return BalanceDecision(masks, self.selected.copy(), bleed, "balancing", power_w)
+
+    def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:
+        if not keep_selection:
+            self.selected = np.zeros(self.n_cells, dtype=bool)
+        return BalanceDecision(self._zero_masks.copy(), self.selected.copy(),
+                               np.zeros(self.n_cells), reason)
+
+
+def _reduce_uneven(bad: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-stack count of bad thermistors when some stack has none (reduceat needs n > 0)."""
+    return np.array([int(bad[s:s + c].sum()) for s, c in zip(starts, counts, strict=True)])
