@@ -1,0 +1,168 @@
+"""``bms plot LOG -o run.png``: one figure, one time axis, everything a run log holds.
+
+Panels (each drawn only if its columns exist; names as in :func:`bms.runlog.standard_columns`):
+cell voltages; SOC with +/- 3 sigma bounds; temperatures; stack pressure (load cells measured,
+expected dashed); current with the charge/discharge limits; contactor state with fault markers
+from events.jsonl (warning, fault, critical in rising colours).
+
+Uses matplotlib's object API (``Figure`` + Agg canvas), never pyplot, so nothing depends on a
+display or on global backend state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bms.runlog import EVENTS, TICKS, load_events, load_ticks
+
+_CELL_V = re.compile(r"^cell\d+_voltage_v$")
+_CELL_SOC = re.compile(r"^cell(\d+)_soc$")
+_TEMP = re.compile(r"^t\d+_c$")
+_LOADCELL = re.compile(r"^pressure_lc\d+_kpa$")
+_EXPECTED = re.compile(r"^pressure_expected(_s\d+)?_kpa$")
+_SEVERITY_COLOUR = {"warning": "tab:orange", "fault": "tab:red", "critical": "darkred"}
+_STATE_NAMES = ["STANDBY", "PRECHARGE", "CLOSED", "OPENING", "FAULT", "SAFE"]
+
+
+def _cols(ticks: dict[str, np.ndarray], pattern: re.Pattern[str]) -> list[str]:
+    return [c for c in ticks if pattern.match(c) and ticks[c].dtype.kind == "f"]
+
+
+def plot_run(log_dir: str | Path, out_png: str | Path) -> Path:
+    """Draw the run in ``log_dir`` into ``out_png``; returns the PNG path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    log_dir = Path(log_dir)
+    ticks = load_ticks(log_dir / TICKS)
+    if "time_s" not in ticks or len(ticks["time_s"]) == 0:
+        raise ValueError(f"{log_dir / TICKS}: no complete rows with a time_s column")
+    events = load_events(log_dir / EVENTS) if (log_dir / EVENTS).exists() else []
+    t = ticks["time_s"]
+
+    panels = []
+    if _cols(ticks, _CELL_V):
+        panels.append("voltage")
+    if any(_CELL_SOC.match(c) for c in ticks):
+        panels.append("soc")
+    if _cols(ticks, _TEMP):
+        panels.append("temperature")
+    if _cols(ticks, _LOADCELL) or _cols(ticks, _EXPECTED):
+        panels.append("pressure")
+    if "current_a" in ticks:
+        panels.append("current")
+    panels.append("state")
+
+    fig = Figure(figsize=(12, 2.2 * len(panels) + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    ax_of = dict(zip(panels, axes, strict=True))
+    thin = {"linewidth": 0.7}
+
+    if "voltage" in ax_of:
+        ax = ax_of["voltage"]
+        for c in _cols(ticks, _CELL_V):
+            ax.plot(t, ticks[c], **thin)
+        ax.set_ylabel("cell voltage (V)")
+    if "soc" in ax_of:
+        ax = ax_of["soc"]
+        for c in ticks:
+            m = _CELL_SOC.match(c)
+            if not m:
+                continue
+            soc = ticks[c]
+            line = ax.plot(t, soc * 100.0, **thin)[0]
+            sigma = ticks.get(f"cell{m.group(1)}_soc_sigma")
+            if sigma is not None:
+                ax.fill_between(t, (soc - 3 * sigma) * 100.0, (soc + 3 * sigma) * 100.0,
+                                color=line.get_color(), alpha=0.12, linewidth=0)
+        ax.set_ylabel("SOC (%), ±3σ")
+    if "temperature" in ax_of:
+        ax = ax_of["temperature"]
+        for c in _cols(ticks, _TEMP):
+            ax.plot(t, ticks[c], label=c[:-2], **thin)
+        ax.set_ylabel("temperature (°C)")
+        ax.legend(loc="upper left", fontsize="x-small", ncol=8)
+    if "pressure" in ax_of:
+        ax = ax_of["pressure"]
+        for c in _cols(ticks, _LOADCELL):
+            ax.plot(t, ticks[c], label=c.removeprefix("pressure_").removesuffix("_kpa"), **thin)
+        for c in _cols(ticks, _EXPECTED):
+            ax.plot(t, ticks[c], "k--", linewidth=1.0,
+                    label=c.removeprefix("pressure_").removesuffix("_kpa"))
+        ax.set_ylabel("stack pressure (kPa)")
+        ax.legend(loc="upper left", fontsize="x-small", ncol=6)
+    if "current" in ax_of:
+        ax = ax_of["current"]
+        ax.plot(t, ticks["current_a"], color="tab:blue", linewidth=0.8, label="current")
+        if "charge_limit_a" in ticks:
+            ax.plot(t, ticks["charge_limit_a"], color="tab:green", linewidth=0.8,
+                    label="charge limit")
+        if "discharge_limit_a" in ticks:
+            ax.plot(t, -ticks["discharge_limit_a"], color="tab:red", linewidth=0.8,
+                    label="-discharge limit")
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_ylabel("current (A), + charge")
+        ax.legend(loc="upper left", fontsize="x-small", ncol=3)
+
+    ax = ax_of["state"]
+    if "state" in ticks and ticks["state"].dtype.kind == "f":
+        ax.step(t, ticks["state"], where="post", color="black", linewidth=1.0)
+    ax.set_yticks(range(len(_STATE_NAMES)), _STATE_NAMES, fontsize="x-small")
+    ax.set_ylim(-0.5, len(_STATE_NAMES) - 0.5)
+    ax.set_ylabel("state")
+    seen: set[str] = set()
+    seen_names: list[float] = []
+    for ev in events:
+        if ev.get("type") != "fault" or ev.get("event") != "raise":
+            continue
+        sev = str(ev.get("severity", "fault"))
+        colour = _SEVERITY_COLOUR.get(sev, "tab:purple")
+        ts = ev.get("time_s")
+        if ts is None:
+            continue
+        for a in axes:
+            a.axvline(ts, color=colour, linewidth=0.6, alpha=0.5)
+        label = sev if sev not in seen else None
+        seen.add(sev)
+        ax.plot([ts], [len(_STATE_NAMES) - 1], marker="v", color=colour, linestyle="none",
+                label=label)
+        if len(seen_names) < 40:  # keep a long run's figure readable
+            seen_names.append(ts)
+            ax.annotate(str(ev.get("name", ev.get("code", ""))), (ts, len(_STATE_NAMES) - 1.4),
+                        fontsize="xx-small", rotation=90, va="top", color=colour)
+    if seen:
+        ax.legend(loc="lower right", fontsize="x-small")
+    axes[-1].set_xlabel("time (s)")
+    for a in axes:
+        a.grid(True, linewidth=0.3)
+    fig.suptitle(f"run log {log_dir.name}")
+    out = Path(out_png)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bms plot", description="Plot a run log (ticks.csv + events.jsonl) to a PNG.")
+    parser.add_argument("log", help="run-log directory (holds ticks.csv)")
+    parser.add_argument("-o", "--output", help="PNG to write (default: LOG/run.png)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    out = Path(args.output) if args.output else Path(args.log) / "run.png"
+    try:
+        path = plot_run(args.log, out)
+    except (OSError, ValueError) as exc:
+        print(f"bms plot: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""Run log: ticks.csv (one row per tick), events.jsonl (one JSON object per line), summary.json.
+
+Crash safety: every row and event goes to the kernel with one ``os.write`` on an unbuffered file
+descriptor, so a process killed with SIGKILL leaves every complete line readable (the data is in
+the page cache; only a power loss needs ``fsync``, done at ``close``). The readers tolerate a
+torn last line anyway (a line without its newline is dropped).
+
+Disk full (or any OSError on write) never raises into the controller: the row or event is
+dropped and counted; the first failure and a later recovery are reported as events (if the
+events file can still be written) and in the summary. A partial write is truncated back to the
+last complete line so that later rows are not glued to a fragment.
+
+Column naming (units in the names): see :func:`standard_columns`. The column set is fixed when
+the log is opened; rows are sequences in that order or mappings by name.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TICKS = "ticks.csv"
+EVENTS = "events.jsonl"
+SUMMARY = "summary.json"
+
+
+def standard_columns(
+    n_cells: int, n_thermistors: int, n_load_cells: int, n_stacks: int = 1,
+    extra: Iterable[str] = (),
+) -> list[str]:
+    """The recommended column set (what ``bms plot`` knows how to draw).
+
+    Cells and sensors are numbered pack-wide from 1, zero-padded to two digits (three above 99).
+    Per-stack quantities get an ``_sN`` suffix before the unit when the pack has more than one
+    stack (``pressure_expected_s2_kpa``, ``balance_mask_s2``).
+    """
+    w = 3 if max(n_cells, n_thermistors, n_load_cells) > 99 else 2
+
+    def per_stack(stem: str, unit: str) -> list[str]:
+        if n_stacks == 1:
+            return [f"{stem}{unit}"]
+        return [f"{stem}_s{k + 1}{unit}" for k in range(n_stacks)]
+
+    cols = ["time_s", "state", "current_a", "stack_voltage_v", "bus_voltage_v"]
+    cols += [f"cell{i + 1:0{w}d}_voltage_v" for i in range(n_cells)]
+    cols += [f"cell{i + 1:0{w}d}_soc" for i in range(n_cells)]
+    cols += [f"cell{i + 1:0{w}d}_soc_sigma" for i in range(n_cells)]
+    cols += [f"cell{i + 1:0{w}d}_leak_a" for i in range(n_cells)]
+    cols += [f"t{i + 1:0{w}d}_c" for i in range(n_thermistors)]
+    cols += [f"pressure_lc{i + 1:0{w}d}_kpa" for i in range(n_load_cells)]
+    cols += per_stack("pressure_expected", "_kpa") + per_stack("pressure_residual", "_kpa")
+    cols += ["charge_limit_a", "discharge_limit_a", "outputs"]
+    cols += per_stack("balance_mask", "")
+    cols += ["faults_active", "tick_duration_s"]
+    cols += list(extra)
+    return cols
+
+
+_FLOAT = "{:.10g}".format  # 10 significant digits: 0.1 mV on volts, 10 ms on a 10^6 s run
+
+
+def _fmt(value: Any) -> str:
+    if type(value) is float:  # the common case first: one type check per field
+        return _FLOAT(value)
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return _FLOAT(float(value))
+    text = str(value)
+    # A CSV field of ours never holds a separator or a newline (keeps the reader trivial).
+    return text.replace(",", ";").replace("\n", " ").replace("\r", " ")
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> null, numpy scalars/arrays -> Python, so every line is strict JSON."""
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return [_json_safe(x) for x in obj.tolist()]
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(x) for x in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        return _json_safe(obj.item())
+    return obj
+
+
+class _Sink:
+    """One append-only file written with os.write; counts what it could not write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self.size = 0
+        self.written = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+
+    def write(self, data: bytes) -> bool:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                n = os.write(self.fd, view[done:])
+                if n <= 0:  # pragma: no cover - os.write raises instead on POSIX
+                    raise OSError(errno.EIO, "short write")
+                done += n
+        except OSError as exc:
+            self.dropped += 1
+            self.last_error = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"
+            if done:
+                # Remove the fragment so the next line starts on a line boundary.
+                try:
+                    os.ftruncate(self.fd, self.size)
+                except OSError:
+                    pass
+            return False
+        self.size += done
+        self.written += 1
+        return True
+
+    def close(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError:
+            pass  # /dev/full, pipes, full disks: nothing more we can do here
+        os.close(self.fd)
+
+
+class RunLog:
+    """Writes one run's log into ``directory`` (created if needed).
+
+    ``columns``: the ticks.csv header (units in the names); ``meta``: written as the first
+    event (pack name, seed, versions...). Methods never raise on I/O errors after opening.
+    """
+
+    def __init__(self, directory: str | Path, columns: Sequence[str],
+                 meta: Mapping[str, Any] | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.columns = list(columns)
+        if len(set(self.columns)) != len(self.columns):
+            raise ValueError("duplicate column names")
+        self._index = {c: i for i, c in enumerate(self.columns)}
+        self._time_col = self._index.get("time_s")
+        self.ticks = _Sink(self.dir / TICKS)
+        self.events = _Sink(self.dir / EVENTS)
+        self.rows = 0
+        self.first_time_s: float | None = None
+        self.last_time_s: float | None = None
+        self._dropping = False
+        self._closed = False
+        self.ticks.write((",".join(_fmt(c) for c in self.columns) + "\n").encode())
+        if meta is not None:
+            self.event({"type": "meta", **meta})
+
+    def row(self, values: Sequence[Any] | Mapping[str, Any] | np.ndarray) -> bool:
+        """Append one tick. A sequence must have one value per column; a mapping may leave
+        columns out (empty fields). Returns False when the row was dropped."""
+        if isinstance(values, Mapping):
+            fields = [""] * len(self.columns)
+            for k, v in values.items():
+                fields[self._index[k]] = _fmt(v)
+            t = values.get("time_s")
+        else:
+            if len(values) != len(self.columns):
+                raise ValueError(f"row has {len(values)} values for {len(self.columns)} columns")
+            if isinstance(values, np.ndarray):
+                values = values.tolist()  # numpy scalars -> Python floats/ints: fast path
+            fields = [_fmt(v) for v in values]
+            t = values[self._time_col] if self._time_col is not None else None
+        ok = self.ticks.write((",".join(fields) + "\n").encode())
+        if ok:
+            self.rows += 1
+            if t is not None:
+                if self.first_time_s is None:
+                    self.first_time_s = float(t)
+                self.last_time_s = float(t)
+        self._track(ok, t)
+        return ok
+
+    def event(self, obj: Mapping[str, Any]) -> bool:
+        """Append one event (a JSON object on one line). Returns False when dropped."""
+        line = json.dumps(_json_safe(obj), separators=(",", ":"), allow_nan=False)
+        return self.events.write((line + "\n").encode())
+
+    def _track(self, ok: bool, t: Any) -> None:
+        if not ok and not self._dropping:
+            self._dropping = True
+            self.event({"type": "log", "event": "rows_dropping", "time_s": t,
+                        "error": self.ticks.last_error})
+        elif ok and self._dropping:
+            self._dropping = False
+            self.event({"type": "log", "event": "rows_recovered", "time_s": t,
+                        "dropped_rows": self.ticks.dropped})
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "columns": len(self.columns),
+            "events": self.events.written,
+            "dropped_rows": self.ticks.dropped,
+            "dropped_events": self.events.dropped,
+            "ticks_error": self.ticks.last_error,
+            "events_error": self.events.last_error,
+            "first_time_s": self.first_time_s,
+            "last_time_s": self.last_time_s,
+        }
+
+    def close(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write summary.json (atomically: temp file + rename) and close. Returns the summary;
+        ``summary_written`` says whether it reached the disk."""
+        if self._closed:
+            return self.summary()
+        self._closed = True
+        summary = {**self.summary(), **(_json_safe(dict(extra)) if extra else {})}
+        self.ticks.close()
+        self.events.close()
+        tmp = self.dir / (SUMMARY + ".tmp")
+        try:
+            text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                data = text.encode()
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.dir / SUMMARY)
+            summary["summary_written"] = True
+        except OSError as exc:
+            summary["summary_written"] = False
+            summary["summary_error"] = str(exc)
+        return summary
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _complete_lines(path: Path) -> list[str]:
+    data = Path(path).read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    # The piece after the last newline is either empty or a torn line: drop it.
+    return lines[:-1]
+
+
+def load_ticks(path: str | Path) -> dict[str, np.ndarray]:
+    """ticks.csv (or a run directory) -> column name -> array (float where every field parses,
+    else str). Rows that are torn or have the wrong number of fields are skipped; empty fields
+    read as NaN."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / TICKS
+    lines = _complete_lines(p)
+    if not lines:
+        return {}
+    header = lines[0].split(",")
+    n = len(header)
+    rows = [r for r in (line.split(",") for line in lines[1:]) if len(r) == n]
+    out: dict[str, np.ndarray] = {}
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in header]
+    for name, col in zip(header, cols, strict=True):
+        try:
+            out[name] = np.array([float(x) if x != "" else math.nan for x in col], dtype=float)
+        except ValueError:
+            out[name] = np.array(col, dtype=str)
+    return out
+
+
+def load_events(path: str | Path) -> list[dict[str, Any]]:
+    """events.jsonl (or a run directory) -> list of events; a torn or corrupt line is skipped."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / EVENTS
+    out = []
+    for line in _complete_lines(p):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
