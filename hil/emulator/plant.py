@@ -1,0 +1,809 @@
+"""Plant model of one stack: electrical, thermal, mechanical, sensors, faults. No serial I/O.
+
+One :class:`Plant` is one stack of the pack (one fixture, one board). It is deliberately richer
+than the estimator's model (docs/emulator.md lists how): per-cell spread of capacity, resistance,
+swelling and self-discharge; two RC branches; OCV hysteresis; Arrhenius temperature dependence;
+a thermal network of cells, end plates and coolant; stack pressure from lithium thickness change,
+a stiffening fixture and thermal expansion; contact resistance growing as pressure falls; sensor
+noise, per-channel offsets and quantisation; the link capacitor for precharge; faults.
+
+Use from Python (estimator evaluation, firmware bridge)::
+
+    plant = Plant(load_pack("ssb-23"), 0, load_board("emu-23"), seed=1, initial_soc=0.8)
+    plant.set_outputs(contactor_pos=True, contactor_neg=True,
+                      charge_limit_a=10.0, discharge_limit_a=15.0)
+    plant.set_load(ConstantCurrent(-5.0))      # positive current = charge
+    for _ in range(36000):
+        plant.step(0.1)
+        counts = plant.sensor_counts()          # raw counts, as in a MEASUREMENT
+        truth = plant.truth()                   # true SOC, temperatures, pressure, current
+
+Equations and the source of every parameter: docs/emulator.md. Sign: positive current = charge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bms.config import BOLTZMANN_EV_PER_K, KELVIN_OFFSET, BoardProfile, PackConfig
+from hil.emulator.faults import FaultCode, FaultError, PlantFaults
+
+DEFAULTS_PATH = Path(__file__).resolve().parent / "plant_defaults.yaml"
+INVALID_U16 = 0xFFFF
+INVALID_I32 = 0x7FFFFFFF
+I24_MAX = (1 << 23) - 1
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class PlantParams:
+    """What the plant knows beyond the pack file (the BMS does not know these).
+
+    Defaults and their sources live in hil/emulator/plant_defaults.yaml; see docs/emulator.md.
+    """
+
+    capacity_spread: float
+    resistance_spread: float
+    contact_resistance_spread: float
+    swelling_spread: float
+    initial_soc_spread: float
+    self_discharge_a: float
+    self_discharge_log_sigma: float
+    r2_over_r1: float
+    tau2_s: float
+    hysteresis_v: float
+    hysteresis_rate: float
+    ocv_slope_above_full_v: float
+    ocv_slope_below_empty_v: float
+    cell_cell_w_per_k: float
+    cell_coolant_w_per_k: float
+    cell_ambient_w_per_k: float
+    end_cell_plate_w_per_k: float
+    plate_heat_capacity_j_per_k: float
+    plate_ambient_w_per_k: float
+    coolant_heat_capacity_j_per_k: float
+    coolant_flow_w_per_k: float
+    coolant_stagnant_w_per_k: float
+    fixture_stiffening: float
+    contact_collapse_um: float
+    contact_tilt_gain: float
+    load_cell_tilt_spread: float
+    min_local_pressure_kpa: float
+    precharge_resistance_ohm: float
+    link_capacitance_f: float
+    link_discharge_resistance_ohm: float
+    precharge_fail_short_ohm: float
+    path_resistance_ohm: float
+    cell_noise_v: float
+    cell_offset_v: float
+    vtap_open_tau_s: float
+    current_noise_a: float
+    current_offset_a: float
+    bus_noise_v: float
+    thermistor_noise_v: float
+    thermistor_offset_k: float
+    load_cell_noise_kpa: float
+    load_cell_offset_kpa: float
+    load_cell_gain_spread: float
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULTS_PATH, **overrides: float) -> PlantParams:
+        """Read the ``emulator:`` section of a YAML file (every key required), then overrides."""
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        section = data.get("emulator") if isinstance(data, dict) else None
+        if not isinstance(section, dict):
+            raise ValueError(f"{path}: missing mapping 'emulator'")
+        values: dict[str, float] = {}
+        for f in fields(cls):
+            if f.name not in section:
+                raise ValueError(f"{path}: emulator.{f.name}: missing")
+            v = section[f.name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{path}: emulator.{f.name}: {v!r} is not a finite number")
+            values[f.name] = float(v)
+        unknown = set(section) - set(values)
+        if unknown:
+            raise ValueError(f"{path}: emulator: unknown keys {sorted(unknown)}")
+        return replace(cls(**values), **overrides)
+
+
+# --------------------------------------------------------------------------- loads
+
+
+class Load:
+    """A load demand. The plant asks it each step for the current it wants (A, + = charge).
+
+    ``v_open`` and ``r_eff`` describe every cell's terminal voltage as ``v = v_open + r_eff i``
+    for this step, so a CV charger can solve for the current that puts the highest cell at its
+    CV voltage exactly. ``respect_limits``: the plant clips the demand to SET_OUTPUTS' limits.
+    """
+
+    respect_limits: bool = True
+    done: bool = False
+
+    def demand_a(self, t_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def observe(self, cell_voltage_v: np.ndarray) -> None:
+        """Called after each step with the true terminal voltages (for stop conditions)."""
+
+
+@dataclass
+class Rest(Load):
+    """No current."""
+
+    done: bool = False
+
+    def demand_a(self, t_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
+        return 0.0
+
+
+@dataclass
+class ConstantCurrent(Load):
+    """Constant current, optionally until the lowest cell falls below / highest rises above."""
+
+    current_a: float
+    until_min_cell_v: float | None = None
+    until_max_cell_v: float | None = None
+    respect_limits: bool = True
+    done: bool = False
+
+    def demand_a(self, t_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
+        return 0.0 if self.done else self.current_a
+
+    def observe(self, cell_voltage_v: np.ndarray) -> None:
+        if self.until_min_cell_v is not None and cell_voltage_v.min() <= self.until_min_cell_v:
+            self.done = True
+        if self.until_max_cell_v is not None and cell_voltage_v.max() >= self.until_max_cell_v:
+            self.done = True
+
+
+@dataclass
+class CcCvCharge(Load):
+    """CC-CV charger regulating the highest cell at cv_cell_v; ends when the CV current
+    tapers below cutoff_a. Always obeys SET_OUTPUTS' charge limit (protocol.md)."""
+
+    current_a: float
+    cv_cell_v: float = 4.2
+    cutoff_a: float = 0.25
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.respect_limits = True
+
+    def demand_a(self, t_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
+        if self.done:
+            return 0.0
+        i_cv = float(np.min((self.cv_cell_v - v_open) / r_eff))
+        i = min(self.current_a, i_cv)
+        if i < self.cutoff_a:
+            self.done = True
+            return 0.0
+        return i
+
+
+@dataclass
+class CurrentProfile(Load):
+    """A current profile (drive cycle): linear interpolation of current_a over time_s."""
+
+    time_s: np.ndarray
+    current_a: np.ndarray
+    scale: float = 1.0
+    loop: bool = False
+    respect_limits: bool = True
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.time_s = np.asarray(self.time_s, dtype=float)
+        self.current_a = np.asarray(self.current_a, dtype=float)
+        if self.time_s.ndim != 1 or self.time_s.shape != self.current_a.shape \
+                or len(self.time_s) < 2 or np.any(np.diff(self.time_s) <= 0):
+            raise ValueError("CurrentProfile: time_s strictly increasing, same length as current")
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.time_s[-1] - self.time_s[0])
+
+    def demand_a(self, t_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
+        t = self.time_s[0] + t_s
+        if self.loop:
+            t = self.time_s[0] + math.fmod(t_s, self.duration_s)
+        elif t > self.time_s[-1]:
+            self.done = True
+            return 0.0
+        return self.scale * float(np.interp(t, self.time_s, self.current_a))
+
+    @classmethod
+    def from_csv(cls, path: str | Path, **kwargs: Any) -> CurrentProfile:
+        """CSV with a header and columns time_s, current_a (comment lines start with #)."""
+        data = np.loadtxt(path, delimiter=",", comments="#", skiprows=1, ndmin=2)
+        return cls(time_s=data[:, 0], current_a=data[:, 1], **kwargs)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class PlantTruth:
+    """Ground truth after the last step (evaluation only; the BMS never sees it)."""
+
+    t_s: float
+    current_a: float                 # stack current, + = charge
+    bus_voltage_v: float
+    stack_voltage_v: float
+    pressure_kpa: float              # stack pressure (mean over the end plate)
+    load_cell_pressure_kpa: np.ndarray
+    soc: np.ndarray                  # per cell, 1 = full at this cell's own capacity
+    cell_voltage_v: np.ndarray
+    ocv_v: np.ndarray
+    temperature_c: np.ndarray        # per cell
+    plate_temperature_c: np.ndarray  # (bottom, top)
+    coolant_temperature_c: float
+    ambient_temperature_c: float
+    capacity_ah: np.ndarray
+    leak_current_a: np.ndarray       # through soft shorts
+    cell_current_a: np.ndarray       # electrochemical current per cell (after bleed and leak)
+    series_resistance_ohm: np.ndarray  # R0 + contact, at this step
+    hysteresis_v: np.ndarray
+    rc_voltage_v: np.ndarray         # (n, 2): both RC branches
+
+
+@dataclass
+class SensorCounts:
+    """Raw counts of one MEASUREMENT (docs/protocol.md), before the host's board-profile scaling."""
+
+    current_raw: int
+    bus_voltage_raw: int
+    cell_raw: list[int]
+    thermistor_raw: list[int]
+    load_cell_raw: list[int]
+    sensor_error: bool
+
+
+@dataclass
+class Outputs:
+    contactor_pos: bool = False
+    contactor_neg: bool = False
+    precharge: bool = False
+    balance_mask: int = 0
+    charge_limit_a: float = 0.0
+    discharge_limit_a: float = 0.0
+
+
+# --------------------------------------------------------------------------- plant
+
+
+_SOC_LO, _SOC_HI, _SOC_STEP = -0.1, 1.1, 0.002   # lookup grid incl. over/under-charge
+_T_LO, _T_HI, _T_STEP = -40.0, 120.0, 1.0
+_K_OCV, _K_DOCV_DT, _K_R0, _K_R1, _K_TAU1, _K_ARR = range(6)
+
+
+def _build_tables(pack: PackConfig, params: PlantParams) -> np.ndarray:
+    """Fine (T, SOC) table of OCV, dOCV/dT, R0, R1, tau1 and the Arrhenius factor.
+
+    Linear in SOC on the pack grid (the pack's breakpoints, multiples of 0.05, lie on the 0.002
+    grid, so the pack table is reproduced exactly), extrapolated beyond 0 and 1 with steep
+    slopes (over- and under-charge), linear in temperature for OCV; resistances follow
+    Arrhenius exactly at every temperature instead of the pack's piecewise-linear rows.
+    """
+    cell = pack.cell
+    soc_f = np.round(np.arange(_SOC_LO, _SOC_HI + _SOC_STEP / 2, _SOC_STEP), 6)
+    t_f = np.arange(_T_LO, _T_HI + _T_STEP / 2, _T_STEP)
+    tg, sg = cell.temperature_grid_c, cell.soc_grid
+    # OCV over SOC per pack temperature row, extrapolated outside [0, 1]
+    ocv_rows = np.empty((len(tg), len(soc_f)))
+    for j in range(len(tg)):
+        row = np.interp(soc_f, sg, cell.ocv_v[j])
+        row = np.where(soc_f > 1.0, cell.ocv_v[j, -1] + params.ocv_slope_above_full_v
+                       * (soc_f - 1.0), row)
+        row = np.where(soc_f < 0.0, cell.ocv_v[j, 0] + params.ocv_slope_below_empty_v
+                       * soc_f, row)
+        ocv_rows[j] = row
+    # then over temperature (clamped outside the pack grid)
+    ocv = np.empty((len(t_f), len(soc_f)))
+    for k in range(len(soc_f)):
+        ocv[:, k] = np.interp(t_f, tg, ocv_rows[:, k])
+    docv_dt = np.gradient(ocv, _T_STEP, axis=0)
+    arr_ref = np.asarray(cell.arrhenius_factor(tg))
+    r0_ref = np.interp(np.clip(soc_f, 0, 1), sg, cell.r0_ohm[0] / arr_ref[0])
+    r1_ref = np.interp(np.clip(soc_f, 0, 1), sg, cell.r1_ohm[0] / arr_ref[0])
+    c1 = np.interp(np.clip(soc_f, 0, 1), sg, cell.c1_f[0])
+    t_k = t_f + KELVIN_OFFSET
+    arr = np.exp(cell.activation_energy_ev / BOLTZMANN_EV_PER_K
+                 * (1.0 / t_k - 1.0 / (cell.reference_temperature_c + KELVIN_OFFSET)))
+    tab = np.empty((len(t_f), len(soc_f), 6))
+    tab[:, :, _K_OCV] = ocv
+    tab[:, :, _K_DOCV_DT] = docv_dt
+    tab[:, :, _K_R0] = arr[:, None] * r0_ref[None, :]
+    tab[:, :, _K_R1] = arr[:, None] * r1_ref[None, :]
+    tab[:, :, _K_TAU1] = arr[:, None] * (r1_ref * c1)[None, :]
+    tab[:, :, _K_ARR] = arr[:, None]
+    # each row holds the (SOC, SOC + step) pair, so one take() fetches both SOC neighbours
+    pair = np.concatenate([tab, np.roll(tab, -1, axis=1)], axis=2)
+    return np.ascontiguousarray(pair.reshape(-1, 12))
+
+
+_TABLE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+class Plant:
+    """One stack: ``n`` cells in series in one fixture, read by one board.
+
+    Parameters: the pack file (what the BMS knows), the stack's index in it, the board profile
+    (channel counts and scaling of the raw counts), a seed (per-cell spread and sensor noise;
+    the same seed and the same calls give the same numbers), optional plant parameters
+    (default: plant_defaults.yaml), the initial mean SOC and temperature.
+    """
+
+    def __init__(
+        self,
+        pack: PackConfig,
+        stack_index: int = 0,
+        board: BoardProfile | None = None,
+        seed: int = 0,
+        params: PlantParams | None = None,
+        initial_soc: float = 0.5,
+        temperature_c: float = 25.0,
+    ) -> None:
+        if not 0 <= stack_index < len(pack.stacks):
+            raise ValueError(f"stack_index {stack_index} not in 0..{len(pack.stacks) - 1}")
+        self.pack = pack
+        self.stack = pack.stacks[stack_index]
+        self.stack_index = stack_index
+        self.params = p = params if params is not None else PlantParams.load()
+        n = self.n = self.stack.cells
+        if board is None:
+            from bms.config import load_board
+
+            board = load_board(self.stack.board)
+        if board.cells != n:
+            raise ValueError(f"board {board.name} has {board.cells} cell channels, stack "
+                             f"{self.stack.name} has {n} cells")
+        self.board = board
+        self.m = board.load_cells
+        self.k = board.thermistors
+        if self.k and len(self.stack.thermistor_cell_positions) != self.k:
+            n_pos = len(self.stack.thermistor_cell_positions)
+            raise ValueError(f"board {board.name} has {self.k} thermistors, stack "
+                             f"{self.stack.name} places {n_pos}")
+        cell = pack.cell
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, stack_index]))
+        spread_rng = np.random.default_rng(np.random.SeedSequence([seed, stack_index, 1]))
+
+        key = (id(pack), id(p))
+        if key not in _TABLE_CACHE:
+            _TABLE_CACHE.clear()
+            _TABLE_CACHE[key] = _build_tables(pack, p)
+        self._tab = _TABLE_CACHE[key]
+        self._n_soc = int(round((_SOC_HI - _SOC_LO) / _SOC_STEP)) + 1
+        self._n_t = int(round((_T_HI - _T_LO) / _T_STEP)) + 1
+
+        # ---- per-cell spread (seeded; truncated at 3 sigma so no cell is absurd)
+        def spread(sigma: float, size: int = n) -> np.ndarray:
+            return np.clip(spread_rng.standard_normal(size), -3.0, 3.0) * sigma
+
+        self.capacity_ah = cell.capacity_ah * (1.0 + spread(p.capacity_spread))
+        self._capacity_as = self.capacity_ah * 3600.0
+        self._r_scale = 1.0 + spread(p.resistance_spread)
+        self._rc_scale = 1.0 + spread(p.contact_resistance_spread)
+        self._swell_um = (cell.swelling_um_full * self.capacity_ah / cell.capacity_ah
+                          * (1.0 + spread(p.swelling_spread)))
+        self._self_discharge_a = p.self_discharge_a * np.exp(
+            spread(p.self_discharge_log_sigma))
+        soc0 = initial_soc + spread(p.initial_soc_spread)
+        # where each cell's contact loss is (unit vector on the end plate): tilts the load cells
+        ang = spread_rng.uniform(0.0, 2.0 * math.pi, n)
+        self._spot_xy = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+        xy = np.array(pack.fixture.load_cells_xy_mm[: self.m], dtype=float).reshape(-1, 2)
+        if len(xy) < self.m:  # more load cells on the board than positions in the pack file
+            xy = np.vstack([xy, np.zeros((self.m - len(xy), 2))])
+        rmax = float(np.max(np.hypot(xy[:, 0], xy[:, 1]))) if self.m else 1.0
+        self._lc_unit = xy / (rmax if rmax > 0 else 1.0)
+        self._lc_tilt0 = spread(p.load_cell_tilt_spread, self.m)
+        # sensor calibration errors (seeded, static)
+        self._cell_off_v = spread_rng.uniform(-p.cell_offset_v, p.cell_offset_v, n)
+        self._cur_off_a = float(spread_rng.uniform(-p.current_offset_a, p.current_offset_a))
+        self._th_off_k = spread_rng.uniform(-p.thermistor_offset_k, p.thermistor_offset_k, self.k)
+        self._lc_off_kpa = spread_rng.uniform(-p.load_cell_offset_kpa, p.load_cell_offset_kpa,
+                                              self.m)
+        self._lc_gain = 1.0 + spread(p.load_cell_gain_spread, self.m)
+        self._lc_count_per_kpa = 1.0 / np.asarray(board.load_cell_kpa_per_count, dtype=float)
+        self._lc_offset_counts = np.asarray(board.load_cell_offset_counts, dtype=float)
+        # thermistor positions -> interpolation weights over cells
+        pos = np.asarray(self.stack.thermistor_cell_positions[: self.k], dtype=float)
+        self._th_i0 = np.clip(np.floor(pos).astype(int), 0, n - 1)
+        self._th_i1 = np.clip(self._th_i0 + 1, 0, n - 1)
+        self._th_w = pos - self._th_i0
+
+        # ---- state
+        self.t_s = 0.0
+        self.soc = soc0.astype(float)
+        self.v_rc = np.zeros((2, n))
+        self.hyst = np.zeros(n)
+        self.ambient_c = float(temperature_c)
+        self._temp = np.full(n + 3, float(temperature_c))  # cells, plate bottom/top, coolant
+        self.gas_kpa = 0.0
+        self.bus_v = 0.0
+        self.outputs = Outputs()
+        self.faults = PlantFaults(n, self.m, self.k)
+        self.load: Load = Rest()
+        self._load_t0 = 0.0
+        self._lc_last_counts = np.zeros(self.m, dtype=np.int64)
+        self._lc_have_last = False
+        self._thermal_cache: dict[tuple[float, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._build_thermal()
+        # values of the last step, for truth() and sensor_counts()
+        self.current_a = 0.0
+        self.cell_v = np.zeros(n)
+        self._ocv = np.zeros(n)
+        self._i_cell = np.zeros(n)
+        self._r_series = np.zeros(n)
+        self._bleed_g = 1.0 / pack.balancing.bleed_resistance_ohm if pack.balancing else 0.0
+        self._eta = cell.coulombic_efficiency
+        self._k_fix = pack.fixture.stiffness_kpa_per_um
+        self._swell_full_total = float(self._swell_um.sum())
+        self._balance = np.zeros(n, dtype=bool)
+        self.pressure_kpa = 0.0
+        self._lc_kpa = np.zeros(self.m)
+        self._heat_fault_any = False
+        self._refresh_derived()
+        self._update_pressure()
+        self._settle()
+
+    # ------------------------------------------------------------------ commands
+
+    def set_outputs(
+        self,
+        contactor_pos: bool = False,
+        contactor_neg: bool = False,
+        precharge: bool = False,
+        balance_mask: int = 0,
+        charge_limit_a: float = 0.0,
+        discharge_limit_a: float = 0.0,
+    ) -> None:
+        """Contactors, precharge relay, bleed switches (bit i = cell i) and the current limits
+        a well-behaved load and charger obey (both >= 0)."""
+        if balance_mask < 0 or balance_mask >> self.n:
+            raise ValueError(f"balance_mask {balance_mask:#x} has bits beyond {self.n} cells")
+        if not (charge_limit_a >= 0 and discharge_limit_a >= 0):
+            raise ValueError("current limits must be >= 0")
+        self.outputs = Outputs(bool(contactor_pos), bool(contactor_neg), bool(precharge),
+                               int(balance_mask), float(charge_limit_a), float(discharge_limit_a))
+        self._balance = ((int(balance_mask) >> np.arange(self.n)) & 1).astype(bool)
+        self._refresh_derived()
+
+    def open_all(self) -> None:
+        """Open contactors and precharge relay, stop balancing (board watchdog, reboot)."""
+        self.set_outputs()
+
+    def set_load(self, load: Load) -> None:
+        """Replace the load; its time starts now."""
+        self.load = load
+        self._load_t0 = self.t_s
+
+    def set_ambient(self, temperature_c: float) -> None:
+        """Ambient and coolant-inlet temperature (AMBIENT_TEMP overrides it while injected)."""
+        self.ambient_c = float(temperature_c)
+
+    def inject_fault(self, code: FaultCode | int, target: int = 0xFF, value: float = 0.0,
+                     clear: bool = False) -> None:
+        """Add or remove a plant fault (docs/protocol.md FAULT_INJECT). Raises FaultError."""
+        self.faults.apply(FaultCode(code), target, value, clear, self.t_s)
+        f = self.faults
+        self._heat_fault_any = bool(np.isfinite(f.soft_short_ohm).any() or f.cell_heat_w.any())
+        self._refresh_derived()
+        self._update_pressure()
+
+    @property
+    def ambient_effective_c(self) -> float:
+        o = self.faults.ambient_override_c
+        return self.ambient_c if o is None else o
+
+    # ------------------------------------------------------------------ model pieces
+
+    def _build_thermal(self) -> None:
+        p, n = self.params, self.n
+        c = np.empty(n + 3)
+        c[:n] = self.pack.cell.heat_capacity_j_per_k
+        c[n:n + 2] = p.plate_heat_capacity_j_per_k
+        c[n + 2] = p.coolant_heat_capacity_j_per_k
+        self._heat_cap = c
+        g = np.zeros((n + 3, n + 3))
+        for i in range(n - 1):
+            g[i, i + 1] = g[i + 1, i] = p.cell_cell_w_per_k
+        g[0, n] = g[n, 0] = p.end_cell_plate_w_per_k
+        g[n - 1, n + 1] = g[n + 1, n - 1] = p.end_cell_plate_w_per_k
+        g[:n, n + 2] = g[n + 2, :n] = p.cell_coolant_w_per_k
+        self._g_net = g
+        self._lap = np.diag(g.sum(axis=1)) - g
+
+    def _thermal_matrix(self, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(inverse of the backward-Euler matrix, ambient conductances) for this dt and coolant
+        state; cached, so a fixed step costs one small matrix-vector product."""
+        lost = self.faults.coolant_lost
+        key = (dt_s, lost)
+        hit = self._thermal_cache.get(key)
+        if hit is not None:
+            return hit
+        p, n = self.params, self.n
+        g_amb = np.zeros(n + 3)
+        g_amb[:n] = p.cell_ambient_w_per_k
+        g_amb[n:n + 2] = p.plate_ambient_w_per_k
+        g_amb[n + 2] = p.coolant_stagnant_w_per_k if lost else p.coolant_flow_w_per_k
+        m = np.diag(self._heat_cap / dt_s + g_amb) + self._lap
+        hit = (np.linalg.inv(m), g_amb)
+        if len(self._thermal_cache) > 16:
+            self._thermal_cache.clear()
+        self._thermal_cache[key] = hit
+        return hit
+
+    def _lookup(self, soc: np.ndarray, temp_c: np.ndarray) -> np.ndarray:
+        """Bilinear lookup in the fine (T, SOC) table: (n, 6). Two take()s of (n, 12) rows."""
+        fs = np.minimum(np.maximum(soc, _SOC_LO), _SOC_HI - 1e-6)
+        fs -= _SOC_LO
+        fs *= 1.0 / _SOC_STEP
+        ft = np.minimum(np.maximum(temp_c, _T_LO), _T_HI - 1e-6)
+        ft -= _T_LO
+        ft *= 1.0 / _T_STEP
+        i_s = fs.astype(np.intp)
+        i_t = ft.astype(np.intp)
+        w = np.empty((2, len(fs), 1))
+        w[0, :, 0] = fs - i_s
+        w[1, :, 0] = ft - i_t
+        base = i_t * self._n_soc + i_s
+        lo = self._tab.take(base, axis=0)
+        hi = self._tab.take(base + self._n_soc, axis=0)
+        lo = lo[:, :6] + (lo[:, 6:] - lo[:, :6]) * w[0]
+        hi = hi[:, :6] + (hi[:, 6:] - hi[:, :6]) * w[0]
+        return lo + (hi - lo) * w[1]
+
+    def _refresh_derived(self) -> None:
+        """Recompute what depends only on outputs and faults (not on every step)."""
+        f, p = self.faults, self.params
+        loss = f.contact_loss
+        self._g_static = (np.where(self._balance, self._bleed_g, 0.0)
+                          + 1.0 / f.soft_short_ohm)
+        self._inv_short = 1.0 / f.soft_short_ohm
+        self._r0_factor = self._r_scale / (1.0 - loss)
+        self._local_frac = 1.0 - loss
+        self._rc_factor = (self.pack.cell.contact_resistance_ref_ohm * self._rc_scale
+                           * math.sqrt(self.pack.cell.contact_pressure_ref_kpa))
+        self._collapse_um = p.contact_collapse_um * float(loss.sum())
+        if self.m:
+            tilt = -p.contact_tilt_gain * (loss @ self._spot_xy)  # (2,)
+            self._lc_factor = 1.0 + self._lc_tilt0 + self._lc_unit @ tilt
+        else:
+            self._lc_factor = np.zeros(0)
+        self._vtap_any = bool((~np.isnan(f.vtap_open_since_s)).any())
+        self._th_fault_any = bool(f.thermistor_open.any() or f.thermistor_short.any())
+        self._lc_fault_any = bool(f.loadcell_stuck.any() or f.loadcell_open.any())
+        self._lc_offset_fault = f.loadcell_offset_kpa.copy()
+
+    def _update_pressure(self) -> None:
+        p, fx = self.params, self.pack.fixture
+        dx_um = (float(self._swell_um @ self.soc)
+                 + fx.thermal_um_per_k * (float(self._temp[: self.n].sum()) / self.n
+                                          - fx.reference_temperature_c)
+                 - self._collapse_um)
+        # Springs and pouch stiffen as they compress (assumption): k (1 + s dx / dx_full)
+        stiff = 1.0 + p.fixture_stiffening * dx_um / self._swell_full_total
+        pressure = fx.preload_kpa + self._k_fix * dx_um * max(stiff, 0.1) + self.gas_kpa
+        self.pressure_kpa = max(pressure, 0.0)
+        self._lc_kpa = self.pressure_kpa * self._lc_factor
+
+    def _settle(self) -> None:
+        """Initial terminal voltages at rest (no step taken)."""
+        tab = self._lookup(self.soc, self._temp[: self.n])
+        self._ocv = tab[:, _K_OCV].copy()
+        self.cell_v = self._ocv.copy()
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, dt_s: float) -> None:
+        """Advance the plant by dt_s with its current outputs, load and faults."""
+        if not dt_s > 0.0 or not math.isfinite(dt_s):
+            raise ValueError(f"dt_s must be > 0 and finite, got {dt_s!r}")
+        p, n = self.params, self.n
+        temp = self._temp[:n]
+        tab = self._lookup(self.soc, temp)
+        ocv = tab[:, _K_OCV]
+        r1 = tab[:, _K_R1] * self._r_scale
+        r2 = r1 * p.r2_over_r1
+
+        # series resistance: ohmic (current crowds through the remaining contact area after a
+        # contact loss) plus contact resistance at the local pressure, R_ref (p_ref / p)^0.5
+        p_local = np.maximum(self.pressure_kpa * self._local_frac, p.min_local_pressure_kpa)
+        r_series = tab[:, _K_R0] * self._r0_factor + self._rc_factor / np.sqrt(p_local)
+
+        # terminal voltage v = (e + R i_s) / (1 + R g), g = bleed + soft-short conductance
+        emf = ocv + p.hysteresis_v * self.hyst + self.v_rc[0] + self.v_rc[1]
+        inv = 1.0 / (1.0 + r_series * self._g_static)
+        v_open = emf * inv
+        r_eff = r_series * inv
+
+        i_s = self._stack_current(dt_s, v_open, r_eff)
+        v = v_open + r_eff * i_s
+        i_cell = i_s - self._g_static * v  # electrochemical current (bleed, leak leave outside)
+
+        # state updates (exact for the linear parts at fixed parameters over the step)
+        charge = i_cell - (1.0 - self._eta) * np.maximum(i_cell, 0.0)
+        charge -= self._self_discharge_a
+        charge *= dt_s / self._capacity_as
+        self.soc = self.soc + charge
+        e1 = np.exp(-dt_s / tab[:, _K_TAU1])
+        e2 = np.exp((-dt_s / p.tau2_s) / tab[:, _K_ARR])
+        rc0 = self.v_rc[0] * e1 + r1 * (1.0 - e1) * i_cell
+        rc1 = self.v_rc[1] * e2 + r2 * (1.0 - e2) * i_cell
+        self.v_rc[0] = rc0
+        self.v_rc[1] = rc1
+        # Plett's hysteresis state: relaxes towards sign(i) over capacity / gamma of throughput
+        abs_i = np.abs(i_cell)
+        eh = np.exp(abs_i * (-p.hysteresis_rate * dt_s / self._capacity_as))
+        self.hyst = self.hyst * eh + (1.0 - eh) * np.sign(i_cell)
+
+        # heat: ohmic + both RC branches + hysteresis + entropic (I T dU/dT) + soft short +
+        # injected
+        heat = i_cell * (i_cell * r_series + (temp + KELVIN_OFFSET) * tab[:, _K_DOCV_DT])
+        heat += rc0 * rc0 / r1 + rc1 * rc1 / r2
+        heat += abs_i * np.abs(self.hyst) * p.hysteresis_v
+        if self._heat_fault_any:
+            heat += v * v * self._inv_short + self.faults.cell_heat_w
+        minv, g_amb = self._thermal_matrix(dt_s)
+        rhs = self._temp * (self._heat_cap / dt_s)
+        rhs += g_amb * self.ambient_effective_c
+        rhs[:n] += heat
+        self._temp = minv @ rhs
+
+        if self.faults.gas_ramp_kpa_per_s:
+            self.gas_kpa += self.faults.gas_ramp_kpa_per_s * dt_s
+        self.t_s += dt_s
+        self._update_pressure()
+        self.current_a = i_s
+        self.cell_v = v
+        self._ocv = ocv
+        self._i_cell = i_cell
+        self._r_series = r_series
+        self.load.observe(v)
+
+    def _stack_current(self, dt_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
+        """Stack current (+ = charge) for this step, and the link (bus) capacitor update."""
+        p, o, f = self.params, self.outputs, self.faults
+        v_s0 = float(v_open.sum())        # stack voltage at zero current
+        r_s = float(r_eff.sum())
+        g_bus = 1.0 / p.link_discharge_resistance_ohm
+        if f.precharge_fail:
+            g_bus += 1.0 / p.precharge_fail_short_ohm
+        if o.contactor_pos and o.contactor_neg:
+            if f.forced_current_a is not None:
+                demand = f.forced_current_a
+            else:
+                demand = self.load.demand_a(self.t_s - self._load_t0, v_open, r_eff)
+                if self.load.respect_limits or isinstance(self.load, CcCvCharge):
+                    demand = min(max(demand, -o.discharge_limit_a), o.charge_limit_a)
+            # the bus hangs on the stack through the path resistance; anything on the bus
+            # (discharge resistor, a shorted link) draws from the stack too
+            i_s = (demand - v_s0 * g_bus) / (1.0 + (r_s + p.path_resistance_ohm) * g_bus)
+            self.bus_v = v_s0 + (r_s + p.path_resistance_ohm) * i_s
+            return i_s
+        c = p.link_capacitance_f
+        if o.precharge and o.contactor_neg:
+            # RC charge through the precharge resistor towards the divider's final value
+            r_pre = p.precharge_resistance_ohm
+            v_inf = v_s0 / (1.0 + r_pre * g_bus)
+            tau = c * r_pre / (1.0 + r_pre * g_bus)
+        else:
+            v_inf, tau = 0.0, c / g_bus
+        v0 = self.bus_v
+        e = math.exp(-dt_s / tau)
+        self.bus_v = v_inf + (v0 - v_inf) * e
+        if o.precharge and o.contactor_neg:
+            v_avg = v_inf + (v0 - v_inf) * tau / dt_s * (1.0 - e)
+            return -(v_s0 - v_avg) / p.precharge_resistance_ohm
+        return 0.0
+
+    # ------------------------------------------------------------------ observations
+
+    def truth(self) -> PlantTruth:
+        n = self.n
+        return PlantTruth(
+            t_s=self.t_s,
+            current_a=self.current_a,
+            bus_voltage_v=self.bus_v,
+            stack_voltage_v=float(self.cell_v.sum()),
+            pressure_kpa=self.pressure_kpa,
+            load_cell_pressure_kpa=self._lc_kpa.copy(),
+            soc=self.soc.copy(),
+            cell_voltage_v=self.cell_v.copy(),
+            ocv_v=self._ocv.copy(),
+            temperature_c=self._temp[:n].copy(),
+            plate_temperature_c=self._temp[n:n + 2].copy(),
+            coolant_temperature_c=float(self._temp[n + 2]),
+            ambient_temperature_c=self.ambient_effective_c,
+            capacity_ah=self.capacity_ah.copy(),
+            leak_current_a=self.cell_v * self._inv_short,
+            cell_current_a=self._i_cell.copy(),
+            series_resistance_ohm=self._r_series.copy(),
+            hysteresis_v=self.params.hysteresis_v * self.hyst,
+            rc_voltage_v=self.v_rc.T.copy(),
+        )
+
+    def sensor_counts(self) -> SensorCounts:
+        """Raw counts as the board's ADCs read them now: noise, offsets, quantisation, sensor
+        faults. Draws from the plant's noise generator (deterministic per seed and call order)."""
+        p, b, f, n, k, m = self.params, self.board, self.faults, self.n, self.k, self.m
+        noise = self.rng.standard_normal(n + k + m + 2)
+
+        # cell voltages (LTC6811 class: offset + noise, 100 uV quantisation)
+        v = self.cell_v + self._cell_off_v
+        v += p.cell_noise_v * noise[:n]
+        if self._vtap_any:
+            # an open tap wire (top of cell i): channel i decays through its input filter and
+            # channel i+1 reads the difference, so the pair still sums to the true voltage
+            for i in np.flatnonzero(~np.isnan(f.vtap_open_since_s)):
+                decay = math.exp(-(self.t_s - f.vtap_open_since_s[i]) / p.vtap_open_tau_s)
+                lost = v[i] * (1.0 - decay)
+                v[i] -= lost
+                if i + 1 < n:
+                    v[i + 1] += lost
+        v -= b.cell_offset_v
+        v *= 1.0 / b.cell_lsb_v
+        cell_raw = np.minimum(np.maximum(np.rint(v), 0), INVALID_U16 - 1)
+
+        # thermistors: NTC divider voltage (Beta equation); open -> Vref (pull-up), short -> 0 V
+        th = b.thermistor
+        th_raw: list[int] = []
+        if k:
+            tc = self._temp[:n]
+            t_th = tc.take(self._th_i0) * (1.0 - self._th_w) + tc.take(self._th_i1) * self._th_w
+            counts = th.c_to_counts(t_th + self._th_off_k)
+            counts += (p.thermistor_noise_v / th.lsb_v) * noise[n:n + k]
+            if self._th_fault_any:
+                counts = np.where(f.thermistor_open, th.vref_v / th.lsb_v, counts)
+                counts = np.where(f.thermistor_short, 0.0, counts)
+            th_raw = np.minimum(np.maximum(np.rint(counts), 0), INVALID_U16 - 1).astype(
+                np.int64).tolist()
+
+        # load cells: HX711 counts = kPa / kpa_per_count + offset_counts (board profile)
+        sensor_error = False
+        lc_raw: list[int] = []
+        if m:
+            kpa = (self._lc_kpa + self._lc_off_kpa) * self._lc_gain + self._lc_offset_fault
+            kpa += p.load_cell_noise_kpa * noise[n + k:n + k + m]
+            lc = np.rint(kpa * self._lc_count_per_kpa + self._lc_offset_counts)
+            lc = np.minimum(np.maximum(lc, -I24_MAX - 1), I24_MAX).astype(np.int64)
+            if self._lc_fault_any:
+                if self._lc_have_last:
+                    lc = np.where(f.loadcell_stuck, self._lc_last_counts, lc)
+                if f.loadcell_open.any():
+                    lc = np.where(f.loadcell_open, INVALID_I32, lc)
+                    sensor_error = True  # the amplifier never becomes ready: a read timeout
+            self._lc_last_counts = lc
+            self._lc_have_last = True
+            lc_raw = lc.tolist()
+
+        i_meas = (self.current_a + self._cur_off_a + f.current_offset_a
+                  + p.current_noise_a * float(noise[n + k + m]))
+        cur = round((i_meas - b.current_offset_a) / b.current_lsb_a)
+        bus = round((self.bus_v + p.bus_noise_v * float(noise[n + k + m + 1])) / b.bus_lsb_v)
+        return SensorCounts(
+            current_raw=min(max(cur, -INVALID_I32), INVALID_I32 - 1),
+            bus_voltage_raw=min(max(bus, -INVALID_I32), INVALID_I32 - 1),
+            cell_raw=cell_raw.astype(np.int64).tolist(),
+            thermistor_raw=th_raw,
+            load_cell_raw=lc_raw,
+            sensor_error=sensor_error,
+        )
+
+
+__all__ = [
+    "CcCvCharge", "ConstantCurrent", "CurrentProfile", "FaultError", "Load", "Outputs", "Plant",
+    "PlantParams", "PlantTruth", "Rest", "SensorCounts",
+]
