@@ -1,0 +1,389 @@
+"""Emulated board: serves protocol v1 (docs/protocol.md) on a pseudo-terminal from a Plant.
+
+:class:`EmulatedBoard` is the protocol logic (frames in, frames out, both clocks, the board
+watchdog, NACKs, boot INFO, link faults); :func:`serve_pty` runs it on the master side of a pty
+(``os.openpty``) whose slave path a host opens like any serial port. In the ``sim`` clock the
+server never sleeps: it blocks on the pty and advances the plant by each SAMPLE's dt_us.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import select
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bms.config import BoardProfile, PackConfig, load_board
+from hil.emulator.faults import LINK_CODES, FaultCode, FaultError, LinkFaults, apply_link_fault
+from hil.emulator.plant import Plant, PlantParams
+from hil.emulator.scenario import Scenario, ScenarioRunner
+from hil.emulator.truth import TruthWriter
+from hil.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    BoardKind,
+    Capability,
+    DecodedFrame,
+    FaultFlags,
+    FaultInject,
+    FrameDecoder,
+    Heartbeat,
+    Hello,
+    Info,
+    Measurement,
+    Message,
+    MsgType,
+    Nack,
+    NackError,
+    Outputs,
+    Sample,
+    SetOutputs,
+    Status,
+    encode_frame,
+)
+
+FW_VERSION = (0, 1, 0)
+# Largest plant step the board takes inside one SAMPLE: longer dt_us are split so the scenario,
+# the watchdog and the thermal network see at most 1 s at a time (assumption: ample for
+# time constants of >= 10 s; the RC branches are integrated exactly anyway).
+MAX_SUBSTEP_S = 1.0
+
+
+@dataclass
+class BoardOptions:
+    pack: PackConfig
+    stack_index: int = 0
+    board: BoardProfile | None = None
+    clock: str = "sim"                    # "sim" or "real"
+    seed: int = 0
+    scenario: Scenario | None = None
+    truth_path: Path | None = None
+    truth_every: int = 1
+    initial_soc: float | None = None      # default: scenario's, else 0.5
+    temperature_c: float | None = None    # default: scenario's, else 25 C
+    params: PlantParams | None = None
+
+
+@dataclass
+class BoardCounters:
+    frames_in: int = 0
+    replies: int = 0
+    dropped_replies: int = 0     # LINK_DROP / LINK_SILENCE
+    corrupted_bytes: int = 0     # LINK_CORRUPT
+    write_overruns: int = 0      # host not reading: frame dropped instead of blocking
+    nacks: int = 0
+    reboots: int = 0
+    watchdog_trips: int = 0
+    samples: int = 0
+    scenario_errors: list[str] = field(default_factory=list)
+
+
+class EmulatedBoard:
+    """Protocol logic of one emulated board around one Plant (no I/O: bytes in, bytes out)."""
+
+    def __init__(self, opts: BoardOptions) -> None:
+        if opts.clock not in ("sim", "real"):
+            raise ValueError(f"clock must be 'sim' or 'real', got {opts.clock!r}")
+        self.opts = opts
+        pack = opts.pack
+        stack = pack.stacks[opts.stack_index]
+        self.profile = opts.board if opts.board is not None else load_board(stack.board)
+        sc = opts.scenario
+        soc0 = opts.initial_soc if opts.initial_soc is not None else (
+            sc.initial_soc if sc and sc.initial_soc is not None else 0.5)
+        t0 = opts.temperature_c if opts.temperature_c is not None else (
+            sc.initial_temperature_c if sc and sc.initial_temperature_c is not None else 25.0)
+        self.plant = Plant(pack, opts.stack_index, self.profile, opts.seed, opts.params,
+                           initial_soc=soc0, temperature_c=t0)
+        self.sim = opts.clock == "sim"
+        self.link = LinkFaults()
+        self._link_rng = np.random.default_rng(np.random.SeedSequence([opts.seed, 0xB0A2D]))
+        self.counters = BoardCounters()
+        self.decoder = FrameDecoder()
+        self.runner = ScenarioRunner(sc, self.plant, self._inject) if sc else None
+        self.truth = (TruthWriter(opts.truth_path, self.plant.n, self.plant.m, opts.truth_every)
+                      if opts.truth_path else None)
+        self.heartbeat_timeout_s = (pack.contactors.heartbeat_timeout_s
+                                    if pack.contactors else 1.0)
+        self.board_id = f"{self.profile.name}#{opts.stack_index}"[:14]
+        self.capabilities = int(Capability.FAULT_INJECT | Capability.BALANCING
+                                | (Capability.SIM_CLOCK if self.sim else 0))
+        self.boot_id = int(self._link_rng.integers(1, 0xFFFF))
+        self._wall0 = time.monotonic()
+        self._last_counts = self.plant.sensor_counts()
+        self._boot_state()
+        self.outbox: list[bytes] = []
+        self._send(self._info(), 0)  # boot INFO, seq 0
+
+    # ------------------------------------------------------------------ state
+
+    def _boot_state(self) -> None:
+        self.plant.open_all()
+        self.watchdog_tripped = False
+        self.just_booted = True
+        self.last_heartbeat_s = self.board_time_s
+
+    @property
+    def board_time_s(self) -> float:
+        return self.plant.t_s if self.sim else time.monotonic() - self._wall0
+
+    def reboot(self) -> None:
+        """Board restart: new boot_id, contactors open, JUST_BOOTED, INFO seq 0. The stack (the
+        plant) and its faults are physical and stay; a half-received frame is lost."""
+        self.counters.reboots += 1
+        self.boot_id = (self.boot_id % 0xFFFE) + 1
+        self.decoder.reset()
+        self._boot_state()
+        self._send(self._info(), 0)
+
+    def _info(self) -> Info:
+        p = self.profile
+        return Info(PROTOCOL_VERSION, int(BoardKind.EMULATOR), FW_VERSION, p.cells, p.thermistors,
+                    p.load_cells, int(round(self.heartbeat_timeout_s * 1000)), self.capabilities,
+                    self.boot_id, self.board_id)
+
+    def _inject(self, code: FaultCode, target: int, value: float, clear: bool) -> None:
+        """Route a fault: link faults and REBOOT to the board, the rest to the plant."""
+        code = FaultCode(code)
+        if code == FaultCode.REBOOT:
+            if not clear:
+                self.reboot()
+        elif code in LINK_CODES:
+            apply_link_fault(self.link, code, value, clear, self.board_time_s)
+        else:
+            if code == FaultCode.CLEAR_ALL:
+                self.link.clear()
+            self.plant.inject_fault(code, target, value, clear)
+
+    # ------------------------------------------------------------------ time
+
+    def advance(self, dt_s: float) -> None:
+        """Advance the plant (scenario, watchdog, truth) by dt_s in substeps <= 1 s."""
+        if dt_s <= 0:
+            return
+        n = max(1, math.ceil(dt_s / MAX_SUBSTEP_S - 1e-9))
+        h = dt_s / n
+        for _ in range(n):
+            if self.runner is not None:
+                self.runner.advance()
+            self.plant.step(h)
+            self._check_watchdog()
+            if self.truth is not None:
+                self.truth.write(self.plant.truth())
+        if self.runner is not None and self.runner.errors:
+            self.counters.scenario_errors.extend(self.runner.errors)
+            self.runner.errors.clear()
+
+    def _check_watchdog(self) -> None:
+        if not self.watchdog_tripped and \
+                self.board_time_s - self.last_heartbeat_s > self.heartbeat_timeout_s:
+            self.watchdog_tripped = True
+            self.counters.watchdog_trips += 1
+            self.plant.open_all()
+
+    def tick_real(self) -> None:
+        """Real clock: sample on the board's own timer (called every sample period)."""
+        self.advance(self.profile.sample_period_s)
+        self._last_counts = self.plant.sensor_counts()
+
+    # ------------------------------------------------------------------ frames
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the host; replies are appended to ``outbox``."""
+        for df in self.decoder.feed(data):
+            self.counters.frames_in += 1
+            self.handle(df)
+
+    def _send(self, msg: Message, seq: int) -> None:
+        if self.board_time_s < self.link.silence_until_s:
+            self.counters.dropped_replies += 1
+            return
+        if self.link.drop_probability and self._link_rng.random() < self.link.drop_probability:
+            self.counters.dropped_replies += 1
+            return
+        frame = encode_frame(msg, seq)
+        if self.link.corrupt_probability:
+            buf = np.frombuffer(frame, dtype=np.uint8).copy()
+            hit = self._link_rng.random(len(buf)) < self.link.corrupt_probability
+            if hit.any():
+                buf[hit] ^= self._link_rng.integers(1, 256, int(hit.sum()), dtype=np.uint8)
+                self.counters.corrupted_bytes += int(hit.sum())
+                frame = buf.tobytes()
+        self.counters.replies += 1
+        self.outbox.append(frame)
+
+    def _nack(self, msg_type: int, error: NackError, seq: int, detail: int = 0) -> None:
+        self.counters.nacks += 1
+        self._send(Nack(int(msg_type), int(error), detail), seq)
+
+    def handle(self, df: DecodedFrame) -> None:
+        if df.error is not None:
+            nack = df.nack(PROTOCOL_VERSION)
+            if nack is not None:
+                self.counters.nacks += 1
+                self._send(nack, df.seq)
+            return
+        msg, seq = df.msg, df.seq
+        if isinstance(msg, Sample):
+            if self.sim:
+                self.advance(msg.dt_us * 1e-6)
+                self._last_counts = self.plant.sensor_counts()
+            self._send(self._measurement(), seq)
+        elif isinstance(msg, Heartbeat):
+            self.last_heartbeat_s = self.board_time_s
+            self.watchdog_tripped = False
+        elif isinstance(msg, SetOutputs):
+            self._set_outputs(msg, seq)
+        elif isinstance(msg, Hello):
+            if msg.min_version <= PROTOCOL_VERSION <= msg.max_version:
+                self._send(self._info(), seq)
+            else:
+                self._nack(MsgType.HELLO, NackError.BAD_VERSION, seq, PROTOCOL_VERSION)
+        elif isinstance(msg, FaultInject):
+            try:
+                code = FaultCode(msg.fault)
+            except ValueError:
+                self._nack(MsgType.FAULT_INJECT, NackError.BAD_VALUE, seq)
+                return
+            if code == FaultCode.REBOOT and not msg.flags & FaultFlags.CLEAR:
+                self._send(Ack(int(MsgType.FAULT_INJECT)), seq)
+                self.reboot()
+                return
+            try:
+                self._inject(code, msg.target, float(msg.value), bool(msg.flags & FaultFlags.CLEAR))
+            except FaultError:
+                self._nack(MsgType.FAULT_INJECT, NackError.BAD_VALUE, seq)
+                return
+            self._send(Ack(int(MsgType.FAULT_INJECT)), seq)
+        else:
+            # INFO, MEASUREMENT, ACK, NACK are board -> host only
+            self._nack(int(msg.TYPE), NackError.UNSUPPORTED, seq)
+
+    def _set_outputs(self, msg: SetOutputs, seq: int) -> None:
+        n = self.profile.cells
+        if msg.charge_limit_ma < 0 or msg.discharge_limit_ma < 0 or msg.balance_mask >> n:
+            self._nack(MsgType.SET_OUTPUTS, NackError.BAD_VALUE, seq)
+            return
+        closing = bool(msg.outputs & (Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG
+                                      | Outputs.PRECHARGE))
+        if closing and self.watchdog_tripped:
+            self._nack(MsgType.SET_OUTPUTS, NackError.STATE, seq)
+            return
+        self.plant.set_outputs(
+            contactor_pos=bool(msg.outputs & Outputs.CONTACTOR_POS),
+            contactor_neg=bool(msg.outputs & Outputs.CONTACTOR_NEG),
+            precharge=bool(msg.outputs & Outputs.PRECHARGE),
+            balance_mask=msg.balance_mask,
+            charge_limit_a=msg.charge_limit_ma / 1000.0,
+            discharge_limit_a=msg.discharge_limit_ma / 1000.0,
+        )
+        self._send(Ack(int(MsgType.SET_OUTPUTS)), seq)
+
+    def _measurement(self) -> Measurement:
+        c = self._last_counts
+        o = self.plant.outputs
+        status = ((Status.CONTACTOR_POS if o.contactor_pos else 0)
+                  | (Status.CONTACTOR_NEG if o.contactor_neg else 0)
+                  | (Status.PRECHARGE if o.precharge else 0)
+                  | (Status.WATCHDOG_TRIPPED if self.watchdog_tripped else 0)
+                  | (Status.JUST_BOOTED if self.just_booted else 0)
+                  | (Status.BALANCING if o.balance_mask else 0)
+                  | (Status.SENSOR_ERROR if c.sensor_error else 0)
+                  | (Status.SIM_CLOCK if self.sim else 0))
+        self.just_booted = False
+        self.counters.samples += 1
+        return Measurement(int(round(self.board_time_s * 1000.0)) & 0xFFFFFFFF, int(status),
+                           c.current_raw, c.bus_voltage_raw, tuple(c.cell_raw),
+                           tuple(c.thermistor_raw), tuple(c.load_cell_raw))
+
+    def close(self) -> None:
+        if self.truth is not None:
+            self.truth.close()
+
+
+# --------------------------------------------------------------------------- pty server
+
+
+class PtyServer:
+    """Owns the pty pair; ``serve()`` runs the board until ``stop()`` (or forever)."""
+
+    def __init__(self, board: EmulatedBoard) -> None:
+        self.board = board
+        self.master_fd, self.slave_fd = os.openpty()
+        # Raw slave: no echo, no CR/LF translation before the host configures the port, so the
+        # boot INFO is not echoed back into our own input.
+        tty.setraw(self.slave_fd)
+        self.path = os.ttyname(self.slave_fd)
+        os.set_blocking(self.master_fd, False)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Ask serve() to return (thread-safe)."""
+        self._stopped = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _flush(self) -> None:
+        out = self.board.outbox
+        while out:
+            frame = out.pop(0)
+            try:
+                os.write(self.master_fd, frame)
+            except BlockingIOError:
+                self.board.counters.write_overruns += 1
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+
+    def serve(self) -> None:
+        board = self.board
+        period = board.profile.sample_period_s
+        next_tick = time.monotonic() + period
+        self._flush()
+        fds = [self.master_fd, self._wake_r]
+        while not self._stopped:
+            timeout = None
+            if not board.sim:
+                timeout = max(0.0, next_tick - time.monotonic())
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self._wake_r in ready:
+                break
+            if self.master_fd in ready:
+                try:
+                    data = os.read(self.master_fd, 4096)
+                except BlockingIOError:
+                    data = b""
+                except OSError as exc:
+                    if exc.errno != errno.EIO:  # EIO: no slave open right now
+                        raise
+                    data = b""
+                if data:
+                    board.feed(data)
+            if not board.sim:
+                now = time.monotonic()
+                missed = 0
+                while now >= next_tick and missed < 10:  # catch up at most 1 s of ticks
+                    board.tick_real()
+                    next_tick += period
+                    missed += 1
+                if now >= next_tick:
+                    next_tick = now + period
+            if board.outbox:
+                self._flush()
+
+    def close(self) -> None:
+        for fd in (self.master_fd, self.slave_fd, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.board.close()

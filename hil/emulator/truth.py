@@ -1,0 +1,59 @@
+"""Ground-truth CSV writer: what the plant really did, per step, for evaluation only.
+
+One row per plant step (or every ``every``-th step): time, stack current, bus and stack
+voltage, stack pressure, coolant and ambient temperature, then per cell true SOC, temperature
+and terminal voltage, then per load cell the true local pressure. The BMS never reads this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+from hil.emulator.plant import PlantTruth
+
+
+def truth_header(n_cells: int, n_load_cells: int) -> list[str]:
+    cols = ["t_s", "current_a", "bus_voltage_v", "stack_voltage_v", "pressure_kpa",
+            "coolant_c", "ambient_c"]
+    cols += [f"soc_{i}" for i in range(n_cells)]
+    cols += [f"temperature_c_{i}" for i in range(n_cells)]
+    cols += [f"cell_voltage_v_{i}" for i in range(n_cells)]
+    cols += [f"load_cell_kpa_{j}" for j in range(n_load_cells)]
+    return cols
+
+
+class TruthWriter:
+    """Appends PlantTruth rows to a CSV file; line-buffered so a killed run keeps its rows."""
+
+    def __init__(self, path: str | Path, n_cells: int, n_load_cells: int, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError("every must be >= 1")
+        self.path = Path(path)
+        self.every = every
+        self._count = 0
+        self._fh: TextIO = self.path.open("w", encoding="utf-8", buffering=1)
+        self._fh.write(",".join(truth_header(n_cells, n_load_cells)) + "\n")
+
+    def write(self, truth: PlantTruth) -> None:
+        self._count += 1
+        if (self._count - 1) % self.every:
+            return
+        head = (truth.t_s, truth.current_a, truth.bus_voltage_v, truth.stack_voltage_v,
+                truth.pressure_kpa, truth.coolant_temperature_c, truth.ambient_temperature_c)
+        parts = [f"{truth.t_s:.3f}"] + [f"{x:.6g}" for x in head[1:]]
+        parts += [f"{x:.6f}" for x in truth.soc.tolist()]
+        parts += [f"{x:.3f}" for x in truth.temperature_c.tolist()]
+        parts += [f"{x:.5f}" for x in truth.cell_voltage_v.tolist()]
+        parts += [f"{x:.2f}" for x in truth.load_cell_pressure_kpa.tolist()]
+        self._fh.write(",".join(parts) + "\n")
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> TruthWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
