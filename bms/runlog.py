@@ -111,7 +111,7 @@ class _Sink:
         self.dropped = 0
         self.last_error: str | None = None
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes, count: bool = True) -> bool:
         view = memoryview(data)
         done = 0
         try:
@@ -121,7 +121,7 @@ class _Sink:
                     raise OSError(errno.EIO, "short write")
                 done += n
         except OSError as exc:
-            self.dropped += 1
+            self.dropped += count
             self.last_error = f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"
             if done:
                 # Remove the fragment so the next line starts on a line boundary.
@@ -131,7 +131,7 @@ class _Sink:
                     pass
             return False
         self.size += done
-        self.written += 1
+        self.written += count
         return True
 
     def close(self) -> None:
@@ -165,7 +165,8 @@ class RunLog:
         self.last_time_s: float | None = None
         self._dropping = False
         self._closed = False
-        self.ticks.write((",".join(_fmt(c) for c in self.columns) + "\n").encode())
+        self._header = (",".join(_fmt(c) for c in self.columns) + "\n").encode()
+        self._header_ok = self.ticks.write(self._header, count=False)
         if meta is not None:
             self.event({"type": "meta", **meta})
 
@@ -184,7 +185,13 @@ class RunLog:
                 values = values.tolist()  # numpy scalars -> Python floats/ints: fast path
             fields = [_fmt(v) for v in values]
             t = values[self._time_col] if self._time_col is not None else None
-        ok = self.ticks.write((",".join(fields) + "\n").encode())
+        if not self._header_ok:
+            # The header could not be written (disk full at start): it must come first, so
+            # retry it before any row; until it succeeds the rows are dropped too.
+            self._header_ok = self.ticks.write(self._header, count=False)
+        ok = self._header_ok and self.ticks.write((",".join(fields) + "\n").encode())
+        if not self._header_ok:
+            self.ticks.dropped += 1
         if ok:
             self.rows += 1
             if t is not None:
