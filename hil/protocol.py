@@ -35,7 +35,8 @@ __all__ = [
     "Hello", "Info", "Sample", "Measurement", "SetOutputs", "Heartbeat", "Ack", "Nack",
     "FaultInject", "Message", "MESSAGE_CLASSES",
     "encode_frame", "encode_payload", "decode_frame", "decode_payload", "FrameError",
-    "DecodedFrame", "LinkCounters", "FrameDecoder", "next_seq", "crc16",
+    "DecodedFrame", "LinkCounters", "FrameDecoder", "next_seq", "crc16", "encode_raw_frame",
+    "message_fields",
 ]
 
 PROTOCOL_VERSION = 1

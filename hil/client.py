@@ -1,0 +1,397 @@
+"""Board client: handshake, version and profile check, request/response matched by seq.
+
+One :class:`BoardClient` talks to one board over one :class:`hil.link.SerialLink`. The
+controller asks every board before it waits on any::
+
+    seqs = [c.request_sample(dt_s) for c in clients]        # non-blocking sends
+    meas = [c.wait_measurement(s) for c, s in zip(clients, seqs)]
+
+Replies are matched by seq (docs/protocol.md, "Sequence numbers"); a reply nobody waits for
+is counted as stale and dropped. A request that gets no answer within ``timeout_s`` is sent again
+with a new seq, up to ``retries`` times; a late answer to any of its seqs still completes it.
+A SAMPLE is retried with ``dt_us = 0``: when only the reply was lost the board has already
+advanced its sim clock, and advancing twice would skip plant time silently; the MEASUREMENT's
+timestamp tells the controller what happened either way.
+
+An INFO with a new ``boot_id`` at any time means the board reset (its contactors are open and
+its state is lost): :attr:`BoardClient.resets` counts it and :meth:`BoardClient.take_reset`
+lets the controller poll for it once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from bms.config import BoardProfile
+from hil.link import BoardLostError, BoardTimeoutError, LinkError, SerialLink
+from hil.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    FaultFlags,
+    FaultInject,
+    Heartbeat,
+    Hello,
+    Info,
+    Measurement,
+    Message,
+    MsgType,
+    Nack,
+    NackError,
+    Sample,
+    SetOutputs,
+)
+
+__all__ = [
+    "BoardClient", "ClientCounters", "BoardNackError", "ProtocolVersionError",
+    "BoardMismatchError", "LinkError", "BoardLostError", "BoardTimeoutError",
+    "DEFAULT_HELLO_WAIT_S", "AUTO_RESET_HELLO_WAIT_S",
+]
+
+# How long open() listens for the boot INFO before it sends HELLO. A pty or a board without
+# auto-reset sends nothing on open, so the wait is short; an Arduino-class board resets on DTR
+# and its bootloader runs for about 1 to 2 s before the sketch (assumption from the Optiboot /
+# stk500v2 bootloaders' timeouts), so device paths of USB CDC / FTDI ports wait longer.
+DEFAULT_HELLO_WAIT_S = 0.05
+AUTO_RESET_HELLO_WAIT_S = 2.5
+_AUTO_RESET_PREFIXES = ("/dev/ttyACM", "/dev/ttyUSB", "/dev/cu.usb", "/dev/tty.usb")
+
+_MAX_PENDING = 256
+
+# The replies each request type accepts (a NACK is accepted for all).
+_REPLY_TYPES = {
+    MsgType.HELLO: Info,
+    MsgType.SAMPLE: Measurement,
+    MsgType.SET_OUTPUTS: Ack,
+    MsgType.FAULT_INJECT: Ack,
+}
+
+
+class BoardNackError(LinkError):
+    """The board refused a request (NACK); ``error`` is the NackError code."""
+
+    def __init__(self, port: str, request: MsgType, nack: Nack) -> None:
+        self.request = request
+        self.nack = nack
+        try:
+            self.error: NackError | int = NackError(nack.error)
+            name = self.error.name
+        except ValueError:
+            self.error = nack.error
+            name = f"unknown code {nack.error}"
+        self.detail = nack.detail
+        super().__init__(f"{port}: board refused {request.name}: NACK {name} "
+                         f"(detail {nack.detail})")
+
+
+class ProtocolVersionError(LinkError):
+    """The board speaks another protocol version than this host."""
+
+
+class BoardMismatchError(LinkError):
+    """The board's channel counts differ from the board profile's."""
+
+
+@dataclass(slots=True)
+class ClientCounters:
+    """Request/response statistics of one board (decoder counters live in ``link_counters``)."""
+
+    requests: int = 0
+    replies: int = 0
+    timeouts: int = 0       # attempts that timed out (each one is retried or raised)
+    retries: int = 0        # requests sent again with a new seq
+    stale_replies: int = 0  # replies with a seq nobody waits for (dropped)
+    unexpected: int = 0     # frames of a type that does not answer their request, or unsolicited
+    nacks: int = 0
+    resets: int = 0         # INFO with a new boot_id after the handshake
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: MsgType
+    seqs: list[int] = field(default_factory=list)
+    reply: Message | None = None
+
+
+class BoardClient:
+    """Client of one board. Use as a context manager or call :meth:`open` / :meth:`close`.
+
+    ``timeout_s`` is the wait per attempt; a request fails after ``retries + 1`` attempts,
+    i.e. within about ``(retries + 1) * timeout_s``. ``hello_wait_s`` is how long
+    :meth:`open` listens for the boot INFO before sending HELLO (default: 2.5 s on
+    ``/dev/ttyACM*`` / ``/dev/ttyUSB*`` ports, 0.05 s elsewhere).
+    """
+
+    def __init__(self, port_or_url: str, profile: BoardProfile | None = None,
+                 timeout_s: float = 0.5, retries: int = 2, hello_wait_s: float | None = None,
+                 baudrate: int = 115200) -> None:
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError("timeout_s must be > 0 and retries >= 0")
+        self.port = port_or_url
+        self.profile = profile
+        self.timeout_s = timeout_s
+        self.retries = retries
+        if hello_wait_s is None:
+            hello_wait_s = (AUTO_RESET_HELLO_WAIT_S if port_or_url.startswith(_AUTO_RESET_PREFIXES)
+                            else DEFAULT_HELLO_WAIT_S)
+        self.hello_wait_s = hello_wait_s
+        self.baudrate = baudrate
+        self.stats = ClientCounters()
+        self.link: SerialLink | None = None
+        self._info: Info | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._reset_flag = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> Info:
+        """Open the port, wait for the boot INFO or ask with HELLO; check version and profile."""
+        if self.link is None:
+            self.link = SerialLink(self.port, baudrate=self.baudrate)
+        try:
+            info = self._handshake()
+            self._check(info)
+        except BaseException:
+            self.close()
+            raise
+        self._info = info
+        return info
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        self._pending.clear()
+
+    def __enter__(self) -> BoardClient:
+        if self.link is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handshake(self) -> Info:
+        link = self._link()
+        # 1. A freshly reset board announces itself (seq 0): wait a little for that.
+        deadline = time.monotonic() + self.hello_wait_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            f = link.recv(remaining)
+            if f is None:
+                break
+            if isinstance(f.msg, Info):
+                return f.msg
+            self.stats.unexpected += 1  # leftovers of a previous session: ignore
+        # 2. Ask. Any INFO answers (the boot INFO may cross our HELLO).
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            seq = link.send(Hello(PROTOCOL_VERSION, PROTOCOL_VERSION))
+            self.stats.requests += 1
+            deadline = time.monotonic() + self.timeout_s
+            while (remaining := deadline - time.monotonic()) > 0:
+                f = link.recv(remaining)
+                if f is None:
+                    break
+                m = f.msg
+                if isinstance(m, Info):
+                    self.stats.replies += 1
+                    return m
+                if isinstance(m, Nack) and f.seq == seq:
+                    self.stats.nacks += 1
+                    if m.error == NackError.BAD_VERSION:
+                        raise ProtocolVersionError(
+                            f"{self.port}: board speaks protocol version {m.detail}; this host "
+                            f"speaks {PROTOCOL_VERSION}")
+                    raise BoardNackError(self.port, MsgType.HELLO, m)
+                self.stats.unexpected += 1
+            self.stats.timeouts += 1
+        raise BoardTimeoutError(
+            f"{self.port}: no INFO from the board (waited {self.hello_wait_s:g} s for the boot "
+            f"INFO, then {self.retries + 1} HELLO attempts of {self.timeout_s:g} s)")
+
+    def _check(self, info: Info) -> None:
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolVersionError(
+                f"{self.port}: board {info.board_id!r} speaks protocol version "
+                f"{info.protocol_version}; this host speaks {PROTOCOL_VERSION}")
+        p = self.profile
+        if p is None:
+            return
+        board = (info.n_cells, info.n_thermistors, info.n_load_cells)
+        want = (p.cells, p.thermistors, p.load_cells)
+        if board != want:
+            raise BoardMismatchError(
+                f"{self.port}: board {info.board_id!r} reports {board[0]} cells, {board[1]} "
+                f"thermistors, {board[2]} load cells; board profile {p.name!r} ({p.path}) "
+                f"expects {want[0]} cells, {want[1]} thermistors, {want[2]} load cells")
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def info(self) -> Info:
+        """The board's INFO (updated when the board resets)."""
+        if self._info is None:
+            raise LinkError(f"{self.port}: not open")
+        return self._info
+
+    @property
+    def resets(self) -> int:
+        """How many times the board reset (new boot_id) since open()."""
+        return self.stats.resets
+
+    @property
+    def reset_pending(self) -> bool:
+        """True after a board reset until :meth:`take_reset` is called."""
+        return self._reset_flag
+
+    def take_reset(self) -> bool:
+        """True once per board reset noticed since the last call (then cleared)."""
+        flag, self._reset_flag = self._reset_flag, False
+        return flag
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Flat snapshot: link decoder counters, resyncs (frames dropped) and client counters."""
+        link = self._link()
+        c = link.counters
+        out = c.as_dict()
+        out["resyncs"] = c.errors
+        out["frames_sent"] = link.stats.frames_sent
+        out.update({k: getattr(self.stats, k) for k in self.stats.__slots__})
+        return out
+
+    def _link(self) -> SerialLink:
+        if self.link is None:
+            raise LinkError(f"{self.port}: not open")
+        return self.link
+
+    # ------------------------------------------------------------------ requests
+
+    def request_sample(self, dt_s: float) -> int:
+        """Send SAMPLE (advance the sim clock by dt_s, then measure) without waiting; the seq."""
+        dt_us = int(round(dt_s * 1e6))
+        return self._request(Sample(dt_us))
+
+    def wait_measurement(self, seq: int, timeout_s: float | None = None) -> Measurement:
+        """Wait for the MEASUREMENT answering the SAMPLE sent with ``seq`` (retrying it)."""
+        m = self._wait(seq, timeout_s, Sample(0))
+        assert isinstance(m, Measurement)  # noqa: S101 (guaranteed by _REPLY_TYPES)
+        return m
+
+    def sample(self, dt_s: float, timeout_s: float | None = None) -> Measurement:
+        return self.wait_measurement(self.request_sample(dt_s), timeout_s)
+
+    def set_outputs(self, outputs: int, balance_mask: int, charge_limit_a: float,
+                    discharge_limit_a: float, timeout_s: float | None = None) -> None:
+        """Command contactors, precharge and bleed switches; returns on ACK, raises on NACK."""
+        msg = SetOutputs(int(outputs), int(balance_mask), _ma(charge_limit_a),
+                         _ma(discharge_limit_a))
+        self._wait(self._request(msg), timeout_s, msg)
+
+    def heartbeat(self, bms_state: int, host_time_ms: int) -> None:
+        """Send HEARTBEAT (no reply: beats are not acknowledged)."""
+        self._link().send(Heartbeat(int(bms_state), int(host_time_ms) & 0xFFFFFFFF))
+
+    def inject_fault(self, fault: int, target: int = 0xFF, value: float = 0.0,
+                     clear: bool = False, timeout_s: float | None = None) -> None:
+        """FAULT_INJECT (emulator only); returns on ACK, raises BoardNackError on NACK."""
+        msg = FaultInject(int(fault), int(target), int(FaultFlags.CLEAR) if clear else 0,
+                          float(value))
+        self._wait(self._request(msg), timeout_s, msg)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Process whatever has arrived (unsolicited INFO after a reset, late replies)."""
+        link = self._link()
+        f = link.recv(timeout_s)
+        while f is not None:
+            self._dispatch(f.seq, f.msg)  # type: ignore[arg-type]
+            f = link.recv(0.0)
+
+    # ------------------------------------------------------------------ machinery
+
+    def _request(self, msg: Message) -> int:
+        seq = self._link().send(msg)
+        if len(self._pending) >= _MAX_PENDING:
+            # Requests never waited for (a controller that gave up): forget the oldest.
+            self._pending.pop(next(iter(self._pending)))
+        p = _Pending(msg.TYPE, [seq])
+        self._pending[seq] = p
+        self.stats.requests += 1
+        return seq
+
+    def _dispatch(self, seq: int, msg: Message) -> None:
+        """Route one received message: a reset INFO, a reply to a pending request, or stale."""
+        if isinstance(msg, Info):
+            self._on_info(msg)  # INFO only ever answers HELLO, which open() handles itself
+            return
+        p = self._pending.get(seq)
+        if p is None or p.reply is not None:
+            # Nobody waits for this seq (late answer to a retried or abandoned request, or a
+            # second answer): stale. seq 0 is unsolicited and not an answer at all.
+            if seq == 0:
+                self.stats.unexpected += 1
+            else:
+                self.stats.stale_replies += 1
+            return
+        if isinstance(msg, Nack) or (
+            isinstance(msg, _REPLY_TYPES[p.kind])
+            and not (isinstance(msg, Ack) and msg.acked_type != p.kind)
+        ):
+            p.reply = msg
+            self.stats.replies += 1
+        else:
+            self.stats.unexpected += 1
+
+    def _on_info(self, info: Info) -> None:
+        old = self._info
+        if old is not None and info.boot_id != old.boot_id:
+            self.stats.resets += 1
+            self._reset_flag = True
+        self._info = info
+
+    def _wait(self, seq: int, timeout_s: float | None, retry_msg: Message) -> Message:
+        p = self._pending.get(seq)
+        if p is None:
+            raise LinkError(f"{self.port}: no request pending with seq {seq}")
+        link = self._link()
+        per_attempt = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            attempt = 0
+            while True:
+                deadline = time.monotonic() + per_attempt
+                while p.reply is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0.0:
+                        break
+                    f = link.recv(remaining)
+                    if f is None:
+                        break
+                    self._dispatch(f.seq, f.msg)  # type: ignore[arg-type]
+                if p.reply is not None:
+                    break
+                self.stats.timeouts += 1
+                if attempt >= self.retries:
+                    seqs = ", ".join(map(str, p.seqs))
+                    raise BoardTimeoutError(
+                        f"{self.port}: no reply to {p.kind.name} (seq {seqs}) after "
+                        f"{attempt + 1} attempt(s) of {per_attempt:g} s: board not answering")
+                attempt += 1
+                self.stats.retries += 1
+                new_seq = link.send(retry_msg)
+                p.seqs.append(new_seq)
+                self._pending[new_seq] = p
+        finally:
+            # Done (or failed): later answers to any of its seqs are stale.
+            for s in p.seqs:
+                self._pending.pop(s, None)
+        reply = p.reply
+        if isinstance(reply, Nack):
+            self.stats.nacks += 1
+            raise BoardNackError(self.port, p.kind, reply)
+        return reply
+
+
+def _ma(current_a: float) -> int:
+    """A current limit in A -> mA on the wire (i32), rounded; limits are >= 0 by the spec."""
+    return int(round(float(current_a) * 1000.0))

@@ -1,0 +1,236 @@
+"""Serial link: bytes on a port <-> protocol v1 frames, with counters and clear failure types.
+
+A :class:`SerialLink` opens a device path (``/dev/ttyACM0``, ``/dev/pts/3``) or any pyserial URL
+(``loop://``, ``spy://...``, ``socket://host:port``) at 115200 8N1. It frames outgoing messages
+(assigning the host's sequence numbers) and decodes incoming bytes with one
+:class:`hil.protocol.FrameDecoder`, which resynchronises after garbage by itself.
+
+Reads block in ``select`` on the port's file descriptor (no sleeps, no polling) and then take
+every byte waiting (``in_waiting``), so one system call pair delivers a whole frame or several.
+
+Failures:
+
+- :class:`BoardLostError`: the port vanished or read/write failed (USB unplugged, pty master
+  closed: Linux returns EIO, or readiness with no data, which pyserial reports as
+  ``SerialException``).
+- :class:`BoardTimeoutError`: no answer within the deadline (raised by the client; the link's
+  ``recv`` returns None on timeout).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import time
+from dataclasses import dataclass
+
+import serial
+
+from hil.protocol import (
+    DecodedFrame,
+    FrameDecoder,
+    LinkCounters,
+    Message,
+    encode_frame,
+    next_seq,
+)
+
+__all__ = ["LinkError", "BoardLostError", "BoardTimeoutError", "SerialLink", "LinkStats",
+           "DEFAULT_BAUDRATE"]
+
+DEFAULT_BAUDRATE = 115200
+_READ_CHUNK = 4096
+
+
+class LinkError(Exception):
+    """Base class of every link and board-client failure."""
+
+
+class BoardLostError(LinkError):
+    """The port is gone or unreadable: the board was unplugged, reset its USB or closed."""
+
+
+class BoardTimeoutError(LinkError):
+    """The board did not answer within the deadline (after the retries)."""
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Outgoing side of the link (the decoder's LinkCounters cover the incoming side)."""
+
+    frames_sent: int = 0
+    bytes_out: int = 0
+
+
+class SerialLink:
+    """One serial port speaking protocol v1.
+
+    ``port`` is a device path or a pyserial URL (anything with ``://``). ``read_timeout_s`` is
+    the longest a single blocking read may take when the port has no file descriptor (URL
+    handlers such as ``loop://``); on file-descriptor ports ``recv`` waits exactly its own
+    timeout.
+    """
+
+    def __init__(self, port: str, baudrate: int = DEFAULT_BAUDRATE,
+                 read_timeout_s: float = 0.05, write_timeout_s: float = 1.0) -> None:
+        self.port = port
+        self.decoder = FrameDecoder()
+        self.stats = LinkStats()
+        self._frames: collections.deque[DecodedFrame] = collections.deque()
+        self._seq = 0
+        self._read_timeout_s = read_timeout_s
+        try:
+            if "://" in port:
+                self._ser = serial.serial_for_url(port, baudrate=baudrate,
+                                                  timeout=read_timeout_s,
+                                                  write_timeout=write_timeout_s)
+            else:
+                self._ser = serial.Serial(port, baudrate=baudrate, timeout=read_timeout_s,
+                                          write_timeout=write_timeout_s)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise BoardLostError(f"cannot open {port}: {exc}") from exc
+        # Ports with a real descriptor (ttys, ptys, spy:// on a tty) wait in select() with the
+        # caller's exact timeout; others (loop://, socket://) use pyserial's own read timeout.
+        self._fd: int | None = None
+        if isinstance(self._ser, serial.serialposix.Serial):
+            self._fd = self._ser.fileno()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def counters(self) -> LinkCounters:
+        """Incoming-frame counters (frames_ok, crc_errors, ...; see LinkCounters)."""
+        return self.decoder.counters
+
+    @property
+    def is_open(self) -> bool:
+        return self._ser is not None and self._ser.is_open
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last frame sent with :meth:`send` (0 before the first)."""
+        return self._seq
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, msg: Message) -> int:
+        """Send ``msg`` with the next host seq (1..65535, wrapping, never 0); return the seq."""
+        self._seq = seq = next_seq(self._seq)
+        self.write(encode_frame(msg, seq))
+        return seq
+
+    def send_with_seq(self, msg: Message, seq: int) -> None:
+        """Send ``msg`` with an explicit seq (a board's reply carries the request's seq)."""
+        self.write(encode_frame(msg, seq))
+
+    def write(self, data: bytes) -> None:
+        """Write raw bytes (already framed, or deliberate garbage in tests)."""
+        try:
+            n = self._ser.write(data)
+        except serial.SerialTimeoutException as exc:
+            raise BoardTimeoutError(f"{self.port}: write timed out (board not reading)") from exc
+        except (serial.SerialException, OSError) as exc:
+            raise BoardLostError(f"{self.port}: write failed: {exc}") from exc
+        except (AttributeError, TypeError) as exc:  # pyserial after close() sets fd to None
+            raise BoardLostError(f"{self.port}: port is closed") from exc
+        self.stats.frames_sent += 1
+        self.stats.bytes_out += n if n is not None else len(data)
+
+    # ------------------------------------------------------------------ receiving
+
+    def recv(self, timeout_s: float) -> DecodedFrame | None:
+        """The next valid frame, or None if none arrives within ``timeout_s``.
+
+        Frames the decoder rejected (version, unknown type, payload) are counted and skipped:
+        a host does not answer them. Raises BoardLostError if the port fails.
+        """
+        frames = self._frames
+        deadline = None
+        remaining = timeout_s
+        while True:
+            while frames:
+                f = frames.popleft()
+                if f.error is None:
+                    return f
+            if deadline is None:
+                deadline = time.monotonic() + timeout_s
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    return None
+            data = self.read_available(remaining)
+            if data:
+                frames.extend(self.decoder.feed(data))
+
+    def recv_any(self, timeout_s: float) -> DecodedFrame | None:
+        """Like recv, but also returns rejected frames (``error`` set), as a board needs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._frames:
+                return self._frames.popleft()
+            remaining = deadline - time.monotonic()
+            data = self.read_available(max(remaining, 0.0))
+            if data:
+                self._frames.extend(self.decoder.feed(data))
+            elif remaining <= 0.0:
+                return None
+
+    def read_available(self, timeout_s: float) -> bytes:
+        """Block up to ``timeout_s`` for input, then return every byte waiting (b"" on timeout).
+
+        Raises BoardLostError when the port fails or reports end of file.
+        """
+        ser = self._ser
+        try:
+            if self._fd is not None:
+                n = ser.in_waiting
+                if n == 0:
+                    ready, _, _ = select.select((self._fd,), (), (), max(timeout_s, 0.0))
+                    if not ready:
+                        return b""
+                    n = ser.in_waiting
+                    if n == 0:
+                        # Readable but nothing waiting: EOF/hang-up (pty master closed, USB
+                        # gone). os.read surfaces the errno (EIO) or b"".
+                        data = os.read(self._fd, _READ_CHUNK)
+                        if not data:
+                            raise BoardLostError(f"{self.port}: end of file (board gone)")
+                        return data
+                return ser.read(n)
+            # URL handlers: pyserial's own timeout, clamped to the caller's.
+            t = min(max(timeout_s, 0.0), self._read_timeout_s) if timeout_s > 0 else 0
+            if ser.timeout != t:
+                ser.timeout = t
+            n = ser.in_waiting
+            return ser.read(n if n > 0 else 1)
+        except BoardLostError:
+            raise
+        except (serial.SerialException, OSError) as exc:
+            raise BoardLostError(f"{self.port}: read failed: {exc}") from exc
+        except (AttributeError, TypeError) as exc:  # after close(): pyserial's fd is None
+            raise BoardLostError(f"{self.port}: port is closed") from exc
+
+    def reset_input(self) -> None:
+        """Discard unread input and any partial frame (counters are kept)."""
+        self._frames.clear()
+        self.decoder.reset()
+        try:
+            self._ser.reset_input_buffer()
+        except (serial.SerialException, OSError) as exc:
+            raise BoardLostError(f"{self.port}: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self._ser.close()
+        except (serial.SerialException, OSError):
+            pass  # closing a vanished port: nothing left to release
+
+    def __enter__(self) -> SerialLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SerialLink({self.port!r})"
