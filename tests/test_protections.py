@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bms.config import PROTECTION_NAMES, ProtectionLimit, load_pack
-from bms.faults import FaultCode, FaultTable, Severity
+from bms.faults import PROTECTION_CODES, FaultCode, FaultTable, Severity
 from bms.protections import (
     INVALID,
     LEVELS,
@@ -298,3 +298,57 @@ def test_update_cost(benchmark) -> None:
     inp = _inputs(PACK4)
     clock = itertools.count(0.0, 0.01)
     benchmark(lambda: pp.update(next(clock), inp))
+
+
+# --------------------------------------------------------------------------- with the contactors
+
+_FAULT_STEP = {
+    "cell_overvoltage_v": (0.0, dict(cell_voltage_v=np.r_[np.full(22, 3.8), 4.27])),
+    "cell_undervoltage_v": (0.0, dict(cell_voltage_v=np.r_[2.85, np.full(22, 3.8)])),
+    "cell_overtemperature_charge_c": (1.0, dict(temperature_c=np.r_[52.0, np.full(5, 25.0)])),
+    "cell_overtemperature_discharge_c": (-1.0,
+                                         dict(temperature_c=np.r_[62.0, np.full(5, 25.0)])),
+    "cell_undertemperature_charge_c": (1.0, dict(temperature_c=np.r_[-2.0, np.full(5, 25.0)])),
+    "cell_undertemperature_discharge_c": (-1.0,
+                                          dict(temperature_c=np.r_[-22.0, np.full(5, 25.0)])),
+    "charge_overcurrent_a": (0.0, dict(current_a=12.5)),
+    "discharge_overcurrent_a": (0.0, dict(current_a=-18.5)),
+    "stack_pressure_low_kpa": (0.0, dict(stack_pressure_kpa=np.array([590.0]))),
+    "stack_pressure_high_kpa": (0.0, dict(stack_pressure_kpa=np.array([2010.0]))),
+    "stack_pressure_rate_kpa_per_s": (0.0, dict(pressure_rate_kpa_per_s=np.array([55.0]))),
+    "stack_pressure_residual_kpa": (0.0, dict(pressure_residual_kpa=np.array([210.0]))),
+    "load_cell_imbalance_kpa": (0.0, dict(load_cell_imbalance_kpa=np.array([160.0]))),
+    "cell_leak_a": (0.0, dict(cell_leak_a=np.r_[np.zeros(22), 0.16])),
+}
+
+
+@pytest.mark.parametrize("name", PROTECTION_NAMES)
+@pytest.mark.parametrize("dt", [0.1, 0.01])
+def test_open_command_within_debounce_plus_two_ticks(name: str, dt: float) -> None:
+    """Protections -> fault table -> contactor state machine, per tick as the controller will
+    wire them: the all-open command comes at most debounce + 2 ticks after the injection."""
+    from bms.contactors import ContactorInputs, ContactorState, ContactorStateMachine
+
+    base_current, step = _FAULT_STEP[name]
+    pp, table = PackProtections(PACK), FaultTable()
+    sm = ContactorStateMachine(PACK.contactors)
+    sm.request_close()
+    t_inject = 2.0 + 0.5 * dt
+    t_open = None
+    for k in range(int((t_inject + PACK.protections[name].debounce_s + 1.0) / dt)):
+        t = k * dt
+        kw = {"current_a": base_current, **(step if t >= t_inject else {})}
+        pp.step(t, _inputs(**kw), table)
+        out = sm.update(t, ContactorInputs(86.0, 86.0 if k else 0.0, None,
+                                           table.fault_latched(), table.critical_latched()))
+        if t < t_inject:
+            assert out.state == ContactorState.CLOSED or k < 3, (t, out.state)
+        elif out.outputs == 0:
+            t_open = t
+            break
+    assert t_open is not None
+    assert t_open - t_inject <= PACK.protections[name].debounce_s + 2 * dt + 1e-9
+    assert table.get(PROTECTION_CODES[name], Severity.FAULT, *(
+        (0, 0) if name in ("cell_undervoltage_v",) or "temperature" in name else
+        (0, 22) if name in ("cell_overvoltage_v", "cell_leak_a") else
+        (None, None) if "overcurrent" in name else (0, None))).latched
