@@ -37,7 +37,7 @@ from enum import IntEnum
 from typing import Any
 
 from bms.config import ContactorConfig
-from bms.faults import FaultCode
+from bms.faults import FaultCode, FaultTable
 
 CONTACTOR_POS = 0x01
 CONTACTOR_NEG = 0x02
@@ -331,3 +331,13 @@ class ContactorStateMachine:
             if self.state != ContactorState.FAULT:
                 self._fault("contactor feedback mismatch")
             self._mismatch_reported = True
+
+
+def record_faults(output: ContactorOutput, table: FaultTable, time_s: float) -> None:
+    """Raise the state machine's faults (precharge failure, feedback mismatch) in the table.
+
+    They are events without a condition the table could watch clear, so they are raised
+    ``momentary``: latched (severity FAULT) until the next accepted reset.
+    """
+    for code, value in output.faults:
+        table.raise_fault(code, time_s, value=value, momentary=True)

@@ -264,6 +264,11 @@ class PackProtections:
     level moves down by the same amount, so each level keeps its margin above the allowed
     current but never exceeds its fixed value: ``threshold = level - clip(max_static - dynamic,
     0, max_static)``. A NaN dynamic limit leaves the fixed levels alone.
+
+    Lost measurements: when a tick has no fresh MEASUREMENT, do not call ``step`` with NaN-filled
+    inputs (that would raise sensor faults, which latch); skip the call (every timer and level
+    stays frozen) and pass ``measurement_valid=False`` to the contactor state machine, which
+    goes to SAFE. NaN inside a measurement that did arrive is a sensor fault, as intended.
     """
 
     #: Assumption: 2 % of the ssb-23 maximum charge current; above the shunt noise

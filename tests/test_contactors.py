@@ -280,3 +280,26 @@ def test_invariants_under_random_inputs(steps) -> None:
             assert out.outputs == 0
         if out.outputs & CONTACTOR_POS:
             assert out.state == S.CLOSED
+
+
+def test_record_faults_latches_in_the_table() -> None:
+    from bms.contactors import record_faults
+    from bms.faults import FaultTable
+
+    table = FaultTable()
+    b = _bench()
+    b.shorted = True
+    b.sm.request_close()
+    while b.sm.state != S.FAULT:
+        out = b.tick()
+        record_faults(out, table, b.t)
+    rec = table.get(FaultCode.PRECHARGE_FAILURE)
+    assert rec is not None and rec.latched and not rec.active and rec.count == 1
+    assert table.fault_latched()
+    # The operator reset: the table unlatches (no active condition), then the state machine
+    # accepts the reset because the flags it sees are clear.
+    assert table.reset(b.t) is True
+    b.sm.request_reset()
+    out = b.sm.update(b.t, ContactorInputs(STACK_V, 0.0, 0, table.fault_latched(),
+                                           table.critical_latched(), True))
+    assert out.state == S.STANDBY
