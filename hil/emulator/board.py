@@ -53,6 +53,12 @@ FW_VERSION = (0, 1, 0)
 # the watchdog and the thermal network see at most 1 s at a time (assumption: ample for
 # time constants of >= 10 s; the RC branches are integrated exactly anyway).
 MAX_SUBSTEP_S = 1.0
+# Status bits as plain ints (IntFlag arithmetic costs microseconds per sample)
+_ST_POS, _ST_NEG, _ST_PRE = int(Status.CONTACTOR_POS), int(Status.CONTACTOR_NEG), int(
+    Status.PRECHARGE)
+_ST_WD, _ST_BOOT, _ST_BAL = int(Status.WATCHDOG_TRIPPED), int(Status.JUST_BOOTED), int(
+    Status.BALANCING)
+_ST_SENSOR, _ST_SIM = int(Status.SENSOR_ERROR), int(Status.SIM_CLOCK)
 
 
 @dataclass
@@ -288,17 +294,17 @@ class EmulatedBoard:
     def _measurement(self) -> Measurement:
         c = self._last_counts
         o = self.plant.outputs
-        status = ((Status.CONTACTOR_POS if o.contactor_pos else 0)
-                  | (Status.CONTACTOR_NEG if o.contactor_neg else 0)
-                  | (Status.PRECHARGE if o.precharge else 0)
-                  | (Status.WATCHDOG_TRIPPED if self.watchdog_tripped else 0)
-                  | (Status.JUST_BOOTED if self.just_booted else 0)
-                  | (Status.BALANCING if o.balance_mask else 0)
-                  | (Status.SENSOR_ERROR if c.sensor_error else 0)
-                  | (Status.SIM_CLOCK if self.sim else 0))
+        status = ((_ST_POS if o.contactor_pos else 0)
+                  | (_ST_NEG if o.contactor_neg else 0)
+                  | (_ST_PRE if o.precharge else 0)
+                  | (_ST_WD if self.watchdog_tripped else 0)
+                  | (_ST_BOOT if self.just_booted else 0)
+                  | (_ST_BAL if o.balance_mask else 0)
+                  | (_ST_SENSOR if c.sensor_error else 0)
+                  | (_ST_SIM if self.sim else 0))
         self.just_booted = False
         self.counters.samples += 1
-        return Measurement(int(round(self.board_time_s * 1000.0)) & 0xFFFFFFFF, int(status),
+        return Measurement(int(round(self.board_time_s * 1000.0)) & 0xFFFFFFFF, status,
                            c.current_raw, c.bus_voltage_raw, tuple(c.cell_raw),
                            tuple(c.thermistor_raw), tuple(c.load_cell_raw))
 

@@ -282,24 +282,28 @@ class Outputs:
 
 
 _SOC_LO, _SOC_HI, _SOC_STEP = -0.1, 1.1, 0.002   # lookup grid incl. over/under-charge
-_T_LO, _T_HI, _T_STEP = -40.0, 120.0, 1.0
-_K_OCV, _K_DOCV_DT, _K_R0, _K_R1, _K_TAU1, _K_ARR = range(6)
+_N_SOC = int(round((_SOC_HI - _SOC_LO) / _SOC_STEP)) + 1
+# rows of the SOC table (each followed by the same quantity at the next grid point)
+_K_OCV, _K_DOCV_DT, _K_R0, _K_R1, _K_TAU1 = range(5)
+_NK = 5
 
 
-def _build_tables(pack: PackConfig, params: PlantParams) -> np.ndarray:
-    """Fine (T, SOC) table of OCV, dOCV/dT, R0, R1, tau1 and the Arrhenius factor.
+def _build_table(pack: PackConfig, params: PlantParams) -> np.ndarray:
+    """SOC table (2 x 5, n_soc): OCV at the reference temperature, its temperature slope,
+    R0, R1 and tau1 = R1 C1 at the reference temperature; rows 5..9 hold the next grid point
+    so that one take() fetches both neighbours of every cell.
 
     Linear in SOC on the pack grid (the pack's breakpoints, multiples of 0.05, lie on the 0.002
-    grid, so the pack table is reproduced exactly), extrapolated beyond 0 and 1 with steep
-    slopes (over- and under-charge), linear in temperature for OCV; resistances follow
-    Arrhenius exactly at every temperature instead of the pack's piecewise-linear rows.
+    grid, so the pack's values are reproduced exactly), extrapolated beyond 0 and 1 with steep
+    slopes (over- and under-charge). Temperature enters analytically in the step: OCV through
+    a per-SOC entropic slope (least-squares fit over the pack's temperature rows) and the
+    resistances and tau1 through the Arrhenius factor at the cell's own temperature, instead of
+    the pack's piecewise-linear rows the estimator interpolates.
     """
     cell = pack.cell
-    soc_f = np.round(np.arange(_SOC_LO, _SOC_HI + _SOC_STEP / 2, _SOC_STEP), 6)
-    t_f = np.arange(_T_LO, _T_HI + _T_STEP / 2, _T_STEP)
+    soc_f = np.round(np.linspace(_SOC_LO, _SOC_HI, _N_SOC), 9)
     tg, sg = cell.temperature_grid_c, cell.soc_grid
-    # OCV over SOC per pack temperature row, extrapolated outside [0, 1]
-    ocv_rows = np.empty((len(tg), len(soc_f)))
+    ocv_rows = np.empty((len(tg), _N_SOC))
     for j in range(len(tg)):
         row = np.interp(soc_f, sg, cell.ocv_v[j])
         row = np.where(soc_f > 1.0, cell.ocv_v[j, -1] + params.ocv_slope_above_full_v
@@ -307,31 +311,22 @@ def _build_tables(pack: PackConfig, params: PlantParams) -> np.ndarray:
         row = np.where(soc_f < 0.0, cell.ocv_v[j, 0] + params.ocv_slope_below_empty_v
                        * soc_f, row)
         ocv_rows[j] = row
-    # then over temperature (clamped outside the pack grid)
-    ocv = np.empty((len(t_f), len(soc_f)))
-    for k in range(len(soc_f)):
-        ocv[:, k] = np.interp(t_f, tg, ocv_rows[:, k])
-    docv_dt = np.gradient(ocv, _T_STEP, axis=0)
+    dt = tg - cell.reference_temperature_c
+    ocv_ref = np.array([np.interp(cell.reference_temperature_c, tg, ocv_rows[:, k])
+                        for k in range(_N_SOC)])
+    slope = ((dt[:, None] - dt.mean()) * (ocv_rows - ocv_rows.mean(axis=0))).sum(axis=0) / (
+        ((dt - dt.mean()) ** 2).sum())
     arr_ref = np.asarray(cell.arrhenius_factor(tg))
-    r0_ref = np.interp(np.clip(soc_f, 0, 1), sg, cell.r0_ohm[0] / arr_ref[0])
-    r1_ref = np.interp(np.clip(soc_f, 0, 1), sg, cell.r1_ohm[0] / arr_ref[0])
-    c1 = np.interp(np.clip(soc_f, 0, 1), sg, cell.c1_f[0])
-    t_k = t_f + KELVIN_OFFSET
-    arr = np.exp(cell.activation_energy_ev / BOLTZMANN_EV_PER_K
-                 * (1.0 / t_k - 1.0 / (cell.reference_temperature_c + KELVIN_OFFSET)))
-    tab = np.empty((len(t_f), len(soc_f), 6))
-    tab[:, :, _K_OCV] = ocv
-    tab[:, :, _K_DOCV_DT] = docv_dt
-    tab[:, :, _K_R0] = arr[:, None] * r0_ref[None, :]
-    tab[:, :, _K_R1] = arr[:, None] * r1_ref[None, :]
-    tab[:, :, _K_TAU1] = arr[:, None] * (r1_ref * c1)[None, :]
-    tab[:, :, _K_ARR] = arr[:, None]
-    # each row holds the (SOC, SOC + step) pair, so one take() fetches both SOC neighbours
-    pair = np.concatenate([tab, np.roll(tab, -1, axis=1)], axis=2)
-    return np.ascontiguousarray(pair.reshape(-1, 12))
+    clip = np.clip(soc_f, 0.0, 1.0)
+    r0_ref = np.interp(clip, sg, cell.r0_ohm[0] / arr_ref[0])
+    r1_ref = np.interp(clip, sg, cell.r1_ohm[0] / arr_ref[0])
+    c1 = np.interp(clip, sg, cell.c1_f[0])
+    tab = np.stack([ocv_ref, slope, r0_ref, r1_ref, r1_ref * c1])
+    return np.ascontiguousarray(np.concatenate([tab, np.roll(tab, -1, axis=1)], axis=0))
 
 
 _TABLE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_NOISE_BATCH = 512
 
 
 class Plant:
@@ -381,10 +376,11 @@ class Plant:
         key = (id(pack), id(p))
         if key not in _TABLE_CACHE:
             _TABLE_CACHE.clear()
-            _TABLE_CACHE[key] = _build_tables(pack, p)
+            _TABLE_CACHE[key] = _build_table(pack, p)
         self._tab = _TABLE_CACHE[key]
-        self._n_soc = int(round((_SOC_HI - _SOC_LO) / _SOC_STEP)) + 1
-        self._n_t = int(round((_T_HI - _T_LO) / _T_STEP)) + 1
+        self._t_ref_c = cell.reference_temperature_c
+        self._ea_over_kb = cell.activation_energy_ev / BOLTZMANN_EV_PER_K
+        self._inv_t_ref = 1.0 / (cell.reference_temperature_c + KELVIN_OFFSET)
 
         # ---- per-cell spread (seeded; truncated at 3 sigma so no cell is absurd)
         def spread(sigma: float, size: int = n) -> np.ndarray:
@@ -416,18 +412,35 @@ class Plant:
                                               self.m)
         self._lc_gain = 1.0 + spread(p.load_cell_gain_spread, self.m)
         self._lc_count_per_kpa = 1.0 / np.asarray(board.load_cell_kpa_per_count, dtype=float)
+        self._th_off_k_kelvin = self._th_off_k + KELVIN_OFFSET
+        self._noise_sigma = np.concatenate([
+            np.full(n, p.cell_noise_v), np.full(self.k, p.thermistor_noise_v
+                                                 / board.thermistor.lsb_v),
+            np.full(self.m, p.load_cell_noise_kpa), [p.current_noise_a, p.bus_noise_v]])
+        self._noise = np.zeros((0, len(self._noise_sigma)))
+        self._buf = np.zeros(n + self.k + self.m + 2)
+        self._ch_lo = np.concatenate([np.zeros(n + self.k), np.full(self.m, -I24_MAX - 1.0),
+                                      [-float(INVALID_I32)] * 2])
+        self._ch_hi = np.concatenate([np.full(n + self.k, INVALID_U16 - 1.0),
+                                      np.full(self.m, float(I24_MAX)), [INVALID_I32 - 1.0] * 2])
+        self._noise_i = 0
         self._lc_offset_counts = np.asarray(board.load_cell_offset_counts, dtype=float)
         # thermistor positions -> interpolation weights over cells
         pos = np.asarray(self.stack.thermistor_cell_positions[: self.k], dtype=float)
         self._th_i0 = np.clip(np.floor(pos).astype(int), 0, n - 1)
         self._th_i1 = np.clip(self._th_i0 + 1, 0, n - 1)
         self._th_w = pos - self._th_i0
+        self._th_weights = np.zeros((self.k, n))
+        for j in range(self.k):
+            self._th_weights[j, self._th_i0[j]] += 1.0 - self._th_w[j]
+            self._th_weights[j, self._th_i1[j]] += self._th_w[j]
 
         # ---- state
         self.t_s = 0.0
         self.soc = soc0.astype(float)
-        self.v_rc = np.zeros((2, n))
-        self.hyst = np.zeros(n)
+        self._x = np.zeros((3, n))       # RC1 voltage, RC2 voltage, hysteresis state (-1..1)
+        self._rate = np.empty((3, n))
+        self._target = np.empty((3, n))
         self.ambient_c = float(temperature_c)
         self._temp = np.full(n + 3, float(temperature_c))  # cells, plate bottom/top, coolant
         self.gas_kpa = 0.0
@@ -438,7 +451,7 @@ class Plant:
         self._load_t0 = 0.0
         self._lc_last_counts = np.zeros(self.m, dtype=np.int64)
         self._lc_have_last = False
-        self._thermal_cache: dict[tuple[float, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._thermal_cache: dict[tuple[float, bool, float], tuple[np.ndarray, ...]] = {}
         self._build_thermal()
         # values of the last step, for truth() and sensor_counts()
         self.current_a = 0.0
@@ -447,7 +460,8 @@ class Plant:
         self._i_cell = np.zeros(n)
         self._r_series = np.zeros(n)
         self._bleed_g = 1.0 / pack.balancing.bleed_resistance_ohm if pack.balancing else 0.0
-        self._eta = cell.coulombic_efficiency
+        self._one_minus_eta = 1.0 - cell.coulombic_efficiency
+        self._hyst_k = p.hysteresis_rate / self._capacity_as
         self._k_fix = pack.fixture.stiffness_kpa_per_um
         self._swell_full_total = float(self._swell_um.sum())
         self._balance = np.zeros(n, dtype=bool)
@@ -525,11 +539,13 @@ class Plant:
         self._g_net = g
         self._lap = np.diag(g.sum(axis=1)) - g
 
-    def _thermal_matrix(self, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """(inverse of the backward-Euler matrix, ambient conductances) for this dt and coolant
-        state; cached, so a fixed step costs one small matrix-vector product."""
+    def _thermal_matrix(self, dt_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Backward Euler for C dT/dt = -L T + G_amb (T_amb - T) + Q: (inverse matrix, C/dt,
+        G_amb T_amb), cached per (dt, coolant state, ambient), so a fixed step costs one small
+        matrix-vector product. Unconditionally stable for any dt."""
         lost = self.faults.coolant_lost
-        key = (dt_s, lost)
+        amb_c = self.ambient_effective_c
+        key = (dt_s, lost, amb_c)
         hit = self._thermal_cache.get(key)
         if hit is not None:
             return hit
@@ -538,32 +554,33 @@ class Plant:
         g_amb[:n] = p.cell_ambient_w_per_k
         g_amb[n:n + 2] = p.plate_ambient_w_per_k
         g_amb[n + 2] = p.coolant_stagnant_w_per_k if lost else p.coolant_flow_w_per_k
-        m = np.diag(self._heat_cap / dt_s + g_amb) + self._lap
-        hit = (np.linalg.inv(m), g_amb)
+        c_dt = self._heat_cap / dt_s
+        m = np.diag(c_dt + g_amb) + self._lap
+        hit = (np.linalg.inv(m), c_dt, g_amb * amb_c)
         if len(self._thermal_cache) > 16:
             self._thermal_cache.clear()
         self._thermal_cache[key] = hit
         return hit
 
-    def _lookup(self, soc: np.ndarray, temp_c: np.ndarray) -> np.ndarray:
-        """Bilinear lookup in the fine (T, SOC) table: (n, 6). Two take()s of (n, 12) rows."""
+    def _lookup(self, soc: np.ndarray) -> np.ndarray:
+        """Linear interpolation in the SOC table for every cell: (5, n), rows _K_*."""
         fs = np.minimum(np.maximum(soc, _SOC_LO), _SOC_HI - 1e-6)
         fs -= _SOC_LO
         fs *= 1.0 / _SOC_STEP
-        ft = np.minimum(np.maximum(temp_c, _T_LO), _T_HI - 1e-6)
-        ft -= _T_LO
-        ft *= 1.0 / _T_STEP
         i_s = fs.astype(np.intp)
-        i_t = ft.astype(np.intp)
-        w = np.empty((2, len(fs), 1))
-        w[0, :, 0] = fs - i_s
-        w[1, :, 0] = ft - i_t
-        base = i_t * self._n_soc + i_s
-        lo = self._tab.take(base, axis=0)
-        hi = self._tab.take(base + self._n_soc, axis=0)
-        lo = lo[:, :6] + (lo[:, 6:] - lo[:, :6]) * w[0]
-        hi = hi[:, :6] + (hi[:, 6:] - hi[:, :6]) * w[0]
-        return lo + (hi - lo) * w[1]
+        fs -= i_s
+        pair = self._tab.take(i_s, axis=1)
+        lo = pair[:_NK]
+        lo += (pair[_NK:] - lo) * fs
+        return lo
+
+    def _arrhenius(self, temp_c: np.ndarray) -> np.ndarray:
+        """Resistance multiplier exp(Ea/kB (1/T - 1/Tref)) per cell."""
+        x = temp_c + KELVIN_OFFSET
+        np.reciprocal(x, out=x)
+        x -= self._inv_t_ref
+        x *= self._ea_over_kb
+        return np.exp(x, out=x)
 
     def _refresh_derived(self) -> None:
         """Recompute what depends only on outputs and faults (not on every step)."""
@@ -582,10 +599,22 @@ class Plant:
             self._lc_factor = 1.0 + self._lc_tilt0 + self._lc_unit @ tilt
         else:
             self._lc_factor = np.zeros(0)
+        self._loss_any = bool(loss.any())
+        self._g_any = bool(self._g_static.any())
         self._vtap_any = bool((~np.isnan(f.vtap_open_since_s)).any())
         self._th_fault_any = bool(f.thermistor_open.any() or f.thermistor_short.any())
         self._lc_fault_any = bool(f.loadcell_stuck.any() or f.loadcell_open.any())
-        self._lc_offset_fault = f.loadcell_offset_kpa.copy()
+        b, n, k = self.board, self.n, self.k
+        kpc = np.asarray(b.load_cell_kpa_per_count, dtype=float)
+        self._ch_a = np.concatenate([
+            self._cell_off_v - b.cell_offset_v, np.zeros(k),
+            self._lc_off_kpa + f.loadcell_offset_kpa / self._lc_gain,
+            [self._cur_off_a + f.current_offset_a - b.current_offset_a, 0.0]])
+        self._ch_s = np.concatenate([
+            np.full(n, 1.0 / b.cell_lsb_v), np.ones(k), self._lc_gain / kpc,
+            [1.0 / b.current_lsb_a, 1.0 / b.bus_lsb_v]])
+        self._ch_c = np.concatenate([np.zeros(n + k), np.asarray(b.load_cell_offset_counts,
+                                                                  dtype=float), [0.0, 0.0]])
 
     def _update_pressure(self) -> None:
         p, fx = self.params, self.pack.fixture
@@ -601,8 +630,8 @@ class Plant:
 
     def _settle(self) -> None:
         """Initial terminal voltages at rest (no step taken)."""
-        tab = self._lookup(self.soc, self._temp[: self.n])
-        self._ocv = tab[:, _K_OCV].copy()
+        tab = self._lookup(self.soc)
+        self._ocv = tab[_K_OCV] + tab[_K_DOCV_DT] * (self._temp[: self.n] - self._t_ref_c)
         self.cell_v = self._ocv.copy()
 
     # ------------------------------------------------------------------ step
@@ -613,52 +642,79 @@ class Plant:
             raise ValueError(f"dt_s must be > 0 and finite, got {dt_s!r}")
         p, n = self.params, self.n
         temp = self._temp[:n]
-        tab = self._lookup(self.soc, temp)
-        ocv = tab[:, _K_OCV]
-        r1 = tab[:, _K_R1] * self._r_scale
+        tab = self._lookup(self.soc)
+        arr = self._arrhenius(temp)
+        ocv = tab[_K_OCV] + tab[_K_DOCV_DT] * (temp - self._t_ref_c)
+        r1 = tab[_K_R1] * arr
+        r1 *= self._r_scale
         r2 = r1 * p.r2_over_r1
 
         # series resistance: ohmic (current crowds through the remaining contact area after a
         # contact loss) plus contact resistance at the local pressure, R_ref (p_ref / p)^0.5
-        p_local = np.maximum(self.pressure_kpa * self._local_frac, p.min_local_pressure_kpa)
-        r_series = tab[:, _K_R0] * self._r0_factor + self._rc_factor / np.sqrt(p_local)
+        if self._loss_any:
+            p_local = np.maximum(self.pressure_kpa * self._local_frac, p.min_local_pressure_kpa)
+            r_contact = self._rc_factor / np.sqrt(p_local)
+        else:
+            r_contact = self._rc_factor * (
+                1.0 / math.sqrt(max(self.pressure_kpa, p.min_local_pressure_kpa)))
+        r_series = tab[_K_R0] * arr
+        r_series *= self._r0_factor
+        r_series += r_contact
 
         # terminal voltage v = (e + R i_s) / (1 + R g), g = bleed + soft-short conductance
-        emf = ocv + p.hysteresis_v * self.hyst + self.v_rc[0] + self.v_rc[1]
-        inv = 1.0 / (1.0 + r_series * self._g_static)
-        v_open = emf * inv
-        r_eff = r_series * inv
-
+        x = self._x  # rows: RC1 voltage, RC2 voltage, hysteresis state
+        emf = ocv + x[0]
+        emf += x[1]
+        emf += p.hysteresis_v * x[2]
+        if self._g_any:
+            inv = 1.0 / (1.0 + r_series * self._g_static)
+            v_open = emf * inv
+            r_eff = r_series * inv
+        else:
+            v_open, r_eff = emf, r_series
         i_s = self._stack_current(dt_s, v_open, r_eff)
-        v = v_open + r_eff * i_s
-        i_cell = i_s - self._g_static * v  # electrochemical current (bleed, leak leave outside)
+        v = r_eff * i_s
+        v += v_open
+        # electrochemical current (bleed and leak currents leave at the terminals)
+        i_cell = i_s - self._g_static * v if self._g_any else np.full(n, i_s)
 
-        # state updates (exact for the linear parts at fixed parameters over the step)
-        charge = i_cell - (1.0 - self._eta) * np.maximum(i_cell, 0.0)
+        # SOC (coulombic efficiency on charge, self-discharge)
+        charge = i_cell - self._one_minus_eta * np.maximum(i_cell, 0.0)
         charge -= self._self_discharge_a
-        charge *= dt_s / self._capacity_as
+        charge *= dt_s
+        charge /= self._capacity_as
         self.soc = self.soc + charge
-        e1 = np.exp(-dt_s / tab[:, _K_TAU1])
-        e2 = np.exp((-dt_s / p.tau2_s) / tab[:, _K_ARR])
-        rc0 = self.v_rc[0] * e1 + r1 * (1.0 - e1) * i_cell
-        rc1 = self.v_rc[1] * e2 + r2 * (1.0 - e2) * i_cell
-        self.v_rc[0] = rc0
-        self.v_rc[1] = rc1
-        # Plett's hysteresis state: relaxes towards sign(i) over capacity / gamma of throughput
+        # RC branches and Plett's hysteresis in one exact exponential update:
+        # x <- x e + (1 - e) x_inf, x_inf = (R1 i, R2 i, sign i),
+        # rates 1/tau1, 1/tau2 and |i| gamma / Q (hysteresis saturates over Q / gamma)
         abs_i = np.abs(i_cell)
-        eh = np.exp(abs_i * (-p.hysteresis_rate * dt_s / self._capacity_as))
-        self.hyst = self.hyst * eh + (1.0 - eh) * np.sign(i_cell)
+        rate = self._rate
+        np.divide(dt_s, tab[_K_TAU1] * arr, out=rate[0])
+        np.divide(dt_s / p.tau2_s, arr, out=rate[1])
+        np.multiply(abs_i, self._hyst_k * dt_s, out=rate[2])
+        np.negative(rate, out=rate)
+        e = np.exp(rate)
+        target = self._target
+        np.multiply(r1, i_cell, out=target[0])
+        np.multiply(r2, i_cell, out=target[1])
+        np.sign(i_cell, out=target[2])
+        x -= target
+        x *= e
+        x += target
 
         # heat: ohmic + both RC branches + hysteresis + entropic (I T dU/dT) + soft short +
         # injected
-        heat = i_cell * (i_cell * r_series + (temp + KELVIN_OFFSET) * tab[:, _K_DOCV_DT])
-        heat += rc0 * rc0 / r1 + rc1 * rc1 / r2
-        heat += abs_i * np.abs(self.hyst) * p.hysteresis_v
+        heat = i_cell * r_series
+        heat += (temp + KELVIN_OFFSET) * tab[_K_DOCV_DT]
+        heat *= i_cell
+        heat += x[0] * x[0] / r1
+        heat += x[1] * x[1] / r2
+        heat += abs_i * np.abs(x[2]) * p.hysteresis_v
         if self._heat_fault_any:
             heat += v * v * self._inv_short + self.faults.cell_heat_w
-        minv, g_amb = self._thermal_matrix(dt_s)
-        rhs = self._temp * (self._heat_cap / dt_s)
-        rhs += g_amb * self.ambient_effective_c
+        minv, c_dt, amb = self._thermal_matrix(dt_s)
+        rhs = self._temp * c_dt
+        rhs += amb
         rhs[:n] += heat
         self._temp = minv @ rhs
 
@@ -731,74 +787,89 @@ class Plant:
             leak_current_a=self.cell_v * self._inv_short,
             cell_current_a=self._i_cell.copy(),
             series_resistance_ohm=self._r_series.copy(),
-            hysteresis_v=self.params.hysteresis_v * self.hyst,
-            rc_voltage_v=self.v_rc.T.copy(),
+            hysteresis_v=self.params.hysteresis_v * self._x[2],
+            rc_voltage_v=self._x[:2].T.copy(),
         )
+
+    def _next_noise(self) -> np.ndarray:
+        """One sample's scaled sensor noise, drawn in batches (a single draw costs more than
+        the rest of the sample). Same seed and same call order give the same noise."""
+        if self._noise_i >= len(self._noise):
+            self._noise = self.rng.standard_normal((_NOISE_BATCH, len(self._noise_sigma)))
+            self._noise *= self._noise_sigma
+            self._noise_i = 0
+        row = self._noise[self._noise_i]
+        self._noise_i += 1
+        return row
 
     def sensor_counts(self) -> SensorCounts:
         """Raw counts as the board's ADCs read them now: noise, offsets, quantisation, sensor
-        faults. Draws from the plant's noise generator (deterministic per seed and call order)."""
-        p, b, f, n, k, m = self.params, self.board, self.faults, self.n, self.k, self.m
-        noise = self.rng.standard_normal(n + k + m + 2)
+        faults. Draws from the plant's noise generator (deterministic per seed and call order).
 
-        # cell voltages (LTC6811 class: offset + noise, 100 uV quantisation)
-        v = self.cell_v + self._cell_off_v
-        v += p.cell_noise_v * noise[:n]
+        All channels go through one vector: counts = (x + noise + a) s + c, rounded and clamped
+        to the wire type, with x the true value (V, NTC counts, kPa, A, V) and a, s, c the
+        channel's offset error, scale and count offset (board profile plus calibration error).
+        """
+        p, f, n, k, m = self.params, self.faults, self.n, self.k, self.m
+        buf = self._buf
+        buf[:n] = self.cell_v
         if self._vtap_any:
             # an open tap wire (top of cell i): channel i decays through its input filter and
             # channel i+1 reads the difference, so the pair still sums to the true voltage
             for i in np.flatnonzero(~np.isnan(f.vtap_open_since_s)):
                 decay = math.exp(-(self.t_s - f.vtap_open_since_s[i]) / p.vtap_open_tau_s)
-                lost = v[i] * (1.0 - decay)
-                v[i] -= lost
+                lost = buf[i] * (1.0 - decay)
+                buf[i] -= lost
                 if i + 1 < n:
-                    v[i + 1] += lost
-        v -= b.cell_offset_v
-        v *= 1.0 / b.cell_lsb_v
-        cell_raw = np.minimum(np.maximum(np.rint(v), 0), INVALID_U16 - 1)
-
-        # thermistors: NTC divider voltage (Beta equation); open -> Vref (pull-up), short -> 0 V
-        th = b.thermistor
-        th_raw: list[int] = []
+                    buf[i + 1] += lost
         if k:
-            tc = self._temp[:n]
-            t_th = tc.take(self._th_i0) * (1.0 - self._th_w) + tc.take(self._th_i1) * self._th_w
-            counts = th.c_to_counts(t_th + self._th_off_k)
-            counts += (p.thermistor_noise_v / th.lsb_v) * noise[n:n + k]
-            if self._th_fault_any:
-                counts = np.where(f.thermistor_open, th.vref_v / th.lsb_v, counts)
-                counts = np.where(f.thermistor_short, 0.0, counts)
-            th_raw = np.minimum(np.maximum(np.rint(counts), 0), INVALID_U16 - 1).astype(
-                np.int64).tolist()
-
-        # load cells: HX711 counts = kPa / kpa_per_count + offset_counts (board profile)
+            # NTC divider voltage by the Beta equation (as ThermistorScaling.c_to_counts),
+            # at the thermistor's position along the stack, plus the NTC's tolerance
+            th = self.board.thermistor
+            t_k = self._th_weights @ self._temp[:n]
+            t_k += self._th_off_k_kelvin
+            np.reciprocal(t_k, out=t_k)
+            t_k -= 1.0 / 298.15
+            t_k *= th.beta_k
+            r_ntc = np.exp(t_k, out=t_k)
+            r_ntc *= th.r25_ohm
+            buf[n:n + k] = r_ntc / (r_ntc + th.pullup_ohm)
+            buf[n:n + k] *= th.vref_v / th.lsb_v
+        buf[n + k:n + k + m] = self._lc_kpa
+        buf[-2] = self.current_a
+        buf[-1] = self.bus_v
+        x = buf + self._next_noise()
+        x += self._ch_a
+        x *= self._ch_s
+        x += self._ch_c
+        np.rint(x, out=x)
+        np.maximum(x, self._ch_lo, out=x)
+        np.minimum(x, self._ch_hi, out=x)
+        raw = x.astype(np.int64)
+        if self._th_fault_any:  # open NTC -> Vref (pull-up), shorted NTC -> 0 V
+            th = self.board.thermistor
+            raw[n:n + k][f.thermistor_open] = int(round(th.vref_v / th.lsb_v))
+            raw[n:n + k][f.thermistor_short] = 0
         sensor_error = False
-        lc_raw: list[int] = []
         if m:
-            kpa = (self._lc_kpa + self._lc_off_kpa) * self._lc_gain + self._lc_offset_fault
-            kpa += p.load_cell_noise_kpa * noise[n + k:n + k + m]
-            lc = np.rint(kpa * self._lc_count_per_kpa + self._lc_offset_counts)
-            lc = np.minimum(np.maximum(lc, -I24_MAX - 1), I24_MAX).astype(np.int64)
+            lc = raw[n + k:n + k + m]
             if self._lc_fault_any:
                 if self._lc_have_last:
-                    lc = np.where(f.loadcell_stuck, self._lc_last_counts, lc)
+                    lc[f.loadcell_stuck] = self._lc_last_counts[f.loadcell_stuck]
+                self._lc_last_counts = lc.copy()
                 if f.loadcell_open.any():
-                    lc = np.where(f.loadcell_open, INVALID_I32, lc)
+                    lc[f.loadcell_open] = INVALID_I32
                     sensor_error = True  # the amplifier never becomes ready: a read timeout
-            self._lc_last_counts = lc
+            else:
+                self._lc_last_counts = lc
             self._lc_have_last = True
-            lc_raw = lc.tolist()
-
-        i_meas = (self.current_a + self._cur_off_a + f.current_offset_a
-                  + p.current_noise_a * float(noise[n + k + m]))
-        cur = round((i_meas - b.current_offset_a) / b.current_lsb_a)
-        bus = round((self.bus_v + p.bus_noise_v * float(noise[n + k + m + 1])) / b.bus_lsb_v)
+        out = raw.tolist()
         return SensorCounts(
-            current_raw=min(max(cur, -INVALID_I32), INVALID_I32 - 1),
-            bus_voltage_raw=min(max(bus, -INVALID_I32), INVALID_I32 - 1),
-            cell_raw=cell_raw.astype(np.int64).tolist(),
-            thermistor_raw=th_raw,
-            load_cell_raw=lc_raw,
+            current_raw=out[-2],
+            bus_voltage_raw=out[-1],
+            cell_raw=out[:n],
+            thermistor_raw=out[n:n + k],
+            load_cell_raw=out[n + k:n + k + m],
             sensor_error=sensor_error,
         )
 
