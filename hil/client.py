@@ -28,8 +28,10 @@ from hil.link import BoardLostError, BoardTimeoutError, LinkError, SerialLink
 from hil.protocol import (
     PROTOCOL_VERSION,
     Ack,
+    DecodedFrame,
     FaultFlags,
     FaultInject,
+    FrameErrorKind,
     Heartbeat,
     Hello,
     Info,
@@ -124,7 +126,7 @@ class BoardClient:
 
     def __init__(self, port_or_url: str, profile: BoardProfile | None = None,
                  timeout_s: float = 0.5, retries: int = 2, hello_wait_s: float | None = None,
-                 baudrate: int = 115200) -> None:
+                 baudrate: int = 115200, link: SerialLink | None = None) -> None:
         if timeout_s <= 0 or retries < 0:
             raise ValueError("timeout_s must be > 0 and retries >= 0")
         self.port = port_or_url
@@ -137,7 +139,9 @@ class BoardClient:
         self.hello_wait_s = hello_wait_s
         self.baudrate = baudrate
         self.stats = ClientCounters()
-        self.link: SerialLink | None = None
+        # An already open link may be passed in (a test that must open the port before the board
+        # boots, or a spy); otherwise open() opens port_or_url.
+        self.link: SerialLink | None = link
         self._info: Info | None = None
         self._pending: dict[int, _Pending] = {}
         self._reset_flag = False
@@ -176,7 +180,7 @@ class BoardClient:
         # 1. A freshly reset board announces itself (seq 0): wait a little for that.
         deadline = time.monotonic() + self.hello_wait_s
         while (remaining := deadline - time.monotonic()) > 0:
-            f = link.recv(remaining)
+            f = self._recv_handshake(link, remaining)
             if f is None:
                 break
             if isinstance(f.msg, Info):
@@ -190,7 +194,7 @@ class BoardClient:
             self.stats.requests += 1
             deadline = time.monotonic() + self.timeout_s
             while (remaining := deadline - time.monotonic()) > 0:
-                f = link.recv(remaining)
+                f = self._recv_handshake(link, remaining)
                 if f is None:
                     break
                 m = f.msg
@@ -209,6 +213,19 @@ class BoardClient:
         raise BoardTimeoutError(
             f"{self.port}: no INFO from the board (waited {self.hello_wait_s:g} s for the boot "
             f"INFO, then {self.retries + 1} HELLO attempts of {self.timeout_s:g} s)")
+
+    def _recv_handshake(self, link: SerialLink, timeout_s: float) -> DecodedFrame | None:
+        """Next frame; a frame with another header version names the board's version at once."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            f = link.recv_any(max(deadline - time.monotonic(), 0.0))
+            if f is None or f.error is None:
+                return f
+            if f.error is FrameErrorKind.VERSION:
+                raise ProtocolVersionError(
+                    f"{self.port}: board sends protocol version {f.version} frames; this "
+                    f"host speaks {PROTOCOL_VERSION}")
+            self.stats.unexpected += 1
 
     def _check(self, info: Info) -> None:
         if info.protocol_version != PROTOCOL_VERSION:

@@ -80,6 +80,7 @@ class SerialLink:
         self._frames: collections.deque[DecodedFrame] = collections.deque()
         self._seq = 0
         self._read_timeout_s = read_timeout_s
+
         try:
             if "://" in port:
                 self._ser = serial.serial_for_url(port, baudrate=baudrate,
@@ -166,14 +167,15 @@ class SerialLink:
     def recv_any(self, timeout_s: float) -> DecodedFrame | None:
         """Like recv, but also returns rejected frames (``error`` set), as a board needs."""
         deadline = time.monotonic() + timeout_s
+        frames = self._frames
         while True:
-            if self._frames:
-                return self._frames.popleft()
+            if frames:
+                return frames.popleft()
             remaining = deadline - time.monotonic()
             data = self.read_available(max(remaining, 0.0))
             if data:
-                self._frames.extend(self.decoder.feed(data))
-            elif remaining <= 0.0:
+                frames.extend(self.decoder.feed(data))
+            if remaining <= 0.0 and not frames:
                 return None
 
     def read_available(self, timeout_s: float) -> bytes:
