@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * same header and payload (COBS accepts a non-canonical final 0xFF group, so the bytes
      * themselves may differ). */
     if (size <= PROTO_MAX_ENCODED) {
-        uint8_t dec[PROTO_MAX_DECODED], dec2[PROTO_MAX_DECODED], enc[PROTO_MAX_ENCODED];
+        uint8_t dec[PROTO_DECODE_BUF], dec2[PROTO_DECODE_BUF], enc[PROTO_MAX_ENCODED];
         proto_frame_t f, g;
         if (proto_decode(data, size, dec, &f) == PR_OK) {
             size_t n = proto_encode(f.version, f.type, f.seq, f.payload, f.length, enc);

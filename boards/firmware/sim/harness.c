@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -450,13 +451,24 @@ static avr_cycle_count_t tick_cb(struct avr_t *a, avr_cycle_count_t when, void *
     last_tick_cycle = a->cycle;
     feed_uart();
     flush_out();
-    if (inq_tail == inq_head)
+    /* pty reads cost a syscall: every 500 us when idle (5 characters at 115200), every tick
+     * while a frame is arriving. */
+    static uint64_t last_read;
+    if (inq_tail == inq_head && (sniff_in.n || a->cycle - last_read >= us_to_cycles(500))) {
+        last_read = a->cycle;
         read_pty();
+    }
     if (a->cycle - last_stats_cycle >= a->frequency) {
         last_stats_cycle = a->cycle;
         print_stats();
     }
-    return when + us_to_cycles(TICK_US);
+    /* One character time while bytes flow; otherwise 500 us (the MCU is busy sampling or
+     * waiting for a SAMPLE's time), up to the lockstep target. */
+    int busy = (inq_tail != inq_head && !pending_sample_dt) || sniff_in.n;
+    uint64_t next = us_to_cycles(busy ? TICK_US : 5 * TICK_US);
+    if (pending_sample_dt && target_cycle > a->cycle && target_cycle - a->cycle < next)
+        next = target_cycle - a->cycle;
+    return when + (next ? next : 1);
 }
 
 static avr_cycle_count_t hx_cb(struct avr_t *a, avr_cycle_count_t when, void *param)
@@ -498,6 +510,26 @@ static void drive_static_pins(void)
     for (int i = 0; i < N_LC; i++)
         avr_raise_irq(irq_hx_dout[i], hx[i].dout);
     push_adc();
+}
+
+/* The firmware's pull-up writes (PORTL) raise the strap pins inside simavr; put them back where
+ * the harness wants them one cycle later (re-raising inside the hook does not stick), as a
+ * solder bridge to ground would hold them. */
+static avr_cycle_count_t strap_restore(struct avr_t *a, avr_cycle_count_t when, void *param)
+{
+    (void)when;
+    (void)param;
+    avr_raise_irq(avr_io_getirq(a, AVR_IOCTL_IOPORT_GETIRQ('L'), 0), 0);
+    avr_raise_irq(avr_io_getirq(a, AVR_IOCTL_IOPORT_GETIRQ('L'), 1), lockstep ? 0 : 1);
+    return 0;
+}
+
+static void strap_cb(struct avr_irq_t *irq, uint32_t value, void *param)
+{
+    (void)irq;
+    int want = (int)(intptr_t)param;
+    if ((int)value != want)
+        avr_cycle_timer_register(avr, 1, strap_restore, NULL);
 }
 
 static void on_signal(int sig)
@@ -581,6 +613,7 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGTERM, on_signal);
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* do not outlive the bridge that started us */
     signal(SIGINT, on_signal);
     signal(SIGPIPE, SIG_IGN);
 
@@ -629,6 +662,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('C'), i), relay_cb,
                                 (void *)(intptr_t)i);
+    avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('L'), 0), strap_cb,
+                            (void *)(intptr_t)0);
+    avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ('L'), 1), strap_cb,
+                            (void *)(intptr_t)(lockstep ? 0 : 1));
     irq_adc0 = avr_io_getirq(avr, AVR_IOCTL_ADC_GETIRQ, ADC_IRQ_ADC0);
     irq_adc1 = avr_io_getirq(avr, AVR_IOCTL_ADC_GETIRQ, ADC_IRQ_ADC1);
 

@@ -36,7 +36,7 @@ enum sched_state { SCHED_IDLE, SCHED_WAIT_CV, SCHED_READ_CV, SCHED_WAIT_AUX, SCH
 
 typedef struct {
     proto_reader_t rx;
-    uint8_t dec[PROTO_MAX_DECODED];
+    uint8_t dec[PROTO_DECODE_BUF];
     uint8_t tx[PROTO_MAX_ENCODED];
     uint8_t outputs;
     uint32_t balance_mask;

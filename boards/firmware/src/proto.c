@@ -85,9 +85,9 @@ enum proto_result proto_decode(const uint8_t *enc, size_t n, uint8_t *dec, proto
 {
     if (n == 0)
         return PR_EMPTY;
-    int m = proto_cobs_decode(enc, n, dec, PROTO_MAX_DECODED);
+    int m = proto_cobs_decode(enc, n, dec, PROTO_DECODE_BUF);
     if (m < 0)
-        return n > PROTO_MAX_ENCODED - 1 ? PR_OVERSIZE : PR_COBS;
+        return PR_COBS;
     if (m < (int)(PROTO_HEADER_LEN + PROTO_CRC_LEN))
         return PR_SHORT;
     uint16_t crc = proto_crc16(dec, (size_t)m - 2);
@@ -98,7 +98,7 @@ enum proto_result proto_decode(const uint8_t *enc, size_t n, uint8_t *dec, proto
     f->seq = get_u16(dec + 2);
     f->length = get_u16(dec + 4);
     f->payload = dec + PROTO_HEADER_LEN;
-    if (f->length != (uint16_t)(m - 8))
+    if (f->length != (uint16_t)(m - 8) || f->length > PROTO_MAX_PAYLOAD)
         return PR_LENGTH;
     if (f->version != PROTO_VERSION)
         return PR_VERSION;
@@ -151,8 +151,8 @@ int proto_reader_push(proto_reader_t *r, uint8_t byte)
     }
     if (r->overflow)
         return 0;
-    /* An encoded frame holds at most 249 bytes before its delimiter. */
-    if (r->n >= PROTO_MAX_ENCODED - 1) {
+    /* More than 250 bytes without a delimiter: oversize (counted once, up to the next 0x00). */
+    if (r->n >= PROTO_MAX_ENCODED) {
         r->overflow = 1;
         r->n = 0;
         r->errors[PR_OVERSIZE]++;

@@ -12,6 +12,9 @@
 #define PROTO_MAX_PAYLOAD 240u
 #define PROTO_MAX_DECODED 248u /* header + payload + CRC */
 #define PROTO_MAX_ENCODED 250u /* COBS overhead + delimiter included */
+/* Decode buffer: a segment of up to 250 bytes decodes to at most 249, so a frame whose length
+ * field is consistent but above 240 is still seen whole and counted as a length error. */
+#define PROTO_DECODE_BUF 250u
 
 enum proto_type {
     MSG_HELLO = 0x01, MSG_INFO = 0x02, MSG_SAMPLE = 0x10, MSG_MEASUREMENT = 0x11,
@@ -56,8 +59,8 @@ int proto_cobs_decode(const uint8_t *in, size_t n, uint8_t *out, size_t cap);
 
 /* Expected payload length for a type (measurement: minimum 20), or -1 for an unknown type. */
 int proto_payload_len(uint8_t type);
-/* Decode one frame (without its delimiter) into f; dec must hold PROTO_MAX_DECODED bytes.
- * Applies rules 1-7. On PR_VERSION/PR_UNKNOWN_TYPE/PR_PAYLOAD, f is filled (header valid). */
+/* Decode one frame (without its delimiter) into f;  * Applies rules 1-7. On PR_VERSION/PR_UNKNOWN_TYPE/PR_PAYLOAD, f is filled (header valid).
+ * dec must hold PROTO_DECODE_BUF bytes. */
 enum proto_result proto_decode(const uint8_t *enc, size_t n, uint8_t *dec, proto_frame_t *f);
 /* Encode header + payload + CRC, COBS, delimiter into out (PROTO_MAX_ENCODED bytes). Returns
  * the total length, or 0 when len exceeds PROTO_MAX_PAYLOAD. */

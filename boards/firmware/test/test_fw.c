@@ -23,7 +23,7 @@ static app_t app;
 static uint16_t host_seq;
 
 typedef struct {
-    uint8_t dec[PROTO_MAX_DECODED];
+    uint8_t dec[PROTO_DECODE_BUF];
     proto_frame_t f;
 } reply_t;
 
@@ -121,7 +121,7 @@ static void test_reader_resync(void)
         CHECK(proto_reader_push(&r, 0x55) == 0);
     CHECK(r.errors[PR_OVERSIZE] == 1);
     CHECK(proto_reader_push(&r, 0) == 0); /* end of the oversize run */
-    uint8_t enc[PROTO_MAX_ENCODED], dec[PROTO_MAX_DECODED];
+    uint8_t enc[PROTO_MAX_ENCODED], dec[PROTO_DECODE_BUF];
     uint8_t p[4] = {1, 2, 3, 4};
     size_t n = proto_encode(1, MSG_SAMPLE, 9, p, 4, enc);
     int got = 0;

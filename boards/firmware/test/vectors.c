@@ -4,7 +4,9 @@
  * and compares with the decoded fields stored there. */
 #include <stdio.h>
 #include <string.h>
+#include "../src/app.h"
 #include "../src/proto.h"
+#include "hal_host.h"
 
 static const char *result_name[PR_RESULT_COUNT] = {
     "ok", "empty", "cobs", "short", "crc", "length", "version", "unknown_type", "payload",
@@ -88,19 +90,58 @@ static int unhex(const char *s, uint8_t *out, size_t cap)
     return (int)n;
 }
 
-int main(void)
+/* --board: the bytes go to a freshly booted board (dispatch on the host HAL); print the frames
+ * it answers with (after its boot INFO) as hex, with the receive-error counters. */
+static app_t app;
+
+static void board_line(const uint8_t *bytes, int n)
+{
+    host_board_reset();
+    for (int i = 0; i < 4; i++)
+        hx711_convert(&hb.hx[i], 0);
+    app_init(&app, 1);
+    app_first_sample(&app);
+    hb.tx_len = 0;
+    host_rx_push(bytes, (unsigned)n);
+    for (int k = 0; k < 200 && hb.rx_tail != hb.rx_head; k++)
+        app_poll(&app);
+    printf("{\"replies\":[");
+    unsigned start = 0;
+    int first = 1;
+    for (unsigned i = 0; i < hb.tx_len; i++) {
+        if (hb.tx[i] != 0)
+            continue;
+        printf("%s\"", first ? "" : ",");
+        hex(hb.tx + start, i + 1 - start);
+        printf("\"");
+        first = 0;
+        start = i + 1;
+    }
+    printf("],\"errors\":{");
+    for (int r = 1; r < PR_RESULT_COUNT; r++)
+        printf("%s\"%s\":%u", r > 1 ? "," : "", result_name[r], app.rx.errors[r]);
+    printf("},\"frames_ok\":%u}\n", app.frames_ok);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
 {
     static char line[65536];
     static uint8_t bytes[32768];
+    int board = argc > 1 && strcmp(argv[1], "--board") == 0;
     while (fgets(line, sizeof line, stdin)) {
         int n = unhex(line, bytes, sizeof bytes);
         if (n < 0) {
             printf("{\"error\":\"bad hex\"}\n");
             continue;
         }
+        if (board) {
+            board_line(bytes, n);
+            continue;
+        }
         proto_reader_t r;
         proto_reader_init(&r);
-        uint8_t dec[PROTO_MAX_DECODED];
+        uint8_t dec[PROTO_DECODE_BUF];
         printf("{\"frames\":[");
         int first = 1;
         for (int i = 0; i < n; i++) {
