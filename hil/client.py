@@ -145,6 +145,7 @@ class BoardClient:
         self._info: Info | None = None
         self._pending: dict[int, _Pending] = {}
         self._reset_flag = False
+        self._closed_totals: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,11 +159,15 @@ class BoardClient:
         except BaseException:
             self.close()
             raise
-        self._info = info
+        self._on_info(info)  # a re-open that finds a new boot_id counts as a reset
         return info
 
     def close(self) -> None:
         if self.link is not None:
+            # Keep the link's counters: a controller that reopens after a lost board still
+            # reports totals since the client was made.
+            for k, v in self._link_totals(self.link).items():
+                self._closed_totals[k] = self._closed_totals.get(k, 0) + v
             self.link.close()
             self.link = None
         self._pending.clear()
@@ -269,13 +274,21 @@ class BoardClient:
 
     @property
     def counters(self) -> dict[str, int]:
-        """Flat snapshot: link decoder counters, resyncs (frames dropped) and client counters."""
-        link = self._link()
+        """Flat snapshot: link decoder counters (LinkCounters fields), resyncs (= frames dropped),
+        frames_sent, and the ClientCounters fields; totals over every open() of this client."""
+        out = dict(self._closed_totals)
+        if self.link is not None:
+            for k, v in self._link_totals(self.link).items():
+                out[k] = out.get(k, 0) + v
+        out.update({k: getattr(self.stats, k) for k in self.stats.__slots__})
+        return out
+
+    @staticmethod
+    def _link_totals(link: SerialLink) -> dict[str, int]:
         c = link.counters
         out = c.as_dict()
         out["resyncs"] = c.errors
         out["frames_sent"] = link.stats.frames_sent
-        out.update({k: getattr(self.stats, k) for k in self.stats.__slots__})
         return out
 
     def _link(self) -> SerialLink:

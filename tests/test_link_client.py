@@ -465,6 +465,22 @@ def test_board_reset_is_noticed(make_board) -> None:
         assert c.info.boot_id == 2
 
 
+def test_reopen_finds_reset_and_keeps_counters(make_board) -> None:
+    board, path = make_board()
+    c = client_for(path)
+    c.open()
+    c.sample(0.1)
+    c.close()
+    board.boot_id = 5  # the board restarted while the port was closed
+    c.open()
+    try:
+        assert c.resets == 1 and c.take_reset()
+        assert c.counters["frames_ok"] == 3  # INFO, MEASUREMENT, INFO over both opens
+        assert c.counters["frames_sent"] == 3
+    finally:
+        c.close()
+
+
 def test_host_seq_wraps_over_the_pty(make_board) -> None:
     board, path = make_board()
     with client_for(path) as c:
