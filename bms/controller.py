@@ -1,0 +1,530 @@
+"""The control tick: boards -> validation -> C core -> protections -> contactors -> balancing
+-> SET_OUTPUTS/HEARTBEAT -> run log and live view.
+
+One :class:`Controller` runs a whole pack (one board per stack). Each tick it asks every board
+for a sample before it waits on any, so the boards sample in parallel. Nothing here reads a clock
+in the ``sim`` clock: time is ``tick * tick_s`` and every SAMPLE carries ``dt``; in the ``real``
+clock the tick keeps deadlines on ``time.monotonic()`` and records its latency.
+
+The order inside a tick is the safety order: a confirmed fault changes the contactor command in
+the same tick it is confirmed, and that command is the first thing sent to the boards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bms.balancing import Balancer
+from bms.config import BoardProfile, PackConfig, StackConfig, load_board
+from bms.contactors import ContactorInputs, ContactorState, ContactorStateMachine
+from bms.core import Core
+from bms.faults import FaultCode, FaultTable, Severity
+from bms.monitor import MonitorServer
+from bms.protections import PackProtections, ProtectionInputs
+from bms.runlog import RunLog, standard_columns
+from bms.validation import StackValidator, ValidatedStack
+from hil.client import BoardClient, LinkError
+from hil.protocol import Status
+from hil.scaling import Scaler
+
+# While any protection warning is active the allowed currents sent to the boards are scaled by
+# this factor (foxBMS 2 derates at its maximum-operating level the same way; the factor is an
+# assumption).
+WARNING_DERATE = 0.5
+# A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
+RECONNECT_PERIOD_S = 2.0
+
+
+@dataclass
+class StackRuntime:
+    """Everything the controller keeps for one stack and its board."""
+
+    index: int
+    config: StackConfig
+    board: BoardProfile
+    port: str
+    client: BoardClient
+    scaler: Scaler
+    validator: StackValidator
+    core: Core
+    last_valid_s: float = -math.inf
+    last_timestamp_s: float | None = None
+    data: ValidatedStack | None = None
+    out: Any = None
+    lost: bool = False
+    lost_reason: str = ""
+    next_reconnect_s: float = 0.0
+    outputs_sent: tuple | None = None
+    outputs_sent_s: float = -math.inf
+    measurements: int = 0
+    misses: int = 0
+
+
+@dataclass
+class TickStats:
+    ticks: int = 0
+    missed_deadlines: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+    def percentiles_ms(self) -> dict[str, float]:
+        if not self.latencies_s:
+            return {}
+        lat = np.asarray(self.latencies_s) * 1e3
+        return {f"p{p}": float(np.percentile(lat, p)) for p in (50, 90, 99, 99.9)} | {
+            "max": float(lat.max())}
+
+
+class Controller:
+    """A pack's BMS. ``ports``: one device path or pyserial URL per stack, in pack order."""
+
+    def __init__(
+        self, pack: PackConfig, ports: list[str], clock: str = "sim",
+        log_dir: str | Path | None = None, monitor: MonitorServer | None = None,
+        timeout_s: float = 0.25, retries: int = 1, meta: dict[str, Any] | None = None,
+    ) -> None:
+        if len(ports) != len(pack.stacks):
+            raise ValueError(f"pack {pack.name} has {len(pack.stacks)} stack(s): give one port "
+                             f"per stack, got {len(ports)}")
+        if clock not in ("sim", "real"):
+            raise ValueError("clock must be 'sim' or 'real'")
+        self.pack = pack
+        self.clock = clock
+        self.tick_s = pack.controller.tick_s
+        self.timeout_s = timeout_s
+        self.table = FaultTable()
+        self.stacks: list[StackRuntime] = []
+        for k, (stack, port) in enumerate(zip(pack.stacks, ports, strict=True)):
+            board = load_board(stack.board)
+            client = BoardClient(port, board, timeout_s=timeout_s, retries=retries)
+            self.stacks.append(StackRuntime(
+                index=k, config=stack, board=board, port=port, client=client,
+                scaler=Scaler(board), validator=StackValidator(pack, k, board, self.table),
+                core=Core(pack, k)))
+        self.protections = PackProtections(pack)
+        self.contactors = ContactorStateMachine(pack.contactors)
+        self.balancer = Balancer(
+            pack.balancing, [s.cells for s in pack.stacks],
+            [len(s.thermistor_cell_positions) for s in pack.stacks])
+        self.n_cells = pack.n_cells
+        self.n_therm = sum(len(s.thermistor_cell_positions) for s in pack.stacks)
+        self.n_load = sum(s.board.load_cells for s in self.stacks)
+        self.columns = standard_columns(self.n_cells, self.n_therm, self.n_load,
+                                        len(self.stacks))
+        self.log = RunLog(log_dir, self.columns, meta={
+            "pack": pack.name, "pack_file": str(pack.path), "ports": ports, "clock": clock,
+            "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
+        self.monitor = monitor
+        self.tick_index = 0
+        self.time_s = 0.0
+        self.stats = TickStats()
+        self.contactor_events: list[dict[str, Any]] = []
+        self.fault_events: list[dict[str, Any]] = []
+        self.last_snapshot: dict[str, Any] = {}
+        self._t0_wall: float | None = None
+        self._close_wanted = False
+        self._pending_reset = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Handshake with every board (version, board id, channel counts) and open outputs."""
+        for s in self.stacks:
+            s.client.open()
+            s.client.set_outputs(0, 0, 0.0, 0.0)
+
+    def close(self) -> dict[str, Any]:
+        """Open the contactors (best effort), close the ports and the log; the run summary."""
+        for s in self.stacks:
+            if not s.lost:
+                try:
+                    s.client.set_outputs(0, 0, 0.0, 0.0)
+                except LinkError:
+                    pass
+            s.client.close()
+        summary = self.summary()
+        if self.log:
+            summary["log"] = self.log.close(extra={"run": summary})
+        if self.monitor:
+            self.monitor.close()
+        return summary
+
+    def request_close(self) -> None:
+        """Ask to connect the pack (precharge, then close); it stays asked until a fault."""
+        self._close_wanted = True
+        self.contactors.request_close()
+
+    def request_open(self) -> None:
+        self._close_wanted = False
+        self.contactors.request_open()
+
+    def request_reset(self, service: bool = False) -> bool:
+        """Operator reset of latched faults; True when the conditions hold (no active fault)."""
+        ok = self.table.reset(self.time_s, include_critical=service)
+        self.contactors.request_reset()
+        return ok
+
+    # ------------------------------------------------------------------ the tick
+
+    def _now(self) -> float:
+        if self.clock == "sim":
+            return self.tick_index * self.tick_s
+        if self._t0_wall is None:
+            self._t0_wall = time.monotonic()
+        return time.monotonic() - self._t0_wall
+
+    def tick(self) -> dict[str, Any]:
+        """One control cycle; returns the snapshot also published to the live view."""
+        wall0 = time.perf_counter()
+        t = self._now()
+        self.time_s = t
+        dt_s = self.tick_s
+        sample_dt = dt_s if self.clock == "sim" else 0.0
+
+        # 1. Ask every board, then wait on each (they sample in parallel).
+        seqs: list[int | None] = []
+        for s in self.stacks:
+            seqs.append(self._request(s, sample_dt, t))
+        for s, seq in zip(self.stacks, seqs, strict=True):
+            self._receive(s, seq, t, dt_s)
+
+        # 2. Safety data present? Missing for longer than the timeout -> SAFE.
+        timeout = self.pack.controller.measurement_timeout_s
+        all_fresh = all(s.data is not None and s.data.time_s == t for s in self.stacks)
+        valid = all(t - s.last_valid_s <= timeout + 1e-9 for s in self.stacks)
+        if valid:
+            self.table.clear_fault(FaultCode.MEASUREMENT_LOST, t)
+        else:
+            value = max(t - s.last_valid_s for s in self.stacks)
+            self.table.raise_fault(FaultCode.MEASUREMENT_LOST, t, None,
+                                   value if math.isfinite(value) else None)
+
+        # 3. Protections over the pack (only on a tick where every board answered: a missing
+        #    board must not look like NaN sensors; its absence is MEASUREMENT_LOST above).
+        charge_limit_a, discharge_limit_a = self._power_limits()
+        if all_fresh:
+            self.protections.step(t, self._protection_inputs(charge_limit_a, discharge_limit_a),
+                                  self.table)
+
+        # 4. Contactors.
+        stack_v = float(sum(np.nansum(s.data.cell_voltage_v) for s in self.stacks
+                            if s.data is not None))
+        bus_v = float(sum(s.data.bus_voltage_v for s in self.stacks if s.data is not None))
+        c_out = self.contactors.update(t, ContactorInputs(
+            stack_voltage_v=stack_v, bus_voltage_v=bus_v,
+            feedback_bits=self._feedback_bits(),
+            fault_active=self.table.fault_latched(),
+            critical_active=self.table.critical_latched(),
+            measurement_valid=valid))
+        for code, value in c_out.faults:
+            self.table.raise_fault(code, t, None, value, momentary=True)
+        if c_out.events:
+            self.contactor_events.extend(c_out.events)
+
+        # 5. Balancing and limits.
+        current_a = self._pack_current()
+        soc = self._concat("soc")
+        cell_v = self._concat_data("cell_voltage_v", self.n_cells)
+        temps = self._concat_data("temperature_c", self.n_therm)
+        bal = self.balancer.update(t, soc, cell_v, temps, int(c_out.state), current_a,
+                                   self.table.fault_latched())
+        if self.table.warning_active():
+            charge_limit_a *= WARNING_DERATE
+            discharge_limit_a *= WARNING_DERATE
+
+        # 6. Commands to the boards: outputs first, then the heartbeat.
+        for s in self.stacks:
+            self._send_outputs(s, c_out.outputs, int(bal.masks[s.index]), charge_limit_a,
+                               discharge_limit_a, t)
+        host_ms = int(t * 1000.0)
+        for s in self.stacks:
+            if not s.lost:
+                try:
+                    s.client.heartbeat(int(c_out.state), host_ms)
+                except LinkError as exc:
+                    self._mark_lost(s, exc, t)
+
+        # 7. Record.
+        events = self.table.drain_events()
+        self.fault_events.extend(e for e in events if e.get("type") == "fault")
+        duration = time.perf_counter() - wall0
+        self.stats.ticks += 1
+        self.stats.latencies_s.append(duration)
+        snapshot = self._snapshot(t, c_out, current_a, charge_limit_a, discharge_limit_a, bal)
+        if self.log:
+            for e in c_out.events:
+                self.log.event(e)
+            for e in events:
+                self.log.event(e)
+            self.log.row(self._row(t, c_out, current_a, stack_v, bus_v, soc, cell_v, temps,
+                                   charge_limit_a, discharge_limit_a, bal, duration))
+        if self.monitor:
+            self.monitor.publish(snapshot)
+        self.last_snapshot = snapshot
+        self.tick_index += 1
+        return snapshot
+
+    def run(self, duration_s: float, on_tick: Callable[[dict[str, Any]], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Tick until ``duration_s`` of controller time has passed (or ``stop()`` is true)."""
+        n_ticks = int(round(duration_s / self.tick_s))
+        for _ in range(n_ticks):
+            if stop is not None and stop():
+                break
+            snapshot = self.tick()
+            if on_tick is not None:
+                on_tick(snapshot)
+            if self.clock == "real":
+                self._wait_for_deadline()
+        return self.summary()
+
+    def _wait_for_deadline(self) -> None:
+        assert self._t0_wall is not None
+        deadline = self._t0_wall + self.tick_index * self.tick_s
+        remaining = deadline - time.monotonic()
+        if remaining < 0:
+            self.stats.missed_deadlines += 1
+            return
+        time.sleep(remaining)
+
+    # ------------------------------------------------------------------ boards
+
+    def _request(self, s: StackRuntime, sample_dt: float, t: float) -> int | None:
+        if s.lost:
+            if t < s.next_reconnect_s:
+                return None
+            s.next_reconnect_s = t + RECONNECT_PERIOD_S
+            try:
+                s.client.close()
+                s.client.open()
+                s.lost = False
+                self.table.raise_fault(FaultCode.BOARD_RESET, t, None, None, s.index,
+                                       momentary=True)
+            except (LinkError, OSError):
+                return None
+        try:
+            return s.client.request_sample(sample_dt)
+        except (LinkError, OSError) as exc:
+            self._mark_lost(s, exc, t)
+            return None
+
+    def _receive(self, s: StackRuntime, seq: int | None, t: float, dt_s: float) -> None:
+        if seq is None:
+            s.misses += 1
+            return
+        try:
+            m = s.client.wait_measurement(seq)
+        except (LinkError, OSError) as exc:
+            s.misses += 1
+            self.table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, s.index,
+                                   momentary=True)
+            if not isinstance(exc, LinkError) or "lost" in type(exc).__name__.lower():
+                self._mark_lost(s, exc, t)
+            return
+        try:
+            r = s.scaler.readings(m)
+        except ValueError as exc:  # channel counts differ from the board profile
+            self._mark_lost(s, exc, t)
+            return
+        s.measurements += 1
+        if s.client.take_reset() or (m.status & Status.JUST_BOOTED and s.measurements > 1):
+            self.table.raise_fault(FaultCode.BOARD_RESET, t, None, None, s.index,
+                                   momentary=True)
+        if m.status & Status.WATCHDOG_TRIPPED:
+            self.table.raise_fault(FaultCode.BOARD_WATCHDOG_TRIPPED, t, None, None, s.index)
+        else:
+            self.table.clear_fault(FaultCode.BOARD_WATCHDOG_TRIPPED, t, None, None, s.index)
+        if m.status & Status.SENSOR_ERROR:
+            self.table.raise_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
+        else:
+            self.table.clear_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
+        data = s.validator.check(
+            t, r.cell_voltage_v, r.temperature_c, np.asarray(m.thermistor_raw),
+            r.pressure_kpa, np.asarray(m.load_cell_raw), r.current_a, r.bus_voltage_v,
+            m.timestamp_ms, m.status)
+        # The estimator integrates over the board's own sample interval when it is plausible
+        # (real clock: jitter), else over the nominal tick.
+        core_dt = dt_s
+        if s.last_timestamp_s is not None:
+            board_dt = (r.timestamp_s - s.last_timestamp_s) % 4294967.296
+            if 0.0 < board_dt <= 5.0 * dt_s:
+                core_dt = board_dt
+        s.last_timestamp_s = r.timestamp_s
+        s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v, data.temperature_c,
+                            data.pressure_kpa)
+        s.data = data
+        s.last_valid_s = t
+
+    def _mark_lost(self, s: StackRuntime, exc: BaseException, t: float) -> None:
+        if not s.lost:
+            s.lost = True
+            s.lost_reason = f"{type(exc).__name__}: {exc}"
+            s.next_reconnect_s = t + RECONNECT_PERIOD_S
+            if self.log:
+                self.log.event({"type": "board", "event": "lost", "time_s": t,
+                                "stack": s.index, "port": s.port, "reason": s.lost_reason})
+
+    def _send_outputs(self, s: StackRuntime, outputs: int, mask: int, charge_a: float,
+                      discharge_a: float, t: float) -> None:
+        if s.lost:
+            return
+        # Limits are sent at 0.1 A resolution and only when something changed (or once a
+        # second as a refresh): one round trip per change instead of one per tick.
+        key = (outputs, mask, round(charge_a, 1), round(discharge_a, 1))
+        if key == s.outputs_sent and t - s.outputs_sent_s < 1.0:
+            return
+        try:
+            s.client.set_outputs(outputs, mask, max(charge_a, 0.0), max(discharge_a, 0.0))
+            s.outputs_sent, s.outputs_sent_s = key, t
+        except LinkError as exc:
+            if type(exc).__name__ == "BoardNackError":
+                # The board refused (e.g. its watchdog tripped): try again next tick.
+                s.outputs_sent = None
+                return
+            self._mark_lost(s, exc, t)
+
+    # ------------------------------------------------------------------ pack-wide values
+
+    def _feedback_bits(self) -> int | None:
+        """Per bit: AND over boards where commanded closed, OR where commanded open, so any
+        board that disagrees with the command shows up as a mismatch."""
+        bits = [int(s.data.status) & 0x07 for s in self.stacks if s.data is not None]
+        if not bits:
+            return None
+        cmd = self.contactors.outputs
+        and_bits, or_bits = bits[0], 0
+        for b in bits:
+            and_bits &= b
+            or_bits |= b
+        return (and_bits & cmd) | (or_bits & ~cmd & 0x07)
+
+    def _pack_current(self) -> float:
+        values = [s.data.current_a for s in self.stacks
+                  if s.data is not None and math.isfinite(s.data.current_a)]
+        return float(np.median(values)) if values else math.nan
+
+    def _power_limits(self) -> tuple[float, float]:
+        charge, discharge = [], []
+        for s in self.stacks:
+            if s.out is None:
+                continue
+            charge.append(float(np.min(s.out.charge_limit_a)))
+            discharge.append(float(np.min(s.out.discharge_limit_a)))
+        if not charge:
+            return 0.0, 0.0
+        c, d = min(charge), min(discharge)
+        return (c if math.isfinite(c) else 0.0), (d if math.isfinite(d) else 0.0)
+
+    def _concat(self, name: str) -> np.ndarray:
+        parts = []
+        for s in self.stacks:
+            if s.out is None:
+                parts.append(np.full(s.config.cells, np.nan))
+            else:
+                parts.append(np.asarray(getattr(s.out, name), dtype=float)[: s.config.cells])
+        return np.concatenate(parts)
+
+    def _concat_data(self, name: str, n: int) -> np.ndarray:
+        parts = []
+        for s in self.stacks:
+            if s.data is None:
+                size = (s.config.cells if name == "cell_voltage_v"
+                        else len(s.config.thermistor_cell_positions))
+                parts.append(np.full(size, np.nan))
+            else:
+                parts.append(np.asarray(getattr(s.data, name), dtype=float))
+        return np.concatenate(parts) if parts else np.full(n, np.nan)
+
+    def _stack_values(self, name: str) -> np.ndarray:
+        return np.array([float(getattr(s.out, name)) if s.out is not None else np.nan
+                         for s in self.stacks])
+
+    def _protection_inputs(self, charge_limit_a: float,
+                           discharge_limit_a: float) -> ProtectionInputs:
+        return ProtectionInputs(
+            cell_voltage_v=self._concat_data("cell_voltage_v", self.n_cells),
+            temperature_c=self._concat_data("temperature_c", self.n_therm),
+            current_a=self._pack_current(),
+            charge_limit_a=charge_limit_a,
+            discharge_limit_a=discharge_limit_a,
+            stack_pressure_kpa=self._stack_values("pressure_mean_kpa"),
+            pressure_rate_kpa_per_s=np.abs(self._stack_values("pressure_rate_kpa_per_s")),
+            pressure_residual_kpa=self._stack_values("pressure_cusum_kpa"),
+            load_cell_imbalance_kpa=self._stack_values("load_cell_imbalance_kpa"),
+            cell_leak_a=self._concat("leak_a"),
+        )
+
+    # ------------------------------------------------------------------ output
+
+    def _row(self, t, c_out, current_a, stack_v, bus_v, soc, cell_v, temps, charge_a,
+             discharge_a, bal, duration) -> list[Any]:
+        sigma = self._concat("soc_sigma")
+        leak = self._concat("leak_a")
+        pressures = np.concatenate([
+            s.data.pressure_kpa if s.data is not None else np.full(s.board.load_cells, np.nan)
+            for s in self.stacks])
+        expected = self._stack_values("pressure_expected_kpa")
+        residual = self._stack_values("pressure_residual_kpa")
+        active = sum(1 for r in self.table.active())
+        row: list[Any] = [t, int(c_out.state), current_a, stack_v, bus_v]
+        row += cell_v.tolist() + soc.tolist() + sigma.tolist() + leak.tolist()
+        row += temps.tolist() + pressures.tolist() + expected.tolist() + residual.tolist()
+        row += [charge_a, discharge_a, int(c_out.outputs)]
+        row += [int(m) for m in bal.masks]
+        row += [active, duration]
+        return row
+
+    def _snapshot(self, t, c_out, current_a, charge_a, discharge_a, bal) -> dict[str, Any]:
+        stacks = []
+        for s in self.stacks:
+            d, o = s.data, s.out
+            stacks.append({
+                "name": s.config.name,
+                "lost": s.lost,
+                "cell_voltage_v": [] if d is None else np.nan_to_num(d.cell_voltage_v).tolist(),
+                "temperature_c": [] if d is None else np.nan_to_num(d.temperature_c).tolist(),
+                "soc": [] if o is None else np.asarray(o.soc).tolist(),
+                "soc_sigma": [] if o is None else np.asarray(o.soc_sigma).tolist(),
+                "leak_a": [] if o is None else np.asarray(o.leak_a).tolist(),
+                "pressure_kpa": math.nan if o is None else float(o.pressure_mean_kpa),
+                "pressure_expected_kpa": math.nan if o is None
+                else float(o.pressure_expected_kpa),
+                "balance_mask": int(bal.masks[s.index]),
+            })
+        return {
+            "time_s": t, "state": ContactorState(c_out.state).name, "outputs": int(c_out.outputs),
+            "current_a": current_a, "charge_limit_a": charge_a, "discharge_limit_a": discharge_a,
+            "active_faults": sorted({r.code.name for r in self.table.active()
+                                     if r.severity >= Severity.WARNING}),
+            "latched_faults": sorted({r.code.name for r in self.table.latched()}),
+            "stacks": stacks,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pack": self.pack.name,
+            "clock": self.clock,
+            "ticks": self.stats.ticks,
+            "time_s": self.time_s,
+            "state": self.contactors.state.name,
+            "missed_deadlines": self.stats.missed_deadlines,
+            "tick_latency_ms": self.stats.percentiles_ms(),
+            "faults": self.table.summary(),
+            "boards": [{"stack": s.index, "port": s.port, "lost": s.lost,
+                        "lost_reason": s.lost_reason, "measurements": s.measurements,
+                        "misses": s.misses, "link": _safe_counters(s.client),
+                        "validation": dict(s.validator.counts)} for s in self.stacks],
+        }
+
+
+def _safe_counters(client: BoardClient) -> dict[str, int]:
+    try:
+        return client.counters
+    except LinkError:
+        return {}
