@@ -6,7 +6,9 @@ A :class:`SerialLink` opens a device path (``/dev/ttyACM0``, ``/dev/pts/3``) or 
 :class:`hil.protocol.FrameDecoder`, which resynchronises after garbage by itself.
 
 Reads block in ``select`` on the port's file descriptor (no sleeps, no polling) and then take
-every byte waiting (``in_waiting``), so one system call pair delivers a whole frame or several.
+every byte waiting in one non-blocking read, so one system call pair delivers a whole frame or
+several. Ports without a descriptor (``loop://``, ``socket://``) use pyserial's
+``read(in_waiting)`` with its read timeout.
 
 Failures:
 
@@ -80,6 +82,7 @@ class SerialLink:
         self._frames: collections.deque[DecodedFrame] = collections.deque()
         self._seq = 0
         self._read_timeout_s = read_timeout_s
+        self._write_timeout_s = write_timeout_s
 
         try:
             if "://" in port:
@@ -128,7 +131,11 @@ class SerialLink:
     def write(self, data: bytes) -> None:
         """Write raw bytes (already framed, or deliberate garbage in tests)."""
         try:
-            n = self._ser.write(data)
+            if self._fd is not None:
+                self._write_fd(self._fd, data)
+                n = len(data)
+            else:
+                n = self._ser.write(data)
         except serial.SerialTimeoutException as exc:
             raise BoardTimeoutError(f"{self.port}: write timed out (board not reading)") from exc
         except (serial.SerialException, OSError) as exc:
@@ -137,6 +144,24 @@ class SerialLink:
             raise BoardLostError(f"{self.port}: port is closed") from exc
         self.stats.frames_sent += 1
         self.stats.bytes_out += n if n is not None else len(data)
+
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        """Write everything with os.write on the non-blocking fd; wait for room up to the
+        write timeout (pyserial's write adds a select after every write, even when done)."""
+        view = memoryview(data)
+        deadline = None
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+                continue
+            except BlockingIOError:
+                pass
+            if deadline is None:
+                deadline = time.monotonic() + self._write_timeout_s
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.0:
+                raise serial.SerialTimeoutException("write timeout")
+            select.select((), (fd,), (), remaining)
 
     # ------------------------------------------------------------------ receiving
 
@@ -185,21 +210,23 @@ class SerialLink:
         """
         ser = self._ser
         try:
-            if self._fd is not None:
-                n = ser.in_waiting
-                if n == 0:
-                    ready, _, _ = select.select((self._fd,), (), (), max(timeout_s, 0.0))
-                    if not ready:
-                        return b""
-                    n = ser.in_waiting
-                    if n == 0:
-                        # Readable but nothing waiting: EOF/hang-up (pty master closed, USB
-                        # gone). os.read surfaces the errno (EIO) or b"".
-                        data = os.read(self._fd, _READ_CHUNK)
-                        if not data:
-                            raise BoardLostError(f"{self.port}: end of file (board gone)")
-                        return data
-                return ser.read(n)
+            fd = self._fd
+            if fd is not None:
+                # select + one non-blocking read of everything waiting (pyserial opens the fd
+                # O_NONBLOCK): two system calls per burst instead of pyserial's ioctl + select
+                # + read, which matters at thousands of round trips per second.
+                ready, _, _ = select.select((fd,), (), (), max(timeout_s, 0.0))
+                if not ready:
+                    return b""
+                try:
+                    data = os.read(fd, _READ_CHUNK)
+                except BlockingIOError:
+                    return b""  # spurious readiness
+                if not data:
+                    # Readable with nothing to read: end of file / hang-up (pty master closed,
+                    # USB gone); Linux usually raises EIO instead, handled below.
+                    raise BoardLostError(f"{self.port}: end of file (board gone)")
+                return data
             # URL handlers: pyserial's own timeout, clamped to the caller's.
             t = min(max(timeout_s, 0.0), self._read_timeout_s) if timeout_s > 0 else 0
             if ser.timeout != t:
