@@ -257,12 +257,29 @@ class EmulatedBoard:
             except ValueError:
                 self._nack(MsgType.FAULT_INJECT, NackError.BAD_VALUE, seq)
                 return
-            if code == FaultCode.REBOOT and not msg.flags & FaultFlags.CLEAR:
+            clear = bool(msg.flags & FaultFlags.CLEAR)
+            if code in LINK_CODES:
+                # Link faults start after their ACK: a host can always learn that the fault
+                # is on (a dropped ACK would look like the fault never arrived).
+                try:
+                    if code != FaultCode.REBOOT:
+                        apply_link_fault(self.link, code, float(msg.value), clear,
+                                         self.board_time_s)
+                except FaultError:
+                    self._nack(MsgType.FAULT_INJECT, NackError.BAD_VALUE, seq)
+                    return
+                saved = (self.link.drop_probability, self.link.corrupt_probability,
+                         self.link.silence_until_s)
+                self.link.drop_probability = self.link.corrupt_probability = 0.0
+                self.link.silence_until_s = -math.inf
                 self._send(Ack(int(MsgType.FAULT_INJECT)), seq)
-                self.reboot()
+                (self.link.drop_probability, self.link.corrupt_probability,
+                 self.link.silence_until_s) = saved
+                if code == FaultCode.REBOOT and not clear:
+                    self.reboot()
                 return
             try:
-                self._inject(code, msg.target, float(msg.value), bool(msg.flags & FaultFlags.CLEAR))
+                self._inject(code, msg.target, float(msg.value), clear)
             except FaultError:
                 self._nack(MsgType.FAULT_INJECT, NackError.BAD_VALUE, seq)
                 return

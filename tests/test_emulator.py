@@ -1,0 +1,438 @@
+"""Emulated board end to end over real ptys, with the real BoardClient (hil/client.py).
+
+The board runs in a thread (PtyServer on os.openpty) or, where the test needs to kill it, as a
+subprocess ``python -m hil.emulator``. No sleeps: the sim clock is driven by SAMPLE, and the
+real-clock test waits on the board's own timestamps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import serial
+
+from bms.config import load_board, load_pack
+from hil.client import BoardClient, BoardNackError, LinkError
+from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer
+from hil.emulator.scenario import load_scenario
+from hil.protocol import (
+    BoardKind,
+    Capability,
+    FaultCode,
+    FrameDecoder,
+    Hello,
+    Info,
+    Measurement,
+    MsgType,
+    Nack,
+    NackError,
+    Outputs,
+    Sample,
+    Status,
+    encode_frame,
+    encode_raw_frame,
+)
+from hil.scaling import Scaler
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK = load_pack("ssb-23")
+PROFILE = load_board("emu-23")
+SCALER = Scaler(PROFILE)
+CLOSED = Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG
+
+
+class Running:
+    """An EmulatedBoard served on a pty by a background thread."""
+
+    def __init__(self, **opts: object) -> None:
+        self.board = EmulatedBoard(BoardOptions(pack=PACK, board=PROFILE, **opts))  # type: ignore[arg-type]
+        self.server = PtyServer(self.board)
+        self.path = self.server.path
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive()
+        self.server.close()
+
+
+@pytest.fixture
+def emu() -> Iterator[Running]:
+    r = Running(seed=3, initial_soc=0.6)
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def client(emu: Running) -> Iterator[BoardClient]:
+    with BoardClient(emu.path, PROFILE, timeout_s=1.0) as c:
+        yield c
+
+
+def closed_client(c: BoardClient, charge_a: float = 10.0, discharge_a: float = 15.0) -> None:
+    c.heartbeat(2, 0)
+    c.set_outputs(CLOSED, 0, charge_a, discharge_a)
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+def test_handshake_info(client: BoardClient) -> None:
+    info = client.info
+    assert info.protocol_version == 1
+    assert info.board_kind == BoardKind.EMULATOR
+    assert (info.n_cells, info.n_thermistors, info.n_load_cells) == (23, 6, 4)
+    assert info.heartbeat_timeout_ms == 1000
+    assert info.capabilities & Capability.SIM_CLOCK and info.capabilities & Capability.FAULT_INJECT
+    assert info.board_id == "emu-23#0"
+
+
+def test_hello_outside_version_range_is_nacked(emu: Running) -> None:
+    with serial.Serial(emu.path, timeout=1.0) as port:
+        dec = FrameDecoder()
+        port.write(encode_frame(Hello(2, 3), 9))
+        frames = _read_frames(port, dec, 1)
+        assert frames[0].seq == 9 and isinstance(frames[0].msg, Nack)
+        assert frames[0].msg.error == NackError.BAD_VERSION and frames[0].msg.detail == 1
+
+
+def _read_frames(port: serial.Serial, dec: FrameDecoder, n: int, deadline_s: float = 3.0,
+                 skip_boot_info: bool = True):
+    """n decoded frames (the boot INFO, seq 0, may still sit in the pty: skipped)."""
+    out = []
+    end = time.monotonic() + deadline_s
+    while len(out) < n and time.monotonic() < end:
+        data = port.read(max(1, port.in_waiting))
+        out += [f for f in dec.feed(data)
+                if not (skip_boot_info and f.seq == 0 and isinstance(f.msg, Info))]
+    return out
+
+
+# --------------------------------------------------------------------------- clocks
+
+
+def test_sim_clock_advances_by_dt_and_flags(client: BoardClient) -> None:
+    m1 = client.sample(0.1)
+    assert m1.status & Status.SIM_CLOCK and m1.status & Status.JUST_BOOTED
+    m2 = client.sample(0.25)
+    assert not m2.status & Status.JUST_BOOTED
+    assert m2.timestamp_ms - m1.timestamp_ms == 250
+    m3 = client.sample(3600.0)   # an hour in one request: split into 1 s plant steps
+    assert m3.timestamp_ms - m2.timestamp_ms == 3_600_000
+    r = SCALER.readings(m3)
+    assert np.all((r.cell_voltage_v > 3.5) & (r.cell_voltage_v < 4.0))
+    assert np.all(np.abs(r.temperature_c - 25.0) < 1.0)
+    assert np.all((r.pressure_kpa > 1000.0) & (r.pressure_kpa < 1500.0))
+
+
+def test_real_clock_samples_on_its_own_timer() -> None:
+    emu = Running(seed=1, clock="real")
+    try:
+        with BoardClient(emu.path, PROFILE) as c:
+            assert not c.info.capabilities & Capability.SIM_CLOCK
+            m0 = c.sample(0.0)
+            assert not m0.status & Status.SIM_CLOCK
+            # wait for the board's own 100 ms timer: the timestamp moves without any dt
+            t0 = time.monotonic()
+            m = m0
+            while m.timestamp_ms == m0.timestamp_ms and time.monotonic() - t0 < 5.0:
+                m = c.sample(0.0)
+            assert m.timestamp_ms > m0.timestamp_ms
+            wall_ms = (time.monotonic() - t0) * 1000.0
+            assert m.timestamp_ms - m0.timestamp_ms <= wall_ms + 250.0
+    finally:
+        emu.stop()
+
+
+# --------------------------------------------------------------------------- outputs, watchdog
+
+
+def test_outputs_applied_and_current_flows() -> None:
+    sc = load_scenario("soft-short")   # rest 30 s, then 1C discharge
+    emu = Running(seed=2, scenario=sc)
+    try:
+        with BoardClient(emu.path, PROFILE) as c:
+            closed_client(c)
+            for k in range(400):
+                if k % 5 == 0:
+                    c.heartbeat(2, k * 100)
+                m = c.sample(0.1)
+            assert m.status & Status.CONTACTOR_POS and m.status & Status.CONTACTOR_NEG
+            r = SCALER.readings(m)
+            assert r.current_a == pytest.approx(-5.0, abs=0.05)
+            assert r.bus_voltage_v == pytest.approx(r.cell_voltage_v.sum(), abs=0.2)
+            c.set_outputs(CLOSED, (1 << 5), 10.0, 2.0)  # discharge limit obeyed, balancing
+            c.heartbeat(2, 0)
+            m = c.sample(0.1)
+            assert m.status & Status.BALANCING
+            assert SCALER.readings(m).current_a == pytest.approx(-2.0, abs=0.05)
+            c.set_outputs(0, 0, 0.0, 0.0)
+            m = c.sample(0.1)
+            assert not m.status & (Status.CONTACTOR_POS | Status.CONTACTOR_NEG)
+            assert SCALER.readings(m).current_a == pytest.approx(0.0, abs=0.05)
+    finally:
+        emu.stop()
+
+
+def test_set_outputs_bad_values_are_nacked(client: BoardClient) -> None:
+    with pytest.raises(BoardNackError) as exc:
+        client.set_outputs(0, 1 << 23, 1.0, 1.0)
+    assert exc.value.nack.error == NackError.BAD_VALUE
+    with pytest.raises(BoardNackError) as exc:
+        client.set_outputs(0, 0, -1.0, 1.0)
+    assert exc.value.nack.error == NackError.BAD_VALUE
+
+
+def test_board_watchdog_opens_contactors_and_heartbeat_rearms(client: BoardClient) -> None:
+    closed_client(client)
+    m = client.sample(0.5)
+    assert m.status & Status.CONTACTOR_POS and not m.status & Status.WATCHDOG_TRIPPED
+    m = client.sample(0.6)   # 1.1 s of board time since the last HEARTBEAT
+    assert m.status & Status.WATCHDOG_TRIPPED
+    assert not m.status & (Status.CONTACTOR_POS | Status.CONTACTOR_NEG)
+    with pytest.raises(BoardNackError) as exc:
+        client.set_outputs(CLOSED, 0, 1.0, 1.0)
+    assert exc.value.nack.error == NackError.STATE
+    client.heartbeat(2, 0)
+    m = client.sample(0.1)
+    assert not m.status & Status.WATCHDOG_TRIPPED
+    assert not m.status & Status.CONTACTOR_POS       # stays open until SET_OUTPUTS
+    client.set_outputs(CLOSED, 0, 1.0, 1.0)
+    assert client.sample(0.1).status & Status.CONTACTOR_POS
+
+
+def test_precharge_over_the_link(client: BoardClient) -> None:
+    client.heartbeat(1, 0)
+    client.set_outputs(Outputs.CONTACTOR_NEG | Outputs.PRECHARGE, 0, 0.0, 0.0)
+    r = SCALER.readings(client.sample(0.2))
+    stack_v = r.cell_voltage_v.sum()
+    assert r.bus_voltage_v == pytest.approx(stack_v * (1 - math.exp(-1)), rel=0.05)
+    client.inject_fault(FaultCode.PRECHARGE_FAIL)
+    client.heartbeat(1, 0)
+    r = SCALER.readings(client.sample(0.8))
+    assert r.bus_voltage_v < 0.05 * stack_v
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _sampled(c: BoardClient, seconds: float, dt: float = 1.0) -> Measurement:
+    m = None
+    for _ in range(int(seconds / dt)):
+        c.heartbeat(2, 0)
+        m = c.sample(dt)
+    assert m is not None
+    return m
+
+
+FAULT_CASES = [
+    # (fault, target, value, check(readings before, readings after, raw after))
+    (FaultCode.CELL_SOFT_SHORT, 7, 2.0,
+     lambda b, a, m: a.cell_voltage_v[7] < np.delete(a.cell_voltage_v, 7).min() - 0.005),
+    (FaultCode.CELL_CONTACT_LOSS, 4, 0.6,
+     lambda b, a, m: np.ptp(a.pressure_kpa) > np.ptp(b.pressure_kpa) + 60.0
+     and a.cell_voltage_v[4] < np.delete(a.cell_voltage_v, 4).min()),
+    (FaultCode.GAS_SWELLING, 0xFF, 5.0,
+     lambda b, a, m: np.mean(a.pressure_kpa) > np.mean(b.pressure_kpa) + 200.0),
+    (FaultCode.LOADCELL_OFFSET, 2, 80.0,
+     lambda b, a, m: a.pressure_kpa[2] - b.pressure_kpa[2] > 60.0),
+    (FaultCode.LOADCELL_OPEN, 3, 0.0,
+     lambda b, a, m: math.isnan(a.pressure_kpa[3]) and m.status & Status.SENSOR_ERROR),
+    (FaultCode.VTAP_OPEN, 10, 0.0, lambda b, a, m: a.cell_voltage_v[10] < 0.1),
+    (FaultCode.THERMISTOR_OPEN, 2, 0.0, lambda b, a, m: math.isnan(a.temperature_c[2])),
+    (FaultCode.THERMISTOR_SHORT, 4, 0.0, lambda b, a, m: math.isnan(a.temperature_c[4])),
+    (FaultCode.CURRENT_OFFSET, 0xFF, 1.5, lambda b, a, m: a.current_a - b.current_a > 1.4),
+    (FaultCode.COOLANT_LOSS, 0xFF, 0.0,
+     lambda b, a, m: np.mean(a.temperature_c) > np.mean(b.temperature_c) + 1.0),
+    (FaultCode.LOAD_CURRENT, 0xFF, 12.0, lambda b, a, m: a.current_a == pytest.approx(12.0,
+                                                                                        abs=0.1)),
+    (FaultCode.AMBIENT_TEMP, 0xFF, 40.0, lambda b, a, m: np.all(a.temperature_c > 35.0)),
+    (FaultCode.CELL_HEAT, 0, 8.0, lambda b, a, m: a.temperature_c[0] > b.temperature_c[0] + 2.0),
+]
+
+
+@pytest.mark.parametrize("fault,target,value,check", FAULT_CASES,
+                         ids=[c[0].name for c in FAULT_CASES])
+def test_each_fault_is_visible_in_the_measurements(client: BoardClient, fault: FaultCode,
+                                                   target: int, value: float, check) -> None:
+    client.inject_fault(FaultCode.CURRENT_OFFSET, value=0.0)  # a FAULT_INJECT is ACKed
+    closed_client(client)
+    client.inject_fault(FaultCode.LOAD_CURRENT, value=-10.0)  # 2C: heat for thermal faults
+    before = SCALER.readings(_sampled(client, 10.0))
+    if fault != FaultCode.LOAD_CURRENT:
+        client.inject_fault(fault, target, value)
+    else:
+        client.inject_fault(fault, value=value)
+    seconds = 1200.0 if fault in (FaultCode.COOLANT_LOSS, FaultCode.AMBIENT_TEMP,
+                                  FaultCode.CELL_HEAT) else 60.0
+    m = _sampled(client, seconds, 0.9)   # < 1 s: the board watchdog needs a beat per second
+    after = SCALER.readings(m)
+    assert check(before, after, m)
+    client.inject_fault(fault, target, clear=True)
+
+
+def test_fault_inject_bad_target_is_nacked(client: BoardClient) -> None:
+    with pytest.raises(BoardNackError) as exc:
+        client.inject_fault(FaultCode.CELL_SOFT_SHORT, 40, 1.0)
+    assert exc.value.nack.error == NackError.BAD_VALUE
+    with pytest.raises(BoardNackError):
+        client.inject_fault(99)
+
+
+def test_reboot_announces_new_boot_and_opens_contactors(client: BoardClient) -> None:
+    closed_client(client)
+    boot0 = client.info.boot_id
+    client.inject_fault(FaultCode.REBOOT)
+    m = client.sample(0.1)   # the INFO (seq 0) arrives before this reply
+    assert client.take_reset() and client.info.boot_id != boot0
+    assert m.status & Status.JUST_BOOTED
+    assert not m.status & (Status.CONTACTOR_POS | Status.CONTACTOR_NEG)
+
+
+# --------------------------------------------------------------------------- link faults
+
+
+def test_link_drop_and_silence_make_the_client_time_out(emu: Running) -> None:
+    with BoardClient(emu.path, PROFILE, timeout_s=0.2, retries=1) as c:
+        c.inject_fault(FaultCode.LINK_DROP, value=1.0)
+        with pytest.raises(LinkError):
+            c.sample(0.1)
+        assert emu.board.counters.dropped_replies >= 2
+        emu.board.link.clear()   # the board drops its own replies: clear it from its side
+        c.sample(0.1)
+        c.inject_fault(FaultCode.LINK_SILENCE, value=0.5)   # board time
+        with pytest.raises(LinkError):
+            c.sample(0.3)        # 0.3 s, and the retry with dt 0: still silent
+        m = c.sample(0.3)        # board time now past the silence
+        assert m.timestamp_ms > 0
+
+
+def test_corrupted_bytes_are_survived(emu: Running) -> None:
+    with BoardClient(emu.path, PROFILE, timeout_s=0.2, retries=5) as c:
+        c.inject_fault(FaultCode.LINK_CORRUPT, value=0.002)   # ~20 % of 100-byte frames hit
+        ok = 0
+        for _ in range(300):
+            try:
+                c.sample(0.1)
+                ok += 1
+            except LinkError:
+                pass
+        assert ok >= 290
+        counters = c.counters
+        assert counters["resyncs"] > 0 and counters["retries"] > 0
+        assert emu.board.counters.corrupted_bytes > 0
+
+
+def test_garbage_and_corrupted_frames_from_the_host_are_survived(emu: Running) -> None:
+    rng = np.random.default_rng(5)
+    with serial.Serial(emu.path, timeout=1.0) as port:
+        dec = FrameDecoder()
+        good = encode_frame(Sample(100_000), 1)
+        bad = bytearray(good)
+        bad[4] ^= 0x5A                                       # CRC error: dropped silently
+        port.write(rng.integers(1, 256, 600, dtype=np.uint8).tobytes())   # oversize garbage
+        port.write(b"\x00" + bytes(bad))
+        port.write(b"\x00\x00" + rng.integers(0, 256, 50, dtype=np.uint8).tobytes() + b"\x00")
+        port.write(encode_raw_frame(1, 0x77, 2, b""))        # unknown type
+        port.write(encode_raw_frame(1, int(MsgType.SAMPLE), 3, b"\x01"))   # bad length
+        port.write(encode_raw_frame(2, int(MsgType.SAMPLE), 4, b"\x00" * 4))  # bad version
+        port.write(good)
+        frames = _read_frames(port, dec, 4)
+        by_seq = {f.seq: f.msg for f in frames}
+        assert by_seq[2].error == NackError.UNKNOWN_TYPE
+        assert by_seq[3].error == NackError.BAD_LENGTH
+        assert by_seq[4].error == NackError.BAD_VERSION and by_seq[4].detail == 1
+        assert isinstance(by_seq[1], Measurement)
+        assert emu.board.decoder.counters.crc_errors + emu.board.decoder.counters.cobs_errors \
+            + emu.board.decoder.counters.oversize >= 2
+
+
+# --------------------------------------------------------------------------- process, CLI
+
+
+def _spawn(*args: str) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "hil.emulator", *args], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None
+    path = p.stdout.readline().decode().strip()
+    assert path.startswith("/dev/"), (path, p.stderr.read().decode() if p.stderr else "")
+    return p, path
+
+
+def test_emulator_killed_mid_run_is_reported_within_the_timeout() -> None:
+    p, path = _spawn("--seed", "4")
+    try:
+        c = BoardClient(path, PROFILE, timeout_s=0.3, retries=1)
+        c.open()
+        for _ in range(20):
+            c.sample(0.1)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=5)
+        t0 = time.monotonic()
+        with pytest.raises(LinkError):
+            for _ in range(5):
+                c.sample(0.1)
+        assert time.monotonic() - t0 <= (c.retries + 1) * c.timeout_s + 0.5
+        c.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=5)
+
+
+def test_cli_scenario_and_truth_file(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.csv"
+    p, path = _spawn("--scenario", "soft-short", "--seed", "9", "--truth", str(truth))
+    try:
+        with BoardClient(path, PROFILE) as c:
+            assert c.info.n_cells == 23
+            closed_client(c)
+            for k in range(50):
+                c.heartbeat(2, k)
+                m = c.sample(1.0)   # 50 s: rest 30 s, then 1C
+            assert SCALER.readings(m).current_a == pytest.approx(-5.0, abs=0.05)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+    lines = truth.read_text().splitlines()
+    assert lines[0].startswith("t_s,current_a,")
+    assert len(lines) == 1 + 50
+    assert float(lines[-1].split(",")[1]) == pytest.approx(-5.0, abs=0.05)
+
+
+def test_cli_rejects_bad_arguments() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "hil.emulator", "--board", "3"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--board 3" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "hil.emulator", "--scenario", "nope"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_boot_info_is_sent_unsolicited(emu: Running) -> None:
+    # A host that opens the port after boot missed the INFO (pyserial flushes on open); a
+    # REBOOT sends one with seq 0 to whoever listens.
+    with serial.Serial(emu.path, timeout=1.0) as port:
+        port.write(encode_frame(Sample(0), 1))
+        dec = FrameDecoder()
+        assert isinstance(_read_frames(port, dec, 1)[0].msg, Measurement)
+        from hil.protocol import FaultInject
+
+        port.write(encode_frame(FaultInject(int(FaultCode.REBOOT)), 2))
+        frames = _read_frames(port, dec, 2, skip_boot_info=False)
+        infos = [f for f in frames if isinstance(f.msg, Info)]
+        assert infos and infos[0].seq == 0
