@@ -287,7 +287,9 @@ static void feed_uart(void)
         uint16_t seq;
         uint32_t dt;
         if (n && peek_frame(tmp, n, &type, &seq, &dt) && type == 0x10 && dt > 0) {
-            uint64_t base = target_cycle > avr->cycle ? target_cycle : avr->cycle;
+            /* MCU time follows the sum of the dts (the host's sim clock); the time spent
+             * answering is absorbed by the next dt instead of adding up. */
+            uint64_t base = target_cycle ? target_cycle : avr->cycle;
             target_cycle = base + us_to_cycles(dt);
             pending_sample_dt = dt;
         }
