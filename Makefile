@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-stamp
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
-.PHONY: all venv sysdeps lint cppcheck test pytest demo bench clean asan
+.PHONY: all venv sysdeps lint cppcheck test pytest demo bench clean asan firmware firmware-check
 
 all: test
 
@@ -32,7 +32,8 @@ cppcheck: sysdeps
 	cppcheck --error-exitcode=1 --enable=warning,style,performance,portability \
 	  --std=c11 --inline-suppr --quiet \
 	  --suppress=missingIncludeSystem --suppress=unusedFunction \
-	  -I csrc csrc $(wildcard boards/firmware/src) $(wildcard boards/firmware/test)
+	  -I csrc csrc $(wildcard boards/firmware/src) $(wildcard boards/firmware/test) \
+	  $(wildcard boards/firmware/sim) $(wildcard boards/firmware/hal) $(wildcard boards/firmware/fuzz)
 
 pytest: venv
 	$(PY) -m pytest --cov=bms --cov=hil --cov=boards --cov-report=term:skip-covered $(PYTEST_ARGS)
@@ -46,4 +47,13 @@ bench: venv
 	$(VENV)/bin/bms bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info bms/_core*.so .pytest_cache .benchmarks
+	rm -rf $(VENV) build *.egg-info bms/_core*.so .pytest_cache .benchmarks boards/firmware/build
+
+# Reference firmware (boards/firmware): ELF + hex for avrdude, size report, simavr harness.
+# make test covers it through pytest (tests/test_firmware_*.py); these are the direct targets.
+firmware: sysdeps
+	$(MAKE) -C boards/firmware firmware size harness
+
+firmware-check: sysdeps venv
+	$(MAKE) -C boards/firmware all fuzz-run FUZZ_SECONDS=20
+	$(PY) -m pytest -q tests/test_firmware_build.py tests/test_firmware_codec.py tests/test_firmware_sim.py

@@ -15,7 +15,8 @@ from bms.config import ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bms.demo", "run the BMS against an emulated 23-cell stack with a built-in scenario"),
     "run": ("bms.run", "run the BMS against real or emulated boards (one --port per stack)"),
-    "emulate": ("hil.emulator.cli", "serve an emulated board (plant model) on a pseudo-terminal"),
+    "emulate": ("hil.emulator.cli", "serve an emulated board (plant model) on a pseudo-terminal"
+                " (--firmware: the reference firmware on a simulated MCU)"),
     "monitor": ("bms.monitor", "live read-only view of a running BMS"),
     "bench": ("bms.bench", "benchmark the estimation core and the control tick"),
     "plot": ("bms.plot", "plot a run log to a PNG"),
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bms: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    target = COMMANDS[name][0]
+    if name == "emulate" and "--firmware" in rest:
+        # The reference firmware's ELF on a simulated MCU instead of the Python board model.
+        target = "hil.firmware"
+    module = importlib.import_module(target)
     try:
         return int(module.main(rest) or 0)
     except ConfigError as exc:

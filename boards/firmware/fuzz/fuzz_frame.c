@@ -36,9 +36,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * same header and payload (COBS accepts a non-canonical final 0xFF group, so the bytes
      * themselves may differ). */
     if (size <= PROTO_MAX_ENCODED) {
-        uint8_t dec[PROTO_DECODE_BUF], dec2[PROTO_DECODE_BUF], enc[PROTO_MAX_ENCODED];
-        proto_frame_t f, g;
+        uint8_t dec[PROTO_DECODE_BUF];
+        proto_frame_t f;
         if (proto_decode(data, size, dec, &f) == PR_OK) {
+            uint8_t dec2[PROTO_DECODE_BUF], enc[PROTO_MAX_ENCODED];
+            proto_frame_t g;
             size_t n = proto_encode(f.version, f.type, f.seq, f.payload, f.length, enc);
             if (n == 0 || n > PROTO_MAX_ENCODED || enc[n - 1] != 0 ||
                 proto_decode(enc, n - 1, dec2, &g) != PR_OK || g.type != f.type ||

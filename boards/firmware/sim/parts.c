@@ -40,11 +40,13 @@ static void fill_read(ltc_chain_t *c)
         if (c->code == 0x002) {
             memcpy(o, c->cfg[d], 6);
         } else {
+            /* RDCVA..D = 0x004..0x00A (cells 1-3 .. 10-12), RDAUXA/B = 0x00C/0x00E. */
             const uint16_t *src;
-            if (c->code >= 0x004 && c->code <= 0x00A)
-                src = &c->cv[d][(c->code - 0x004) / 2 * 3];
+            int group = (int)(c->code - 0x004) / 2; /* 0..5, is_read() checked the code */
+            if (group < 4)
+                src = &c->cv[d][group * 3];
             else
-                src = &c->aux[d][(c->code - 0x00C) / 2 * 3];
+                src = &c->aux[d][(group - 4) * 3];
             for (int k = 0; k < 3; k++) {
                 o[2 * k] = (uint8_t)src[k];
                 o[2 * k + 1] = (uint8_t)(src[k] >> 8);
