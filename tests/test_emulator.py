@@ -436,3 +436,47 @@ def test_boot_info_is_sent_unsolicited(emu: Running) -> None:
         frames = _read_frames(port, dec, 2, skip_boot_info=False)
         infos = [f for f in frames if isinstance(f.msg, Info)]
         assert infos and infos[0].seq == 0
+
+
+def _scripted_session(speculate: bool, truth: Path) -> tuple[bytes, str]:
+    """One host session fed straight into the board logic; speculation on or off."""
+    from hil.protocol import FaultInject, Heartbeat, SetOutputs
+
+    board = EmulatedBoard(BoardOptions(pack=PACK, board=PROFILE, seed=11,
+                                       scenario=load_scenario("faults-tour"), truth_path=truth))
+    out = bytearray()
+    seq = 0
+
+    def send(msg: object) -> None:
+        nonlocal seq
+        seq += 1
+        board.feed(encode_frame(msg, seq))  # type: ignore[arg-type]
+        for frame in board.outbox:
+            out.extend(frame)
+        board.outbox.clear()
+        if speculate:
+            board.speculate()
+
+    send(Heartbeat(2, 0))
+    send(SetOutputs(int(CLOSED), 0, 10_000, 15_000))
+    for k in range(1500):
+        if k % 7 == 0:
+            send(Heartbeat(2, k))
+        if k == 400:
+            send(FaultInject(int(FaultCode.CELL_SOFT_SHORT), 3, 0, 5.0))
+        if k == 900:
+            send(SetOutputs(int(CLOSED), 1 << 4, 10_000, 15_000))
+        send(Sample(500_000 if k % 50 else 300_000))
+    board.close()
+    if speculate:
+        assert board.counters.speculation_hits > 1000
+        assert board.counters.speculation_misses > 10
+    return bytes(out), truth.read_text()
+
+
+def test_speculative_steps_change_nothing(tmp_path: Path) -> None:
+    plain = _scripted_session(False, tmp_path / "a.csv")
+    spec = _scripted_session(True, tmp_path / "b.csv")
+    assert plain[0] == spec[0]
+    assert plain[1] == spec[1]
+    assert plain[1].count("\n") > 700

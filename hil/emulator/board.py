@@ -21,7 +21,7 @@ import numpy as np
 
 from bms.config import BoardProfile, PackConfig, load_board
 from hil.emulator.faults import LINK_CODES, FaultCode, FaultError, LinkFaults, apply_link_fault
-from hil.emulator.plant import Plant, PlantParams
+from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, PlantTruth, SensorCounts
 from hil.emulator.scenario import Scenario, ScenarioRunner
 from hil.emulator.truth import TruthWriter
 from hil.protocol import (
@@ -77,6 +77,15 @@ class BoardOptions:
 
 
 @dataclass
+class _Speculation:
+    dt_us: int
+    t0_s: float
+    snapshot: PlantSnapshot
+    counts: SensorCounts
+    truth_rows: list[PlantTruth] | None
+
+
+@dataclass
 class BoardCounters:
     frames_in: int = 0
     replies: int = 0
@@ -87,6 +96,8 @@ class BoardCounters:
     reboots: int = 0
     watchdog_trips: int = 0
     samples: int = 0
+    speculation_hits: int = 0    # precomputed steps used
+    speculation_misses: int = 0  # precomputed steps undone (another request came first)
     scenario_errors: list[str] = field(default_factory=list)
 
 
@@ -125,6 +136,9 @@ class EmulatedBoard:
         self._last_counts = self.plant.sensor_counts()
         self._boot_state()
         self.outbox: list[bytes] = []
+        self._spec: _Speculation | None = None
+        self._last_dt_us = 0
+        self._truth_rows: list[PlantTruth] | None = None
         self._send(self._info(), 0)  # boot INFO, seq 0
 
     # ------------------------------------------------------------------ state
@@ -142,6 +156,7 @@ class EmulatedBoard:
     def reboot(self) -> None:
         """Board restart: new boot_id, contactors open, JUST_BOOTED, INFO seq 0. The stack (the
         plant) and its faults are physical and stay; a half-received frame is lost."""
+        self._cancel_speculation()
         self.counters.reboots += 1
         self.boot_id = (self.boot_id % 0xFFFE) + 1
         self.decoder.reset()
@@ -181,7 +196,10 @@ class EmulatedBoard:
             self.plant.step(h)
             self._check_watchdog()
             if self.truth is not None:
-                self.truth.write(self.plant.truth())
+                if self._truth_rows is not None:
+                    self._truth_rows.append(self.plant.truth())
+                else:
+                    self.truth.write(self.plant.truth())
         if self.runner is not None and self.runner.errors:
             self.counters.scenario_errors.extend(self.runner.errors)
             self.runner.errors.clear()
@@ -192,6 +210,48 @@ class EmulatedBoard:
             self.watchdog_tripped = True
             self.counters.watchdog_trips += 1
             self.plant.open_all()
+
+    # ------------------------------------------------------------------ speculation
+    # In the sim clock the host usually asks for the same dt again. While it digests a reply,
+    # the board computes the next step ahead (from a Plant.snapshot); a matching SAMPLE then
+    # only costs the encoding, anything else restores the snapshot first. Results are exactly
+    # those without speculation: it only runs when the step cannot trip the watchdog, fire a
+    # scenario event or send anything, and truth rows wait until the step is committed.
+
+    def speculate(self) -> None:
+        """Precompute the next SAMPLE with the last dt (sim clock; called when idle)."""
+        if not self.sim or self._spec is not None or not 0 < self._last_dt_us <= 1_000_000:
+            return
+        dt_s = self._last_dt_us * 1e-6
+        t0 = self.plant.t_s
+        if not self.watchdog_tripped and t0 + dt_s - self.last_heartbeat_s \
+                > self.heartbeat_timeout_s:
+            return
+        if self.runner is not None and self.runner.due():
+            return
+        snap = self.plant.snapshot()
+        self._truth_rows = [] if self.truth is not None else None
+        try:
+            self.advance(dt_s)
+            counts = self.plant.sensor_counts()
+        finally:
+            rows, self._truth_rows = self._truth_rows, None
+        self._spec = _Speculation(self._last_dt_us, t0, snap, counts, rows)
+
+    def _cancel_speculation(self) -> None:
+        spec, self._spec = self._spec, None
+        if spec is not None:
+            self.counters.speculation_misses += 1
+            self.plant.restore(spec.snapshot)
+
+    def _commit_speculation(self) -> None:
+        spec, self._spec = self._spec, None
+        assert spec is not None  # noqa: S101 (caller checked)
+        self.counters.speculation_hits += 1
+        if self.truth is not None and spec.truth_rows:
+            for row in spec.truth_rows:
+                self.truth.write(row)
+        self._last_counts = spec.counts
 
     def tick_real(self) -> None:
         """Real clock: sample on the board's own timer (called every sample period)."""
@@ -230,14 +290,26 @@ class EmulatedBoard:
 
     def handle(self, df: DecodedFrame) -> None:
         if df.error is not None:
+            self._cancel_speculation()
             nack = df.nack(PROTOCOL_VERSION)
             if nack is not None:
                 self.counters.nacks += 1
                 self._send(nack, df.seq)
             return
         msg, seq = df.msg, df.seq
+        if self._spec is not None:
+            if isinstance(msg, Sample) and msg.dt_us == self._spec.dt_us:
+                self._commit_speculation()
+                self._send(self._measurement(), seq)
+                return
+            if isinstance(msg, Heartbeat):  # the beat came before the precomputed step
+                self.last_heartbeat_s = self._spec.t0_s
+                self.watchdog_tripped = False
+                return
+            self._cancel_speculation()
         if isinstance(msg, Sample):
             if self.sim:
+                self._last_dt_us = msg.dt_us
                 self.advance(msg.dt_us * 1e-6)
                 self._last_counts = self.plant.sensor_counts()
             self._send(self._measurement(), seq)
@@ -326,6 +398,7 @@ class EmulatedBoard:
                            tuple(c.thermistor_raw), tuple(c.load_cell_raw))
 
     def close(self) -> None:
+        self._cancel_speculation()
         if self.truth is not None:
             self.truth.close()
 
@@ -402,6 +475,8 @@ class PtyServer:
                     next_tick = now + period
             if board.outbox:
                 self._flush()
+            if board.sim and not select.select([self.master_fd], [], [], 0)[0]:
+                board.speculate()
 
     def close(self) -> None:
         for fd in (self.master_fd, self.slave_fd, self._wake_r, self._wake_w):

@@ -23,6 +23,7 @@ Equations and the source of every parameter: docs/emulator.md. Sign: positive cu
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -266,6 +267,13 @@ class SensorCounts:
     thermistor_raw: list[int]
     load_cell_raw: list[int]
     sensor_error: bool
+
+
+@dataclass(frozen=True)
+class PlantSnapshot:
+    """Opaque dynamic state of a Plant (see Plant.snapshot)."""
+
+    values: tuple
 
 
 @dataclass
@@ -767,6 +775,32 @@ class Plant:
 
     # ------------------------------------------------------------------ observations
 
+    # ------------------------------------------------------------------ state save / restore
+
+    def snapshot(self) -> PlantSnapshot:
+        """The dynamic state (time, SOC, RC and hysteresis, temperatures, gas, bus, the load's
+        progress, the noise stream's position), so that :meth:`restore` can undo steps and
+        sensor reads exactly. Outputs, faults, ambient and parameters are not included: restore
+        only across steps taken with the same commands. Cheap (a few microseconds)."""
+        rng_state = self.rng.bit_generator.state
+        return PlantSnapshot((
+            self.t_s, self.soc, self._x.copy(), self._temp, self.gas_kpa, self.bus_v,
+            self.pressure_kpa, self._lc_kpa, self.current_a, self.cell_v, self._ocv,
+            self._i_cell, self._r_series, self.load, copy.copy(self.load), self._load_t0,
+            self._noise, self._noise_i, rng_state, self._lc_last_counts, self._lc_have_last))
+
+    def restore(self, snap: PlantSnapshot) -> None:
+        """Return to a :meth:`snapshot` (arrays are replaced, never modified, by step())."""
+        (self.t_s, self.soc, x, self._temp, self.gas_kpa, self.bus_v, self.pressure_kpa,
+         self._lc_kpa, self.current_a, self.cell_v, self._ocv, self._i_cell, self._r_series,
+         load, load_copy, self._load_t0, self._noise, self._noise_i, rng_state,
+         self._lc_last_counts, self._lc_have_last) = snap.values
+        self._x[...] = x
+        # the same Load object (callers may hold it), with its progress as it was
+        load.__dict__.update(load_copy.__dict__)
+        self.load = load
+        self.rng.bit_generator.state = rng_state
+
     def truth(self) -> PlantTruth:
         n = self.n
         return PlantTruth(
@@ -876,5 +910,5 @@ class Plant:
 
 __all__ = [
     "CcCvCharge", "ConstantCurrent", "CurrentProfile", "FaultError", "Load", "Outputs", "Plant",
-    "PlantParams", "PlantTruth", "Rest", "SensorCounts",
+    "PlantParams", "PlantSnapshot", "PlantTruth", "Rest", "SensorCounts",
 ]

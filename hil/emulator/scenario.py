@@ -273,6 +273,19 @@ class ScenarioRunner:
         else:
             self.plant.set_load(Rest())
 
+    def due(self) -> bool:
+        """True if :meth:`advance` would do something at the plant's current time."""
+        t = self.plant.t_s + 1e-9
+        sc = self.scenario
+        if self._next_fault < len(sc.faults) and sc.faults[self._next_fault].at_s <= t:
+            return True
+        if self._next_ambient < len(sc.ambient) and sc.ambient[self._next_ambient][0] <= t:
+            return True
+        if self.finished:
+            return False
+        seg = sc.segments[self.segment_index]
+        return self.plant.load.done or t - self._segment_t0 >= seg.duration_s
+
     def advance(self) -> None:
         """Apply the events due at the plant's time and move to the next segment if done."""
         t = self.plant.t_s + 1e-9  # events at t fire before the step that starts at t
