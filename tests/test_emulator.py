@@ -246,6 +246,9 @@ FAULT_CASES = [
      and a.cell_voltage_v[4] < np.delete(a.cell_voltage_v, 4).min()),
     (FaultCode.GAS_SWELLING, 0xFF, 5.0,
      lambda b, a, m: np.mean(a.pressure_kpa) > np.mean(b.pressure_kpa) + 200.0),
+    (FaultCode.LOADCELL_STUCK, 1, 0.0,
+     lambda b, a, m: a.pressure_kpa[1] == b.pressure_kpa[1]
+     and abs(a.pressure_kpa[0] - b.pressure_kpa[0]) > 5.0),
     (FaultCode.LOADCELL_OFFSET, 2, 80.0,
      lambda b, a, m: a.pressure_kpa[2] - b.pressure_kpa[2] > 60.0),
     (FaultCode.LOADCELL_OPEN, 3, 0.0,

@@ -134,6 +134,7 @@ class EmulatedBoard:
         self.boot_id = int(self._link_rng.integers(1, 0xFFFF))
         self._wall0 = time.monotonic()
         self._last_counts = self.plant.sensor_counts()
+        self._sample_time_s = self.board_time_s
         self._boot_state()
         self.outbox: list[bytes] = []
         self._spec: _Speculation | None = None
@@ -257,6 +258,7 @@ class EmulatedBoard:
         """Real clock: sample on the board's own timer (called every sample period)."""
         self.advance(self.profile.sample_period_s)
         self._last_counts = self.plant.sensor_counts()
+        self._sample_time_s = self.board_time_s
 
     # ------------------------------------------------------------------ frames
 
@@ -393,7 +395,9 @@ class EmulatedBoard:
                   | (_ST_SIM if self.sim else 0))
         self.just_booted = False
         self.counters.samples += 1
-        return Measurement(int(round(self.board_time_s * 1000.0)) & 0xFFFFFFFF, status,
+        # sim clock: the plant's time; real clock: when the board took the sample
+        t_s = self.plant.t_s if self.sim else self._sample_time_s
+        return Measurement(int(round(t_s * 1000.0)) & 0xFFFFFFFF, status,
                            c.current_raw, c.bus_voltage_raw, tuple(c.cell_raw),
                            tuple(c.thermistor_raw), tuple(c.load_cell_raw))
 
