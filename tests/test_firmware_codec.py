@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from firmware_tools import make, require_tools
 
 from hil.firmware import BUILD_DIR
-from firmware_tools import make, require_tools
 
 pytestmark = pytest.mark.firmware
 
