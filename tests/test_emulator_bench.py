@@ -68,6 +68,7 @@ def test_bench_sensor_counts_23_cells(benchmark) -> None:
     assert len(counts.cell_raw) == 23
 
 
+@pytest.mark.slow
 def test_bench_sim_hour_round_trips(benchmark) -> None:
     """36,000 SAMPLE -> MEASUREMENT round trips (a simulated hour at 100 ms) over a pty."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
