@@ -333,7 +333,15 @@ def _build_table(pack: PackConfig, params: PlantParams) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([tab, np.roll(tab, -1, axis=1)], axis=0))
 
 
-_TABLE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_TABLE_CACHE: dict[tuple[int, int], tuple[PackConfig, PlantParams, np.ndarray]] = {}
+_DEFAULT_PARAMS: list[PlantParams] = []
+
+
+def default_params() -> PlantParams:
+    """plant_defaults.yaml, read once per process."""
+    if not _DEFAULT_PARAMS:
+        _DEFAULT_PARAMS.append(PlantParams.load())
+    return _DEFAULT_PARAMS[0]
 _NOISE_BATCH = 512
 
 
@@ -361,7 +369,7 @@ class Plant:
         self.pack = pack
         self.stack = pack.stacks[stack_index]
         self.stack_index = stack_index
-        self.params = p = params if params is not None else PlantParams.load()
+        self.params = p = params if params is not None else default_params()
         n = self.n = self.stack.cells
         if board is None:
             from bms.config import load_board
@@ -381,11 +389,14 @@ class Plant:
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, stack_index]))
         spread_rng = np.random.default_rng(np.random.SeedSequence([seed, stack_index, 1]))
 
+        # The cache entry holds pack and params, so their ids cannot be reused while cached.
         key = (id(pack), id(p))
-        if key not in _TABLE_CACHE:
-            _TABLE_CACHE.clear()
-            _TABLE_CACHE[key] = _build_table(pack, p)
-        self._tab = _TABLE_CACHE[key]
+        entry = _TABLE_CACHE.get(key)
+        if entry is None or entry[0] is not pack or entry[1] is not p:
+            if len(_TABLE_CACHE) >= 8:
+                _TABLE_CACHE.clear()
+            entry = _TABLE_CACHE[key] = (pack, p, _build_table(pack, p))
+        self._tab = entry[2]
         self._t_ref_c = cell.reference_temperature_c
         self._ea_over_kb = cell.activation_energy_ev / BOLTZMANN_EV_PER_K
         self._inv_t_ref = 1.0 / (cell.reference_temperature_c + KELVIN_OFFSET)
