@@ -1,0 +1,522 @@
+"""The C core (csrc/, cffi API mode, module ``bms._core``) for one stack: one call per tick.
+
+:class:`Core` owns every buffer as a numpy array, builds the cffi structs and pointers once at
+construction, and per tick only copies the measurements into its input buffers and makes one
+C call (``ssb_tick``). Equations: docs/estimation.md; the same equations in NumPy:
+bms/reference.py (tests hold the two to 1e-9 relative).
+
+Sign convention: current positive = charge (into the stack), as in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from bms.config import PackConfig
+
+# ---------------------------------------------------------------------------- constants (= header)
+
+CELL_OK, CELL_REJECTED_NAN, CELL_GATED, CELL_NO_CURRENT = 0, 1, 2, 3
+ST_CURRENT_INVALID, ST_TEMP_INVALID, ST_PRESSURE_INVALID = 1, 2, 4
+ST_FUSION_USED, ST_FUSION_GATED, ST_TEMP_FALLBACK = 8, 16, 32
+CHECK_NAMES = ("low", "high", "rate", "residual", "imbalance")
+CHECK_PROTECTIONS = ("stack_pressure_low_kpa", "stack_pressure_high_kpa",
+                     "stack_pressure_rate_kpa_per_s", "stack_pressure_residual_kpa",
+                     "load_cell_imbalance_kpa")
+(OUT_EXPECTED, OUT_MEAN, OUT_RESIDUAL, OUT_RATE, OUT_CUSUM, OUT_IMBALANCE, OUT_STACK_STATUS,
+ OUT_PRESSURE_STATUS, OUT_MEAN_SOC, OUT_MEAN_SOC_SIGMA, OUT_N) = range(11)
+MAX_HORIZONS = 4
+TABLE_STRIDE = 4
+WORK_ROWS = 8
+ERRORS = {-1: "SSB_ERR_NULL", -2: "SSB_ERR_SIZE", -3: "SSB_ERR_PARAM", -4: "SSB_ERR_DT"}
+
+
+class CoreError(ValueError):
+    """The C core refused a call (bad dt, bad sizes or parameters); nothing was changed."""
+
+    def __init__(self, code: int, what: str) -> None:
+        self.code = code
+        super().__init__(f"{what}: {ERRORS.get(code, code)}")
+
+
+# ---------------------------------------------------------------------------- tuning
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Estimator settings that the pack file does not hold (each an assumption; see
+    docs/estimation.md for how they were tuned against the emulator).
+
+    ``voltage_corr_s``: the voltage model error (hysteresis, unmodelled branch, offsets) is
+    correlated over about this time, so one sample carries dt / voltage_corr_s of an independent
+    sample's information; R = voltage_noise_v^2 * voltage_corr_s / dt_nominal.
+    """
+
+    r2_over_r1: float = 0.5            # assumption: slow diffusion branch ~ half of R1
+    tau2_over_tau1: float = 15.0       # assumption: tau2 ~ 450 s for tau1 ~ 30 s
+    voltage_corr_s: float = 3.0
+    dt_nominal_s: float = 0.1
+    v_rc_sigma0_v: float = 0.02
+    leak_sigma0_a: float = 0.1
+    leak_q_soc_per_s: float = 1e-10
+    leak_q_a2_per_s: float = 1e-8
+    leak_r_soc: float = 2e-3
+    soh_min_di_a: float = 1.0
+    soh_r0_p_max: float = 0.01
+    soh_cap_window: float = 0.1
+    pressure_corr_s: float = 60.0      # pressure model error (fixture non-linearity) correlation
+    rate_tau_s: float = 0.2
+    cusum_k_kpa: float = 30.0          # assumption: unmodelled fixture stiffening + offsets
+    cusum_tau_s: float = 10.0
+    t_derate_band_c: float = 5.0
+    pressure_fusion: bool | None = None  # None: the pack's estimator.pressure_fusion
+
+
+@dataclass
+class CoreParams:
+    """Everything the C core's ssb_params_t holds, as Python values (shared with reference)."""
+
+    n_cells: int
+    n_sensors: int
+    n_load_cells: int
+    n_horizons: int
+    n_soc: int
+    n_temp: int
+    soc_step: float
+    temp_min_c: float
+    temp_step_c: float
+    grid: np.ndarray          # (n_temp, n_soc, 4)
+    temp_idx0: np.ndarray     # int32 (n_cells,)
+    temp_idx1: np.ndarray
+    temp_w: np.ndarray
+    capacity_as: float
+    coulombic_eff: float
+    r2_over_r1: float
+    tau2_over_tau1: float
+    contact_r_ref_ohm: float
+    contact_p_ref_kpa: float
+    q_soc_per_s: float
+    q_rc_v2_per_s: float
+    r_voltage_v2: float
+    current_noise_a: float
+    gate_sigma: float
+    leak_q_soc_per_s: float
+    leak_q_a2_per_s: float
+    leak_r_soc2: float
+    leak_alarm_a: float
+    soh_lambda: float
+    soh_min_di_a: float
+    soh_r0_p_max: float
+    soh_cap_window: float
+    pressure_fusion: int
+    preload_kpa: float
+    stiffness_kpa_per_um: float
+    swell_um_full: float
+    thermal_um_per_k: float
+    fixture_t_ref_c: float
+    r_pressure_kpa2: float
+    rate_tau_s: float
+    cusum_k_kpa: float
+    cusum_tau_s: float
+    check_threshold: tuple[float, ...]
+    check_hysteresis: tuple[float, ...]
+    check_debounce_s: tuple[float, ...]
+    check_below: tuple[int, ...]
+    horizons_s: tuple[float, ...]
+    v_max: float
+    v_min: float
+    t_charge_min_c: float
+    t_charge_max_c: float
+    t_discharge_min_c: float
+    t_discharge_max_c: float
+    t_derate_band_c: float
+    i_charge_max_a: float
+    i_discharge_max_a: float
+    # initial state
+    soc_sigma0: float = 0.15
+    v_rc_sigma0: float = 0.02
+    leak_sigma0_a: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+
+def _uniform_divisions(points: np.ndarray, max_div: int = 2000) -> int:
+    """Smallest N such that every point lies on the uniform grid of N steps over the span
+    (so bilinear interpolation on the resampled grid reproduces the pack table exactly);
+    max_div when none does (then the resampling is a fine approximation)."""
+    lo, span = float(points[0]), float(points[-1] - points[0])
+    rel = [(float(p) - lo) / span for p in points]
+    den = 1
+    for r in rel:
+        f = Fraction(r).limit_denominator(max_div)
+        if abs(float(f) - r) > 1e-9:
+            return max_div
+        den = den * f.denominator // math.gcd(den, f.denominator)
+        if den > max_div:
+            return max_div
+    return den
+
+
+def resample_table(pack: PackConfig) -> tuple[np.ndarray, float, float, float]:
+    """The pack's OCV/R0/R1/tau1 tables on a uniform SOC x temperature grid:
+    (grid (n_temp, n_soc, 4), soc_step, temp_min_c, temp_step_c)."""
+    cell = pack.cell
+    sg, tg = cell.soc_grid, cell.temperature_grid_c
+    n_s = _uniform_divisions(sg)
+    n_t = _uniform_divisions(tg)
+    soc_u = np.linspace(0.0, 1.0, n_s + 1)
+    t_u = np.linspace(tg[0], tg[-1], n_t + 1)
+    quantities = (cell.ocv_v, cell.r0_ohm, cell.r1_ohm, cell.r1_ohm * cell.c1_f)
+    grid = np.empty((n_t + 1, n_s + 1, TABLE_STRIDE))
+    for q, table in enumerate(quantities):
+        rows = np.array([np.interp(soc_u, sg, table[j]) for j in range(len(tg))])
+        for s in range(n_s + 1):
+            grid[:, s, q] = np.interp(t_u, tg, rows[:, s])
+    return grid, 1.0 / n_s, float(tg[0]), float((tg[-1] - tg[0]) / n_t)
+
+
+def temperature_map(positions: tuple[float, ...], n_cells: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell: the two nearest thermistors (by position along the stack) and the linear
+    weight; beyond the end thermistors, the end one."""
+    pos = np.asarray(positions, dtype=float)
+    k = len(pos)
+    idx0 = np.zeros(n_cells, dtype=np.int32)
+    idx1 = np.zeros(n_cells, dtype=np.int32)
+    w = np.zeros(n_cells)
+    if k == 0:
+        return idx0, idx1, w
+    for i in range(n_cells):
+        x = float(i)
+        if x <= pos[0]:
+            idx0[i] = idx1[i] = 0
+        elif x >= pos[-1]:
+            idx0[i] = idx1[i] = k - 1
+        else:
+            j = int(np.searchsorted(pos, x, side="right")) - 1
+            idx0[i], idx1[i] = j, j + 1
+            w[i] = (x - pos[j]) / (pos[j + 1] - pos[j])
+    return idx0, idx1, w
+
+
+def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = None,
+                n_load_cells: int | None = None, n_cells: int | None = None) -> CoreParams:
+    """C-core parameters for one stack of the pack. ``n_cells`` overrides the stack's cell count
+    (benchmarks of large N; the thermistors then spread over the longer stack)."""
+    tn = tuning or Tuning()
+    if not 0 <= stack_index < len(pack.stacks):
+        raise ValueError(f"stack_index {stack_index} not in 0..{len(pack.stacks) - 1}")
+    stack = pack.stacks[stack_index]
+    cell, fx, est, pl, prot = pack.cell, pack.fixture, pack.estimator, pack.power_limits, \
+        pack.protections
+    n = stack.cells if n_cells is None else int(n_cells)
+    positions = stack.thermistor_cell_positions
+    if n_cells is not None and stack.cells > 1:
+        positions = tuple(p * (n - 1) / (stack.cells - 1) for p in positions)
+    idx0, idx1, w = temperature_map(positions, n)
+    grid, soc_step, t_min, t_step = resample_table(pack)
+    m = len(fx.load_cells_xy_mm) if n_load_cells is None else n_load_cells
+    if len(pl.horizons_s) > MAX_HORIZONS:
+        raise ValueError(f"at most {MAX_HORIZONS} power-limit horizons, got {pl.horizons_s}")
+    fusion = est.pressure_fusion if tn.pressure_fusion is None else tn.pressure_fusion
+    return CoreParams(
+        n_cells=n, n_sensors=len(positions), n_load_cells=m, n_horizons=len(pl.horizons_s),
+        n_soc=grid.shape[1], n_temp=grid.shape[0], soc_step=soc_step, temp_min_c=t_min,
+        temp_step_c=t_step, grid=np.ascontiguousarray(grid), temp_idx0=idx0, temp_idx1=idx1,
+        temp_w=w,
+        capacity_as=cell.capacity_ah * 3600.0, coulombic_eff=cell.coulombic_efficiency,
+        r2_over_r1=tn.r2_over_r1, tau2_over_tau1=tn.tau2_over_tau1,
+        contact_r_ref_ohm=cell.contact_resistance_ref_ohm,
+        contact_p_ref_kpa=cell.contact_pressure_ref_kpa,
+        # pack: soc_process_noise_per_s is a variance rate (1/s); rc_process_noise_v_per_s a
+        # sigma rate (V/s), squared here (docs/estimation.md)
+        q_soc_per_s=est.soc_process_noise_per_s,
+        q_rc_v2_per_s=est.rc_process_noise_v_per_s ** 2,
+        r_voltage_v2=est.voltage_noise_v ** 2 * tn.voltage_corr_s / tn.dt_nominal_s,
+        current_noise_a=est.current_noise_a, gate_sigma=est.innovation_gate_sigma,
+        leak_q_soc_per_s=tn.leak_q_soc_per_s, leak_q_a2_per_s=tn.leak_q_a2_per_s,
+        leak_r_soc2=tn.leak_r_soc ** 2, leak_alarm_a=est.leak_alarm_a,
+        soh_lambda=est.soh_forgetting, soh_min_di_a=tn.soh_min_di_a,
+        soh_r0_p_max=tn.soh_r0_p_max, soh_cap_window=tn.soh_cap_window,
+        pressure_fusion=int(bool(fusion)), preload_kpa=fx.preload_kpa,
+        stiffness_kpa_per_um=fx.stiffness_kpa_per_um, swell_um_full=cell.swelling_um_full,
+        thermal_um_per_k=fx.thermal_um_per_k, fixture_t_ref_c=fx.reference_temperature_c,
+        r_pressure_kpa2=est.pressure_noise_kpa ** 2 * tn.pressure_corr_s / tn.dt_nominal_s,
+        rate_tau_s=tn.rate_tau_s, cusum_k_kpa=tn.cusum_k_kpa, cusum_tau_s=tn.cusum_tau_s,
+        check_threshold=tuple(prot[n_].fault for n_ in CHECK_PROTECTIONS),
+        check_hysteresis=tuple(prot[n_].hysteresis for n_ in CHECK_PROTECTIONS),
+        check_debounce_s=tuple(prot[n_].debounce_s for n_ in CHECK_PROTECTIONS),
+        check_below=tuple(int(prot[n_].direction == "below") for n_ in CHECK_PROTECTIONS),
+        horizons_s=tuple(pl.horizons_s),
+        v_max=prot["cell_overvoltage_v"].warning, v_min=prot["cell_undervoltage_v"].warning,
+        t_charge_min_c=prot["cell_undertemperature_charge_c"].warning,
+        t_charge_max_c=prot["cell_overtemperature_charge_c"].warning,
+        t_discharge_min_c=prot["cell_undertemperature_discharge_c"].warning,
+        t_discharge_max_c=prot["cell_overtemperature_discharge_c"].warning,
+        t_derate_band_c=tn.t_derate_band_c,
+        i_charge_max_a=pl.max_charge_current_a, i_discharge_max_a=pl.max_discharge_current_a,
+        soc_sigma0=est.initial_soc_sigma, v_rc_sigma0=tn.v_rc_sigma0_v,
+        leak_sigma0_a=tn.leak_sigma0_a,
+    )
+
+
+# ---------------------------------------------------------------------------- output
+
+
+@dataclass
+class CoreOutput:
+    """One tick's results. Per-cell arrays and the limits are *views* into the Core's buffers:
+    valid until the next ``step``/``reset``; ``copy()`` them to keep. Stack values are floats.
+
+    Pressure status: ``pressure_status`` bit k (k = index in CHECK_NAMES) is set while that
+    check is asserted (fault level, hysteresis and debounce from pack.protections);
+    ``pressure_trigger`` maps each asserted check's name to the value that asserted it.
+    """
+
+    soc: np.ndarray
+    soc_sigma: np.ndarray
+    leak_a: np.ndarray
+    leak_sigma_a: np.ndarray
+    leak_flag: np.ndarray
+    capacity_ah: np.ndarray
+    r0_ohm: np.ndarray
+    cell_temperature_c: np.ndarray
+    status: np.ndarray             # int32 per cell: CELL_OK / CELL_REJECTED_NAN / CELL_GATED /
+    gated_count: np.ndarray        # CELL_NO_CURRENT; uint32 per cell, cumulative
+    mean_soc: float
+    mean_soc_sigma: float
+    pressure_expected_kpa: float
+    pressure_mean_kpa: float
+    pressure_residual_kpa: float
+    pressure_rate_kpa_per_s: float  # signed, low-passed; the protections use its magnitude
+    pressure_cusum_kpa: float
+    load_cell_imbalance_kpa: float
+    pressure_status: int
+    pressure_trigger: dict[str, float]
+    check_values: np.ndarray       # (5,) value that asserted each check, NaN when not asserted
+    stack_status: int              # ST_* bits
+    horizons_s: tuple[float, ...]
+    charge_limit_a: np.ndarray     # per horizon, >= 0
+    discharge_limit_a: np.ndarray  # per horizon, >= 0
+
+
+# ---------------------------------------------------------------------------- the core
+
+
+def _lib():
+    from bms import _core  # built by pip install (setup.py cffi_modules)
+
+    return _core.ffi, _core.lib
+
+
+class Core:
+    """The C core for stack ``stack_index`` of ``pack``: ``step`` once per tick."""
+
+    def __init__(self, pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = None,
+                 params: CoreParams | None = None) -> None:
+        self.pack = pack
+        self.stack_index = stack_index
+        self.params = p = params if params is not None else make_params(pack, stack_index,
+                                                                         tuning)
+        ffi, lib = self._ffi, self._lib = _lib()
+        n = p.n_cells
+        self.n_cells = n
+        keep = self._keep = []
+
+        def buf(arr: np.ndarray, ctype: str = "double[]"):
+            keep.append(arr)
+            return ffi.from_buffer(ctype, arr)
+
+        prm = self._prm = ffi.new("ssb_params_t *")
+        for name in ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n_temp",
+                     "pressure_fusion"):
+            setattr(prm, name, int(getattr(p, name)))
+        for name in ("soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff",
+                     "r2_over_r1", "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa",
+                     "q_soc_per_s", "q_rc_v2_per_s", "r_voltage_v2", "current_noise_a",
+                     "gate_sigma", "leak_q_soc_per_s", "leak_q_a2_per_s", "leak_r_soc2",
+                     "leak_alarm_a", "soh_lambda", "soh_min_di_a", "soh_r0_p_max",
+                     "soh_cap_window", "preload_kpa", "stiffness_kpa_per_um", "swell_um_full",
+                     "thermal_um_per_k", "fixture_t_ref_c", "r_pressure_kpa2", "rate_tau_s",
+                     "cusum_k_kpa", "cusum_tau_s", "v_max", "v_min", "t_charge_min_c",
+                     "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
+                     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a"):
+            setattr(prm, name, float(getattr(p, name)))
+        prm.grid = buf(np.ascontiguousarray(p.grid, dtype=float).ravel())
+        prm.temp_idx0 = buf(np.ascontiguousarray(p.temp_idx0, dtype=np.int32), "int32_t[]")
+        prm.temp_idx1 = buf(np.ascontiguousarray(p.temp_idx1, dtype=np.int32), "int32_t[]")
+        prm.temp_w = buf(np.ascontiguousarray(p.temp_w, dtype=float))
+        for k in range(5):
+            prm.check_threshold[k] = p.check_threshold[k]
+            prm.check_hysteresis[k] = p.check_hysteresis[k]
+            prm.check_debounce_s[k] = p.check_debounce_s[k]
+            prm.check_below[k] = p.check_below[k]
+        for k, h in enumerate(p.horizons_s):
+            prm.horizons_s[k] = h
+        rc = lib.ssb_params_check(prm)
+        if rc != 0:
+            raise CoreError(rc, "ssb_params_check")
+
+        # state
+        self.soc = np.zeros(n)
+        self.v1 = np.zeros(n)
+        self.v2 = np.zeros(n)
+        self.p = np.zeros((6, n))
+        self.cell_temp_c = np.zeros(n)
+        self.r0_scale = np.zeros(n)
+        self.r0_p = np.zeros(n)
+        self.cap_ratio = np.zeros(n)
+        self.cap_p = np.zeros(n)
+        self.soc_window0 = np.zeros(n)
+        self.leak_e = np.zeros(n)
+        self.leak_a = np.zeros(n)
+        self.leak_p = np.zeros((3, n))
+        self.v_prev = np.zeros(n)
+        self.gated_count = np.zeros(n, dtype=np.uint32)
+        self.work = np.zeros((WORK_ROWS, n))
+        st = self._st = ffi.new("ssb_state_t *")
+        for name in ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
+                     "cap_p", "soc_window0", "leak_e", "leak_a", "leak_p", "v_prev", "work"):
+            setattr(st, name, buf(getattr(self, name)))
+        st.gated_count = buf(self.gated_count, "uint32_t[]")
+
+        # measurements
+        self._v_in = np.zeros(n)
+        self._t_in = np.zeros(max(p.n_sensors, 1))
+        self._p_in = np.zeros(max(p.n_load_cells, 1))
+        meas = self._meas = ffi.new("ssb_meas_t *")
+        meas.cell_voltage_v = buf(self._v_in)
+        meas.temperature_c = buf(self._t_in)
+        meas.pressure_kpa = buf(self._p_in)
+
+        # outputs
+        self.soc_sigma = np.zeros(n)
+        self.leak_sigma_a = np.zeros(n)
+        self.r0_ohm = np.zeros(n)
+        self.capacity_ah = np.zeros(n)
+        self.status = np.zeros(n, dtype=np.int32)
+        self.leak_flag = np.zeros(n, dtype=np.int32)
+        self.stack_out = np.zeros(OUT_N)
+        self.check_values = np.full(5, np.nan)
+        self.charge_limit_a = np.zeros(p.n_horizons)
+        self.discharge_limit_a = np.zeros(p.n_horizons)
+        out = self._out = ffi.new("ssb_output_t *")
+        for name in ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "charge_limit_a",
+                     "discharge_limit_a"):
+            setattr(out, name, buf(getattr(self, name)))
+        out.status = buf(self.status, "int32_t[]")
+        out.leak_flag = buf(self.leak_flag, "int32_t[]")
+        out.stack = buf(self.stack_out)
+        out.check_value = buf(self.check_values)
+        self._tick = lib.ssb_tick
+        self._ekf = lib.ssb_ekf_step
+        self.reset()
+
+    # ------------------------------------------------------------------ calls
+
+    def reset(self, soc0: float | np.ndarray | None = None,
+              cell_voltage_v: np.ndarray | None = None) -> None:
+        """Start over. soc0: one value or one per cell; None: from the OCV of ``cell_voltage_v``
+        (a rested stack; NaN entries and a missing array give 0.5) with the pack's
+        initial_soc_sigma."""
+        n = self.n_cells
+        soc = np.full(n, np.nan) if soc0 is None else np.broadcast_to(
+            np.asarray(soc0, dtype=float), (n,)).copy()
+        soc_c = self._ffi.from_buffer("double[]", soc)
+        v_c = self._ffi.NULL
+        if cell_voltage_v is not None:
+            v = np.ascontiguousarray(cell_voltage_v, dtype=float)
+            if v.shape != (n,):
+                raise ValueError(f"cell_voltage_v shape {v.shape}, expected ({n},)")
+            v_c = self._ffi.from_buffer("double[]", v)
+        p = self.params
+        rc = self._lib.ssb_state_init(self._prm, self._st, soc_c, v_c, p.soc_sigma0,
+                                      p.v_rc_sigma0, p.leak_sigma0_a)
+        if rc != 0:
+            raise CoreError(rc, "ssb_state_init")
+        self.soc_sigma[:] = np.sqrt(self.p[0])
+        self.stack_out.fill(np.nan)
+
+    def _load(self, cell_voltage_v: np.ndarray, temperature_c: np.ndarray,
+              pressure_kpa: np.ndarray) -> None:
+        p = self.params
+        try:
+            self._v_in[:] = cell_voltage_v
+            if p.n_sensors:
+                self._t_in[:] = temperature_c
+            if p.n_load_cells:
+                self._p_in[:] = pressure_kpa
+        except ValueError as exc:
+            raise ValueError(f"measurement shape does not match the stack ({p.n_cells} cells, "
+                             f"{p.n_sensors} thermistors, {p.n_load_cells} load cells): {exc}"
+                             ) from None
+
+    def step(self, dt_s: float, current_a: float, cell_voltage_v: np.ndarray,
+             temperature_c: np.ndarray, pressure_kpa: np.ndarray) -> CoreOutput:
+        """One tick: EKF, SOH, leak, pressure monitor and fusion, power limits.
+
+        NaN/Inf are allowed in every measurement (rejected per cell / sensor, never enter the
+        state). Raises CoreError for dt_s not finite or <= 0 (nothing changes then)."""
+        self._load(cell_voltage_v, temperature_c, pressure_kpa)
+        rc = self._tick(self._prm, self._st, self._meas, float(dt_s), float(current_a),
+                        self._out)
+        if rc != 0:
+            raise CoreError(rc, "ssb_tick")
+        return self.output()
+
+    def step_ekf(self, dt_s: float, current_a: float, cell_voltage_v: np.ndarray,
+                 temperature_c: np.ndarray, pressure_kpa: np.ndarray) -> None:
+        """The EKF alone (benchmarks, tests): SOC, sigma and status only."""
+        self._load(cell_voltage_v, temperature_c, pressure_kpa)
+        rc = self._ekf(self._prm, self._st, self._meas, float(dt_s), float(current_a),
+                       self._out)
+        if rc != 0:
+            raise CoreError(rc, "ssb_ekf_step")
+
+    def output(self) -> CoreOutput:
+        so = self.stack_out
+        bits = int(so[OUT_PRESSURE_STATUS]) if math.isfinite(so[OUT_PRESSURE_STATUS]) else 0
+        cv = self.check_values
+        return CoreOutput(
+            soc=self.soc, soc_sigma=self.soc_sigma, leak_a=self.leak_a,
+            leak_sigma_a=self.leak_sigma_a, leak_flag=self.leak_flag,
+            capacity_ah=self.capacity_ah, r0_ohm=self.r0_ohm,
+            cell_temperature_c=self.cell_temp_c, status=self.status,
+            gated_count=self.gated_count, mean_soc=float(so[OUT_MEAN_SOC]),
+            mean_soc_sigma=float(so[OUT_MEAN_SOC_SIGMA]),
+            pressure_expected_kpa=float(so[OUT_EXPECTED]),
+            pressure_mean_kpa=float(so[OUT_MEAN]),
+            pressure_residual_kpa=float(so[OUT_RESIDUAL]),
+            pressure_rate_kpa_per_s=float(so[OUT_RATE]),
+            pressure_cusum_kpa=float(so[OUT_CUSUM]),
+            load_cell_imbalance_kpa=float(so[OUT_IMBALANCE]),
+            pressure_status=bits,
+            pressure_trigger={CHECK_NAMES[k]: float(cv[k]) for k in range(5) if bits >> k & 1},
+            check_values=cv,
+            stack_status=int(so[OUT_STACK_STATUS]) if math.isfinite(so[OUT_STACK_STATUS])
+            else 0,
+            horizons_s=self.params.horizons_s,
+            charge_limit_a=self.charge_limit_a, discharge_limit_a=self.discharge_limit_a,
+        )
+
+    def raw_call(self):
+        """(function, args) of one C tick with the current input buffers (benchmarks: the
+        cffi call alone). Fill ``input_buffers()`` first."""
+        return self._tick, (self._prm, self._st, self._meas)
+
+    def raw_ekf_call(self):
+        return self._ekf, (self._prm, self._st, self._meas)
+
+    def input_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._v_in, self._t_in, self._p_in
+
+    @property
+    def out_struct(self):
+        return self._out
+
+
+__all__ = ["Core", "CoreError", "CoreOutput", "CoreParams", "Tuning", "make_params",
+           "resample_table", "temperature_map"]

@@ -1,0 +1,423 @@
+"""NumPy reference of the C core (csrc/ssb_core.c): the same equations, written to be read.
+
+Every per-cell quantity is a numpy vector over the cells of one stack; the order of the steps
+follows ssb_tick. tests/test_core_reference.py holds the C core to this within 1e-9 relative
+over long random runs. Equations and the reasons behind them: docs/estimation.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bms.core import (
+    CELL_GATED,
+    CELL_NO_CURRENT,
+    CELL_OK,
+    CELL_REJECTED_NAN,
+    OUT_CUSUM,
+    OUT_EXPECTED,
+    OUT_IMBALANCE,
+    OUT_MEAN,
+    OUT_MEAN_SOC,
+    OUT_MEAN_SOC_SIGMA,
+    OUT_N,
+    OUT_PRESSURE_STATUS,
+    OUT_RATE,
+    OUT_RESIDUAL,
+    OUT_STACK_STATUS,
+    ST_CURRENT_INVALID,
+    ST_FUSION_GATED,
+    ST_FUSION_USED,
+    ST_PRESSURE_INVALID,
+    ST_TEMP_FALLBACK,
+    ST_TEMP_INVALID,
+    CoreParams,
+)
+
+T_INIT_C = 25.0
+
+
+class ReferenceCore:
+    """State and one tick of one stack, in NumPy. Same attribute names as bms.core.Core."""
+
+    def __init__(self, params: CoreParams) -> None:
+        self.prm = params
+        self.reset()
+
+    # ------------------------------------------------------------------ model pieces
+
+    def lookup(self, soc: np.ndarray, temp_c: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Bilinear look-up: (ocv, docv/dsoc, r0, r1, tau1). OCV extrapolates the end SOC
+        segment linearly, the others hold their end values; temperature is clamped."""
+        p = self.prm
+        fs = np.clip(soc / p.soc_step, -1.0, float(p.n_soc))
+        i_s = np.clip(np.floor(fs), 0, p.n_soc - 2).astype(int)
+        f = fs - i_s
+        fc = np.clip(f, 0.0, 1.0)
+        ft = np.clip((temp_c - p.temp_min_c) / p.temp_step_c, 0.0, float(p.n_temp - 1))
+        i_t = np.clip(np.floor(ft), 0, p.n_temp - 2).astype(int)
+        g = (ft - i_t)[:, None]
+        a, b = p.grid[i_t, i_s], p.grid[i_t, i_s + 1]
+        c, d = p.grid[i_t + 1, i_s], p.grid[i_t + 1, i_s + 1]
+        lo = a + g * (c - a)
+        hi = b + g * (d - b)
+        ocv = lo[:, 0] + f * (hi[:, 0] - lo[:, 0])
+        docv = (hi[:, 0] - lo[:, 0]) / p.soc_step
+        r0, r1, tau1 = (lo[:, q] + fc * (hi[:, q] - lo[:, q]) for q in (1, 2, 3))
+        return ocv, docv, r0, r1, tau1
+
+    def cell_temperatures(self, t_c: np.ndarray) -> int:
+        p = self.prm
+        if p.n_sensors == 0:
+            return 0
+        t_c = np.asarray(t_c, dtype=float)
+        valid = np.isfinite(t_c) & (t_c > -273.15)
+        if not valid.any():
+            return ST_TEMP_INVALID
+        ts = t_c.copy()
+        flags = 0
+        if not valid.all():
+            flags = ST_TEMP_FALLBACK
+            k = len(ts)
+            for j in np.flatnonzero(~valid):
+                for dist in range(1, k):  # nearest valid by index; ties: the lower one
+                    if j - dist >= 0 and valid[j - dist]:
+                        ts[j] = t_c[j - dist]
+                        break
+                    if j + dist < k and valid[j + dist]:
+                        ts[j] = t_c[j + dist]
+                        break
+        t0, t1 = ts[p.temp_idx0], ts[p.temp_idx1]
+        self.cell_temp_c = t0 + p.temp_w * (t1 - t0)
+        return flags
+
+    def pressure_stats(self, p_kpa: np.ndarray) -> tuple[int, float, float, float]:
+        p_kpa = np.asarray(p_kpa, dtype=float)[: self.prm.n_load_cells]
+        v = p_kpa[np.isfinite(p_kpa)]
+        if len(v) == 0:
+            return 0, math.nan, 0.0, 0.0
+        return len(v), float(v.mean()), float(v.min()), float(v.max())
+
+    def contact_resistance(self, cnt: int, mean_kpa: float) -> float:
+        p = self.prm
+        press = max(mean_kpa, 10.0) if cnt > 0 else p.contact_p_ref_kpa
+        return p.contact_r_ref_ohm * math.sqrt(p.contact_p_ref_kpa / press)
+
+    # ------------------------------------------------------------------ init
+
+    def reset(self, soc0: np.ndarray | None = None, v_rest: np.ndarray | None = None) -> None:
+        p, n = self.prm, self.prm.n_cells
+        soc = np.full(n, np.nan) if soc0 is None else np.broadcast_to(
+            np.asarray(soc0, dtype=float), (n,)).copy()
+        for i in np.flatnonzero(~np.isfinite(soc)):
+            v = math.nan if v_rest is None else float(v_rest[i])
+            if math.isfinite(v):
+                lo, hi = 0.0, 1.0
+                for _ in range(60):  # bisection on the OCV at 25 C
+                    mid = 0.5 * (lo + hi)
+                    ocv = self.lookup(np.array([mid]), np.array([T_INIT_C]))[0][0]
+                    lo, hi = (mid, hi) if ocv < v else (lo, mid)
+                soc[i] = 0.5 * (lo + hi)
+            else:
+                soc[i] = 0.5
+        self.soc = soc
+        self.v1 = np.zeros(n)
+        self.v2 = np.zeros(n)
+        self.p = np.zeros((6, n))  # 00, 01, 02, 11, 12, 22
+        self.p[0] = p.soc_sigma0 ** 2
+        self.p[3] = p.v_rc_sigma0 ** 2
+        self.p[5] = p.v_rc_sigma0 ** 2
+        self.cell_temp_c = np.full(n, T_INIT_C)
+        self.r0_scale = np.ones(n)
+        self.r0_p = np.full(n, p.soh_r0_p_max)
+        self.cap_ratio = np.ones(n)
+        self.cap_p = np.full(n, 0.01)
+        self.soc_window0 = soc.copy()
+        self.leak_e = np.zeros(n)
+        self.leak_a = np.zeros(n)
+        self.leak_p = np.zeros((3, n))
+        self.leak_p[0] = p.leak_r_soc2
+        self.leak_p[2] = p.leak_sigma0_a ** 2
+        self.v_prev = np.full(n, np.nan)
+        self.gated_count = np.zeros(n, dtype=np.int64)
+        self.i_prev = math.nan
+        self.window_as = 0.0
+        self.p_prev = math.nan
+        self.rate_f = 0.0
+        self.cusum_pos = 0.0
+        self.cusum_neg = 0.0
+        self.have_prev = False
+        self.have_pressure = False
+        self.check_timer_s = np.full(5, -1.0)
+        self.check_on = np.zeros(5, dtype=bool)
+        self.check_value = np.full(5, np.nan)
+        # outputs
+        self.soc_sigma = np.sqrt(self.p[0])
+        self.status = np.zeros(n, dtype=np.int32)
+        self.leak_sigma_a = np.sqrt(self.leak_p[2])
+        self.leak_flag = np.zeros(n, dtype=np.int32)
+        self.r0_ohm = np.zeros(n)
+        self.capacity_ah = np.zeros(n)
+        self.stack_out = np.full(OUT_N, np.nan)
+        self.charge_limit_a = np.zeros(p.n_horizons)
+        self.discharge_limit_a = np.zeros(p.n_horizons)
+        self._w: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ EKF
+
+    def ekf(self, v_meas: np.ndarray, dt_s: float, current_a: float, r_contact: float) -> int:
+        """Per-cell EKF on x = [SOC, V1, V2]: predict over dt with the tick's current, then a
+        gated scalar update with the cell voltage. Returns stack status bits."""
+        p = self.prm
+        if not math.isfinite(current_a):
+            self.status[:] = CELL_NO_CURRENT
+            self.soc_sigma = np.sqrt(self.p[0])
+            return ST_CURRENT_INVALID
+        eta = p.coulombic_eff if current_a > 0.0 else 1.0
+        soc_pred = self.soc + eta * current_a * dt_s / p.capacity_as
+        ocv, docv, r0, r1, tau1 = self.lookup(soc_pred, self.cell_temp_c)
+        self._w = dict(ocv=ocv, docv=docv, r0=r0, r1=r1, tau1=tau1, soc_pred=soc_pred)
+        # predict: exact discretisation of dV/dt = -V / tau + I / C for both RC branches
+        a1 = np.exp(-dt_s / tau1)
+        a2 = np.exp(-dt_s / (tau1 * p.tau2_over_tau1))
+        v1 = a1 * self.v1 + r1 * (1.0 - a1) * current_a
+        v2 = a2 * self.v2 + p.r2_over_r1 * r1 * (1.0 - a2) * current_a
+        q_i = p.current_noise_a * eta * dt_s / p.capacity_as
+        q_soc = p.q_soc_per_s * dt_s + q_i * q_i
+        q_rc = p.q_rc_v2_per_s * dt_s
+        c00 = self.p[0] + q_soc
+        c01 = self.p[1] * a1
+        c02 = self.p[2] * a2
+        c11 = self.p[3] * a1 * a1 + q_rc
+        c12 = self.p[4] * a1 * a2
+        c22 = self.p[5] * a2 * a2 + q_rc
+        # measurement: v = OCV(SOC, T) + V1 + V2 + R0 I, H = [dOCV/dSOC, 1, 1]
+        r0e = self.r0_scale * (r0 + r_contact)
+        h = ocv + v1 + v2 + r0e * current_a
+        z = np.asarray(v_meas, dtype=float)
+        fin = np.isfinite(z)
+        nu = np.where(fin, z - h, 0.0)
+        ph0 = c00 * docv + c01 + c02
+        ph1 = c01 * docv + c11 + c12
+        ph2 = c02 * docv + c12 + c22
+        s = docv * ph0 + ph1 + ph2 + p.r_voltage_v2 + r0e * r0e * p.current_noise_a ** 2
+        gated = fin & (nu * nu > p.gate_sigma ** 2 * s)
+        gain = np.where(fin & ~gated, 1.0 / s, 0.0)
+        kn = nu * gain
+        self.soc = soc_pred + ph0 * kn
+        self.v1 = v1 + ph1 * kn
+        self.v2 = v2 + ph2 * kn
+        self.p = np.array([c00 - ph0 * ph0 * gain, c01 - ph0 * ph1 * gain,
+                           c02 - ph0 * ph2 * gain, c11 - ph1 * ph1 * gain,
+                           c12 - ph1 * ph2 * gain, c22 - ph2 * ph2 * gain])
+        self.status = np.where(fin, np.where(gated, CELL_GATED, CELL_OK),
+                               CELL_REJECTED_NAN).astype(np.int32)
+        self.gated_count = self.gated_count + gated
+        self.soc_sigma = np.sqrt(self.p[0])
+        return 0
+
+    def ekf_step(self, dt_s: float, current_a: float, v: np.ndarray, t_c: np.ndarray,
+                 p_kpa: np.ndarray) -> None:
+        if not (math.isfinite(dt_s) and dt_s > 0.0):
+            raise ValueError("dt_s must be finite and > 0")
+        flags = self.cell_temperatures(t_c)
+        cnt, mean, _, _ = self.pressure_stats(p_kpa)
+        flags |= self.ekf(v, dt_s, current_a, self.contact_resistance(cnt, mean))
+        self.stack_out[OUT_STACK_STATUS] = flags
+
+    # ------------------------------------------------------------------ SOH
+
+    def soh(self, v_meas: np.ndarray, dt_s: float, current_a: float, r_contact: float) -> None:
+        p, w = self.prm, self._w
+        v_meas = np.asarray(v_meas, dtype=float)
+        di = current_a - self.i_prev
+        lam = p.soh_lambda
+        if self.have_prev and math.isfinite(di) and abs(di) >= p.soh_min_di_a:
+            # R0 multiplier theta: dv = theta R0_table dI at a current step
+            x = di * (w["r0"] + r_contact)
+            y = v_meas - self.v_prev
+            ok = np.isfinite(y)
+            g = np.where(ok, self.r0_p * x / (lam + x * self.r0_p * x), 0.0)
+            self.r0_scale = self.r0_scale + g * (np.where(ok, y, 0.0) - self.r0_scale * x)
+            pn = np.where(ok, (self.r0_p - g * x * self.r0_p) / lam, self.r0_p)
+            self.r0_p = np.minimum(pn, p.soh_r0_p_max)
+        self.v_prev = v_meas.copy()
+        self.r0_ohm = self.r0_scale * (w["r0"] + r_contact)
+        self.i_prev = current_a
+        self.have_prev = True
+        # capacity ratio: throughput / Q_nominal = ratio (SOC_now - SOC_window_start)
+        eta = p.coulombic_eff if current_a > 0.0 else 1.0
+        self.window_as += eta * current_a * dt_s
+        y = self.window_as / p.capacity_as
+        if abs(y) >= p.soh_cap_window:
+            x = self.soc - self.soc_window0
+            ok = np.abs(x - y) < 0.5 * abs(y)
+            g = np.where(ok, self.cap_p * x / (lam + x * self.cap_p * x), 0.0)
+            self.cap_ratio = self.cap_ratio + g * (y - self.cap_ratio * x)
+            self.cap_p = np.where(ok, (self.cap_p - g * x * self.cap_p) / lam, self.cap_p)
+            self.soc_window0 = self.soc.copy()
+            self.window_as = 0.0
+        self.capacity_ah = self.cap_ratio * (p.capacity_as / 3600.0)
+
+    # ------------------------------------------------------------------ leak
+
+    def leak(self, dt_s: float) -> None:
+        """Per cell, x = [e, I_leak]: e = SOC - median SOC of the stack, de/dt = -I_leak / Q;
+        e observed from the EKF SOCs. Common-mode errors (current offset, hysteresis,
+        temperature) cancel in e."""
+        p = self.prm
+        med = float(np.median(self.soc))
+        b = dt_s / p.capacity_as
+        e = self.leak_e - b * self.leak_a
+        pe = self.leak_p[0] - 2.0 * b * self.leak_p[1] + b * b * self.leak_p[2] \
+            + p.leak_q_soc_per_s * dt_s
+        pel = self.leak_p[1] - b * self.leak_p[2]
+        pl = self.leak_p[2] + p.leak_q_a2_per_s * dt_s
+        gain = np.where(self.status == CELL_OK, 1.0 / (pe + p.leak_r_soc2), 0.0)
+        nu = self.soc - med - e
+        self.leak_e = e + pe * gain * nu
+        self.leak_a = self.leak_a + pel * gain * nu
+        self.leak_p = np.array([pe - pe * pe * gain, pel - pe * pel * gain, pl - pel * pel * gain])
+        self.leak_sigma_a = np.sqrt(self.leak_p[2])
+        self.leak_flag = ((self.leak_a - 3.0 * self.leak_sigma_a) > p.leak_alarm_a).astype(
+            np.int32)
+
+    # ------------------------------------------------------------------ pressure
+
+    def run_check(self, k: int, value: float, dt_s: float) -> None:
+        """Hysteresis and debounce, as the protection engine (docs/safety.md)."""
+        p = self.prm
+        th, hy, below = p.check_threshold[k], p.check_hysteresis[k], bool(p.check_below[k])
+        past = value < th if below else value > th
+        if self.check_on[k]:
+            if (value > th + hy) if below else (value < th - hy):
+                self.check_on[k] = False
+                self.check_value[k] = math.nan
+                self.check_timer_s[k] = -1.0
+            return
+        if not past:
+            self.check_timer_s[k] = -1.0
+            return
+        self.check_timer_s[k] = 0.0 if self.check_timer_s[k] < 0.0 else \
+            self.check_timer_s[k] + dt_s
+        if self.check_timer_s[k] >= p.check_debounce_s[k]:
+            self.check_on[k] = True
+            self.check_value[k] = value
+
+    def expected_pressure(self) -> float:
+        """preload + stiffness (swell_full sum SOC_i + thermal (T_mean - T_ref))."""
+        p = self.prm
+        t_mean = float(np.sum(self.cell_temp_c)) / p.n_cells
+        dx = p.swell_um_full * float(np.sum(self.soc)) + p.thermal_um_per_k * (
+            t_mean - p.fixture_t_ref_c)
+        return p.preload_kpa + p.stiffness_kpa_per_um * dx
+
+    def pressure(self, p_kpa: np.ndarray, dt_s: float, ekf_ran: bool) -> int:
+        p, so = self.prm, self.stack_out
+        flags = 0
+        cnt, mean, pmin, pmax = self.pressure_stats(p_kpa)
+        expected = self.expected_pressure()
+        so[OUT_EXPECTED] = expected
+        if cnt == 0:
+            flags |= ST_PRESSURE_INVALID
+            self.have_pressure = False
+            so[[OUT_MEAN, OUT_RESIDUAL, OUT_RATE, OUT_IMBALANCE]] = np.nan
+        else:
+            resid = mean - expected
+            imbalance = pmax - pmin if cnt >= 2 else 0.0
+            if self.have_pressure:
+                a = dt_s / (p.rate_tau_s + dt_s)
+                self.rate_f += a * ((mean - self.p_prev) / dt_s - self.rate_f)
+            else:
+                self.rate_f = 0.0
+            self.p_prev = mean
+            self.have_pressure = True
+            c = dt_s / p.cusum_tau_s
+            self.cusum_pos = max(self.cusum_pos + (resid - p.cusum_k_kpa) * c, 0.0)
+            self.cusum_neg = max(self.cusum_neg + (-resid - p.cusum_k_kpa) * c, 0.0)
+            so[OUT_MEAN], so[OUT_RESIDUAL], so[OUT_RATE] = mean, resid, self.rate_f
+            so[OUT_IMBALANCE] = imbalance
+            cusum = max(self.cusum_pos, self.cusum_neg)
+            for k, value in enumerate((mean, mean, abs(self.rate_f), cusum, imbalance)):
+                self.run_check(k, value, dt_s)
+            if p.pressure_fusion and ekf_ran:
+                # mean pressure as a measurement of every cell's SOC, H_i = k_fix * swell
+                hc = p.stiffness_kpa_per_um * p.swell_um_full
+                s = hc * hc * float(np.sum(self.p[0])) + p.r_pressure_kpa2
+                nu = mean - expected
+                if nu * nu <= p.gate_sigma ** 2 * s:
+                    flags |= ST_FUSION_USED
+                    ph = self.p[[0, 1, 2]] * hc
+                    self.soc = self.soc + ph[0] / s * nu
+                    self.v1 = self.v1 + ph[1] / s * nu
+                    self.v2 = self.v2 + ph[2] / s * nu
+                    self.p = self.p - np.array([ph[0] * ph[0], ph[0] * ph[1], ph[0] * ph[2],
+                                                ph[1] * ph[1], ph[1] * ph[2], ph[2] * ph[2]]) / s
+                    self.soc_sigma = np.sqrt(self.p[0])
+                else:
+                    flags |= ST_FUSION_GATED
+        so[OUT_CUSUM] = max(self.cusum_pos, self.cusum_neg)
+        so[OUT_PRESSURE_STATUS] = float(sum(1 << k for k in range(5) if self.check_on[k]))
+        return flags
+
+    # ------------------------------------------------------------------ power limits
+
+    def power_limits(self, r_contact: float) -> None:
+        """Largest constant current over each horizon that keeps every cell inside
+        [v_min, v_max] (RC transients and the OCV slope over the horizon), inside SOC [0, 1],
+        derated linearly inside t_derate_band_c of the temperature window."""
+        p, w = self.prm, self._w
+        for hz, h in enumerate(p.horizons_s):
+            e1 = np.exp(-h / w["tau1"])
+            e2 = np.exp(-h / (w["tau1"] * p.tau2_over_tau1))
+            d = w["docv"]
+            ocv = w["ocv"] + d * (self.soc - w["soc_pred"])
+            v0 = ocv + self.v1 * e1 + self.v2 * e2
+            reff = self.r0_scale * (w["r0"] + r_contact) + w["r1"] * (1.0 - e1) + \
+                p.r2_over_r1 * w["r1"] * (1.0 - e2) + d * h / p.capacity_as
+            ic = np.minimum((p.v_max - v0) / reff, (1.0 - self.soc) * p.capacity_as / h)
+            idis = np.minimum((v0 - p.v_min) / reff, self.soc * p.capacity_as / h)
+            t = self.cell_temp_c
+            band = p.t_derate_band_c
+            fc = np.clip((t - p.t_charge_min_c) / band, 0, 1) * np.clip(
+                (p.t_charge_max_c - t) / band, 0, 1)
+            fd = np.clip((t - p.t_discharge_min_c) / band, 0, 1) * np.clip(
+                (p.t_discharge_max_c - t) / band, 0, 1)
+            ic = np.minimum(ic, fc * p.i_charge_max_a)
+            idis = np.minimum(idis, fd * p.i_discharge_max_a)
+            self.charge_limit_a[hz] = max(min(float(ic.min()), p.i_charge_max_a), 0.0)
+            self.discharge_limit_a[hz] = max(min(float(idis.min()), p.i_discharge_max_a), 0.0)
+
+    # ------------------------------------------------------------------ tick
+
+    def tick(self, dt_s: float, current_a: float, v: np.ndarray, t_c: np.ndarray,
+             p_kpa: np.ndarray) -> None:
+        if not (math.isfinite(dt_s) and dt_s > 0.0):
+            raise ValueError("dt_s must be finite and > 0")
+        p = self.prm
+        flags = self.cell_temperatures(t_c)
+        cnt, mean, _, _ = self.pressure_stats(p_kpa)
+        r_contact = self.contact_resistance(cnt, mean)
+        flags |= self.ekf(v, dt_s, current_a, r_contact)
+        ekf_ran = not flags & ST_CURRENT_INVALID
+        flags |= self.pressure(p_kpa, dt_s, ekf_ran)
+        if ekf_ran:
+            self.soh(v, dt_s, current_a, r_contact)
+            self.leak(dt_s)
+            self.power_limits(r_contact)
+        else:
+            self.capacity_ah = self.cap_ratio * (p.capacity_as / 3600.0)
+            self.r0_ohm = np.full(p.n_cells, np.nan)
+            self.leak_sigma_a = np.sqrt(self.leak_p[2])
+            self.leak_flag = np.zeros(p.n_cells, dtype=np.int32)
+            self.charge_limit_a[:] = 0.0
+            self.discharge_limit_a[:] = 0.0
+        self.stack_out[OUT_MEAN_SOC] = float(np.sum(self.soc)) / p.n_cells
+        self.stack_out[OUT_MEAN_SOC_SIGMA] = math.sqrt(float(np.sum(self.p[0]))) / p.n_cells
+        self.stack_out[OUT_STACK_STATUS] = flags
+
+
+__all__ = ["ReferenceCore", "CELL_OK", "CELL_GATED", "CELL_REJECTED_NAN", "ST_FUSION_GATED",
+           "ST_FUSION_USED"]

@@ -1,0 +1,913 @@
+/*
+ * ssb_core.c - see ssb_core.h and docs/estimation.md. The NumPy reference bms/reference.py
+ * implements the same equations in the same order; tests/test_core_reference.py holds them to
+ * 1e-9 relative.
+ *
+ * Performance layout (docs/estimation.md, "Benchmark"): each per-cell pass is split into a
+ * scalar pass that does the table look-ups (indexed loads, which do not vectorise without
+ * gathers) and a branch-free pass over structure-of-arrays buffers that the compiler
+ * vectorises (selects instead of branches, a polynomial exp instead of libm's).
+ */
+#include "ssb_core.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#define SSB_RESTRICT restrict
+
+/* GCC does not apply restrict to block-scope pointers derived from struct members, so the hot
+ * loops also carry "no loop-carried dependence" (the buffers are distinct by construction). */
+#if defined(__clang__)
+#define SSB_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define SSB_IVDEP _Pragma("GCC ivdep")
+#else
+#define SSB_IVDEP
+#endif
+
+/* work array rows (each n_cells long) */
+enum { W_OCV = 0, W_DOCV, W_R0, W_R1, W_TAU1, W_SOCPRED, W_RC, W_SCRATCH, W_ROWS };
+
+/* ------------------------------------------------------------------ vectorisable exp */
+
+static inline uint64_t bits_of(double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline double double_of(uint64_t u)
+{
+    double x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, Taylor to r^12 (truncation < 2e-16),
+ * 2^n built in the exponent bits. Round-to-nearest n by the 1.5 * 2^52 shifter, so no
+ * double -> int conversion (which AVX2 lacks) is needed. */
+static inline double exp_neg(double x)
+{
+    const double shifter = 6755399441055744.0; /* 0x1.8p52 */
+    const double log2e = 1.4426950408889634;
+    const double ln2_hi = 6.93147180369123816490e-01;
+    const double ln2_lo = 1.90821492927058770002e-10;
+    x = x < -708.0 ? -708.0 : x;
+    double kd = x * log2e + shifter;
+    uint64_t kb = bits_of(kd);
+    double n = kd - shifter;
+    double r = x - n * ln2_hi - n * ln2_lo;
+    double p = 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    return p * double_of((kb + 1023u) << 52);
+}
+
+double ssb_exp_neg(double x)
+{
+    return exp_neg(x);
+}
+
+static inline double clampd(double x, double lo, double hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+static inline int finite(double x)
+{
+    return (x - x) == 0.0; /* false for NaN and +-Inf, no libm call */
+}
+
+/* ------------------------------------------------------------------ validation */
+
+static int finite_in(double x, double lo, double hi)
+{
+    return finite(x) && x >= lo && x <= hi;
+}
+
+int ssb_params_check(const ssb_params_t *prm)
+{
+    if (prm == NULL || prm->grid == NULL)
+        return SSB_ERR_NULL;
+    if (prm->n_cells < 1 || prm->n_cells > 1000000 || prm->n_sensors < 0 ||
+        prm->n_sensors > SSB_MAX_SENSORS || prm->n_load_cells < 0 ||
+        prm->n_load_cells > SSB_MAX_LOAD_CELLS || prm->n_horizons < 1 ||
+        prm->n_horizons > SSB_MAX_HORIZONS || prm->n_soc < 2 || prm->n_temp < 2 ||
+        prm->n_soc > 100001 || prm->n_temp > 10001)
+        return SSB_ERR_SIZE;
+    if (prm->n_sensors > 0 &&
+        (prm->temp_idx0 == NULL || prm->temp_idx1 == NULL || prm->temp_w == NULL))
+        return SSB_ERR_NULL;
+    if (!finite_in(prm->soc_step * (prm->n_soc - 1), 1.0 - 1e-9, 1.0 + 1e-9) ||
+        !finite_in(prm->temp_step_c, 1e-6, 1e3) || !finite_in(prm->temp_min_c, -273.0, 1e3))
+        return SSB_ERR_PARAM;
+    size_t nodes = (size_t)prm->n_soc * (size_t)prm->n_temp * SSB_TABLE_STRIDE;
+    for (size_t k = 0; k < nodes; k++) {
+        /* ocv > 0, resistances > 0, tau > 0 */
+        if (!finite_in(prm->grid[k], 1e-12, 1e7))
+            return SSB_ERR_PARAM;
+    }
+    for (int32_t i = 0; i < prm->n_cells && prm->n_sensors > 0; i++) {
+        if (prm->temp_idx0[i] < 0 || prm->temp_idx0[i] >= prm->n_sensors ||
+            prm->temp_idx1[i] < 0 || prm->temp_idx1[i] >= prm->n_sensors ||
+            !finite_in(prm->temp_w[i], 0.0, 1.0))
+            return SSB_ERR_PARAM;
+    }
+    const double positive[] = {prm->capacity_as, prm->coulombic_eff, prm->tau2_over_tau1,
+                               prm->contact_p_ref_kpa, prm->r_voltage_v2, prm->gate_sigma,
+                               prm->leak_r_soc2, prm->leak_alarm_a, prm->soh_lambda,
+                               prm->soh_min_di_a, prm->soh_r0_p_max, prm->soh_cap_window,
+                               prm->r_pressure_kpa2, prm->rate_tau_s, prm->cusum_tau_s,
+                               prm->t_derate_band_c};
+    for (size_t k = 0; k < sizeof positive / sizeof positive[0]; k++) {
+        if (!finite_in(positive[k], 1e-300, 1e300))
+            return SSB_ERR_PARAM;
+    }
+    const double non_negative[] = {prm->r2_over_r1, prm->contact_r_ref_ohm, prm->q_soc_per_s,
+                                   prm->q_rc_v2_per_s, prm->current_noise_a,
+                                   prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
+                                   prm->preload_kpa, prm->stiffness_kpa_per_um,
+                                   prm->cusum_k_kpa, prm->i_charge_max_a,
+                                   prm->i_discharge_max_a};
+    for (size_t k = 0; k < sizeof non_negative / sizeof non_negative[0]; k++) {
+        if (!finite_in(non_negative[k], 0.0, 1e300))
+            return SSB_ERR_PARAM;
+    }
+    if (prm->coulombic_eff > 1.0 || prm->soh_lambda > 1.0 ||
+        !finite_in(prm->swell_um_full, -1e6, 1e6) ||
+        !finite_in(prm->thermal_um_per_k, -1e6, 1e6) ||
+        !finite_in(prm->fixture_t_ref_c, -273.0, 1e3) || !finite_in(prm->v_min, 0.0, 100.0) ||
+        !finite_in(prm->v_max, prm->v_min, 100.0))
+        return SSB_ERR_PARAM;
+    if (!(prm->t_charge_min_c < prm->t_charge_max_c) ||
+        !(prm->t_discharge_min_c < prm->t_discharge_max_c))
+        return SSB_ERR_PARAM;
+    for (int k = 0; k < SSB_N_CHECKS; k++) {
+        if (!finite(prm->check_threshold[k]) || !finite_in(prm->check_hysteresis[k], 0.0, 1e9) ||
+            !finite_in(prm->check_debounce_s[k], 0.0, 1e6))
+            return SSB_ERR_PARAM;
+    }
+    for (int32_t h = 0; h < prm->n_horizons; h++) {
+        if (!finite_in(prm->horizons_s[h], 1e-6, 1e6))
+            return SSB_ERR_PARAM;
+    }
+    return SSB_OK;
+}
+
+static int state_ok(const ssb_state_t *st)
+{
+    return st != NULL && st->soc != NULL && st->v1 != NULL && st->v2 != NULL && st->p != NULL &&
+           st->cell_temp_c != NULL && st->r0_scale != NULL && st->r0_p != NULL &&
+           st->cap_ratio != NULL && st->cap_p != NULL && st->soc_window0 != NULL &&
+           st->leak_e != NULL && st->leak_a != NULL && st->leak_p != NULL &&
+           st->v_prev != NULL && st->gated_count != NULL && st->work != NULL;
+}
+
+static int output_ok(const ssb_output_t *out)
+{
+    return out != NULL && out->soc_sigma != NULL && out->leak_sigma_a != NULL &&
+           out->r0_ohm != NULL && out->capacity_ah != NULL && out->status != NULL &&
+           out->leak_flag != NULL && out->stack != NULL && out->check_value != NULL &&
+           out->charge_limit_a != NULL && out->discharge_limit_a != NULL;
+}
+
+static int call_check(const ssb_params_t *prm, const ssb_state_t *st, const ssb_meas_t *m,
+                      double dt_s, const ssb_output_t *out)
+{
+    if (prm == NULL || prm->grid == NULL || !state_ok(st) || m == NULL ||
+        m->cell_voltage_v == NULL || !output_ok(out))
+        return SSB_ERR_NULL;
+    if ((prm->n_sensors > 0 && m->temperature_c == NULL) ||
+        (prm->n_load_cells > 0 && m->pressure_kpa == NULL))
+        return SSB_ERR_NULL;
+    if (prm->n_cells < 1 || prm->n_cells > 1000000 || prm->n_sensors < 0 ||
+        prm->n_sensors > SSB_MAX_SENSORS || prm->n_load_cells < 0 ||
+        prm->n_load_cells > SSB_MAX_LOAD_CELLS || prm->n_horizons < 1 ||
+        prm->n_horizons > SSB_MAX_HORIZONS || prm->n_soc < 2 || prm->n_temp < 2)
+        return SSB_ERR_SIZE;
+    if (!finite(dt_s) || !(dt_s > 0.0))
+        return SSB_ERR_DT;
+    return SSB_OK;
+}
+
+/* ------------------------------------------------------------------ table look-up */
+
+/* Bilinear look-up at (soc, temp_c). OCV is extrapolated linearly beyond the SOC grid (its end
+ * segment), resistances and tau are held at the end values, temperature is clamped. */
+static inline void lookup(const ssb_params_t *prm, double soc, double temp_c, double *ocv,
+                   double *docv, double *r0, double *r1, double *tau1)
+{
+    const int32_t ns = prm->n_soc;
+    /* clamped to [0, ns - 2] before the (truncating) conversion, so no floor() is needed */
+    double fs = clampd(soc / prm->soc_step, -1.0, (double)ns);
+    int32_t is = (int32_t)clampd(fs, 0.0, (double)(ns - 2));
+    double f = fs - (double)is;
+    double fc = clampd(f, 0.0, 1.0);
+    double ft = clampd((temp_c - prm->temp_min_c) / prm->temp_step_c, 0.0,
+                       (double)(prm->n_temp - 1));
+    int32_t it = (int32_t)clampd(ft, 0.0, (double)(prm->n_temp - 2));
+    double g = ft - (double)it;
+    const double *a = prm->grid + ((size_t)it * (size_t)ns + (size_t)is) * SSB_TABLE_STRIDE;
+    const double *b = a + SSB_TABLE_STRIDE;
+    const double *c = a + (size_t)ns * SSB_TABLE_STRIDE;
+    const double *d = c + SSB_TABLE_STRIDE;
+    double lo = a[0] + g * (c[0] - a[0]);
+    double hi = b[0] + g * (d[0] - b[0]);
+    *ocv = lo + f * (hi - lo);
+    *docv = (hi - lo) / prm->soc_step;
+    lo = a[1] + g * (c[1] - a[1]);
+    hi = b[1] + g * (d[1] - b[1]);
+    *r0 = lo + fc * (hi - lo);
+    lo = a[2] + g * (c[2] - a[2]);
+    hi = b[2] + g * (d[2] - b[2]);
+    *r1 = lo + fc * (hi - lo);
+    lo = a[3] + g * (c[3] - a[3]);
+    hi = b[3] + g * (d[3] - b[3]);
+    *tau1 = lo + fc * (hi - lo);
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+/* Cell temperatures from the thermistors. Invalid thermistors take the value of the nearest
+ * valid one (by index; ties: the lower); with none valid the last temperatures stay. */
+static uint32_t cell_temperatures(const ssb_params_t *prm, ssb_state_t *st, const double *t_c)
+{
+    const int32_t k = prm->n_sensors;
+    if (k == 0)
+        return 0u;
+    double ts[SSB_MAX_SENSORS];
+    int32_t n_valid = 0;
+    for (int32_t j = 0; j < k; j++) {
+        ts[j] = t_c[j];
+        n_valid += finite(t_c[j]) && t_c[j] > -273.15 ? 1 : 0;
+    }
+    if (n_valid == 0)
+        return SSB_ST_TEMP_INVALID;
+    uint32_t flags = 0u;
+    if (n_valid < k) {
+        flags = SSB_ST_TEMP_FALLBACK;
+        for (int32_t j = 0; j < k; j++) {
+            if (finite(t_c[j]) && t_c[j] > -273.15)
+                continue;
+            for (int32_t d = 1; d < k; d++) {
+                if (j - d >= 0 && finite(t_c[j - d]) && t_c[j - d] > -273.15) {
+                    ts[j] = t_c[j - d];
+                    break;
+                }
+                if (j + d < k && finite(t_c[j + d]) && t_c[j + d] > -273.15) {
+                    ts[j] = t_c[j + d];
+                    break;
+                }
+            }
+        }
+    }
+    const int32_t *SSB_RESTRICT i0 = prm->temp_idx0;
+    const int32_t *SSB_RESTRICT i1 = prm->temp_idx1;
+    const double *SSB_RESTRICT w = prm->temp_w;
+    double *SSB_RESTRICT tc = st->cell_temp_c;
+    for (int32_t i = 0; i < prm->n_cells; i++)
+        tc[i] = ts[i0[i]] + w[i] * (ts[i1[i]] - ts[i0[i]]);
+    return flags;
+}
+
+/* Mean, min, max and count of the valid load cells. */
+static int32_t pressure_stats(const ssb_params_t *prm, const double *p_kpa, double *mean,
+                              double *pmin, double *pmax)
+{
+    int32_t cnt = 0;
+    double sum = 0.0, lo = 0.0, hi = 0.0;
+    for (int32_t j = 0; j < prm->n_load_cells; j++) {
+        double v = p_kpa[j];
+        if (!finite(v))
+            continue;
+        if (cnt == 0 || v < lo)
+            lo = v;
+        if (cnt == 0 || v > hi)
+            hi = v;
+        sum += v;
+        cnt++;
+    }
+    *mean = cnt > 0 ? sum / cnt : NAN;
+    *pmin = lo;
+    *pmax = hi;
+    return cnt;
+}
+
+static double contact_resistance(const ssb_params_t *prm, int32_t cnt, double mean_kpa)
+{
+    /* R_contact = r_ref (p_ref / p)^0.5 (DESIGN.md); without a pressure reading, p = p_ref.
+     * Floor 10 kPa avoids 1/0 (the same floor as the emulator, an assumption). */
+    double p = cnt > 0 ? (mean_kpa > 10.0 ? mean_kpa : 10.0) : prm->contact_p_ref_kpa;
+    return prm->contact_r_ref_ohm * sqrt(prm->contact_p_ref_kpa / p);
+}
+
+/* k-th smallest of x[0..n) (x is permuted). Hoare partition, median-of-three pivot. */
+static double select_kth(double *x, int32_t n, int32_t k)
+{
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        double a = x[lo], b = x[mid], c = x[hi];
+        double pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] < pivot)
+                i++;
+            while (x[j] > pivot)
+                j--;
+            if (i <= j) {
+                double t = x[i];
+                x[i] = x[j];
+                x[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return x[k];
+    }
+    return x[k];
+}
+
+static double median(double *x, int32_t n)
+{
+    double upper = select_kth(x, n, n / 2);
+    if (n % 2 == 1)
+        return upper;
+    /* lower middle: the largest of x[0 .. n/2) after the selection */
+    double lower = x[0];
+    for (int32_t i = 1; i < n / 2; i++)
+        lower = x[i] > lower ? x[i] : lower;
+    return 0.5 * (lower + upper);
+}
+
+/* ------------------------------------------------------------------ init */
+
+int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
+                   const double *v_rest, double soc_sigma0, double v_rc_sigma0,
+                   double leak_sigma0_a)
+{
+    if (prm == NULL || !state_ok(st) || soc0 == NULL)
+        return SSB_ERR_NULL;
+    int rc = ssb_params_check(prm);
+    if (rc != SSB_OK)
+        return rc;
+    if (!finite_in(soc_sigma0, 1e-9, 10.0) || !finite_in(v_rc_sigma0, 0.0, 10.0) ||
+        !finite_in(leak_sigma0_a, 1e-9, 1e6))
+        return SSB_ERR_PARAM;
+    const int32_t n = prm->n_cells;
+    /* the reference temperature row nearest 25 C for the OCV inversion */
+    const double t_init = 25.0;
+    for (int32_t i = 0; i < n; i++) {
+        double s = soc0[i];
+        if (!finite(s)) {
+            s = 0.5;
+            double v = v_rest != NULL ? v_rest[i] : NAN;
+            if (finite(v)) {
+                /* invert the OCV by bisection (OCV strictly increasing in SOC) */
+                double lo = 0.0, hi = 1.0, ocv, docv, r0, r1, tau1;
+                for (int it = 0; it < 60; it++) {
+                    double mid = 0.5 * (lo + hi);
+                    lookup(prm, mid, t_init, &ocv, &docv, &r0, &r1, &tau1);
+                    if (ocv < v)
+                        lo = mid;
+                    else
+                        hi = mid;
+                }
+                s = 0.5 * (lo + hi);
+            }
+        }
+        st->soc[i] = s;
+        st->v1[i] = 0.0;
+        st->v2[i] = 0.0;
+        st->p[0 * (size_t)n + i] = soc_sigma0 * soc_sigma0;
+        st->p[1 * (size_t)n + i] = 0.0;
+        st->p[2 * (size_t)n + i] = 0.0;
+        st->p[3 * (size_t)n + i] = v_rc_sigma0 * v_rc_sigma0;
+        st->p[4 * (size_t)n + i] = 0.0;
+        st->p[5 * (size_t)n + i] = v_rc_sigma0 * v_rc_sigma0;
+        st->cell_temp_c[i] = t_init;
+        st->r0_scale[i] = 1.0;
+        st->r0_p[i] = prm->soh_r0_p_max;
+        st->cap_ratio[i] = 1.0;
+        st->cap_p[i] = 0.01; /* 10 % prior sigma on capacity (assumption) */
+        st->soc_window0[i] = s;
+        st->leak_e[i] = 0.0;
+        st->leak_a[i] = 0.0;
+        st->leak_p[0 * (size_t)n + i] = prm->leak_r_soc2;
+        st->leak_p[1 * (size_t)n + i] = 0.0;
+        st->leak_p[2 * (size_t)n + i] = leak_sigma0_a * leak_sigma0_a;
+        st->v_prev[i] = NAN;
+        st->gated_count[i] = 0u;
+    }
+    memset(st->work, 0, sizeof(double) * (size_t)W_ROWS * (size_t)n);
+    st->i_prev = NAN;
+    st->window_as = 0.0;
+    st->p_prev = NAN;
+    st->rate_f = 0.0;
+    st->cusum_pos = 0.0;
+    st->cusum_neg = 0.0;
+    st->have_prev = 0;
+    st->have_pressure = 0;
+    for (int k = 0; k < SSB_N_CHECKS; k++) {
+        st->check_timer_s[k] = -1.0;
+        st->check_on[k] = 0;
+        st->check_value[k] = NAN;
+    }
+    return SSB_OK;
+}
+
+/* ------------------------------------------------------------------ EKF */
+
+/* The EKF over all cells; returns stack status bits. Temperatures must be current. */
+static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double *v_meas,
+                         double dt_s, double current_a, double r_contact, int32_t *status,
+                         double *soc_sigma)
+{
+    const int32_t n = prm->n_cells;
+    const size_t nn = (size_t)n;
+    double *SSB_RESTRICT soc = st->soc;
+    double *SSB_RESTRICT w = st->work;
+    if (!finite(current_a)) {
+        for (int32_t i = 0; i < n; i++) {
+            status[i] = SSB_CELL_NO_CURRENT;
+            soc_sigma[i] = sqrt(st->p[i]);
+        }
+        return SSB_ST_CURRENT_INVALID;
+    }
+    const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
+    const double dsoc = eta * current_a * dt_s / prm->capacity_as;
+
+    /* pass 1 (scalar): predicted SOC and table look-ups */
+    for (int32_t i = 0; i < n; i++) {
+        double s = soc[i] + dsoc;
+        w[W_SOCPRED * nn + i] = s;
+        lookup(prm, s, st->cell_temp_c[i], &w[W_OCV * nn + i], &w[W_DOCV * nn + i],
+               &w[W_R0 * nn + i], &w[W_R1 * nn + i], &w[W_TAU1 * nn + i]);
+    }
+
+    /* pass 2 (vectorised): predict and gated update */
+    const double *SSB_RESTRICT ocv_a = w + W_OCV * nn;
+    const double *SSB_RESTRICT docv_a = w + W_DOCV * nn;
+    const double *SSB_RESTRICT r0_a = w + W_R0 * nn;
+    const double *SSB_RESTRICT r1_a = w + W_R1 * nn;
+    const double *SSB_RESTRICT tau1_a = w + W_TAU1 * nn;
+    const double *SSB_RESTRICT socp_a = w + W_SOCPRED * nn;
+    double *SSB_RESTRICT v1_a = st->v1;
+    double *SSB_RESTRICT v2_a = st->v2;
+    double *SSB_RESTRICT p00 = st->p;
+    double *SSB_RESTRICT p01 = st->p + nn;
+    double *SSB_RESTRICT p02 = st->p + 2 * nn;
+    double *SSB_RESTRICT p11 = st->p + 3 * nn;
+    double *SSB_RESTRICT p12 = st->p + 4 * nn;
+    double *SSB_RESTRICT p22 = st->p + 5 * nn;
+    const double *SSB_RESTRICT r0s = st->r0_scale;
+    const double *SSB_RESTRICT vm = v_meas;
+    uint32_t *SSB_RESTRICT gcount = st->gated_count;
+    int32_t *SSB_RESTRICT stat = status;
+    double *SSB_RESTRICT sig = soc_sigma;
+    const double i_a = current_a;
+    const double q_soc = prm->q_soc_per_s * dt_s +
+                         (prm->current_noise_a * eta * dt_s / prm->capacity_as) *
+                             (prm->current_noise_a * eta * dt_s / prm->capacity_as);
+    const double q_rc = prm->q_rc_v2_per_s * dt_s;
+    const double k2 = prm->r2_over_r1, t2 = prm->tau2_over_tau1;
+    const double g2 = prm->gate_sigma * prm->gate_sigma;
+    const double rv = prm->r_voltage_v2;
+    const double sig_i2 = prm->current_noise_a * prm->current_noise_a;
+    SSB_IVDEP
+    for (int32_t i = 0; i < n; i++) {
+        const double tau1 = tau1_a[i];
+        const double a1 = exp_neg(-dt_s / tau1);
+        const double a2 = exp_neg(-dt_s / (tau1 * t2));
+        const double r1 = r1_a[i];
+        const double v1 = a1 * v1_a[i] + r1 * (1.0 - a1) * i_a;
+        const double v2 = a2 * v2_a[i] + k2 * r1 * (1.0 - a2) * i_a;
+        double s = socp_a[i];
+        double c00 = p00[i] + q_soc;
+        double c01 = p01[i] * a1;
+        double c02 = p02[i] * a2;
+        double c11 = p11[i] * a1 * a1 + q_rc;
+        double c12 = p12[i] * a1 * a2;
+        double c22 = p22[i] * a2 * a2 + q_rc;
+        const double r0e = r0s[i] * (r0_a[i] + r_contact);
+        const double h = ocv_a[i] + v1 + v2 + r0e * i_a;
+        const double d = docv_a[i];
+        const double z = vm[i];
+        /* masks as doubles (1.0 / 0.0): mixing int and double lanes stops the vectoriser */
+        const double fin = (z - z) == 0.0 ? 1.0 : 0.0;
+        const double nu = fin != 0.0 ? z - h : 0.0; /* a NaN never reaches the arithmetic */
+        const double ph0 = c00 * d + c01 + c02;
+        const double ph1 = c01 * d + c11 + c12;
+        const double ph2 = c02 * d + c12 + c22;
+        const double sv = d * ph0 + ph1 + ph2 + rv + r0e * r0e * sig_i2;
+        const double gated = nu * nu > g2 * sv ? fin : 0.0;
+        const double gain = (fin - gated) / sv;
+        const double kn = nu * gain;
+        s += ph0 * kn;
+        v1_a[i] = v1 + ph1 * kn;
+        v2_a[i] = v2 + ph2 * kn;
+        c00 -= ph0 * ph0 * gain;
+        c01 -= ph0 * ph1 * gain;
+        c02 -= ph0 * ph2 * gain;
+        c11 -= ph1 * ph1 * gain;
+        c12 -= ph1 * ph2 * gain;
+        c22 -= ph2 * ph2 * gain;
+        soc[i] = s;
+        p00[i] = c00;
+        p01[i] = c01;
+        p02[i] = c02;
+        p11[i] = c11;
+        p12[i] = c12;
+        p22[i] = c22;
+        const int32_t gi = (int32_t)gated;
+        stat[i] = (int32_t)(1.0 - fin) * SSB_CELL_REJECTED_NAN + gi * SSB_CELL_GATED;
+        gcount[i] += (uint32_t)gi;
+        sig[i] = sqrt(c00);
+    }
+    return 0u;
+}
+
+int ssb_ekf_step(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, double dt_s,
+                 double current_a, ssb_output_t *out)
+{
+    int rc = call_check(prm, st, m, dt_s, out);
+    if (rc != SSB_OK)
+        return rc;
+    uint32_t flags = cell_temperatures(prm, st, m->temperature_c);
+    double mean, pmin, pmax;
+    int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
+    double r_contact = contact_resistance(prm, cnt, mean);
+    flags |= ekf_core(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out->status,
+                      out->soc_sigma);
+    out->stack[SSB_OUT_STACK_STATUS] = (double)flags;
+    return SSB_OK;
+}
+
+/* ------------------------------------------------------------------ SOH */
+
+static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v_meas,
+                       double dt_s, double current_a, double r_contact, ssb_output_t *out)
+{
+    const int32_t n = prm->n_cells;
+    const size_t nn = (size_t)n;
+    const double *SSB_RESTRICT r0_a = st->work + W_R0 * nn;
+    double *SSB_RESTRICT th = st->r0_scale;
+    double *SSB_RESTRICT pr = st->r0_p;
+    double *SSB_RESTRICT vp = st->v_prev;
+    const double *SSB_RESTRICT vm = v_meas;
+    double *SSB_RESTRICT r0_out = out->r0_ohm;
+    const double lam = prm->soh_lambda, pmax = prm->soh_r0_p_max;
+    const double di = current_a - st->i_prev;
+    /* R0 multiplier by RLS on voltage steps at current steps: dv = theta R0_table dI */
+    if (st->have_prev && finite(di) && fabs(di) >= prm->soh_min_di_a) {
+        SSB_IVDEP
+        for (int32_t i = 0; i < n; i++) {
+            const double x = di * (r0_a[i] + r_contact);
+            const double y = vm[i] - vp[i];
+            const int ok = (y - y) == 0.0;
+            const double g = ok ? pr[i] * x / (lam + x * pr[i] * x) : 0.0;
+            const double yy = ok ? y : 0.0;
+            th[i] += g * (yy - th[i] * x);
+            const double pn = ok ? (pr[i] - g * x * pr[i]) / lam : pr[i];
+            pr[i] = pn < pmax ? pn : pmax;
+        }
+    }
+    SSB_IVDEP
+    for (int32_t i = 0; i < n; i++) {
+        vp[i] = vm[i];
+        r0_out[i] = th[i] * (r0_a[i] + r_contact);
+    }
+    st->i_prev = current_a;
+    st->have_prev = 1;
+
+    /* capacity ratio by RLS over windows of soh_cap_window of SOC throughput:
+     * throughput / Q_nominal = ratio * (SOC_now - SOC_window_start); windows whose SOC change
+     * differs from the nominal one by more than half (convergence, big corrections) are
+     * skipped. */
+    const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
+    st->window_as += eta * current_a * dt_s;
+    double *SSB_RESTRICT cr = st->cap_ratio;
+    double *SSB_RESTRICT cp = st->cap_p;
+    double *SSB_RESTRICT s0 = st->soc_window0;
+    const double *SSB_RESTRICT soc = st->soc;
+    double *SSB_RESTRICT cap_out = out->capacity_ah;
+    const double y = st->window_as / prm->capacity_as;
+    if (fabs(y) >= prm->soh_cap_window) {
+        SSB_IVDEP
+        for (int32_t i = 0; i < n; i++) {
+            const double x = soc[i] - s0[i];
+            const int ok = fabs(x - y) < 0.5 * fabs(y);
+            const double g = ok ? cp[i] * x / (lam + x * cp[i] * x) : 0.0;
+            cr[i] += g * (y - cr[i] * x);
+            cp[i] = ok ? (cp[i] - g * x * cp[i]) / lam : cp[i];
+            s0[i] = soc[i];
+        }
+        st->window_as = 0.0;
+    }
+    const double q_ah = prm->capacity_as / 3600.0;
+    for (int32_t i = 0; i < n; i++)
+        cap_out[i] = cr[i] * q_ah;
+}
+
+/* ------------------------------------------------------------------ leak */
+
+static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
+                        ssb_output_t *out)
+{
+    const int32_t n = prm->n_cells;
+    const size_t nn = (size_t)n;
+    double *scratch = st->work + W_SCRATCH * nn;
+    memcpy(scratch, st->soc, sizeof(double) * nn);
+    const double med = median(scratch, n);
+    const double b = dt_s / prm->capacity_as;
+    const double qe = prm->leak_q_soc_per_s * dt_s, ql = prm->leak_q_a2_per_s * dt_s;
+    const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
+    const double *SSB_RESTRICT soc = st->soc;
+    double *SSB_RESTRICT e_a = st->leak_e;
+    double *SSB_RESTRICT l_a = st->leak_a;
+    double *SSB_RESTRICT pe_a = st->leak_p;
+    double *SSB_RESTRICT pel_a = st->leak_p + nn;
+    double *SSB_RESTRICT pl_a = st->leak_p + 2 * nn;
+    const int32_t *SSB_RESTRICT stat = out->status;
+    double *SSB_RESTRICT sig = out->leak_sigma_a;
+    int32_t *SSB_RESTRICT flag = out->leak_flag;
+    SSB_IVDEP
+    for (int32_t i = 0; i < n; i++) {
+        double e = e_a[i] - b * l_a[i];
+        double l = l_a[i];
+        double pe = pe_a[i] - 2.0 * b * pel_a[i] + b * b * pl_a[i] + qe;
+        double pel = pel_a[i] - b * pl_a[i];
+        double pl = pl_a[i] + ql;
+        const double sv = pe + rl;
+        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / sv : 0.0;
+        const double nu = soc[i] - med - e;
+        e += pe * gain * nu;
+        l += pel * gain * nu;
+        const double npe = pe - pe * pe * gain;
+        const double npel = pel - pe * pel * gain;
+        const double npl = pl - pel * pel * gain;
+        e_a[i] = e;
+        l_a[i] = l;
+        pe_a[i] = npe;
+        pel_a[i] = npel;
+        pl_a[i] = npl;
+        const double s = sqrt(npl);
+        sig[i] = s;
+        flag[i] = (l - 3.0 * s) > alarm;
+    }
+}
+
+/* ------------------------------------------------------------------ pressure */
+
+static void run_check(const ssb_params_t *prm, ssb_state_t *st, int k, double value, double dt_s)
+{
+    const double th = prm->check_threshold[k], hy = prm->check_hysteresis[k];
+    const int below = prm->check_below[k] != 0;
+    const int past = below ? value < th : value > th;
+    if (st->check_on[k]) {
+        const int back = below ? value > th + hy : value < th - hy;
+        if (back) {
+            st->check_on[k] = 0;
+            st->check_value[k] = NAN;
+            st->check_timer_s[k] = -1.0;
+        }
+        return;
+    }
+    if (!past) {
+        st->check_timer_s[k] = -1.0;
+        return;
+    }
+    st->check_timer_s[k] = st->check_timer_s[k] < 0.0 ? 0.0 : st->check_timer_s[k] + dt_s;
+    if (st->check_timer_s[k] >= prm->check_debounce_s[k]) {
+        st->check_on[k] = 1;
+        st->check_value[k] = value;
+    }
+}
+
+static double expected_pressure(const ssb_params_t *prm, const ssb_state_t *st, double *t_mean)
+{
+    const int32_t n = prm->n_cells;
+    double ssum = 0.0, tsum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        ssum += st->soc[i];
+        tsum += st->cell_temp_c[i];
+    }
+    *t_mean = tsum / n;
+    /* expected = preload + k (swell sum SOC_i + thermal (T_mean - T_ref)); the thermal
+     * expansion is the whole stack's against the fixture (pack file, fixture.thermal_um_per_k),
+     * counted once. */
+    const double dx = prm->swell_um_full * ssum +
+                      prm->thermal_um_per_k * (*t_mean - prm->fixture_t_ref_c);
+    return prm->preload_kpa + prm->stiffness_kpa_per_um * dx;
+}
+
+static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m,
+                                 double dt_s, int ekf_ran, ssb_output_t *out)
+{
+    const int32_t n = prm->n_cells;
+    const size_t nn = (size_t)n;
+    uint32_t flags = 0u;
+    double mean, pmin, pmax, t_mean;
+    const int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
+    const double expected = expected_pressure(prm, st, &t_mean);
+    double *so = out->stack;
+    so[SSB_OUT_PRESSURE_EXPECTED_KPA] = expected;
+    if (cnt == 0) {
+        flags |= SSB_ST_PRESSURE_INVALID;
+        st->have_pressure = 0;
+        so[SSB_OUT_PRESSURE_MEAN_KPA] = NAN;
+        so[SSB_OUT_PRESSURE_RESIDUAL_KPA] = NAN;
+        so[SSB_OUT_PRESSURE_RATE_KPA_PER_S] = NAN;
+        so[SSB_OUT_LOAD_CELL_IMBALANCE_KPA] = NAN;
+    } else {
+        const double resid = mean - expected;
+        const double imbalance = cnt >= 2 ? pmax - pmin : 0.0;
+        if (st->have_pressure) {
+            const double a = dt_s / (prm->rate_tau_s + dt_s);
+            st->rate_f += a * ((mean - st->p_prev) / dt_s - st->rate_f);
+        } else {
+            st->rate_f = 0.0;
+        }
+        st->p_prev = mean;
+        st->have_pressure = 1;
+        const double c = dt_s / prm->cusum_tau_s, kk = prm->cusum_k_kpa;
+        const double cp = st->cusum_pos + (resid - kk) * c;
+        const double cn = st->cusum_neg + (-resid - kk) * c;
+        st->cusum_pos = cp > 0.0 ? cp : 0.0;
+        st->cusum_neg = cn > 0.0 ? cn : 0.0;
+        so[SSB_OUT_PRESSURE_MEAN_KPA] = mean;
+        so[SSB_OUT_PRESSURE_RESIDUAL_KPA] = resid;
+        so[SSB_OUT_PRESSURE_RATE_KPA_PER_S] = st->rate_f;
+        so[SSB_OUT_LOAD_CELL_IMBALANCE_KPA] = imbalance;
+        const double cusum = st->cusum_pos > st->cusum_neg ? st->cusum_pos : st->cusum_neg;
+        run_check(prm, st, SSB_CHK_LOW, mean, dt_s);
+        run_check(prm, st, SSB_CHK_HIGH, mean, dt_s);
+        run_check(prm, st, SSB_CHK_RATE, fabs(st->rate_f), dt_s);
+        run_check(prm, st, SSB_CHK_RESIDUAL, cusum, dt_s);
+        run_check(prm, st, SSB_CHK_IMBALANCE, imbalance, dt_s);
+
+        /* fusion: mean pressure as a measurement of all SOCs, H_i = stiffness * swell; the
+         * per-cell filters stay independent (cross-covariances dropped; docs/estimation.md) */
+        if (prm->pressure_fusion && ekf_ran) {
+            const double hc = prm->stiffness_kpa_per_um * prm->swell_um_full;
+            double *SSB_RESTRICT p00 = st->p;
+            double *SSB_RESTRICT p01 = st->p + nn;
+            double *SSB_RESTRICT p02 = st->p + 2 * nn;
+            double *SSB_RESTRICT p11 = st->p + 3 * nn;
+            double *SSB_RESTRICT p12 = st->p + 4 * nn;
+            double *SSB_RESTRICT p22 = st->p + 5 * nn;
+            double psum = 0.0;
+            for (int32_t i = 0; i < n; i++)
+                psum += p00[i];
+            const double sv = hc * hc * psum + prm->r_pressure_kpa2;
+            const double nu = mean - expected;
+            if (nu * nu <= prm->gate_sigma * prm->gate_sigma * sv) {
+                flags |= SSB_ST_FUSION_USED;
+                const double gain = 1.0 / sv;
+                double *SSB_RESTRICT soc = st->soc;
+                double *SSB_RESTRICT v1 = st->v1;
+                double *SSB_RESTRICT v2 = st->v2;
+                double *SSB_RESTRICT sig = out->soc_sigma;
+                SSB_IVDEP
+                for (int32_t i = 0; i < n; i++) {
+                    const double ph0 = p00[i] * hc, ph1 = p01[i] * hc, ph2 = p02[i] * hc;
+                    soc[i] += ph0 * gain * nu;
+                    v1[i] += ph1 * gain * nu;
+                    v2[i] += ph2 * gain * nu;
+                    p00[i] -= ph0 * ph0 * gain;
+                    p01[i] -= ph0 * ph1 * gain;
+                    p02[i] -= ph0 * ph2 * gain;
+                    p11[i] -= ph1 * ph1 * gain;
+                    p12[i] -= ph1 * ph2 * gain;
+                    p22[i] -= ph2 * ph2 * gain;
+                    sig[i] = sqrt(p00[i]);
+                }
+            } else {
+                flags |= SSB_ST_FUSION_GATED;
+            }
+        }
+    }
+    so[SSB_OUT_PRESSURE_CUSUM_KPA] = st->cusum_pos > st->cusum_neg ? st->cusum_pos
+                                                                   : st->cusum_neg;
+    double bits = 0.0;
+    for (int k = 0; k < SSB_N_CHECKS; k++) {
+        bits += st->check_on[k] ? (double)(1u << k) : 0.0;
+        out->check_value[k] = st->check_value[k];
+    }
+    so[SSB_OUT_PRESSURE_STATUS] = bits;
+    return flags;
+}
+
+/* ------------------------------------------------------------------ power limits */
+
+static void power_limits(const ssb_params_t *prm, const ssb_state_t *st, double r_contact,
+                         ssb_output_t *out)
+{
+    const int32_t n = prm->n_cells;
+    const size_t nn = (size_t)n;
+    const double *SSB_RESTRICT w = st->work;
+    const double *SSB_RESTRICT soc = st->soc;
+    const double *SSB_RESTRICT v1 = st->v1;
+    const double *SSB_RESTRICT v2 = st->v2;
+    const double *SSB_RESTRICT tc = st->cell_temp_c;
+    const double *SSB_RESTRICT r0s = st->r0_scale;
+    const double q = prm->capacity_as, band = prm->t_derate_band_c;
+    const double k2 = prm->r2_over_r1, t2 = prm->tau2_over_tau1;
+    for (int32_t hz = 0; hz < prm->n_horizons; hz++) {
+        const double h = prm->horizons_s[hz];
+        double ch = prm->i_charge_max_a, dis = prm->i_discharge_max_a;
+        SSB_IVDEP
+        for (int32_t i = 0; i < n; i++) {
+            const double tau1 = w[W_TAU1 * nn + i];
+            const double e1 = exp_neg(-h / tau1);
+            const double e2 = exp_neg(-h / (tau1 * t2));
+            const double d = w[W_DOCV * nn + i];
+            const double r1 = w[W_R1 * nn + i];
+            /* OCV at the posterior SOC (linearised from the predicted one) */
+            const double ocv = w[W_OCV * nn + i] + d * (soc[i] - w[W_SOCPRED * nn + i]);
+            const double v0 = ocv + v1[i] * e1 + v2[i] * e2;
+            const double reff = r0s[i] * (w[W_R0 * nn + i] + r_contact) + r1 * (1.0 - e1) +
+                                k2 * r1 * (1.0 - e2) + d * h / q;
+            double ic = (prm->v_max - v0) / reff;
+            double id = (v0 - prm->v_min) / reff;
+            const double ics = (1.0 - soc[i]) * q / h;
+            const double ids = soc[i] * q / h;
+            ic = ic < ics ? ic : ics;
+            id = id < ids ? id : ids;
+            const double t = tc[i];
+            const double fc = clampd((t - prm->t_charge_min_c) / band, 0.0, 1.0) *
+                              clampd((prm->t_charge_max_c - t) / band, 0.0, 1.0);
+            const double fd = clampd((t - prm->t_discharge_min_c) / band, 0.0, 1.0) *
+                              clampd((prm->t_discharge_max_c - t) / band, 0.0, 1.0);
+            ic = fc * prm->i_charge_max_a < ic ? fc * prm->i_charge_max_a : ic;
+            id = fd * prm->i_discharge_max_a < id ? fd * prm->i_discharge_max_a : id;
+            ch = ic < ch ? ic : ch;
+            dis = id < dis ? id : dis;
+        }
+        out->charge_limit_a[hz] = ch > 0.0 ? ch : 0.0;
+        out->discharge_limit_a[hz] = dis > 0.0 ? dis : 0.0;
+    }
+}
+
+/* ------------------------------------------------------------------ tick */
+
+int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, double dt_s,
+             double current_a, ssb_output_t *out)
+{
+    int rc = call_check(prm, st, m, dt_s, out);
+    if (rc != SSB_OK)
+        return rc;
+    uint32_t flags = cell_temperatures(prm, st, m->temperature_c);
+    double mean, pmin, pmax;
+    const int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
+    const double r_contact = contact_resistance(prm, cnt, mean);
+    flags |= ekf_core(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out->status,
+                      out->soc_sigma);
+    const int ekf_ran = (flags & SSB_ST_CURRENT_INVALID) == 0u;
+    flags |= pressure_monitor(prm, st, m, dt_s, ekf_ran, out);
+    const int32_t n = prm->n_cells;
+    if (ekf_ran) {
+        soh_update(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out);
+        leak_update(prm, st, dt_s, out);
+        power_limits(prm, st, r_contact, out);
+    } else {
+        /* no current: the state is untouched; publish what is known, no current allowed */
+        const double q_ah = prm->capacity_as / 3600.0;
+        for (int32_t i = 0; i < n; i++) {
+            out->capacity_ah[i] = st->cap_ratio[i] * q_ah;
+            out->r0_ohm[i] = NAN;
+            out->leak_sigma_a[i] = sqrt(st->leak_p[2 * (size_t)n + i]);
+            out->leak_flag[i] = 0;
+        }
+        for (int32_t hz = 0; hz < prm->n_horizons; hz++) {
+            out->charge_limit_a[hz] = 0.0;
+            out->discharge_limit_a[hz] = 0.0;
+        }
+    }
+    double ssum = 0.0, vsum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        ssum += st->soc[i];
+        vsum += st->p[i];
+    }
+    out->stack[SSB_OUT_MEAN_SOC] = ssum / n;
+    out->stack[SSB_OUT_MEAN_SOC_SIGMA] = sqrt(vsum) / n;
+    out->stack[SSB_OUT_STACK_STATUS] = (double)flags;
+    return SSB_OK;
+}

@@ -1,0 +1,196 @@
+/*
+ * ssb_core.h - numeric core of ssb-bms: per-cell EKF (SOC, two RC voltages), differential leak
+ * (soft-short) estimate, SOH (resistance and capacity by recursive least squares), stack
+ * pressure model and monitor, power limits (SOF).
+ *
+ * C11. No global state, no allocation: the caller owns every buffer (the Python wrapper
+ * bms/core.py keeps them in numpy arrays). One call per tick per stack. Equations:
+ * docs/estimation.md; the same equations in NumPy: bms/reference.py.
+ *
+ * Sign convention: current positive = charge (into the stack), as in docs/protocol.md.
+ */
+#ifndef SSB_CORE_H
+#define SSB_CORE_H
+
+#include <stdint.h>
+
+#define SSB_CORE_VERSION 1
+#define SSB_MAX_SENSORS 64
+#define SSB_MAX_LOAD_CELLS 16
+#define SSB_MAX_HORIZONS 4
+#define SSB_N_CHECKS 5
+#define SSB_TABLE_STRIDE 4 /* ocv_v, r0_ohm, r1_ohm, tau1_s per grid node */
+
+/* return codes: nothing is written to the state when a call returns an error */
+#define SSB_OK 0
+#define SSB_ERR_NULL (-1)  /* a required pointer is NULL */
+#define SSB_ERR_SIZE (-2)  /* n_cells, n_sensors, n_load_cells, n_horizons or table out of range */
+#define SSB_ERR_PARAM (-3) /* a parameter is not finite or out of its range */
+#define SSB_ERR_DT (-4)    /* dt_s not finite or <= 0 */
+
+/* per-cell status code (one value per cell per tick) */
+#define SSB_CELL_OK 0
+#define SSB_CELL_REJECTED_NAN 1 /* voltage NaN/Inf: prediction only, never enters the state */
+#define SSB_CELL_GATED 2        /* innovation beyond gate_sigma: rejected and counted */
+#define SSB_CELL_NO_CURRENT 3   /* current NaN/Inf: the whole stack skipped this tick */
+
+/* stack status bits */
+#define SSB_ST_CURRENT_INVALID (1u << 0)  /* current NaN: no prediction, no update */
+#define SSB_ST_TEMP_INVALID (1u << 1)     /* no valid thermistor: last cell temperatures kept */
+#define SSB_ST_PRESSURE_INVALID (1u << 2) /* no valid load cell: pressure checks frozen */
+#define SSB_ST_FUSION_USED (1u << 3)      /* pressure fused as a mean-SOC measurement */
+#define SSB_ST_FUSION_GATED (1u << 4)     /* pressure pseudo-measurement gated out */
+#define SSB_ST_TEMP_FALLBACK (1u << 5)    /* some thermistors invalid: nearest valid used */
+
+/* pressure checks: index into check arrays; status bit is (1u << index) */
+#define SSB_CHK_LOW 0       /* mean pressure below: contact-loss risk */
+#define SSB_CHK_HIGH 1      /* mean pressure above */
+#define SSB_CHK_RATE 2      /* |d p / d t| above: delamination or crack */
+#define SSB_CHK_RESIDUAL 3  /* CUSUM of the residual above: swelling or gas */
+#define SSB_CHK_IMBALANCE 4 /* max - min of the load cells above: tilt */
+
+/* stack scalar outputs: index into ssb_output_t.stack */
+enum {
+    SSB_OUT_PRESSURE_EXPECTED_KPA = 0,
+    SSB_OUT_PRESSURE_MEAN_KPA,
+    SSB_OUT_PRESSURE_RESIDUAL_KPA,
+    SSB_OUT_PRESSURE_RATE_KPA_PER_S,
+    SSB_OUT_PRESSURE_CUSUM_KPA,
+    SSB_OUT_LOAD_CELL_IMBALANCE_KPA,
+    SSB_OUT_STACK_STATUS,    /* bits SSB_ST_*, as a double (exact) */
+    SSB_OUT_PRESSURE_STATUS, /* bits (1 << SSB_CHK_*), as a double (exact) */
+    SSB_OUT_MEAN_SOC,
+    SSB_OUT_MEAN_SOC_SIGMA, /* sum of the per-cell variances / n^2 (cells independent) */
+    SSB_OUT_N               /* number of stack scalars */
+};
+
+/* Everything that does not change during a run. Arrays are owned by the caller. */
+typedef struct ssb_params {
+    int32_t n_cells;      /* 1 .. 1e6 */
+    int32_t n_sensors;    /* 0 .. SSB_MAX_SENSORS thermistors */
+    int32_t n_load_cells; /* 0 .. SSB_MAX_LOAD_CELLS */
+    int32_t n_horizons;   /* 1 .. SSB_MAX_HORIZONS */
+
+    /* parameter table on a uniform grid, SOC from 0 to 1 in soc_step, temperature from
+     * temp_min_c in temp_step_c; node (t, s) holds SSB_TABLE_STRIDE values at
+     * grid[(t * n_soc + s) * SSB_TABLE_STRIDE]: ocv_v, r0_ohm, r1_ohm, tau1_s */
+    int32_t n_soc, n_temp;
+    double soc_step, temp_min_c, temp_step_c;
+    const double *grid;
+
+    /* cell temperature = (1 - w) T[idx0] + w T[idx1] over the thermistors (per cell) */
+    const int32_t *temp_idx0;
+    const int32_t *temp_idx1;
+    const double *temp_w;
+
+    /* cell model */
+    double capacity_as;       /* nominal capacity, A s */
+    double coulombic_eff;     /* on charge */
+    double r2_over_r1;        /* second (slow) RC branch: R2 = r2_over_r1 R1 */
+    double tau2_over_tau1;    /* tau2 = tau2_over_tau1 tau1 */
+    double contact_r_ref_ohm; /* R_contact = r_ref (p_ref / p)^0.5 */
+    double contact_p_ref_kpa;
+
+    /* EKF */
+    double q_soc_per_s;      /* SOC random-walk variance rate, 1/s */
+    double q_rc_v2_per_s;    /* RC voltage variance rate, V^2/s */
+    double r_voltage_v2;     /* voltage measurement variance, V^2 */
+    double current_noise_a;  /* current sensor noise sigma, A */
+    double gate_sigma;       /* innovation gate k: reject nu^2 > k^2 S */
+
+    /* differential leak filter (per cell, relative to the stack median SOC) */
+    double leak_q_soc_per_s; /* variance rate of the relative SOC, 1/s */
+    double leak_q_a2_per_s;  /* variance rate of the leak current, A^2/s */
+    double leak_r_soc2;      /* variance of the relative-SOC pseudo-measurement */
+    double leak_alarm_a;     /* flag when leak - 3 sigma > this */
+
+    /* SOH: recursive least squares */
+    double soh_lambda;     /* forgetting factor, (0, 1] */
+    double soh_min_di_a;   /* current step that excites the R0 update */
+    double soh_r0_p_max;   /* covariance ceiling (no wind-up) */
+    double soh_cap_window; /* SOC throughput (fraction of capacity) per capacity update */
+
+    /* pressure model and monitor */
+    int32_t pressure_fusion; /* 1: use the pressure as a measurement of mean SOC */
+    double preload_kpa, stiffness_kpa_per_um, swell_um_full, thermal_um_per_k, fixture_t_ref_c;
+    double r_pressure_kpa2; /* variance of the pressure pseudo-measurement, kPa^2 */
+    double rate_tau_s;      /* low-pass time constant of the rate of change */
+    double cusum_k_kpa;     /* CUSUM allowance (drift that is not counted) */
+    double cusum_tau_s;     /* CUSUM time scale: S += (|r| - k) dt / tau */
+    double check_threshold[SSB_N_CHECKS];
+    double check_hysteresis[SSB_N_CHECKS];
+    double check_debounce_s[SSB_N_CHECKS];
+    int32_t check_below[SSB_N_CHECKS]; /* 1: past when value < threshold */
+
+    /* power limits */
+    double horizons_s[SSB_MAX_HORIZONS];
+    double v_max, v_min;           /* cell voltage bounds */
+    double t_charge_min_c, t_charge_max_c, t_discharge_min_c, t_discharge_max_c;
+    double t_derate_band_c;        /* linear derate inside the temperature window */
+    double i_charge_max_a, i_discharge_max_a;
+} ssb_params_t;
+
+/* The state of one stack. All arrays of n_cells unless noted; owned by the caller. */
+typedef struct ssb_state {
+    double *soc, *v1, *v2;
+    double *p;           /* EKF covariance, 6 per cell, structure of arrays: p[k * n + i],
+                            k = 00, 01, 02, 11, 12, 22 */
+    double *cell_temp_c;
+    double *r0_scale, *r0_p; /* RLS: R0 multiplier and its variance */
+    double *cap_ratio, *cap_p, *soc_window0; /* RLS: capacity / nominal, variance, window start */
+    double *leak_e, *leak_a, *leak_p; /* leak filter: relative SOC, leak A, P (3 per cell SoA) */
+    double *v_prev;
+    uint32_t *gated_count;
+    double *work; /* scratch, 8 per cell */
+    /* scalars */
+    double i_prev;
+    double window_as; /* charge throughput since the capacity window began, A s */
+    double p_prev, rate_f, cusum_pos, cusum_neg;
+    int32_t have_prev, have_pressure;
+    double check_timer_s[SSB_N_CHECKS];
+    int32_t check_on[SSB_N_CHECKS];
+    double check_value[SSB_N_CHECKS]; /* value that asserted the check (held while on) */
+} ssb_state_t;
+
+/* One tick's measurements (NaN allowed anywhere). */
+typedef struct ssb_meas {
+    const double *cell_voltage_v; /* n_cells */
+    const double *temperature_c;  /* n_sensors */
+    const double *pressure_kpa;   /* n_load_cells */
+} ssb_meas_t;
+
+typedef struct ssb_output {
+    double *soc_sigma;    /* n_cells */
+    double *leak_sigma_a; /* n_cells */
+    double *r0_ohm;       /* n_cells: R0 multiplier x (table R0 + contact) */
+    double *capacity_ah;  /* n_cells */
+    int32_t *status;      /* n_cells: SSB_CELL_* */
+    int32_t *leak_flag;   /* n_cells: 1 when leak - 3 sigma > leak_alarm_a */
+    double *stack;        /* SSB_OUT_N scalars */
+    double *check_value;  /* SSB_N_CHECKS: value that triggered each asserted check, else NaN */
+    double *charge_limit_a;    /* n_horizons */
+    double *discharge_limit_a; /* n_horizons */
+} ssb_output_t;
+
+/* Check the parameters (sizes, finite values, ranges). SSB_OK or an error code. */
+int ssb_params_check(const ssb_params_t *prm);
+
+/* Initialise the state: soc0[i] (or NaN: from the OCV at 25 C of v_rest[i], or 0.5 when that
+ * is NaN too), SOC sigma soc_sigma0, RC voltages 0 with sigma v_rc_sigma0, leak 0 with sigma
+ * leak_sigma0_a, SOH at nominal. v_rest may be NULL. */
+int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
+                   const double *v_rest, double soc_sigma0, double v_rc_sigma0,
+                   double leak_sigma0_a);
+
+/* EKF alone (temperature map, table lookup, predict, gated update) for all cells. */
+int ssb_ekf_step(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, double dt_s,
+                 double current_a, ssb_output_t *out);
+
+/* The whole tick: EKF, SOH, leak, pressure model, fusion and monitor, power limits. */
+int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, double dt_s,
+             double current_a, ssb_output_t *out);
+
+/* exp(x) for x <= 0 (x < -700 gives 0), vectorisable; relative error < 4e-16. Exposed for tests. */
+double ssb_exp_neg(double x);
+
+#endif /* SSB_CORE_H */
