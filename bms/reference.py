@@ -302,7 +302,7 @@ class ReferenceCore:
             return
         self.check_timer_s[k] = 0.0 if self.check_timer_s[k] < 0.0 else \
             self.check_timer_s[k] + dt_s
-        if self.check_timer_s[k] >= p.check_debounce_s[k]:
+        if self.check_timer_s[k] >= p.check_debounce_s[k] - 1e-9:  # float sums of dt
             self.check_on[k] = True
             self.check_value[k] = value
 

@@ -695,7 +695,8 @@ static void run_check(const ssb_params_t *prm, ssb_state_t *st, int k, double va
         return;
     }
     st->check_timer_s[k] = st->check_timer_s[k] < 0.0 ? 0.0 : st->check_timer_s[k] + dt_s;
-    if (st->check_timer_s[k] >= prm->check_debounce_s[k]) {
+    /* 1e-9 s: ten ticks of 0.1 s sum to 0.999...9 s, which must count as 1 s */
+    if (st->check_timer_s[k] >= prm->check_debounce_s[k] - 1e-9) {
         st->check_on[k] = 1;
         st->check_value[k] = value;
     }

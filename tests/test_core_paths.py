@@ -1,0 +1,221 @@
+"""Error paths and behaviour of the C core through bms.core.Core: bad dt, NaN/Inf inputs per
+cell, sensor dropouts, gating, pressure checks with debounce and hysteresis, power limits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bms.config import load_pack
+from bms.core import (
+    CELL_GATED,
+    CELL_NO_CURRENT,
+    CELL_OK,
+    CELL_REJECTED_NAN,
+    ST_CURRENT_INVALID,
+    ST_PRESSURE_INVALID,
+    ST_TEMP_FALLBACK,
+    ST_TEMP_INVALID,
+    Core,
+    CoreError,
+    Tuning,
+    make_params,
+)
+from bms.reference import ReferenceCore
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack("ssb-23")
+
+
+def _rest_inputs(core: Core, soc: float = 0.5, temp_c: float = 25.0):
+    ref = ReferenceCore(core.params)
+    n = core.n_cells
+    v = ref.lookup(np.full(n, soc), np.full(n, temp_c))[0]
+    ref.soc = np.full(n, soc)
+    ref.cell_temp_c = np.full(n, temp_c)
+    p = np.full(core.params.n_load_cells, ref.expected_pressure())
+    return v, np.full(core.params.n_sensors, temp_c), p
+
+
+def _snapshot(core: Core) -> dict[str, np.ndarray]:
+    return {k: getattr(core, k).copy() for k in ("soc", "v1", "v2", "p", "leak_a", "leak_p",
+                                                 "r0_scale", "gated_count")}
+
+
+def test_bad_dt_is_refused_and_changes_nothing(pack) -> None:
+    core = Core(pack, 0)
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    before = _snapshot(core)
+    for dt in (0.0, -0.1, math.nan, math.inf):
+        with pytest.raises(CoreError, match="SSB_ERR_DT"):
+            core.step(dt, 1.0, v, t, p)
+        with pytest.raises(CoreError, match="SSB_ERR_DT"):
+            core.step_ekf(dt, 1.0, v, t, p)
+    for k, a in _snapshot(core).items():
+        assert np.array_equal(a, before[k]), k
+
+
+def test_wrong_shapes_raise(pack) -> None:
+    core = Core(pack, 0)
+    v, t, p = _rest_inputs(core)
+    with pytest.raises(ValueError, match="23 cells"):
+        core.step(0.1, 0.0, v[:-1], t, p)
+    with pytest.raises(ValueError):
+        core.step(0.1, 0.0, v, t[:2], p)
+
+
+def test_bad_parameters_are_refused(pack) -> None:
+    params = make_params(pack, 0)
+    params.capacity_as = -1.0
+    with pytest.raises(CoreError, match="SSB_ERR_PARAM"):
+        Core(pack, 0, params=params)
+    params = make_params(pack, 0)
+    params.temp_idx0 = params.temp_idx0.copy()
+    params.temp_idx0[0] = 99
+    with pytest.raises(CoreError, match="SSB_ERR_PARAM"):
+        Core(pack, 0, params=params)
+    with pytest.raises(ValueError, match="stack_index"):
+        Core(pack, 3)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_voltage_is_rejected_per_cell(pack, bad: float) -> None:
+    core = Core(pack, 0, tuning=Tuning(pressure_fusion=False))
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    v[4] = bad
+    out = core.step(0.1, -5.0, v, t, p)
+    assert out.status[4] == CELL_REJECTED_NAN
+    assert np.all(np.delete(out.status, 4) == CELL_OK)
+    assert np.all(np.isfinite(out.soc)) and np.all(np.isfinite(core.p))
+    # prediction only: the SOC moved by the coulomb count, and the uncertainty grew
+    assert out.soc[4] == pytest.approx(0.5 - 5.0 * 0.1 / (5.0 * 3600.0), abs=1e-12)
+    assert out.soc_sigma[4] > out.soc_sigma[5]
+    assert out.gated_count[4] == 0
+
+
+def test_outlier_is_gated_and_counted_not_absorbed(pack) -> None:
+    core = Core(pack, 0)
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    for _ in range(50):
+        core.step(0.1, 0.0, v, t, p)
+    soc_before = core.soc[7]
+    spike = v.copy()
+    spike[7] += 0.5  # 0.5 V: far beyond gate_sigma standard deviations of the innovation
+    out = core.step(0.1, 0.0, spike, t, p)
+    assert out.status[7] == CELL_GATED
+    assert out.gated_count[7] == 1
+    assert out.soc[7] == pytest.approx(soc_before, abs=1e-6)
+
+
+def test_current_nan_skips_the_stack(pack) -> None:
+    core = Core(pack, 0)
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    before = _snapshot(core)
+    out = core.step(0.1, math.nan, v, t, p)
+    assert out.stack_status & ST_CURRENT_INVALID
+    assert np.all(out.status == CELL_NO_CURRENT)
+    assert np.array_equal(core.soc, before["soc"])
+    assert np.all(out.charge_limit_a == 0) and np.all(out.discharge_limit_a == 0)
+
+
+def test_thermistor_dropouts(pack) -> None:
+    core = Core(pack, 0)
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    t = np.array([20.0, 22.0, 24.0, 26.0, 28.0, 30.0])
+    out = core.step(0.1, 0.0, v, t, p)
+    assert out.cell_temperature_c[0] == pytest.approx(20.0)
+    assert out.cell_temperature_c[22] == pytest.approx(30.0)
+    t2 = t.copy()
+    t2[5] = math.nan  # the last cells use the nearest valid thermistor
+    out = core.step(0.1, 0.0, v, t2, p)
+    assert out.stack_status & ST_TEMP_FALLBACK
+    assert out.cell_temperature_c[22] == pytest.approx(28.0)
+    kept = out.cell_temperature_c.copy()
+    out = core.step(0.1, 0.0, v, np.full(6, math.nan), p)
+    assert out.stack_status & ST_TEMP_INVALID
+    assert np.array_equal(out.cell_temperature_c, kept)
+
+
+def test_pressure_invalid_and_imbalance(pack) -> None:
+    core = Core(pack, 0)
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    out = core.step(0.1, 0.0, v, t, np.full(4, math.nan))
+    assert out.stack_status & ST_PRESSURE_INVALID
+    assert math.isnan(out.pressure_mean_kpa) and math.isnan(out.pressure_rate_kpa_per_s)
+    assert math.isfinite(out.pressure_expected_kpa)
+    tilted = p + np.array([0.0, 0.0, 200.0, 0.0])
+    times = []
+    for k in range(40):
+        out = core.step(0.1, 0.0, v, t, tilted)
+        if out.pressure_status & (1 << 4):
+            times.append(k)
+    limit = pack.protections["load_cell_imbalance_kpa"]
+    assert out.load_cell_imbalance_kpa == pytest.approx(200.0)
+    assert times and times[0] == round(limit.debounce_s / 0.1)  # debounce from the first tick
+    assert out.pressure_trigger["imbalance"] == pytest.approx(200.0)
+    # hysteresis: inside the band it stays, below threshold - hysteresis it clears
+    out = core.step(0.1, 0.0, v, t, p + np.array([0.0, 0.0, limit.fault - 5.0, 0.0]))
+    assert out.pressure_status & (1 << 4)
+    out = core.step(0.1, 0.0, v, t, p + np.array([0.0, 0.0, limit.fault - 15.0, 0.0]))
+    assert not out.pressure_status & (1 << 4)
+    assert "imbalance" not in out.pressure_trigger
+
+
+def test_pressure_low_rate_and_cusum(pack) -> None:
+    core = Core(pack, 0, tuning=Tuning(pressure_fusion=False))
+    core.reset(0.5)
+    v, t, p = _rest_inputs(core)
+    for _ in range(20):
+        out = core.step(0.1, 0.0, v, t, p)
+    assert out.pressure_status == 0
+    assert abs(out.pressure_residual_kpa) < 1e-6
+    # a sudden drop of 300 kPa: rate first, then low (below 600 kPa fault) after debounce
+    drop = p - (p[0] - 500.0)
+    out = core.step(0.1, 0.0, v, t, drop)
+    assert out.pressure_rate_kpa_per_s < -pack.protections["stack_pressure_rate_kpa_per_s"].fault
+    low = [core.step(0.1, 0.0, v, t, drop).pressure_status & 1 for _ in range(15)]
+    assert low[8] == 0 and low[9] == 1  # 1.0 s debounce: 10 ticks past, the first at t=0
+    # the residual drift accumulates in the CUSUM until the residual check asserts
+    out = core.step(0.1, 0.0, v, t, drop)
+    assert out.pressure_cusum_kpa > 0
+    assert out.pressure_residual_kpa < -400
+
+
+def test_power_limits(pack) -> None:
+    core = Core(pack, 0)
+    v, t, p = _rest_inputs(core, soc=0.5)
+    core.reset(0.5)
+    out = core.step(0.1, 0.0, v, t, p)
+    assert np.all(out.charge_limit_a == pack.power_limits.max_charge_current_a)
+    assert np.all(out.discharge_limit_a == pack.power_limits.max_discharge_current_a)
+    # nearly empty: the discharge limit falls, more for the longer horizon
+    v, t, p = _rest_inputs(core, soc=0.03)
+    core.reset(0.03)
+    out = core.step(0.1, 0.0, v, t, p)
+    assert out.discharge_limit_a[0] < pack.power_limits.max_discharge_current_a
+    assert out.discharge_limit_a[1] <= out.discharge_limit_a[0]
+    # cold: no charging at or below the charge under-temperature warning (lithium plating)
+    v, t, p = _rest_inputs(core, soc=0.5, temp_c=3.0)
+    core.reset(0.5)
+    out = core.step(0.1, 0.0, v, t, p)
+    assert np.all(out.charge_limit_a == 0.0)
+    assert np.all(out.discharge_limit_a > 0.0)
+
+
+def test_reset_from_rest_voltage(pack) -> None:
+    core = Core(pack, 0)
+    v, _, _ = _rest_inputs(core, soc=0.7)
+    v[2] = math.nan
+    core.reset(None, cell_voltage_v=v)
+    assert np.allclose(np.delete(core.soc, 2), 0.7, atol=1e-9)
+    assert core.soc[2] == 0.5

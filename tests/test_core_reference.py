@@ -1,0 +1,96 @@
+"""The C core against the NumPy reference (bms/reference.py): same equations, long random runs.
+
+Tolerance: |c - ref| <= 1e-9 * max(|ref|, max |ref| over the array) per quantity, i.e. 1e-9
+relative to the quantity's own scale (a per-element relative error is meaningless for values
+that cross zero, such as RC voltages)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bms.config import load_pack
+from bms.core import Core, Tuning, make_params
+from bms.reference import ReferenceCore
+
+RTOL = 1e-9
+STATE = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio", "cap_p",
+         "leak_e", "leak_a", "leak_p", "gated_count")
+OUTPUT = ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "status", "leak_flag",
+          "charge_limit_a", "discharge_limit_a", "stack_out")
+
+
+def _assert_close(name: str, c: np.ndarray, r: np.ndarray, step: int) -> None:
+    c = np.asarray(c, dtype=float)
+    r = np.asarray(r, dtype=float)
+    assert np.array_equal(np.isnan(c), np.isnan(r)), f"step {step}: {name} NaN pattern"
+    ok = ~np.isnan(r)
+    scale = np.maximum(np.abs(r[ok]), np.max(np.abs(r[ok]), initial=0.0))
+    err = np.abs(c[ok] - r[ok])
+    assert np.all(err <= RTOL * scale + 1e-300), (
+        f"step {step}: {name} max rel err {np.max(err / np.maximum(scale, 1e-300))}")
+
+
+def _random_run(n_cells: int | None, steps: int, seed: int, fusion: bool,
+                tick: bool = True) -> None:
+    pack = load_pack("ssb-23")
+    params = make_params(pack, 0, Tuning(pressure_fusion=fusion), n_cells=n_cells)
+    core, ref = Core(pack, 0, params=params), ReferenceCore(params)
+    rng = np.random.default_rng(seed)
+    n = params.n_cells
+    soc0 = rng.uniform(0.05, 0.95, n)
+    core.reset(soc0)
+    ref.reset(soc0)
+    current = 0.0
+    for step in range(steps):
+        # a drive-like current (steps and ramps, + = charge), cells near their OCV, sensors
+        # with dropouts, outliers and temperature swings over the table's range and beyond
+        if rng.random() < 0.2:
+            current = float(rng.normal(-2.0, 6.0))
+        cur = float("nan") if rng.random() < 0.005 else current
+        v = ref.lookup(np.clip(ref.soc, 0, 1), ref.cell_temp_c)[0] + rng.normal(0, 0.02, n) \
+            + 0.01 * current
+        v[rng.random(n) < 0.01] = np.nan
+        v[rng.random(n) < 0.003] = np.inf
+        v[rng.random(n) < 0.005] += 1.0
+        t = 25.0 + 30.0 * np.sin(step / 500.0) + rng.normal(0, 1.0, params.n_sensors)
+        t[rng.random(params.n_sensors) < 0.02] = np.nan
+        p = ref.expected_pressure() + rng.normal(0, 3.0, params.n_load_cells)
+        p[rng.random(params.n_load_cells) < 0.02] = np.nan
+        if step % 500 == 250:
+            p[:] = np.nan
+        dt = float(rng.choice([0.1, 0.1, 0.1, 0.05, 1.0]))
+        if tick:
+            core.step(dt, cur, v, t, p)
+            ref.tick(dt, cur, v, t, p)
+            names = STATE + OUTPUT
+        else:
+            core.step_ekf(dt, cur, v, t, p)
+            ref.ekf_step(dt, cur, v, t, p)
+            names = ("soc", "v1", "v2", "p", "cell_temp_c", "soc_sigma", "status",
+                     "gated_count")
+        for name in names:
+            _assert_close(name, getattr(core, name), getattr(ref, name), step)
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_tick_matches_reference_long_run(fusion: bool) -> None:
+    _random_run(None, 4000, seed=11 if fusion else 12, fusion=fusion)
+
+
+def test_ekf_alone_matches_reference() -> None:
+    _random_run(None, 2000, seed=5, fusion=True, tick=False)
+
+
+def test_large_stack_matches_reference() -> None:
+    # odd and even sizes (the median takes both middle values when n is even)
+    _random_run(257, 300, seed=7, fusion=True)
+    _random_run(1000, 200, seed=8, fusion=False)
+
+
+def test_exp_is_accurate() -> None:
+    from bms._core import lib
+
+    x = -np.concatenate([np.linspace(0, 20, 2001), np.geomspace(1e-12, 700, 500)])
+    got = np.array([lib.ssb_exp_neg(float(v)) for v in x])
+    assert np.max(np.abs(got / np.exp(x) - 1.0)) < 1e-15
