@@ -38,6 +38,9 @@ from hil.scaling import Scaler
 # this factor (foxBMS 2 derates at its maximum-operating level the same way; the factor is an
 # assumption).
 WARNING_DERATE = 0.5
+# Allowed currents sent to a board are refreshed when they move by more than this (or every
+# second): a charger follows them within its own regulation band anyway (assumption).
+LIMIT_RESEND_A = 0.5
 # A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
 RECONNECT_PERIOD_S = 2.0
 
@@ -61,6 +64,7 @@ class StackRuntime:
     lost: bool = False
     lost_reason: str = ""
     next_reconnect_s: float = 0.0
+    prefetched: int | None = None
     outputs_sent: tuple | None = None
     outputs_sent_s: float = -math.inf
     measurements: int = 0
@@ -121,12 +125,13 @@ class Controller:
             "pack": pack.name, "pack_file": str(pack.path), "ports": ports, "clock": clock,
             "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
         self.monitor = monitor
+        self._row_buf = np.full(len(self.columns), np.nan)
         self.tick_index = 0
         self.time_s = 0.0
         self.stats = TickStats()
         self.contactor_events: list[dict[str, Any]] = []
         self.fault_events: list[dict[str, Any]] = []
-        self.last_snapshot: dict[str, Any] = {}
+        self._last: tuple | None = None
         self._t0_wall: float | None = None
         self._close_wanted = False
         self._pending_reset = False
@@ -179,18 +184,23 @@ class Controller:
             self._t0_wall = time.monotonic()
         return time.monotonic() - self._t0_wall
 
-    def tick(self) -> dict[str, Any]:
-        """One control cycle; returns the snapshot also published to the live view."""
+    def tick(self) -> None:
+        """One control cycle (see the module docstring for the order)."""
         wall0 = time.perf_counter()
         t = self._now()
         self.time_s = t
         dt_s = self.tick_s
         sample_dt = dt_s if self.clock == "sim" else 0.0
 
-        # 1. Ask every board, then wait on each (they sample in parallel).
+        # 1. Ask every board, then wait on each (they sample in parallel). In the sim clock
+        #    the SAMPLE of this tick already left at the end of the previous one.
         seqs: list[int | None] = []
         for s in self.stacks:
-            seqs.append(self._request(s, sample_dt, t))
+            if s.prefetched is not None:
+                seqs.append(s.prefetched)
+                s.prefetched = None
+            else:
+                seqs.append(self._request(s, sample_dt, t))
         for s, seq in zip(self.stacks, seqs, strict=True):
             self._receive(s, seq, t, dt_s)
 
@@ -238,7 +248,9 @@ class Controller:
             charge_limit_a *= WARNING_DERATE
             discharge_limit_a *= WARNING_DERATE
 
-        # 6. Commands to the boards: outputs first, then the heartbeat.
+        # 6. Commands to the boards: outputs first, then the heartbeat. In the sim clock the
+        #    heartbeat leaves in one write with the next tick's SAMPLE (the board's watchdog
+        #    runs on sim time, so nothing is later than it would be); in the real clock now.
         for s in self.stacks:
             self._send_outputs(s, c_out.outputs, int(bal.masks[s.index]), charge_limit_a,
                                discharge_limit_a, t)
@@ -246,40 +258,55 @@ class Controller:
         for s in self.stacks:
             if not s.lost:
                 try:
-                    s.client.heartbeat(int(c_out.state), host_ms)
+                    s.client.heartbeat(int(c_out.state), host_ms, defer=self.clock == "sim")
                 except LinkError as exc:
                     self._mark_lost(s, exc, t)
 
-        # 7. Record.
+        # 7. Sim clock: ask for the next tick's sample now, after this tick's commands (so the
+        #    board applies them before it advances), and let the board compute while this
+        #    process logs.
+        if self.clock == "sim":
+            t_next = (self.tick_index + 1) * self.tick_s
+            for s in self.stacks:
+                s.prefetched = self._request(s, sample_dt, t_next)
+
+        # 8. Record.
         events = self.table.drain_events()
-        self.fault_events.extend(e for e in events if e.get("type") == "fault")
+        if events:
+            self.fault_events.extend(e for e in events if e.get("type") == "fault")
         duration = time.perf_counter() - wall0
         self.stats.ticks += 1
         self.stats.latencies_s.append(duration)
-        snapshot = self._snapshot(t, c_out, current_a, charge_limit_a, discharge_limit_a, bal)
+        self._last = (t, c_out, current_a, charge_limit_a, discharge_limit_a, bal)
         if self.log:
             for e in c_out.events:
                 self.log.event(e)
             for e in events:
                 self.log.event(e)
-            self.log.row(self._row(t, c_out, current_a, stack_v, bus_v, soc, cell_v, temps,
-                                   charge_limit_a, discharge_limit_a, bal, duration))
-        if self.monitor:
-            self.monitor.publish(snapshot)
-        self.last_snapshot = snapshot
+            self.log.row_array(self._row(t, c_out, current_a, stack_v, bus_v, soc, cell_v,
+                                         temps, charge_limit_a, discharge_limit_a, bal, duration))
+        if self.monitor and self.monitor.poll_viewers():
+            self.monitor.publish(self.snapshot())
         self.tick_index += 1
-        return snapshot
 
-    def run(self, duration_s: float, on_tick: Callable[[dict[str, Any]], None] | None = None,
+    def snapshot(self) -> dict[str, Any]:
+        """The last tick as a JSON-able dict (live view, monitor); built only when asked."""
+        if self._last is None:
+            return {}
+        return self._snapshot(*self._last)
+
+    def run(self, duration_s: float, on_tick: Callable[[Controller], None] | None = None,
             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """Tick until ``duration_s`` of controller time has passed (or ``stop()`` is true)."""
+        """Tick until ``duration_s`` of controller time has passed (or ``stop()`` is true).
+        ``on_tick(controller)`` runs after every tick (e.g. a live view that calls
+        :meth:`snapshot` when it wants to draw)."""
         n_ticks = int(round(duration_s / self.tick_s))
         for _ in range(n_ticks):
             if stop is not None and stop():
                 break
-            snapshot = self.tick()
+            self.tick()
             if on_tick is not None:
-                on_tick(snapshot)
+                on_tick(self)
             if self.clock == "real":
                 self._wait_for_deadline()
         return self.summary()
@@ -374,11 +401,17 @@ class Controller:
                       discharge_a: float, t: float) -> None:
         if s.lost:
             return
-        # Limits are sent at 0.1 A resolution and only when something changed (or once a
-        # second as a refresh): one round trip per change instead of one per tick.
-        key = (outputs, mask, round(charge_a, 1), round(discharge_a, 1))
-        if key == s.outputs_sent and t - s.outputs_sent_s < 1.0:
+        # Outputs and masks are sent when they change; the limits when they move by more than
+        # LIMIT_RESEND_A, and everything once a second as a refresh: one round trip per
+        # change instead of one per tick. The limits only steer a charger or the emulator's
+        # load; protection never depends on them reaching the board.
+        last = s.outputs_sent
+        if (last is not None and last[0] == outputs and last[1] == mask
+                and abs(last[2] - charge_a) < LIMIT_RESEND_A
+                and abs(last[3] - discharge_a) < LIMIT_RESEND_A
+                and t - s.outputs_sent_s < 1.0):
             return
+        key = (outputs, mask, charge_a, discharge_a)
         try:
             s.client.set_outputs(outputs, mask, max(charge_a, 0.0), max(discharge_a, 0.0))
             s.outputs_sent, s.outputs_sent_s = key, t
@@ -405,9 +438,14 @@ class Controller:
         return (and_bits & cmd) | (or_bits & ~cmd & 0x07)
 
     def _pack_current(self) -> float:
-        values = [s.data.current_a for s in self.stacks
-                  if s.data is not None and math.isfinite(s.data.current_a)]
-        return float(np.median(values)) if values else math.nan
+        """The stacks are in series: one current, measured by every board. The median of the
+        valid readings outvotes one bad shunt in packs of three or more stacks."""
+        values = sorted(s.data.current_a for s in self.stacks
+                        if s.data is not None and math.isfinite(s.data.current_a))
+        if not values:
+            return math.nan
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
     def _power_limits(self) -> tuple[float, float]:
         charge, discharge = [], []
@@ -463,21 +501,31 @@ class Controller:
     # ------------------------------------------------------------------ output
 
     def _row(self, t, c_out, current_a, stack_v, bus_v, soc, cell_v, temps, charge_a,
-             discharge_a, bal, duration) -> list[Any]:
-        sigma = self._concat("soc_sigma")
-        leak = self._concat("leak_a")
-        pressures = np.concatenate([
-            s.data.pressure_kpa if s.data is not None else np.full(s.board.load_cells, np.nan)
-            for s in self.stacks])
-        expected = self._stack_values("pressure_expected_kpa")
-        residual = self._stack_values("pressure_residual_kpa")
-        active = sum(1 for r in self.table.active())
-        row: list[Any] = [t, int(c_out.state), current_a, stack_v, bus_v]
-        row += cell_v.tolist() + soc.tolist() + sigma.tolist() + leak.tolist()
-        row += temps.tolist() + pressures.tolist() + expected.tolist() + residual.tolist()
-        row += [charge_a, discharge_a, int(c_out.outputs)]
-        row += [int(m) for m in bal.masks]
-        row += [active, duration]
+             discharge_a, bal, duration) -> np.ndarray:
+        """One ticks.csv row in standard_columns order, as floats."""
+        row = self._row_buf
+        n, k = self.n_cells, 5
+        row[0:5] = (t, int(c_out.state), current_a, stack_v, bus_v)
+        row[k:k + n] = cell_v
+        row[k + n:k + 2 * n] = soc
+        row[k + 2 * n:k + 3 * n] = self._concat("soc_sigma")
+        row[k + 3 * n:k + 4 * n] = self._concat("leak_a")
+        k += 4 * n
+        row[k:k + self.n_therm] = temps
+        k += self.n_therm
+        for s in self.stacks:
+            m = s.board.load_cells
+            row[k:k + m] = s.data.pressure_kpa if s.data is not None else np.nan
+            k += m
+        n_st = len(self.stacks)
+        row[k:k + n_st] = self._stack_values("pressure_expected_kpa")
+        row[k + n_st:k + 2 * n_st] = self._stack_values("pressure_residual_kpa")
+        k += 2 * n_st
+        row[k:k + 3] = (charge_a, discharge_a, int(c_out.outputs))
+        k += 3
+        row[k:k + n_st] = bal.masks
+        k += n_st
+        row[k:k + 2] = (len(self.table.active()), duration)
         return row
 
     def _snapshot(self, t, c_out, current_a, charge_a, discharge_a, bal) -> dict[str, Any]:

@@ -72,6 +72,12 @@ class MonitorServer:
             conn.shutdown(socket.SHUT_RD)  # read-only channel: nothing a viewer sends is read
             self._viewers.append((conn, bytearray()))
 
+    def poll_viewers(self) -> bool:
+        """Accept waiting viewers; True when anyone is watching (so the caller builds a
+        snapshot only then)."""
+        self._accept()
+        return bool(self._viewers)
+
     def publish(self, snapshot: dict[str, Any]) -> None:
         """Queue one snapshot for every viewer and send what the sockets take without blocking."""
         self._accept()

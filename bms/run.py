@@ -34,7 +34,7 @@ class LiveView:
         self._last_sim = -1e18
         self._lines = 0
 
-    def __call__(self, snapshot: dict[str, Any]) -> None:
+    def __call__(self, controller: Controller) -> None:
         if not self.enabled:
             return
         if self.tty:
@@ -42,15 +42,15 @@ class LiveView:
             if now - self._last_wall < self.every_wall_s:
                 return
             self._last_wall = now
-            text = render(snapshot)
+            text = render(controller.snapshot())
             if self._lines:
                 sys.stdout.write(f"\x1b[{self._lines}F\x1b[J")
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
             self._lines = text.count("\n") + 1
-        elif snapshot["time_s"] - self._last_sim >= self.every_sim_s:
-            self._last_sim = snapshot["time_s"]
-            print(render(snapshot).splitlines()[0], flush=True)
+        elif controller.time_s - self._last_sim >= self.every_sim_s:
+            self._last_sim = controller.time_s
+            print(render(controller.snapshot()).splitlines()[0], flush=True)
 
 
 def default_log_dir(prefix: str) -> Path:

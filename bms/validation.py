@@ -72,19 +72,33 @@ class StackValidator:
         self._last_raw_lc: np.ndarray | None = None
         self._same_count = np.zeros(board.load_cells, dtype=int)
         self._last_ts_ms: int | None = None
-        self._active: set[tuple[FaultCode, int | None]] = set()
+        self._bad: dict[FaultCode, np.ndarray] = {}
+        self._bad_scalar: dict[FaultCode, bool] = {}
         self.counts = {"open_wire": 0, "voltage_jump": 0, "stuck": 0, "timestamp_gap": 0}
 
-    # A small helper so each diagnosis raises once while active and clears when it goes away.
-    def _set(self, code: FaultCode, active: bool, time_s: float, value: float,
-             cell: int | None = None, severity: Severity | None = None) -> None:
-        key = (code, cell)
-        if active:
-            self._active.add(key)
-            self.table.raise_fault(code, time_s, severity, value, self.stack_index, cell)
-        elif key in self._active:
-            self._active.discard(key)
-            self.table.clear_fault(code, time_s, severity, value, self.stack_index, cell)
+    def _diagnose(self, code: FaultCode, mask: np.ndarray, values: np.ndarray,
+                  time_s: float) -> None:
+        """Raise ``code`` on the channels in ``mask``, clear it on those that recovered.
+        Only channels that are or were bad are touched (the common tick touches none)."""
+        prev = self._bad.get(code)
+        if prev is None or len(prev) != len(mask):
+            prev = np.zeros(len(mask), dtype=bool)
+        if mask.any() or prev.any():
+            for i in np.flatnonzero(mask):
+                self.table.raise_fault(code, time_s, None, float(values[i]), self.stack_index,
+                                       int(i))
+            for i in np.flatnonzero(prev & ~mask):
+                self.table.clear_fault(code, time_s, None, float(values[i]), self.stack_index,
+                                       int(i))
+        self._bad[code] = mask
+
+    def _diagnose_scalar(self, code: FaultCode, bad: bool, value: float, time_s: float) -> None:
+        was = self._bad_scalar.get(code, False)
+        if bad:
+            self.table.raise_fault(code, time_s, None, value, self.stack_index)
+        elif was:
+            self.table.clear_fault(code, time_s, None, value, self.stack_index)
+        self._bad_scalar[code] = bad
 
     def check(self, time_s: float, cell_voltage_v: np.ndarray, temperature_c: np.ndarray,
               thermistor_raw: np.ndarray, pressure_kpa: np.ndarray, load_cell_raw: np.ndarray,
@@ -93,10 +107,8 @@ class StackValidator:
         v = np.array(cell_voltage_v[: self.n_cells], dtype=float)
         lo, hi = CELL_VOLTAGE_PLAUSIBLE_V
         bad_v = ~np.isfinite(v) | (v < lo) | (v > hi)
-        for i in np.flatnonzero(bad_v | self._was_bad(FaultCode.CELL_VOLTAGE_OPEN_WIRE)):
-            self._set(FaultCode.CELL_VOLTAGE_OPEN_WIRE, bool(bad_v[i]), time_s,
-                      float(cell_voltage_v[i]), int(i))
-        self.counts["open_wire"] += int(bad_v.sum())
+        self._diagnose(FaultCode.CELL_VOLTAGE_OPEN_WIRE, bad_v, cell_voltage_v, time_s)
+        self.counts["open_wire"] += int(np.count_nonzero(bad_v))
         v[bad_v] = np.nan
 
         # Jumps: kept (never discard safety data on a guess) but diagnosed.
@@ -121,10 +133,8 @@ class StackValidator:
         # An open NTC pulls the divider to vref (cold side); a short pulls it to 0 V (hot side).
         open_t = invalid_t & (raw_t >= 0.5 * rail)
         short_t = invalid_t & (raw_t < 0.5 * rail)
-        for code, mask in ((FaultCode.THERMISTOR_OPEN, open_t),
-                           (FaultCode.THERMISTOR_SHORT, short_t)):
-            for i in np.flatnonzero(mask | self._was_bad(code, len(t))):
-                self._set(code, bool(mask[i]), time_s, float(temperature_c[i]), int(i))
+        self._diagnose(FaultCode.THERMISTOR_OPEN, open_t, temperature_c, time_s)
+        self._diagnose(FaultCode.THERMISTOR_SHORT, short_t, temperature_c, time_s)
         t[invalid_t] = np.nan
 
         p = np.array(pressure_kpa, dtype=float)
@@ -136,16 +146,15 @@ class StackValidator:
             self._same_count = np.where(same, self._same_count + 1, 0)
         self._last_raw_lc = raw_lc.copy()
         stuck = self._same_count >= LOAD_CELL_STUCK_SAMPLES
-        for code, mask in ((FaultCode.LOAD_CELL_OPEN, bad_p), (FaultCode.LOAD_CELL_STUCK, stuck)):
-            for i in np.flatnonzero(mask | self._was_bad(code, len(p))):
-                self._set(code, bool(mask[i]), time_s, float(pressure_kpa[i]), int(i))
-        self.counts["stuck"] += int(stuck.sum())
+        self._diagnose(FaultCode.LOAD_CELL_OPEN, bad_p, pressure_kpa, time_s)
+        self._diagnose(FaultCode.LOAD_CELL_STUCK, stuck, pressure_kpa, time_s)
+        self.counts["stuck"] += int(np.count_nonzero(stuck))
         p[bad_p | stuck] = np.nan
 
         i_valid = math.isfinite(current_a) and abs(current_a) <= self.current_plausible_a
-        self._set(FaultCode.CURRENT_SENSOR, not i_valid, time_s, current_a)
-        bus_valid = math.isfinite(bus_voltage_v)
-        self._set(FaultCode.BUS_VOLTAGE_SENSOR, not bus_valid, time_s, bus_voltage_v)
+        self._diagnose_scalar(FaultCode.CURRENT_SENSOR, not i_valid, current_a, time_s)
+        self._diagnose_scalar(FaultCode.BUS_VOLTAGE_SENSOR, not math.isfinite(bus_voltage_v),
+                              bus_voltage_v, time_s)
 
         if self._last_ts_ms is not None:
             advance_ms = (timestamp_ms - self._last_ts_ms) % (1 << 32)
@@ -166,12 +175,3 @@ class StackValidator:
             bus_voltage_v=bus_voltage_v,
             status=status,
         )
-
-    def _was_bad(self, code: FaultCode, n: int | None = None) -> np.ndarray:
-        """Channels with an active diagnosis of ``code`` (so they can be cleared)."""
-        size = self.n_cells if n is None else n
-        mask = np.zeros(size, dtype=bool)
-        for c, cell in self._active:
-            if c == code and cell is not None and cell < size:
-                mask[cell] = True
-        return mask

@@ -319,9 +319,14 @@ class BoardClient:
                          _ma(discharge_limit_a))
         self._wait(self._request(msg), timeout_s, msg)
 
-    def heartbeat(self, bms_state: int, host_time_ms: int) -> None:
-        """Send HEARTBEAT (no reply: beats are not acknowledged)."""
-        self._link().send(Heartbeat(int(bms_state), int(host_time_ms) & 0xFFFFFFFF))
+    def heartbeat(self, bms_state: int, host_time_ms: int, defer: bool = False) -> None:
+        """Send HEARTBEAT (no reply: beats are not acknowledged). ``defer=True`` queues it to
+        leave in the same write as the next request (the controller's next SAMPLE)."""
+        msg = Heartbeat(int(bms_state), int(host_time_ms) & 0xFFFFFFFF)
+        if defer:
+            self._link().defer(msg)
+        else:
+            self._link().send(msg)
 
     def inject_fault(self, fault: int, target: int = 0xFF, value: float = 0.0,
                      clear: bool = False, timeout_s: float | None = None) -> None:

@@ -81,6 +81,7 @@ class SerialLink:
         self.stats = LinkStats()
         self._frames: collections.deque[DecodedFrame] = collections.deque()
         self._seq = 0
+        self._deferred = b""
         self._read_timeout_s = read_timeout_s
         self._write_timeout_s = write_timeout_s
 
@@ -119,10 +120,31 @@ class SerialLink:
     # ------------------------------------------------------------------ sending
 
     def send(self, msg: Message) -> int:
-        """Send ``msg`` with the next host seq (1..65535, wrapping, never 0); return the seq."""
+        """Send ``msg`` with the next host seq (1..65535, wrapping, never 0); return the seq.
+        Frames queued with :meth:`defer` go out first, in the same write."""
         self._seq = seq = next_seq(self._seq)
-        self.write(encode_frame(msg, seq))
+        frame = encode_frame(msg, seq)
+        if self._deferred:
+            frame = self._deferred + frame
+            self._deferred = b""
+        self.write(frame)
         return seq
+
+    def defer(self, msg: Message) -> int:
+        """Queue ``msg`` (with the next seq) to leave with the next :meth:`send` in one write.
+
+        For frames without a reply whose exact departure time does not matter within one tick
+        (HEARTBEAT): one write and one wake-up of the board instead of two.
+        """
+        self._seq = seq = next_seq(self._seq)
+        self._deferred += encode_frame(msg, seq)
+        return seq
+
+    def flush(self) -> None:
+        """Write any deferred frames now."""
+        if self._deferred:
+            data, self._deferred = self._deferred, b""
+            self.write(data)
 
     def send_with_seq(self, msg: Message, seq: int) -> None:
         """Send ``msg`` with an explicit seq (a board's reply carries the request's seq)."""
