@@ -58,13 +58,13 @@ class Tuning:
 
     r2_over_r1: float = 0.5            # assumption: slow diffusion branch ~ half of R1
     tau2_over_tau1: float = 15.0       # assumption: tau2 ~ 450 s for tau1 ~ 30 s
-    voltage_corr_s: float = 3.0
+    voltage_corr_s: float = 15.0
     dt_nominal_s: float = 0.1
     v_rc_sigma0_v: float = 0.02
     leak_sigma0_a: float = 0.1
     leak_q_soc_per_s: float = 1e-10
     leak_q_a2_per_s: float = 1e-8
-    leak_r_soc: float = 2e-3
+    leak_r_soc: float = 0.02
     soh_min_di_a: float = 1.0
     soh_r0_p_max: float = 0.01
     soh_cap_window: float = 0.1

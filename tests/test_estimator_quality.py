@@ -1,0 +1,32 @@
+"""Estimator quality against the emulator's plant (tools/eval_estimator.py): a shorter run than
+the evaluation tool's (docs/estimation.md has the 2-hour figures). UDDS drive, estimator
+initialised 30 % off, ambient swinging, 10 ohm soft short in one cell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import pytest  # noqa: E402
+from eval_estimator import run  # noqa: E402
+
+
+def test_soc_accuracy_coverage_and_soft_short_detection() -> None:
+    r = run(minutes=25.0, fusion=True, short_ohm=10.0, short_at_s=600.0, converge_s=600.0)
+    assert r.soc_rmse_pct <= 1.0
+    assert r.soc_max_err_pct <= 2.5
+    assert r.coverage_3sigma >= 0.95
+    assert r.short_flag_s is not None and r.short_flag_s <= 15 * 60
+    assert r.false_leak_flags == 0
+
+
+@pytest.mark.xfail(strict=True, reason="known defect (open): with plant seed 5 the leak filter "
+                   "flags a healthy cell (392 ticks in 20 min, counted from t=0, i.e. during "
+                   "convergence from 30 % off); seed 3 has none over 2 h. See docs/estimation.md")
+def test_no_false_leak_flag_without_faults() -> None:
+    r = run(minutes=20.0, fusion=False, short_ohm=None, converge_s=600.0, seed=5)
+    assert r.false_leak_flags == 0
+    assert r.soc_rmse_pct <= 1.0
+    assert r.coverage_3sigma >= 0.95
