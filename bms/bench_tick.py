@@ -1,0 +1,102 @@
+"""Whole-tick benchmark: the controller against emulated boards on real ptys.
+
+``sim``: how fast an hour of pack time runs (ticks per second, x real time), per pack.
+``real``: 100 Hz (or the pack's tick) against the wall clock: tick-latency percentiles and missed
+deadlines. Used by ``bms bench --tick``; figures go in the README and the closing notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bms.config import PackConfig, load_pack
+from bms.controller import Controller
+from bms.emulators import start_emulators
+
+
+def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: str | None,
+                   log: bool = True, tick_s: float | None = None) -> dict[str, Any]:
+    """Run the BMS for ``duration_s`` of controller time; wall time and latency figures."""
+    if tick_s is not None:
+        pack = replace(pack, controller=replace(pack.controller, tick_s=tick_s))
+    emulators = start_emulators(pack, clock=clock, seed=1, scenario=scenario)
+    with tempfile.TemporaryDirectory(prefix="bms-bench-") as tmp:
+        controller = Controller(pack, [e.path for e in emulators], clock=clock,
+                                log_dir=Path(tmp) if log else None)
+        try:
+            controller.open()
+            controller.request_close()
+            wall0 = time.perf_counter()
+            controller.run(duration_s)
+            wall = time.perf_counter() - wall0
+        finally:
+            summary = controller.close()
+            for e in emulators:
+                e.stop()
+    ticks = summary["ticks"]
+    return {
+        "pack": pack.name, "clock": clock, "n_cells": pack.n_cells,
+        "boards": len(pack.stacks), "tick_s": pack.controller.tick_s, "ticks": ticks,
+        "sim_s": summary["time_s"], "wall_s": wall,
+        "ticks_per_s": ticks / wall if wall > 0 else float("nan"),
+        "x_real_time": summary["time_s"] / wall if wall > 0 else float("nan"),
+        "us_per_tick": 1e6 * wall / ticks if ticks else float("nan"),
+        "tick_latency_ms": summary["tick_latency_ms"],
+        "missed_deadlines": summary["missed_deadlines"],
+        "final_state": summary["state"],
+        "logged": log,
+    }
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bms bench --tick",
+        description="Time the whole control tick against emulated boards over ptys.",
+        epilog="examples:\n  bms bench --tick                       # both packs, 1 h sim\n"
+        "  bms bench --tick --clock real --duration 600 --tick-s 0.01\n"
+        "  bms bench --tick --pack ssb-23 --duration 600 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", action="append", default=[],
+                    help="pack(s) to run (default: ssb-23 and ssb-4x23)")
+    ap.add_argument("--clock", choices=("sim", "real"), default="sim")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="controller seconds (default: 3600 sim, 60 real)")
+    ap.add_argument("--tick-s", type=float, default=None,
+                    help="override the pack's tick (e.g. 0.01 for 100 Hz)")
+    ap.add_argument("--scenario", default="udds", help="emulator scenario (default udds)")
+    ap.add_argument("--no-log", action="store_true", help="run without the run log")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    packs = args.pack or ["ssb-23", "ssb-4x23"]
+    duration = args.duration if args.duration is not None else (
+        3600.0 if args.clock == "sim" else 60.0)
+    records = []
+    for name in packs:
+        rec = run_tick_bench(load_pack(name), args.clock, duration, args.scenario,
+                             log=not args.no_log, tick_s=args.tick_s)
+        records.append(rec)
+        if not args.json:
+            lat = rec["tick_latency_ms"]
+            print(f"{rec['pack']:<9} {rec['clock']:<4} {rec['boards']} board(s) "
+                  f"{rec['n_cells']:>3} cells: {rec['ticks']} ticks of {rec['tick_s'] * 1e3:g} ms "
+                  f"in {rec['wall_s']:.2f} s wall = {rec['ticks_per_s']:.0f} ticks/s, "
+                  f"{rec['us_per_tick']:.0f} us/tick, {rec['x_real_time']:.0f}x real time; "
+                  f"tick latency p50 {lat.get('p50', float('nan')):.3f} ms, "
+                  f"p99 {lat.get('p99', float('nan')):.3f} ms, max "
+                  f"{lat.get('max', float('nan')):.3f} ms; missed deadlines "
+                  f"{rec['missed_deadlines']}", flush=True)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
