@@ -495,7 +495,10 @@ class Controller:
             pressure_rate_kpa_per_s=np.abs(self._stack_values("pressure_rate_kpa_per_s")),
             pressure_residual_kpa=self._stack_values("pressure_cusum_kpa"),
             load_cell_imbalance_kpa=self._stack_values("load_cell_imbalance_kpa"),
-            cell_leak_a=self._concat("leak_a"),
+            # The leak protection acts on the lower 3-sigma bound: a leak that is only
+            # possible (large sigma, e.g. under constant current where a capacity mismatch
+            # looks the same) is not a confirmed leak (pack: estimator.leak_alarm_a).
+            cell_leak_a=self._concat("leak_a") - 3.0 * self._concat("leak_sigma_a"),
         )
 
     # ------------------------------------------------------------------ output

@@ -65,12 +65,17 @@ class Tuning:
     leak_q_soc_per_s: float = 1e-10
     leak_q_a2_per_s: float = 1e-8
     leak_r_soc: float = 0.02
+    # Capacity mismatch d = Q/Q_i - 1 in the leak filter: prior sigma 3 % (cells of one lot
+    # spread 1-3 % in capacity; assumption) and a slow random walk (ageing).
+    leak_d_sigma0: float = 0.03
+    leak_q_d_per_s: float = 1e-12
     soh_min_di_a: float = 1.0
     soh_r0_p_max: float = 0.01
     soh_cap_window: float = 0.1
     pressure_corr_s: float = 60.0      # pressure model error (fixture non-linearity) correlation
     rate_tau_s: float = 0.2
-    cusum_k_kpa: float = 30.0          # assumption: unmodelled fixture stiffening + offsets
+    cusum_k_kpa: float = 60.0          # assumption: unmodelled fixture stiffening (~10 % of the
+    #                                    450 kPa swing, seen against the emulator) + offsets
     cusum_tau_s: float = 10.0
     t_derate_band_c: float = 5.0
     pressure_fusion: bool | None = None  # None: the pack's estimator.pressure_fusion
@@ -108,6 +113,8 @@ class CoreParams:
     leak_q_a2_per_s: float
     leak_r_soc2: float
     leak_alarm_a: float
+    leak_q_d_per_s: float
+    leak_d_sigma0: float
     soh_lambda: float
     soh_min_di_a: float
     soh_r0_p_max: float
@@ -239,6 +246,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         current_noise_a=est.current_noise_a, gate_sigma=est.innovation_gate_sigma,
         leak_q_soc_per_s=tn.leak_q_soc_per_s, leak_q_a2_per_s=tn.leak_q_a2_per_s,
         leak_r_soc2=tn.leak_r_soc ** 2, leak_alarm_a=est.leak_alarm_a,
+        leak_q_d_per_s=tn.leak_q_d_per_s, leak_d_sigma0=tn.leak_d_sigma0,
         soh_lambda=est.soh_forgetting, soh_min_di_a=tn.soh_min_di_a,
         soh_r0_p_max=tn.soh_r0_p_max, soh_cap_window=tn.soh_cap_window,
         pressure_fusion=int(bool(fusion)), preload_kpa=fx.preload_kpa,
@@ -338,7 +346,8 @@ class Core:
                      "r2_over_r1", "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa",
                      "q_soc_per_s", "q_rc_v2_per_s", "r_voltage_v2", "current_noise_a",
                      "gate_sigma", "leak_q_soc_per_s", "leak_q_a2_per_s", "leak_r_soc2",
-                     "leak_alarm_a", "soh_lambda", "soh_min_di_a", "soh_r0_p_max",
+                     "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "soh_lambda",
+                     "soh_min_di_a", "soh_r0_p_max",
                      "soh_cap_window", "preload_kpa", "stiffness_kpa_per_um", "swell_um_full",
                      "thermal_um_per_k", "fixture_t_ref_c", "r_pressure_kpa2", "rate_tau_s",
                      "cusum_k_kpa", "cusum_tau_s", "v_max", "v_min", "t_charge_min_c",
@@ -373,13 +382,15 @@ class Core:
         self.soc_window0 = np.zeros(n)
         self.leak_e = np.zeros(n)
         self.leak_a = np.zeros(n)
-        self.leak_p = np.zeros((3, n))
+        self.leak_d = np.zeros(n)
+        self.leak_p = np.zeros((6, n))
         self.v_prev = np.zeros(n)
         self.gated_count = np.zeros(n, dtype=np.uint32)
         self.work = np.zeros((WORK_ROWS, n))
         st = self._st = ffi.new("ssb_state_t *")
         for name in ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
-                     "cap_p", "soc_window0", "leak_e", "leak_a", "leak_p", "v_prev", "work"):
+                     "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d", "leak_p", "v_prev",
+                     "work"):
             setattr(st, name, buf(getattr(self, name)))
         st.gated_count = buf(self.gated_count, "uint32_t[]")
 

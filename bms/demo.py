@@ -39,7 +39,7 @@ DETECTED_BY = {
 # SOC accuracy is scored after the estimator has had this long to converge from its initial
 # guess (the pack file's initial_soc_sigma is 15 %).
 CONVERGENCE_S = 600.0
-DEMO_DURATION_S = 5400.0
+DEMO_DURATION_S = 6000.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,19 +109,27 @@ def evaluate(log_dir: Path, truth_path: Path, scenario, tick_s: float) -> dict[s
             continue
         name = f.code.name
         codes = DETECTED_BY.get(name, ())
-        first = None
-        for e in events:
-            if (e.get("type") == "fault" and e.get("event") == "raise"
-                    and e.get("name") in codes and e["time_s"] >= f.at_s):
-                if first is None or e["time_s"] < first["time_s"]:
-                    first = e
-        opened = next((e for e in events if e.get("type") == "state" and e["time_s"] >= f.at_s
-                       and e.get("to") in ("OPENING", "FAULT", "SAFE")), None)
+        # Cell-level codes must name the injected cell; stack-level codes have no cell.
+        hits = [e for e in events
+                if e.get("type") == "fault" and e.get("event") == "raise"
+                and e.get("name") in codes and e["time_s"] >= f.at_s
+                and (e.get("cell") is None or f.target == 0xFF or e.get("cell") == f.target)]
+        first = min(hits, key=lambda e: e["time_s"], default=None)
+        severe = min((e for e in hits if e.get("severity") in ("fault", "critical")),
+                     key=lambda e: e["time_s"], default=None)
+        opened = None
+        if severe is not None:
+            opened = next((e for e in events if e.get("type") == "state"
+                           and e.get("to") in ("OPENING", "FAULT")
+                           and severe["time_s"] <= e["time_s"] <= severe["time_s"] + 1.0), None)
         detections.append({
             "fault": name, "target": f.target, "at_s": f.at_s,
             "detected_by": first["name"] if first else None,
             "severity": first["severity"] if first else None,
             "latency_s": (first["time_s"] - f.at_s) if first else None,
+            "fault_by": severe["name"] if severe else None,
+            "fault_severity": severe["severity"] if severe else None,
+            "fault_latency_s": (severe["time_s"] - f.at_s) if severe else None,
             "open_latency_s": (opened["time_s"] - f.at_s) if opened else None,
         })
     report["detections"] = detections
@@ -185,10 +193,13 @@ def print_report(report: dict[str, Any], summary: dict[str, Any], log_dir: Path,
     print("injected faults:")
     for d in report["detections"]:
         if d["detected_by"]:
-            opened = ("" if d["open_latency_s"] is None
-                      else f", contactors opened after {d['open_latency_s']:.1f} s")
             print(f"  {d['fault']:<18} cell {d['target'] + 1:<3} at {d['at_s']:7.1f} s -> "
-                  f"{d['detected_by']} ({d['severity']}) after {d['latency_s']:.1f} s{opened}")
+                  f"{d['detected_by']} ({d['severity']}) after {d['latency_s']:.1f} s")
+            if d["fault_by"]:
+                opened = ("" if d["open_latency_s"] is None
+                          else f", contactors opened after {d['open_latency_s']:.1f} s")
+                print(f"  {'':<18} {'':<8} {'':>10}    {d['fault_by']} ({d['fault_severity']}) "
+                      f"after {d['fault_latency_s']:.1f} s{opened}")
         else:
             print(f"  {d['fault']:<18} cell {d['target'] + 1:<3} at {d['at_s']:7.1f} s -> "
                   "NOT DETECTED")

@@ -137,9 +137,11 @@ class ReferenceCore:
         self.soc_window0 = soc.copy()
         self.leak_e = np.zeros(n)
         self.leak_a = np.zeros(n)
-        self.leak_p = np.zeros((3, n))
+        self.leak_d = np.zeros(n)
+        self.leak_p = np.zeros((6, n))  # ee, el, ed, ll, ld, dd
         self.leak_p[0] = p.leak_r_soc2
-        self.leak_p[2] = p.leak_sigma0_a ** 2
+        self.leak_p[3] = p.leak_sigma0_a ** 2
+        self.leak_p[5] = p.leak_d_sigma0 ** 2
         self.v_prev = np.full(n, np.nan)
         self.gated_count = np.zeros(n, dtype=np.int64)
         self.i_prev = math.nan
@@ -156,7 +158,7 @@ class ReferenceCore:
         # outputs
         self.soc_sigma = np.sqrt(self.p[0])
         self.status = np.zeros(n, dtype=np.int32)
-        self.leak_sigma_a = np.sqrt(self.leak_p[2])
+        self.leak_sigma_a = np.sqrt(self.leak_p[3])
         self.leak_flag = np.zeros(n, dtype=np.int32)
         self.r0_ohm = np.zeros(n)
         self.capacity_ah = np.zeros(n)
@@ -263,24 +265,36 @@ class ReferenceCore:
 
     # ------------------------------------------------------------------ leak
 
-    def leak(self, dt_s: float) -> None:
-        """Per cell, x = [e, I_leak]: e = SOC - median SOC of the stack, de/dt = -I_leak / Q;
-        e observed from the EKF SOCs. Common-mode errors (current offset, hysteresis,
-        temperature) cancel in e."""
+    def leak(self, dt_s: float, current_a: float) -> None:
+        """Per cell, x = [e, I_leak, d]: e = SOC - median SOC of the stack,
+        de/dt = (-I_leak + I d) / Q, where d = Q/Q_i - 1 is the cell's capacity mismatch.
+        A leak drains at any current; a small cell drifts in proportion to the current, so
+        the two separate whenever the current varies, and under a constant current the
+        leak's sigma stays large instead of a mismatch being called a leak. e is observed
+        from the EKF SOCs; common-mode errors (current offset, hysteresis, temperature)
+        cancel in e."""
         p = self.prm
         med = float(np.median(self.soc))
         b = dt_s / p.capacity_as
-        e = self.leak_e - b * self.leak_a
-        pe = self.leak_p[0] - 2.0 * b * self.leak_p[1] + b * b * self.leak_p[2] \
-            + p.leak_q_soc_per_s * dt_s
-        pel = self.leak_p[1] - b * self.leak_p[2]
-        pl = self.leak_p[2] + p.leak_q_a2_per_s * dt_s
-        gain = np.where(self.status == CELL_OK, 1.0 / (pe + p.leak_r_soc2), 0.0)
+        c = b * current_a
+        pee0, pel0, ped0, pll0, pld0, pdd0 = self.leak_p
+        e = self.leak_e - b * self.leak_a + c * self.leak_d
+        pel = pel0 - b * pll0 + c * pld0
+        ped = ped0 - b * pld0 + c * pdd0
+        pee = (pee0 - 2.0 * b * pel0 + 2.0 * c * ped0 + b * b * pll0 - 2.0 * b * c * pld0
+               + c * c * pdd0 + p.leak_q_soc_per_s * dt_s)
+        pll = pll0 + p.leak_q_a2_per_s * dt_s
+        pld = pld0
+        pdd = pdd0 + p.leak_q_d_per_s * dt_s
+        gain = np.where(self.status == CELL_OK, 1.0 / (pee + p.leak_r_soc2), 0.0)
         nu = self.soc - med - e
-        self.leak_e = e + pe * gain * nu
+        self.leak_e = e + pee * gain * nu
         self.leak_a = self.leak_a + pel * gain * nu
-        self.leak_p = np.array([pe - pe * pe * gain, pel - pe * pel * gain, pl - pel * pel * gain])
-        self.leak_sigma_a = np.sqrt(self.leak_p[2])
+        self.leak_d = self.leak_d + ped * gain * nu
+        self.leak_p = np.array([pee - pee * pee * gain, pel - pee * pel * gain,
+                                ped - pee * ped * gain, pll - pel * pel * gain,
+                                pld - pel * ped * gain, pdd - ped * ped * gain])
+        self.leak_sigma_a = np.sqrt(self.leak_p[3])
         self.leak_flag = ((self.leak_a - 3.0 * self.leak_sigma_a) > p.leak_alarm_a).astype(
             np.int32)
 
@@ -405,12 +419,12 @@ class ReferenceCore:
         flags |= self.pressure(p_kpa, dt_s, ekf_ran)
         if ekf_ran:
             self.soh(v, dt_s, current_a, r_contact)
-            self.leak(dt_s)
+            self.leak(dt_s, current_a)
             self.power_limits(r_contact)
         else:
             self.capacity_ah = self.cap_ratio * (p.capacity_as / 3600.0)
             self.r0_ohm = np.full(p.n_cells, np.nan)
-            self.leak_sigma_a = np.sqrt(self.leak_p[2])
+            self.leak_sigma_a = np.sqrt(self.leak_p[3])
             self.leak_flag = np.zeros(p.n_cells, dtype=np.int32)
             self.charge_limit_a[:] = 0.0
             self.discharge_limit_a[:] = 0.0

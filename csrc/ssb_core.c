@@ -138,6 +138,7 @@ int ssb_params_check(const ssb_params_t *prm)
     const double non_negative[] = {prm->r2_over_r1, prm->contact_r_ref_ohm, prm->q_soc_per_s,
                                    prm->q_rc_v2_per_s, prm->current_noise_a,
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
+                                   prm->leak_q_d_per_s, prm->leak_d_sigma0,
                                    prm->preload_kpa, prm->stiffness_kpa_per_um,
                                    prm->cusum_k_kpa, prm->i_charge_max_a,
                                    prm->i_discharge_max_a};
@@ -171,7 +172,8 @@ static int state_ok(const ssb_state_t *st)
     return st != NULL && st->soc != NULL && st->v1 != NULL && st->v2 != NULL && st->p != NULL &&
            st->cell_temp_c != NULL && st->r0_scale != NULL && st->r0_p != NULL &&
            st->cap_ratio != NULL && st->cap_p != NULL && st->soc_window0 != NULL &&
-           st->leak_e != NULL && st->leak_a != NULL && st->leak_p != NULL &&
+           st->leak_e != NULL && st->leak_a != NULL && st->leak_d != NULL &&
+           st->leak_p != NULL &&
            st->v_prev != NULL && st->gated_count != NULL && st->work != NULL;
 }
 
@@ -410,9 +412,13 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
         st->soc_window0[i] = s;
         st->leak_e[i] = 0.0;
         st->leak_a[i] = 0.0;
+        st->leak_d[i] = 0.0;
         st->leak_p[0 * (size_t)n + i] = prm->leak_r_soc2;
         st->leak_p[1 * (size_t)n + i] = 0.0;
-        st->leak_p[2 * (size_t)n + i] = leak_sigma0_a * leak_sigma0_a;
+        st->leak_p[2 * (size_t)n + i] = 0.0;
+        st->leak_p[3 * (size_t)n + i] = leak_sigma0_a * leak_sigma0_a;
+        st->leak_p[4 * (size_t)n + i] = 0.0;
+        st->leak_p[5 * (size_t)n + i] = prm->leak_d_sigma0 * prm->leak_d_sigma0;
         st->v_prev[i] = NAN;
         st->gated_count[i] = 0u;
     }
@@ -629,48 +635,62 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
 /* ------------------------------------------------------------------ leak */
 
 static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
-                        ssb_output_t *out)
+                        double current_a, ssb_output_t *out)
 {
+    /* Per cell x = [e, l, d]: e = SOC - median SOC, l = leak current (A), d = capacity
+     * mismatch (Q/Q_i - 1). de/dt = (-l + I d) / Q: a leak drains at any current, a small
+     * cell drifts in proportion to the current. Under a constant current the two are not
+     * separable, and the filter says so (large sigma of l) instead of calling it a leak. */
     const int32_t n = prm->n_cells;
     const size_t nn = (size_t)n;
     double *scratch = st->work + W_SCRATCH * nn;
     memcpy(scratch, st->soc, sizeof(double) * nn);
     const double med = median(scratch, n);
     const double b = dt_s / prm->capacity_as;
+    const double c = b * current_a;
     const double qe = prm->leak_q_soc_per_s * dt_s, ql = prm->leak_q_a2_per_s * dt_s;
+    const double qd = prm->leak_q_d_per_s * dt_s;
     const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
     const double *SSB_RESTRICT soc = st->soc;
     double *SSB_RESTRICT e_a = st->leak_e;
     double *SSB_RESTRICT l_a = st->leak_a;
-    double *SSB_RESTRICT pe_a = st->leak_p;
+    double *SSB_RESTRICT d_a = st->leak_d;
+    double *SSB_RESTRICT pee_a = st->leak_p;
     double *SSB_RESTRICT pel_a = st->leak_p + nn;
-    double *SSB_RESTRICT pl_a = st->leak_p + 2 * nn;
+    double *SSB_RESTRICT ped_a = st->leak_p + 2 * nn;
+    double *SSB_RESTRICT pll_a = st->leak_p + 3 * nn;
+    double *SSB_RESTRICT pld_a = st->leak_p + 4 * nn;
+    double *SSB_RESTRICT pdd_a = st->leak_p + 5 * nn;
     const int32_t *SSB_RESTRICT stat = out->status;
     double *SSB_RESTRICT sig = out->leak_sigma_a;
     int32_t *SSB_RESTRICT flag = out->leak_flag;
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
-        double e = e_a[i] - b * l_a[i];
-        double l = l_a[i];
-        double pe = pe_a[i] - 2.0 * b * pel_a[i] + b * b * pl_a[i] + qe;
-        double pel = pel_a[i] - b * pl_a[i];
-        double pl = pl_a[i] + ql;
-        const double sv = pe + rl;
-        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / sv : 0.0;
+        const double l = l_a[i], d = d_a[i];
+        const double e = e_a[i] - b * l + c * d;
+        const double pee0 = pee_a[i], pel0 = pel_a[i], ped0 = ped_a[i];
+        const double pll0 = pll_a[i], pld0 = pld_a[i], pdd0 = pdd_a[i];
+        /* P = F P F' + Q with F = [[1, -b, c], [0, 1, 0], [0, 0, 1]] */
+        const double pel = pel0 - b * pll0 + c * pld0;
+        const double ped = ped0 - b * pld0 + c * pdd0;
+        const double pee = pee0 - 2.0 * b * pel0 + 2.0 * c * ped0 + b * b * pll0 -
+                           2.0 * b * c * pld0 + c * c * pdd0 + qe;
+        const double pll = pll0 + ql, pld = pld0, pdd = pdd0 + qd;
+        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (pee + rl) : 0.0;
         const double nu = soc[i] - med - e;
-        e += pe * gain * nu;
-        l += pel * gain * nu;
-        const double npe = pe - pe * pe * gain;
-        const double npel = pel - pe * pel * gain;
-        const double npl = pl - pel * pel * gain;
-        e_a[i] = e;
-        l_a[i] = l;
-        pe_a[i] = npe;
-        pel_a[i] = npel;
-        pl_a[i] = npl;
-        const double s = sqrt(npl);
-        sig[i] = s;
-        flag[i] = (l - 3.0 * s) > alarm;
+        e_a[i] = e + pee * gain * nu;
+        l_a[i] = l + pel * gain * nu;
+        d_a[i] = d + ped * gain * nu;
+        pee_a[i] = pee - pee * pee * gain;
+        pel_a[i] = pel - pee * pel * gain;
+        ped_a[i] = ped - pee * ped * gain;
+        const double npll = pll - pel * pel * gain;
+        pll_a[i] = npll;
+        pld_a[i] = pld - pel * ped * gain;
+        pdd_a[i] = pdd - ped * ped * gain;
+        const double sd = sqrt(npll);
+        sig[i] = sd;
+        flag[i] = (l_a[i] - 3.0 * sd) > alarm;
     }
 }
 
@@ -886,7 +906,7 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
     const int32_t n = prm->n_cells;
     if (ekf_ran) {
         soh_update(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out);
-        leak_update(prm, st, dt_s, out);
+        leak_update(prm, st, dt_s, current_a, out);
         power_limits(prm, st, r_contact, out);
     } else {
         /* no current: the state is untouched; publish what is known, no current allowed */
@@ -894,7 +914,7 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
         for (int32_t i = 0; i < n; i++) {
             out->capacity_ah[i] = st->cap_ratio[i] * q_ah;
             out->r0_ohm[i] = NAN;
-            out->leak_sigma_a[i] = sqrt(st->leak_p[2 * (size_t)n + i]);
+            out->leak_sigma_a[i] = sqrt(st->leak_p[3 * (size_t)n + i]);
             out->leak_flag[i] = 0;
         }
         for (int32_t hz = 0; hz < prm->n_horizons; hz++) {

@@ -103,6 +103,8 @@ typedef struct ssb_params {
     double leak_q_a2_per_s;  /* variance rate of the leak current, A^2/s */
     double leak_r_soc2;      /* variance of the relative-SOC pseudo-measurement */
     double leak_alarm_a;     /* flag when leak - 3 sigma > this */
+    double leak_q_d_per_s;   /* variance rate of the capacity-mismatch term d, 1/s */
+    double leak_d_sigma0;    /* prior sigma of d (relative capacity spread of the cells) */
 
     /* SOH: recursive least squares */
     double soh_lambda;     /* forgetting factor, (0, 1] */
@@ -138,7 +140,8 @@ typedef struct ssb_state {
     double *cell_temp_c;
     double *r0_scale, *r0_p; /* RLS: R0 multiplier and its variance */
     double *cap_ratio, *cap_p, *soc_window0; /* RLS: capacity / nominal, variance, window start */
-    double *leak_e, *leak_a, *leak_p; /* leak filter: relative SOC, leak A, P (3 per cell SoA) */
+    double *leak_e, *leak_a, *leak_d; /* leak filter: relative SOC, leak A, capacity mismatch */
+    double *leak_p; /* its covariance, 6 per cell SoA: ee, el, ed, ll, ld, dd */
     double *v_prev;
     uint32_t *gated_count;
     double *work; /* scratch, 8 per cell */

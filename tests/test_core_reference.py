@@ -15,7 +15,7 @@ from bms.reference import ReferenceCore
 
 RTOL = 1e-9
 STATE = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio", "cap_p",
-         "leak_e", "leak_a", "leak_p", "gated_count")
+         "leak_e", "leak_a", "leak_d", "leak_p", "gated_count")
 OUTPUT = ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "status", "leak_flag",
           "charge_limit_a", "discharge_limit_a", "stack_out")
 

@@ -57,7 +57,8 @@ int main(int argc, char **argv)
     st.soc_window0 = dalloc(n);
     st.leak_e = dalloc(n);
     st.leak_a = dalloc(n);
-    st.leak_p = dalloc(3 * n);
+    st.leak_d = dalloc(n);
+    st.leak_p = dalloc(6 * n);
     st.v_prev = dalloc(n);
     st.gated_count = calloc(n, sizeof(uint32_t));
     st.work = dalloc(8 * n);
