@@ -41,6 +41,9 @@ WARNING_DERATE = 0.5
 # Allowed currents sent to a board are refreshed when they move by more than this (or every
 # second): a charger follows them within its own regulation band anyway (assumption).
 LIMIT_RESEND_A = 0.5
+# Unchanged outputs are sent again this often (the ACK already confirms each change; this only
+# covers a board that lost its state without us noticing).
+OUTPUT_REFRESH_S = 5.0
 # A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
 RECONNECT_PERIOD_S = 2.0
 
@@ -66,6 +69,7 @@ class StackRuntime:
     next_reconnect_s: float = 0.0
     prefetched: int | None = None
     outputs_sent: tuple | None = None
+    outputs_pending: tuple | None = None
     outputs_sent_s: float = -math.inf
     measurements: int = 0
     misses: int = 0
@@ -251,9 +255,12 @@ class Controller:
         # 6. Commands to the boards: outputs first, then the heartbeat. In the sim clock the
         #    heartbeat leaves in one write with the next tick's SAMPLE (the board's watchdog
         #    runs on sim time, so nothing is later than it would be); in the real clock now.
-        for s in self.stacks:
-            self._send_outputs(s, c_out.outputs, int(bal.masks[s.index]), charge_limit_a,
-                               discharge_limit_a, t)
+        pending = [(s, self._send_outputs(s, c_out.outputs, int(bal.masks[s.index]),
+                                          charge_limit_a, discharge_limit_a, t))
+                   for s in self.stacks]
+        for s, seq in pending:
+            if seq is not None:
+                self._wait_outputs(s, seq, t)
         host_ms = int(t * 1000.0)
         for s in self.stacks:
             if not s.lost:
@@ -398,23 +405,33 @@ class Controller:
                                 "stack": s.index, "port": s.port, "reason": s.lost_reason})
 
     def _send_outputs(self, s: StackRuntime, outputs: int, mask: int, charge_a: float,
-                      discharge_a: float, t: float) -> None:
+                      discharge_a: float, t: float) -> int | None:
+        """Send SET_OUTPUTS when something changed; the seq to wait on, or None."""
         if s.lost:
-            return
+            return None
         # Outputs and masks are sent when they change; the limits when they move by more than
-        # LIMIT_RESEND_A, and everything once a second as a refresh: one round trip per
-        # change instead of one per tick. The limits only steer a charger or the emulator's
-        # load; protection never depends on them reaching the board.
+        # LIMIT_RESEND_A, and everything every OUTPUT_REFRESH_S as a safety net: one round
+        # trip per change instead of one per tick. The limits only steer a charger or the
+        # emulator's load; protection never depends on them reaching the board.
         last = s.outputs_sent
         if (last is not None and last[0] == outputs and last[1] == mask
                 and abs(last[2] - charge_a) < LIMIT_RESEND_A
                 and abs(last[3] - discharge_a) < LIMIT_RESEND_A
-                and t - s.outputs_sent_s < 1.0):
-            return
-        key = (outputs, mask, charge_a, discharge_a)
+                and t - s.outputs_sent_s < OUTPUT_REFRESH_S):
+            return None
         try:
-            s.client.set_outputs(outputs, mask, max(charge_a, 0.0), max(discharge_a, 0.0))
-            s.outputs_sent, s.outputs_sent_s = key, t
+            seq = s.client.request_outputs(outputs, mask, max(charge_a, 0.0),
+                                           max(discharge_a, 0.0))
+        except LinkError as exc:
+            self._mark_lost(s, exc, t)
+            return None
+        s.outputs_pending = (outputs, mask, charge_a, discharge_a)
+        return seq
+
+    def _wait_outputs(self, s: StackRuntime, seq: int, t: float) -> None:
+        try:
+            s.client.wait_ack(seq)
+            s.outputs_sent, s.outputs_sent_s = s.outputs_pending, t
         except LinkError as exc:
             if type(exc).__name__ == "BoardNackError":
                 # The board refused (e.g. its watchdog tripped): try again next tick.
@@ -511,18 +528,28 @@ class Controller:
         row[0:5] = (t, int(c_out.state), current_a, stack_v, bus_v)
         row[k:k + n] = cell_v
         row[k + n:k + 2 * n] = soc
-        row[k + 2 * n:k + 3 * n] = self._concat("soc_sigma")
-        row[k + 3 * n:k + 4 * n] = self._concat("leak_a")
+        c0 = 0
+        for s in self.stacks:
+            c1 = c0 + s.config.cells
+            if s.out is None:
+                row[k + 2 * n + c0:k + 2 * n + c1] = np.nan
+                row[k + 3 * n + c0:k + 3 * n + c1] = np.nan
+            else:
+                row[k + 2 * n + c0:k + 2 * n + c1] = s.out.soc_sigma
+                row[k + 3 * n + c0:k + 3 * n + c1] = s.out.leak_a
+            c0 = c1
         k += 4 * n
         row[k:k + self.n_therm] = temps
         k += self.n_therm
+        n_st = len(self.stacks)
+        exp0 = k + self.n_load  # pressure_expected per stack, then pressure_residual
         for s in self.stacks:
             m = s.board.load_cells
             row[k:k + m] = s.data.pressure_kpa if s.data is not None else np.nan
+            if s.out is not None:
+                row[exp0 + s.index] = s.out.pressure_expected_kpa
+                row[exp0 + n_st + s.index] = s.out.pressure_residual_kpa
             k += m
-        n_st = len(self.stacks)
-        row[k:k + n_st] = self._stack_values("pressure_expected_kpa")
-        row[k + n_st:k + 2 * n_st] = self._stack_values("pressure_residual_kpa")
         k += 2 * n_st
         row[k:k + 3] = (charge_a, discharge_a, int(c_out.outputs))
         k += 3

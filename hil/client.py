@@ -144,6 +144,7 @@ class BoardClient:
         self.link: SerialLink | None = link
         self._info: Info | None = None
         self._pending: dict[int, _Pending] = {}
+        self._retry_msgs: dict[int, Message] = {}
         self._reset_flag = False
         self._closed_totals: dict[str, int] = {}
 
@@ -315,9 +316,26 @@ class BoardClient:
     def set_outputs(self, outputs: int, balance_mask: int, charge_limit_a: float,
                     discharge_limit_a: float, timeout_s: float | None = None) -> None:
         """Command contactors, precharge and bleed switches; returns on ACK, raises on NACK."""
+        self.wait_ack(self.request_outputs(outputs, balance_mask, charge_limit_a,
+                                           discharge_limit_a), timeout_s)
+
+    def request_outputs(self, outputs: int, balance_mask: int, charge_limit_a: float,
+                        discharge_limit_a: float) -> int:
+        """Send SET_OUTPUTS without waiting; the seq for :meth:`wait_ack` (so a controller can
+        command every board before it waits on any)."""
         msg = SetOutputs(int(outputs), int(balance_mask), _ma(charge_limit_a),
                          _ma(discharge_limit_a))
-        self._wait(self._request(msg), timeout_s, msg)
+        seq = self._request(msg)
+        self._retry_msgs[seq] = msg
+        return seq
+
+    def wait_ack(self, seq: int, timeout_s: float | None = None) -> None:
+        """Wait for the ACK of the request sent with ``seq`` (retrying it); raises
+        BoardNackError on NACK."""
+        msg = self._retry_msgs.pop(seq, None)
+        if msg is None:
+            raise LinkError(f"{self.port}: no SET_OUTPUTS pending with seq {seq}")
+        self._wait(seq, timeout_s, msg)
 
     def heartbeat(self, bms_state: int, host_time_ms: int, defer: bool = False) -> None:
         """Send HEARTBEAT (no reply: beats are not acknowledged). ``defer=True`` queues it to
