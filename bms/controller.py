@@ -68,6 +68,8 @@ class StackRuntime:
     lost_reason: str = ""
     next_reconnect_s: float = 0.0
     prefetched: int | None = None
+    watchdog_tripped: bool = False
+    sensor_error: bool = False
     outputs_sent: tuple | None = None
     outputs_pending: tuple | None = None
     outputs_sent_s: float = -math.inf
@@ -362,7 +364,7 @@ class Controller:
                 self._mark_lost(s, exc, t)
             return
         try:
-            r = s.scaler.readings(m)
+            raw, values = s.scaler.channel_values(m)
         except ValueError as exc:  # channel counts differ from the board profile
             self._mark_lost(s, exc, t)
             return
@@ -372,24 +374,25 @@ class Controller:
                                    momentary=True)
         if m.status & Status.WATCHDOG_TRIPPED:
             self.table.raise_fault(FaultCode.BOARD_WATCHDOG_TRIPPED, t, None, None, s.index)
-        else:
+        elif s.watchdog_tripped:
             self.table.clear_fault(FaultCode.BOARD_WATCHDOG_TRIPPED, t, None, None, s.index)
+        s.watchdog_tripped = bool(m.status & Status.WATCHDOG_TRIPPED)
         if m.status & Status.SENSOR_ERROR:
             self.table.raise_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
-        else:
+        elif s.sensor_error:
             self.table.clear_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
-        data = s.validator.check(
-            t, r.cell_voltage_v, r.temperature_c, np.asarray(m.thermistor_raw),
-            r.pressure_kpa, np.asarray(m.load_cell_raw), r.current_a, r.bus_voltage_v,
-            m.timestamp_ms, m.status)
+        s.sensor_error = bool(m.status & Status.SENSOR_ERROR)
+        data = s.validator.check(t, raw, values, s.scaler.current_a(m),
+                                 s.scaler.bus_voltage_v(m), m.timestamp_ms, m.status)
+        timestamp_s = m.timestamp_ms / 1000.0
         # The estimator integrates over the board's own sample interval when it is plausible
         # (real clock: jitter), else over the nominal tick.
         core_dt = dt_s
         if s.last_timestamp_s is not None:
-            board_dt = (r.timestamp_s - s.last_timestamp_s) % 4294967.296
+            board_dt = (timestamp_s - s.last_timestamp_s) % 4294967.296
             if 0.0 < board_dt <= 5.0 * dt_s:
                 core_dt = board_dt
-        s.last_timestamp_s = r.timestamp_s
+        s.last_timestamp_s = timestamp_s
         s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v, data.temperature_c,
                             data.pressure_kpa)
         s.data = data
