@@ -34,10 +34,17 @@ from hil.client import BoardClient, LinkError
 from hil.protocol import Status
 from hil.scaling import Scaler
 
-# While any protection warning is active the allowed currents sent to the boards are scaled by
-# this factor (foxBMS 2 derates at its maximum-operating level the same way; the factor is an
-# assumption).
+# While a warning of a current-driven quantity is active the allowed currents sent to the boards
+# are scaled by this factor (foxBMS 2 derates at its maximum-operating level the same way; the
+# factor is an assumption). Less current cannot help a leak or a pressure imbalance, so their
+# warnings are events only.
 WARNING_DERATE = 0.5
+DERATING_CODES = frozenset({
+    FaultCode.CELL_OVERVOLTAGE, FaultCode.CELL_UNDERVOLTAGE,
+    FaultCode.CELL_OVERTEMPERATURE_CHARGE, FaultCode.CELL_OVERTEMPERATURE_DISCHARGE,
+    FaultCode.CELL_UNDERTEMPERATURE_CHARGE, FaultCode.CELL_UNDERTEMPERATURE_DISCHARGE,
+    FaultCode.CHARGE_OVERCURRENT, FaultCode.DISCHARGE_OVERCURRENT,
+})
 # Allowed currents sent to a board are refreshed when they move by more than this (or every
 # second): a charger follows them within its own regulation band anyway (assumption).
 LIMIT_RESEND_A = 0.5
@@ -250,7 +257,7 @@ class Controller:
         temps = self._concat_data("temperature_c", self.n_therm)
         bal = self.balancer.update(t, soc, cell_v, temps, int(c_out.state), current_a,
                                    self.table.fault_latched())
-        if self.table.warning_active():
+        if any(r.code in DERATING_CODES for r in self.table.active()):
             charge_limit_a *= WARNING_DERATE
             discharge_limit_a *= WARNING_DERATE
 

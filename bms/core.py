@@ -64,7 +64,7 @@ class Tuning:
     leak_sigma0_a: float = 0.1
     leak_q_soc_per_s: float = 1e-10
     leak_q_a2_per_s: float = 1e-8
-    leak_r_soc: float = 0.02
+    leak_r_soc: float = 0.04
     # Capacity mismatch d = Q/Q_i - 1 in the leak filter: prior sigma 3 % (cells of one lot
     # spread 1-3 % in capacity; assumption) and a slow random walk (ageing).
     leak_d_sigma0: float = 0.03
