@@ -443,8 +443,11 @@ class Controller:
             s.client.wait_ack(seq)
             s.outputs_sent, s.outputs_sent_s = s.outputs_pending, t
         except LinkError as exc:
-            if type(exc).__name__ == "BoardNackError":
-                # The board refused (e.g. its watchdog tripped): try again next tick.
+            if type(exc).__name__ in ("BoardNackError", "BoardTimeoutError"):
+                # The board refused (e.g. its watchdog tripped) or did not answer in time (a
+                # silent link: MEASUREMENT_LOST and SAFE cover it, as for a late SAMPLE): try
+                # again next tick. Marking it lost here would stop the SAMPLEs, and in the sim
+                # clock a silent board's time (and its silence) only advances with SAMPLEs.
                 s.outputs_sent = None
                 return
             self._mark_lost(s, exc, t)
