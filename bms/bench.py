@@ -233,7 +233,16 @@ def ratios(records: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bms bench", description=__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--tick" in argv:  # the whole control tick against emulated boards: bms/bench_tick.py
+        from bms.bench_tick import main as tick_main
+
+        return tick_main([a for a in argv if a != "--tick"])
+    ap = argparse.ArgumentParser(
+        prog="bms bench", description=__doc__.splitlines()[0],
+        epilog="examples:\n  bms bench\n  bms bench --json --sizes 23,2000\n"
+        "  bms bench --tick            # whole control tick (see bms bench --tick --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print the records as JSON")
     ap.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
                     default=SIZES, help="comma-separated cell counts")

@@ -39,7 +39,7 @@ DETECTED_BY = {
 # SOC accuracy is scored after the estimator has had this long to converge from its initial
 # guess (the pack file's initial_soc_sigma is 15 %).
 CONVERGENCE_S = 600.0
-DEMO_DURATION_S = 6000.0
+DEMO_DURATION_S = 5400.0
 
 
 def build_parser() -> argparse.ArgumentParser:
