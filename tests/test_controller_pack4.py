@@ -1,0 +1,82 @@
+"""The 4-board pack (ssb-4x23) end to end: four emulator processes on four ptys, one controller.
+
+One tick asks every board for its sample before it waits on any (the boards sample in
+parallel); the pack closes and runs a simulated minute; a fault injected on board 3 is
+attributed to stack index 2 and nowhere else, and opens the whole pack.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from latency_table import TIME_EPS_S, Bench  # noqa: E402
+
+from bms.config import load_pack  # noqa: E402
+from bms.contactors import ContactorState  # noqa: E402
+from bms.faults import FaultCode, Severity  # noqa: E402
+from hil.protocol import FaultCode as Inject  # noqa: E402
+
+PACK = load_pack("ssb-4x23")
+
+
+def _spy(bench: Bench, calls: list[tuple[str, int]]) -> None:
+    """Record the order of SAMPLE requests and waits per board (wraps the real methods)."""
+    for s in bench.c.stacks:
+        client, k = s.client, s.index
+        real_request, real_wait = client.request_sample, client.wait_measurement
+
+        def request(dt_s: float, _k: int = k, _f=real_request) -> int:
+            calls.append(("request", _k))
+            return _f(dt_s)
+
+        def wait(seq: int, timeout_s: float | None = None, _k: int = k, _f=real_wait):
+            calls.append(("wait", _k))
+            return _f(seq, timeout_s)
+
+        client.request_sample = request  # type: ignore[method-assign]
+        client.wait_measurement = wait  # type: ignore[method-assign]
+
+
+def test_four_boards_close_run_and_attribute_a_fault(tmp_path: Path) -> None:
+    n = len(PACK.stacks)
+    assert n == 4 and PACK.n_cells == 92
+    with Bench(PACK, tmp_path / "log") as b:
+        c = b.c
+        assert len({e.path for e in b.emus}) == n          # four boards, four ptys
+        calls: list[tuple[str, int]] = []
+        _spy(b, calls)
+        b.close_contactors()
+        b.ticks(5)
+        # Every round is all four requests, then all four waits: nobody waits on a board
+        # before every board has been asked. (The sim clock asks for the next tick's samples
+        # at the end of a tick, so the log ends with the four requests of the next round.)
+        assert calls[-n:] == [("request", k) for k in range(n)]
+        calls = calls[:-n]
+        assert len(calls) % (2 * n) == 0 and len(calls) >= 10 * n
+        for i in range(0, len(calls), 2 * n):
+            block = calls[i:i + 2 * n]
+            assert block == [("request", k) for k in range(n)] + [("wait", k) for k in range(n)]
+
+        b.run_for(60.0)
+        assert c.contactors.state == ContactorState.CLOSED
+        assert not c.table.fault_latched(), [r.code.name for r in c.table.latched()]
+        assert all(s.measurements >= 600 and not s.lost for s in c.stacks)
+
+        # Board 3 (stack index 2): a cell under thermistor 4 overheats.
+        lim = PACK.protections["cell_overtemperature_discharge_c"]
+        b.inject(Inject.CELL_HEAT, 13, 150.0, stacks=[2])
+        assert b.tick_until(lambda: c.table.fault_latched(), 120.0)
+        assert c.contactors.outputs == 0
+        faults = [r for r in c.table.records() if r.severity >= Severity.FAULT]
+        assert {(r.code, r.stack, r.cell) for r in faults} == {
+            (FaultCode.CELL_OVERTEMPERATURE_DISCHARGE, 2, 3)}
+        rec = faults[0]
+        assert rec.trigger_value > lim.fault
+        # Every board got the open command and reports its relays open.
+        b.ticks(2)
+        assert all(int(s.data.status) & 0x07 == 0 for s in c.stacks)
+        assert c.contactors.state == ContactorState.FAULT
+        assert rec.first_time_s > 60.0 - TIME_EPS_S
