@@ -105,6 +105,8 @@ def main(argv: list[str]) -> int:
         return 2
     clock = args.clock or ("real" if args.port else "sim")
     log_dir = args.log or default_log_dir("run")
+    # The emulators write their truth files into it before the controller's run log exists.
+    log_dir.mkdir(parents=True, exist_ok=True)
     emulators: list[EmulatorProcess] = []
     ports = list(args.port)
     if not ports:
