@@ -69,3 +69,37 @@ def test_stuck_viewer_is_dropped_not_waited_for(tmp_path) -> None:
 def test_render_shows_the_essentials() -> None:
     text = render(_snapshot(12.0))
     assert "CLOSED" in text and "3.700..3.700" in text and "SOC  50.0" in text
+
+
+def test_live_view_of_a_running_controller(tmp_path) -> None:
+    """A real controller against a real emulated board publishes to a connected viewer."""
+    import json
+
+    from bms.config import load_pack
+    from bms.controller import Controller
+    from bms.emulators import start_emulator
+
+    pack = load_pack("ssb-23")
+    emu = start_emulator(pack, 0, "sim", 3, None)
+    server = MonitorServer(tmp_path / "bms.sock")
+    controller = Controller(pack, [emu.path], clock="sim", log_dir=None, monitor=server)
+    viewer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        controller.open()
+        controller.request_close()
+        viewer.connect(str(server.path))
+        viewer.settimeout(5.0)
+        controller.run(2.0)
+        data = b""
+        while data.count(b"\n") < 20:
+            data += viewer.recv(1 << 20)
+        snapshots = [json.loads(line) for line in data.split(b"\n")[:20]]
+        assert [s["time_s"] for s in snapshots[:3]] == [0.0, 0.1, 0.2]
+        assert snapshots[-1]["state"] == "CLOSED"
+        stack = snapshots[-1]["stacks"][0]
+        assert len(stack["cell_voltage_v"]) == 23 and len(stack["soc"]) == 23
+        assert 0.0 < min(stack["soc"]) <= max(stack["soc"]) < 1.0
+    finally:
+        viewer.close()
+        controller.close()
+        emu.stop()
