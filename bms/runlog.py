@@ -186,21 +186,7 @@ class RunLog:
                 values = values.tolist()  # numpy scalars -> Python floats/ints: fast path
             fields = [_fmt(v) for v in values]
             t = values[self._time_col] if self._time_col is not None else None
-        if not self._header_ok:
-            # The header could not be written (disk full at start): it must come first, so
-            # retry it before any row; until it succeeds the rows are dropped too.
-            self._header_ok = self.ticks.write(self._header, count=False)
-        ok = self._header_ok and self.ticks.write((",".join(fields) + "\n").encode())
-        if not self._header_ok:
-            self.ticks.dropped += 1
-        if ok:
-            self.rows += 1
-            if t is not None:
-                if self.first_time_s is None:
-                    self.first_time_s = float(t)
-                self.last_time_s = float(t)
-        self._track(ok, t)
-        return ok
+        return self._write_row((",".join(fields) + "\n").encode(), t)
 
     def row_array(self, values: np.ndarray) -> bool:
         """Append one tick given as a float array (one value per column): the hot path.
@@ -210,13 +196,18 @@ class RunLog:
         """
         if len(values) != len(self.columns):
             raise ValueError(f"row has {len(values)} values for {len(self.columns)} columns")
-        if not self._header_ok:
-            self._header_ok = self.ticks.write(self._header, count=False)
         fields = values.tolist()
-        ok = self._header_ok and self.ticks.write((self._template % tuple(fields)).encode())
+        t = fields[self._time_col] if self._time_col is not None else None
+        return self._write_row((self._template % tuple(fields)).encode(), t)
+
+    def _write_row(self, line: bytes, t: Any) -> bool:
+        if not self._header_ok:
+            # The header could not be written (disk full at start): it must come first, so
+            # retry it before any row; until it succeeds the rows are dropped too.
+            self._header_ok = self.ticks.write(self._header, count=False)
+        ok = self._header_ok and self.ticks.write(line)
         if not self._header_ok:
             self.ticks.dropped += 1
-        t = fields[self._time_col] if self._time_col is not None else None
         if ok:
             self.rows += 1
             if t is not None:

@@ -212,3 +212,20 @@ def test_header_retried_after_full_disk_at_start(tmp_path: Path) -> None:
     assert summary["dropped_rows"] == 1 and summary["rows"] == 1
     ticks = load_ticks(real)
     assert list(ticks) == ["time_s", "v"] and list(ticks["v"]) == [2.0]
+
+
+def test_row_array_writes_what_row_writes(tmp_path) -> None:
+    """The controller's fast path formats floats exactly like row() (NaN included)."""
+    cols = ["time_s", "a_v", "b_kpa", "state"]
+    values = np.array([1.5, 3.7000000001, np.nan, 2.0])
+    with RunLog(tmp_path / "slow", cols) as slow:
+        slow.row(values.tolist())
+    with RunLog(tmp_path / "fast", cols) as fast:
+        assert fast.row_array(values)
+        with pytest.raises(ValueError):
+            fast.row_array(values[:3])
+    assert (tmp_path / "slow" / "ticks.csv").read_bytes() == \
+        (tmp_path / "fast" / "ticks.csv").read_bytes()
+    ticks = load_ticks(tmp_path / "fast")
+    assert ticks["a_v"][0] == pytest.approx(3.7000000001, rel=1e-9)  # 10 significant digits
+    assert np.isnan(ticks["b_kpa"][0])
