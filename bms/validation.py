@@ -36,6 +36,12 @@ LOAD_CELL_STUCK_SAMPLES = 20
 # A cell voltage cannot jump by more than the worst table resistance times the current step plus
 # this margin in one tick (monitor noise and sampling skew).
 VOLTAGE_JUMP_MARGIN_V = 0.1
+# Open tap wire signature: the wire between cells i and i+1 opens, channel i falls and channel
+# i+1 rises by the same amount (the pair still sums to the two cells' voltage). Adjacent
+# deviations from the stack median of opposite sign, each beyond this, whose sum stays within
+# it, are a tap, not two cells: no cell pair of one stack moves +-0.15 V against each other
+# (assumption; the LTC6811 datasheet's ADOW open-wire test uses a similar pair criterion).
+OPEN_TAP_DEVIATION_V = 0.15
 # A board timestamp that advances by more than this many ticks (or goes backwards) is a gap.
 TIMESTAMP_GAP_TICKS = 3.0
 
@@ -97,6 +103,9 @@ class StackValidator:
         clean = self._clean
         np.copyto(clean, values)
         bad = ~((values >= self._lo) & (values <= self._hi))  # NaN is bad too
+        v_in = values[self.cells]
+        if v_in.max() - v_in.min() > 2.0 * OPEN_TAP_DEVIATION_V:  # False when NaN
+            bad[self.cells] |= open_tap_pairs(v_in)
         lc = self.load_cells
         raw_lc = raw[lc]
         if self._last_raw_lc is not None:
@@ -186,3 +195,17 @@ class StackValidator:
                 self.table.raise_fault(FaultCode.TIMESTAMP_GAP, time_s, None,
                                        float(advance_ms), self.stack_index, momentary=True)
         self._last_ts_ms = timestamp_ms
+
+
+def open_tap_pairs(cell_voltage_v: np.ndarray) -> np.ndarray:
+    """Channels that show the open-tap signature (both channels of each pair), see
+    OPEN_TAP_DEVIATION_V."""
+    v = cell_voltage_v
+    dev = v - np.median(v)
+    d = OPEN_TAP_DEVIATION_V
+    low, high = dev[:-1] < -d, dev[1:] > d
+    pair = low & high & (np.abs(dev[:-1] + dev[1:]) < d)
+    out = np.zeros(len(v), dtype=bool)
+    out[:-1] |= pair
+    out[1:] |= pair
+    return out

@@ -151,3 +151,25 @@ def test_out_of_range_values_on_every_channel_kind() -> None:
     assert math.isnan(out.temperature_c[0]) and math.isnan(out.pressure_kpa[1])
     assert rig.active(FaultCode.THERMISTOR_SHORT) == [0]  # hot side of the divider
     assert rig.active(FaultCode.LOAD_CELL_OPEN) == [1]
+
+
+def test_open_tap_signature_invalidates_the_pair_before_any_limit() -> None:
+    """An open tap between cells 5 and 6: channel 5 falls, channel 6 rises by the same amount.
+    Caught as an open wire while channel 6 (4.0 V) is still a plausible voltage, before it could
+    look like an over-voltage."""
+    rig = Rig()
+    rig.step()
+    cells = rig.cells.copy()
+    cells[5] -= 0.3
+    cells[6] += 0.3
+    out = rig.step(cells=cells)
+    assert np.isnan(out.cell_voltage_v[[5, 6]]).all()
+    assert rig.active(FaultCode.CELL_VOLTAGE_OPEN_WIRE) == [5, 6]
+    # Two cells that are really off (not a pair summing to normal) are not a tap.
+    rig2 = Rig()
+    cells = rig2.cells.copy()
+    cells[5] -= 0.3
+    cells[6] -= 0.3
+    out = rig2.step(cells=cells)
+    assert np.isfinite(out.cell_voltage_v).all()
+    assert rig2.active(FaultCode.CELL_VOLTAGE_OPEN_WIRE) == []

@@ -48,7 +48,7 @@ from bms.controller import Controller  # noqa: E402
 from bms.emulators import EmulatorProcess, start_emulator  # noqa: E402
 from bms.faults import FaultCode, FaultRecord, Severity  # noqa: E402
 from bms.runlog import load_events, load_ticks  # noqa: E402
-from bms.validation import CELL_VOLTAGE_PLAUSIBLE_V  # noqa: E402
+from bms.validation import OPEN_TAP_DEVIATION_V  # noqa: E402
 from hil.protocol import FaultCode as Inject  # noqa: E402
 
 # Float tolerance on times built as tick_index * tick_s.
@@ -463,19 +463,19 @@ def scenarios(pack: PackConfig) -> list[Scenario]:
     # Sensor, link and board faults: diagnosed on the first measurement that shows them (no
     # debounce), so the bound is 2 ticks from the injection.
     # An open tap wire: the emulator's channel i decays to 0 V (tau 2 s) while channel i + 1
-    # reads both cells, so the pair first looks like an over- and an under-voltage (which open
-    # the contactors, the over-voltage at critical level) and is diagnosed open when channel
-    # i + 1 passes the 5.0 V plausibility limit (bms/validation.py).
-    # The bound adds the time the emulated tap needs to put channel i + 1 past 5.0 V:
-    # v + v (1 - exp(-t / 2 s)) > 5.0 (docs/emulator.md, VTAP_OPEN), v the cell voltage.
+    # reads what channel i lost (docs/emulator.md, VTAP_OPEN). bms/validation.py knows that
+    # signature (adjacent deviations of opposite sign summing to ~0) and invalidates the pair
+    # as an open wire as soon as each side is OPEN_TAP_DEVIATION_V off, before channel i + 1
+    # could pass an over-voltage level. The bound adds the time the emulated tap needs for
+    # that: v (1 - exp(-t / 2 s)) > OPEN_TAP_DEVIATION_V, v the cell voltage.
     def tap_delay(b: Bench) -> float:
         v = float(b.c.stacks[0].data.cell_voltage_v[5])
-        return -2.0 * math.log(1.0 - (CELL_VOLTAGE_PLAUSIBLE_V[1] - v) / v)
+        return -2.0 * math.log(1.0 - OPEN_TAP_DEVIATION_V / v)
 
     out.append(Scenario(
         "open tap wire", FaultCode.CELL_VOLTAGE_OPEN_WIRE, "step", "VTAP_OPEN on cell 6's tap",
-        lambda b: b.inject(Inject.VTAP_OPEN, 5), _clear((Inject.VTAP_OPEN, 5)), where=(0, 6),
-        debounce_s=0.0, service_reset=True, physical_delay_s=tap_delay))
+        lambda b: b.inject(Inject.VTAP_OPEN, 5), _clear((Inject.VTAP_OPEN, 5)), where=(0, 5),
+        debounce_s=0.0, physical_delay_s=tap_delay))
     for name, code, how, fault, target, where in (
             ("thermistor open", FaultCode.THERMISTOR_OPEN, "THERMISTOR_OPEN on thermistor 3",
              Inject.THERMISTOR_OPEN, 2, (0, 2)),
