@@ -171,8 +171,9 @@ class Balancer:
             return self._nothing("duty off", keep_selection=True)
         bits = np.where(self.selected, self._bit, np.uint64(0))
         masks = np.add.reduceat(bits, self._cell_starts).astype(np.uint32)
-        bleed = np.where(self.selected, np.nan_to_num(v) / cfg.bleed_resistance_ohm, 0.0)
-        power_w = float(np.sum(bleed * np.nan_to_num(v)))
+        v0 = np.where(self.selected & (v == v), v, 0.0)  # v == v: not NaN (cheaper than
+        bleed = v0 / cfg.bleed_resistance_ohm             # nan_to_num on the hot path)
+        power_w = float(np.dot(bleed, v0))
         return BalanceDecision(masks, self.selected.copy(), bleed, "balancing", power_w)
 
     def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:

@@ -172,9 +172,11 @@ class StackValidator:
                   also_clear: np.ndarray | None = None) -> None:
         """Raise ``code`` on the channels bad now (keeps last_time current), clear it on those
         that were bad before and are not now."""
+        was = before if also_clear is None else (before | also_clear)
+        if not (now.any() or was.any()):
+            return
         for i in np.flatnonzero(now):
             self.table.raise_fault(code, time_s, None, float(values[i]), self.stack_index, int(i))
-        was = before if also_clear is None else (before | also_clear)
         for i in np.flatnonzero(was & ~now):
             self.table.clear_fault(code, time_s, None, float(values[i]), self.stack_index, int(i))
 
