@@ -129,6 +129,7 @@ class Controller:
         self.balancer = Balancer(
             pack.balancing, [s.cells for s in pack.stacks],
             [len(s.thermistor_cell_positions) for s in pack.stacks])
+        self._balance_sigma_max = pack.balancing.start_delta_soc
         self.n_cells = pack.n_cells
         self.n_therm = sum(len(s.thermistor_cell_positions) for s in pack.stacks)
         self.n_load = sum(s.board.load_cells for s in self.stacks)
@@ -255,8 +256,13 @@ class Controller:
         soc = self._concat("soc")
         cell_v = self._concat_data("cell_voltage_v", self.n_cells)
         temps = self._concat_data("temperature_c", self.n_therm)
-        bal = self.balancer.update(t, soc, cell_v, temps, int(c_out.state), current_a,
-                                   self.table.fault_latched())
+        # Balance only on SOCs known better than the imbalance that would start a bleed: an
+        # estimate still converging (sigma above start_delta_soc) counts as no data, so no
+        # charge is burnt on an estimation error.
+        soc_for_balancing = np.where(self._concat("soc_sigma") <= self._balance_sigma_max,
+                                     soc, np.nan)
+        bal = self.balancer.update(t, soc_for_balancing, cell_v, temps, int(c_out.state),
+                                   current_a, self.table.fault_latched())
         if any(r.code in DERATING_CODES for r in self.table.active()):
             charge_limit_a *= WARNING_DERATE
             discharge_limit_a *= WARNING_DERATE

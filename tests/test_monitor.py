@@ -99,6 +99,10 @@ def test_live_view_of_a_running_controller(tmp_path) -> None:
         stack = snapshots[-1]["stacks"][0]
         assert len(stack["cell_voltage_v"]) == 23 and len(stack["soc"]) == 23
         assert 0.0 < min(stack["soc"]) <= max(stack["soc"]) < 1.0
+        # Two seconds in, the estimates are still converging (sigma ~15 %): no cell may bleed
+        # on an estimation error.
+        assert min(stack["soc_sigma"]) > pack.balancing.start_delta_soc
+        assert stack["balance_mask"] == 0
     finally:
         viewer.close()
         controller.close()
