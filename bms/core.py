@@ -69,6 +69,10 @@ class Tuning:
     # spread 1-3 % in capacity; assumption) and a slow random walk (ageing).
     leak_d_sigma0: float = 0.03
     leak_q_d_per_s: float = 1e-12
+    # Per-cell error of the slow RC branch relative to its estimate (assumption: 30 %, the
+    # estimator has one R2/R1 and tau2/tau1 for all cells): inflates the leak filter's noise
+    # while the slow branch is polarised (docs/estimation.md).
+    leak_v2_rel_sigma: float = 0.3
     soh_min_di_a: float = 1.0
     soh_r0_p_max: float = 0.01
     soh_cap_window: float = 0.1
@@ -115,6 +119,7 @@ class CoreParams:
     leak_alarm_a: float
     leak_q_d_per_s: float
     leak_d_sigma0: float
+    leak_v2_rel_sigma: float
     soh_lambda: float
     soh_min_di_a: float
     soh_r0_p_max: float
@@ -247,6 +252,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         leak_q_soc_per_s=tn.leak_q_soc_per_s, leak_q_a2_per_s=tn.leak_q_a2_per_s,
         leak_r_soc2=tn.leak_r_soc ** 2, leak_alarm_a=est.leak_alarm_a,
         leak_q_d_per_s=tn.leak_q_d_per_s, leak_d_sigma0=tn.leak_d_sigma0,
+        leak_v2_rel_sigma=tn.leak_v2_rel_sigma,
         soh_lambda=est.soh_forgetting, soh_min_di_a=tn.soh_min_di_a,
         soh_r0_p_max=tn.soh_r0_p_max, soh_cap_window=tn.soh_cap_window,
         pressure_fusion=int(bool(fusion)), preload_kpa=fx.preload_kpa,
@@ -346,7 +352,8 @@ class Core:
                      "r2_over_r1", "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa",
                      "q_soc_per_s", "q_rc_v2_per_s", "r_voltage_v2", "current_noise_a",
                      "gate_sigma", "leak_q_soc_per_s", "leak_q_a2_per_s", "leak_r_soc2",
-                     "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "soh_lambda",
+                     "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
+                     "soh_lambda",
                      "soh_min_di_a", "soh_r0_p_max",
                      "soh_cap_window", "preload_kpa", "stiffness_kpa_per_um", "swell_um_full",
                      "thermal_um_per_k", "fixture_t_ref_c", "r_pressure_kpa2", "rate_tau_s",

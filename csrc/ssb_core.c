@@ -139,6 +139,7 @@ int ssb_params_check(const ssb_params_t *prm)
                                    prm->q_rc_v2_per_s, prm->current_noise_a,
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
                                    prm->leak_q_d_per_s, prm->leak_d_sigma0,
+                                   prm->leak_v2_rel_sigma,
                                    prm->preload_kpa, prm->stiffness_kpa_per_um,
                                    prm->cusum_k_kpa, prm->i_charge_max_a,
                                    prm->i_discharge_max_a};
@@ -651,7 +652,10 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
     const double qe = prm->leak_q_soc_per_s * dt_s, ql = prm->leak_q_a2_per_s * dt_s;
     const double qd = prm->leak_q_d_per_s * dt_s;
     const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
+    const double k2 = prm->leak_v2_rel_sigma * prm->leak_v2_rel_sigma;
     const double *SSB_RESTRICT soc = st->soc;
+    const double *SSB_RESTRICT v2_a = st->v2;
+    const double *SSB_RESTRICT docv_a = st->work + W_DOCV * nn;
     double *SSB_RESTRICT e_a = st->leak_e;
     double *SSB_RESTRICT l_a = st->leak_a;
     double *SSB_RESTRICT d_a = st->leak_d;
@@ -676,7 +680,11 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
         const double pee = pee0 - 2.0 * b * pel0 + 2.0 * c * ped0 + b * b * pll0 -
                            2.0 * b * c * pld0 + c * c * pdd0 + qe;
         const double pll = pll0 + ql, pld = pld0, pdd = pdd0 + qd;
-        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (pee + rl) : 0.0;
+        /* Slow polarisation the model gets wrong per cell (after a fast charge it relaxes
+         * over minutes) moves e like a leak would: count it as measurement noise. */
+        const double slope = docv_a[i] > 1e-3 ? docv_a[i] : 1e-3;
+        const double r_v2 = k2 * v2_a[i] * v2_a[i] / (slope * slope);
+        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (pee + rl + r_v2) : 0.0;
         const double nu = soc[i] - med - e;
         e_a[i] = e + pee * gain * nu;
         l_a[i] = l + pel * gain * nu;

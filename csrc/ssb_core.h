@@ -105,6 +105,8 @@ typedef struct ssb_params {
     double leak_alarm_a;     /* flag when leak - 3 sigma > this */
     double leak_q_d_per_s;   /* variance rate of the capacity-mismatch term d, 1/s */
     double leak_d_sigma0;    /* prior sigma of d (relative capacity spread of the cells) */
+    double leak_v2_rel_sigma; /* relative per-cell error of the slow RC branch: the leak
+                                 measurement's variance grows by (k V2 / dOCV/dSOC)^2 */
 
     /* SOH: recursive least squares */
     double soh_lambda;     /* forgetting factor, (0, 1] */

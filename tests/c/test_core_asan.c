@@ -82,6 +82,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->leak_alarm_a = 0.05;
     p->leak_q_d_per_s = 1e-12;
     p->leak_d_sigma0 = 0.03;
+    p->leak_v2_rel_sigma = 0.3;
     p->soh_lambda = 0.9999;
     p->soh_min_di_a = 1.0;
     p->soh_r0_p_max = 0.01;
