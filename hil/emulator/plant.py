@@ -23,6 +23,7 @@ Equations and the source of every parameter: docs/emulator.md. Sign: positive cu
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from dataclasses import dataclass, fields, replace
@@ -119,7 +120,7 @@ class PlantParams:
 # --------------------------------------------------------------------------- loads
 
 
-class Load:
+class Load(abc.ABC):
     """A load demand. The plant asks it each step for the current it wants (A, + = charge).
 
     ``v_open`` and ``r_eff`` describe every cell's terminal voltage as ``v = v_open + r_eff i``
@@ -130,11 +131,13 @@ class Load:
     respect_limits: bool = True
     done: bool = False
 
+    @abc.abstractmethod
     def demand_a(self, t_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
-        raise NotImplementedError
+        """The current this load wants now (A, + = charge)."""
 
-    def observe(self, cell_voltage_v: np.ndarray) -> None:
-        """Called after each step with the true terminal voltages (for stop conditions)."""
+    def observe(self, cell_voltage_v: np.ndarray) -> None:  # noqa: B027 (optional hook)
+        """Called after each step with the true terminal voltages (for stop conditions); loads
+        without stop conditions keep this no-op."""
 
 
 @dataclass
