@@ -7,11 +7,13 @@ a fault with FAULT_INJECT between two ``tick()`` calls, and records:
 - ``t_inject_s``: controller time of the last tick before the injection. The SAMPLE of the next
   tick is already in flight then (the controller prefetches it), so the first measurement that
   can show the fault is the one of the tick after next: one tick of pipeline plus one plant step.
-- ``t_cross_s`` (ramps only): the first tick at or after the injection whose measured value is
-  past the fault threshold. Cell voltages, temperatures, load-cell pressures, current and leak
-  estimates come from the run log (``ticks.csv`` through :func:`bms.runlog.load_ticks`); the
-  pressure rate and the residual CUSUM are not logged and come from the controller's state after
-  each tick (the very values its protections compared).
+- ``t_cross_s`` (ramps only): the first tick of the run of ticks, after the injection, whose
+  measured value stays past the fault threshold up to the fault raise (a slow ramp under sensor
+  noise can cross and fall back before that run: debounce restarts then, as it must). Cell
+  voltages, temperatures, load-cell pressures, current and leak estimates come from the run
+  log (``ticks.csv`` through :func:`bms.runlog.load_ticks`); the pressure rate and the
+  residual CUSUM are not logged and come from the controller's state after each tick (the
+  very values its protections compared).
 - ``t_raise_s``: the first time of the fault record at FAULT severity in the FaultTable;
   ``t_open_s``: the first tick after the injection whose contactor command is all open.
 
@@ -516,9 +518,19 @@ def scenarios(pack: PackConfig) -> list[Scenario]:
 
 
 def _crossing(values: np.ndarray, times: np.ndarray, threshold: float, direction: str,
-              t_from: float) -> float | None:
+              t_from: float, t_until: float | None = None) -> float | None:
+    """Start of the run of ticks past ``threshold`` that ends at ``t_until`` (the raise), or
+    the first tick past it after ``t_from`` when there is no such run."""
     past = values > threshold if direction == "above" else values < threshold
-    idx = np.flatnonzero(past & (times >= t_from - TIME_EPS_S))
+    window = times >= t_from - TIME_EPS_S
+    if t_until is not None:
+        upto = np.flatnonzero(window & (times <= t_until + TIME_EPS_S))
+        if len(upto) and past[upto[-1]]:
+            j = len(upto) - 1
+            while j > 0 and past[upto[j - 1]]:
+                j -= 1
+            return float(times[upto[j]])
+    idx = np.flatnonzero(past & window)
     return float(times[idx[0]]) if len(idx) else None
 
 
@@ -609,7 +621,8 @@ def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) 
         else:
             times = np.array([t for t, _ in state_values])
             values = np.array([v for _, v in state_values])
-        t_cross = _crossing(values, times, lim.fault, lim.direction, t_inject + tick)
+        t_cross = _crossing(values, times, lim.fault, lim.direction, t_inject + tick,
+                            rec.first_time_s)
     # What opened the contactors: the FAULT-or-worse records raised at the open tick.
     t_open = opened[0] if opened else None
     opened_by = sorted({e["name"] for e in load_events(log_dir)
