@@ -56,3 +56,66 @@ def test_tick_bench_runs_and_reports_rates() -> None:
     assert rec["ticks_per_s"] > 0 and rec["us_per_tick"] > 0
     assert rec["final_state"] == "CLOSED" and rec["missed_deadlines"] == 0
     assert set(rec["tick_latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+
+
+def test_bms_run_against_a_running_emulator_port(tmp_path: Path) -> None:
+    """What a bench engineer does with a board: `bms run --port PATH`, here the pty of a
+    `bms emulate` process; the summary names the board, its counters and the log."""
+    from bms.emulators import start_emulator
+
+    emu = start_emulator(load_pack("ssb-23"), 0, "sim", 2, None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bms.cli", "run", "--port", emu.path, "--clock", "sim",
+             "--duration", "30", "--log", str(tmp_path / "log"), "--quiet", "--no-monitor"],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        emu.stop()
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "ran 300 ticks" in out and "final state CLOSED" in out
+    assert f"board 1 {emu.path}: 300 measurements, 0 missed, crc errors 0" in out
+    assert f"log: {tmp_path / 'log'}" in out
+    assert len(load_ticks(tmp_path / "log")["time_s"]) == 300
+    # --scenario belongs to the emulators bms run starts itself, not to a given port.
+    bad = subprocess.run(
+        [sys.executable, "-m", "bms.cli", "run", "--port", "/dev/null", "--scenario", "udds"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "--scenario applies" in bad.stderr
+
+
+def test_bms_monitor_cli_shows_snapshots_and_says_when_nothing_runs(tmp_path: Path) -> None:
+    import threading
+
+    from bms.monitor import MonitorServer
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "bms.cli", "monitor", str(tmp_path / "none.sock")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert missing.returncode == 1 and "no BMS is running" in missing.stderr
+
+    server = MonitorServer(tmp_path / "bms.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bms.cli", "monitor", str(server.path), "--count", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    done = threading.Event()
+
+    def publish_until_done() -> None:
+        t = 0.0
+        while not done.is_set():  # the viewer connects when it has started: publish until then
+            server.publish({"time_s": t, "state": "CLOSED", "current_a": 1.0,
+                            "charge_limit_a": 10.0, "discharge_limit_a": 15.0,
+                            "active_faults": [], "stacks": []})
+            t += 0.1
+            done.wait(0.01)
+
+    publisher = threading.Thread(target=publish_until_done)
+    publisher.start()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        done.set()
+        publisher.join()
+        server.close()
+    assert proc.returncode == 0, err
+    assert out.count("state=CLOSED") == 2
