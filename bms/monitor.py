@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bms.runlog import _json_safe  # one NaN-to-null rule for logs and the live view
+
 DEFAULT_NAME = "bms.sock"
 
 
@@ -83,7 +85,9 @@ class MonitorServer:
         self._accept()
         if not self._viewers:
             return
-        line = (json.dumps(snapshot, separators=(",", ":"), default=_jsonable) + "\n").encode()
+        # Strict JSON (NaN -> null) so any viewer's parser reads it, not only Python's.
+        line = (json.dumps(_json_safe(snapshot), separators=(",", ":"), allow_nan=False,
+                           default=_jsonable) + "\n").encode()
         alive = []
         for conn, backlog in self._viewers:
             backlog += line
@@ -141,26 +145,33 @@ def read_snapshots(path: str | Path, timeout_s: float | None = None):
         sock.close()
 
 
+def _f(value: Any) -> float:
+    """A snapshot number for display (strict JSON carries NaN as null)."""
+    return float("nan") if value is None else float(value)
+
+
 def render(snapshot: dict[str, Any]) -> str:
     """A compact text view of one snapshot (also used by ``bms demo``'s live view)."""
     lines = [
-        f"t={snapshot.get('time_s', 0.0):9.1f} s  state={snapshot.get('state', '?'):<9} "
-        f"I={snapshot.get('current_a', float('nan')):+7.2f} A  "
-        f"limits +{snapshot.get('charge_limit_a', float('nan')):.1f}/"
-        f"-{snapshot.get('discharge_limit_a', float('nan')):.1f} A  "
+        f"t={_f(snapshot.get('time_s', 0.0)):9.1f} s  state={snapshot.get('state', '?'):<9} "
+        f"I={_f(snapshot.get('current_a')):+7.2f} A  "
+        f"limits +{_f(snapshot.get('charge_limit_a')):.1f}/"
+        f"-{_f(snapshot.get('discharge_limit_a')):.1f} A  "
         f"faults={','.join(snapshot.get('active_faults', [])) or '-'}"
     ]
     for stack in snapshot.get("stacks", []):
-        v = list(stack.get("cell_voltage_v", []))
-        soc = list(stack.get("soc", [])) or [float("nan")]
+        v = [_f(x) for x in stack.get("cell_voltage_v", [])]
+        soc = [_f(x) for x in stack.get("soc", [])] or [float("nan")]
         if v:
+            temps = [_f(x) for x in stack.get("temperature_c", [])] or [float("nan")]
+            sigma = [_f(x) for x in stack.get("soc_sigma", [])] or [0.0]
             lines.append(
                 f"  {stack.get('name', '?'):<8} V {min(v):.3f}..{max(v):.3f}  "
                 f"SOC {100 * min(soc):5.1f}..{100 * max(soc):5.1f} % "
-                f"(+/-{300 * max(stack.get('soc_sigma', [0.0])):.1f} %)  "
-                f"T {max(stack.get('temperature_c', [float('nan')])):5.1f} C  "
-                f"p {stack.get('pressure_kpa', float('nan')):6.0f} kPa "
-                f"(exp {stack.get('pressure_expected_kpa', float('nan')):6.0f})  "
+                f"(+/-{300 * max(sigma):.1f} %)  "
+                f"T {max(temps):5.1f} C  "
+                f"p {_f(stack.get('pressure_kpa')):6.0f} kPa "
+                f"(exp {_f(stack.get('pressure_expected_kpa')):6.0f})  "
                 f"bal {stack.get('balance_mask', 0):06x}"
             )
     return "\n".join(lines)

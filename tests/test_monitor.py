@@ -107,3 +107,32 @@ def test_live_view_of_a_running_controller(tmp_path) -> None:
         viewer.close()
         controller.close()
         emu.stop()
+
+
+def test_snapshots_are_strict_json(tmp_path) -> None:
+    import json
+
+    server = MonitorServer(tmp_path / "bms.sock")
+    viewer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        viewer.connect(str(server.path))
+        viewer.settimeout(5.0)
+        snap = _snapshot(1.0)
+        snap["current_a"] = float("nan")
+        server.publish(snap)
+        line = b""
+        while not line.endswith(b"\n"):
+            line += viewer.recv(65536)
+        assert b"NaN" not in line
+        assert json.loads(line, parse_constant=lambda c: 1 / 0)["current_a"] is None
+    finally:
+        viewer.close()
+        server.close()
+
+
+def test_render_copes_with_nulls() -> None:
+    snap = _snapshot(3.0)
+    snap["current_a"] = None
+    snap["stacks"][0]["pressure_kpa"] = None
+    text = render(snap)
+    assert "I=   +nan A" in text and "p    nan kPa" in text
