@@ -136,6 +136,7 @@ class FaultCode(enum.IntEnum):
     LOAD_CURRENT = 17
     AMBIENT_TEMP = 18
     CELL_HEAT = 19
+    VTAP_OFFSET = 20
 
 
 class FrameErrorKind(enum.StrEnum):

@@ -400,3 +400,23 @@ def test_truth_writer(tmp_path: Path) -> None:
     row = dict(zip(lines[0].split(","), lines[-1].split(","), strict=True))
     assert float(row["current_a"]) == pytest.approx(-5.0, abs=0.01)
     assert 0.0 < float(row["soc_0"]) < 1.0
+
+
+def test_vtap_offset_moves_only_that_channel_not_the_cell() -> None:
+    plant = make(seed=4)
+    plant.step(0.1)
+    before, _ = readings(plant)
+    true_before = plant.truth().cell_voltage_v.copy()
+    plant.inject_fault(FaultCode.VTAP_OFFSET, 3, 0.5)
+    plant.step(0.1)
+    after, _ = readings(plant)
+    shift = after.cell_voltage_v - before.cell_voltage_v
+    assert shift[3] == pytest.approx(0.5, abs=0.003)           # monitor noise: 0.3 mV
+    assert np.abs(np.delete(shift, 3)).max() < 0.003
+    assert np.allclose(plant.truth().cell_voltage_v, true_before, atol=1e-3)  # the cell is fine
+    with pytest.raises(FaultError):
+        plant.inject_fault(FaultCode.VTAP_OFFSET, 3, 9.0)
+    plant.inject_fault(FaultCode.VTAP_OFFSET, 3, clear=True)
+    plant.step(0.1)
+    cleared, _ = readings(plant)
+    assert cleared.cell_voltage_v[3] == pytest.approx(before.cell_voltage_v[3], abs=0.003)

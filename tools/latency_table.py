@@ -374,6 +374,16 @@ def scenarios(pack: PackConfig) -> list[Scenario]:
         lambda b: b.inject(Inject.LOAD_CURRENT, value=1.8), _clear((Inject.LOAD_CURRENT, 0xFF)),
         soc=0.99, from_log=max_cell_voltage, where=(0, None), max_detect_s=180.0,
         max_recover_s=60.0, recoverable=False))
+    # The same protection hit by a step: a +0.5 V offset on one cell's channel (VTAP_OFFSET: a
+    # drifting monitor input) puts the reading past the fault level (4.25 V) but not the critical
+    # one (4.30 V) at once, with no current, so nothing else trips first. Validation flags the
+    # jump as implausible (a warning: safety data is not dropped on a guess) and the
+    # over-voltage protection acts on the reading. Clearing the offset lets the reset through.
+    out.append(Scenario(
+        "cell_overvoltage_v (step)", FaultCode.CELL_OVERVOLTAGE, "step",
+        "VTAP_OFFSET +0.5 V on cell 12's channel",
+        lambda b: b.inject(Inject.VTAP_OFFSET, 11, 0.5), _clear((Inject.VTAP_OFFSET, 11)),
+        where=(0, 11), debounce_s=p["cell_overvoltage_v"].debounce_s))
     # Under-voltage: a soft short of 0.15 ohm (an internal short drains the cell at ~20 A
     # without passing the shunt, so no over-current can see it) pulls one cell down at ~1 mV per
     # tick near empty, a clean ramp; the leak filter needs minutes, the heat (~70 W) tens of s.

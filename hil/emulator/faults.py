@@ -69,6 +69,7 @@ class PlantFaults:
     contact_loss: np.ndarray = field(init=False)        # fraction 0..0.95
     cell_heat_w: np.ndarray = field(init=False)
     vtap_open_since_s: np.ndarray = field(init=False)   # nan = wire intact
+    vtap_offset_v: np.ndarray = field(init=False)
     loadcell_stuck: np.ndarray = field(init=False)
     loadcell_offset_kpa: np.ndarray = field(init=False)
     loadcell_open: np.ndarray = field(init=False)
@@ -90,6 +91,7 @@ class PlantFaults:
         self.contact_loss = np.zeros(n)
         self.cell_heat_w = np.zeros(n)
         self.vtap_open_since_s = np.full(n, np.nan)
+        self.vtap_offset_v = np.zeros(n)
         self.loadcell_stuck = np.zeros(m, dtype=bool)
         self.loadcell_offset_kpa = np.zeros(m)
         self.loadcell_open = np.zeros(m, dtype=bool)
@@ -147,6 +149,9 @@ class PlantFaults:
         elif c == FaultCode.VTAP_OPEN:
             i = self._index(c, target, self.n_cells, "cell")
             self.vtap_open_since_s[i] = np.nan if clear else now_s
+        elif c == FaultCode.VTAP_OFFSET:
+            i = self._index(c, target, self.n_cells, "cell")
+            self.vtap_offset_v[i] = 0.0 if clear else self._finite(c, value, -5.0, 5.0)
         elif c == FaultCode.THERMISTOR_OPEN:
             j = self._index(c, target, self.n_thermistors, "thermistor")
             self.thermistor_open[j] = not clear

@@ -629,7 +629,7 @@ class Plant:
         b, n, k = self.board, self.n, self.k
         kpc = np.asarray(b.load_cell_kpa_per_count, dtype=float)
         self._ch_a = np.concatenate([
-            self._cell_off_v - b.cell_offset_v, np.zeros(k),
+            self._cell_off_v - b.cell_offset_v + f.vtap_offset_v, np.zeros(k),
             self._lc_off_kpa + f.loadcell_offset_kpa / self._lc_gain,
             [self._cur_off_a + f.current_offset_a - b.current_offset_a, 0.0]])
         self._ch_s = np.concatenate([
