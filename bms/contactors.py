@@ -64,8 +64,8 @@ class ContactorTiming:
     #: cool (assumption: 1 s; precharge resistors are rated for a few pulses in a row).
     retry_pause_s: float = 1.0
     #: Feedback may lag the command: contactors open in ~10-20 ms (TE EV200-class datasheets)
-    #: and the feedback arrives with the next MEASUREMENT, so 0.3 s is a few ticks at 10 Hz
-    #: (assumption).
+    #: and the feedback arrives with the next MEASUREMENT (the one after in the pipelined sim
+    #: clock), so 0.3 s is a few ticks at 10 Hz (assumption).
     opening_timeout_s: float = 0.3
     feedback_timeout_s: float = 0.3
     #: Valid data must be back this long before SAFE returns to STANDBY (assumption: 1 s, so
@@ -122,6 +122,7 @@ class ContactorStateMachine:
         self._pausing = False
         self._opening_cause = "request"
         self._mismatch_since_s: float | None = None
+        self._supervised_outputs: int | None = None
         self._mismatch_reported = False
         self._valid_since_s: float | None = None
         self._events: list[dict[str, Any]] = []
@@ -307,9 +308,15 @@ class ContactorStateMachine:
         if fb is None or self.state == ContactorState.OPENING or not inp.measurement_valid:
             self._mismatch_since_s = None
             return
-        # The feedback of this tick answers the command sent last tick; only a mismatch that
-        # outlasts the timeout counts. PRECHARGE is only checked when the precharge relay
-        # should be closed (not during the pause between attempts).
+        # The feedback of this tick answers a command sent one tick ago (two in the pipelined
+        # sim clock); only a mismatch that outlasts the timeout counts, timed from the latest
+        # change of the command (each command gets the whole timeout to show in the feedback:
+        # precharge -> close -> drop precharge are three commands in a row).
+        if self.outputs != self._supervised_outputs:
+            self._supervised_outputs = self.outputs
+            self._mismatch_since_s = None
+        # PRECHARGE is only checked when the precharge relay should be closed (not during the
+        # pause between attempts).
         if (fb & ALL_RELAYS) == self.outputs:
             self._mismatch_since_s = None
             return

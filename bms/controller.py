@@ -105,6 +105,7 @@ class Controller:
         self, pack: PackConfig, ports: list[str], clock: str = "sim",
         log_dir: str | Path | None = None, monitor: MonitorServer | None = None,
         timeout_s: float = 0.25, retries: int = 1, meta: dict[str, Any] | None = None,
+        pipeline: bool | None = None,
     ) -> None:
         if len(ports) != len(pack.stacks):
             raise ValueError(f"pack {pack.name} has {len(pack.stacks)} stack(s): give one port "
@@ -113,6 +114,14 @@ class Controller:
             raise ValueError("clock must be 'sim' or 'real'")
         self.pack = pack
         self.clock = clock
+        # Sim clock: ask for tick k+1's sample as soon as tick k's has arrived, so the board
+        # steps its plant and the frames cross the pty while this process works on tick k.
+        # The price: tick k's commands reach the plant after its step to t(k+1), one tick
+        # later than in lockstep (as on a board whose conversion started just before the
+        # command came). Detection is unchanged; docs/architecture.md has the timing.
+        self.pipeline = (clock == "sim") if pipeline is None else bool(pipeline)
+        if self.pipeline and clock != "sim":
+            raise ValueError("pipelining needs the sim clock (real boards sample on a timer)")
         self.tick_s = pack.controller.tick_s
         self.timeout_s = timeout_s
         self.table = FaultTable()
@@ -215,8 +224,9 @@ class Controller:
                 s.prefetched = None
             else:
                 seqs.append(self._request(s, sample_dt, t))
+        t_next = (self.tick_index + 1) * self.tick_s
         for s, seq in zip(self.stacks, seqs, strict=True):
-            self._receive(s, seq, t, dt_s)
+            self._receive(s, seq, t, dt_s, t_next)
 
         # 2. Safety data present? Missing for longer than the timeout -> SAFE.
         timeout = self.pack.controller.measurement_timeout_s
@@ -284,11 +294,10 @@ class Controller:
                 except LinkError as exc:
                     self._mark_lost(s, exc, t)
 
-        # 7. Sim clock: ask for the next tick's sample now, after this tick's commands (so the
-        #    board applies them before it advances), and let the board compute while this
-        #    process logs.
-        if self.clock == "sim":
-            t_next = (self.tick_index + 1) * self.tick_s
+        # 7. Sim clock in lockstep: ask for the next tick's sample now, after this tick's
+        #    commands (so the board applies them before it advances), and let the board
+        #    compute while this process logs. (Pipelined: already asked in _receive.)
+        if self.clock == "sim" and not self.pipeline:
             for s in self.stacks:
                 s.prefetched = self._request(s, sample_dt, t_next)
 
@@ -363,7 +372,10 @@ class Controller:
             self._mark_lost(s, exc, t)
             return None
 
-    def _receive(self, s: StackRuntime, seq: int | None, t: float, dt_s: float) -> None:
+    def _receive(self, s: StackRuntime, seq: int | None, t: float, dt_s: float,
+                 t_next: float) -> None:
+        """Wait for the answer to ``seq``; pipelined, ask for the next sample at once; then
+        validate and run the core."""
         if seq is None:
             s.misses += 1
             return
@@ -376,6 +388,8 @@ class Controller:
             if not isinstance(exc, LinkError) or "lost" in type(exc).__name__.lower():
                 self._mark_lost(s, exc, t)
             return
+        if self.pipeline:
+            s.prefetched = self._request(s, dt_s, t_next)
         try:
             raw, values = s.scaler.channel_values(m)
         except ValueError as exc:  # channel counts differ from the board profile

@@ -32,9 +32,11 @@ class Bench:
     through the precharge resistor with tau_s (RC) and sits at the stack voltage when POS and
     NEG are closed. ``shorted`` = the PRECHARGE_FAIL injection (bus never rises)."""
 
-    def __init__(self, sm: ContactorStateMachine, tau_s: float = 0.2) -> None:
+    def __init__(self, sm: ContactorStateMachine, tau_s: float = 0.2, lag_ticks: int = 1) -> None:
         self.sm = sm
         self.tau_s = tau_s
+        # Commands reach the relays lag_ticks - 1 ticks late (2 = the pipelined sim clock).
+        self._in_flight = [0] * (lag_ticks - 1)
         self.t = 0.0
         self.bus = 0.0
         self.feedback = 0
@@ -55,8 +57,9 @@ class Bench:
             self.log.append((self.t, out.state, out.outputs))
             self.faults += out.faults
             self.events += out.events
-            # Plant advances by one tick with the new command.
-            cmd = out.outputs
+            # Plant advances by one tick with the new command (or an older one, when lagging).
+            self._in_flight.append(out.outputs)
+            cmd = self._in_flight.pop(0)
             self.feedback = (cmd | (self.feedback & (CONTACTOR_POS | CONTACTOR_NEG))) \
                 if self.welded else cmd
             closed = self.feedback
@@ -233,6 +236,31 @@ def test_feedback_mismatch_while_closed() -> None:
         b.faults += out.faults
     assert b.t - t0 <= 0.3 + 2 * DT + 1e-9
     assert b.sm.state == S.OPENING and b.sm.outputs == 0
+    assert [c for c, _ in b.faults] == [FaultCode.CONTACTOR_FEEDBACK_MISMATCH]
+
+
+@pytest.mark.parametrize("lag_ticks", [1, 2])
+def test_feedback_two_ticks_late_is_no_mismatch(lag_ticks: int) -> None:
+    """The pipelined sim clock applies a command one tick later: precharge -> close -> drop
+    precharge are three commands in a row, each must get the whole feedback timeout."""
+    b = Bench(ContactorStateMachine(CFG, ContactorTiming(feedback_timeout_s=0.3)),
+              lag_ticks=lag_ticks)
+    b.sm.request_close()
+    b.run_until(S.CLOSED)
+    b.tick(10)
+    assert b.sm.state == S.CLOSED and b.sm.outputs == CONTACTOR_POS | CONTACTOR_NEG
+    assert b.faults == []
+    b.sm.request_open()
+    assert b.run_until(S.STANDBY).outputs == 0
+    assert b.faults == []
+    # A real mismatch is still caught with the lag: the board drops everything while closed.
+    b.sm.request_close()
+    b.run_until(S.CLOSED)
+    b.tick(3)
+    while b.sm.state == S.CLOSED:
+        out = b.sm.update(b.t, ContactorInputs(STACK_V, 0.0, 0, False, False, True))
+        b.t = round(b.t + DT, 9)
+        b.faults += out.faults
     assert [c for c, _ in b.faults] == [FaultCode.CONTACTOR_FEEDBACK_MISMATCH]
 
 

@@ -589,9 +589,13 @@ def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) 
         state_after_fault = c.contactors.state.name
         refused, refused_event, state_refused = False, False, c.contactors.state
         if sc.expect_state == ContactorState.FAULT:
-            # Reset asked at once, while the condition holds: refused.
+            # Reset asked at once, while the condition holds: refused. The state is read once
+            # OPENING is over (the feedback shows open one tick after the command in lockstep,
+            # two in the pipelined sim clock).
             refused = not c.request_reset()
             b.ticks(1)
+            if c.contactors.state == ContactorState.OPENING:
+                b.tick_until(lambda: c.contactors.state != ContactorState.OPENING, 1.0)
             state_refused = c.contactors.state
             refused_event = any(e.get("event") == "reset_refused"
                                 for e in load_events(log_dir))
