@@ -51,6 +51,10 @@ LIMIT_RESEND_A = 0.5
 # Unchanged outputs are sent again this often (the ACK already confirms each change; this only
 # covers a board that lost its state without us noticing).
 OUTPUT_REFRESH_S = 5.0
+# Status bits as plain ints (IntFlag arithmetic costs microseconds per tick).
+_ST_JUST_BOOTED = int(Status.JUST_BOOTED)
+_ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
+_ST_SENSOR = int(Status.SENSOR_ERROR)
 # A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
 RECONNECT_PERIOD_S = 2.0
 
@@ -82,6 +86,12 @@ class StackRuntime:
     outputs_sent_s: float = -math.inf
     measurements: int = 0
     misses: int = 0
+    # This stack's cells and thermistors in the pack-wide arrays.
+    cells: slice = field(default_factory=lambda: slice(0))
+    thermistors: slice = field(default_factory=lambda: slice(0))
+    stack_voltage_v: float = math.nan
+    charge_limit_a: float = math.nan
+    discharge_limit_a: float = math.nan
 
 
 @dataclass
@@ -149,6 +159,21 @@ class Controller:
             "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
         self.monitor = monitor
         self._row_buf = np.full(len(self.columns), np.nan)
+        # Pack-wide arrays (stacks concatenated in pack order), filled in place as each board's
+        # data arrives: the tick never concatenates. A stack that has not answered yet is NaN.
+        c0 = t0 = 0
+        for s in self.stacks:
+            s.cells = slice(c0, c0 + s.config.cells)
+            s.thermistors = slice(t0, t0 + len(s.config.thermistor_cell_positions))
+            c0, t0 = s.cells.stop, s.thermistors.stop
+        n, n_st = self.n_cells, len(self.stacks)
+        self._cell_v, self._soc, self._soc_sigma = (np.full(n, np.nan) for _ in range(3))
+        self._leak_a, self._leak_sigma_a = np.full(n, np.nan), np.full(n, np.nan)
+        self._leak_low_a, self._soc_balancing = np.full(n, np.nan), np.full(n, np.nan)
+        self._temps = np.full(self.n_therm, np.nan)
+        (self._p_mean_kpa, self._p_rate_kpa_per_s, self._p_cusum_kpa,
+         self._p_imbalance_kpa) = (np.full(n_st, np.nan) for _ in range(4))
+        self._p_rate_abs = np.full(n_st, np.nan)
         self.tick_index = 0
         self.time_s = 0.0
         self.stats = TickStats()
@@ -242,38 +267,43 @@ class Controller:
         # 3. Protections over the pack (only on a tick where every board answered: a missing
         #    board must not look like NaN sensors; its absence is MEASUREMENT_LOST above).
         charge_limit_a, discharge_limit_a = self._power_limits()
+        current_a = self._pack_current()
         if all_fresh:
-            self.protections.step(t, self._protection_inputs(charge_limit_a, discharge_limit_a),
-                                  self.table)
+            self.protections.step(t, self._protection_inputs(current_a, charge_limit_a,
+                                                             discharge_limit_a), self.table)
 
         # 4. Contactors.
-        stack_v = float(sum(np.nansum(s.data.cell_voltage_v) for s in self.stacks
-                            if s.data is not None))
-        bus_v = float(sum(s.data.bus_voltage_v for s in self.stacks if s.data is not None))
+        stack_v = bus_v = 0.0
+        for s in self.stacks:
+            if s.data is not None:
+                stack_v += s.stack_voltage_v
+                bus_v += s.data.bus_voltage_v
+        fault_latched = self.table.fault_latched()
         c_out = self.contactors.update(t, ContactorInputs(
             stack_voltage_v=stack_v, bus_voltage_v=bus_v,
             feedback_bits=self._feedback_bits(),
-            fault_active=self.table.fault_latched(),
+            fault_active=fault_latched,
             critical_active=self.table.critical_latched(),
             measurement_valid=valid))
         for code, value in c_out.faults:
             self.table.raise_fault(code, t, None, value, momentary=True)
+        if c_out.faults:
+            fault_latched = self.table.fault_latched()
         if c_out.events:
             self.contactor_events.extend(c_out.events)
 
         # 5. Balancing and limits.
-        current_a = self._pack_current()
-        soc = self._concat("soc")
-        cell_v = self._concat_data("cell_voltage_v", self.n_cells)
-        temps = self._concat_data("temperature_c", self.n_therm)
         # Balance only on SOCs known better than the imbalance that would start a bleed: an
         # estimate still converging (sigma above start_delta_soc) counts as no data, so no
         # charge is burnt on an estimation error.
-        soc_for_balancing = np.where(self._concat("soc_sigma") <= self._balance_sigma_max,
-                                     soc, np.nan)
-        bal = self.balancer.update(t, soc_for_balancing, cell_v, temps, int(c_out.state),
-                                   current_a, self.table.fault_latched())
-        if any(r.code in DERATING_CODES for r in self.table.active()):
+        soc_bal = self._soc_balancing
+        np.copyto(soc_bal, self._soc)
+        with np.errstate(invalid="ignore"):
+            soc_bal[~(self._soc_sigma <= self._balance_sigma_max)] = np.nan
+        bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, int(c_out.state),
+                                   current_a, fault_latched)
+        active = self.table.active()
+        if active and any(r.code in DERATING_CODES for r in active):
             charge_limit_a *= WARNING_DERATE
             discharge_limit_a *= WARNING_DERATE
 
@@ -314,8 +344,8 @@ class Controller:
                 self.log.event(e)
             for e in events:
                 self.log.event(e)
-            self.log.row_array(self._row(t, c_out, current_a, stack_v, bus_v, soc, cell_v,
-                                         temps, charge_limit_a, discharge_limit_a, bal, duration))
+            self.log.row_array(self._row(t, c_out, current_a, stack_v, bus_v, charge_limit_a,
+                                         discharge_limit_a, bal, len(active), duration))
         if self.monitor and self.monitor.poll_viewers():
             self.monitor.publish(self.snapshot())
         self.tick_index += 1
@@ -396,19 +426,20 @@ class Controller:
             self._mark_lost(s, exc, t)
             return
         s.measurements += 1
-        if s.client.take_reset() or (m.status & Status.JUST_BOOTED and s.measurements > 1):
+        status = int(m.status)
+        if s.client.take_reset() or (status & _ST_JUST_BOOTED and s.measurements > 1):
             self.table.raise_fault(FaultCode.BOARD_RESET, t, None, None, s.index,
                                    momentary=True)
-        if m.status & Status.WATCHDOG_TRIPPED:
+        if status & _ST_WATCHDOG:
             self.table.raise_fault(FaultCode.BOARD_WATCHDOG_TRIPPED, t, None, None, s.index)
         elif s.watchdog_tripped:
             self.table.clear_fault(FaultCode.BOARD_WATCHDOG_TRIPPED, t, None, None, s.index)
-        s.watchdog_tripped = bool(m.status & Status.WATCHDOG_TRIPPED)
-        if m.status & Status.SENSOR_ERROR:
+        s.watchdog_tripped = bool(status & _ST_WATCHDOG)
+        if status & _ST_SENSOR:
             self.table.raise_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
         elif s.sensor_error:
             self.table.clear_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
-        s.sensor_error = bool(m.status & Status.SENSOR_ERROR)
+        s.sensor_error = bool(status & _ST_SENSOR)
         data = s.validator.check(t, raw, values, s.scaler.current_a(m),
                                  s.scaler.bus_voltage_v(m), m.timestamp_ms, m.status)
         timestamp_s = m.timestamp_ms / 1000.0
@@ -420,10 +451,30 @@ class Controller:
             if 0.0 < board_dt <= 5.0 * dt_s:
                 core_dt = board_dt
         s.last_timestamp_s = timestamp_s
-        s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v, data.temperature_c,
-                            data.pressure_kpa)
+        o = s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v,
+                                data.temperature_c, data.pressure_kpa)
         s.data = data
         s.last_valid_s = t
+        self._collect(s, data, o)
+
+    def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any) -> None:
+        """Copy one stack's fresh data and estimates into the pack-wide arrays."""
+        cells, k = s.cells, s.index
+        v = data.cell_voltage_v
+        self._cell_v[cells] = v
+        self._temps[s.thermistors] = data.temperature_c
+        self._soc[cells] = o.soc
+        self._soc_sigma[cells] = o.soc_sigma
+        self._leak_a[cells] = o.leak_a
+        self._leak_sigma_a[cells] = o.leak_sigma_a
+        total = float(v.sum())
+        s.stack_voltage_v = total if total == total else float(np.nansum(v))
+        s.charge_limit_a = float(o.charge_limit_a.min())
+        s.discharge_limit_a = float(o.discharge_limit_a.min())
+        self._p_mean_kpa[k] = o.pressure_mean_kpa
+        self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
+        self._p_cusum_kpa[k] = o.pressure_cusum_kpa
+        self._p_imbalance_kpa[k] = o.load_cell_imbalance_kpa
 
     def _mark_lost(self, s: StackRuntime, exc: BaseException, t: float) -> None:
         if not s.lost:
@@ -498,81 +549,54 @@ class Controller:
         return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
     def _power_limits(self) -> tuple[float, float]:
-        charge, discharge = [], []
+        charge = discharge = math.inf
+        seen = False
         for s in self.stacks:
             if s.out is None:
                 continue
-            charge.append(float(np.min(s.out.charge_limit_a)))
-            discharge.append(float(np.min(s.out.discharge_limit_a)))
-        if not charge:
+            seen = True
+            charge = min(charge, s.charge_limit_a)
+            discharge = min(discharge, s.discharge_limit_a)
+        if not seen:
             return 0.0, 0.0
-        c, d = min(charge), min(discharge)
-        return (c if math.isfinite(c) else 0.0), (d if math.isfinite(d) else 0.0)
+        return (charge if math.isfinite(charge) else 0.0), \
+            (discharge if math.isfinite(discharge) else 0.0)
 
-    def _concat(self, name: str) -> np.ndarray:
-        parts = []
-        for s in self.stacks:
-            if s.out is None:
-                parts.append(np.full(s.config.cells, np.nan))
-            else:
-                parts.append(np.asarray(getattr(s.out, name), dtype=float)[: s.config.cells])
-        return np.concatenate(parts)
-
-    def _concat_data(self, name: str, n: int) -> np.ndarray:
-        parts = []
-        for s in self.stacks:
-            if s.data is None:
-                size = (s.config.cells if name == "cell_voltage_v"
-                        else len(s.config.thermistor_cell_positions))
-                parts.append(np.full(size, np.nan))
-            else:
-                parts.append(np.asarray(getattr(s.data, name), dtype=float))
-        return np.concatenate(parts) if parts else np.full(n, np.nan)
-
-    def _stack_values(self, name: str) -> np.ndarray:
-        return np.array([float(getattr(s.out, name)) if s.out is not None else np.nan
-                         for s in self.stacks])
-
-    def _protection_inputs(self, charge_limit_a: float,
+    def _protection_inputs(self, current_a: float, charge_limit_a: float,
                            discharge_limit_a: float) -> ProtectionInputs:
+        # The leak protection acts on the lower 3-sigma bound: a leak that is only possible
+        # (large sigma, e.g. under constant current where a capacity mismatch looks the same)
+        # is not a confirmed leak (pack: estimator.leak_alarm_a).
+        leak_low = self._leak_low_a
+        np.multiply(self._leak_sigma_a, -3.0, out=leak_low)
+        leak_low += self._leak_a
         return ProtectionInputs(
-            cell_voltage_v=self._concat_data("cell_voltage_v", self.n_cells),
-            temperature_c=self._concat_data("temperature_c", self.n_therm),
-            current_a=self._pack_current(),
+            cell_voltage_v=self._cell_v,
+            temperature_c=self._temps,
+            current_a=current_a,
             charge_limit_a=charge_limit_a,
             discharge_limit_a=discharge_limit_a,
-            stack_pressure_kpa=self._stack_values("pressure_mean_kpa"),
-            pressure_rate_kpa_per_s=np.abs(self._stack_values("pressure_rate_kpa_per_s")),
-            pressure_residual_kpa=self._stack_values("pressure_cusum_kpa"),
-            load_cell_imbalance_kpa=self._stack_values("load_cell_imbalance_kpa"),
-            # The leak protection acts on the lower 3-sigma bound: a leak that is only
-            # possible (large sigma, e.g. under constant current where a capacity mismatch
-            # looks the same) is not a confirmed leak (pack: estimator.leak_alarm_a).
-            cell_leak_a=self._concat("leak_a") - 3.0 * self._concat("leak_sigma_a"),
+            stack_pressure_kpa=self._p_mean_kpa,
+            pressure_rate_kpa_per_s=np.abs(self._p_rate_kpa_per_s, out=self._p_rate_abs),
+            pressure_residual_kpa=self._p_cusum_kpa,
+            load_cell_imbalance_kpa=self._p_imbalance_kpa,
+            cell_leak_a=leak_low,
         )
 
     # ------------------------------------------------------------------ output
 
-    def _row(self, t, c_out, current_a, stack_v, bus_v, soc, cell_v, temps, charge_a,
-             discharge_a, bal, duration) -> np.ndarray:
+    def _row(self, t, c_out, current_a, stack_v, bus_v, charge_a, discharge_a, bal,
+             n_active, duration) -> np.ndarray:
         """One ticks.csv row in standard_columns order, as floats."""
         row = self._row_buf
         n, k = self.n_cells, 5
         row[0:5] = (t, int(c_out.state), current_a, stack_v, bus_v)
-        row[k:k + n] = cell_v
-        row[k + n:k + 2 * n] = soc
-        c0 = 0
-        for s in self.stacks:
-            c1 = c0 + s.config.cells
-            if s.out is None:
-                row[k + 2 * n + c0:k + 2 * n + c1] = np.nan
-                row[k + 3 * n + c0:k + 3 * n + c1] = np.nan
-            else:
-                row[k + 2 * n + c0:k + 2 * n + c1] = s.out.soc_sigma
-                row[k + 3 * n + c0:k + 3 * n + c1] = s.out.leak_a
-            c0 = c1
+        row[k:k + n] = self._cell_v
+        row[k + n:k + 2 * n] = self._soc
+        row[k + 2 * n:k + 3 * n] = self._soc_sigma
+        row[k + 3 * n:k + 4 * n] = self._leak_a
         k += 4 * n
-        row[k:k + self.n_therm] = temps
+        row[k:k + self.n_therm] = self._temps
         k += self.n_therm
         n_st = len(self.stacks)
         exp0 = k + self.n_load  # pressure_expected per stack, then pressure_residual
@@ -588,7 +612,7 @@ class Controller:
         k += 3
         row[k:k + n_st] = bal.masks
         k += n_st
-        row[k:k + 2] = (len(self.table.active()), duration)
+        row[k:k + 2] = (n_active, duration)
         return row
 
     def _snapshot(self, t, c_out, current_a, charge_a, discharge_a, bal) -> dict[str, Any]:

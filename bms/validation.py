@@ -86,12 +86,21 @@ class StackValidator:
         # An open NTC pulls its divider to vref (reads cold); a short pulls it to 0 V (hot).
         self._ntc_half_rail = 0.5 * board.thermistor.vref_v / board.thermistor.lsb_v
         self._clean = np.full(nc + nt + nl, np.nan)
+        # Views handed out in every ValidatedStack (the buffer is reused each check).
+        self._v_out = self._clean[: self.n_cells]
+        self._t_out = self._clean[self.thermistors]
+        self._p_out = self._clean[self.load_cells]
+        self._ok = np.zeros(nc + nt + nl, dtype=bool)
+        self._dv = np.zeros(nc)
+        self._jump = np.zeros(nc, dtype=bool)
         self._last_v = np.full(nc, np.nan)
         self._last_i = math.nan
         self._last_raw_lc: np.ndarray | None = None
-        self._same_count = np.zeros(nl, dtype=int)
+        self._last_raw_lc_buf = np.zeros(nl, dtype=np.int64)
+        self._same_count = np.zeros(nl, dtype=np.int64)
         self._stuck_prev = np.zeros(nl, dtype=bool)
         self._bad_prev = np.zeros(nc + nt + nl, dtype=bool)
+        self._anything_prev = False
         self._last_ts_ms: int | None = None
         self._bad_scalar: dict[FaultCode, bool] = {}
         self.counts = {"invalid_channels": 0, "voltage_jump": 0, "stuck": 0,
@@ -99,33 +108,59 @@ class StackValidator:
 
     def check(self, time_s: float, raw: np.ndarray, values: np.ndarray, current_a: float,
               bus_voltage_v: float, timestamp_ms: int, status: int) -> ValidatedStack:
-        """``raw``/``values``: the board's channel vectors (hil.scaling.Scaler.channel_values)."""
+        """``raw``/``values``: the board's channel vectors (hil.scaling.Scaler.channel_values).
+
+        The common case (every channel in range, nothing stuck, no open tap) costs a handful of
+        vector operations; the per-channel diagnosis runs only when something is wrong now or
+        was wrong last tick (so that it can clear)."""
         clean = self._clean
         np.copyto(clean, values)
-        bad = ~((values >= self._lo) & (values <= self._hi))  # NaN is bad too
+        ok = self._ok
+        np.greater_equal(values, self._lo, out=ok)
+        ok &= values <= self._hi                          # NaN compares False: bad
+        in_range = bool(ok.all())
         v_in = values[self.cells]
-        if v_in.max() - v_in.min() > 2.0 * OPEN_TAP_DEVIATION_V:  # False when NaN
-            bad[self.cells] |= open_tap_pairs(v_in)
+        open_tap = None
+        if in_range and v_in.max() - v_in.min() > 2.0 * OPEN_TAP_DEVIATION_V:
+            open_tap = open_tap_pairs(v_in)
+            in_range = not open_tap.any()
         lc = self.load_cells
         raw_lc = raw[lc]
+        same = self._same_count
         if self._last_raw_lc is not None:
-            self._same_count = np.where((raw_lc == self._last_raw_lc) & ~bad[lc],
-                                        self._same_count + 1, 0)
-        self._last_raw_lc = raw_lc
-        stuck = self._same_count >= LOAD_CELL_STUCK_SAMPLES
-        if bad.any() or self._bad_prev.any() or stuck.any() or self._stuck_prev.any():
+            eq = raw_lc == self._last_raw_lc
+            if eq.any():
+                eq &= ok[lc]
+                same += 1
+                same *= eq                                 # zero where it moved (or is bad)
+            else:
+                same.fill(0)
+        np.copyto(self._last_raw_lc_buf, raw_lc)
+        self._last_raw_lc = self._last_raw_lc_buf
+        any_stuck = bool(len(same)) and int(same.max()) >= LOAD_CELL_STUCK_SAMPLES
+        if not in_range or any_stuck or self._anything_prev:
+            bad = ~ok
+            if open_tap is None and v_in.max() - v_in.min() > 2.0 * OPEN_TAP_DEVIATION_V:
+                open_tap = open_tap_pairs(v_in)  # (NaN-free cells only: max-min is NaN else)
+            if open_tap is not None:
+                bad[self.cells] |= open_tap
+            stuck = same >= LOAD_CELL_STUCK_SAMPLES
             self._diagnose_channels(time_s, raw, values, bad, stuck)
             clean[bad] = np.nan
             clean[lc.start + np.flatnonzero(stuck)] = np.nan
-        self._bad_prev = bad
-        self._stuck_prev = stuck
+            self._bad_prev = bad
+            self._stuck_prev = stuck
+            self._anything_prev = bool(bad.any() or stuck.any())
 
         v = clean[self.cells]
-        if math.isfinite(current_a) and math.isfinite(self._last_i):
+        last_i = self._last_i
+        if current_a == current_a and last_i == last_i:  # both not NaN (inf: allowed = inf)
             # Jumps are diagnosed, not discarded: never drop safety data on a guess.
-            allowed = VOLTAGE_JUMP_MARGIN_V + self.r_worst_ohm * abs(current_a - self._last_i)
-            with np.errstate(invalid="ignore"):
-                jump = np.abs(v - self._last_v) > allowed
+            allowed = VOLTAGE_JUMP_MARGIN_V + self.r_worst_ohm * abs(current_a - last_i)
+            dv = self._dv
+            np.subtract(v, self._last_v, out=dv)
+            np.abs(dv, out=dv)
+            jump = np.greater(dv, allowed, out=self._jump)  # NaN: False (no data, no jump)
             if jump.any():
                 self.counts["voltage_jump"] += int(np.count_nonzero(jump))
                 for i in np.flatnonzero(jump):
@@ -136,19 +171,14 @@ class StackValidator:
         self._last_i = current_a
 
         i_valid = math.isfinite(current_a) and abs(current_a) <= self.current_plausible_a
-        self._diagnose_scalar(FaultCode.CURRENT_SENSOR, not i_valid, current_a, time_s)
-        self._diagnose_scalar(FaultCode.BUS_VOLTAGE_SENSOR, not math.isfinite(bus_voltage_v),
-                              bus_voltage_v, time_s)
+        if not i_valid or self._bad_scalar.get(FaultCode.CURRENT_SENSOR, False):
+            self._diagnose_scalar(FaultCode.CURRENT_SENSOR, not i_valid, current_a, time_s)
+        bus_bad = not math.isfinite(bus_voltage_v)
+        if bus_bad or self._bad_scalar.get(FaultCode.BUS_VOLTAGE_SENSOR, False):
+            self._diagnose_scalar(FaultCode.BUS_VOLTAGE_SENSOR, bus_bad, bus_voltage_v, time_s)
         self._check_timestamp(time_s, timestamp_ms)
-        return ValidatedStack(
-            time_s=time_s,
-            cell_voltage_v=v[: self.n_cells],
-            temperature_c=clean[self.thermistors],
-            pressure_kpa=clean[lc],
-            current_a=current_a if i_valid else math.nan,
-            bus_voltage_v=bus_voltage_v,
-            status=status,
-        )
+        return ValidatedStack(time_s, self._v_out, self._t_out, self._p_out,
+                              current_a if i_valid else math.nan, bus_voltage_v, status)
 
     # ------------------------------------------------------------------ diagnosis
 

@@ -93,6 +93,10 @@ class Scaler:
             lut = profile.thermistor.counts_to_c(np.arange(1 << 16, dtype=float))
         lut[INVALID_U16] = np.nan
         self._ntc_lut = lut
+        self._bias = self._offset_value - self._offset_counts_all * self._gain
+        self._raw = np.zeros(self.n_channels, dtype=np.int64)
+        self._values = np.zeros(self.n_channels)
+        self._invalid = np.zeros(self.n_channels, dtype=bool)
 
     # ---------------------------------------------------------------- counts -> engineering
 
@@ -127,18 +131,26 @@ class Scaler:
         """Raw counts and engineering values of every channel as two vectors, in the order
         cells | thermistors | load cells (slices: cell_slice, thermistor_slice,
         load_cell_slice). Same conversion as :meth:`readings` (NaN for sentinels), with a
-        handful of vector operations instead of one conversion per channel kind."""
-        raw = np.array(m.cell_raw + m.thermistor_raw + m.load_cell_raw, dtype=np.int64)
-        if len(raw) != self.n_channels:
+        handful of vector operations instead of one conversion per channel kind.
+
+        Both arrays are this Scaler's buffers, overwritten by the next call (the controller's
+        hot path copies what it keeps)."""
+        n = len(m.cell_raw) + len(m.thermistor_raw) + len(m.load_cell_raw)
+        if n != self.n_channels:
             p = self.profile
             raise ValueError(
                 f"measurement has {len(m.cell_raw)} cells, {len(m.thermistor_raw)} thermistors, "
                 f"{len(m.load_cell_raw)} load cells; board profile {p.name} ({p.path}) expects "
                 f"{p.cells}, {p.thermistors}, {p.load_cells}")
-        values = (raw - self._offset_counts_all) * self._gain + self._offset_value
+        raw, values = self._raw, self._values
+        raw[:] = m.cell_raw + m.thermistor_raw + m.load_cell_raw
+        np.multiply(raw, self._gain, out=values)       # (raw - offset) * gain + offset_value,
+        values += self._bias                             # with the constants folded
         th = self.thermistor_slice
         values[th] = self._ntc_lut[raw[th] & 0xFFFF]
-        values[raw == self._sentinel] = np.nan
+        invalid = np.equal(raw, self._sentinel, out=self._invalid)
+        if invalid.any():
+            values[invalid] = np.nan
         return raw, values
 
     def current_a(self, m: Measurement) -> float:

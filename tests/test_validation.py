@@ -173,3 +173,62 @@ def test_open_tap_signature_invalidates_the_pair_before_any_limit() -> None:
     out = rig2.step(cells=cells)
     assert np.isfinite(out.cell_voltage_v).all()
     assert rig2.active(FaultCode.CELL_VOLTAGE_OPEN_WIRE) == []
+
+
+def test_voltage_jump_is_seen_next_to_a_cell_without_data() -> None:
+    """A NaN channel (open tap, out of range) must not hide another cell's jump."""
+    rig = Rig()
+    cells = rig.cells.copy()
+    cells[3] = 0.2  # out of range: NaN after validation, on this tick and the next
+    rig.step(cells=cells)
+    cells[12] = 4.3
+    rig.step(cells=cells)
+    rec = rig.table.get(FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, Severity.WARNING, stack=0, cell=12)
+    assert rec is not None and rec.count == 1
+    assert rig.table.get(FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, Severity.WARNING, stack=0,
+                         cell=3) is None
+
+
+def test_stuck_count_restarts_when_the_load_cell_moves() -> None:
+    rig = Rig()
+    for _ in range(LOAD_CELL_STUCK_SAMPLES - 1):
+        rig.step(noise=False)
+    rig.step()  # noise: every load cell moves, the count starts over
+    for _ in range(LOAD_CELL_STUCK_SAMPLES - 1):
+        rig.step(noise=False)
+    assert rig.active(FaultCode.LOAD_CELL_STUCK) == []
+    out = rig.step(noise=False)
+    out = rig.step(noise=False)
+    assert rig.active(FaultCode.LOAD_CELL_STUCK) == [0, 1, 2, 3]
+    assert np.isnan(out.pressure_kpa).all()
+    rig.step()  # moving again: cleared, data back
+    assert rig.active(FaultCode.LOAD_CELL_STUCK) == []
+    assert np.isfinite(rig.step().pressure_kpa).all()
+
+
+def test_channel_values_match_the_per_kind_conversion() -> None:
+    """The controller's vector conversion (folded gain/offset, NTC table, sentinels) equals
+    Scaler.readings on random counts, sentinels included; the buffers are reused."""
+    from hil.protocol import Measurement
+    from hil.scaling import INVALID_I32, INVALID_U16
+
+    scaler = Scaler(BOARD)
+    rng = np.random.default_rng(7)
+    first = None
+    for k in range(200):
+        cells = rng.integers(0, 0xFFFF, BOARD.cells)
+        therm = rng.integers(0, 0xFFFF, BOARD.thermistors)
+        load = rng.integers(-(1 << 23), 1 << 23, BOARD.load_cells)
+        if k % 3 == 0:
+            cells[rng.integers(BOARD.cells)] = INVALID_U16
+            therm[rng.integers(BOARD.thermistors)] = INVALID_U16
+            load[rng.integers(BOARD.load_cells)] = INVALID_I32
+        m = Measurement(k, 0, 0, 0, tuple(cells.tolist()), tuple(therm.tolist()),
+                        tuple(load.tolist()))
+        raw, values = scaler.channel_values(m)
+        first = first if first is not None else values
+        assert values is first  # one buffer, no allocation per tick
+        r = scaler.readings(m)
+        want = np.concatenate([r.cell_voltage_v, r.temperature_c, r.pressure_kpa])
+        np.testing.assert_allclose(values, want, rtol=1e-12, atol=1e-9, equal_nan=True)
+        assert raw.tolist() == cells.tolist() + therm.tolist() + load.tolist()
