@@ -1,7 +1,9 @@
-"""cffi API-mode build of the C core (module ``bms._core``), used by setup.py's cffi_modules.
+"""cffi API-mode build of the C code (module ``bms._core``), used by setup.py's cffi_modules.
 
-The cdef below is the public header minus preprocessor lines, so ssb_core.h stays the one
-source of truth: a change there shows up here without a second copy.
+One module, three parts: the numeric core (ssb_core.h/.c), the protection engine
+(ssb_protect.h/.c) and the CSV row formatter (ssb_format.h/.c). The cdef below is the public
+headers minus preprocessor lines, so the headers stay the one source of truth: a change there
+shows up here without a second copy.
 
 Compiler flags: C11, -O3, no errno and no trapping math (lets the branch-free loops
 vectorise; the core never reads errno or FP exception flags), warnings as errors.
@@ -20,8 +22,9 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADER = HERE / "ssb_core.h"
-SOURCES = [str(HERE / "ssb_core.c")]
+PARTS = ("ssb_core", "ssb_protect", "ssb_format")
+HEADERS = [HERE / f"{p}.h" for p in PARTS]
+SOURCES = [str(HERE / f"{p}.c") for p in PARTS]
 CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fno-math-errno",
           "-fno-trapping-math"]
 if platform.machine().lower() in ("x86_64", "amd64"):
@@ -30,8 +33,9 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 
 
 def cdef_text() -> str:
-    """The header as cffi's cdef: drop preprocessor lines and comments, keep #define integers."""
-    text = HEADER.read_text(encoding="utf-8")
+    """The headers as cffi's cdef: drop preprocessor lines and comments, keep #define integers
+    (non-integer #defines, e.g. SSB_PROT_TIME_EPS_S, stay C-only)."""
+    text = "\n".join(h.read_text(encoding="utf-8") for h in HEADERS)
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     out = []
     for line in text.splitlines():
@@ -53,7 +57,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
 ffibuilder.set_source(
     "bms._core",
-    '#include "ssb_core.h"',
+    "\n".join(f'#include "{h.name}"' for h in HEADERS),
     sources=[os.path.relpath(s) for s in SOURCES],
     include_dirs=[str(HERE)],
     extra_compile_args=CFLAGS,
