@@ -1,0 +1,133 @@
+/*
+ * ssb_format.c - fixed-point CSV row formatter; see ssb_format.h for the output rules.
+ *
+ * Rounding: p = |v| 10^d is rounded to a double; fma gives its exact error e (|v| 10^d = p + e
+ * exactly, 10^d <= 10^9 being exact). With r = floor(p) and f = p - r (exact: Sterbenz), the
+ * exact fraction is f + e and, since p < 2^52, f is a multiple of ulp(p) <= 1/2 and
+ * |e| <= ulp(p) / 2: so f > 1/2 means round up, f < 1/2 round down, and f == 1/2 is decided by
+ * the sign of e (e == 0: an exact tie, rounded away from zero). No step depends on the FP
+ * rounding mode beyond round-to-nearest for the product itself.
+ */
+#include "ssb_format.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static const double POW10[SSB_FMT_MAX_DECIMALS + 1] = {1e0, 1e1, 1e2, 1e3, 1e4,
+                                                       1e5, 1e6, 1e7, 1e8, 1e9};
+static const uint64_t IPOW10[SSB_FMT_MAX_DECIMALS + 1] = {
+    1u, 10u, 100u, 1000u, 10000u, 100000u, 1000000u, 10000000u, 100000000u, 1000000000u};
+#define TWO_POW_52 4503599627370496.0
+
+static int put_text(char *out, const char *s)
+{
+    const size_t len = strlen(s);
+    memcpy(out, s, len);
+    return (int)len;
+}
+
+/* snprintf into a local buffer (never longer than SSB_FMT_FIELD_MAX for these formats). */
+static int fmt_printf(double v, int digits, char *out)
+{
+    char tmp[64];
+    const int len = snprintf(tmp, sizeof tmp, "%.*g", digits, v);
+    if (len <= 0 || len > SSB_FMT_FIELD_MAX)
+        return put_text(out, "nan"); /* cannot happen for finite doubles; never overflow */
+    memcpy(out, tmp, (size_t)len);
+    return len;
+}
+
+/* Fixed-point; returns -1 when |v| 10^d is too large for exact fixed point. v finite. */
+static int fmt_fixed(double v, int d, char *out)
+{
+    const double a = fabs(v);
+    const double s = POW10[d];
+    const double p = a * s;
+    if (!(p < TWO_POW_52))
+        return -1;
+    const double e = fma(a, s, -p); /* a * s = p + e exactly */
+    const double r = floor(p);
+    const double f = p - r;
+    uint64_t q = (uint64_t)r;
+    if (f > 0.5 || (f == 0.5 && e >= 0.0))
+        q++;
+    if (q == 0) {
+        out[0] = '0';
+        return 1;
+    }
+    char *w = out;
+    if (v < 0.0)
+        *w++ = '-';
+    uint64_t ip = q / IPOW10[d];
+    uint64_t fp = q % IPOW10[d];
+    char digits[24];
+    int k = 0;
+    do {
+        digits[k++] = (char)('0' + (int)(ip % 10u));
+        ip /= 10u;
+    } while (ip);
+    while (k)
+        *w++ = digits[--k];
+    if (fp) {
+        int nd = d;
+        while (fp % 10u == 0) { /* trim trailing zeros */
+            fp /= 10u;
+            nd--;
+        }
+        *w++ = '.';
+        for (int j = nd - 1; j >= 0; j--) {
+            w[j] = (char)('0' + (int)(fp % 10u));
+            fp /= 10u;
+        }
+        w += nd;
+    }
+    return (int)(w - out);
+}
+
+int ssb_format_value(double value, int decimals, char *out)
+{
+    if (!out)
+        return SSB_FMT_ERR_NULL;
+    if (decimals < SSB_FMT_G10 || decimals > SSB_FMT_MAX_DECIMALS)
+        return SSB_FMT_ERR_PARAM;
+    if (isnan(value))
+        return put_text(out, "nan");
+    if (isinf(value))
+        return put_text(out, value > 0.0 ? "inf" : "-inf");
+    if (value == 0.0) { /* +0 and -0 */
+        out[0] = '0';
+        return 1;
+    }
+    if (decimals == SSB_FMT_G10)
+        return fmt_printf(value, 10, out);
+    const int len = fmt_fixed(value, decimals, out);
+    return len >= 0 ? len : fmt_printf(value, 17, out);
+}
+
+int64_t ssb_format_row(const double *values, const signed char *decimals, size_t n, char *out,
+                       size_t cap)
+{
+    if (!out || (n > 0 && (!values || !decimals)))
+        return SSB_FMT_ERR_NULL;
+    for (size_t i = 0; i < n; i++)
+        if (decimals[i] < SSB_FMT_G10 || decimals[i] > SSB_FMT_MAX_DECIMALS)
+            return SSB_FMT_ERR_PARAM;
+    size_t pos = 0;
+    char field[SSB_FMT_FIELD_MAX];
+    for (size_t i = 0; i < n; i++) {
+        const int len = ssb_format_value(values[i], decimals[i], field);
+        /* the field plus its separator (',' or the final '\n') */
+        if (len < 0 || cap - pos < (size_t)len + 1u)
+            return len < 0 ? len : SSB_FMT_ERR_FULL;
+        memcpy(out + pos, field, (size_t)len);
+        pos += (size_t)len;
+        out[pos++] = i + 1 < n ? ',' : '\n';
+    }
+    if (n == 0) {
+        if (cap < 1)
+            return SSB_FMT_ERR_FULL;
+        out[pos++] = '\n';
+    }
+    return (int64_t)pos;
+}

@@ -1,0 +1,43 @@
+/*
+ * ssb_format.h - one CSV row of doubles, fixed-point per column (the run log's ticks.csv).
+ *
+ * C11. No global state, no allocation, never writes past the caller's buffer.
+ *
+ * A field with decimals d in 0 .. SSB_FMT_MAX_DECIMALS is fixed-point with at most d decimals:
+ *   - correctly rounded from the exact binary value of the double; an exact tie (the value is
+ *     exactly halfway between two d-decimal numbers, e.g. 0.125 at d = 2) rounds half away from
+ *     zero (0.13; Python's format rounds such ties to even: 0.12);
+ *   - trailing zeros of the fraction are trimmed, and the point too when the fraction is zero
+ *     (3.8 not 3.800000, 2 not 2.000000): shorter rows, integers read as integers;
+ *   - a result of zero is written "0" (so -0.0 and -0.0000001 at d = 6 give "0", never "-0");
+ *   - when |v| 10^d >= 2^52 the fixed-point integer would not be exact: the field falls back to
+ *     "%.17g" (round-trip exact), so no value is ever written wrong.
+ * decimals SSB_FMT_G10 (-1): "%.10g" (what Python's "%.10g" % v gives), -0.0 -> "0".
+ * Any decimals: NaN -> "nan", +inf -> "inf", -inf -> "-inf" (what Python's float() reads).
+ */
+#ifndef SSB_FORMAT_H
+#define SSB_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SSB_FMT_G10 (-1)          /* decimals value: "%.10g" */
+#define SSB_FMT_MAX_DECIMALS 9
+#define SSB_FMT_FIELD_MAX 32      /* no field is longer than this many bytes */
+
+/* return codes (negative) */
+#define SSB_FMT_ERR_NULL (-1)  /* a required pointer is NULL */
+#define SSB_FMT_ERR_PARAM (-3) /* a decimals entry out of -1 .. SSB_FMT_MAX_DECIMALS */
+#define SSB_FMT_ERR_FULL (-5)  /* the row does not fit in cap bytes (out holds a partial row) */
+
+/* n fields, comma-separated, then "\n" (n = 0: just "\n"). Returns the bytes written (no NUL
+ * terminator) or a negative error; never writes out[cap] or beyond. values and decimals may be
+ * NULL only when n == 0. */
+int64_t ssb_format_row(const double *values, const signed char *decimals, size_t n, char *out,
+                       size_t cap);
+
+/* One field into out (at least SSB_FMT_FIELD_MAX bytes; no NUL): its length, or
+ * SSB_FMT_ERR_PARAM / SSB_FMT_ERR_NULL. */
+int ssb_format_value(double value, int decimals, char *out);
+
+#endif /* SSB_FORMAT_H */
