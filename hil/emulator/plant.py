@@ -28,6 +28,7 @@ import copy
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -336,7 +337,27 @@ def _build_table(pack: PackConfig, params: PlantParams) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([tab, np.roll(tab, -1, axis=1)], axis=0))
 
 
-_TABLE_CACHE: dict[tuple[int, int], tuple[PackConfig, PlantParams, np.ndarray]] = {}
+# Rows of the step's lookup (Plant._lookup): the SOC table's rows plus two scratch slots (EMF
+# after R0, R2 after R1) so that the step can treat (EMF, R0) and (R1, R2) as one (2, n) block
+# each: one reduction sums both for the stack current, one multiply gives both RC targets.
+_L_OCV, _L_DOCV_DT, _L_EMF, _L_R0, _L_R1, _L_R2, _L_TAU1 = range(7)
+_NL = 7
+
+
+def _step_table(tab: np.ndarray) -> np.ndarray:
+    """(2 x 7, n_soc): the table's rows in _L_* order (slots zero), then next-minus-this for
+    each. The difference is what the interpolation computed at run time (the same subtraction
+    of the same numbers), so precomputing it changes no bit of the result."""
+    cur = np.zeros((_NL, tab.shape[1]))
+    nxt = np.zeros((_NL, tab.shape[1]))
+    for k_tab, k_step in ((_K_OCV, _L_OCV), (_K_DOCV_DT, _L_DOCV_DT), (_K_R0, _L_R0),
+                          (_K_R1, _L_R1), (_K_TAU1, _L_TAU1)):
+        cur[k_step] = tab[k_tab]
+        nxt[k_step] = tab[_NK + k_tab]
+    return np.ascontiguousarray(np.concatenate([cur, nxt - cur], axis=0))
+
+
+_TABLE_CACHE: dict[tuple[int, int], tuple[PackConfig, PlantParams, np.ndarray, np.ndarray]] = {}
 _DEFAULT_PARAMS: list[PlantParams] = []
 
 
@@ -346,6 +367,7 @@ def default_params() -> PlantParams:
         _DEFAULT_PARAMS.append(PlantParams.load())
     return _DEFAULT_PARAMS[0]
 _NOISE_BATCH = 512
+_add_reduce = np.add.reduce
 
 
 class Plant:
@@ -398,8 +420,10 @@ class Plant:
         if entry is None or entry[0] is not pack or entry[1] is not p:
             if len(_TABLE_CACHE) >= 8:
                 _TABLE_CACHE.clear()
-            entry = _TABLE_CACHE[key] = (pack, p, _build_table(pack, p))
+            tab = _build_table(pack, p)
+            entry = _TABLE_CACHE[key] = (pack, p, tab, _step_table(tab))
         self._tab = entry[2]
+        self._tab_step = entry[3]
         self._t_ref_c = cell.reference_temperature_c
         self._ea_over_kb = cell.activation_energy_ev / BOLTZMANN_EV_PER_K
         self._inv_t_ref = 1.0 / (cell.reference_temperature_c + KELVIN_OFFSET)
@@ -463,6 +487,11 @@ class Plant:
         self._x = np.zeros((3, n))       # RC1 voltage, RC2 voltage, hysteresis state (-1..1)
         self._rate = np.empty((3, n))
         self._target = np.empty((3, n))
+        self._e = np.empty((3, n))
+        self._sq = np.empty((2, n))
+        self._dt_consts: tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray] = (
+            math.nan, np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n))
+        self._const = self._step_constants()
         self.ambient_c = float(temperature_c)
         self._temp = np.full(n + 3, float(temperature_c))  # cells, plate bottom/top, coolant
         self.gas_kpa = 0.0
@@ -584,25 +613,48 @@ class Plant:
         self._thermal_cache[key] = hit
         return hit
 
-    def _lookup(self, soc: np.ndarray) -> np.ndarray:
-        """Linear interpolation in the SOC table for every cell: (5, n), rows _K_*."""
-        fs = np.minimum(np.maximum(soc, _SOC_LO), _SOC_HI - 1e-6)
-        fs -= _SOC_LO
-        fs *= 1.0 / _SOC_STEP
-        i_s = fs.astype(np.intp)
-        fs -= i_s
-        pair = self._tab.take(i_s, axis=1)
-        lo = pair[:_NK]
-        lo += (pair[_NK:] - lo) * fs
-        return lo
+    def _step_constants(self) -> SimpleNamespace:
+        """The step's scalar constants as n-vectors (same values; see the note above step) and
+        views into its work buffers (a view costs a call to make, so they are made once)."""
+        n, p, x = self.n, self.params, self._x
+        c = SimpleNamespace(
+            soc_lo=np.full(n, _SOC_LO), soc_hi=np.full(n, _SOC_HI - 1e-6),
+            inv_soc_step=np.full(n, 1.0 / _SOC_STEP), frac7=np.empty((_NL, n)),
+            kelvin=np.full(n, KELVIN_OFFSET), inv_t_ref=np.full(n, self._inv_t_ref),
+            ea_over_kb=np.full(n, self._ea_over_kb), t_ref=np.full(n, self._t_ref_c),
+            r2_over_r1=np.full(n, p.r2_over_r1), hysteresis_v=np.full(n, p.hysteresis_v),
+            arr2=np.empty((2, n)), scalar=np.empty(n), i2=np.empty((2, n)), abs_n=np.empty(n),
+            x0=x[0], x1=x[1], x2=x[2], x01=x[:2], rate0=self._rate[0], rate1=self._rate[1],
+            rate2=self._rate[2], target01=self._target[:2], target2=self._target[2],
+            sq0=self._sq[0], sq1=self._sq[1], rhs=np.empty(n + 3))
+        c.i_n = c.i2[0]
+        c.rhs_cells = c.rhs[:n]
+        return c
 
-    def _arrhenius(self, temp_c: np.ndarray) -> np.ndarray:
-        """Resistance multiplier exp(Ea/kB (1/T - 1/Tref)) per cell."""
-        x = temp_c + KELVIN_OFFSET
-        np.reciprocal(x, out=x)
-        x -= self._inv_t_ref
-        x *= self._ea_over_kb
-        return np.exp(x, out=x)
+    def _lookup(self, soc: np.ndarray) -> np.ndarray:
+        """Linear interpolation in the SOC table for every cell: (7, n), rows _L_* (the EMF
+        and R2 slots hold zeros). A fresh array: the step keeps views of it as state.
+
+        Operands are same-shape arrays (constants as n-vectors, the fraction copied to every
+        row): numpy charges far more for a Python scalar or a broadcast than for the arithmetic
+        on 23 cells. floor(f) equals the truncation for f >= 0, so fs - floor(fs) is the
+        fraction the integer index leaves, computed without a mixed int/float operation."""
+        c = self._const
+        fs = np.maximum(soc, c.soc_lo)
+        np.minimum(fs, c.soc_hi, out=fs)
+        fs -= c.soc_lo
+        fs *= c.inv_soc_step
+        fl = np.floor(fs)
+        i_s = fl.astype(np.intp)
+        fs -= fl
+        pair = self._tab_step.take(i_s, axis=1)
+        frac = c.frac7
+        frac[...] = fs
+        delta = pair[_NL:]
+        delta *= frac
+        lo = pair[:_NL]
+        lo += delta
+        return lo
 
     def _refresh_derived(self) -> None:
         """Recompute what depends only on outputs and faults (not on every step)."""
@@ -612,6 +664,7 @@ class Plant:
                           + 1.0 / f.soft_short_ohm)
         self._inv_short = 1.0 / f.soft_short_ohm
         self._r0_factor = self._r_scale / (1.0 - loss)
+        self._r_factors = np.stack([self._r0_factor, self._r_scale])
         self._local_frac = 1.0 - loss
         self._rc_factor = (self.pack.cell.contact_resistance_ref_ohm * self._rc_scale
                            * math.sqrt(self.pack.cell.contact_pressure_ref_kpa))
@@ -640,8 +693,9 @@ class Plant:
 
     def _update_pressure(self) -> None:
         p, fx = self.params, self.pack.fixture
-        dx_um = (float(self._swell_um @ self.soc)
-                 + fx.thermal_um_per_k * (float(self._temp[: self.n].sum()) / self.n
+        # ndarray.dot and add.reduce: what @ and .sum() compute, without their wrappers
+        dx_um = (float(self._swell_um.dot(self.soc))
+                 + fx.thermal_um_per_k * (float(_add_reduce(self._temp[: self.n])) / self.n
                                           - fx.reference_temperature_c)
                  - self._collapse_um)
         # Springs and pouch stiffen as they compress (assumption): k (1 + s dx / dx_full)
@@ -653,23 +707,64 @@ class Plant:
     def _settle(self) -> None:
         """Initial terminal voltages at rest (no step taken)."""
         tab = self._lookup(self.soc)
-        self._ocv = tab[_K_OCV] + tab[_K_DOCV_DT] * (self._temp[: self.n] - self._t_ref_c)
+        self._ocv = tab[_L_OCV] + tab[_L_DOCV_DT] * (self._temp[: self.n] - self._t_ref_c)
         self.cell_v = self._ocv.copy()
 
+    def _dt_constants(self, dt_s: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
+        """What the step needs that depends only on dt (and static parameters), as n-vectors:
+        dt, -dt, -dt/tau2 and -(gamma / Q) dt per cell. Negated here so that the step needs no
+        negation: -(a/b) and (-a)/b are the same double, so this changes no bit."""
+        n = self.n
+        neg_hk_dt = self._hyst_k * dt_s
+        np.negative(neg_hk_dt, out=neg_hk_dt)
+        self._dt_consts = (dt_s, np.full(n, dt_s), np.full(n, -dt_s),
+                           np.full(n, -(dt_s / self.params.tau2_s)), neg_hk_dt)
+        return self._dt_consts
+
     # ------------------------------------------------------------------ step
+    # The step is a chain of small numpy operations on n-cell vectors. For n ~ 23 each one costs
+    # its call overhead, not its arithmetic, and numpy charges several times more for a Python
+    # scalar operand or a broadcast than for two same-shape arrays. So constants are n-vectors
+    # (self._const, per-dt ones in _dt_constants), the stack current is filled into a vector
+    # once, rows that get the same operation sit next to each other, and work buffers are
+    # preallocated. Every value is computed by the same IEEE operations on the same operands as
+    # the straightforward form (docs/emulator.md), so results are bit-for-bit those of that
+    # form; the comments name the quantity each line computes. Arrays kept as state (soc,
+    # _temp, cell_v, _ocv, _r_series, _lc_kpa) are fresh every step: snapshot() holds them.
 
     def step(self, dt_s: float) -> None:
         """Advance the plant by dt_s with its current outputs, load and faults."""
         if not dt_s > 0.0 or not math.isfinite(dt_s):
             raise ValueError(f"dt_s must be > 0 and finite, got {dt_s!r}")
-        p, n = self.params, self.n
+        p, n, c = self.params, self.n, self._const
+        consts = self._dt_consts
+        if consts[0] != dt_s:
+            consts = self._dt_constants(dt_s)
+        _, dt_n, neg_dt_n, neg_dt_over_tau2_n, neg_hk_dt = consts
         temp = self._temp[:n]
         tab = self._lookup(self.soc)
-        arr = self._arrhenius(temp)
-        ocv = tab[_K_OCV] + tab[_K_DOCV_DT] * (temp - self._t_ref_c)
-        r1 = tab[_K_R1] * arr
-        r1 *= self._r_scale
-        r2 = r1 * p.r2_over_r1
+        # Arrhenius factor exp(Ea/kB (1/T - 1/Tref)); T in kelvin is reused for the heat
+        t_k = np.add(temp, c.kelvin)
+        arr = np.reciprocal(t_k)
+        arr -= c.inv_t_ref
+        arr *= c.ea_over_kb
+        np.exp(arr, out=arr)
+        # OCV at the cell temperature: ocv_ref + dU/dT (T - Tref)
+        ocv = np.subtract(temp, c.t_ref)
+        ocv *= tab[_L_DOCV_DT]
+        ocv += tab[_L_OCV]
+        # (R0, R1) <- (R0 arr r0_factor, R1 arr r_scale); R2 = R1 r2/r1; tau1 <- tau1 arr
+        arr2 = c.arr2
+        arr2[...] = arr
+        r01 = tab[_L_R0:_L_R2]
+        r01 *= arr2
+        r01 *= self._r_factors
+        r_series = tab[_L_R0]
+        np.multiply(tab[_L_R1], c.r2_over_r1, out=tab[_L_R2])
+        r12 = tab[_L_R1:_L_TAU1]
+        tau1 = tab[_L_TAU1]
+        tau1 *= arr
 
         # series resistance: ohmic (current crowds through the remaining contact area after a
         # contact loss) plus contact resistance at the local pressure, R_ref (p_ref / p)^0.5
@@ -677,68 +772,97 @@ class Plant:
             p_local = np.maximum(self.pressure_kpa * self._local_frac, p.min_local_pressure_kpa)
             r_contact = self._rc_factor / np.sqrt(p_local)
         else:
-            r_contact = self._rc_factor * (
-                1.0 / math.sqrt(max(self.pressure_kpa, p.min_local_pressure_kpa)))
-        r_series = tab[_K_R0] * arr
-        r_series *= self._r0_factor
+            s = c.scalar
+            s.fill(1.0 / math.sqrt(max(self.pressure_kpa, p.min_local_pressure_kpa)))
+            r_contact = np.multiply(self._rc_factor, s, out=s)
         r_series += r_contact
 
         # terminal voltage v = (e + R i_s) / (1 + R g), g = bleed + soft-short conductance
         x = self._x  # rows: RC1 voltage, RC2 voltage, hysteresis state
-        emf = ocv + x[0]
-        emf += x[1]
-        emf += p.hysteresis_v * x[2]
-        if self._g_any:
+        x2 = c.x2
+        emf = tab[_L_EMF]
+        np.add(ocv, c.x0, out=emf)
+        emf += c.x1
+        tmp = np.multiply(x2, c.hysteresis_v)
+        emf += tmp
+        g_any = self._g_any
+        if g_any:
             inv = 1.0 / (1.0 + r_series * self._g_static)
             v_open = emf * inv
             r_eff = r_series * inv
+            v_s0 = float(v_open.sum())
+            r_s = float(r_eff.sum())
         else:
             v_open, r_eff = emf, r_series
-        i_s = self._stack_current(dt_s, v_open, r_eff)
-        v = r_eff * i_s
+            # both stack sums in one reduction (rows EMF and R0 are adjacent)
+            v_s0, r_s = np.add.reduce(tab[_L_EMF:_L_R1], 1).tolist()
+        i_s = self._stack_current(dt_s, v_open, r_eff, v_s0, r_s)
+        i2 = c.i2
+        i2.fill(i_s)
+        i_n = c.i_n  # row 0 of i2
+        v = np.multiply(r_eff, i_n)
         v += v_open
-        # electrochemical current (bleed and leak currents leave at the terminals)
-        i_cell = i_s - self._g_static * v if self._g_any else np.full(n, i_s)
+        # electrochemical current (bleed and leak currents leave at the terminals). Without
+        # bleed or shorts every cell carries i_s: i_n and the scalars below then give each
+        # element exactly what the array form gives.
+        abs_n = c.abs_n
+        if g_any:
+            i_cell: np.ndarray | float = i_s - self._g_static * v
+            i_n = i2[0] = i2[1] = i_cell
+            charge = i_cell - self._one_minus_eta * np.maximum(i_cell, 0.0)
+            charge -= self._self_discharge_a
+            np.abs(i_cell, out=abs_n)
+            np.sign(i_cell, out=c.target2)
+        else:
+            i_cell = i_s
+            # np.maximum(i, 0.0) and np.sign(i), NaN and signed zero included
+            i_pos = 0.0 if i_s <= 0.0 else i_s
+            charge = np.subtract(i_s - self._one_minus_eta * i_pos, self._self_discharge_a)
+            abs_n.fill(abs(i_s))
+            c.target2.fill(1.0 if i_s > 0.0 else -1.0 if i_s < 0.0 else 0.0 if i_s == 0.0
+                           else i_s)
 
         # SOC (coulombic efficiency on charge, self-discharge)
-        charge = i_cell - self._one_minus_eta * np.maximum(i_cell, 0.0)
-        charge -= self._self_discharge_a
-        charge *= dt_s
+        charge *= dt_n
         charge /= self._capacity_as
-        self.soc = self.soc + charge
+        charge += self.soc
+        self.soc = charge
         # RC branches and Plett's hysteresis in one exact exponential update:
         # x <- x e + (1 - e) x_inf, x_inf = (R1 i, R2 i, sign i),
         # rates 1/tau1, 1/tau2 and |i| gamma / Q (hysteresis saturates over Q / gamma)
-        abs_i = np.abs(i_cell)
         rate = self._rate
-        np.divide(dt_s, tab[_K_TAU1] * arr, out=rate[0])
-        np.divide(dt_s / p.tau2_s, arr, out=rate[1])
-        np.multiply(abs_i, self._hyst_k * dt_s, out=rate[2])
-        np.negative(rate, out=rate)
-        e = np.exp(rate)
+        np.divide(neg_dt_n, tau1, out=c.rate0)
+        np.divide(neg_dt_over_tau2_n, arr, out=c.rate1)
+        np.multiply(abs_n, neg_hk_dt, out=c.rate2)
+        e = np.exp(rate, out=self._e)
         target = self._target
-        np.multiply(r1, i_cell, out=target[0])
-        np.multiply(r2, i_cell, out=target[1])
-        np.sign(i_cell, out=target[2])
+        np.multiply(r12, i2, out=c.target01)
         x -= target
         x *= e
         x += target
 
         # heat: ohmic + both RC branches + hysteresis + entropic (I T dU/dT) + soft short +
         # injected
-        heat = i_cell * r_series
-        heat += (temp + KELVIN_OFFSET) * tab[_K_DOCV_DT]
-        heat *= i_cell
-        heat += x[0] * x[0] / r1
-        heat += x[1] * x[1] / r2
-        heat += abs_i * np.abs(x[2]) * p.hysteresis_v
+        heat = np.multiply(r_series, i_n)
+        np.multiply(t_k, tab[_L_DOCV_DT], out=tmp)
+        heat += tmp
+        heat *= i_n
+        sq = np.multiply(c.x01, c.x01, out=self._sq)
+        sq /= r12
+        heat += c.sq0
+        heat += c.sq1
+        np.abs(x2, out=tmp)
+        tmp *= abs_n
+        tmp *= c.hysteresis_v
+        heat += tmp
         if self._heat_fault_any:
             heat += v * v * self._inv_short + self.faults.cell_heat_w
         minv, c_dt, amb = self._thermal_matrix(dt_s)
-        rhs = self._temp * c_dt
+        rhs = c.rhs
+        np.multiply(self._temp, c_dt, out=rhs)
         rhs += amb
-        rhs[:n] += heat
-        self._temp = minv @ rhs
+        c.rhs_cells += heat
+        self._temp = minv.dot(rhs)
 
         if self.faults.gas_ramp_kpa_per_s:
             self.gas_kpa += self.faults.gas_ramp_kpa_per_s * dt_s
@@ -747,15 +871,15 @@ class Plant:
         self.current_a = i_s
         self.cell_v = v
         self._ocv = ocv
-        self._i_cell = i_cell
+        self._i_cell = i_cell  # a float when every cell carries the stack current
         self._r_series = r_series
         self.load.observe(v)
 
-    def _stack_current(self, dt_s: float, v_open: np.ndarray, r_eff: np.ndarray) -> float:
-        """Stack current (+ = charge) for this step, and the link (bus) capacitor update."""
+    def _stack_current(self, dt_s: float, v_open: np.ndarray, r_eff: np.ndarray,
+                       v_s0: float, r_s: float) -> float:
+        """Stack current (+ = charge) for this step, and the link (bus) capacitor update.
+        v_s0, r_s: sums of v_open (stack voltage at zero current) and r_eff."""
         p, o, f = self.params, self.outputs, self.faults
-        v_s0 = float(v_open.sum())        # stack voltage at zero current
-        r_s = float(r_eff.sum())
         g_bus = 1.0 / p.link_discharge_resistance_ohm
         if f.precharge_fail:
             g_bus += 1.0 / p.precharge_fail_short_ohm
@@ -833,7 +957,8 @@ class Plant:
             ambient_temperature_c=self.ambient_effective_c,
             capacity_ah=self.capacity_ah.copy(),
             leak_current_a=self.cell_v * self._inv_short,
-            cell_current_a=self._i_cell.copy(),
+            cell_current_a=np.full(n, self._i_cell) if isinstance(self._i_cell, float)
+            else self._i_cell.copy(),
             series_resistance_ohm=self._r_series.copy(),
             hysteresis_v=self.params.hysteresis_v * self._x[2],
             rc_voltage_v=self._x[:2].T.copy(),
