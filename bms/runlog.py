@@ -65,6 +65,48 @@ def standard_columns(
 
 _FLOAT = "{:.10g}".format  # 10 significant digits: 0.1 mV on volts, 10 ms on a 10^6 s run
 
+#: Decimals per ticks.csv column for :meth:`RunLog.row_array` (fixed point, formatted in C by
+#: csrc/ssb_format.c): ``(pattern, decimals, why that resolution is enough)``. A pattern is an
+#: exact column name, ``*suffix`` (the unit at the end of the name) or ``prefix*``; the first
+#: match wins. Each step is at most a tenth of the finest quantum of what feeds the column, so
+#: the rounding (at most half a step) never hides a measured change. A column that matches no
+#: pattern keeps ``%.10g`` (decimals -1), what every column had before. Values too large for
+#: exact fixed point (|v| 10^d >= 2^52) are written with ``%.17g``, so nothing is ever wrong.
+COLUMN_DECIMALS: tuple[tuple[str, int, str], ...] = (
+    ("time_s", 6, "1 us: the tick is 0.1 s and board timestamps are whole ms (docs/protocol.md)"),
+    ("tick_duration_s", 7, "0.1 us: a tick computes for ~100 us (time.perf_counter)"),
+    ("state", 0, "contactor state: an integer"),
+    ("outputs", 0, "contactor output bits: an integer"),
+    ("faults_active", 0, "a count"),
+    ("balance_mask*", 0, "balancing bits per stack: an integer below 2^24 (23 cells per stack)"),
+    ("*_soc_sigma", 6, "1e-6 of capacity (18 mA s on the 5 Ah ssb-23 cell, 0.18 A for one "
+                       "0.1 s tick): far below a useful SOC sigma; assumption, not a sensor"),
+    ("*_soc", 6, "same as _soc_sigma: 1e-6 of capacity"),
+    ("*_v", 6, "1 uV: the LTC6811 cell ADC LSB is 100 uV (boards/emu-23.yaml, "
+               "boards/mega2560-ltc6811.yaml), bus voltage 1 mV (emu) / 7.6 mV (mega)"),
+    ("*_a", 4, "0.1 mA: current LSB 1 mA (emu) / 6.1 mA (mega); the leak estimate's warning "
+               "is 50 mA, hysteresis 20 mA (bms/packs/ssb-23.yaml)"),
+    ("*_c", 3, "1 mK: a 100 uV thermistor LSB is ~3.4 mK at 25 C (10 kOhm NTC, B 3435 K, "
+               "10 kOhm pull-up to 3.0 V: ~29 mV/K; boards/emu-23.yaml)"),
+    ("*_kpa", 2, "10 Pa: the smallest pressure protection step is the 5 kPa/s rate hysteresis "
+                 "(bms/packs/ssb-23.yaml); load-cell LSB 0.5-0.65 Pa is far below the HX711 "
+                 "noise, so 10 Pa keeps every protection-relevant change"),
+)
+
+
+def column_decimals(name: str) -> int:
+    """Decimals for ``name`` from :data:`COLUMN_DECIMALS` (-1: ``%.10g``)."""
+    for pattern, decimals, _why in COLUMN_DECIMALS:
+        if pattern.startswith("*"):
+            if name.endswith(pattern[1:]):
+                return decimals
+        elif pattern.endswith("*"):
+            if name.startswith(pattern[:-1]):
+                return decimals
+        elif name == pattern:
+            return decimals
+    return -1
+
 
 def _fmt(value: Any) -> str:
     if type(value) is float:  # the common case first: one type check per field
@@ -100,6 +142,45 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+class _RowFormatter:
+    """ssb_format_row over one column set: decimals, output buffer and pointers made once."""
+
+    def __init__(self, decimals: Sequence[int]) -> None:
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi, lib = _core.ffi, _core.lib
+        self._ffi = ffi
+        self.n = len(decimals)
+        self.decimals = np.asarray(decimals, dtype=np.int8)
+        self._dec_ptr = ffi.from_buffer("signed char[]", self.decimals)
+        self.cap = self.n * lib.SSB_FMT_FIELD_MAX + 1  # the longest possible row fits
+        self.out = bytearray(self.cap)
+        self._out_ptr = ffi.from_buffer("char[]", self.out)
+        self._view = memoryview(self.out)
+        self._fmt = lib.ssb_format_row
+        self._arr: np.ndarray | None = None
+        self._arr_ptr = None
+
+    def format(self, values: np.ndarray) -> memoryview:
+        """The row as a view into the output buffer (valid until the next call)."""
+        if values is self._arr:
+            return self._call(self._arr_ptr)
+        if (isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim == 1
+                and values.flags.c_contiguous):
+            # Keep the caller's array with its pointer: holding the reference keeps the
+            # identity check above sound (the array cannot be freed and its id reused).
+            self._arr, self._arr_ptr = values, self._ffi.from_buffer("double[]", values)
+            return self._call(self._arr_ptr)
+        arr = np.ascontiguousarray(values, dtype=np.float64).ravel()
+        return self._call(self._ffi.from_buffer("double[]", arr))
+
+    def _call(self, ptr) -> memoryview:
+        size = self._fmt(ptr, self._dec_ptr, self.n, self._out_ptr, self.cap)
+        if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
+            raise RuntimeError(f"ssb_format_row failed: {size}")
+        return self._view[:size]
+
+
 class _Sink:
     """One append-only file written with os.write; counts what it could not write."""
 
@@ -111,7 +192,7 @@ class _Sink:
         self.dropped = 0
         self.last_error: str | None = None
 
-    def write(self, data: bytes, count: bool = True) -> bool:
+    def write(self, data: bytes | memoryview, count: bool = True) -> bool:
         view = memoryview(data)
         done = 0
         try:
@@ -166,7 +247,7 @@ class RunLog:
         self._dropping = False
         self._closed = False
         self._header = (",".join(_fmt(c) for c in self.columns) + "\n").encode()
-        self._template = ",".join(["%.10g"] * len(self.columns)) + "\n"
+        self._formatter: _RowFormatter | None = None  # made on the first row_array
         self._header_ok = self.ticks.write(self._header, count=False)
         if meta is not None:
             self.event({"type": "meta", **meta})
@@ -191,16 +272,22 @@ class RunLog:
     def row_array(self, values: np.ndarray) -> bool:
         """Append one tick given as a float array (one value per column): the hot path.
 
-        Formats exactly like :meth:`row` does for floats (``%.10g``; NaN as ``nan``) but with one
-        C-level format call instead of one Python call per field.
+        Fixed point per column (:data:`COLUMN_DECIMALS`; NaN as ``nan``, infinities as
+        ``inf``/``-inf``), formatted by one C call (csrc/ssb_format.c) straight into a
+        preallocated buffer. Unlike :meth:`row` (``%.10g`` everywhere) the values are rounded
+        to their column's resolution. The pointer to ``values`` is made once and reused while
+        the same (float64, contiguous) array comes back, as the controller's row buffer does.
         """
         if len(values) != len(self.columns):
             raise ValueError(f"row has {len(values)} values for {len(self.columns)} columns")
-        fields = values.tolist()
-        t = fields[self._time_col] if self._time_col is not None else None
-        return self._write_row((self._template % tuple(fields)).encode(), t)
+        fmt = self._formatter
+        if fmt is None:
+            fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
+        line = fmt.format(values)
+        t = values[self._time_col] if self._time_col is not None else None
+        return self._write_row(line, t)
 
-    def _write_row(self, line: bytes, t: Any) -> bool:
+    def _write_row(self, line: bytes | memoryview, t: Any) -> bool:
         if not self._header_ok:
             # The header could not be written (disk full at start): it must come first, so
             # retry it before any row; until it succeeds the rows are dropped too.

@@ -214,18 +214,20 @@ def test_header_retried_after_full_disk_at_start(tmp_path: Path) -> None:
     assert list(ticks) == ["time_s", "v"] and list(ticks["v"]) == [2.0]
 
 
-def test_row_array_writes_what_row_writes(tmp_path) -> None:
-    """The controller's fast path formats floats exactly like row() (NaN included)."""
-    cols = ["time_s", "a_v", "b_kpa", "state"]
-    values = np.array([1.5, 3.7000000001, np.nan, 2.0])
+def test_row_array_rounds_to_the_column_resolution(tmp_path) -> None:
+    """The controller's fast path: fixed point per column unit (row() keeps %.10g)."""
+    cols = ["time_s", "a_v", "b_kpa", "state", "odd_unit"]
+    values = np.array([1.5, 3.7000004, np.nan, 2.0, 1.23456789012345])
     with RunLog(tmp_path / "slow", cols) as slow:
         slow.row(values.tolist())
     with RunLog(tmp_path / "fast", cols) as fast:
         assert fast.row_array(values)
         with pytest.raises(ValueError):
             fast.row_array(values[:3])
-    assert (tmp_path / "slow" / "ticks.csv").read_bytes() == \
-        (tmp_path / "fast" / "ticks.csv").read_bytes()
+    assert (tmp_path / "slow" / "ticks.csv").read_bytes().splitlines()[1] == \
+        b"1.5,3.7000004,nan,2,1.23456789"
+    assert (tmp_path / "fast" / "ticks.csv").read_bytes().splitlines()[1] == \
+        b"1.5,3.7,nan,2,1.23456789"  # 6 decimals on volts; unknown unit: %.10g
     ticks = load_ticks(tmp_path / "fast")
-    assert ticks["a_v"][0] == pytest.approx(3.7000000001, rel=1e-9)  # 10 significant digits
+    assert ticks["a_v"][0] == pytest.approx(3.7000004, abs=0.5e-6)
     assert np.isnan(ticks["b_kpa"][0])
