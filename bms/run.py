@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clock", choices=("sim", "real"), default=None,
                     help="sim: advance boards by each tick (emulators only); real: wall-clock "
                     "deadlines (default: real with --port, sim without)")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="sim clock: send each SAMPLE only after the tick's commands (commands "
+                    "act one tick earlier; slower). Default: pipelined (docs/architecture.md)")
     ap.add_argument("--scenario", default=None,
                     help="scenario for the emulators this command starts (needs no --port)")
     ap.add_argument("--seed", type=int, default=0, help="emulator seed (without --port)")
@@ -104,6 +107,9 @@ def main(argv: list[str]) -> int:
               f"stack (got {len(args.port)})", file=sys.stderr)
         return 2
     clock = args.clock or ("real" if args.port else "sim")
+    if args.lockstep and clock != "sim":
+        print("bms run: --lockstep applies to the sim clock only", file=sys.stderr)
+        return 2
     log_dir = args.log or default_log_dir("run")
     # The emulators write their truth files into it before the controller's run log exists.
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +128,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     controller = Controller(pack, ports, clock=clock, log_dir=log_dir, monitor=monitor,
-                            timeout_s=args.timeout,
-                            meta={"command": "run", "scenario": args.scenario})
+                            timeout_s=args.timeout, pipeline=False if args.lockstep else None,
+                            meta={"command": "run", "scenario": args.scenario,
+                                  "pipelined": clock == "sim" and not args.lockstep})
     summary: dict[str, Any] = {}
     try:
         controller.open()

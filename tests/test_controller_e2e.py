@@ -114,6 +114,27 @@ def _bench(tmp_path: Path, **kw) -> Bench:
     return Bench(PACK, tmp_path / "log", **kw)
 
 
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "lockstep"])
+def test_sim_clock_command_timing(tmp_path: Path, pipeline: bool) -> None:
+    """Lockstep: a command of tick k acts on the plant before its step to t(k+1), so the
+    feedback shows it in the next MEASUREMENT; pipelined: one tick later (docs/architecture.md).
+    Both close the pack without a feedback fault."""
+    with _bench(tmp_path, pipeline=pipeline) as b:
+        c = b.c
+        assert c.pipeline is pipeline
+        b.ticks(2)
+        c.request_close()
+        seen: list[tuple[int, int]] = []  # (commanded outputs, feedback bits) per tick
+        for _ in range(40):
+            c.tick()
+            seen.append((c.contactors.outputs, int(c.stacks[0].data.status) & 0x07))
+        assert c.contactors.state == ContactorState.CLOSED, seen
+        assert not c.table.fault_latched(), [r.code.name for r in c.table.latched()]
+        first_cmd = next(i for i, (cmd, _) in enumerate(seen) if cmd)
+        first_fb = next(i for i, (_, fb) in enumerate(seen) if fb)
+        assert first_fb - first_cmd == (2 if pipeline else 1), seen
+
+
 def test_precharge_failure_retries_then_fault_and_retry_after_reset(tmp_path: Path) -> None:
     cfg = PACK.contactors
     with _bench(tmp_path) as b:

@@ -74,7 +74,7 @@ class Bench:
 
     def __init__(self, pack: PackConfig, log_dir: Path, soc: float = 0.5,
                  temperature_c: float | None = None, seed: int = 1, timeout_s: float = 0.25,
-                 retries: int = 1) -> None:
+                 retries: int = 1, pipeline: bool = True) -> None:
         self.pack = pack
         self.log_dir = Path(log_dir)
         self.emus: list[EmulatorProcess] = []
@@ -85,7 +85,7 @@ class Bench:
                                                 extra_args=extra))
             self.controller = Controller(pack, [e.path for e in self.emus], clock="sim",
                                          log_dir=self.log_dir, timeout_s=timeout_s,
-                                         retries=retries)
+                                         retries=retries, pipeline=pipeline)
             self.controller.open()
         except BaseException:
             for e in self.emus:
