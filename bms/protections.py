@@ -3,9 +3,11 @@
 Two layers:
 
 - :class:`ProtectionEngine` is generic: a set of :class:`~bms.config.ProtectionLimit` with a
-  number of channels each, flattened into one array so that one tick is a dozen numpy
-  operations over all channels of all limits (no per-cell Python loop). ``update`` returns the
-  level transitions (rare; usually an empty list).
+  number of channels each, flattened into one array so that one tick is one C call
+  (csrc/ssb_protect.c) over all channels of all limits. ``update`` returns the level
+  transitions (rare; usually an empty list). :class:`ReferenceProtectionEngine` is the same
+  engine in NumPy (a dozen array operations per tick), the reference the tests hold the C
+  engine to (identical transitions and state).
 - :class:`PackProtections` applies the pack's rules on top: charge versus discharge temperature
   limits chosen by the current's sign, over-current against the fixed levels and the C core's
   dynamic limits, channel -> (stack, cell) mapping, and writing transitions into a
