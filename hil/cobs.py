@@ -23,12 +23,17 @@ def max_encoded_len(n: int) -> int:
     return n + 1 + n // 254
 
 
+# One-byte code for each block length (indexing beats building bytes((n,)) per block).
+_CODE = tuple(bytes((i,)) for i in range(256))
+
+
 def encode(data: bytes | bytearray | memoryview) -> bytes:
     """COBS-encode ``data``. The result holds no zero byte; the caller appends the delimiter."""
     data = bytes(data)
-    if len(data) < 254 and b"\x00" not in data:
-        # Fast path: a short block without zeros is one code byte plus the data.
-        return bytes((len(data) + 1,)) + data
+    if len(data) < 254:
+        # Every protocol frame: no block can reach 254 bytes, so each zero-delimited chunk
+        # becomes its length + 1 followed by the chunk (a block without zeros included).
+        return b"".join([_CODE[len(chunk) + 1] + chunk for chunk in data.split(b"\x00")])
     out: list[bytes] = []
     chunks = data.split(b"\x00")
     last = len(chunks) - 1
@@ -42,7 +47,7 @@ def encode(data: bytes | bytearray | memoryview) -> bytes:
             pos += 254
         if pos and pos == n and i == last:
             break  # canonical: no trailing 0x01 after a final full block
-        out.append(bytes((n - pos + 1,)))
+        out.append(_CODE[n - pos + 1])
         out.append(chunk[pos:])
     return b"".join(out)
 
@@ -61,6 +66,29 @@ def decode(data: bytes | bytearray | memoryview) -> bytes:
     code = data[0]
     if code == n:  # the whole frame is one block without zeros: no copy loop needed
         return data[1:]
+    # Without 0xFF codes (every frame under 254 bytes) the decoded block is the input with each
+    # code byte after the first turned into the zero it stands for: patch those in place.
+    buf = bytearray(data)
+    i = 0
+    while True:
+        end = i + code
+        if end > n:
+            raise CobsError(f"code byte {code} at offset {i} points past the end ({n} bytes)")
+        if end == n:
+            break
+        if code == 0xFF:
+            return _decode_blocks(data)
+        i = end
+        code = data[i]
+        buf[i] = 0
+    del buf[0]
+    return bytes(buf)
+
+
+def _decode_blocks(data: bytes) -> bytes:
+    """The general decoder (blocks of 254 bytes without an implied zero)."""
+    n = len(data)
+    code = data[0]
     out: list[bytes] = []
     i = 0
     while True:

@@ -417,12 +417,16 @@ def encode_raw_frame(version: int, msg_type: int, seq: int, payload: bytes,
 
 def encode_frame(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
     """Encode ``msg`` with sequence number ``seq``: COBS(header|payload|crc) + 0x00."""
-    payload = encode_payload(msg)
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"{type(msg).__name__} payload {len(payload)} B > {MAX_PAYLOAD} B")
+    try:  # encode_payload, inlined: this runs once per MEASUREMENT
+        payload = msg.pack()
+    except struct.error as exc:
+        raise ValueError(f"{type(msg).__name__}: field out of range for the wire: {exc}") from None
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise ValueError(f"{type(msg).__name__} payload {n} B > {MAX_PAYLOAD} B")
     if not 0 <= seq <= 0xFFFF:
         raise ValueError(f"seq {seq} is not a u16")
-    body = _HEADER.pack(version, msg.TYPE, seq, len(payload)) + payload
+    body = _HEADER.pack(version, msg.TYPE, seq, n) + payload
     return cobs.encode(body + _CRC.pack(binascii.crc_hqx(body, 0xFFFF))) + b"\x00"
 
 

@@ -420,3 +420,46 @@ def test_vtap_offset_moves_only_that_channel_not_the_cell() -> None:
     plant.step(0.1)
     cleared, _ = readings(plant)
     assert cleared.cell_voltage_v[3] == pytest.approx(before.cell_voltage_v[3], abs=0.003)
+
+
+def _truth_vector(plant: Plant) -> np.ndarray:
+    t = plant.truth()
+    return np.concatenate([np.atleast_1d(np.asarray(v, dtype=float)).ravel()
+                           for v in vars(t).values()])
+
+
+def test_step_caches_follow_dt_outputs_faults_and_ambient() -> None:
+    """The step caches per-dt constants, resistance factors and thermal matrices. A plant whose
+    caches are dropped before every step must give bit-identical truth and counts to one that
+    keeps them, through changes of dt, balancing, contact loss, a soft short, ambient and
+    coolant (each of which must invalidate exactly what depends on it)."""
+    cached, fresh = closed(make(seed=5, soc=0.6)), closed(make(seed=5, soc=0.6))
+    for p in (cached, fresh):
+        p.set_load(ConstantCurrent(-6.0))
+    events = {
+        3: lambda p: p.inject_fault(FaultCode.CELL_CONTACT_LOSS, 4, 0.5),
+        5: lambda p: closed(p, mask=0b1001),
+        7: lambda p: p.inject_fault(FaultCode.CELL_SOFT_SHORT, 9, 20.0),
+        9: lambda p: p.set_ambient(40.0),
+        11: lambda p: p.inject_fault(FaultCode.COOLANT_LOSS),
+        13: lambda p: p.inject_fault(FaultCode.CLEAR_ALL),
+    }
+    r_before = None
+    for i, dt_s in enumerate([0.1, 0.1, 0.25, 0.1, 1.0, 0.1, 0.1, 0.5, 0.1, 0.1, 0.1, 0.2, 0.1,
+                              0.1, 0.1]):
+        if i in events:
+            events[i](cached)
+            events[i](fresh)
+        if i == 3:
+            r_before = cached.truth().series_resistance_ohm
+        cached.step(dt_s)
+        fresh._dt_consts = (math.nan, *fresh._dt_consts[1:])
+        fresh._thermal_cache.clear()
+        fresh.step(dt_s)
+        if i == 3:
+            # contact loss acts on the very next step: cell 4's ohmic part doubles
+            r_after = cached.truth().series_resistance_ohm
+            assert r_after[4] > 1.5 * r_before[4]
+            assert abs(r_after[5] / r_before[5] - 1.0) < 0.05
+        np.testing.assert_array_equal(_truth_vector(cached), _truth_vector(fresh))
+        assert cached.sensor_counts() == fresh.sensor_counts()

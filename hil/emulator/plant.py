@@ -492,6 +492,7 @@ class Plant:
         self._dt_consts: tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray] = (
             math.nan, np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n))
         self._const = self._step_constants()
+        self._sensor = self._sensor_constants()
         self.ambient_c = float(temperature_c)
         self._temp = np.full(n + 3, float(temperature_c))  # cells, plate bottom/top, coolant
         self.gas_kpa = 0.0
@@ -630,6 +631,17 @@ class Plant:
         c.i_n = c.i2[0]
         c.rhs_cells = c.rhs[:n]
         return c
+
+    def _sensor_constants(self) -> SimpleNamespace:
+        """sensor_counts' views of its channel vector and its thermistor constants as
+        k-vectors (same values as the scalars; see the note above step)."""
+        n, k, m, buf = self.n, self.k, self.m, self._buf
+        th = self.board.thermistor
+        return SimpleNamespace(
+            cells=buf[:n], th=buf[n:n + k], lc=buf[n + k:n + k + m], x=np.empty_like(buf),
+            inv_t25=np.full(k, 1.0 / 298.15), beta_k=np.full(k, float(th.beta_k)),
+            r25_ohm=np.full(k, float(th.r25_ohm)), pullup_ohm=np.full(k, float(th.pullup_ohm)),
+            th_scale=np.full(k, th.vref_v / th.lsb_v))
 
     def _lookup(self, soc: np.ndarray) -> np.ndarray:
         """Linear interpolation in the SOC table for every cell: (7, n), rows _L_* (the EMF
@@ -984,8 +996,9 @@ class Plant:
         channel's offset error, scale and count offset (board profile plus calibration error).
         """
         p, f, n, k, m = self.params, self.faults, self.n, self.k, self.m
+        sc = self._sensor
         buf = self._buf
-        buf[:n] = self.cell_v
+        sc.cells[...] = self.cell_v
         if self._vtap_any:
             # an open tap wire (top of cell i): channel i decays through its input filter and
             # channel i+1 reads the difference, so the pair still sums to the true voltage
@@ -998,20 +1011,25 @@ class Plant:
         if k:
             # NTC divider voltage by the Beta equation (as ThermistorScaling.c_to_counts),
             # at the thermistor's position along the stack, plus the NTC's tolerance
-            th = self.board.thermistor
-            t_k = self._th_weights @ self._temp[:n]
+            # (constants as k-vectors: see the note above step)
+            t_k = self._th_weights.dot(self._temp[:n])
             t_k += self._th_off_k_kelvin
             np.reciprocal(t_k, out=t_k)
-            t_k -= 1.0 / 298.15
-            t_k *= th.beta_k
+            t_k -= sc.inv_t25
+            t_k *= sc.beta_k
             r_ntc = np.exp(t_k, out=t_k)
-            r_ntc *= th.r25_ohm
-            buf[n:n + k] = r_ntc / (r_ntc + th.pullup_ohm)
-            buf[n:n + k] *= th.vref_v / th.lsb_v
-        buf[n + k:n + k + m] = self._lc_kpa
+            r_ntc *= sc.r25_ohm
+            den = np.add(r_ntc, sc.pullup_ohm)
+            np.divide(r_ntc, den, out=sc.th)
+            sc.th *= sc.th_scale
+        sc.lc[...] = self._lc_kpa
         buf[-2] = self.current_a
         buf[-1] = self.bus_v
-        x = buf + self._next_noise()
+        if self._noise_i >= len(self._noise):
+            self._next_noise()  # refills the batch (and takes its row 0: given back below)
+            self._noise_i = 0
+        x = np.add(buf, self._noise[self._noise_i], out=sc.x)
+        self._noise_i += 1
         x += self._ch_a
         x *= self._ch_s
         x += self._ch_c
