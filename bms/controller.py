@@ -149,7 +149,8 @@ class Controller:
             client = BoardClient(port, board, timeout_s=timeout_s, retries=retries)
             self.stacks.append(StackRuntime(
                 index=k, config=stack, board=board, port=port, client=client,
-                scaler=Scaler(board), validator=StackValidator(pack, k, board, self.table),
+                scaler=(scaler := Scaler(board)),
+                validator=StackValidator(pack, k, board, self.table, scaler),
                 core=Core(pack, k)))
         self.protections = PackProtections(pack)
         self.contactors = ContactorStateMachine(pack.contactors)
@@ -456,7 +457,8 @@ class Controller:
         if self.pipeline:
             s.prefetched = self._request(s, dt_s, t_next)
         try:
-            raw, values = s.scaler.channel_values(m)
+            data = s.validator.check_measurement(t, m, s.scaler.current_a(m),
+                                                 s.scaler.bus_voltage_v(m))
         except ValueError as exc:  # channel counts differ from the board profile
             self._mark_lost(s, exc, t)
             return
@@ -475,8 +477,6 @@ class Controller:
         elif s.sensor_error:
             self.table.clear_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
         s.sensor_error = bool(status & _ST_SENSOR)
-        data = s.validator.check(t, raw, values, s.scaler.current_a(m),
-                                 s.scaler.bus_voltage_v(m), m.timestamp_ms, m.status)
         timestamp_s = m.timestamp_ms / 1000.0
         # The estimator integrates over the board's own sample interval when it is plausible
         # (real clock: jitter), else over the nominal tick.

@@ -19,6 +19,8 @@ import numpy as np
 
 from bms.config import BoardProfile, PackConfig
 from bms.faults import FaultCode, FaultTable, Severity
+from hil.protocol import Measurement
+from hil.scaling import Scaler
 
 # Plausible ranges (assumptions, documented in docs/safety.md):
 # - a lithium-metal/NMC cell never reads below 1.5 V or above 5.0 V while connected; the
@@ -64,7 +66,7 @@ class StackValidator:
     """Stateful plausibility checks for one stack (stuck detection, jumps, timestamps)."""
 
     def __init__(self, pack: PackConfig, stack_index: int, board: BoardProfile,
-                 table: FaultTable) -> None:
+                 table: FaultTable, scaler: Scaler | None = None) -> None:
         self.stack_index = stack_index
         self.board = board
         self.table = table
@@ -101,6 +103,8 @@ class StackValidator:
         self._stuck_prev = np.zeros(nl, dtype=bool)
         self._bad_prev = np.zeros(nc + nt + nl, dtype=bool)
         self._anything_prev = False
+        self.scaler = scaler if scaler is not None else Scaler(board)
+        self._init_c()
         self._last_ts_ms: int | None = None
         self._bad_scalar: dict[FaultCode, bool] = {}
         self.counts = {"invalid_channels": 0, "voltage_jump": 0, "stuck": 0,
@@ -109,6 +113,7 @@ class StackValidator:
     def check(self, time_s: float, raw: np.ndarray, values: np.ndarray, current_a: float,
               bus_voltage_v: float, timestamp_ms: int, status: int) -> ValidatedStack:
         """``raw``/``values``: the board's channel vectors (hil.scaling.Scaler.channel_values).
+        The reference implementation of :meth:`check_measurement` (same rules, in NumPy).
 
         The common case (every channel in range, nothing stuck, no open tap) costs a handful of
         vector operations; the per-channel diagnosis runs only when something is wrong now or
@@ -169,7 +174,98 @@ class StackValidator:
                                            int(i), momentary=True)
         np.copyto(self._last_v, v)
         self._last_i = current_a
+        return self._finish(time_s, current_a, bus_voltage_v, timestamp_ms, status)
 
+    # ------------------------------------------------------------------ C front end
+
+    def _init_c(self) -> None:
+        """Buffers and cffi pointers for ssb_fe_step (csrc/ssb_frontend.h), made once. The C
+        state arrays are this validator's own (_same_count, _last_raw_lc_buf, _last_v), so
+        check() and check_measurement() share one state and can be mixed."""
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi, lib = _core.ffi, _core.lib
+        self._fe_step = lib.ssb_fe_step
+        sc = self.scaler
+        n = sc.n_channels
+        nc = self.cells.stop
+        self._raw = np.zeros(n, dtype=np.int64)
+        self._values = np.zeros(n)
+        self._fe_bad = np.zeros(n, dtype=np.uint8)
+        self._fe_stuck = np.zeros(max(len(self._same_count), 1), dtype=np.uint8)
+        self._fe_jump = np.zeros(max(nc, 1), dtype=np.uint8)
+        self._fe_scratch = np.zeros(max(nc, 1))
+        self._fe_summary = ffi.new("uint32_t *")
+        self._fe_keep = [sc._gain, sc._bias, sc._sentinel, sc._ntc_lut, self._lo, self._hi]
+
+        def ptr(ctype: str, arr: np.ndarray):
+            assert arr.flags.c_contiguous  # noqa: S101 (buffers made above)
+            return ffi.from_buffer(ctype, arr)
+
+        cfg = self._fe_cfg = ffi.new("ssb_fe_config_t *")
+        cfg.n_cells, cfg.n_thermistors, cfg.n_load_cells = (
+            nc, self.thermistors.stop - nc, self.load_cells.stop - self.thermistors.stop)
+        self._sentinel64 = np.ascontiguousarray(sc._sentinel, dtype=np.int64)
+        cfg.gain, cfg.bias = ptr("double[]", sc._gain), ptr("double[]", sc._bias)
+        cfg.sentinel = ptr("int64_t[]", self._sentinel64)
+        cfg.ntc_lut = ptr("double[]", sc._ntc_lut)
+        cfg.lo, cfg.hi = ptr("double[]", self._lo), ptr("double[]", self._hi)
+        cfg.open_tap_dev_v = OPEN_TAP_DEVIATION_V
+        cfg.jump_margin_v = VOLTAGE_JUMP_MARGIN_V
+        cfg.r_worst_ohm = self.r_worst_ohm
+        cfg.stuck_samples = LOAD_CELL_STUCK_SAMPLES
+        st = self._fe_st = ffi.new("ssb_fe_state_t *")
+        st.same_count = ptr("int64_t[]", self._same_count)
+        st.last_raw_lc = ptr("int64_t[]", self._last_raw_lc_buf)
+        st.last_v = ptr("double[]", self._last_v)
+        st.scratch = ptr("double[]", self._fe_scratch)
+        self._fe_args = (cfg, st, ptr("int64_t[]", self._raw), ptr("double[]", self._values),
+                         ptr("double[]", self._clean), ptr("uint8_t[]", self._fe_bad),
+                         ptr("uint8_t[]", self._fe_stuck), ptr("uint8_t[]", self._fe_jump))
+
+    def check_measurement(self, time_s: float, m: Measurement, current_a: float,
+                          bus_voltage_v: float) -> ValidatedStack:
+        """The controller's hot path: scaling, range, open tap, stuck and jump masks in one C
+        call (csrc/ssb_frontend.c, the same rules as :meth:`check`), then the diagnosis in
+        Python only when something is or was wrong. Raises ValueError when the measurement's
+        channel counts differ from the board profile."""
+        n = len(m.cell_raw) + len(m.thermistor_raw) + len(m.load_cell_raw)
+        if n != len(self._raw):
+            p = self.board
+            raise ValueError(
+                f"measurement has {len(m.cell_raw)} cells, {len(m.thermistor_raw)} thermistors, "
+                f"{len(m.load_cell_raw)} load cells; board profile {p.name} ({p.path}) expects "
+                f"{p.cells}, {p.thermistors}, {p.load_cells}")
+        self._raw[:] = m.cell_raw + m.thermistor_raw + m.load_cell_raw
+        st = self._fe_st
+        st.last_i = self._last_i
+        st.have_last_raw = self._last_raw_lc is not None
+        a = self._fe_args
+        rc = self._fe_step(a[0], a[1], a[2], current_a, a[3], a[4], a[5], a[6], a[7],
+                           self._fe_summary)
+        if rc != 0:
+            raise ValueError(f"ssb_fe_step failed with {rc}")
+        self._last_i = current_a
+        self._last_raw_lc = self._last_raw_lc_buf
+        summary = self._fe_summary[0]
+        if summary & 3 or self._anything_prev:  # SSB_FE_ANY_BAD | SSB_FE_ANY_STUCK
+            bad = self._fe_bad.view(bool).copy()
+            stuck = self._fe_stuck[: len(self._same_count)].view(bool).copy()
+            self._diagnose_channels(time_s, self._raw, self._values, bad, stuck)
+            self._bad_prev, self._stuck_prev = bad, stuck
+            self._anything_prev = bool(bad.any() or stuck.any())
+        if summary & 4:  # SSB_FE_ANY_JUMP
+            v = self._clean
+            jumps = np.flatnonzero(self._fe_jump[: self.cells.stop])
+            self.counts["voltage_jump"] += len(jumps)
+            for i in jumps:
+                self.table.raise_fault(FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, time_s,
+                                       Severity.WARNING, float(v[i]), self.stack_index, int(i),
+                                       momentary=True)
+        return self._finish(time_s, current_a, bus_voltage_v, m.timestamp_ms, m.status)
+
+    def _finish(self, time_s: float, current_a: float, bus_voltage_v: float,
+                timestamp_ms: int, status: int) -> ValidatedStack:
         i_valid = math.isfinite(current_a) and abs(current_a) <= self.current_plausible_a
         if not i_valid or self._bad_scalar.get(FaultCode.CURRENT_SENSOR, False):
             self._diagnose_scalar(FaultCode.CURRENT_SENSOR, not i_valid, current_a, time_s)

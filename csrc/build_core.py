@@ -22,7 +22,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("ssb_core", "ssb_protect", "ssb_format")
+PARTS = ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend")
 HEADERS = [HERE / f"{p}.h" for p in PARTS]
 SOURCES = [str(HERE / f"{p}.c") for p in PARTS]
 CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fno-math-errno",

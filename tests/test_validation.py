@@ -232,3 +232,90 @@ def test_channel_values_match_the_per_kind_conversion() -> None:
         want = np.concatenate([r.cell_voltage_v, r.temperature_c, r.pressure_kpa])
         np.testing.assert_allclose(values, want, rtol=1e-12, atol=1e-9, equal_nan=True)
         assert raw.tolist() == cells.tolist() + therm.tolist() + load.tolist()
+
+
+def _random_measurements(seed: int, n: int):
+    """Measurements that visit every rule: in range, NaN sentinels, out of range, open taps,
+    stuck and moving load cells, voltage jumps, NaN and out-of-range currents."""
+    from hil.protocol import Measurement
+    from hil.scaling import INVALID_I32, INVALID_U16
+
+    scaler = Scaler(BOARD)
+    rng = np.random.default_rng(seed)
+    cells = np.full(BOARD.cells, 3.7)
+    load_raw = list(scaler.load_cell_counts(np.full(BOARD.load_cells, 1100.0)))
+    current = -2.0
+    stuck_left, gap_ms = 0, 0
+    for k in range(n):
+        cells = np.clip(cells + rng.normal(0, 0.002, len(cells)), 3.0, 4.3)
+        v = cells.copy()
+        r = rng.random()
+        if r < 0.05:                                   # open tap between i and i+1
+            i = int(rng.integers(BOARD.cells - 1))
+            d = rng.uniform(0.2, 1.0)
+            v[i] -= d
+            v[i + 1] += d
+        elif r < 0.08:                                 # a jump
+            v[int(rng.integers(BOARD.cells))] += rng.choice([-1, 1]) * rng.uniform(0.05, 0.8)
+        elif r < 0.10:                                 # out of range
+            v[int(rng.integers(BOARD.cells))] = rng.choice([0.3, 6.0])
+        temps = 25.0 + rng.normal(0, 2, BOARD.thermistors)
+        if stuck_left == 0 and rng.random() < 0.01:   # a stuck phase of 30 samples
+            stuck_left = 30
+        if stuck_left:
+            stuck_left -= 1
+        else:                                          # load cells move by noise
+            load_raw = [x + int(rng.integers(1, 4)) * int(rng.choice([-1, 1]))
+                        for x in load_raw]
+        if rng.random() < 0.01:                        # the board's clock jumps ahead
+            gap_ms += 1000
+        current = rng.choice([current, rng.uniform(-10, 10), np.nan, 1e4],
+                             p=[0.8, 0.14, 0.03, 0.03])
+        m = scaler.measurement(k * 0.1 + gap_ms / 1000.0, 0, v, temps,
+                               np.zeros(BOARD.load_cells), current, 80.0)
+        cell_raw, therm_raw = list(m.cell_raw), list(m.thermistor_raw)
+        lc = list(load_raw)
+        if rng.random() < 0.05:
+            cell_raw[int(rng.integers(BOARD.cells))] = INVALID_U16
+        if rng.random() < 0.05:
+            therm_raw[int(rng.integers(BOARD.thermistors))] = rng.choice([INVALID_U16, 0,
+                                                                         0xFFFE])
+        if rng.random() < 0.05:
+            lc[int(rng.integers(BOARD.load_cells))] = INVALID_I32
+        yield Measurement(m.timestamp_ms, 0, m.current_raw, m.bus_voltage_raw,
+                          tuple(cell_raw), tuple(therm_raw), tuple(lc))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_c_front_end_matches_the_numpy_reference(seed: int) -> None:
+    """check_measurement (csrc/ssb_frontend.c) and check (NumPy) on the same 3000 random
+    measurements: the same clean data, the same fault records and events, the same counts."""
+    ref_table, c_table = FaultTable(), FaultTable()
+    ref = StackValidator(PACK, 0, BOARD, ref_table)
+    fast = StackValidator(PACK, 0, BOARD, c_table)
+    scaler = Scaler(BOARD)
+    for k, m in enumerate(_random_measurements(seed, 3000)):
+        t = k * 0.1
+        raw, values = scaler.channel_values(m)
+        a = ref.check(t, raw, values, scaler.current_a(m), scaler.bus_voltage_v(m),
+                      m.timestamp_ms, m.status)
+        b = fast.check_measurement(t, m, scaler.current_a(m), scaler.bus_voltage_v(m))
+        for name in ("cell_voltage_v", "temperature_c", "pressure_kpa"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        assert (a.current_a == b.current_a) or (math.isnan(a.current_a)
+                                                and math.isnan(b.current_a))
+        assert ref_table.drain_events() == c_table.drain_events(), k
+    assert ref.counts == fast.counts
+    assert all(v > 0 for v in fast.counts.values()), fast.counts  # every rule was exercised
+    assert [(r.code, r.stack, r.cell, r.count) for r in ref_table.records()] == \
+        [(r.code, r.stack, r.cell, r.count) for r in c_table.records()]
+
+
+def test_c_front_end_rejects_a_wrong_channel_count() -> None:
+    from hil.protocol import Measurement
+
+    v = StackValidator(PACK, 0, BOARD, FaultTable())
+    m = Measurement(0, 0, 0, 0, (1000,) * (BOARD.cells - 1), (2000,) * BOARD.thermistors,
+                    (0,) * BOARD.load_cells)
+    with pytest.raises(ValueError, match="expects 23"):
+        v.check_measurement(0.0, m, 0.0, 80.0)
