@@ -183,6 +183,7 @@ class Controller:
         (self._p_mean_kpa, self._p_rate_kpa_per_s, self._p_cusum_kpa,
          self._p_imbalance_kpa) = (np.full(n_st, np.nan) for _ in range(4))
         self._p_rate_abs = np.full(n_st, np.nan)
+        self._single_stack = n_st == 1
         self.tick_index = 0
         self.time_s = 0.0
         self.stats = TickStats()
@@ -493,15 +494,23 @@ class Controller:
         self._collect(s, data, o)
 
     def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any) -> None:
-        """Copy one stack's fresh data and estimates into the pack-wide arrays."""
+        """Copy one stack's fresh data and estimates into the pack-wide arrays. With a single
+        stack the pack-wide arrays *are* the validator's and the core's buffers (both are
+        updated in place every tick): bound once, on the first data, never copied."""
         cells, k = s.cells, s.index
         v = data.cell_voltage_v
-        self._cell_v[cells] = v
-        self._temps[s.thermistors] = data.temperature_c
-        self._soc[cells] = o.soc
-        self._soc_sigma[cells] = o.soc_sigma
-        self._leak_a[cells] = o.leak_a
-        self._leak_sigma_a[cells] = o.leak_sigma_a
+        if self._single_stack:
+            if self._cell_v is not v:
+                self._cell_v, self._temps = v, data.temperature_c
+                self._soc, self._soc_sigma = o.soc, o.soc_sigma
+                self._leak_a, self._leak_sigma_a = o.leak_a, o.leak_sigma_a
+        else:
+            self._cell_v[cells] = v
+            self._temps[s.thermistors] = data.temperature_c
+            self._soc[cells] = o.soc
+            self._soc_sigma[cells] = o.soc_sigma
+            self._leak_a[cells] = o.leak_a
+            self._leak_sigma_a[cells] = o.leak_sigma_a
         total = float(v.sum())
         s.stack_voltage_v = total if total == total else float(np.nansum(v))
         s.charge_limit_a = float(o.charge_limit_a.min())
