@@ -128,20 +128,21 @@ class Balancer:
         if reason:
             return self._nothing(reason)
 
-        # Stack temperature gate: every thermistor of the stack valid and below the maximum.
+        # Stack temperature gate: every thermistor of the stack valid and below the maximum
+        # (NaN compares False: an invalid thermistor closes its stack's gate).
         t = np.asarray(temperature_c, dtype=float)
-        ok_t = np.where(np.isnan(t), False, t < cfg.max_temperature_c)
-        if len(t):
+        ok_t = t < cfg.max_temperature_c
+        v = np.asarray(cell_voltage_v, dtype=float)
+        with np.errstate(invalid="ignore"):
+            cell_ok = v > cfg.min_cell_voltage_v
+        if self.n_stacks == 1:
+            if len(t) and not ok_t.all():
+                cell_ok[:] = False
+        elif len(t):
             hot = np.add.reduceat((~ok_t).astype(np.int64), self._th_starts) \
                 if np.all(self._th_counts > 0) else _reduce_uneven(~ok_t, self._th_starts,
                                                                    self._th_counts)
-            stack_ok = hot == 0
-        else:
-            stack_ok = np.ones(self.n_stacks, dtype=bool)
-
-        v = np.asarray(cell_voltage_v, dtype=float)
-        with np.errstate(invalid="ignore"):
-            cell_ok = (v > cfg.min_cell_voltage_v) & stack_ok[self._cell_stack]
+            cell_ok &= (hot == 0)[self._cell_stack]
 
         if cfg.mode == "soc":
             x = np.asarray(soc, dtype=float)
@@ -151,30 +152,29 @@ class Balancer:
             start, stop = cfg.start_delta_soc * self.slope, cfg.stop_delta_soc * self.slope
             if not np.nanmax(v, initial=-np.inf) >= self.top_of_charge_v:
                 return self._nothing("below top of charge")
-        valid = ~np.isnan(x)
-        if not valid.any():
-            return self._nothing("no valid data")
         # Reference: the lowest valid cell of the whole pack, not only the eligible ones, so a
-        # hot stack does not change the target of the others.
-        lowest = float(np.min(x[valid]))
+        # hot stack does not change the target of the others (fmin skips NaN).
+        lowest = float(np.fmin.reduce(x))
+        if lowest != lowest:
+            return self._nothing("no valid data")
         with np.errstate(invalid="ignore"):
-            delta = x - lowest
-            keep = self.selected & (delta > stop)
-            begin = delta > start
-        self.selected = (keep | begin) & valid & cell_ok
-        if not self.selected.any():
+            delta = x - lowest                             # NaN where x is NaN: never chosen
+            selected = (self.selected & (delta > stop)) | (delta > start)
+        selected &= cell_ok
+        self.selected = selected
+        if not selected.any():
             return self._nothing("balanced", keep_selection=True)
 
         on = ((time_s % self.period_s) < cfg.duty_cycle * self.period_s - 1e-9) \
             or cfg.duty_cycle >= 1.0
         if not on:
             return self._nothing("duty off", keep_selection=True)
-        bits = np.where(self.selected, self._bit, np.uint64(0))
+        bits = np.where(selected, self._bit, np.uint64(0))
         masks = np.add.reduceat(bits, self._cell_starts).astype(np.uint32)
-        v0 = np.where(self.selected & (v == v), v, 0.0)  # v == v: not NaN (cheaper than
-        bleed = v0 / cfg.bleed_resistance_ohm             # nan_to_num on the hot path)
+        v0 = np.where(selected, v, 0.0)                    # selected cells have v > min: finite
+        bleed = v0 / cfg.bleed_resistance_ohm
         power_w = float(np.dot(bleed, v0))
-        return BalanceDecision(masks, self.selected.copy(), bleed, "balancing", power_w)
+        return BalanceDecision(masks, selected.copy(), bleed, "balancing", power_w)
 
     def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:
         if not keep_selection:

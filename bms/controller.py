@@ -513,8 +513,8 @@ class Controller:
             self._leak_sigma_a[cells] = o.leak_sigma_a
         total = float(v.sum())
         s.stack_voltage_v = total if total == total else float(np.nansum(v))
-        s.charge_limit_a = float(o.charge_limit_a.min())
-        s.discharge_limit_a = float(o.discharge_limit_a.min())
+        s.charge_limit_a = min(o.charge_limit_a.tolist())  # a few horizons: no numpy call
+        s.discharge_limit_a = min(o.discharge_limit_a.tolist())
         self._p_mean_kpa[k] = o.pressure_mean_kpa
         self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa

@@ -495,29 +495,19 @@ class Core:
             raise CoreError(rc, "ssb_ekf_step")
 
     def output(self) -> CoreOutput:
-        so = self.stack_out
-        bits = int(so[OUT_PRESSURE_STATUS]) if math.isfinite(so[OUT_PRESSURE_STATUS]) else 0
+        so = self.stack_out.tolist()  # one conversion instead of a numpy scalar per field
+        status = so[OUT_PRESSURE_STATUS]
+        bits = int(status) if math.isfinite(status) else 0
         cv = self.check_values
+        stack_status = so[OUT_STACK_STATUS]
         return CoreOutput(
-            soc=self.soc, soc_sigma=self.soc_sigma, leak_a=self.leak_a,
-            leak_sigma_a=self.leak_sigma_a, leak_flag=self.leak_flag,
-            capacity_ah=self.capacity_ah, r0_ohm=self.r0_ohm,
-            cell_temperature_c=self.cell_temp_c, status=self.status,
-            gated_count=self.gated_count, mean_soc=float(so[OUT_MEAN_SOC]),
-            mean_soc_sigma=float(so[OUT_MEAN_SOC_SIGMA]),
-            pressure_expected_kpa=float(so[OUT_EXPECTED]),
-            pressure_mean_kpa=float(so[OUT_MEAN]),
-            pressure_residual_kpa=float(so[OUT_RESIDUAL]),
-            pressure_rate_kpa_per_s=float(so[OUT_RATE]),
-            pressure_cusum_kpa=float(so[OUT_CUSUM]),
-            load_cell_imbalance_kpa=float(so[OUT_IMBALANCE]),
-            pressure_status=bits,
-            pressure_trigger={CHECK_NAMES[k]: float(cv[k]) for k in range(5) if bits >> k & 1},
-            check_values=cv,
-            stack_status=int(so[OUT_STACK_STATUS]) if math.isfinite(so[OUT_STACK_STATUS])
-            else 0,
-            horizons_s=self.params.horizons_s,
-            charge_limit_a=self.charge_limit_a, discharge_limit_a=self.discharge_limit_a,
+            self.soc, self.soc_sigma, self.leak_a, self.leak_sigma_a, self.leak_flag,
+            self.capacity_ah, self.r0_ohm, self.cell_temp_c, self.status, self.gated_count,
+            so[OUT_MEAN_SOC], so[OUT_MEAN_SOC_SIGMA], so[OUT_EXPECTED], so[OUT_MEAN],
+            so[OUT_RESIDUAL], so[OUT_RATE], so[OUT_CUSUM], so[OUT_IMBALANCE], bits,
+            {CHECK_NAMES[k]: float(cv[k]) for k in range(5) if bits >> k & 1} if bits else {},
+            cv, int(stack_status) if math.isfinite(stack_status) else 0,
+            self.params.horizons_s, self.charge_limit_a, self.discharge_limit_a,
         )
 
     def raw_call(self):

@@ -1,4 +1,5 @@
-"""Start emulated boards as child processes (``python -m hil.emulator``), one per stack.
+"""Start emulated boards as child processes (``python -m hil.emulator``): one process serving
+every stack of a pack (each board on its own pty), or one process per board.
 
 Used by ``bms demo``, by ``bms run`` when no ``--port`` is given, and by the end-to-end tests:
 the same program a user would start by hand with ``bms emulate``, on a real pty.
@@ -10,6 +11,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,45 +53,85 @@ class EmulatorProcess:
         self.process.wait()
 
 
+def _command(pack: PackConfig, boards: list[int], clock: str, seed: int,
+             scenario: str | None, soc: float | None) -> list[str]:
+    cmd = [sys.executable, "-m", "hil.emulator", "--pack", str(pack.path), "--clock", clock,
+           "--seed", str(seed)]
+    for k in boards:
+        cmd += ["--board", str(k)]
+    if scenario:
+        cmd += ["--scenario", scenario]
+    if soc is not None:
+        cmd += ["--soc", str(soc)]
+    return cmd
+
+
+def _spawn(cmd: list[str], n_paths: int, what: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start the emulator program and read the ``n_paths`` pty paths it prints first."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ), bufsize=0)
+    assert proc.stdout is not None
+    # Unbuffered: the lines are read from the pipe as they come (a buffered readline would
+    # swallow every line at once, and select would then wait for lines already read).
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    buf = b""
+    while buf.count(b"\n") < n_paths:
+        remaining = deadline - time.monotonic()
+        ready = select.select([fd], [], [], max(remaining, 0.0))[0] if remaining > 0 else []
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            break
+        buf += chunk
+    paths = [line.strip() for line in buf.decode(errors="replace").splitlines()[:n_paths]]
+    if len(paths) < n_paths or not all(p.startswith("/") for p in paths):
+        proc.kill()
+        _, err = proc.communicate()
+        raise EmulatorStartError(
+            f"emulator for {what} did not start: {err.decode(errors='replace')}")
+    return proc, paths
+
+
 def start_emulator(pack: PackConfig, stack_index: int = 0, clock: str = "sim", seed: int = 0,
                    scenario: str | None = None, truth_path: Path | None = None,
                    truth_every: int = 1, soc: float | None = None,
                    extra_args: list[str] | None = None) -> EmulatorProcess:
-    """Start one emulated board and wait until it has printed its pty path."""
-    cmd = [sys.executable, "-m", "hil.emulator", "--pack", str(pack.path),
-           "--board", str(stack_index), "--clock", clock, "--seed", str(seed + stack_index)]
-    if scenario:
-        cmd += ["--scenario", scenario]
+    """Start one emulated board (its own process) and wait until it has printed its pty
+    path. Its seed is ``seed + stack_index``, as in :func:`start_emulators`."""
+    cmd = _command(pack, [stack_index], clock, seed + stack_index, scenario, soc)
     if truth_path is not None:
         cmd += ["--truth", str(truth_path), "--truth-every", str(truth_every)]
-    if soc is not None:
-        cmd += ["--soc", str(soc)]
     cmd += extra_args or []
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ))
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
-    line = proc.stdout.readline().decode().strip() if ready else ""
-    if not line.startswith("/"):
-        proc.kill()
-        _, err = proc.communicate()
-        raise EmulatorStartError(
-            f"emulator for stack {stack_index} did not start: {err.decode(errors='replace')}")
-    return EmulatorProcess(stack_index, proc, line, truth_path)
+    proc, paths = _spawn(cmd, 1, f"stack {stack_index}")
+    return EmulatorProcess(stack_index, proc, paths[0], truth_path)
 
 
 def start_emulators(pack: PackConfig, clock: str = "sim", seed: int = 0,
                     scenario: str | None = None, truth_dir: Path | None = None,
-                    truth_every: int = 1, soc: float | None = None) -> list[EmulatorProcess]:
-    """One emulated board per stack of ``pack``; stops the started ones if any fails."""
-    started: list[EmulatorProcess] = []
-    try:
-        for k in range(len(pack.stacks)):
-            truth = truth_dir / f"truth-stack{k + 1}.csv" if truth_dir else None
-            started.append(start_emulator(pack, k, clock, seed, scenario, truth, truth_every,
-                                          soc))
-    except BaseException:
-        for emu in started:
-            emu.stop()
-        raise
-    return started
+                    truth_every: int = 1, soc: float | None = None,
+                    one_process: bool = True) -> list[EmulatorProcess]:
+    """One emulated board per stack of ``pack`` (board k seeded ``seed + k``), each on its own
+    pty. ``one_process``: one program serves every board (the default: on a 2-core machine
+    four emulator processes beside the controller cost about twice the CPU, see
+    hil.emulator.board.serve_boards); else one process per board, which a test can kill one
+    at a time. With one process, stopping or killing any board's EmulatorProcess ends all."""
+    n = len(pack.stacks)
+    if not one_process or n == 1:
+        started: list[EmulatorProcess] = []
+        try:
+            for k in range(n):
+                truth = truth_dir / f"truth-stack{k + 1}.csv" if truth_dir else None
+                started.append(start_emulator(pack, k, clock, seed, scenario, truth,
+                                              truth_every, soc))
+        except BaseException:
+            for emu in started:
+                emu.stop()
+            raise
+        return started
+    cmd = _command(pack, list(range(n)), clock, seed, scenario, soc)
+    if truth_dir is not None:
+        cmd += ["--truth-dir", str(truth_dir), "--truth-every", str(truth_every)]
+    proc, paths = _spawn(cmd, n, f"pack {pack.name}")
+    return [EmulatorProcess(k, proc, paths[k],
+                            truth_dir / f"truth-stack{k + 1}.csv" if truth_dir else None)
+            for k in range(n)]

@@ -100,6 +100,8 @@ class SerialLink:
         self._fd: int | None = None
         if isinstance(self._ser, serial.serialposix.Serial):
             self._fd = self._ser.fileno()
+            # pyserial opens O_NONBLOCK; make sure, since read_available reads before it waits.
+            os.set_blocking(self._fd, False)
 
     # ------------------------------------------------------------------ properties
 
@@ -234,16 +236,24 @@ class SerialLink:
         try:
             fd = self._fd
             if fd is not None:
-                # select + one non-blocking read of everything waiting (pyserial opens the fd
-                # O_NONBLOCK): two system calls per burst instead of pyserial's ioctl + select
-                # + read, which matters at thousands of round trips per second.
-                ready, _, _ = select.select((fd,), (), (), max(timeout_s, 0.0))
-                if not ready:
-                    return b""
+                # One non-blocking read of everything waiting, and a select only when nothing
+                # was: one or two system calls per burst instead of pyserial's ioctl + select
+                # + read, which matters at thousands of round trips per second (a pipelined
+                # answer is usually there before it is awaited).
                 try:
                     data = os.read(fd, _READ_CHUNK)
                 except BlockingIOError:
-                    return b""  # spurious readiness
+                    data = b""
+                if not data:
+                    # Nothing yet (EAGAIN, or b"": pyserial sets VMIN = 0, so an empty read is
+                    # not end of file until select says the fd is readable).
+                    ready, _, _ = select.select((fd,), (), (), max(timeout_s, 0.0))
+                    if not ready:
+                        return b""
+                    try:
+                        data = os.read(fd, _READ_CHUNK)
+                    except BlockingIOError:
+                        return b""  # spurious readiness
                 if not data:
                     # Readable with nothing to read: end of file / hang-up (pty master closed,
                     # USB gone); Linux usually raises EIO instead, handled below.

@@ -86,3 +86,34 @@ def test_four_boards_close_run_and_attribute_a_fault(tmp_path: Path) -> None:
         assert all(int(s.data.status) & 0x07 == 0 for s in c.stacks)
         assert c.contactors.state == ContactorState.FAULT
         assert rec.first_time_s > 60.0 - TIME_EPS_S
+
+
+def test_one_emulator_process_serves_the_four_boards(tmp_path: Path) -> None:
+    """start_emulators' default: one program, four ptys, four independent plants (their own
+    seeds and truth files); the controller closes the pack and runs as with four processes."""
+    import numpy as np
+
+    from bms.controller import Controller
+    from bms.emulators import start_emulators
+    from bms.runlog import load_ticks
+
+    emus = start_emulators(PACK, "sim", seed=4, scenario="udds", truth_dir=tmp_path)
+    try:
+        assert len({e.path for e in emus}) == 4
+        assert len({e.process.pid for e in emus}) == 1
+        c = Controller(PACK, [e.path for e in emus], clock="sim", log_dir=tmp_path / "log")
+        c.open()
+        c.request_close()
+        c.run(30.0)
+        assert c.contactors.state == ContactorState.CLOSED
+        assert not c.table.fault_latched(), [r.code.name for r in c.table.latched()]
+        summary = c.close()
+        assert all(b["measurements"] == 300 and b["misses"] == 0 for b in summary["boards"])
+    finally:
+        codes = {e.stop() for e in emus}
+    assert codes == {0}  # SIGTERM: a clean stop that closed every truth file
+    truths = [load_ticks(e.truth_path) for e in emus]
+    # The plants are four different stacks (seeds 4..7: per-cell spreads).
+    v = [np.asarray(t["stack_voltage_v"]) for t in truths]
+    assert all(len(x) >= 300 for x in v)
+    assert len({round(float(x[-1]), 6) for x in v}) == 4

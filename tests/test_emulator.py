@@ -424,6 +424,13 @@ def test_cli_rejects_bad_arguments() -> None:
     r = subprocess.run([sys.executable, "-m", "hil.emulator", "--scenario", "nope"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "nope" in r.stderr
+    four = ["--pack", "ssb-4x23"]
+    for args, msg in ((["--board", "1", "--board", "1"], "listed twice"),
+                      (["--board", "0", "--board", "1", "--truth", "t.csv"], "--truth-dir"),
+                      (["--board", "0", "--board", "4"], "--board 4")):
+        r = subprocess.run([sys.executable, "-m", "hil.emulator", *four, *args], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
 
 
 def test_boot_info_is_sent_unsolicited(emu: Running) -> None:

@@ -1,7 +1,9 @@
 """``bms emulate`` / ``python -m hil.emulator``: an emulated board on a pseudo-terminal.
 
-Prints the pty's path as the first line of stdout, then serves protocol v1 from the plant model
-until killed (SIGINT/SIGTERM stop it cleanly and close the ground-truth file).
+Prints the pty's path as the first line of stdout (one line per board when several ``--board``
+are given: one process serves them all, each on its own pty with its own plant), then serves
+protocol v1 from the plant model until killed (SIGINT/SIGTERM stop it cleanly and close the
+ground-truth files).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bms.config import ConfigError, load_board, load_pack
-from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer
+from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer, serve_boards
 from hil.emulator.scenario import ScenarioError, load_scenario
 
 
@@ -22,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Emulated board: serves protocol v1 on a pty from a plant model of one "
                     "stack. Prints the pty path as the first line of stdout.")
     ap.add_argument("--pack", default="ssb-23", help="pack file or built-in name (ssb-23)")
-    ap.add_argument("--board", type=int, default=0, metavar="N",
-                    help="index of the stack (board) in the pack, 0-based (default 0)")
+    ap.add_argument("--board", type=int, action="append", default=None, metavar="N",
+                    help="index of the stack (board) in the pack, 0-based (default 0); repeat "
+                    "to serve several boards from one process (board k of the list gets seed "
+                    "SEED + k)")
     ap.add_argument("--profile", default=None,
                     help="board profile (default: the stack's board in the pack file)")
     ap.add_argument("--clock", choices=("sim", "real"), default="sim",
@@ -34,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--soc", type=float, default=None, help="initial mean SOC 0..1")
     ap.add_argument("--temperature", type=float, default=None, help="initial temperature, C")
     ap.add_argument("--truth", type=Path, default=None,
-                    help="write ground truth (true SOC, temperatures, pressure) CSV here")
+                    help="write ground truth (true SOC, temperatures, pressure) CSV here "
+                    "(one board)")
+    ap.add_argument("--truth-dir", type=Path, default=None,
+                    help="write ground truth of each board to DIR/truth-stackN.csv (N = board "
+                    "index + 1)")
     ap.add_argument("--truth-every", type=int, default=1, metavar="N",
                     help="write every N-th plant step to the truth file (default 1)")
     return ap
@@ -42,13 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    boards = args.board if args.board else [0]
+    if args.truth is not None and (len(boards) > 1 or args.truth_dir is not None):
+        print("bms emulate: --truth names one board's file; with several boards use "
+              "--truth-dir", file=sys.stderr)
+        return 2
     try:
         pack = load_pack(args.pack)
-        if not 0 <= args.board < len(pack.stacks):
-            print(f"bms emulate: --board {args.board}: the pack has stacks 0.."
-                  f"{len(pack.stacks) - 1}", file=sys.stderr)
+        for k in boards:
+            if not 0 <= k < len(pack.stacks):
+                print(f"bms emulate: --board {k}: the pack has stacks 0.."
+                      f"{len(pack.stacks) - 1}", file=sys.stderr)
+                return 2
+        if len(set(boards)) != len(boards):
+            print("bms emulate: a board is listed twice", file=sys.stderr)
             return 2
-        profile = load_board(args.profile or pack.stacks[args.board].board)
+        profiles = [load_board(args.profile or pack.stacks[k].board) for k in boards]
         scenario = load_scenario(args.scenario) if args.scenario else None
     except (ConfigError, ScenarioError) as exc:
         print(f"bms emulate: {exc}", file=sys.stderr)
@@ -59,27 +76,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.truth_every < 1:
         print("bms emulate: --truth-every must be >= 1", file=sys.stderr)
         return 2
+    servers: list[PtyServer] = []
     try:
-        board = EmulatedBoard(BoardOptions(
-            pack=pack, stack_index=args.board, board=profile, clock=args.clock, seed=args.seed,
-            scenario=scenario, truth_path=args.truth, truth_every=args.truth_every,
-            initial_soc=args.soc, temperature_c=args.temperature))
+        for pos, (k, profile) in enumerate(zip(boards, profiles, strict=True)):
+            truth = args.truth if args.truth is not None else (
+                args.truth_dir / f"truth-stack{k + 1}.csv" if args.truth_dir else None)
+            board = EmulatedBoard(BoardOptions(
+                pack=pack, stack_index=k, board=profile, clock=args.clock,
+                seed=args.seed + pos, scenario=scenario, truth_path=truth,
+                truth_every=args.truth_every, initial_soc=args.soc,
+                temperature_c=args.temperature))
+            servers.append(PtyServer(board))
     except (ValueError, OSError) as exc:
+        for srv in servers:
+            srv.close()
         print(f"bms emulate: {exc}", file=sys.stderr)
         return 2
-    server = PtyServer(board)
-    print(server.path, flush=True)
-    print(f"bms emulate: {board.board_id} {pack.name} stack {args.board}, clock {args.clock}, "
-          f"seed {args.seed}" + (f", scenario {scenario.name}" if scenario else ""),
-          file=sys.stderr, flush=True)
+    for srv in servers:
+        print(srv.path, flush=True)
+    for srv in servers:
+        print(f"bms emulate: {srv.board.board_id} {pack.name} stack "
+              f"{srv.board.opts.stack_index}, clock {args.clock}, seed {srv.board.opts.seed}"
+              + (f", scenario {scenario.name}" if scenario else ""),
+              file=sys.stderr, flush=True)
 
     def _stop(signum: int, frame: object) -> None:
-        server.stop()
+        servers[0].stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        server.serve()
+        serve_boards(servers)
     finally:
-        server.close()
+        for srv in servers:
+            srv.close()
     return 0
