@@ -18,11 +18,13 @@ from typing import Any
 from bms.config import PackConfig, load_pack
 from bms.controller import Controller
 from bms.emulators import start_emulators
+from bms.realtime import current_policy, request_realtime
 
 
 def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: str | None,
                    log: bool = True, tick_s: float | None = None) -> dict[str, Any]:
-    """Run the BMS for ``duration_s`` of controller time; wall time and latency figures."""
+    """Run the BMS for ``duration_s`` of controller time; wall time and latency figures.
+    The scheduling policy in force (see bms.realtime) is part of the record."""
     if tick_s is not None:
         pack = replace(pack, controller=replace(pack.controller, tick_s=tick_s))
     emulators = start_emulators(pack, clock=clock, seed=1, scenario=scenario)
@@ -51,6 +53,7 @@ def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: st
         "missed_deadlines": summary["missed_deadlines"],
         "final_state": summary["state"],
         "logged": log,
+        "scheduling": current_policy(),
     }
 
 
@@ -59,7 +62,7 @@ def main(argv: list[str]) -> int:
         prog="bms bench --tick",
         description="Time the whole control tick against emulated boards over ptys.",
         epilog="examples:\n  bms bench --tick                       # both packs, 1 h sim\n"
-        "  bms bench --tick --clock real --duration 600 --tick-s 0.01\n"
+        "  bms bench --tick --clock real --duration 600 --tick-s 0.01 [--realtime]\n"
         "  bms bench --tick --pack ssb-23 --duration 600 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", action="append", default=[],
@@ -71,11 +74,16 @@ def main(argv: list[str]) -> int:
                     help="override the pack's tick (e.g. 0.01 for 100 Hz)")
     ap.add_argument("--scenario", default="udds", help="emulator scenario (default udds)")
     ap.add_argument("--no-log", action="store_true", help="run without the run log")
+    ap.add_argument("--realtime", action="store_true",
+                    help="SCHED_FIFO for the controller and its emulators (root or "
+                    "CAP_SYS_NICE; see bms/realtime.py)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     packs = args.pack or ["ssb-23", "ssb-4x23"]
     duration = args.duration if args.duration is not None else (
         3600.0 if args.clock == "sim" else 60.0)
+    if args.realtime:
+        print(f"scheduling: {request_realtime()}", flush=True)
     records = []
     for name in packs:
         rec = run_tick_bench(load_pack(name), args.clock, duration, args.scenario,
@@ -90,7 +98,9 @@ def main(argv: list[str]) -> int:
                   f"tick latency p50 {lat.get('p50', float('nan')):.3f} ms, "
                   f"p99 {lat.get('p99', float('nan')):.3f} ms, max "
                   f"{lat.get('max', float('nan')):.3f} ms; missed deadlines "
-                  f"{rec['missed_deadlines']}", flush=True)
+                  f"{rec['missed_deadlines']}"
+                  + (f"; {rec['scheduling']}" if rec["scheduling"].startswith("SCHED") else ""),
+                  flush=True)
     if args.json:
         print(json.dumps(records, indent=2))
     return 0

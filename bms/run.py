@@ -19,6 +19,7 @@ from bms.config import load_pack
 from bms.controller import Controller
 from bms.emulators import EmulatorProcess, start_emulators
 from bms.monitor import MonitorServer, default_socket_path, render
+from bms.realtime import current_policy, request_realtime
 
 
 class LiveView:
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clock", choices=("sim", "real"), default=None,
                     help="sim: advance boards by each tick (emulators only); real: wall-clock "
                     "deadlines (default: real with --port, sim without)")
+    ap.add_argument("--realtime", action="store_true",
+                    help="SCHED_FIFO for the controller and the emulators it starts (needs root "
+                    "or CAP_SYS_NICE; refused otherwise and said so): fewer missed deadlines in "
+                    "the real clock")
     ap.add_argument("--lockstep", action="store_true",
                     help="sim clock: send each SAMPLE only after the tick's commands (commands "
                     "act one tick earlier; slower). Default: pipelined (docs/architecture.md)")
@@ -110,6 +115,8 @@ def main(argv: list[str]) -> int:
     if args.lockstep and clock != "sim":
         print("bms run: --lockstep applies to the sim clock only", file=sys.stderr)
         return 2
+    if args.realtime:
+        print(f"bms run: scheduling {request_realtime()}", file=sys.stderr)
     log_dir = args.log or default_log_dir("run")
     # The emulators write their truth files into it before the controller's run log exists.
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +137,8 @@ def main(argv: list[str]) -> int:
     controller = Controller(pack, ports, clock=clock, log_dir=log_dir, monitor=monitor,
                             timeout_s=args.timeout, pipeline=False if args.lockstep else None,
                             meta={"command": "run", "scenario": args.scenario,
-                                  "pipelined": clock == "sim" and not args.lockstep})
+                                  "pipelined": clock == "sim" and not args.lockstep,
+                                  "scheduling": current_policy()})
     summary: dict[str, Any] = {}
     try:
         controller.open()
