@@ -133,8 +133,7 @@ class Balancer:
         t = np.asarray(temperature_c, dtype=float)
         ok_t = t < cfg.max_temperature_c
         v = np.asarray(cell_voltage_v, dtype=float)
-        with np.errstate(invalid="ignore"):
-            cell_ok = v > cfg.min_cell_voltage_v
+        cell_ok = v > cfg.min_cell_voltage_v              # NaN compares False, no warning
         if self.n_stacks == 1:
             if len(t) and not ok_t.all():
                 cell_ok[:] = False
@@ -157,9 +156,8 @@ class Balancer:
         lowest = float(np.fmin.reduce(x))
         if lowest != lowest:
             return self._nothing("no valid data")
-        with np.errstate(invalid="ignore"):
-            delta = x - lowest                             # NaN where x is NaN: never chosen
-            selected = (self.selected & (delta > stop)) | (delta > start)
+        delta = x - lowest                                 # NaN where x is NaN: never chosen
+        selected = (self.selected & (delta > stop)) | (delta > start)
         selected &= cell_ok
         self.selected = selected
         if not selected.any():

@@ -184,6 +184,7 @@ class Controller:
          self._p_imbalance_kpa) = (np.full(n_st, np.nan) for _ in range(4))
         self._p_rate_abs = np.full(n_st, np.nan)
         self._single_stack = n_st == 1
+        self._measurement_lost = False
         self.tick_index = 0
         self.time_s = 0.0
         self.stats = TickStats()
@@ -267,12 +268,19 @@ class Controller:
             self._receive(s, seq, t, dt_s, t_next)
 
         # 2. Safety data present? Missing for longer than the timeout -> SAFE.
-        timeout = self.pack.controller.measurement_timeout_s
-        all_fresh = all(s.data is not None and s.data.time_s == t for s in self.stacks)
-        valid = all(t - s.last_valid_s <= timeout + 1e-9 for s in self.stacks)
+        timeout = self.pack.controller.measurement_timeout_s + 1e-9
+        all_fresh = valid = True
+        for s in self.stacks:
+            if s.data is None or s.data.time_s != t:
+                all_fresh = False
+            if t - s.last_valid_s > timeout:
+                valid = False
         if valid:
-            self.table.clear_fault(FaultCode.MEASUREMENT_LOST, t)
+            if self._measurement_lost:
+                self._measurement_lost = False
+                self.table.clear_fault(FaultCode.MEASUREMENT_LOST, t)
         else:
+            self._measurement_lost = True
             value = max(t - s.last_valid_s for s in self.stacks)
             self.table.raise_fault(FaultCode.MEASUREMENT_LOST, t, None,
                                    value if math.isfinite(value) else None)
@@ -311,8 +319,7 @@ class Controller:
         # charge is burnt on an estimation error.
         soc_bal = self._soc_balancing
         np.copyto(soc_bal, self._soc)
-        with np.errstate(invalid="ignore"):
-            soc_bal[~(self._soc_sigma <= self._balance_sigma_max)] = np.nan
+        soc_bal[~(self._soc_sigma <= self._balance_sigma_max)] = np.nan  # NaN sigma: no data
         bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, int(c_out.state),
                                    current_a, fault_latched)
         active = self.table.active()

@@ -24,7 +24,6 @@ Equations and the source of every parameter: docs/emulator.md. Sign: positive cu
 from __future__ import annotations
 
 import abc
-import copy
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -936,7 +935,7 @@ class Plant:
         return PlantSnapshot((
             self.t_s, self.soc, self._x.copy(), self._temp, self.gas_kpa, self.bus_v,
             self.pressure_kpa, self._lc_kpa, self.current_a, self.cell_v, self._ocv,
-            self._i_cell, self._r_series, self.load, copy.copy(self.load), self._load_t0,
+            self._i_cell, self._r_series, self.load, dict(self.load.__dict__), self._load_t0,
             self._noise, self._noise_i, rng_state, self._lc_last_counts, self._lc_have_last))
 
     def restore(self, snap: PlantSnapshot) -> None:
@@ -947,7 +946,7 @@ class Plant:
          self._lc_last_counts, self._lc_have_last) = snap.values
         self._x[...] = x
         # the same Load object (callers may hold it), with its progress as it was
-        load.__dict__.update(load_copy.__dict__)
+        load.__dict__.update(load_copy)
         self.load = load
         self.rng.bit_generator.state = rng_state
 
