@@ -119,3 +119,24 @@ def test_bms_monitor_cli_shows_snapshots_and_says_when_nothing_runs(tmp_path: Pa
         server.close()
     assert proc.returncode == 0, err
     assert out.count("state=CLOSED") == 2
+
+
+def test_bms_run_lockstep_and_realtime_flags(tmp_path: Path) -> None:
+    """--lockstep runs the sim clock without pipelining (recorded in the log's meta);
+    --realtime asks for SCHED_FIFO and says what it got; --lockstep with the real clock is a
+    usage error."""
+    log = tmp_path / "log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bms.cli", "run", "--lockstep", "--realtime", "--duration", "5",
+         "--log", str(log), "--quiet", "--no-monitor"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "bms run: scheduling SCHED_FIFO" in proc.stderr
+    assert "ran 50 ticks" in proc.stdout and "final state CLOSED" in proc.stdout
+    meta = load_events(log)[0]
+    assert meta["type"] == "meta" and meta["pipelined"] is False
+    assert meta["scheduling"].startswith("SCHED_FIFO") or meta["scheduling"].startswith("default")
+    bad = subprocess.run(
+        [sys.executable, "-m", "bms.cli", "run", "--lockstep", "--clock", "real", "--port",
+         "/dev/null"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "--lockstep applies to the sim clock" in bad.stderr
