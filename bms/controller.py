@@ -32,7 +32,7 @@ from bms.protections import PackProtections, ProtectionInputs
 from bms.runlog import RunLog, standard_columns
 from bms.validation import StackValidator, ValidatedStack
 from hil.client import BoardClient, LinkError
-from hil.protocol import Status
+from hil.protocol import Measurement, Status
 from hil.scaling import Scaler
 
 # While a warning of a current-driven quantity is active the allowed currents sent to the boards
@@ -264,8 +264,16 @@ class Controller:
             else:
                 seqs.append(self._request(s, sample_dt, t))
         t_next = (self.tick_index + 1) * self.tick_s
-        for s, seq in zip(self.stacks, seqs, strict=True):
-            self._receive(s, seq, t, dt_s, t_next)
+        measurements = [self._await(s, seq, t) for s, seq in zip(self.stacks, seqs, strict=True)]
+        if self.pipeline:
+            # All answers are in (usually they were waiting): the next SAMPLEs leave together,
+            # so a process serving several boards wakes once for all of them.
+            for s, m in zip(self.stacks, measurements, strict=True):
+                if m is not None:
+                    s.prefetched = self._request(s, dt_s, t_next)
+        for s, m in zip(self.stacks, measurements, strict=True):
+            if m is not None:
+                self._receive(s, m, t, dt_s)
 
         # 2. Safety data present? Missing for longer than the timeout -> SAFE.
         timeout = self.pack.controller.measurement_timeout_s + 1e-9
@@ -349,7 +357,7 @@ class Controller:
 
         # 7. Sim clock in lockstep: ask for the next tick's sample now, after this tick's
         #    commands (so the board applies them before it advances), and let the board
-        #    compute while this process logs. (Pipelined: already asked in _receive.)
+        #    compute while this process logs. (Pipelined: already asked in step 1.)
         if self.clock == "sim" and not self.pipeline:
             for s in self.stacks:
                 s.prefetched = self._request(s, sample_dt, t_next)
@@ -446,24 +454,23 @@ class Controller:
             self._mark_lost(s, exc, t)
             return None
 
-    def _receive(self, s: StackRuntime, seq: int | None, t: float, dt_s: float,
-                 t_next: float) -> None:
-        """Wait for the answer to ``seq``; pipelined, ask for the next sample at once; then
-        validate and run the core."""
+    def _await(self, s: StackRuntime, seq: int | None, t: float) -> Measurement | None:
+        """The answer to ``seq``, or None (counted as a miss; a lost link marks the board)."""
         if seq is None:
             s.misses += 1
-            return
+            return None
         try:
-            m = s.client.wait_measurement(seq)
+            return s.client.wait_measurement(seq)
         except (LinkError, OSError) as exc:
             s.misses += 1
             self.table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, s.index,
                                    momentary=True)
             if not isinstance(exc, LinkError) or "lost" in type(exc).__name__.lower():
                 self._mark_lost(s, exc, t)
-            return
-        if self.pipeline:
-            s.prefetched = self._request(s, dt_s, t_next)
+            return None
+
+    def _receive(self, s: StackRuntime, m: Measurement, t: float, dt_s: float) -> None:
+        """Validate one board's MEASUREMENT and run its stack's core."""
         try:
             data = s.validator.check_measurement(t, m, s.scaler.current_a(m),
                                                  s.scaler.bus_voltage_v(m))
