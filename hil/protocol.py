@@ -137,6 +137,7 @@ class FaultCode(enum.IntEnum):
     AMBIENT_TEMP = 18
     CELL_HEAT = 19
     VTAP_OFFSET = 20
+    CONTACTOR_WELD = 21
 
 
 class FrameErrorKind(enum.StrEnum):

@@ -135,6 +135,41 @@ def test_sim_clock_command_timing(tmp_path: Path, pipeline: bool) -> None:
         assert first_fb - first_cmd == (2 if pipeline else 1), seen
 
 
+def test_welded_contactor_is_a_fault_that_comes_back_until_repaired(tmp_path: Path) -> None:
+    """CONTACTOR_WELD on POS: an open request ends in FAULT (the feedback still shows POS
+    closed after the opening timeout); a reset while it is still welded is accepted (the record
+    is an event) but the mismatch comes back; once repaired, a reset holds and the pack closes
+    again."""
+    with _bench(tmp_path) as b:
+        c = b.c
+        b.close_contactors()
+        b.ticks(5)
+        b.inject(Inject.CONTACTOR_WELD, 0)
+        c.request_open()
+        assert b.tick_until(lambda: c.contactors.state == ContactorState.FAULT, 2.0), \
+            c.contactors.state
+        assert c.contactors.outputs == 0                       # everything commanded open
+        b.ticks(1)
+        assert int(c.stacks[0].data.status) & 0x01             # ... but POS reads closed
+        rec = c.table.get(FaultCode.CONTACTOR_FEEDBACK_MISMATCH)
+        assert rec is not None and rec.latched
+        # Still welded: the reset is taken, then the feedback mismatch brings FAULT back.
+        assert c.request_reset()
+        b.ticks(1)
+        assert c.contactors.state == ContactorState.STANDBY
+        assert b.tick_until(lambda: c.contactors.state == ContactorState.FAULT, 2.0)
+        assert c.table.get(FaultCode.CONTACTOR_FEEDBACK_MISMATCH).count == 2
+        # Repaired.
+        b.inject(Inject.CONTACTOR_WELD, 0, clear=True)
+        b.ticks(3)
+        assert c.request_reset()
+        b.ticks(1)
+        assert c.contactors.state == ContactorState.STANDBY
+        b.ticks(10)
+        assert c.contactors.state == ContactorState.STANDBY
+        b.close_contactors()
+
+
 def test_precharge_failure_retries_then_fault_and_retry_after_reset(tmp_path: Path) -> None:
     cfg = PACK.contactors
     with _bench(tmp_path) as b:

@@ -422,6 +422,27 @@ def test_vtap_offset_moves_only_that_channel_not_the_cell() -> None:
     assert cleared.cell_voltage_v[3] == pytest.approx(before.cell_voltage_v[3], abs=0.003)
 
 
+def test_contactor_weld_holds_the_contactor_closed_until_repaired() -> None:
+    plant = make(seed=4)
+    plant.inject_fault(FaultCode.CONTACTOR_WELD, 0)           # POS welds at its next closing
+    plant.set_outputs(contactor_pos=False, contactor_neg=True)
+    assert not plant.outputs.contactor_pos                     # not closed yet: nothing fused
+    plant.set_outputs(contactor_pos=True, contactor_neg=True, precharge=True)
+    plant.set_outputs()                                        # open all
+    assert plant.outputs.contactor_pos and not plant.outputs.contactor_neg
+    assert not plant.outputs.precharge
+    assert plant.commanded.contactor_pos is False              # what was asked stays known
+    with pytest.raises(FaultError):
+        plant.inject_fault(FaultCode.CONTACTOR_WELD, 2)
+    plant.inject_fault(FaultCode.CONTACTOR_WELD, 0, clear=True)  # repaired: the command holds
+    assert not plant.outputs.contactor_pos
+    plant.inject_fault(FaultCode.CONTACTOR_WELD, 1)
+    plant.set_outputs(contactor_neg=True)
+    plant.inject_fault(FaultCode.CLEAR_ALL)
+    plant.set_outputs()
+    assert not plant.outputs.contactor_neg
+
+
 def _truth_vector(plant: Plant) -> np.ndarray:
     t = plant.truth()
     return np.concatenate([np.atleast_1d(np.asarray(v, dtype=float)).ravel()

@@ -70,6 +70,7 @@ class PlantFaults:
     cell_heat_w: np.ndarray = field(init=False)
     vtap_open_since_s: np.ndarray = field(init=False)   # nan = wire intact
     vtap_offset_v: np.ndarray = field(init=False)
+    contactor_welded: list[bool] = field(init=False)  # [POS, NEG]
     loadcell_stuck: np.ndarray = field(init=False)
     loadcell_offset_kpa: np.ndarray = field(init=False)
     loadcell_open: np.ndarray = field(init=False)
@@ -92,6 +93,7 @@ class PlantFaults:
         self.cell_heat_w = np.zeros(n)
         self.vtap_open_since_s = np.full(n, np.nan)
         self.vtap_offset_v = np.zeros(n)
+        self.contactor_welded = [False, False]
         self.loadcell_stuck = np.zeros(m, dtype=bool)
         self.loadcell_offset_kpa = np.zeros(m)
         self.loadcell_open = np.zeros(m, dtype=bool)
@@ -152,6 +154,11 @@ class PlantFaults:
         elif c == FaultCode.VTAP_OFFSET:
             i = self._index(c, target, self.n_cells, "cell")
             self.vtap_offset_v[i] = 0.0 if clear else self._finite(c, value, -5.0, 5.0)
+        elif c == FaultCode.CONTACTOR_WELD:
+            # target 0 = POS, 1 = NEG. Welded: it closes when commanded and then cannot open
+            # (contacts fused by an arc at closing or a short-circuit current).
+            self.contactor_welded[self._index(c, target, 2, "contactor (0 POS, 1 NEG)")] = \
+                not clear
         elif c == FaultCode.THERMISTOR_OPEN:
             j = self._index(c, target, self.n_thermistors, "thermistor")
             self.thermistor_open[j] = not clear

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -540,8 +540,18 @@ class Plant:
             raise ValueError(f"balance_mask {balance_mask:#x} has bits beyond {self.n} cells")
         if not (charge_limit_a >= 0 and discharge_limit_a >= 0):
             raise ValueError("current limits must be >= 0")
-        self.outputs = Outputs(bool(contactor_pos), bool(contactor_neg), bool(precharge),
-                               int(balance_mask), float(charge_limit_a), float(discharge_limit_a))
+        self.commanded = Outputs(bool(contactor_pos), bool(contactor_neg), bool(precharge),
+                                 int(balance_mask), float(charge_limit_a),
+                                 float(discharge_limit_a))
+        # A welded contactor (CONTACTOR_WELD) closes when commanded and then stays closed.
+        welded = self.faults.contactor_welded
+        old = getattr(self, "outputs", None)
+        pos = bool(contactor_pos) or (welded[0] and old is not None and old.contactor_pos)
+        neg = bool(contactor_neg) or (welded[1] and old is not None and old.contactor_neg)
+        self.outputs = self.commanded
+        if (pos, neg) != (self.commanded.contactor_pos, self.commanded.contactor_neg):
+            self.outputs = replace(self.commanded, contactor_pos=pos,
+                                               contactor_neg=neg)
         self._balance = ((int(balance_mask) >> np.arange(self.n)) & 1).astype(bool)
         self._refresh_derived()
 
@@ -563,6 +573,9 @@ class Plant:
         """Add or remove a plant fault (docs/protocol.md FAULT_INJECT). Raises FaultError."""
         self.faults.apply(FaultCode(code), target, value, clear, self.t_s)
         f = self.faults
+        if code == FaultCode.CLEAR_ALL or (code == FaultCode.CONTACTOR_WELD and clear):
+            # repaired: the last command holds again
+            self.set_outputs(**asdict(self.commanded))
         self._heat_fault_any = bool(np.isfinite(f.soft_short_ohm).any() or f.cell_heat_w.any())
         self._refresh_derived()
         self._update_pressure()
