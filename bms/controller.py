@@ -255,7 +255,8 @@ class Controller:
         sample_dt = dt_s if self.clock == "sim" else 0.0
 
         # 1. Ask every board, then wait on each (they sample in parallel). In the sim clock
-        #    the SAMPLE of this tick already left at the end of the previous one.
+        #    this tick's SAMPLE already left in the previous tick (pipelined: right after the
+        #    answers came; lockstep: after the commands, step 7).
         seqs: list[int | None] = []
         for s in self.stacks:
             if s.prefetched is not None:

@@ -36,6 +36,7 @@ Nothing here reads a clock: ``time_s`` is passed in by the tick loop.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,7 @@ class Transition:
         return None if self.level == INVALID else LEVEL_SEVERITY[LEVELS.index(self.level)]
 
 
-class _EngineBase:
+class _EngineBase(abc.ABC):
     """Layout, buffers and the dict-based ``update`` shared by the C engine and its reference.
 
     ``limits``: protection name -> ProtectionLimit. ``channels``: name -> number of channels
@@ -169,9 +170,9 @@ class _EngineBase:
                     en[self.slices[name]] = False
         return self.evaluate(time_s)
 
+    @abc.abstractmethod
     def evaluate(self, time_s: float) -> list[Transition]:
         """Advance every channel to ``time_s`` from the input buffers as they are."""
-        raise NotImplementedError
 
     def _transition(self, level: int, ch: int, asserted: bool, time_s: float,
                     value: float) -> Transition:
