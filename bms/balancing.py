@@ -128,21 +128,7 @@ class Balancer:
         if reason:
             return self._nothing(reason)
 
-        # Stack temperature gate: every thermistor of the stack valid and below the maximum
-        # (NaN compares False: an invalid thermistor closes its stack's gate).
-        t = np.asarray(temperature_c, dtype=float)
-        ok_t = t < cfg.max_temperature_c
         v = np.asarray(cell_voltage_v, dtype=float)
-        cell_ok = v > cfg.min_cell_voltage_v              # NaN compares False, no warning
-        if self.n_stacks == 1:
-            if len(t) and not ok_t.all():
-                cell_ok[:] = False
-        elif len(t):
-            hot = np.add.reduceat((~ok_t).astype(np.int64), self._th_starts) \
-                if np.all(self._th_counts > 0) else _reduce_uneven(~ok_t, self._th_starts,
-                                                                   self._th_counts)
-            cell_ok &= (hot == 0)[self._cell_stack]
-
         if cfg.mode == "soc":
             x = np.asarray(soc, dtype=float)
             start, stop = cfg.start_delta_soc, cfg.stop_delta_soc
@@ -156,6 +142,25 @@ class Balancer:
         lowest = float(np.fmin.reduce(x))
         if lowest != lowest:
             return self._nothing("no valid data")
+        if not float(np.fmax.reduce(x)) - lowest > min(start, stop):
+            # No cell is far enough above the lowest to start or keep bleeding: the common
+            # case, decided before the per-cell gates (which could only remove cells).
+            return self._nothing("balanced")
+
+        # Stack temperature gate: every thermistor of the stack valid and below the maximum
+        # (NaN compares False: an invalid thermistor closes its stack's gate).
+        t = np.asarray(temperature_c, dtype=float)
+        ok_t = t < cfg.max_temperature_c
+        cell_ok = v > cfg.min_cell_voltage_v              # NaN compares False, no warning
+        if self.n_stacks == 1:
+            if len(t) and not ok_t.all():
+                cell_ok[:] = False
+        elif len(t):
+            hot = np.add.reduceat((~ok_t).astype(np.int64), self._th_starts) \
+                if np.all(self._th_counts > 0) else _reduce_uneven(~ok_t, self._th_starts,
+                                                                   self._th_counts)
+            cell_ok &= (hot == 0)[self._cell_stack]
+
         delta = x - lowest                                 # NaN where x is NaN: never chosen
         selected = (self.selected & (delta > stop)) | (delta > start)
         selected &= cell_ok
