@@ -100,6 +100,7 @@ class StackRuntime:
     stack_voltage_v: float = math.nan
     charge_limit_a: float = math.nan
     discharge_limit_a: float = math.nan
+    nan_pressure: np.ndarray = field(default_factory=lambda: np.empty(0))  # the row's "no data"
 
 
 @dataclass
@@ -167,7 +168,12 @@ class Controller:
             "pack": pack.name, "pack_file": str(pack.path), "ports": ports, "clock": clock,
             "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
         self.monitor = monitor
-        self._row_buf = np.full(len(self.columns), np.nan)
+        n_st = len(pack.stacks)
+        self._row_head = np.full(5, np.nan)
+        # pressure expected and residual per stack, limits, outputs, masks, faults, duration
+        self._row_tail = np.full(3 * n_st + 5, np.nan)
+        self._row_segs: list[np.ndarray] = [self._row_head] + [np.empty(0)] * (5 + n_st) + [
+            self._row_tail]
         # Pack-wide arrays (stacks concatenated in pack order), filled in place as each board's
         # data arrives: the tick never concatenates. A stack that has not answered yet is NaN.
         c0 = t0 = 0
@@ -175,6 +181,7 @@ class Controller:
             s.cells = slice(c0, c0 + s.config.cells)
             s.thermistors = slice(t0, t0 + len(s.config.thermistor_cell_positions))
             c0, t0 = s.cells.stop, s.thermistors.stop
+            s.nan_pressure = np.full(s.board.load_cells, np.nan)
         n, n_st = self.n_cells, len(self.stacks)
         self._cell_v, self._soc, self._soc_sigma = (np.full(n, np.nan) for _ in range(3))
         self._leak_a, self._leak_sigma_a = np.full(n, np.nan), np.full(n, np.nan)
@@ -378,8 +385,9 @@ class Controller:
                 self.log.event(e)
             for e in events:
                 self.log.event(e)
-            self.log.row_array(self._row(t, c_out, current_a, stack_v, bus_v, charge_limit_a,
-                                         discharge_limit_a, bal, len(active), duration))
+            self.log.row_segments(self._row(t, c_out, current_a, stack_v, bus_v,
+                                            charge_limit_a, discharge_limit_a, bal, len(active),
+                                            duration), t)
         if self.monitor and self.monitor.poll_viewers():
             self.monitor.publish(self.snapshot())
         self.tick_index += 1
@@ -654,34 +662,27 @@ class Controller:
     # ------------------------------------------------------------------ output
 
     def _row(self, t, c_out, current_a, stack_v, bus_v, charge_a, discharge_a, bal,
-             n_active, duration) -> np.ndarray:
-        """One ticks.csv row in standard_columns order, as floats."""
-        row = self._row_buf
-        n, k = self.n_cells, 5
-        row[0:5] = (t, int(c_out.state), current_a, stack_v, bus_v)
-        row[k:k + n] = self._cell_v
-        row[k + n:k + 2 * n] = self._soc
-        row[k + 2 * n:k + 3 * n] = self._soc_sigma
-        row[k + 3 * n:k + 4 * n] = self._leak_a
-        k += 4 * n
-        row[k:k + self.n_therm] = self._temps
-        k += self.n_therm
+             n_active, duration) -> list[np.ndarray]:
+        """One ticks.csv row in standard_columns order, as consecutive float64 arrays: the
+        per-cell and per-sensor arrays themselves (formatted in place by the C formatter, not
+        copied), with the scalars in two small buffers around them."""
+        head, tail = self._row_head, self._row_tail
+        head[:] = (t, int(c_out.state), current_a, stack_v, bus_v)
         n_st = len(self.stacks)
-        exp0 = k + self.n_load  # pressure_expected per stack, then pressure_residual
+        segs = self._row_segs
         for s in self.stacks:
-            m = s.board.load_cells
-            row[k:k + m] = s.data.pressure_kpa if s.data is not None else np.nan
-            if s.out is not None:
-                row[exp0 + s.index] = s.out.pressure_expected_kpa
-                row[exp0 + n_st + s.index] = s.out.pressure_residual_kpa
-            k += m
-        k += 2 * n_st
-        row[k:k + 3] = (charge_a, discharge_a, int(c_out.outputs))
+            d, o = s.data, s.out
+            segs[6 + s.index] = s.nan_pressure if d is None else d.pressure_kpa
+            if o is not None:
+                tail[s.index] = o.pressure_expected_kpa
+                tail[n_st + s.index] = o.pressure_residual_kpa
+        k = 2 * n_st
+        tail[k:k + 3] = (charge_a, discharge_a, int(c_out.outputs))
         k += 3
-        row[k:k + n_st] = bal.masks
-        k += n_st
-        row[k:k + 2] = (n_active, duration)
-        return row
+        tail[k:k + n_st] = bal.masks
+        tail[k + n_st:k + n_st + 2] = (n_active, duration)
+        segs[1:6] = (self._cell_v, self._soc, self._soc_sigma, self._leak_a, self._temps)
+        return segs
 
     def _snapshot(self, t, c_out, current_a, charge_a, discharge_a, bal) -> dict[str, Any]:
         stacks = []

@@ -160,6 +160,8 @@ class _RowFormatter:
         self._fmt = lib.ssb_format_row
         self._arr: np.ndarray | None = None
         self._arr_ptr = None
+        self._fmt_seg = lib.ssb_format_segments
+        self._segs: tuple[np.ndarray, ...] = ()
 
     def format(self, values: np.ndarray) -> memoryview:
         """The row as a view into the output buffer (valid until the next call)."""
@@ -179,6 +181,35 @@ class _RowFormatter:
         if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
             raise RuntimeError(f"ssb_format_row failed: {size}")
         return self._view[:size]
+
+    def format_segments(self, segments: Sequence[np.ndarray]) -> memoryview:
+        """The row given as consecutive float64 arrays (their concatenation), formatted
+        straight from them (ssb_format_segments): no copy into one row buffer. The pointer
+        table is rebuilt only when an array differs (by identity) from the last call's; the
+        arrays are held, so an identity match means the same live buffer."""
+        if len(segments) != len(self._segs) or any(
+                a is not b for a, b in zip(segments, self._segs, strict=False)):
+            self._bind_segments(segments)
+        size = self._fmt_seg(self._seg_ptrs, self._seg_lens, len(self._segs), self._dec_ptr,
+                             self._out_ptr, self.cap)
+        if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
+            raise RuntimeError(f"ssb_format_segments failed: {size}")
+        return self._view[:size]
+
+    def _bind_segments(self, segments: Sequence[np.ndarray]) -> None:
+        ffi = self._ffi
+        for a in segments:
+            if not (isinstance(a, np.ndarray) and a.dtype == np.float64 and a.ndim == 1
+                    and a.flags.c_contiguous):
+                raise TypeError("row segments must be 1-d contiguous float64 arrays")
+        total = sum(len(a) for a in segments)
+        if total != self.n:
+            raise ValueError(f"row has {total} values for {self.n} columns")
+        self._segs = tuple(segments)
+        self._seg_bufs = [ffi.from_buffer("double[]", a) for a in segments]
+        self._seg_ptrs = ffi.new("double *[]", [ffi.cast("double *", b)
+                                                for b in self._seg_bufs])
+        self._seg_lens = ffi.new("size_t[]", [len(a) for a in segments])
 
 
 class _Sink:
@@ -286,6 +317,15 @@ class RunLog:
         line = fmt.format(values)
         t = values[self._time_col] if self._time_col is not None else None
         return self._write_row(line, t)
+
+    def row_segments(self, segments: Sequence[np.ndarray], time_s: float | None) -> bool:
+        """Append one tick given as consecutive float64 arrays whose concatenation is the row
+        (as :meth:`row_array`, without first copying the values into one array): the
+        controller's hot path. ``time_s``: the row's time (for the summary)."""
+        fmt = self._formatter
+        if fmt is None:
+            fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
+        return self._write_row(fmt.format_segments(segments), time_s)
 
     def _write_row(self, line: bytes | memoryview, t: Any) -> bool:
         if not self._header_ok:

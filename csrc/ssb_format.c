@@ -105,24 +105,35 @@ int ssb_format_value(double value, int decimals, char *out)
     return len >= 0 ? len : fmt_printf(value, 17, out);
 }
 
-int64_t ssb_format_row(const double *values, const signed char *decimals, size_t n, char *out,
-                       size_t cap)
+int64_t ssb_format_segments(const double *const *seg, const size_t *seg_len, size_t n_seg,
+                            const signed char *decimals, char *out, size_t cap)
 {
-    if (!out || (n > 0 && (!values || !decimals)))
+    if (!out || (n_seg > 0 && (!seg || !seg_len)))
+        return SSB_FMT_ERR_NULL;
+    size_t n = 0;
+    for (size_t k = 0; k < n_seg; k++) {
+        if (seg_len[k] > 0 && !seg[k])
+            return SSB_FMT_ERR_NULL;
+        n += seg_len[k];
+    }
+    if (n > 0 && !decimals)
         return SSB_FMT_ERR_NULL;
     for (size_t i = 0; i < n; i++)
         if (decimals[i] < SSB_FMT_G10 || decimals[i] > SSB_FMT_MAX_DECIMALS)
             return SSB_FMT_ERR_PARAM;
-    size_t pos = 0;
+    size_t pos = 0, i = 0;
     char field[SSB_FMT_FIELD_MAX];
-    for (size_t i = 0; i < n; i++) {
-        const int len = ssb_format_value(values[i], decimals[i], field);
-        /* the field plus its separator (',' or the final '\n') */
-        if (len < 0 || cap - pos < (size_t)len + 1u)
-            return len < 0 ? len : SSB_FMT_ERR_FULL;
-        memcpy(out + pos, field, (size_t)len);
-        pos += (size_t)len;
-        out[pos++] = i + 1 < n ? ',' : '\n';
+    for (size_t k = 0; k < n_seg; k++) {
+        const double *values = seg[k];
+        for (size_t j = 0; j < seg_len[k]; j++, i++) {
+            const int len = ssb_format_value(values[j], decimals[i], field);
+            /* the field plus its separator (',' or the final '\n') */
+            if (len < 0 || cap - pos < (size_t)len + 1u)
+                return len < 0 ? len : SSB_FMT_ERR_FULL;
+            memcpy(out + pos, field, (size_t)len);
+            pos += (size_t)len;
+            out[pos++] = i + 1 < n ? ',' : '\n';
+        }
     }
     if (n == 0) {
         if (cap < 1)
@@ -130,4 +141,12 @@ int64_t ssb_format_row(const double *values, const signed char *decimals, size_t
         out[pos++] = '\n';
     }
     return (int64_t)pos;
+}
+
+int64_t ssb_format_row(const double *values, const signed char *decimals, size_t n, char *out,
+                       size_t cap)
+{
+    if (!out || (n > 0 && (!values || !decimals)))
+        return SSB_FMT_ERR_NULL;
+    return ssb_format_segments(&values, &n, 1, decimals, out, cap);
 }

@@ -36,6 +36,13 @@
 int64_t ssb_format_row(const double *values, const signed char *decimals, size_t n, char *out,
                        size_t cap);
 
+/* The same row given as n_seg segments: segment k holds seg_len[k] doubles at seg[k] (NULL
+ * only when seg_len[k] == 0); the row is their concatenation and decimals has one entry per
+ * value of it. Lets a caller format straight from the arrays that hold the values, without
+ * first copying them into one row buffer. */
+int64_t ssb_format_segments(const double *const *seg, const size_t *seg_len, size_t n_seg,
+                            const signed char *decimals, char *out, size_t cap);
+
 /* One field into out (at least SSB_FMT_FIELD_MAX bytes; no NUL): its length, or
  * SSB_FMT_ERR_PARAM / SSB_FMT_ERR_NULL. */
 int ssb_format_value(double value, int decimals, char *out);

@@ -348,6 +348,44 @@ static void test_format(size_t n)
         CHECK(ssb_format_row(v, d, n, tight ? tight : out, cap) == SSB_FMT_ERR_FULL);
         free(tight);
     }
+    /* The same values as random segments (separately allocated, some empty): the same row. */
+    {
+        enum { MAX_SEG = 8 };
+        const double *seg[MAX_SEG];
+        double *copies[MAX_SEG];
+        size_t seg_len[MAX_SEG];
+        size_t n_seg = 0, at = 0;
+        while (n_seg < MAX_SEG) {
+            size_t len_k = n_seg + 1 == MAX_SEG ? n - at : (size_t)(urand() * (double)(n - at + 1));
+            if (len_k > n - at)
+                len_k = n - at;
+            copies[n_seg] = len_k ? malloc(len_k * sizeof(double)) : NULL;
+            if (len_k)
+                memcpy(copies[n_seg], v + at, len_k * sizeof(double));
+            seg[n_seg] = copies[n_seg];
+            seg_len[n_seg++] = len_k;
+            at += len_k;
+        }
+        char *seg_out = malloc(big);
+        CHECK(ssb_format_segments(seg, seg_len, n_seg, d, seg_out, big) == len);
+        CHECK(memcmp(seg_out, out, (size_t)len) == 0);
+        if (len > 1)
+            CHECK(ssb_format_segments(seg, seg_len, n_seg, d, seg_out, (size_t)len - 1)
+                  == SSB_FMT_ERR_FULL);
+        CHECK(ssb_format_segments(NULL, seg_len, n_seg, d, seg_out, big) == SSB_FMT_ERR_NULL);
+        for (size_t k = 0; k < n_seg; k++) {
+            if (seg_len[k]) {
+                seg[k] = NULL;
+                CHECK(ssb_format_segments(seg, seg_len, n_seg, d, seg_out, big)
+                      == SSB_FMT_ERR_NULL);
+                seg[k] = copies[k];
+                break;
+            }
+        }
+        for (size_t k = 0; k < n_seg; k++)
+            free(copies[k]);
+        free(seg_out);
+    }
     /* every field alone fits SSB_FMT_FIELD_MAX and parses back */
     char field[SSB_FMT_FIELD_MAX];
     for (size_t i = 0; i < n; i++) {
