@@ -22,9 +22,12 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend")
+PARTS = ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend", "ssb_plant", "ssb_wire")
 HEADERS = [HERE / f"{p}.h" for p in PARTS]
-SOURCES = [str(HERE / f"{p}.c") for p in PARTS]
+# The reference firmware's protocol codec, compiled in as is (one C codec for firmware and host;
+# csrc/ssb_wire.c batches it). proto.h is not part of the cdef: Python only sees ssb_wire.h.
+FIRMWARE_SRC = HERE.parent / "boards" / "firmware" / "src"
+SOURCES = [str(HERE / f"{p}.c") for p in PARTS] + [str(FIRMWARE_SRC / "proto.c")]
 CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fno-math-errno",
           "-fno-trapping-math"]
 if platform.machine().lower() in ("x86_64", "amd64"):
@@ -59,7 +62,7 @@ ffibuilder.set_source(
     "bms._core",
     "\n".join(f'#include "{h.name}"' for h in HEADERS),
     sources=[os.path.relpath(s) for s in SOURCES],
-    include_dirs=[str(HERE)],
+    include_dirs=[str(HERE), str(FIRMWARE_SRC)],
     extra_compile_args=CFLAGS,
     libraries=["m"],
 )

@@ -13,6 +13,12 @@ Public pieces:
 - :class:`FrameDecoder`, the stream decoder: ``feed(bytes) -> list[DecodedFrame]``; never
   raises, resynchronises at the next ``0x00`` and counts every drop in :class:`LinkCounters`.
 
+Two engines, one behaviour: by default :class:`FrameDecoder` and :func:`encode_frame` run the C
+codec in ``bms._core`` (csrc/ssb_wire.c over the reference firmware's boards/firmware/src/proto.c);
+the pure-Python path (hil/cobs.py, :func:`_decode_segment`, :func:`encode_frame_py`) is the
+reference, used when the extension is missing, with ``FrameDecoder(engine="python")``, or for
+the whole process with ``SSB_WIRE_ENGINE=python`` (tests/test_wire_c.py checks they agree).
+
 Decoded messages hold plain ints (enums compare equal to them): an unknown code from a newer
 peer must never make the decoder raise. Wrap with the enums (``NackError(m.error)``) to print.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import os
 import struct
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple
@@ -36,7 +43,7 @@ __all__ = [
     "FaultInject", "Message", "MESSAGE_CLASSES",
     "encode_frame", "encode_payload", "decode_frame", "decode_payload", "FrameError",
     "DecodedFrame", "LinkCounters", "FrameDecoder", "next_seq", "crc16", "encode_raw_frame",
-    "message_fields",
+    "message_fields", "encode_frame_py", "WIRE_ENGINE",
 ]
 
 PROTOCOL_VERSION = 1
@@ -416,8 +423,8 @@ def encode_raw_frame(version: int, msg_type: int, seq: int, payload: bytes,
     return cobs.encode(body + _CRC.pack(c)) + b"\x00"
 
 
-def encode_frame(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
-    """Encode ``msg`` with sequence number ``seq``: COBS(header|payload|crc) + 0x00."""
+def encode_frame_py(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
+    """:func:`encode_frame` in pure Python (the reference the C path is tested against)."""
     try:  # encode_payload, inlined: this runs once per MEASUREMENT
         payload = msg.pack()
     except struct.error as exc:
@@ -429,6 +436,33 @@ def encode_frame(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> byt
         raise ValueError(f"seq {seq} is not a u16")
     body = _HEADER.pack(version, msg.TYPE, seq, n) + payload
     return cobs.encode(body + _CRC.pack(binascii.crc_hqx(body, 0xFFFF))) + b"\x00"
+
+
+def _encode_frame_c(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
+    """Encode ``msg`` with sequence number ``seq``: COBS(header|payload|crc) + 0x00 (C codec)."""
+    try:  # encode_payload, inlined: this runs once per MEASUREMENT
+        payload = msg.pack()
+    except struct.error as exc:
+        raise ValueError(f"{type(msg).__name__}: field out of range for the wire: {exc}") from None
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise ValueError(f"{type(msg).__name__} payload {n} B > {MAX_PAYLOAD} B")
+    if not 0 <= seq <= 0xFFFF:
+        raise ValueError(f"seq {seq} is not a u16")
+    # A buffer from the pool: cffi releases the GIL in the call, so a shared buffer would race
+    # between threads; list pop/append are atomic.
+    pool = _ENC_POOL
+    buf = pool.pop() if pool else _enc_buffer()
+    try:
+        k = _wire_encode(version, msg.TYPE, seq, payload, n, buf[0], _ENC_CAP)
+    except (TypeError, OverflowError):
+        k = -1
+    if k < 0:  # a version or seq the wire cannot carry: the reference path raises exactly what
+        pool.append(buf)  # it always raised
+        return encode_frame_py(msg, seq, version)
+    frame = buf[1][:k]
+    pool.append(buf)
+    return frame
 
 
 def decode_payload(msg_type: int, payload: bytes) -> Message | None:
@@ -548,16 +582,121 @@ class LinkCounters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# --------------------------------------------------------------------------- C engine
+# bms._core's ssb_wire (csrc/ssb_wire.h) runs the firmware's proto_decode over every segment of a
+# feed() in one call and writes one record per frame the caller gets back: result byte, then the
+# decoded header and payload. What stays in Python per frame: one unpack of the record head, the
+# payload parser and the DecodedFrame tuple.
+
+try:
+    from bms._core import ffi as _ffi  # type: ignore[import-not-found]
+    from bms._core import lib as _lib  # type: ignore[import-not-found]
+
+    _wire_scan = _lib.ssb_wire_scan
+    _wire_encode = _lib.ssb_wire_encode
+except (ImportError, AttributeError):  # not built, or built before ssb_wire existed
+    _ffi = _lib = _wire_scan = _wire_encode = None
+
+_ENV_ENGINE = os.environ.get("SSB_WIRE_ENGINE", "").strip().lower()
+if _ENV_ENGINE not in ("", "c", "python"):
+    raise ImportError(f"SSB_WIRE_ENGINE={_ENV_ENGINE!r}: expected 'c' or 'python'")
+#: The engine FrameDecoder() and encode_frame use by default: "c" when bms._core has the wire
+#: codec, unless SSB_WIRE_ENGINE=python; else "python".
+WIRE_ENGINE = "python" if _wire_scan is None or _ENV_ENGINE == "python" else "c"
+if _ENV_ENGINE == "c" and WIRE_ENGINE != "c":
+    raise ImportError("SSB_WIRE_ENGINE=c but bms._core has no ssb_wire (pip install -e .)")
+
+_REC_CAP = 16384  # record buffer per decoder: 66 records of a 23-cell MEASUREMENT per C call
+_REC_HEAD = struct.Struct("<BBBHH")  # result, version, type, seq, length (csrc/ssb_wire.h)
+_ENC_CAP = MAX_ENCODED
+_ENC_POOL: list[tuple[Any, Any]] = []
+_KIND_FOR_CODE = {6: FrameErrorKind.VERSION, 7: FrameErrorKind.UNKNOWN_TYPE,
+                  8: FrameErrorKind.PAYLOAD}  # SSB_WIRE_VERSION, _UNKNOWN_TYPE, _PAYLOAD
+# (counts index, LinkCounters field) for every error code ssb_wire_scan counts.
+_COUNT_FIELDS = ((2, "cobs_errors"), (3, "short_errors"), (4, "crc_errors"),
+                 (5, "length_errors"), (6, "version_errors"), (7, "unknown_type"),
+                 (8, "payload_errors"), (9, "oversize"))
+if _lib is not None:
+    assert _lib.SSB_WIRE_REC_HEAD == _REC_HEAD.size  # noqa: S101 (layout shared with C)
+    assert _lib.SSB_WIRE_VERSION == 6 and _lib.SSB_WIRE_PAYLOAD == 8  # noqa: S101
+    assert _lib.SSB_WIRE_MAX_SEGMENT == _MAX_SEGMENT  # noqa: S101
+
+
+def _enc_buffer() -> tuple[Any, Any]:
+    out = _ffi.new("char[]", _ENC_CAP)
+    return out, _ffi.buffer(out)
+
+
+_new_df = DecodedFrame._make  # tuple.__new__: skips the NamedTuple's Python-level __new__
+_new_object = object.__new__
+_MEAS_SET = tuple(Measurement.__dict__[f.name].__set__ for f in fields(Measurement))
+assert len(_MEAS_SET) == 7  # noqa: S101 (the setters below follow the field order)
+_MEAS_C: dict[tuple[int, int, int], tuple[Any, int, int]] = {}
+
+
+def _parse_measurement_c(buf: bytearray, off: int, n: int) -> Measurement:
+    """_parse_measurement for the C engine: the payload length already passed rule 7 in C.
+
+    Builds the frozen dataclass through its slot setters (what its __init__ does, without the
+    per-field object.__setattr__ calls: half the cost). Measurement has no __post_init__.
+    """
+    key = (buf[off + 6], buf[off + 7], buf[off + 8])
+    shape = _MEAS_C.get(key)
+    if shape is None:
+        a = 8 + key[0]
+        shape = (_meas_struct(*key).unpack_from, a, a + key[1])
+        if len(_MEAS_C) < 4096:  # bounded: counts come off the wire
+            _MEAS_C[key] = shape
+    unpack, a, b = shape
+    v = unpack(buf, off)
+    m = _new_object(Measurement)
+    s_ts, s_status, s_cur, s_bus, s_cells, s_therm, s_load = _MEAS_SET
+    s_ts(m, v[0])
+    s_status(m, v[1])
+    s_cur(m, v[5])
+    s_bus(m, v[6])
+    s_cells(m, v[8:a])
+    s_therm(m, v[a:b])
+    s_load(m, v[b:])
+    return m
+
+
+_PARSERS_C = dict(_PARSERS)
+_PARSERS_C[int(MsgType.MEASUREMENT)] = _parse_measurement_c
+
+#: Encode ``msg`` with sequence number ``seq``: COBS(header|payload|crc) + 0x00. The C engine
+#: when available (:data:`WIRE_ENGINE`), else :func:`encode_frame_py`: the same bytes and the
+#: same errors (ValueError for a field, the payload size or seq out of range).
+encode_frame = _encode_frame_c if WIRE_ENGINE == "c" else encode_frame_py
+
+
 class FrameDecoder:
     """Stream decoder: bytes in, frames out; never raises on any input.
 
     Resynchronises at the next 0x00 after garbage; holds at most 250 bytes of an unfinished
     frame (then counts *oversize* once and discards up to the next delimiter).
+
+    ``engine``: "c" (bms._core's ssb_wire), "python" (the reference: hil/cobs.py and
+    :func:`_decode_segment`) or "auto" (:data:`WIRE_ENGINE`). Both give identical frames and
+    counters.
     """
 
-    __slots__ = ("counters", "_buf", "_dropping")
+    __slots__ = ("counters", "engine", "_buf", "_dropping", "_st", "_rec", "_recp")
 
-    def __init__(self) -> None:
+    def __init__(self, engine: str = "auto") -> None:
+        if engine == "auto":
+            engine = WIRE_ENGINE
+        if engine == "c":
+            if _wire_scan is None:
+                raise RuntimeError("the C wire codec is not built (pip install -e .)")
+            self._st = _ffi.new("ssb_wire_scan_t *")
+            self._rec = bytearray(_REC_CAP)
+            self._recp = _ffi.from_buffer(self._rec)  # the bytearray must never be resized
+        elif engine == "python":
+            self._st = self._rec = self._recp = None
+        else:
+            raise ValueError(f"engine {engine!r}: expected 'auto', 'c' or 'python'")
+        self.engine = engine
         self.counters = LinkCounters()
         self._buf = b""
         self._dropping = False
@@ -566,6 +705,8 @@ class FrameDecoder:
         """Forget a partial frame (e.g. after reopening the port); counters are kept."""
         self._buf = b""
         self._dropping = False
+        if self._st is not None:
+            self._st.dropping = 0
 
     @property
     def pending(self) -> int:
@@ -573,6 +714,49 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecodedFrame]:
+        """Decode every complete frame in the bytes buffered so far plus ``data``."""
+        st = self._st
+        if st is None:
+            return self._feed_py(data)
+        c = self.counters
+        c.bytes_in += len(data)
+        if self._buf:
+            data = self._buf + bytes(data)
+        elif data.__class__ is not bytes:
+            data = bytes(data)
+        n = len(data)
+        out: list[DecodedFrame] = []
+        rec = self._rec
+        pos = ok = 0
+        while True:
+            k = _wire_scan(data, n, pos, st, self._recp, _REC_CAP)
+            off = 0
+            while k:
+                code, ver, typ, seq, length = _REC_HEAD.unpack_from(rec, off)
+                off += 7
+                if code:  # rules 5..7: header intact, no message
+                    out.append(_new_df((seq, None, _KIND_FOR_CODE[code], typ, ver)))
+                else:
+                    out.append(_new_df((seq, _PARSERS_C[typ](rec, off, length), None, typ, ver)))
+                    ok += 1
+                off += length
+                k -= 1
+            if st.n_errors:
+                counts = st.counts
+                for i, name in _COUNT_FIELDS:
+                    if counts[i]:
+                        setattr(c, name, getattr(c, name) + counts[i])
+            if not st.more:
+                break
+            pos = st.pos
+        if ok:
+            c.frames_ok += ok
+        pos = st.pos
+        self._buf = data[pos:] if pos < n else b""
+        return out
+
+    def _feed_py(self, data: bytes | bytearray | memoryview) -> list[DecodedFrame]:
+        """feed() in pure Python: the reference the C engine is tested against."""
         c = self.counters
         c.bytes_in += len(data)
         if self._buf:
