@@ -367,6 +367,12 @@ def default_params() -> PlantParams:
     return _DEFAULT_PARAMS[0]
 _NOISE_BATCH = 512
 _add_reduce = np.add.reduce
+# "c": the step and the sensor arithmetic in csrc/ssb_plant.c (through cffi, module bms._core);
+# "numpy": the NumPy implementation, kept as the reference the C engine is tested against.
+ENGINES = ("c", "numpy")
+_C_ERRORS = {-1: "a NULL pointer", -2: "a bad size",
+             -3: "dt, stack current, pressure or gas pressure not finite",
+             -4: "a SOC, temperature or RC state that is not finite"}
 
 
 class Plant:
@@ -375,7 +381,10 @@ class Plant:
     Parameters: the pack file (what the BMS knows), the stack's index in it, the board profile
     (channel counts and scaling of the raw counts), a seed (per-cell spread and sensor noise;
     the same seed and the same calls give the same numbers), optional plant parameters
-    (default: plant_defaults.yaml), the initial mean SOC and temperature.
+    (default: plant_defaults.yaml), the initial mean SOC and temperature, and the engine:
+    "c" (default) runs the numeric part of step() and sensor_counts() in csrc/ssb_plant.c,
+    "numpy" the NumPy reference (same equations; results agree to the last bits of exp and
+    the dot products, see tests/test_plant_c.py).
     """
 
     def __init__(
@@ -387,7 +396,12 @@ class Plant:
         params: PlantParams | None = None,
         initial_soc: float = 0.5,
         temperature_c: float = 25.0,
+        engine: str = "c",
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not one of {ENGINES}")
+        self.engine = engine
+        self._c: SimpleNamespace | None = None  # the C engine's buffers (_setup_c)
         if not 0 <= stack_index < len(pack.stacks):
             raise ValueError(f"stack_index {stack_index} not in 0..{len(pack.stacks) - 1}")
         self.pack = pack
@@ -522,6 +536,8 @@ class Plant:
         self._refresh_derived()
         self._update_pressure()
         self._settle()
+        if engine == "c":
+            self._setup_c()
 
     # ------------------------------------------------------------------ commands
 
@@ -714,6 +730,8 @@ class Plant:
             [1.0 / b.current_lsb_a, 1.0 / b.bus_lsb_v]])
         self._ch_c = np.concatenate([np.zeros(n + k), np.asarray(b.load_cell_offset_counts,
                                                                   dtype=float), [0.0, 0.0]])
+        if self._c is not None:
+            self._sync_c()
 
     def _update_pressure(self) -> None:
         p, fx = self.params, self.pack.fixture
@@ -726,13 +744,154 @@ class Plant:
         stiff = 1.0 + p.fixture_stiffening * dx_um / self._swell_full_total
         pressure = fx.preload_kpa + self._k_fix * dx_um * max(stiff, 0.1) + self.gas_kpa
         self.pressure_kpa = max(pressure, 0.0)
-        self._lc_kpa = self.pressure_kpa * self._lc_factor
+        if self._c is None:
+            self._lc_kpa = self.pressure_kpa * self._lc_factor
+        else:
+            np.multiply(self.pressure_kpa, self._lc_factor, out=self._lc_kpa)
 
     def _settle(self) -> None:
         """Initial terminal voltages at rest (no step taken)."""
         tab = self._lookup(self.soc)
         self._ocv = tab[_L_OCV] + tab[_L_DOCV_DT] * (self._temp[: self.n] - self._t_ref_c)
         self.cell_v = self._ocv.copy()
+
+    # ------------------------------------------------------------------ C engine
+    # csrc/ssb_plant.h. The dynamic arrays (soc, _x, _temp, cell_v, _ocv, _i_cell, _r_series,
+    # _lc_kpa) become views of one state vector that the C code updates in place, so
+    # snapshot() copies that vector (one copy) and restore() writes it back. What depends on
+    # outputs and faults is copied into fixed buffers by _sync_c (from _refresh_derived).
+
+    def _setup_c(self) -> None:
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi, lib = _core.ffi, _core.lib
+        n, m, k, p = self.n, self.m, self.k, self.params
+        fx = self.pack.fixture
+        sizes = (n, 3 * n, n + 3, n, n, n, n, m)
+        state = np.zeros(sum(sizes))
+        views = []
+        at = 0
+        for size in sizes:
+            views.append(state[at:at + size])
+            at += size
+        soc, x, temp, cell_v, ocv, i_cell, r_series, lc = views
+        soc[...] = self.soc
+        x[...] = self._x.ravel()
+        temp[...] = self._temp
+        cell_v[...] = self.cell_v
+        ocv[...] = self._ocv
+        i_cell[...] = self._i_cell
+        r_series[...] = self._r_series
+        lc[...] = self._lc_kpa
+        self.soc, self._temp, self.cell_v, self._ocv = soc, temp, cell_v, ocv
+        self._x = x.reshape(3, n)
+        self._i_cell, self._r_series, self._lc_kpa = i_cell, r_series, lc
+        work = np.zeros((lib.SSB_PLANT_WORK_ROWS, n + 3))
+        nch = n + k + m + 2
+        bufs = {name: np.zeros(n) for name in (
+            "r0_factor", "r_scale", "rc_factor", "local_frac", "g_static", "inv_short",
+            "cell_heat_w", "vtap_open_since_s")}
+        bufs["lc_factor"] = np.zeros(m)
+        for name in ("ch_a", "ch_s", "ch_c"):
+            bufs[name] = np.zeros(nch)
+        static = {
+            "tab": self._tab_step, "capacity_as": np.ascontiguousarray(self._capacity_as),
+            "self_discharge_a": np.ascontiguousarray(self._self_discharge_a),
+            "hyst_k_per_as": np.ascontiguousarray(self._hyst_k),
+            "swell_um": np.ascontiguousarray(self._swell_um),
+            "th_weights": np.ascontiguousarray(self._th_weights),
+            "th_off_kelvin": np.ascontiguousarray(self._th_off_k_kelvin),
+            "ch_lo": np.ascontiguousarray(self._ch_lo), "ch_hi": np.ascontiguousarray(self._ch_hi)}
+
+        def ptr(a: np.ndarray, ctype: str = "double *") -> Any:
+            return ffi.cast(ctype, ffi.from_buffer(a))
+
+        cfg = ffi.new("ssb_plant_config_t *")
+        cfg.n, cfg.m, cfg.n_soc = n, m, self._tab_step.shape[1]
+        cfg.tab = ptr(static["tab"])
+        cfg.soc_lo, cfg.soc_hi, cfg.inv_soc_step = _SOC_LO, _SOC_HI - 1e-6, 1.0 / _SOC_STEP
+        cfg.kelvin_offset, cfg.inv_t_ref_per_k = KELVIN_OFFSET, self._inv_t_ref
+        cfg.ea_over_kb_k, cfg.t_ref_c = self._ea_over_kb, self._t_ref_c
+        cfg.r2_over_r1, cfg.hysteresis_v, cfg.tau2_s = p.r2_over_r1, p.hysteresis_v, p.tau2_s
+        cfg.one_minus_eta = self._one_minus_eta
+        cfg.min_local_pressure_kpa = p.min_local_pressure_kpa
+        for name in ("capacity_as", "self_discharge_a", "hyst_k_per_as", "swell_um"):
+            setattr(cfg, name, ptr(static[name]))
+        for name in ("r0_factor", "r_scale", "rc_factor", "local_frac", "g_static",
+                     "inv_short", "cell_heat_w", "lc_factor"):
+            setattr(cfg, name, ptr(bufs[name]))
+        cfg.thermal_um_per_k, cfg.fixture_ref_c = fx.thermal_um_per_k, fx.reference_temperature_c
+        cfg.swell_full_total_um = self._swell_full_total
+        cfg.fixture_stiffening, cfg.preload_kpa = p.fixture_stiffening, fx.preload_kpa
+        cfg.k_fix_kpa_per_um = self._k_fix
+
+        st = ffi.new("ssb_plant_state_t *")
+        st.soc, st.x, st.temp_c, st.cell_v = ptr(soc), ptr(x), ptr(temp), ptr(cell_v)
+        st.ocv_v, st.i_cell_a, st.r_series_ohm = ptr(ocv), ptr(i_cell), ptr(r_series)
+        st.lc_kpa, st.work = ptr(lc), ptr(work)
+
+        th = self.board.thermistor
+        scfg = ffi.new("ssb_plant_sense_config_t *")
+        scfg.n, scfg.k, scfg.m = n, k, m
+        scfg.th_weights, scfg.th_off_kelvin = ptr(static["th_weights"]), ptr(
+            static["th_off_kelvin"])
+        scfg.inv_t25_per_k, scfg.beta_k = 1.0 / 298.15, float(th.beta_k)
+        scfg.r25_ohm, scfg.pullup_ohm = float(th.r25_ohm), float(th.pullup_ohm)
+        scfg.th_counts_per_unit = th.vref_v / th.lsb_v
+        scfg.vtap_open_since_s = ptr(bufs["vtap_open_since_s"])
+        scfg.vtap_open_tau_s = p.vtap_open_tau_s
+        for name in ("ch_a", "ch_s", "ch_c"):
+            setattr(scfg, name, ptr(bufs[name]))
+        scfg.ch_lo, scfg.ch_hi = ptr(static["ch_lo"]), ptr(static["ch_hi"])
+        raw = np.zeros(nch, dtype=np.int64)
+        sense_buf = np.zeros(nch)
+        self._c = SimpleNamespace(
+            ffi=ffi, begin=lib.ssb_plant_begin, finish=lib.ssb_plant_finish,
+            sense=lib.ssb_plant_sense, cfg=cfg, st=st, scfg=scfg, state=state, work=work,
+            v_open=work[lib.SSB_PLANT_W_V_OPEN, :n], r_eff=work[lib.SSB_PLANT_W_R_EFF, :n],
+            bufs=bufs, static=static, sums=ffi.new("double[2]"), p_out=ffi.new("double *"),
+            thermal={}, raw=raw, raw_p=ptr(raw, "int64_t *"), sense_buf_p=ptr(sense_buf),
+            sense_buf=sense_buf, nch=nch, noise_src=None, noise_p=None, ptr=ptr)
+        self._sync_c()
+
+    def _sync_c(self) -> None:
+        """Copy what depends on outputs and faults into the C engine's buffers."""
+        c = self._c
+        assert c is not None  # noqa: S101 (only called with the C engine)
+        b, f, cfg = c.bufs, self.faults, c.cfg
+        b["r0_factor"][...] = self._r0_factor
+        b["r_scale"][...] = self._r_scale
+        b["rc_factor"][...] = self._rc_factor
+        b["local_frac"][...] = self._local_frac
+        b["g_static"][...] = self._g_static
+        b["inv_short"][...] = self._inv_short
+        b["cell_heat_w"][...] = f.cell_heat_w
+        b["lc_factor"][...] = self._lc_factor
+        b["vtap_open_since_s"][...] = f.vtap_open_since_s
+        b["ch_a"][...] = self._ch_a
+        b["ch_s"][...] = self._ch_s
+        b["ch_c"][...] = self._ch_c
+        cfg.loss_any, cfg.g_any = int(self._loss_any), int(self._g_any)
+        cfg.heat_fault_any = int(self._heat_fault_any)
+        cfg.collapse_um = self._collapse_um
+        c.scfg.vtap_any = int(self._vtap_any)
+
+    def _thermal_c(self, dt_s: float) -> tuple[Any, Any, Any]:
+        """_thermal_matrix as C pointers, cached under the same key."""
+        c = self._c
+        assert c is not None  # noqa: S101 (only called with the C engine)
+        key = (dt_s, self.faults.coolant_lost, self.ambient_effective_c)
+        hit = c.thermal.get(key)
+        if hit is None:
+            arrays = tuple(np.ascontiguousarray(a) for a in self._thermal_matrix(dt_s))
+            if len(c.thermal) > 16:
+                c.thermal.clear()
+            # the arrays ride along so that the pointers stay valid
+            hit = c.thermal[key] = (*(c.ptr(a) for a in arrays), arrays)
+        return hit[0], hit[1], hit[2]
+
+    def _c_error(self, func: str, rc: int) -> None:
+        raise ValueError(f"plant step: {func} refused {_C_ERRORS.get(rc, 'input')} (error {rc})")
 
     def _dt_constants(self, dt_s: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray,
                                                   np.ndarray]:
@@ -761,6 +920,32 @@ class Plant:
         """Advance the plant by dt_s with its current outputs, load and faults."""
         if not dt_s > 0.0 or not math.isfinite(dt_s):
             raise ValueError(f"dt_s must be > 0 and finite, got {dt_s!r}")
+        c = self._c
+        if c is None:
+            self._step_numpy(dt_s)
+            return
+        # C engine (csrc/ssb_plant.h): everything up to v_open/r_eff, the load in Python,
+        # then the rest of the step. Same equations and order as _step_numpy.
+        rc = c.begin(c.cfg, c.st, self.pressure_kpa, c.sums)
+        if rc:
+            self._c_error("ssb_plant_begin", rc)
+        sums = c.sums
+        i_s = self._stack_current(dt_s, c.v_open, c.r_eff, sums[0], sums[1])
+        minv, c_dt, amb = self._thermal_c(dt_s)
+        gas = self.gas_kpa
+        if self.faults.gas_ramp_kpa_per_s:
+            gas += self.faults.gas_ramp_kpa_per_s * dt_s
+        rc = c.finish(c.cfg, c.st, i_s, dt_s, minv, c_dt, amb, gas, c.p_out)
+        if rc:
+            self._c_error("ssb_plant_finish", rc)
+        self.gas_kpa = gas
+        self.t_s += dt_s
+        self.pressure_kpa = c.p_out[0]
+        self.current_a = i_s
+        self.load.observe(self.cell_v)
+
+    def _step_numpy(self, dt_s: float) -> None:
+        """The NumPy step (engine="numpy"): the reference of the C engine."""
         p, n, c = self.params, self.n, self._const
         consts = self._dt_consts
         if consts[0] != dt_s:
@@ -945,6 +1130,13 @@ class Plant:
         sensor reads exactly. Outputs, faults, ambient and parameters are not included: restore
         only across steps taken with the same commands. Cheap (a few microseconds)."""
         rng_state = self.rng.bit_generator.state
+        c = self._c
+        if c is not None:  # C engine: the arrays are views of one vector, updated in place
+            return PlantSnapshot((
+                self.t_s, c.state.copy(), self.gas_kpa, self.bus_v, self.pressure_kpa,
+                self.current_a, self.load, dict(self.load.__dict__), self._load_t0,
+                self._noise, self._noise_i, rng_state, self._lc_last_counts,
+                self._lc_have_last))
         return PlantSnapshot((
             self.t_s, self.soc, self._x.copy(), self._temp, self.gas_kpa, self.bus_v,
             self.pressure_kpa, self._lc_kpa, self.current_a, self.cell_v, self._ocv,
@@ -952,7 +1144,18 @@ class Plant:
             self._noise, self._noise_i, rng_state, self._lc_last_counts, self._lc_have_last))
 
     def restore(self, snap: PlantSnapshot) -> None:
-        """Return to a :meth:`snapshot` (arrays are replaced, never modified, by step())."""
+        """Return to a :meth:`snapshot` (arrays are replaced, never modified, by the NumPy
+        step(); the C engine's state vector is written back)."""
+        c = self._c
+        if c is not None:
+            (self.t_s, state, self.gas_kpa, self.bus_v, self.pressure_kpa, self.current_a,
+             load, load_copy, self._load_t0, self._noise, self._noise_i, rng_state,
+             self._lc_last_counts, self._lc_have_last) = snap.values
+            c.state[...] = state
+            load.__dict__.update(load_copy)
+            self.load = load
+            self.rng.bit_generator.state = rng_state
+            return
         (self.t_s, self.soc, x, self._temp, self.gas_kpa, self.bus_v, self.pressure_kpa,
          self._lc_kpa, self.current_a, self.cell_v, self._ocv, self._i_cell, self._r_series,
          load, load_copy, self._load_t0, self._noise, self._noise_i, rng_state,
@@ -1007,6 +1210,52 @@ class Plant:
         to the wire type, with x the true value (V, NTC counts, kPa, A, V) and a, s, c the
         channel's offset error, scale and count offset (board profile plus calibration error).
         """
+        c = self._c
+        if c is None:
+            return self._sensor_counts_numpy()
+        f, n, k, m = self.faults, self.n, self.k, self.m
+        if self._noise_i >= len(self._noise):
+            self._next_noise()  # refills the batch (and takes its row 0: given back below)
+            self._noise_i = 0
+        if c.noise_src is not self._noise:  # a new batch, or one put back by restore()
+            c.noise_src = self._noise
+            c.noise_p = c.ptr(self._noise)
+        rc = c.sense(c.scfg, c.st, self.t_s, self.current_a, self.bus_v,
+                     c.noise_p + self._noise_i * c.nch, c.sense_buf_p, c.raw_p)
+        if rc:
+            self._c_error("ssb_plant_sense", rc)
+        self._noise_i += 1
+        raw = c.raw
+        if self._th_fault_any:  # open NTC -> Vref (pull-up), shorted NTC -> 0 V
+            th = self.board.thermistor
+            raw[n:n + k][f.thermistor_open] = int(round(th.vref_v / th.lsb_v))
+            raw[n:n + k][f.thermistor_short] = 0
+        sensor_error = False
+        if m and self._lc_fault_any:
+            lc = raw[n + k:n + k + m]
+            if self._lc_have_last:
+                lc[f.loadcell_stuck] = np.asarray(self._lc_last_counts,
+                                                  dtype=np.int64)[f.loadcell_stuck]
+            self._lc_last_counts = lc.tolist()
+            if f.loadcell_open.any():
+                lc[f.loadcell_open] = INVALID_I32
+                sensor_error = True  # the amplifier never becomes ready: a read timeout
+        out = raw.tolist()
+        if m:
+            if not self._lc_fault_any:
+                self._lc_last_counts = out[n + k:n + k + m]
+            self._lc_have_last = True
+        return SensorCounts(
+            current_raw=out[-2],
+            bus_voltage_raw=out[-1],
+            cell_raw=out[:n],
+            thermistor_raw=out[n:n + k],
+            load_cell_raw=out[n + k:n + k + m],
+            sensor_error=sensor_error,
+        )
+
+    def _sensor_counts_numpy(self) -> SensorCounts:
+        """sensor_counts of the NumPy engine (the reference of ssb_plant_sense)."""
         p, f, n, k, m = self.params, self.faults, self.n, self.k, self.m
         sc = self._sensor
         buf = self._buf
