@@ -5,7 +5,9 @@ tests/c/: a real C build per case, run from pytest so that ``make test`` covers 
 - protect + format: tests/c/test_protect_asan.c (error paths, a full transition buffer,
   NaN/Inf, sizes 1..300, long random runs, exact-size buffers);
 - frontend: tests/c/test_frontend_asan.c (error paths, exact-size heap buffers, 1..40 cells,
-  sentinels and int64 extremes, NaN/Inf currents).
+  sentinels and int64 extremes, NaN/Inf currents);
+- wire: tests/c/test_wire_asan.c (ssb_wire over the firmware's proto.c: random damaged streams
+  against the firmware's byte-at-a-time reader, exact-size buffers, every payload length).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ CASES = {
     "core": (["ssb_core.c"], "test_core_asan.c"),
     "protect+format": (["ssb_protect.c", "ssb_format.c"], "test_protect_asan.c"),
     "frontend": (["ssb_frontend.c"], "test_frontend_asan.c"),
+    "wire": (["ssb_wire.c", "../boards/firmware/src/proto.c"], "test_wire_asan.c"),
 }
+FIRMWARE_SRC = ROOT / "boards" / "firmware" / "src"  # proto.h, for the wire case
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -32,7 +36,7 @@ def test_c_under_asan_and_ubsan(tmp_path: Path, case: str) -> None:
     build = subprocess.run(
         ["cc", "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
          "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
-         f"-I{ROOT / 'csrc'}", *(str(ROOT / "csrc" / s) for s in sources),
+         f"-I{ROOT / 'csrc'}", f"-I{FIRMWARE_SRC}", *(str(ROOT / "csrc" / s) for s in sources),
          str(ROOT / "tests" / "c" / driver), "-lm", "-o", str(exe)],
         capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
