@@ -392,6 +392,8 @@ class PackProtections:
                                 ("load_cell_imbalance_kpa", ("load_cell_imbalance_kpa",)),
                                 ("cell_leak_a", ("cell_leak_a",)))]
         self._group_present = [False] * len(self._groups)  # what the buffers hold now
+        self._gather_src: tuple[np.ndarray, ...] = ()
+        self._gather_args: tuple | None = None
         self._ich = eng.slices["charge_overcurrent_a"].start
         self._idis = eng.slices["discharge_overcurrent_a"].start
         self._current_present = False
@@ -423,16 +425,27 @@ class PackProtections:
         """Evaluate every protection at ``time_s``; transitions carry stack and cell indices."""
         eng = self.engine
         present_now = self._group_present
-        for k, (attr, vrows, prows) in enumerate(self._groups):
-            arr = getattr(inputs, attr)
-            if arr is not None:
-                vrows[:] = arr
-                if not present_now[k]:
-                    prows[:] = present_now[k] = True
-            elif present_now[k]:
-                # Not available this tick: not evaluated (NaN, not present: frozen, not invalid).
-                vrows[:] = np.nan
-                prows[:] = present_now[k] = False
+        arrays = (inputs.cell_voltage_v, inputs.temperature_c, inputs.stack_pressure_kpa,
+                  inputs.pressure_rate_kpa_per_s, inputs.pressure_residual_kpa,
+                  inputs.load_cell_imbalance_kpa, inputs.cell_leak_a)
+        src = self._gather_src
+        if (src and all(a is b for a, b in zip(arrays, src, strict=True))) \
+                or self._bind_gather(arrays):
+            # Every input present, as the last tick: one C call copies them all.
+            rc = self._gather(*self._gather_args)
+            if rc != 0:  # pragma: no cover - sizes and pointers checked when bound
+                raise RuntimeError(f"ssb_protect_gather: {_PROT_ERRORS.get(rc, rc)}")
+        else:
+            for k, ((_, vrows, prows), arr) in enumerate(zip(self._groups, arrays, strict=True)):
+                if arr is not None:
+                    vrows[:] = arr
+                    if not present_now[k]:
+                        prows[:] = present_now[k] = True
+                elif present_now[k]:
+                    # Not available this tick: not evaluated (NaN, not present: frozen, not
+                    # invalid).
+                    vrows[:] = np.nan
+                    prows[:] = present_now[k] = False
         current = inputs.current_a
         values, offset = eng.values, eng.offset
         ich, idis = self._ich, self._idis
@@ -457,6 +470,39 @@ class PackProtections:
             self._temp_key = key
         raw = eng.evaluate(time_s)
         return [self._place(t) for t in raw] if raw else raw
+
+    def _bind_gather(self, arrays: tuple[np.ndarray | None, ...]) -> bool:
+        """Prepare the one-call copy (ssb_protect_gather) of these input arrays into the
+        engine's value rows, when every one is present (and was last tick, so the present
+        flags hold), float64, contiguous and of its rows' width. False: take the numpy path
+        (it also sets the present flags and raises on a wrong shape)."""
+        self._gather_src, self._gather_args = (), None
+        if not all(self._group_present):
+            return False
+        srcs, lens, offs = [], [], []
+        values = self.engine.values
+        for (_, vrows, _), arr in zip(self._groups, arrays, strict=True):
+            if not (isinstance(arr, np.ndarray) and arr.dtype == np.float64 and arr.ndim == 1
+                    and arr.flags.c_contiguous and len(arr) == vrows.shape[1]):
+                return False
+            start = (vrows.__array_interface__["data"][0]
+                     - values.__array_interface__["data"][0]) // values.itemsize
+            for row in range(vrows.shape[0]):
+                srcs.append(arr)
+                lens.append(len(arr))
+                offs.append(start + row * vrows.shape[1])
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi = _core.ffi
+        bufs = [ffi.from_buffer("double[]", a) for a in srcs]
+        self._gather = _core.lib.ssb_protect_gather
+        # the cffi objects hold the buffers; the tuple of arrays keeps the identity check sound
+        self._gather_keep = bufs
+        self._gather_args = (ffi.from_buffer("double[]", values), len(values),
+                             ffi.new("double *[]", [ffi.cast("double *", b) for b in bufs]),
+                             ffi.new("size_t[]", lens), ffi.new("size_t[]", offs), len(srcs))
+        self._gather_src = arrays
+        return True
 
     def _place(self, t: Transition) -> Transition:
         stacks = self._layout.stack.get(t.name)

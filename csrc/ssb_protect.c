@@ -9,6 +9,7 @@
 #include "ssb_protect.h"
 
 #include <math.h>
+#include <string.h>
 
 enum { NEW_ON = 2, NEW_OFF = 3, INV_CHANGED = 2 };
 
@@ -171,4 +172,21 @@ int ssb_protect_update(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
         }
     }
     return (int)k_out;
+}
+
+int ssb_protect_gather(double *value, size_t n, const double *const *src, const size_t *src_len,
+                       const size_t *dst_off, size_t n_src)
+{
+    if (!value || (n_src > 0 && (!src || !src_len || !dst_off)))
+        return SSB_PROT_ERR_NULL;
+    for (size_t k = 0; k < n_src; k++) {
+        if (src_len[k] > 0 && !src[k])
+            return SSB_PROT_ERR_NULL;
+        if (dst_off[k] > n || src_len[k] > n - dst_off[k])
+            return SSB_PROT_ERR_SIZE;
+    }
+    for (size_t k = 0; k < n_src; k++)
+        if (src_len[k] > 0)
+            memcpy(value + dst_off[k], src[k], src_len[k] * sizeof(double));
+    return 0;
 }

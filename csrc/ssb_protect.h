@@ -83,4 +83,13 @@ int ssb_protect_update(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
                        const ssb_protect_inputs_t *in, double time_s, ssb_transition_t *out,
                        size_t cap);
 
+/* Gather one tick's input values: copy src[k][0 .. src_len[k]) to value[dst_off[k] ..) for
+ * k < n_src, so that the caller's measurement and estimate arrays reach the engine's flat value
+ * buffer (n channels) in one call; one source may feed several ranges (e.g. the cell voltages
+ * feed over- and under-voltage). SSB_OK, SSB_PROT_ERR_NULL (value, src, src_len or dst_off
+ * NULL, or src[k] NULL with src_len[k] > 0) or SSB_PROT_ERR_SIZE (a range past n); nothing is
+ * written when it fails. */
+int ssb_protect_gather(double *value, size_t n, const double *const *src, const size_t *src_len,
+                       const size_t *dst_off, size_t n_src);
+
 #endif /* SSB_PROTECT_H */

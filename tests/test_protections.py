@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -352,3 +353,40 @@ def test_open_command_within_debounce_plus_two_ticks(name: str, dt: float) -> No
         (0, 0) if name in ("cell_undervoltage_v",) or "temperature" in name else
         (0, 22) if name in ("cell_overvoltage_v", "cell_leak_a") else
         (None, None) if "overcurrent" in name else (0, None))).latched
+
+
+def test_gathered_inputs_match_the_numpy_copies() -> None:
+    """PackProtections copies its inputs into the engine with one C call (ssb_protect_gather)
+    when every input is present as on the last tick; otherwise with numpy. Both paths over the
+    same random 4-stack run, with inputs that vanish and come back, arrays that are replaced
+    and arrays modified in place: identical engine values, flags and transitions every tick."""
+    pack = load_pack("ssb-4x23")
+    fast, slow = PackProtections(pack), PackProtections(pack)
+    slow._bind_gather = lambda arrays: False  # type: ignore[method-assign]
+    rng = np.random.default_rng(3)
+    n_c, n_s = pack.n_cells, len(pack.stacks)
+    n_t = sum(len(s.thermistor_cell_positions) for s in pack.stacks)
+    bufs = {"cell_voltage_v": np.full(n_c, 3.7), "temperature_c": np.full(n_t, 25.0),
+            "stack_pressure_kpa": np.full(n_s, 800.0), "pressure_rate_kpa_per_s": np.zeros(n_s),
+            "pressure_residual_kpa": np.zeros(n_s), "load_cell_imbalance_kpa": np.zeros(n_s),
+            "cell_leak_a": np.zeros(n_c)}
+    gathered = 0
+    for k in range(600):
+        for name, arr in bufs.items():  # in place: the bound pointers stay valid
+            arr += rng.normal(0.0, 0.02, len(arr)) * (50.0 if "kpa" in name else 1.0)
+        bufs["cell_voltage_v"][rng.integers(n_c)] = rng.choice([3.7, 4.5, 2.0, np.nan])
+        if k % 97 == 50:  # a new array object: rebound
+            bufs["temperature_c"] = bufs["temperature_c"] + rng.normal(0.0, 30.0, n_t)
+        present = {name: (arr if rng.random() > 0.03 else None) for name, arr in bufs.items()}
+        inputs = ProtectionInputs(current_a=float(rng.normal(0.0, 20.0)), charge_limit_a=10.0,
+                                  discharge_limit_a=15.0, **present)
+        t = 0.1 * k
+        before = fast._gather_src
+        got, want = fast.update(t, inputs), slow.update(t, inputs)
+        gathered += bool(fast._gather_src) and before is fast._gather_src
+        assert [(*dataclasses.astuple(tr)[:5], repr(tr.value), tr.stack, tr.cell) for tr in got] \
+            == [(*dataclasses.astuple(tr)[:5], repr(tr.value), tr.stack, tr.cell) for tr in want], \
+            f"tick {k}"  # repr: NaN values compare equal
+        np.testing.assert_array_equal(fast.engine.values, slow.engine.values)
+        np.testing.assert_array_equal(fast.engine.present, slow.engine.present)
+    assert gathered > 200, "the one-call path must carry a good share of the ticks"

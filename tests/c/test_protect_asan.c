@@ -423,9 +423,49 @@ static void test_format(size_t n)
     free(d);
 }
 
+/* ssb_protect_gather: ranges copied exactly (one source feeding two ranges), errors leave the
+ * destination untouched, nothing read or written out of bounds (ASan). */
+static void test_gather(void)
+{
+    const size_t n = 11;
+    double *value = malloc(n * sizeof(double));
+    double *a = malloc(3 * sizeof(double)), *b = malloc(4 * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        value[i] = -1.0;
+    for (size_t i = 0; i < 3; i++)
+        a[i] = 10.0 + (double)i;
+    for (size_t i = 0; i < 4; i++)
+        b[i] = 20.0 + (double)i;
+    const double *src[3] = {a, a, b};
+    size_t len[3] = {3, 3, 4};
+    size_t off[3] = {0, 3, 7};
+    CHECK(ssb_protect_gather(value, n, src, len, off, 3) == 0);
+    const double want[11] = {10, 11, 12, 10, 11, 12, -1, 20, 21, 22, 23};
+    for (size_t i = 0; i < n; i++)
+        CHECK(value[i] == want[i]);
+    off[2] = 8; /* 8 + 4 > 11 */
+    CHECK(ssb_protect_gather(value, n, src, len, off, 3) == SSB_PROT_ERR_SIZE);
+    off[2] = (size_t)-1;
+    CHECK(ssb_protect_gather(value, n, src, len, off, 3) == SSB_PROT_ERR_SIZE);
+    off[2] = 7;
+    src[1] = NULL;
+    CHECK(ssb_protect_gather(value, n, src, len, off, 3) == SSB_PROT_ERR_NULL);
+    len[1] = 0; /* an empty range may have no source */
+    CHECK(ssb_protect_gather(value, n, src, len, off, 3) == 0);
+    CHECK(ssb_protect_gather(NULL, n, src, len, off, 3) == SSB_PROT_ERR_NULL);
+    CHECK(ssb_protect_gather(value, n, NULL, len, off, 3) == SSB_PROT_ERR_NULL);
+    CHECK(ssb_protect_gather(value, n, NULL, NULL, NULL, 0) == 0);
+    for (size_t i = 0; i < n; i++)
+        CHECK(value[i] == want[i]);
+    free(value);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     test_errors();
+    test_gather();
     test_timing_and_special_values();
     for (size_t n = 1; n <= 300; n++) {
         test_full_buffer(n);
