@@ -7,7 +7,9 @@ tests/c/: a real C build per case, run from pytest so that ``make test`` covers 
 - frontend: tests/c/test_frontend_asan.c (error paths, exact-size heap buffers, 1..40 cells,
   sentinels and int64 extremes, NaN/Inf currents);
 - wire: tests/c/test_wire_asan.c (ssb_wire over the firmware's proto.c: random damaged streams
-  against the firmware's byte-at-a-time reader, exact-size buffers, every payload length).
+  against the firmware's byte-at-a-time reader, exact-size buffers, every payload length);
+- plant: tests/c/test_plant_asan.c (error paths and that they write nothing, 1..40 and 150
+  cells, random flags, steps and currents, NaN/Inf channel values, int64-range clamps).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CASES = {
     "core": (["ssb_core.c"], "test_core_asan.c"),
     "protect+format": (["ssb_protect.c", "ssb_format.c"], "test_protect_asan.c"),
     "frontend": (["ssb_frontend.c"], "test_frontend_asan.c"),
+    "plant": (["ssb_plant.c"], "test_plant_asan.c"),
     "wire": (["ssb_wire.c", "../boards/firmware/src/proto.c"], "test_wire_asan.c"),
 }
 FIRMWARE_SRC = ROOT / "boards" / "firmware" / "src"  # proto.h, for the wire case
