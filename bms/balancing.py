@@ -107,6 +107,7 @@ class Balancer:
         self._th_counts = np.asarray(stack_thermistors)
         self.selected = np.zeros(self.n_cells, dtype=bool)
         self._zero_masks = np.zeros(self.n_stacks, dtype=np.uint32)
+        self._idle: dict[str, BalanceDecision] = {}
 
     def update(
         self, time_s: float, soc: np.ndarray, cell_voltage_v: np.ndarray,
@@ -182,8 +183,18 @@ class Balancer:
     def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:
         if not keep_selection:
             self.selected = np.zeros(self.n_cells, dtype=bool)
-        return BalanceDecision(self._zero_masks.copy(), self.selected.copy(),
-                               np.zeros(self.n_cells), reason)
+        elif self.selected.any():  # "duty off": the selection stays in the decision
+            return BalanceDecision(self._zero_masks.copy(), self.selected.copy(),
+                                   np.zeros(self.n_cells), reason)
+        # Nothing selected: one read-only decision per reason, made once (most ticks end here).
+        decision = self._idle.get(reason)
+        if decision is None:
+            arrays = (self._zero_masks.copy(), np.zeros(self.n_cells, dtype=bool),
+                      np.zeros(self.n_cells))
+            for a in arrays:
+                a.flags.writeable = False
+            decision = self._idle[reason] = BalanceDecision(*arrays, reason)
+        return decision
 
 
 def _reduce_uneven(bad: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

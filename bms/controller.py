@@ -191,6 +191,10 @@ class Controller:
         (self._p_mean_kpa, self._p_rate_kpa_per_s, self._p_cusum_kpa,
          self._p_imbalance_kpa) = (np.full(n_st, np.nan) for _ in range(4))
         self._p_rate_abs = np.full(n_st, np.nan)
+        self._prot_in = ProtectionInputs(
+            stack_pressure_kpa=self._p_mean_kpa, pressure_rate_kpa_per_s=self._p_rate_abs,
+            pressure_residual_kpa=self._p_cusum_kpa,
+            load_cell_imbalance_kpa=self._p_imbalance_kpa, cell_leak_a=self._leak_low_a)
         self._single_stack = n_st == 1
         self._measurement_lost = False
         self.tick_index = 0
@@ -646,18 +650,14 @@ class Controller:
         leak_low = self._leak_low_a
         np.multiply(self._leak_sigma_a, -3.0, out=leak_low)
         leak_low += self._leak_a
-        return ProtectionInputs(
-            cell_voltage_v=self._cell_v,
-            temperature_c=self._temps,
-            current_a=current_a,
-            charge_limit_a=charge_limit_a,
-            discharge_limit_a=discharge_limit_a,
-            stack_pressure_kpa=self._p_mean_kpa,
-            pressure_rate_kpa_per_s=np.abs(self._p_rate_kpa_per_s, out=self._p_rate_abs),
-            pressure_residual_kpa=self._p_cusum_kpa,
-            load_cell_imbalance_kpa=self._p_imbalance_kpa,
-            cell_leak_a=leak_low,
-        )
+        np.abs(self._p_rate_kpa_per_s, out=self._p_rate_abs)
+        # One object, refreshed in place (its arrays are the pack-wide buffers; with a single
+        # stack they are bound to the validator's and core's once, on the first data).
+        p = self._prot_in
+        p.cell_voltage_v, p.temperature_c = self._cell_v, self._temps
+        p.current_a, p.charge_limit_a, p.discharge_limit_a = (current_a, charge_limit_a,
+                                                              discharge_limit_a)
+        return p
 
     # ------------------------------------------------------------------ output
 

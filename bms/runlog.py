@@ -21,6 +21,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from operator import is_not
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,7 @@ class _RowFormatter:
         straight from them (ssb_format_segments): no copy into one row buffer. The pointer
         table is rebuilt only when an array differs (by identity) from the last call's; the
         arrays are held, so an identity match means the same live buffer."""
-        if len(segments) != len(self._segs) or any(
-                a is not b for a, b in zip(segments, self._segs, strict=False)):
+        if len(segments) != len(self._segs) or any(map(is_not, segments, self._segs)):
             self._bind_segments(segments)
         size = self._fmt_seg(self._seg_ptrs, self._seg_lens, len(self._segs), self._dec_ptr,
                              self._out_ptr, self.cap)
