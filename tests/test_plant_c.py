@@ -381,3 +381,22 @@ def test_c_functions_return_error_codes() -> None:
     assert lib.ssb_plant_begin(c.cfg, c.st, 500.0, sums) == lib.SSB_PLANT_ERR_STATE
     with pytest.raises(ValueError, match="not finite"):
         plant.step(1.0)
+
+
+def test_ambient_and_coolant_changes_at_a_fixed_step() -> None:
+    """With one dt the C engine keeps its thermal matrices: every change of ambient, ambient
+    override or coolant must still reach the step."""
+    pair = Pair(seed=9, soc=0.5)
+    closed(pair)
+    pair.set_load(lambda: ConstantCurrent(-8.0))
+    pair.run(100, dt_s=0.1)
+    pair.do("set_ambient", 40.0)
+    pair.run(200, dt_s=0.1)
+    pair.do("inject_fault", FaultCode.AMBIENT_TEMP, 0xFF, -5.0)
+    pair.run(200, dt_s=0.1)
+    pair.do("inject_fault", FaultCode.COOLANT_LOSS)
+    pair.run(200, dt_s=0.1)
+    pair.do("inject_fault", FaultCode.AMBIENT_TEMP, clear=True)
+    pair.do("inject_fault", FaultCode.COOLANT_LOSS, clear=True)
+    pair.run(200, dt_s=0.1)
+    pair.finish()

@@ -583,6 +583,8 @@ class Plant:
     def set_ambient(self, temperature_c: float) -> None:
         """Ambient and coolant-inlet temperature (AMBIENT_TEMP overrides it while injected)."""
         self.ambient_c = float(temperature_c)
+        if self._c is not None:
+            self._c.th_dt = math.nan  # the step's thermal matrices depend on the ambient
 
     def inject_fault(self, code: FaultCode | int, target: int = 0xFF, value: float = 0.0,
                      clear: bool = False) -> None:
@@ -851,7 +853,8 @@ class Plant:
             v_open=work[lib.SSB_PLANT_W_V_OPEN, :n], r_eff=work[lib.SSB_PLANT_W_R_EFF, :n],
             bufs=bufs, static=static, sums=ffi.new("double[2]"), p_out=ffi.new("double *"),
             thermal={}, raw=raw, raw_p=ptr(raw, "int64_t *"), sense_buf_p=ptr(sense_buf),
-            sense_buf=sense_buf, nch=nch, noise_src=None, noise_p=None, ptr=ptr)
+            sense_buf=sense_buf, nch=nch, noise_src=None, noise_p=None, ptr=ptr,
+            th_dt=math.nan, th=None)
         self._sync_c()
 
     def _sync_c(self) -> None:
@@ -875,6 +878,7 @@ class Plant:
         cfg.heat_fault_any = int(self._heat_fault_any)
         cfg.collapse_um = self._collapse_um
         c.scfg.vtap_any = int(self._vtap_any)
+        c.th_dt = math.nan  # faults may have changed the coolant or the ambient override
 
     def _thermal_c(self, dt_s: float) -> tuple[Any, Any, Any]:
         """_thermal_matrix as C pointers, cached under the same key."""
@@ -931,7 +935,10 @@ class Plant:
             self._c_error("ssb_plant_begin", rc)
         sums = c.sums
         i_s = self._stack_current(dt_s, c.v_open, c.r_eff, sums[0], sums[1])
-        minv, c_dt, amb = self._thermal_c(dt_s)
+        if dt_s != c.th_dt:  # th_dt is reset when ambient or coolant may have changed
+            c.th = self._thermal_c(dt_s)
+            c.th_dt = dt_s
+        minv, c_dt, amb = c.th
         gas = self.gas_kpa
         if self.faults.gas_ramp_kpa_per_s:
             gas += self.faults.gas_ramp_kpa_per_s * dt_s
