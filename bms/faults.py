@@ -243,6 +243,7 @@ class FaultTable:
     def __init__(self) -> None:
         self._records: dict[Key, FaultRecord] = {}
         self._events: list[dict[str, Any]] = []
+        self._flags: tuple[bool, bool, list[FaultRecord]] | None = None
 
     # ------------------------------------------------------------------ transitions
 
@@ -317,22 +318,32 @@ class FaultTable:
 
     # ------------------------------------------------------------------ queries
 
+    def _summary_flags(self) -> tuple[bool, bool, list[FaultRecord]]:
+        """(fault latched, critical latched, active records), recomputed only after a
+        change: the tick loop asks every tick, the records change rarely."""
+        flags = self._flags
+        if flags is None:
+            recs = self._records.values()
+            flags = self._flags = (
+                any(r.severity >= Severity.FAULT and (r.active or r.latched) for r in recs),
+                any(r.severity >= Severity.CRITICAL and (r.active or r.latched) for r in recs),
+                [r for r in recs if r.active])
+        return flags
+
     def fault_latched(self) -> bool:
         """Any record at FAULT or worse active or latched (contactors must stay open)."""
-        return any(r.severity >= Severity.FAULT and (r.active or r.latched)
-                   for r in self._records.values())
+        return self._summary_flags()[0]
 
     def critical_latched(self) -> bool:
         """Any CRITICAL record active or latched."""
-        return any(r.severity >= Severity.CRITICAL and (r.active or r.latched)
-                   for r in self._records.values())
+        return self._summary_flags()[1]
 
     def warning_active(self) -> bool:
         """Any record active at any severity (warnings ask the controller to derate)."""
         return any(r.active for r in self._records.values())
 
     def active(self) -> list[FaultRecord]:
-        return [r for r in self._records.values() if r.active]
+        return list(self._summary_flags()[2])
 
     def latched(self) -> list[FaultRecord]:
         return [r for r in self._records.values() if r.latched]
@@ -359,6 +370,7 @@ class FaultTable:
     # ------------------------------------------------------------------ internals
 
     def _event(self, kind: str, rec: FaultRecord, time_s: float, value: float | None) -> None:
+        self._flags = None  # every change of active/latched passes here
         self._events.append({
             "type": "fault", "event": kind, "time_s": time_s, "code": int(rec.code),
             "name": rec.code.name, "text": rec.text, "severity": rec.severity.label,
