@@ -767,6 +767,9 @@ class Plant:
         from bms import _core  # built by pip install (setup.py cffi_modules)
 
         ffi, lib = _core.ffi, _core.lib
+        if not hasattr(lib, "ssb_plant_begin"):
+            raise RuntimeError("bms._core was built without csrc/ssb_plant.c: rebuild it "
+                               "(pip install --no-build-isolation -e .) or use engine='numpy'")
         n, m, k, p = self.n, self.m, self.k, self.params
         fx = self.pack.fixture
         sizes = (n, 3 * n, n + 3, n, n, n, n, m)
