@@ -423,32 +423,32 @@ def encode_raw_frame(version: int, msg_type: int, seq: int, payload: bytes,
     return cobs.encode(body + _CRC.pack(c)) + b"\x00"
 
 
-def encode_frame_py(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
-    """:func:`encode_frame` in pure Python (the reference the C path is tested against)."""
-    try:  # encode_payload, inlined: this runs once per MEASUREMENT
+def _checked_payload(msg: Message, seq: int) -> bytes:
+    """``msg``'s payload, with the checks both encoders make (encode_payload, inlined: this
+    runs once per frame)."""
+    try:
         payload = msg.pack()
     except struct.error as exc:
         raise ValueError(f"{type(msg).__name__}: field out of range for the wire: {exc}") from None
-    n = len(payload)
-    if n > MAX_PAYLOAD:
-        raise ValueError(f"{type(msg).__name__} payload {n} B > {MAX_PAYLOAD} B")
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"{type(msg).__name__} payload {len(payload)} B > {MAX_PAYLOAD} B")
     if not 0 <= seq <= 0xFFFF:
         raise ValueError(f"seq {seq} is not a u16")
+    return payload
+
+
+def encode_frame_py(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
+    """:func:`encode_frame` in pure Python (the reference the C path is tested against)."""
+    payload = _checked_payload(msg, seq)
+    n = len(payload)
     body = _HEADER.pack(version, msg.TYPE, seq, n) + payload
     return cobs.encode(body + _CRC.pack(binascii.crc_hqx(body, 0xFFFF))) + b"\x00"
 
 
 def _encode_frame_c(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
     """Encode ``msg`` with sequence number ``seq``: COBS(header|payload|crc) + 0x00 (C codec)."""
-    try:  # encode_payload, inlined: this runs once per MEASUREMENT
-        payload = msg.pack()
-    except struct.error as exc:
-        raise ValueError(f"{type(msg).__name__}: field out of range for the wire: {exc}") from None
+    payload = _checked_payload(msg, seq)
     n = len(payload)
-    if n > MAX_PAYLOAD:
-        raise ValueError(f"{type(msg).__name__} payload {n} B > {MAX_PAYLOAD} B")
-    if not 0 <= seq <= 0xFFFF:
-        raise ValueError(f"seq {seq} is not a u16")
     # A buffer from the pool: cffi releases the GIL in the call, so a shared buffer would race
     # between threads; list pop/append are atomic.
     pool = _ENC_POOL
