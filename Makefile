@@ -34,7 +34,7 @@ cppcheck: sysdeps
 	cppcheck --error-exitcode=1 --enable=warning,style,performance,portability \
 	  --std=c11 --inline-suppr --quiet \
 	  --suppress=missingIncludeSystem --suppress=unusedFunction \
-	  -I csrc csrc $(wildcard boards/firmware/src) $(wildcard boards/firmware/test) \
+	  -I csrc -I boards/firmware/src csrc tests/c $(wildcard boards/firmware/src) $(wildcard boards/firmware/test) \
 	  $(wildcard boards/firmware/sim) $(wildcard boards/firmware/hal) $(wildcard boards/firmware/fuzz)
 
 pytest: venv

@@ -14,13 +14,7 @@
 #include "ssb_protect.h"
 
 static int failures = 0;
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
+#include "check.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 static double urand(void) /* xorshift64*: [0, 1) */
@@ -390,9 +384,7 @@ static void test_format(size_t n)
     char field[SSB_FMT_FIELD_MAX];
     for (size_t i = 0; i < n; i++) {
         const int fl = ssb_format_value(v[i], d[i], field);
-        CHECK(fl > 0 && fl <= SSB_FMT_FIELD_MAX);
-        if (fl <= 0 || fl > SSB_FMT_FIELD_MAX)
-            continue;
+        CHECK(fl > 0 && fl <= SSB_FMT_FIELD_MAX); /* exits otherwise */
         char text[SSB_FMT_FIELD_MAX + 1];
         memcpy(text, field, (size_t)fl);
         text[fl] = 0;
