@@ -41,6 +41,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import is_not
 
 import numpy as np
 
@@ -429,8 +430,7 @@ class PackProtections:
                   inputs.pressure_rate_kpa_per_s, inputs.pressure_residual_kpa,
                   inputs.load_cell_imbalance_kpa, inputs.cell_leak_a)
         src = self._gather_src
-        if (src and all(a is b for a, b in zip(arrays, src, strict=True))) \
-                or self._bind_gather(arrays):
+        if (src and not any(map(is_not, arrays, src))) or self._bind_gather(arrays):
             # Every input present, as the last tick: one C call copies them all.
             rc = self._gather(*self._gather_args)
             if rc != 0:  # pragma: no cover - sizes and pointers checked when bound
