@@ -63,6 +63,9 @@ GC_EVERY_TICKS = 100
 _ST_JUST_BOOTED = int(Status.JUST_BOOTED)
 _ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
 _ST_SENSOR = int(Status.SENSOR_ERROR)
+# _await's answer when the board client's fast lane put the MEASUREMENT straight into the
+# validator's buffer (StackValidator.wire_vals) instead of building a message.
+_IN_WIRE_VALS = object()
 # A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
 RECONNECT_PERIOD_S = 2.0
 
@@ -469,13 +472,16 @@ class Controller:
             self._mark_lost(s, exc, t)
             return None
 
-    def _await(self, s: StackRuntime, seq: int | None, t: float) -> Measurement | None:
-        """The answer to ``seq``, or None (counted as a miss; a lost link marks the board)."""
+    def _await(self, s: StackRuntime, seq: int | None, t: float) -> Measurement | object | None:
+        """The answer to ``seq``: a Measurement, or _IN_WIRE_VALS when the client's fast lane
+        unpacked it into the validator's buffer; None (counted as a miss; a lost link marks
+        the board)."""
         if seq is None:
             s.misses += 1
             return None
         try:
-            return s.client.wait_measurement(seq)
+            m = s.client.wait_measurement_into(seq, *s.validator.wire_take)
+            return _IN_WIRE_VALS if m is None else m
         except (LinkError, OSError) as exc:
             s.misses += 1
             self.table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, s.index,
@@ -484,16 +490,20 @@ class Controller:
                 self._mark_lost(s, exc, t)
             return None
 
-    def _receive(self, s: StackRuntime, m: Measurement, t: float, dt_s: float) -> None:
+    def _receive(self, s: StackRuntime, m: Measurement | object, t: float, dt_s: float
+                 ) -> None:
         """Validate one board's MEASUREMENT and run its stack's core."""
-        try:
-            data = s.validator.check_measurement(t, m, s.scaler.current_a(m),
-                                                 s.scaler.bus_voltage_v(m))
-        except ValueError as exc:  # channel counts differ from the board profile
-            self._mark_lost(s, exc, t)
-            return
+        if m is _IN_WIRE_VALS:
+            data = s.validator.check_wire(t)
+        else:
+            try:
+                data = s.validator.check_measurement(t, m, s.scaler.current_a(m),
+                                                     s.scaler.bus_voltage_v(m))
+            except ValueError as exc:  # channel counts differ from the board profile
+                self._mark_lost(s, exc, t)
+                return
         s.measurements += 1
-        status = int(m.status)
+        status = int(data.status)
         if s.client.take_reset() or (status & _ST_JUST_BOOTED and s.measurements > 1):
             self.table.raise_fault(FaultCode.BOARD_RESET, t, None, None, s.index,
                                    momentary=True)
@@ -507,7 +517,7 @@ class Controller:
         elif s.sensor_error:
             self.table.clear_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
         s.sensor_error = bool(status & _ST_SENSOR)
-        timestamp_s = m.timestamp_ms / 1000.0
+        timestamp_s = data.timestamp_ms / 1000.0
         # The estimator integrates over the board's own sample interval when it is plausible
         # (real clock: jitter), else over the nominal tick.
         core_dt = dt_s

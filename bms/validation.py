@@ -60,6 +60,7 @@ class ValidatedStack:
     current_a: float
     bus_voltage_v: float
     status: int
+    timestamp_ms: int = 0  # the board's sample time (u32 ms, wraps)
 
 
 class StackValidator:
@@ -189,7 +190,12 @@ class StackValidator:
         sc = self.scaler
         n = sc.n_channels
         nc = self.cells.stop
-        self._raw = np.zeros(n, dtype=np.int64)
+        # The fast lane's target (BoardClient.wait_measurement_into): timestamp_ms, status,
+        # current and bus counts, then the channels, which are _raw itself: the C decoder
+        # writes the counts where ssb_fe_step reads them.
+        self.wire_vals = np.zeros(4 + n, dtype=np.int64)
+        self.wire_take = (ffi.from_buffer("int64_t[]", self.wire_vals), 4 + n)
+        self._raw = self.wire_vals[4:]
         self._values = np.zeros(n)
         self._fe_bad = np.zeros(n, dtype=np.uint8)
         self._fe_stuck = np.zeros(max(len(self._same_count), 1), dtype=np.uint8)
@@ -237,6 +243,19 @@ class StackValidator:
                 f"{len(m.load_cell_raw)} load cells; board profile {p.name} ({p.path}) expects "
                 f"{p.cells}, {p.thermistors}, {p.load_cells}")
         self._raw[:] = m.cell_raw + m.thermistor_raw + m.load_cell_raw
+        return self._check_raw(time_s, current_a, bus_voltage_v, m.timestamp_ms, m.status)
+
+    def check_wire(self, time_s: float) -> ValidatedStack:
+        """:meth:`check_measurement` of the measurement the fast lane unpacked into
+        :attr:`wire_vals` (its channel counts matched this board's profile there)."""
+        timestamp_ms, status, current_raw, bus_raw = self.wire_vals[:4].tolist()
+        sc = self.scaler
+        return self._check_raw(time_s, sc.current_from_raw(current_raw),
+                               sc.bus_voltage_from_raw(bus_raw), timestamp_ms, status)
+
+    def _check_raw(self, time_s: float, current_a: float, bus_voltage_v: float,
+                   timestamp_ms: int, status: int) -> ValidatedStack:
+        """The checks on the counts in _raw (see check_measurement)."""
         st = self._fe_st
         st.last_i = self._last_i
         st.have_last_raw = self._last_raw_lc is not None
@@ -262,7 +281,7 @@ class StackValidator:
                 self.table.raise_fault(FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, time_s,
                                        Severity.WARNING, float(v[i]), self.stack_index, int(i),
                                        momentary=True)
-        return self._finish(time_s, current_a, bus_voltage_v, m.timestamp_ms, m.status)
+        return self._finish(time_s, current_a, bus_voltage_v, timestamp_ms, status)
 
     def _finish(self, time_s: float, current_a: float, bus_voltage_v: float,
                 timestamp_ms: int, status: int) -> ValidatedStack:
@@ -274,7 +293,8 @@ class StackValidator:
             self._diagnose_scalar(FaultCode.BUS_VOLTAGE_SENSOR, bus_bad, bus_voltage_v, time_s)
         self._check_timestamp(time_s, timestamp_ms)
         return ValidatedStack(time_s, self._v_out, self._t_out, self._p_out,
-                              current_a if i_valid else math.nan, bus_voltage_v, status)
+                              current_a if i_valid else math.nan, bus_voltage_v, status,
+                              timestamp_ms)
 
     # ------------------------------------------------------------------ diagnosis
 

@@ -137,3 +137,25 @@ int ssb_wire_unpack_measurement(const char *payload, size_t len, int64_t *vals, 
         vals[k++] = s32(get_u32(q));
     return (int)k;
 }
+
+int ssb_wire_take_measurement(const char *buf, size_t n, uint16_t seq, int64_t *vals,
+                              size_t n_vals)
+{
+    if (buf == NULL || vals == NULL)
+        return SSB_WIRE_ERR_NULL;
+    /* exactly one non-empty segment, then its delimiter */
+    if (n < 2 || n - 1 > SSB_WIRE_MAX_SEGMENT || buf[n - 1] != 0 || memchr(buf, 0, n - 1))
+        return 0;
+    uint8_t dec[PROTO_DECODE_BUF];
+    proto_frame_t f;
+    if (proto_decode((const uint8_t *)buf, n - 1, dec, &f) != PR_OK ||
+        f.type != MSG_MEASUREMENT || f.seq != seq || f.length < 9)
+        return 0;
+    /* channel counts other than the caller's layout: the general path reports them */
+    if (4u + (size_t)f.payload[6] + f.payload[7] + f.payload[8] != n_vals)
+        return 0;
+    uint8_t counts[3];
+    const int k = ssb_wire_unpack_measurement((const char *)f.payload, f.length, vals, n_vals,
+                                              counts);
+    return k > 0 ? k : 0;
+}

@@ -84,4 +84,13 @@ int ssb_wire_encode(uint8_t version, uint8_t type, uint16_t seq, const char *pay
 int ssb_wire_unpack_measurement(const char *payload, size_t len, int64_t *vals, size_t cap,
                                 uint8_t *counts);
 
+/* The controller's fast lane for the reply it waits for: when buf[0 .. n) is exactly one frame
+ * (one non-empty segment and its 0x00 delimiter, nothing else) that decodes OK (rules 1..7) as
+ * a MEASUREMENT with sequence number seq and 4 + cells + thermistors + load cells == n_vals,
+ * unpacks it into vals as ssb_wire_unpack_measurement does and returns n_vals. Anything else
+ * returns 0 with vals untouched: the caller then feeds the same bytes to the general decoder.
+ * SSB_WIRE_ERR_NULL for a NULL pointer. */
+int ssb_wire_take_measurement(const char *buf, size_t n, uint16_t seq, int64_t *vals,
+                              size_t n_vals);
+
 #endif

@@ -26,6 +26,7 @@ import os
 import select
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import serial
 
@@ -43,6 +44,9 @@ __all__ = ["LinkError", "BoardLostError", "BoardTimeoutError", "SerialLink", "Li
 
 DEFAULT_BAUDRATE = 115200
 _READ_CHUNK = 4096
+#: What :meth:`SerialLink.recv` returns when the awaited MEASUREMENT went straight into the
+#: caller's buffer (its ``take`` argument).
+TAKEN = object()
 
 
 class LinkError(Exception):
@@ -189,11 +193,16 @@ class SerialLink:
 
     # ------------------------------------------------------------------ receiving
 
-    def recv(self, timeout_s: float) -> DecodedFrame | None:
+    def recv(self, timeout_s: float, take: tuple[int, Any, int] | None = None
+             ) -> DecodedFrame | object | None:
         """The next valid frame, or None if none arrives within ``timeout_s``.
 
         Frames the decoder rejected (version, unknown type, payload) are counted and skipped:
         a host does not answer them. Raises BoardLostError if the port fails.
+
+        ``take=(seq, vals_ptr, n_vals)``: when a read brings exactly the MEASUREMENT with that
+        seq and nothing else, it is unpacked into ``vals_ptr`` without becoming a message
+        (:meth:`FrameDecoder.take_measurement`) and :data:`TAKEN` is returned.
         """
         frames = self._frames
         deadline = None
@@ -211,6 +220,8 @@ class SerialLink:
                     return None
             data = self.read_available(remaining)
             if data:
+                if take is not None and self.decoder.take_measurement(data, *take):
+                    return TAKEN
                 frames.extend(self.decoder.feed(data))
 
     def recv_any(self, timeout_s: float) -> DecodedFrame | None:

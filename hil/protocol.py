@@ -594,8 +594,9 @@ try:
 
     _wire_scan = _lib.ssb_wire_scan
     _wire_encode = _lib.ssb_wire_encode
+    _wire_take = _lib.ssb_wire_take_measurement
 except (ImportError, AttributeError):  # not built, or built before ssb_wire existed
-    _ffi = _lib = _wire_scan = _wire_encode = None
+    _ffi = _lib = _wire_scan = _wire_encode = _wire_take = None
 
 _ENV_ENGINE = os.environ.get("SSB_WIRE_ENGINE", "").strip().lower()
 if _ENV_ENGINE not in ("", "c", "python"):
@@ -712,6 +713,23 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes buffered of an unfinished frame."""
         return len(self._buf)
+
+    def take_measurement(self, data: bytes, seq: int, vals_ptr: Any, n_vals: int) -> bool:
+        """The fast lane for the MEASUREMENT a host waits for (C engine only): when nothing is
+        buffered and ``data`` is exactly that one frame (seq ``seq``, 4 + channels == n_vals),
+        unpack it into ``vals_ptr`` (an ``int64_t[]`` of n_vals: timestamp_ms, status,
+        current_raw, bus_voltage_raw, then the channels in wire order) and count it as
+        :meth:`feed` would; True. Anything else: False, nothing changed, and the caller passes
+        the same bytes to :meth:`feed`."""
+        st = self._st
+        if st is None or self._buf or st.dropping:
+            return False
+        if _wire_take(data, len(data), seq, vals_ptr, n_vals) <= 0:
+            return False
+        c = self.counters
+        c.bytes_in += len(data)
+        c.frames_ok += 1
+        return True
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecodedFrame]:
         """Decode every complete frame in the bytes buffered so far plus ``data``."""

@@ -154,12 +154,16 @@ class Scaler:
         return raw, values
 
     def current_a(self, m: Measurement) -> float:
-        cur = m.current_raw
+        return self.current_from_raw(m.current_raw)
+
+    def bus_voltage_v(self, m: Measurement) -> float:
+        return self.bus_voltage_from_raw(m.bus_voltage_raw)
+
+    def current_from_raw(self, cur: int) -> float:
         p = self.profile
         return math.nan if cur == INVALID_I32 else cur * p.current_lsb_a + p.current_offset_a
 
-    def bus_voltage_v(self, m: Measurement) -> float:
-        bus = m.bus_voltage_raw
+    def bus_voltage_from_raw(self, bus: int) -> float:
         return math.nan if bus == INVALID_I32 else bus * self.profile.bus_lsb_v
 
     # ---------------------------------------------------------------- engineering -> counts

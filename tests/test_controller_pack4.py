@@ -26,18 +26,18 @@ def _spy(bench: Bench, calls: list[tuple[str, int]]) -> None:
     """Record the order of SAMPLE requests and waits per board (wraps the real methods)."""
     for s in bench.c.stacks:
         client, k = s.client, s.index
-        real_request, real_wait = client.request_sample, client.wait_measurement
+        real_request, real_wait = client.request_sample, client.wait_measurement_into
 
         def request(dt_s: float, _k: int = k, _f=real_request) -> int:
             calls.append(("request", _k))
             return _f(dt_s)
 
-        def wait(seq: int, timeout_s: float | None = None, _k: int = k, _f=real_wait):
+        def wait(seq: int, *args, _k: int = k, _f=real_wait, **kwargs):
             calls.append(("wait", _k))
-            return _f(seq, timeout_s)
+            return _f(seq, *args, **kwargs)
 
         client.request_sample = request  # type: ignore[method-assign]
-        client.wait_measurement = wait  # type: ignore[method-assign]
+        client.wait_measurement_into = wait  # type: ignore[method-assign]
 
 
 def test_four_boards_close_run_and_attribute_a_fault(tmp_path: Path) -> None:

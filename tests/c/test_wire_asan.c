@@ -255,6 +255,30 @@ static void test_encode_and_unpack(void)
             CHECK(vals[2] == (int64_t)(int32_t)get_u32(payload + 10));
             CHECK(ssb_wire_unpack_measurement((const char *)payload, len, vals, nv - 1,
                                               counts) == SSB_WIRE_ERR_SIZE);
+            /* the fast lane on the framed MEASUREMENT: exact-size frame and value buffers */
+            size_t fcap = len + SSB_WIRE_FRAME_OVERHEAD;
+            char *mf = malloc(fcap);
+            CHECK(ssb_wire_encode(1, 0x11, seq, (const char *)payload, len, mf, fcap) ==
+                  (int)fcap);
+            int64_t *taken = malloc(nv * sizeof *taken);
+            CHECK(ssb_wire_take_measurement(mf, fcap, seq, taken, nv) == (int)nv);
+            CHECK(memcmp(taken, vals, nv * sizeof *taken) == 0);
+            for (size_t i = 0; i < nv; i++)
+                taken[i] = -7;
+            CHECK(ssb_wire_take_measurement(mf, fcap, (uint16_t)(seq + 1), taken, nv) == 0);
+            CHECK(ssb_wire_take_measurement(mf, fcap - 1, seq, taken, nv) == 0); /* no 0x00 */
+            if (nv > 4)
+                CHECK(ssb_wire_take_measurement(mf, fcap, seq, taken, nv - 1) == 0);
+            mf[below((uint32_t)fcap - 1)] ^= (char)(1 + below(255)); /* a damaged byte */
+            int damaged = ssb_wire_take_measurement(mf, fcap, seq, taken, nv);
+            CHECK(damaged == 0 || damaged == (int)nv); /* a CRC collision may still pass */
+            if (damaged == 0)
+                for (size_t i = 0; i < nv; i++)
+                    CHECK(taken[i] == -7);
+            CHECK(ssb_wire_take_measurement(NULL, fcap, seq, taken, nv) == SSB_WIRE_ERR_NULL);
+            CHECK(ssb_wire_take_measurement(mf, fcap, seq, NULL, nv) == SSB_WIRE_ERR_NULL);
+            free(taken);
+            free(mf);
         } else {
             CHECK(r == SSB_WIRE_ERR_SIZE);
         }
