@@ -104,6 +104,7 @@ class StackRuntime:
     charge_limit_a: float = math.nan
     discharge_limit_a: float = math.nan
     nan_pressure: np.ndarray = field(default_factory=lambda: np.empty(0))  # the row's "no data"
+    ack_seq: int | None = None  # SET_OUTPUTS sent last tick whose ACK is still to collect
 
 
 @dataclass
@@ -290,6 +291,10 @@ class Controller:
         for s, m in zip(self.stacks, measurements, strict=True):
             if m is not None:
                 self._receive(s, m, t, dt_s)
+            if s.ack_seq is not None:  # last tick's SET_OUTPUTS (pipelined, step 6)
+                seq, s.ack_seq = s.ack_seq, None
+                if not s.lost:
+                    self._wait_outputs(s, seq, t)
 
         # 2. Safety data present? Missing for longer than the timeout -> SAFE.
         timeout = self.pack.controller.measurement_timeout_s + 1e-9
@@ -359,7 +364,14 @@ class Controller:
                                           charge_limit_a, discharge_limit_a, t))
                    for s in self.stacks]
         for s, seq in pending:
-            if seq is not None:
+            if seq is None:
+                continue
+            if self.pipeline:
+                # The ACK follows the MEASUREMENT already in flight: collect it next tick,
+                # after that answer, instead of stopping here for a whole round trip. (The
+                # commands reach the plant at the same step either way.)
+                s.ack_seq = seq
+            else:
                 self._wait_outputs(s, seq, t)
         if t >= self._next_heartbeat_s - 1e-9:
             self._next_heartbeat_s = t + self.heartbeat_period_s

@@ -257,3 +257,43 @@ def test_board_killed_mid_run_goes_safe_not_fault(tmp_path: Path) -> None:
         rec = c.table.get(FaultCode.MEASUREMENT_LOST)
         assert rec is not None and rec.active
         assert any(e.get("event") == "lost" for e in load_events(b.log_dir))
+
+
+def test_pipelined_set_outputs_ack_is_collected_next_tick_and_a_nack_resends(
+        tmp_path: Path) -> None:
+    """Sim clock, pipelined: a SET_OUTPUTS leaves in step 6 and its ACK is collected after the
+    next tick's MEASUREMENT (no round trip inside the tick). An ACK marks the outputs sent; a
+    NACK found then makes the next tick send them again; the board is not marked lost."""
+    from hil.client import BoardNackError
+    from hil.protocol import MsgType, Nack, NackError
+
+    with Bench(PACK, tmp_path / "log") as b:
+        c, s = b.c, b.c.stacks[0]
+        b.close_contactors()
+        b.ticks(3)
+        assert s.ack_seq is None and s.outputs_sent is not None
+        s.outputs_sent = None  # as after a change of outputs: sent again this tick
+        c.tick()
+        seq = s.ack_seq
+        assert seq is not None and s.outputs_sent is None  # sent, not yet acknowledged
+        c.tick()
+        assert s.ack_seq is None and s.outputs_sent == s.outputs_pending  # ACK collected
+
+        s.outputs_sent = None
+        c.tick()
+        assert s.ack_seq is not None
+        real_wait_ack = s.client.wait_ack
+
+        def refused(q: int, timeout_s: float | None = None) -> None:
+            real_wait_ack(q, timeout_s)  # the board's answer is consumed ...
+            raise BoardNackError(s.port, MsgType.SET_OUTPUTS,  # ... and read as a refusal
+                                 Nack(int(MsgType.SET_OUTPUTS), int(NackError.BUSY), 0))
+
+        s.client.wait_ack = refused  # type: ignore[method-assign]
+        c.tick()
+        s.client.wait_ack = real_wait_ack  # type: ignore[method-assign]
+        assert s.outputs_sent is None and not s.lost
+        assert s.ack_seq is not None  # sent again in the same tick's step 6
+        c.tick()
+        assert s.ack_seq is None and s.outputs_sent == s.outputs_pending
+        assert c.contactors.state == ContactorState.CLOSED and not s.lost
