@@ -56,14 +56,21 @@ static int state_ok(const ssb_plant_state_t *s, size_t m)
     return 0;
 }
 
+/* The checks every step call starts with: pointers, then the config, then the state. */
+static int call_ok(const ssb_plant_config_t *cfg, const ssb_plant_state_t *st)
+{
+    if (!cfg || !st)
+        return SSB_PLANT_ERR_NULL;
+    const int rc = config_ok(cfg);
+    return rc ? rc : state_ok(st, cfg->m);
+}
+
 int ssb_plant_begin(const ssb_plant_config_t *cfg, ssb_plant_state_t *st, double pressure_kpa,
                     double *sums)
 {
-    if (!cfg || !st || !sums)
+    if (!sums)
         return SSB_PLANT_ERR_NULL;
-    int rc = config_ok(cfg);
-    if (!rc)
-        rc = state_ok(st, cfg->m);
+    const int rc = call_ok(cfg, st);
     if (rc)
         return rc;
     const size_t n = cfg->n, ns = cfg->n_soc, w = n + 3;
@@ -160,11 +167,9 @@ int ssb_plant_finish(const ssb_plant_config_t *cfg, ssb_plant_state_t *st, doubl
                      double dt_s, const double *minv, const double *c_dt, const double *amb,
                      double gas_kpa, double *pressure_kpa)
 {
-    if (!cfg || !st || !minv || !c_dt || !amb || !pressure_kpa)
+    if (!minv || !c_dt || !amb || !pressure_kpa)
         return SSB_PLANT_ERR_NULL;
-    int rc = config_ok(cfg);
-    if (!rc)
-        rc = state_ok(st, cfg->m);
+    const int rc = call_ok(cfg, st);
     if (rc)
         return rc;
     if (!isfinite(i_s) || !isfinite(dt_s) || !(dt_s > 0.0) || !isfinite(gas_kpa))
