@@ -77,12 +77,15 @@ static inline double sign_space(const ssb_protect_limits_t *lim, const ssb_prote
     return (lim->sign[i] < 0.0 ? -v : v) + in->offset[i];
 }
 
-/* The number of transitions this tick would report, without changing anything. */
-static size_t count_transitions(const ssb_protect_limits_t *lim, const ssb_protect_state_t *st,
-                                const ssb_protect_inputs_t *in, double time_s)
+/* One pass over every channel: the number of transitions this tick makes. commit = 0 only
+ * counts and leaves the state alone (the check before a too-small output buffer); commit = 1
+ * also advances the timers and marks the changed levels (NEW_ON / NEW_OFF, INV_CHANGED) for
+ * the report. */
+static size_t advance(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
+                      const ssb_protect_inputs_t *in, double time_s, int commit)
 {
     const size_t n = lim->n;
-    size_t count = 0;
+    size_t changes = 0;
     for (size_t i = 0; i < n; i++) {
         const double x = sign_space(lim, in, i);
         const int en = in->enabled[i] != 0;
@@ -91,13 +94,23 @@ static size_t count_transitions(const ssb_protect_limits_t *lim, const ssb_prote
         for (size_t l = 0; l < SSB_PROT_LEVELS; l++) {
             const size_t k = l * n + i;
             double s;
-            count += eval_level(x, en, nan && en, lim->thr[k], lim->thr[k] - lim->hyst[i],
-                                deb_s, st->start_s[k], st->asserted[k] != 0, time_s,
-                                &s) != 0;
+            const int c = eval_level(x, en, nan && en, lim->thr[k], lim->thr[k] - lim->hyst[i],
+                                     deb_s, st->start_s[k], st->asserted[k] != 0, time_s, &s);
+            if (commit) {
+                st->start_s[k] = s;
+                if (c)
+                    st->asserted[k] = c > 0 ? NEW_ON : NEW_OFF;
+            }
+            changes += c != 0;
         }
-        count += (nan && in->present[i] != 0) != (st->invalid[i] != 0);
+        const uint8_t bad = (uint8_t)(nan && in->present[i] != 0);
+        if (bad != (st->invalid[i] != 0)) {
+            if (commit)
+                st->invalid[i] = (uint8_t)(bad | INV_CHANGED);
+            changes++;
+        }
     }
-    return count;
+    return changes;
 }
 
 int ssb_protect_update(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
@@ -110,32 +123,10 @@ int ssb_protect_update(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
     if (!out && cap > 0)
         return SSB_PROT_ERR_NULL;
     const size_t n = lim->n;
-    if (cap < 4 * n && count_transitions(lim, st, in, time_s) > cap)
+    if (cap < 4 * n && advance(lim, st, in, time_s, 0) > cap)
         return SSB_PROT_ERR_FULL;
 
-    size_t changes = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double x = sign_space(lim, in, i);
-        const int en = in->enabled[i] != 0;
-        const int nan = isnan(x);
-        const double deb_s = lim->debounce_s[i] - SSB_PROT_TIME_EPS_S;
-        for (size_t l = 0; l < SSB_PROT_LEVELS; l++) {
-            const size_t k = l * n + i;
-            double s;
-            const int c = eval_level(x, en, nan && en, lim->thr[k], lim->thr[k] - lim->hyst[i],
-                                     deb_s, st->start_s[k], st->asserted[k] != 0, time_s, &s);
-            st->start_s[k] = s;
-            if (c) {
-                st->asserted[k] = c > 0 ? NEW_ON : NEW_OFF;
-                changes++;
-            }
-        }
-        const uint8_t bad = (uint8_t)(nan && in->present[i] != 0);
-        if (bad != (st->invalid[i] != 0)) {
-            st->invalid[i] = (uint8_t)(bad | INV_CHANGED);
-            changes++;
-        }
-    }
+    const size_t changes = advance(lim, st, in, time_s, 1);
     if (!changes)
         return 0;
 
