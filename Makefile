@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 MIN_TESTS ?= 400
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
-.PHONY: all venv sysdeps lint cppcheck test pytest demo bench clean asan firmware firmware-check
+.PHONY: all venv sysdeps lint layers cppcheck test pytest demo bench clean asan firmware firmware-check
 
 all: test
 
@@ -30,6 +30,11 @@ venv: $(STAMP)
 lint: venv
 	$(VENV)/bin/ruff check bms hil boards tools tests
 
+# import-linter contracts (pyproject.toml [tool.importlinter]; docs/architecture.md "Layers"):
+# a forbidden import fails the build, naming the importing module, line and imported module.
+layers: venv
+	$(VENV)/bin/lint-imports --no-cache
+
 cppcheck: sysdeps
 	cppcheck --error-exitcode=1 --enable=warning,style,performance,portability \
 	  --std=c11 --inline-suppr --quiet \
@@ -40,7 +45,7 @@ cppcheck: sysdeps
 pytest: venv
 	$(PY) -m pytest --min-tests $(MIN_TESTS) --cov=bms --cov=hil --cov=boards --cov-report=term:skip-covered $(PYTEST_ARGS)
 
-test: sysdeps venv lint cppcheck pytest
+test: sysdeps venv lint layers cppcheck pytest
 
 demo: venv
 	$(VENV)/bin/bms demo
@@ -49,7 +54,7 @@ bench: venv
 	$(VENV)/bin/bms bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info bms/_core*.so .pytest_cache .benchmarks boards/firmware/build
+	rm -rf $(VENV) build *.egg-info bms/_core*.so hil/_wire*.so hil/emulator/_plant*.so .pytest_cache .benchmarks boards/firmware/build
 
 # Reference firmware (boards/firmware): ELF + hex for avrdude, size report, simavr harness.
 # make test covers it through pytest (tests/test_firmware_*.py); these are the direct targets.

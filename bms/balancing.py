@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bms.config import BalancingConfig, CellModel
+from boards.config import BalancingConfig, CellModel
 
 STATES_ALLOWED = (0, 2)  # ContactorState.STANDBY, ContactorState.CLOSED (HEARTBEAT numbers)
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bms.config import load_pack
 from bms.core import Core, CoreParams, make_params
 from bms.reference import ReferenceCore
+from boards.config import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"

@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bms.config import PackConfig, load_pack
 from bms.controller import Controller
 from bms.emulators import start_emulators
 from bms.realtime import current_policy, request_realtime
+from boards.config import PackConfig, load_pack
 
 
 def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: str | None,

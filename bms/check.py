@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bms.config import load_board, load_pack
+from boards.config import load_board, load_pack
 
 
 def main(argv: list[str]) -> int:

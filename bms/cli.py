@@ -8,9 +8,10 @@ can be run on its own with ``python -m``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from bms.config import ConfigError
+from boards.config import ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bms.demo", "run the BMS against an emulated 23-cell stack with a built-in scenario"),
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # stdout closed by the reader (`bms check | head`): not an error of ours, no traceback.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from bms.config import ContactorConfig
 from bms.faults import FaultCode, FaultTable
+from boards.config import ContactorConfig
 
 CONTACTOR_POS = 0x01
 CONTACTOR_NEG = 0x02

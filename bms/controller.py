@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from bms.balancing import Balancer
-from bms.config import BoardProfile, PackConfig, StackConfig, load_board
 from bms.contactors import ContactorInputs, ContactorState, ContactorStateMachine
 from bms.core import Core
 from bms.faults import FaultCode, FaultTable, Severity
@@ -31,6 +30,7 @@ from bms.monitor import MonitorServer
 from bms.protections import PackProtections, ProtectionInputs
 from bms.runlog import RunLog, standard_columns
 from bms.validation import StackValidator, ValidatedStack
+from boards.config import BoardProfile, PackConfig, StackConfig, load_board
 from hil.client import BoardClient, LinkError
 from hil.protocol import Measurement, Status
 from hil.scaling import Scaler

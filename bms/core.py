@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from bms.config import PackConfig
+from boards.config import PackConfig
 
 # ---------------------------------------------------------------------------- constants (= header)
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from bms.config import load_pack
 from bms.controller import Controller
 from bms.emulators import start_emulator
 from bms.run import LiveView, default_log_dir
 from bms.runlog import load_events, load_ticks
+from boards.config import load_pack
 from hil.emulator.scenario import load_scenario
 
 # Faults the scenario injects -> the BMS codes that count as detecting them.

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bms.config import PackConfig
+from boards.config import PackConfig
 
 # How long an emulator may take to print its pty path (Python start-up plus numpy import on a
 # loaded 2-core machine; generous on purpose, it is a failure bound, not a wait).

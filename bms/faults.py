@@ -1,6 +1,6 @@
 """Fault codes (DTC-like) and the fault table that records them.
 
-Every protection in :data:`bms.config.PROTECTION_NAMES`, every sensor and link fault, board
+Every protection in :data:`boards.config.PROTECTION_NAMES`, every sensor and link fault, board
 reset, board watchdog and precharge failure has one :class:`FaultCode` (a stable number, a text
 and a default severity). The :class:`FaultTable` keeps one :class:`FaultRecord` per
 ``(code, severity, stack, cell)``: first and last time, how often it was raised, the value that
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
 
-from bms.config import PROTECTION_NAMES
+from boards.config import PROTECTION_NAMES
 
 
 class Severity(IntEnum):

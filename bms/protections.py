@@ -2,7 +2,7 @@
 
 Two layers:
 
-- :class:`ProtectionEngine` is generic: a set of :class:`~bms.config.ProtectionLimit` with a
+- :class:`ProtectionEngine` is generic: a set of :class:`~boards.config.ProtectionLimit` with a
   number of channels each, flattened into one array so that one tick is one C call
   (csrc/ssb_protect.c) over all channels of all limits. ``update`` returns the level
   transitions (rare; usually an empty list). :class:`ReferenceProtectionEngine` is the same
@@ -45,8 +45,8 @@ from operator import is_not
 
 import numpy as np
 
-from bms.config import PROTECTION_NAMES, PackConfig, ProtectionLimit
 from bms.faults import PROTECTION_CODES, SENSOR_CODE_FOR_PROTECTION, FaultTable, Severity
+from boards.config import PROTECTION_NAMES, PackConfig, ProtectionLimit
 
 LEVELS = ("warning", "fault", "critical")
 LEVEL_SEVERITY = (Severity.WARNING, Severity.FAULT, Severity.CRITICAL)

@@ -86,11 +86,11 @@ COLUMN_DECIMALS: tuple[tuple[str, int, str], ...] = (
     ("*_v", 6, "1 uV: the LTC6811 cell ADC LSB is 100 uV (boards/emu-23.yaml, "
                "boards/mega2560-ltc6811.yaml), bus voltage 1 mV (emu) / 7.6 mV (mega)"),
     ("*_a", 4, "0.1 mA: current LSB 1 mA (emu) / 6.1 mA (mega); the leak estimate's warning "
-               "is 50 mA, hysteresis 20 mA (bms/packs/ssb-23.yaml)"),
+               "is 50 mA, hysteresis 20 mA (boards/packs/ssb-23.yaml)"),
     ("*_c", 3, "1 mK: a 100 uV thermistor LSB is ~3.4 mK at 25 C (10 kOhm NTC, B 3435 K, "
                "10 kOhm pull-up to 3.0 V: ~29 mV/K; boards/emu-23.yaml)"),
     ("*_kpa", 2, "10 Pa: the smallest pressure protection step is the 5 kPa/s rate hysteresis "
-                 "(bms/packs/ssb-23.yaml); load-cell LSB 0.5-0.65 Pa is far below the HX711 "
+                 "(boards/packs/ssb-23.yaml); load-cell LSB 0.5-0.65 Pa is far below the HX711 "
                  "noise, so 10 Pa keeps every protection-relevant change"),
 )
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bms.config import BoardProfile, PackConfig
 from bms.faults import FaultCode, FaultTable, Severity
-from hil.protocol import Measurement
+from boards.config import BoardProfile, PackConfig
+from hil.protocol import Measurement, wire_values_pointer
 from hil.scaling import Scaler
 
 # Plausible ranges (assumptions, documented in docs/safety.md):
@@ -194,7 +194,7 @@ class StackValidator:
         # current and bus counts, then the channels, which are _raw itself: the C decoder
         # writes the counts where ssb_fe_step reads them.
         self.wire_vals = np.zeros(4 + n, dtype=np.int64)
-        self.wire_take = (ffi.from_buffer("int64_t[]", self.wire_vals), 4 + n)
+        self.wire_take = (wire_values_pointer(self.wire_vals), 4 + n)
         self._raw = self.wire_vals[4:]
         self._values = np.zeros(n)
         self._fe_bad = np.zeros(n, dtype=np.uint8)

@@ -1,9 +1,15 @@
-"""cffi API-mode build of the C code (module ``bms._core``), used by setup.py's cffi_modules.
+"""cffi API-mode builds of the C code, one compiled module per layer (setup.py's cffi_modules):
 
-One module, three parts: the numeric core (ssb_core.h/.c), the protection engine
-(ssb_protect.h/.c) and the CSV row formatter (ssb_format.h/.c). The cdef below is the public
-headers minus preprocessor lines, so the headers stay the one source of truth: a change there
-shows up here without a second copy.
+- ``bms._core`` (``core_ffibuilder``): the BMS control path: the numeric core (ssb_core), the
+  protection engine (ssb_protect), the CSV row formatter (ssb_format) and the measurement front
+  end (ssb_frontend);
+- ``hil._wire`` (``wire_ffibuilder``): the frame codec, csrc/ssb_wire.c batching the reference
+  firmware's boards/firmware/src/proto.c (one C codec for firmware and host);
+- ``hil.emulator._plant`` (``plant_ffibuilder``): the emulator's plant step (ssb_plant).
+
+So an emulator process loads the wire codec and the plant, never the estimator. Each cdef is its
+public headers minus preprocessor lines, so the headers stay the one source of truth: a change
+there shows up here without a second copy.
 
 Compiler flags: C11, -O3, no errno and no trapping math (lets the branch-free loops
 vectorise; the core never reads errno or FP exception flags), warnings as errors.
@@ -22,12 +28,16 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend", "ssb_plant", "ssb_wire")
-HEADERS = [HERE / f"{p}.h" for p in PARTS]
-# The reference firmware's protocol codec, compiled in as is (one C codec for firmware and host;
-# csrc/ssb_wire.c batches it). proto.h is not part of the cdef: Python only sees ssb_wire.h.
+# module name -> its parts (csrc/NAME.h + NAME.c each)
+MODULES = {
+    "bms._core": ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend"),
+    "hil._wire": ("ssb_wire",),
+    "hil.emulator._plant": ("ssb_plant",),
+}
+# The reference firmware's protocol codec, compiled into hil._wire as is (csrc/ssb_wire.c batches
+# it). proto.h is not part of the cdef: Python only sees ssb_wire.h.
 FIRMWARE_SRC = HERE.parent / "boards" / "firmware" / "src"
-SOURCES = [str(HERE / f"{p}.c") for p in PARTS] + [str(FIRMWARE_SRC / "proto.c")]
+EXTRA_SOURCES = {"hil._wire": [FIRMWARE_SRC / "proto.c"]}
 CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fno-math-errno",
           "-fno-trapping-math"]
 if platform.machine().lower() in ("x86_64", "amd64"):
@@ -35,10 +45,10 @@ if platform.machine().lower() in ("x86_64", "amd64"):
                   else "-march=native")
 
 
-def cdef_text() -> str:
+def cdef_text(headers: list[Path]) -> str:
     """The headers as cffi's cdef: drop preprocessor lines and comments, keep #define integers
     (non-integer #defines, e.g. SSB_PROT_TIME_EPS_S, stay C-only)."""
-    text = "\n".join(h.read_text(encoding="utf-8") for h in HEADERS)
+    text = "\n".join(h.read_text(encoding="utf-8") for h in headers)
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     out = []
     for line in text.splitlines():
@@ -56,16 +66,27 @@ def cdef_text() -> str:
     return "\n".join(out)
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(cdef_text())
-ffibuilder.set_source(
-    "bms._core",
-    "\n".join(f'#include "{h.name}"' for h in HEADERS),
-    sources=[os.path.relpath(s) for s in SOURCES],
-    include_dirs=[str(HERE), str(FIRMWARE_SRC)],
-    extra_compile_args=CFLAGS,
-    libraries=["m"],
-)
+def make_builder(module: str) -> FFI:
+    """The cffi builder of one module of MODULES."""
+    headers = [HERE / f"{p}.h" for p in MODULES[module]]
+    sources = [HERE / f"{p}.c" for p in MODULES[module]] + EXTRA_SOURCES.get(module, [])
+    builder = FFI()
+    builder.cdef(cdef_text(headers))
+    builder.set_source(
+        module,
+        "\n".join(f'#include "{h.name}"' for h in headers),
+        sources=[os.path.relpath(s) for s in sources],
+        include_dirs=[str(HERE), str(FIRMWARE_SRC)],
+        extra_compile_args=CFLAGS,
+        libraries=["m"],
+    )
+    return builder
+
+
+core_ffibuilder = make_builder("bms._core")
+wire_ffibuilder = make_builder("hil._wire")
+plant_ffibuilder = make_builder("hil.emulator._plant")
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    for b in (core_ffibuilder, wire_ffibuilder, plant_ffibuilder):
+        b.compile(verbose=True)

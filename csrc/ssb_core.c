@@ -310,7 +310,7 @@ static int32_t pressure_stats(const ssb_params_t *prm, const double *p_kpa, doub
 
 static double contact_resistance(const ssb_params_t *prm, int32_t cnt, double mean_kpa)
 {
-    /* R_contact = r_ref (p_ref / p)^0.5 (DESIGN.md); without a pressure reading, p = p_ref.
+    /* R_contact = r_ref (p_ref / p)^0.5 (assumption, boards/packs/ssb-23.yaml); without a pressure reading, p = p_ref.
      * Floor 10 kPa avoids 1/0 (the same floor as the emulator, an assumption). */
     double p = cnt > 0 ? (mean_kpa > 10.0 ? mean_kpa : 10.0) : prm->contact_p_ref_kpa;
     return prm->contact_r_ref_ohm * sqrt(prm->contact_p_ref_kpa / p);

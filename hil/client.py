@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bms.config import BoardProfile
+from boards.config import BoardProfile
 from hil.link import TAKEN, BoardLostError, BoardTimeoutError, LinkError, SerialLink
 from hil.protocol import (
     PROTOCOL_VERSION,

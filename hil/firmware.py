@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import boards
-from bms.config import BoardProfile, PackConfig, load_board, load_pack
+from boards.config import BoardProfile, PackConfig, load_board, load_pack
 
 FIRMWARE_DIR = Path(boards.__file__).resolve().parent / "firmware"
 BUILD_DIR = FIRMWARE_DIR / "build"

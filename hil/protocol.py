@@ -14,7 +14,7 @@ Public pieces:
   raises, resynchronises at the next ``0x00`` and counts every drop in :class:`LinkCounters`.
 
 Two engines, one behaviour: by default :class:`FrameDecoder` and :func:`encode_frame` run the C
-codec in ``bms._core`` (csrc/ssb_wire.c over the reference firmware's boards/firmware/src/proto.c);
+codec in ``hil._wire`` (csrc/ssb_wire.c over the reference firmware's boards/firmware/src/proto.c);
 the pure-Python path (hil/cobs.py, :func:`_decode_segment`, :func:`encode_frame_py`) is the
 reference, used when the extension is missing, with ``FrameDecoder(engine="python")``, or for
 the whole process with ``SSB_WIRE_ENGINE=python`` (tests/test_wire_c.py checks they agree).
@@ -583,14 +583,14 @@ class LinkCounters:
 
 
 # --------------------------------------------------------------------------- C engine
-# bms._core's ssb_wire (csrc/ssb_wire.h) runs the firmware's proto_decode over every segment of a
+# hil._wire's ssb_wire (csrc/ssb_wire.h) runs the firmware's proto_decode over every segment of a
 # feed() in one call and writes one record per frame the caller gets back: result byte, then the
 # decoded header and payload. What stays in Python per frame: one unpack of the record head, the
 # payload parser and the DecodedFrame tuple.
 
 try:
-    from bms._core import ffi as _ffi  # type: ignore[import-not-found]
-    from bms._core import lib as _lib  # type: ignore[import-not-found]
+    from hil._wire import ffi as _ffi  # type: ignore[import-not-found]
+    from hil._wire import lib as _lib  # type: ignore[import-not-found]
 
     _wire_scan = _lib.ssb_wire_scan
     _wire_encode = _lib.ssb_wire_encode
@@ -601,11 +601,11 @@ except (ImportError, AttributeError):  # not built, or built before ssb_wire exi
 _ENV_ENGINE = os.environ.get("SSB_WIRE_ENGINE", "").strip().lower()
 if _ENV_ENGINE not in ("", "c", "python"):
     raise ImportError(f"SSB_WIRE_ENGINE={_ENV_ENGINE!r}: expected 'c' or 'python'")
-#: The engine FrameDecoder() and encode_frame use by default: "c" when bms._core has the wire
+#: The engine FrameDecoder() and encode_frame use by default: "c" when hil._wire has the wire
 #: codec, unless SSB_WIRE_ENGINE=python; else "python".
 WIRE_ENGINE = "python" if _wire_scan is None or _ENV_ENGINE == "python" else "c"
 if _ENV_ENGINE == "c" and WIRE_ENGINE != "c":
-    raise ImportError("SSB_WIRE_ENGINE=c but bms._core has no ssb_wire (pip install -e .)")
+    raise ImportError("SSB_WIRE_ENGINE=c but hil._wire is not built (pip install -e .)")
 
 _REC_CAP = 16384  # record buffer per decoder: 66 records of a 23-cell MEASUREMENT per C call
 _REC_HEAD = struct.Struct("<BBBHH")  # result, version, type, seq, length (csrc/ssb_wire.h)
@@ -621,6 +621,14 @@ if _lib is not None:
     assert _lib.SSB_WIRE_REC_HEAD == _REC_HEAD.size  # noqa: S101 (layout shared with C)
     assert _lib.SSB_WIRE_VERSION == 6 and _lib.SSB_WIRE_PAYLOAD == 8  # noqa: S101
     assert _lib.SSB_WIRE_MAX_SEGMENT == _MAX_SEGMENT  # noqa: S101
+
+
+def wire_values_pointer(values: Any) -> Any:
+    """A C pointer into ``values`` (int64, contiguous) for :meth:`FrameDecoder.take_measurement`,
+    made by the wire module's ffi (a pointer of another cffi module is not accepted there)."""
+    if _ffi is None:
+        raise RuntimeError("hil._wire is not built (pip install -e .)")
+    return _ffi.from_buffer("int64_t[]", values)
 
 
 def _enc_buffer() -> tuple[Any, Any]:
@@ -677,7 +685,7 @@ class FrameDecoder:
     Resynchronises at the next 0x00 after garbage; holds at most 250 bytes of an unfinished
     frame (then counts *oversize* once and discards up to the next delimiter).
 
-    ``engine``: "c" (bms._core's ssb_wire), "python" (the reference: hil/cobs.py and
+    ``engine``: "c" (hil._wire's ssb_wire), "python" (the reference: hil/cobs.py and
     :func:`_decode_segment`) or "auto" (:data:`WIRE_ENGINE`). Both give identical frames and
     counters.
     """

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bms.config import BoardProfile
+from boards.config import BoardProfile
 from hil.protocol import INVALID_I32, INVALID_U16, Measurement
 
 __all__ = [

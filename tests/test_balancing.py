@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bms.balancing import Balancer, top_of_charge_slope_v, top_of_charge_voltage_v
-from bms.config import load_pack
+from boards.config import load_pack
 
 PACK = load_pack("ssb-23")
 PACK4 = load_pack("ssb-4x23")

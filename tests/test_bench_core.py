@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bms import bench
-from bms.config import load_pack
 from bms.core import Core, make_params
+from boards.config import load_pack
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from bms.bench_tick import run_tick_bench
-from bms.config import load_pack
 from bms.runlog import load_events, load_ticks
+from boards.config import load_pack
 
 SCENARIO = """\
 schema: ssb-bms/scenario/1

@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 from bms.cli import main as bms_main
-from bms.config import (
+from boards.config import (
     PROTECTION_NAMES,
     ConfigError,
     load_board,
     load_pack,
 )
 
-PACK_DIR = Path(__file__).resolve().parents[1] / "bms" / "packs"
+PACK_DIR = Path(__file__).resolve().parents[1] / "boards" / "packs"
 
 
 def test_builtin_ssb23_loads_with_expected_topology() -> None:

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bms.config import ContactorConfig, load_pack
 from bms.contactors import (
     ALL_RELAYS,
     CONTACTOR_NEG,
@@ -20,6 +19,7 @@ from bms.contactors import (
     ContactorTiming,
 )
 from bms.faults import FaultCode
+from boards.config import ContactorConfig, load_pack
 
 CFG = load_pack("ssb-23").contactors
 S = ContactorState

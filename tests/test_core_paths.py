@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from bms.config import load_pack
 from bms.core import (
     CELL_GATED,
     CELL_NO_CURRENT,
@@ -24,6 +23,7 @@ from bms.core import (
     make_params,
 )
 from bms.reference import ReferenceCore
+from boards.config import load_pack
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bms.config import load_pack
 from bms.core import Core, Tuning, make_params
 from bms.reference import ReferenceCore
+from boards.config import load_pack
 
 RTOL = 1e-9
 STATE = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio", "cap_p",

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import serial
 
-from bms.config import load_board, load_pack
+from boards.config import load_board, load_pack
 from hil.client import BoardClient, BoardNackError, LinkError
 from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer
 from hil.emulator.scenario import load_scenario

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bms.config import load_board, load_pack
+from boards.config import load_board, load_pack
 from hil.client import BoardClient
 from hil.emulator.plant import ConstantCurrent, Plant
 

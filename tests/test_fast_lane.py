@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bms.config import load_pack
 from bms.controller import Controller
 from bms.emulators import start_emulators
 from bms.runlog import load_ticks
+from boards.config import load_pack
 from hil import protocol as proto
 from hil.protocol import FrameDecoder, Measurement, Sample, encode_frame_py
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-from bms.config import PROTECTION_NAMES
 from bms.faults import (
     FAULT_INFO,
     PROTECTION_CODES,
@@ -14,6 +13,7 @@ from bms.faults import (
     FaultTable,
     Severity,
 )
+from boards.config import PROTECTION_NAMES
 
 
 def test_every_protection_and_code_is_described() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from firmware_tools import require_tools
 
-from bms.config import load_pack
+from boards.config import load_pack
 from hil.firmware import FirmwareBoard
 
 pytestmark = pytest.mark.firmware

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bms.config import load_board
+from boards.config import load_board
 from hil.client import (
     BoardClient,
     BoardMismatchError,

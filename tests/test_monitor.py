@@ -75,9 +75,9 @@ def test_live_view_of_a_running_controller(tmp_path) -> None:
     """A real controller against a real emulated board publishes to a connected viewer."""
     import json
 
-    from bms.config import load_pack
     from bms.controller import Controller
     from bms.emulators import start_emulator
+    from boards.config import load_pack
 
     pack = load_pack("ssb-23")
     emu = start_emulator(pack, 0, "sim", 3, None)

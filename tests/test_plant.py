@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bms.config import load_board, load_pack
+from boards.config import load_board, load_pack
 from hil.emulator.faults import FaultCode, FaultError, PlantFaults
 from hil.emulator.plant import CcCvCharge, ConstantCurrent, CurrentProfile, Plant, PlantParams
 from hil.emulator.scenario import ScenarioError, ScenarioRunner, load_scenario

@@ -27,7 +27,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bms.config import load_board, load_pack
+from boards.config import load_board, load_pack
 from hil.emulator.faults import LINK_CODES, FaultCode
 from hil.emulator.plant import (
     CcCvCharge,
@@ -359,9 +359,9 @@ def test_c_engine_rejects_a_nan_current_without_touching_the_state() -> None:
 
 
 def test_c_functions_return_error_codes() -> None:
-    from bms import _core
+    from hil.emulator import _plant
 
-    ffi, lib = _core.ffi, _core.lib
+    ffi, lib = _plant.ffi, _plant.lib
     plant = Plant(PACK, 0, BOARD, seed=1)
     c = plant._c
     sums, p_out = ffi.new("double[2]"), ffi.new("double *")

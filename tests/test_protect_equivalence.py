@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 
-from bms.config import PROTECTION_NAMES, ProtectionLimit, load_pack
 from bms.faults import FaultTable
 from bms.protections import (
     _PER_THERMISTOR,
@@ -21,6 +20,7 @@ from bms.protections import (
     Transition,
     _derate,
 )
+from boards.config import PROTECTION_NAMES, ProtectionLimit, load_pack
 
 PACK = load_pack("ssb-23")
 PACK4 = load_pack("ssb-4x23")

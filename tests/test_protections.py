@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bms.config import PROTECTION_NAMES, ProtectionLimit, load_pack
 from bms.faults import PROTECTION_CODES, FaultCode, FaultTable, Severity
 from bms.protections import (
     INVALID,
@@ -20,6 +19,7 @@ from bms.protections import (
     ProtectionEngine,
     ProtectionInputs,
 )
+from boards.config import PROTECTION_NAMES, ProtectionLimit, load_pack
 
 PACK = load_pack("ssb-23")
 PACK4 = load_pack("ssb-4x23")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bms.config import load_board
+from boards.config import load_board
 from hil import cobs
 from hil.protocol import (
     INVALID_I32,

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from bms.config import load_board, load_pack
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.validation import LOAD_CELL_STUCK_SAMPLES, StackValidator
+from boards.config import load_board, load_pack
 from hil.scaling import Scaler
 
 PACK = load_pack("ssb-23")

@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bms.config import load_board, load_pack  # noqa: E402
 from bms.core import Core, Tuning  # noqa: E402
+from boards.config import load_board, load_pack  # noqa: E402
 from hil.emulator.plant import CurrentProfile, Plant  # noqa: E402
 from hil.protocol import FaultCode  # noqa: E402
 

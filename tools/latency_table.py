@@ -44,13 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bms.config import PackConfig, load_pack  # noqa: E402
 from bms.contactors import ContactorState  # noqa: E402
 from bms.controller import Controller  # noqa: E402
 from bms.emulators import EmulatorProcess, start_emulator  # noqa: E402
 from bms.faults import FaultCode, FaultRecord, Severity  # noqa: E402
 from bms.runlog import load_events, load_ticks  # noqa: E402
 from bms.validation import OPEN_TAP_DEVIATION_V  # noqa: E402
+from boards.config import PackConfig, load_pack  # noqa: E402
 from hil.protocol import FaultCode as Inject  # noqa: E402
 
 # Float tolerance on times built as tick_index * tick_s.

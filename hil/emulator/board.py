@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bms.config import BoardProfile, PackConfig, load_board
+from boards.config import BoardProfile, PackConfig, load_board
 from hil.emulator.faults import LINK_CODES, FaultCode, FaultError, LinkFaults, apply_link_fault
 from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, PlantTruth, SensorCounts
 from hil.emulator.scenario import Scenario, ScenarioRunner

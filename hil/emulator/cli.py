@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bms.config import ConfigError, load_board, load_pack
+from boards.config import ConfigError, load_board, load_pack
 from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer, serve_boards
 from hil.emulator.scenario import ScenarioError, load_scenario
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bms.config import BOLTZMANN_EV_PER_K, KELVIN_OFFSET, BoardProfile, PackConfig
+from boards.config import BOLTZMANN_EV_PER_K, KELVIN_OFFSET, BoardProfile, PackConfig
 from hil.emulator.faults import FaultCode, FaultError, PlantFaults
 
 DEFAULTS_PATH = Path(__file__).resolve().parent / "plant_defaults.yaml"
@@ -367,7 +367,7 @@ def default_params() -> PlantParams:
     return _DEFAULT_PARAMS[0]
 _NOISE_BATCH = 512
 _add_reduce = np.add.reduce
-# "c": the step and the sensor arithmetic in csrc/ssb_plant.c (through cffi, module bms._core);
+# "c": the step and the sensor arithmetic in csrc/ssb_plant.c (cffi module hil.emulator._plant);
 # "numpy": the NumPy implementation, kept as the reference the C engine is tested against.
 ENGINES = ("c", "numpy")
 _C_ERRORS = {-1: "a NULL pointer", -2: "a bad size",
@@ -410,7 +410,7 @@ class Plant:
         self.params = p = params if params is not None else default_params()
         n = self.n = self.stack.cells
         if board is None:
-            from bms.config import load_board
+            from boards.config import load_board
 
             board = load_board(self.stack.board)
         if board.cells != n:
@@ -764,12 +764,14 @@ class Plant:
     # outputs and faults is copied into fixed buffers by _sync_c (from _refresh_derived).
 
     def _setup_c(self) -> None:
-        from bms import _core  # built by pip install (setup.py cffi_modules)
+        try:
+            from hil.emulator import _plant  # built by pip install (setup.py cffi_modules)
+        except ImportError as exc:
+            raise RuntimeError("hil.emulator._plant is not built: rebuild it "
+                               "(pip install --no-build-isolation -e .) or use engine='numpy'"
+                               ) from exc
 
-        ffi, lib = _core.ffi, _core.lib
-        if not hasattr(lib, "ssb_plant_begin"):
-            raise RuntimeError("bms._core was built without csrc/ssb_plant.c: rebuild it "
-                               "(pip install --no-build-isolation -e .) or use engine='numpy'")
+        ffi, lib = _plant.ffi, _plant.lib
         n, m, k, p = self.n, self.m, self.k, self.params
         fx = self.pack.fixture
         sizes = (n, 3 * n, n + 3, n, n, n, n, m)

@@ -14,7 +14,7 @@
 #define N_LOAD_CELLS 4                 /* HX711 class, own SCK + DOUT each */
 #define SAMPLE_PERIOD_MS 100u          /* = sample_period_s in the board profile */
 /* Board watchdog: contactors open after this long without HEARTBEAT. Matches the pack file's
- * contactors.heartbeat_timeout_s (1.0 s, bms/packs/ssb-23.yaml). */
+ * contactors.heartbeat_timeout_s (1.0 s, boards/packs/ssb-23.yaml). */
 #define HEARTBEAT_TIMEOUT_MS 1000u
 /* LTC6811 ADCV/ADAX in normal mode (7 kHz): 2.3 ms for all cells (datasheet table 5, tCYCLE);
  * wait 3 whole ms of the 1 ms clock, i.e. at least 3 ms after the command. */

@@ -1,6 +1,8 @@
 /* Protocol v1 codec (docs/protocol.md): COBS framing, CRC-16/CCITT-FALSE, header, per-type
- * payload lengths, little-endian field helpers. Written from the spec alone; shares nothing with
- * the Python codec but the test vectors. No heap, fixed sizes, never reads past a buffer. */
+ * payload lengths, little-endian field helpers. Written from the spec alone, apart from the
+ * Python reference codec (hil/protocol.py, hil/cobs.py) but for the test vectors. The host runs
+ * this same file too: csrc/ssb_wire.c batches it in the hil._wire module. No heap, fixed sizes,
+ * never reads past a buffer. */
 #ifndef PROTO_H
 #define PROTO_H
 #include <stddef.h>
