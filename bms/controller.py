@@ -31,7 +31,8 @@ from bms.protections import PackProtections, ProtectionInputs
 from bms.runlog import RunLog, standard_columns
 from bms.validation import StackValidator, ValidatedStack
 from boards.config import BoardProfile, PackConfig, StackConfig, load_board
-from hil.client import BoardClient, LinkError
+from hil.client import BoardClient, BoardNackError
+from hil.link import BoardLostError, BoardTimeoutError, LinkError
 from hil.protocol import Measurement, Status
 from hil.scaling import Scaler
 
@@ -498,7 +499,7 @@ class Controller:
             s.misses += 1
             self.table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, s.index,
                                    momentary=True)
-            if not isinstance(exc, LinkError) or "lost" in type(exc).__name__.lower():
+            if not isinstance(exc, LinkError) or isinstance(exc, BoardLostError):
                 self._mark_lost(s, exc, t)
             return None
 
@@ -610,7 +611,7 @@ class Controller:
             s.client.wait_ack(seq)
             s.outputs_sent, s.outputs_sent_s = s.outputs_pending, t
         except LinkError as exc:
-            if type(exc).__name__ in ("BoardNackError", "BoardTimeoutError"):
+            if isinstance(exc, (BoardNackError, BoardTimeoutError)):
                 # The board refused (e.g. its watchdog tripped) or did not answer in time (a
                 # silent link: MEASUREMENT_LOST and SAFE cover it, as for a late SAMPLE): try
                 # again next tick. Marking it lost here would stop the SAMPLEs, and in the sim

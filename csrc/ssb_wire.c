@@ -7,11 +7,11 @@
 #include "proto.h"
 
 /* The record's result byte and the counts index are the firmware's result codes. */
-_Static_assert(SSB_WIRE_OK == PR_OK && SSB_WIRE_COBS == PR_COBS && SSB_WIRE_SHORT == PR_SHORT &&
-                   SSB_WIRE_CRC == PR_CRC && SSB_WIRE_LENGTH == PR_LENGTH &&
-                   SSB_WIRE_VERSION == PR_VERSION && SSB_WIRE_UNKNOWN_TYPE == PR_UNKNOWN_TYPE &&
-                   SSB_WIRE_PAYLOAD == PR_PAYLOAD && SSB_WIRE_OVERSIZE == PR_OVERSIZE &&
-                   SSB_WIRE_NCODES == PR_RESULT_COUNT,
+_Static_assert(SSB_WIRE_RES_OK == PR_OK && SSB_WIRE_RES_BAD_COBS == PR_COBS && SSB_WIRE_RES_TOO_SHORT == PR_SHORT &&
+                   SSB_WIRE_RES_BAD_CRC == PR_CRC && SSB_WIRE_RES_BAD_LENGTH == PR_LENGTH &&
+                   SSB_WIRE_RES_BAD_VERSION == PR_VERSION && SSB_WIRE_RES_UNKNOWN_TYPE == PR_UNKNOWN_TYPE &&
+                   SSB_WIRE_RES_BAD_PAYLOAD == PR_PAYLOAD && SSB_WIRE_RES_OVERSIZE == PR_OVERSIZE &&
+                   SSB_WIRE_RES_COUNT == PR_RESULT_COUNT,
                "ssb_wire result codes must equal enum proto_result");
 _Static_assert(SSB_WIRE_MAX_SEGMENT == PROTO_MAX_ENCODED, "segment limit is the spec's 250 B");
 _Static_assert(SSB_WIRE_REC_ROOM == 1 + PROTO_DECODE_BUF, "room = result byte + decode buffer");
@@ -44,7 +44,7 @@ int ssb_wire_scan(const char *buf, size_t n, size_t start, ssb_wire_scan_t *st, 
         if (st->dropping) {
             st->dropping = 0; /* the overlong run ends here; it is already counted */
         } else if (len > SSB_WIRE_MAX_SEGMENT) {
-            st->counts[SSB_WIRE_OVERSIZE]++;
+            st->counts[SSB_WIRE_RES_OVERSIZE]++;
             n_errors++;
         } else if (len > 0) {
             if (out_cap - used < SSB_WIRE_REC_ROOM) {
@@ -70,7 +70,7 @@ int ssb_wire_scan(const char *buf, size_t n, size_t start, ssb_wire_scan_t *st, 
         if (st->dropping) {
             start = n;
         } else if (n - start > SSB_WIRE_MAX_SEGMENT) {
-            st->counts[SSB_WIRE_OVERSIZE]++; /* counted once, dropped up to the next delimiter */
+            st->counts[SSB_WIRE_RES_OVERSIZE]++; /* counted once, dropped up to the next delimiter */
             n_errors++;
             st->dropping = 1;
             start = n;

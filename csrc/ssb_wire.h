@@ -23,16 +23,16 @@
 
 /* Result codes: the same values as the firmware's enum proto_result (checked at compile time in
  * ssb_wire.c); index into ssb_wire_scan_t.counts. */
-#define SSB_WIRE_OK 0
-#define SSB_WIRE_COBS 2
-#define SSB_WIRE_SHORT 3
-#define SSB_WIRE_CRC 4
-#define SSB_WIRE_LENGTH 5
-#define SSB_WIRE_VERSION 6
-#define SSB_WIRE_UNKNOWN_TYPE 7
-#define SSB_WIRE_PAYLOAD 8
-#define SSB_WIRE_OVERSIZE 9
-#define SSB_WIRE_NCODES 10
+#define SSB_WIRE_RES_OK 0
+#define SSB_WIRE_RES_BAD_COBS 2
+#define SSB_WIRE_RES_TOO_SHORT 3
+#define SSB_WIRE_RES_BAD_CRC 4
+#define SSB_WIRE_RES_BAD_LENGTH 5
+#define SSB_WIRE_RES_BAD_VERSION 6
+#define SSB_WIRE_RES_UNKNOWN_TYPE 7
+#define SSB_WIRE_RES_BAD_PAYLOAD 8
+#define SSB_WIRE_RES_OVERSIZE 9
+#define SSB_WIRE_RES_COUNT 10
 
 #define SSB_WIRE_MAX_SEGMENT 250 /* longest segment between delimiters that can be a frame */
 #define SSB_WIRE_REC_HEAD 7      /* result byte + 6-byte header */
@@ -55,7 +55,7 @@ typedef struct {
     uint8_t dropping;  /* in/out, kept across calls: discarding an oversize run up to the next
                           delimiter */
     uint8_t more;      /* out: stopped early because out was full; call again from pos */
-    uint32_t counts[SSB_WIRE_NCODES]; /* out: segments per result code in this call */
+    uint32_t counts[SSB_WIRE_RES_COUNT]; /* out: segments per result code in this call */
 } ssb_wire_scan_t;
 
 /* Scan buf[start .. n): for each 0x00 delimiter, the segment before it is dropped silently

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, NamedTuple
 from hil import cobs
 
 __all__ = [
-    "BoardKind", "Capability", "FaultCode", "FaultFlags", "MsgType", "NackError", "Outputs",
+    "BoardKind", "Capability", "InjectedFault", "FaultFlags", "MsgType", "NackError", "Outputs",
     "Status", "FrameErrorKind",
     "PROTOCOL_VERSION", "MAX_PAYLOAD", "MAX_DECODED", "MAX_ENCODED", "HEADER_SIZE", "CRC_SIZE",
     "INVALID_U16", "INVALID_I32", "MEASUREMENT_FIXED_SIZE",
@@ -122,7 +122,10 @@ class BoardKind(enum.IntEnum):
     SIMULATED_MCU = 2  # reference firmware on a simulated MCU
 
 
-class FaultCode(enum.IntEnum):
+class InjectedFault(enum.IntEnum):
+    """The faults the emulator can inject (FAULT_INJECT); distinct from the BMS's own fault codes
+    (bms.faults.FaultCode), which are what the BMS detects."""
+
     CLEAR_ALL = 0
     CELL_SOFT_SHORT = 1
     CELL_CONTACT_LOSS = 2
@@ -611,15 +614,24 @@ _REC_CAP = 16384  # record buffer per decoder: 66 records of a 23-cell MEASUREME
 _REC_HEAD = struct.Struct("<BBBHH")  # result, version, type, seq, length (csrc/ssb_wire.h)
 _ENC_CAP = MAX_ENCODED
 _ENC_POOL: list[tuple[Any, Any]] = []
-_KIND_FOR_CODE = {6: FrameErrorKind.VERSION, 7: FrameErrorKind.UNKNOWN_TYPE,
-                  8: FrameErrorKind.PAYLOAD}  # SSB_WIRE_VERSION, _UNKNOWN_TYPE, _PAYLOAD
-# (counts index, LinkCounters field) for every error code ssb_wire_scan counts.
-_COUNT_FIELDS = ((2, "cobs_errors"), (3, "short_errors"), (4, "crc_errors"),
-                 (5, "length_errors"), (6, "version_errors"), (7, "unknown_type"),
-                 (8, "payload_errors"), (9, "oversize"))
+# The C engine's result codes, read from hil._wire (csrc/ssb_wire.h is their one source):
+# the FrameError kind per decode-error code, and (counts index, LinkCounters field) for every
+# error code ssb_wire_scan counts.
+_KIND_FOR_CODE: dict[int, FrameErrorKind] = {}
+_COUNT_FIELDS: tuple[tuple[int, str], ...] = ()
 if _lib is not None:
+    _KIND_FOR_CODE = {_lib.SSB_WIRE_RES_BAD_VERSION: FrameErrorKind.VERSION,
+                      _lib.SSB_WIRE_RES_UNKNOWN_TYPE: FrameErrorKind.UNKNOWN_TYPE,
+                      _lib.SSB_WIRE_RES_BAD_PAYLOAD: FrameErrorKind.PAYLOAD}
+    _COUNT_FIELDS = ((_lib.SSB_WIRE_RES_BAD_COBS, "cobs_errors"),
+                     (_lib.SSB_WIRE_RES_TOO_SHORT, "short_errors"),
+                     (_lib.SSB_WIRE_RES_BAD_CRC, "crc_errors"),
+                     (_lib.SSB_WIRE_RES_BAD_LENGTH, "length_errors"),
+                     (_lib.SSB_WIRE_RES_BAD_VERSION, "version_errors"),
+                     (_lib.SSB_WIRE_RES_UNKNOWN_TYPE, "unknown_type"),
+                     (_lib.SSB_WIRE_RES_BAD_PAYLOAD, "payload_errors"),
+                     (_lib.SSB_WIRE_RES_OVERSIZE, "oversize"))
     assert _lib.SSB_WIRE_REC_HEAD == _REC_HEAD.size  # noqa: S101 (layout shared with C)
-    assert _lib.SSB_WIRE_VERSION == 6 and _lib.SSB_WIRE_PAYLOAD == 8  # noqa: S101
     assert _lib.SSB_WIRE_MAX_SEGMENT == _MAX_SEGMENT  # noqa: S101
 
 

@@ -32,7 +32,7 @@ from bms.contactors import ContactorState  # noqa: E402
 from bms.faults import FaultCode, Severity  # noqa: E402
 from bms.runlog import load_events  # noqa: E402
 from boards.config import load_pack  # noqa: E402
-from hil.protocol import FaultCode as Inject  # noqa: E402
+from hil.protocol import InjectedFault as Inject  # noqa: E402
 
 PACK = load_pack("ssb-23")
 TICK_S = PACK.controller.tick_s

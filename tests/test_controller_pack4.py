@@ -17,7 +17,7 @@ from latency_table import TIME_EPS_S, Bench  # noqa: E402
 from bms.contactors import ContactorState  # noqa: E402
 from bms.faults import FaultCode, Severity  # noqa: E402
 from boards.config import load_pack  # noqa: E402
-from hil.protocol import FaultCode as Inject  # noqa: E402
+from hil.protocol import InjectedFault as Inject  # noqa: E402
 
 PACK = load_pack("ssb-4x23")
 

@@ -28,10 +28,10 @@ from hil.emulator.scenario import load_scenario
 from hil.protocol import (
     BoardKind,
     Capability,
-    FaultCode,
     FrameDecoder,
     Hello,
     Info,
+    InjectedFault,
     Measurement,
     MsgType,
     Nack,
@@ -219,7 +219,7 @@ def test_precharge_over_the_link(client: BoardClient) -> None:
     r = SCALER.readings(client.sample(0.2))
     stack_v = r.cell_voltage_v.sum()
     assert r.bus_voltage_v == pytest.approx(stack_v * (1 - math.exp(-1)), rel=0.05)
-    client.inject_fault(FaultCode.PRECHARGE_FAIL)
+    client.inject_fault(InjectedFault.PRECHARGE_FAIL)
     client.heartbeat(1, 0)
     r = SCALER.readings(client.sample(0.8))
     assert r.bus_voltage_v < 0.05 * stack_v
@@ -239,47 +239,48 @@ def _sampled(c: BoardClient, seconds: float, dt: float = 1.0) -> Measurement:
 
 FAULT_CASES = [
     # (fault, target, value, check(readings before, readings after, raw after))
-    (FaultCode.CELL_SOFT_SHORT, 7, 2.0,
+    (InjectedFault.CELL_SOFT_SHORT, 7, 2.0,
      lambda b, a, m: a.cell_voltage_v[7] < np.delete(a.cell_voltage_v, 7).min() - 0.005),
-    (FaultCode.CELL_CONTACT_LOSS, 4, 0.6,
+    (InjectedFault.CELL_CONTACT_LOSS, 4, 0.6,
      lambda b, a, m: np.ptp(a.pressure_kpa) > np.ptp(b.pressure_kpa) + 60.0
      and a.cell_voltage_v[4] < np.delete(a.cell_voltage_v, 4).min()),
-    (FaultCode.GAS_SWELLING, 0xFF, 5.0,
+    (InjectedFault.GAS_SWELLING, 0xFF, 5.0,
      lambda b, a, m: np.mean(a.pressure_kpa) > np.mean(b.pressure_kpa) + 200.0),
-    (FaultCode.LOADCELL_STUCK, 1, 0.0,
+    (InjectedFault.LOADCELL_STUCK, 1, 0.0,
      lambda b, a, m: a.pressure_kpa[1] == b.pressure_kpa[1]
      and abs(a.pressure_kpa[0] - b.pressure_kpa[0]) > 5.0),
-    (FaultCode.LOADCELL_OFFSET, 2, 80.0,
+    (InjectedFault.LOADCELL_OFFSET, 2, 80.0,
      lambda b, a, m: a.pressure_kpa[2] - b.pressure_kpa[2] > 60.0),
-    (FaultCode.LOADCELL_OPEN, 3, 0.0,
+    (InjectedFault.LOADCELL_OPEN, 3, 0.0,
      lambda b, a, m: math.isnan(a.pressure_kpa[3]) and m.status & Status.SENSOR_ERROR),
-    (FaultCode.VTAP_OPEN, 10, 0.0, lambda b, a, m: a.cell_voltage_v[10] < 0.1),
-    (FaultCode.THERMISTOR_OPEN, 2, 0.0, lambda b, a, m: math.isnan(a.temperature_c[2])),
-    (FaultCode.THERMISTOR_SHORT, 4, 0.0, lambda b, a, m: math.isnan(a.temperature_c[4])),
-    (FaultCode.CURRENT_OFFSET, 0xFF, 1.5, lambda b, a, m: a.current_a - b.current_a > 1.4),
-    (FaultCode.COOLANT_LOSS, 0xFF, 0.0,
+    (InjectedFault.VTAP_OPEN, 10, 0.0, lambda b, a, m: a.cell_voltage_v[10] < 0.1),
+    (InjectedFault.THERMISTOR_OPEN, 2, 0.0, lambda b, a, m: math.isnan(a.temperature_c[2])),
+    (InjectedFault.THERMISTOR_SHORT, 4, 0.0, lambda b, a, m: math.isnan(a.temperature_c[4])),
+    (InjectedFault.CURRENT_OFFSET, 0xFF, 1.5, lambda b, a, m: a.current_a - b.current_a > 1.4),
+    (InjectedFault.COOLANT_LOSS, 0xFF, 0.0,
      lambda b, a, m: np.mean(a.temperature_c) > np.mean(b.temperature_c) + 1.0),
-    (FaultCode.LOAD_CURRENT, 0xFF, 12.0, lambda b, a, m: a.current_a == pytest.approx(12.0,
+    (InjectedFault.LOAD_CURRENT, 0xFF, 12.0, lambda b, a, m: a.current_a == pytest.approx(12.0,
                                                                                         abs=0.1)),
-    (FaultCode.AMBIENT_TEMP, 0xFF, 40.0, lambda b, a, m: np.all(a.temperature_c > 35.0)),
-    (FaultCode.CELL_HEAT, 0, 8.0, lambda b, a, m: a.temperature_c[0] > b.temperature_c[0] + 2.0),
+    (InjectedFault.AMBIENT_TEMP, 0xFF, 40.0, lambda b, a, m: np.all(a.temperature_c > 35.0)),
+    (InjectedFault.CELL_HEAT, 0, 8.0,
+     lambda b, a, m: a.temperature_c[0] > b.temperature_c[0] + 2.0),
 ]
 
 
 @pytest.mark.parametrize("fault,target,value,check", FAULT_CASES,
                          ids=[c[0].name for c in FAULT_CASES])
-def test_each_fault_is_visible_in_the_measurements(client: BoardClient, fault: FaultCode,
+def test_each_fault_is_visible_in_the_measurements(client: BoardClient, fault: InjectedFault,
                                                    target: int, value: float, check) -> None:
-    client.inject_fault(FaultCode.CURRENT_OFFSET, value=0.0)  # a FAULT_INJECT is ACKed
+    client.inject_fault(InjectedFault.CURRENT_OFFSET, value=0.0)  # a FAULT_INJECT is ACKed
     closed_client(client)
-    client.inject_fault(FaultCode.LOAD_CURRENT, value=-10.0)  # 2C: heat for thermal faults
+    client.inject_fault(InjectedFault.LOAD_CURRENT, value=-10.0)  # 2C: heat for thermal faults
     before = SCALER.readings(_sampled(client, 10.0))
-    if fault != FaultCode.LOAD_CURRENT:
+    if fault != InjectedFault.LOAD_CURRENT:
         client.inject_fault(fault, target, value)
     else:
         client.inject_fault(fault, value=value)
-    seconds = 1200.0 if fault in (FaultCode.COOLANT_LOSS, FaultCode.AMBIENT_TEMP,
-                                  FaultCode.CELL_HEAT) else 60.0
+    seconds = 1200.0 if fault in (InjectedFault.COOLANT_LOSS, InjectedFault.AMBIENT_TEMP,
+                                  InjectedFault.CELL_HEAT) else 60.0
     m = _sampled(client, seconds, 0.9)   # < 1 s: the board watchdog needs a beat per second
     after = SCALER.readings(m)
     assert check(before, after, m)
@@ -288,7 +289,7 @@ def test_each_fault_is_visible_in_the_measurements(client: BoardClient, fault: F
 
 def test_fault_inject_bad_target_is_nacked(client: BoardClient) -> None:
     with pytest.raises(BoardNackError) as exc:
-        client.inject_fault(FaultCode.CELL_SOFT_SHORT, 40, 1.0)
+        client.inject_fault(InjectedFault.CELL_SOFT_SHORT, 40, 1.0)
     assert exc.value.nack.error == NackError.BAD_VALUE
     with pytest.raises(BoardNackError):
         client.inject_fault(99)
@@ -297,7 +298,7 @@ def test_fault_inject_bad_target_is_nacked(client: BoardClient) -> None:
 def test_reboot_announces_new_boot_and_opens_contactors(client: BoardClient) -> None:
     closed_client(client)
     boot0 = client.info.boot_id
-    client.inject_fault(FaultCode.REBOOT)
+    client.inject_fault(InjectedFault.REBOOT)
     m = client.sample(0.1)   # the INFO (seq 0) arrives before this reply
     assert client.take_reset() and client.info.boot_id != boot0
     assert m.status & Status.JUST_BOOTED
@@ -309,13 +310,13 @@ def test_reboot_announces_new_boot_and_opens_contactors(client: BoardClient) -> 
 
 def test_link_drop_and_silence_make_the_client_time_out(emu: Running) -> None:
     with BoardClient(emu.path, PROFILE, timeout_s=0.2, retries=1) as c:
-        c.inject_fault(FaultCode.LINK_DROP, value=1.0)
+        c.inject_fault(InjectedFault.LINK_DROP, value=1.0)
         with pytest.raises(LinkError):
             c.sample(0.1)
         assert emu.board.counters.dropped_replies >= 2
         emu.board.link.clear()   # the board drops its own replies: clear it from its side
         c.sample(0.1)
-        c.inject_fault(FaultCode.LINK_SILENCE, value=0.5)   # board time
+        c.inject_fault(InjectedFault.LINK_SILENCE, value=0.5)   # board time
         with pytest.raises(LinkError):
             c.sample(0.3)        # 0.3 s, and the retry with dt 0: still silent
         m = c.sample(0.3)        # board time now past the silence
@@ -324,7 +325,7 @@ def test_link_drop_and_silence_make_the_client_time_out(emu: Running) -> None:
 
 def test_corrupted_bytes_are_survived(emu: Running) -> None:
     with BoardClient(emu.path, PROFILE, timeout_s=0.2, retries=5) as c:
-        c.inject_fault(FaultCode.LINK_CORRUPT, value=0.002)   # ~20 % of 100-byte frames hit
+        c.inject_fault(InjectedFault.LINK_CORRUPT, value=0.002)   # ~20 % of 100-byte frames hit
         ok = 0
         for _ in range(300):
             try:
@@ -442,7 +443,7 @@ def test_boot_info_is_sent_unsolicited(emu: Running) -> None:
         assert isinstance(_read_frames(port, dec, 1)[0].msg, Measurement)
         from hil.protocol import FaultInject
 
-        port.write(encode_frame(FaultInject(int(FaultCode.REBOOT)), 2))
+        port.write(encode_frame(FaultInject(int(InjectedFault.REBOOT)), 2))
         frames = _read_frames(port, dec, 2, skip_boot_info=False)
         infos = [f for f in frames if isinstance(f.msg, Info)]
         assert infos and infos[0].seq == 0
@@ -473,7 +474,7 @@ def _scripted_session(speculate: bool, truth: Path) -> tuple[bytes, str]:
         if k % 7 == 0:
             send(Heartbeat(2, k))
         if k == 400:
-            send(FaultInject(int(FaultCode.CELL_SOFT_SHORT), 3, 0, 5.0))
+            send(FaultInject(int(InjectedFault.CELL_SOFT_SHORT), 3, 0, 5.0))
         if k == 900:
             send(SetOutputs(int(CLOSED), 1 << 4, 10_000, 15_000))
         send(Sample(500_000 if k % 50 else 300_000))

@@ -31,12 +31,12 @@ from hil.protocol import (
     BoardKind,
     Capability,
     DecodedFrame,
-    FaultCode,
     FaultInject,
     FrameDecoder,
     Heartbeat,
     Hello,
     Info,
+    InjectedFault,
     Measurement,
     MsgType,
     Nack,
@@ -440,8 +440,8 @@ def test_set_outputs_ack_and_nack(make_board) -> None:
 def test_inject_fault_and_heartbeat(make_board) -> None:
     board, path = make_board()
     with client_for(path) as c:
-        c.inject_fault(FaultCode.CELL_SOFT_SHORT, target=4, value=50.0)
-        c.inject_fault(FaultCode.CELL_SOFT_SHORT, target=4, clear=True)
+        c.inject_fault(InjectedFault.CELL_SOFT_SHORT, target=4, value=50.0)
+        c.inject_fault(InjectedFault.CELL_SOFT_SHORT, target=4, clear=True)
         assert [f.msg for f in board.of_type(FaultInject)] == [
             FaultInject(1, 4, 0, 50.0), FaultInject(1, 4, 1, 0.0)]
         c.heartbeat(2, 123_456)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from boards.config import load_board, load_pack
-from hil.emulator.faults import FaultCode, FaultError, PlantFaults
+from hil.emulator.faults import FaultError, InjectedFault, PlantFaults
 from hil.emulator.plant import CcCvCharge, ConstantCurrent, CurrentProfile, Plant, PlantParams
 from hil.emulator.scenario import ScenarioError, ScenarioRunner, load_scenario
 from hil.emulator.truth import TruthWriter, truth_header
@@ -125,7 +125,7 @@ def test_load_obeys_limits_and_forced_current_does_not() -> None:
     plant.set_load(ConstantCurrent(-5.0))
     run(plant, 1.0)
     assert plant.truth().current_a == pytest.approx(-2.0, abs=0.01)
-    plant.inject_fault(FaultCode.LOAD_CURRENT, value=30.0)
+    plant.inject_fault(InjectedFault.LOAD_CURRENT, value=30.0)
     run(plant, 1.0)
     assert plant.truth().current_a == pytest.approx(30.0, abs=0.01)
 
@@ -175,7 +175,7 @@ def test_precharge_rc_and_precharge_fail() -> None:
     assert plant.truth().bus_voltage_v == pytest.approx(plant.truth().stack_voltage_v, abs=0.05)
 
     failing = make(soc=0.5)
-    failing.inject_fault(FaultCode.PRECHARGE_FAIL)
+    failing.inject_fault(InjectedFault.PRECHARGE_FAIL)
     failing.set_outputs(contactor_neg=True, precharge=True)
     run(failing, 2.0, 0.01)
     assert failing.truth().bus_voltage_v < 0.02 * v_stack
@@ -236,7 +236,7 @@ def test_soft_short_drains_and_warms_one_cell() -> None:
     plant = _fault_plant()
     plant.open_all()
     soc0 = plant.truth().soc.copy()
-    plant.inject_fault(FaultCode.CELL_SOFT_SHORT, 7, 10.0)
+    plant.inject_fault(InjectedFault.CELL_SOFT_SHORT, 7, 10.0)
     run(plant, 1800.0, 2.0)
     t = plant.truth()
     drop = soc0 - t.soc
@@ -252,7 +252,7 @@ def test_contact_loss_raises_resistance_drops_pressure_and_tilts() -> None:
     plant = _fault_plant()
     r0 = plant.truth().series_resistance_ohm[4]
     p0 = plant.truth().pressure_kpa
-    plant.inject_fault(FaultCode.CELL_CONTACT_LOSS, 4, 0.5)
+    plant.inject_fault(InjectedFault.CELL_CONTACT_LOSS, 4, 0.5)
     plant.step(0.1)
     t = plant.truth()
     assert t.series_resistance_ohm[4] > 1.5 * r0
@@ -266,10 +266,10 @@ def test_gas_swelling_ramps_pressure_and_clear_stops_the_ramp() -> None:
     plant = _fault_plant()
     plant.open_all()
     p0 = plant.truth().pressure_kpa
-    plant.inject_fault(FaultCode.GAS_SWELLING, value=5.0)
+    plant.inject_fault(InjectedFault.GAS_SWELLING, value=5.0)
     run(plant, 20.0)
     assert plant.truth().pressure_kpa - p0 == pytest.approx(100.0, rel=0.05)
-    plant.inject_fault(FaultCode.GAS_SWELLING, clear=True)
+    plant.inject_fault(InjectedFault.GAS_SWELLING, clear=True)
     p1 = plant.truth().pressure_kpa
     run(plant, 20.0)
     assert abs(plant.truth().pressure_kpa - p1) < 2.0   # the gas stays, the ramp stops
@@ -277,23 +277,23 @@ def test_gas_swelling_ramps_pressure_and_clear_stops_the_ramp() -> None:
 
 def test_load_cell_faults() -> None:
     plant = _fault_plant()
-    plant.inject_fault(FaultCode.LOADCELL_STUCK, 1)
+    plant.inject_fault(InjectedFault.LOADCELL_STUCK, 1)
     _, c0 = readings(plant)
-    plant.inject_fault(FaultCode.LOADCELL_OFFSET, 2, 50.0)
-    plant.inject_fault(FaultCode.LOADCELL_OPEN, 3)
+    plant.inject_fault(InjectedFault.LOADCELL_OFFSET, 2, 50.0)
+    plant.inject_fault(InjectedFault.LOADCELL_OPEN, 3)
     run(plant, 300.0)
     r, c = readings(plant)
     assert c.load_cell_raw[1] == c0.load_cell_raw[1]                   # stuck
     assert r.pressure_kpa[2] - r.pressure_kpa[0] > 30.0                # offset
     assert math.isnan(r.pressure_kpa[3]) and c.sensor_error            # open
-    plant.inject_fault(FaultCode.CLEAR_ALL)
+    plant.inject_fault(InjectedFault.CLEAR_ALL)
     r, c = readings(plant)
     assert not c.sensor_error and np.all(np.isfinite(r.pressure_kpa))
 
 
 def test_vtap_open_wire_moves_voltage_to_the_neighbour() -> None:
     plant = _fault_plant()
-    plant.inject_fault(FaultCode.VTAP_OPEN, 10)
+    plant.inject_fault(InjectedFault.VTAP_OPEN, 10)
     run(plant, 20.0)
     r, _ = readings(plant)
     t = plant.truth()
@@ -307,8 +307,8 @@ def test_vtap_open_wire_moves_voltage_to_the_neighbour() -> None:
 
 def test_thermistor_open_and_short() -> None:
     plant = _fault_plant()
-    plant.inject_fault(FaultCode.THERMISTOR_OPEN, 2)
-    plant.inject_fault(FaultCode.THERMISTOR_SHORT, 4)
+    plant.inject_fault(InjectedFault.THERMISTOR_OPEN, 2)
+    plant.inject_fault(InjectedFault.THERMISTOR_SHORT, 4)
     r, c = readings(plant)
     assert c.thermistor_raw[2] == 30000 and c.thermistor_raw[4] == 0
     assert math.isnan(r.temperature_c[2]) and math.isnan(r.temperature_c[4])
@@ -317,7 +317,7 @@ def test_thermistor_open_and_short() -> None:
 
 def test_current_offset_shows_in_the_reading_not_the_truth() -> None:
     plant = _fault_plant()
-    plant.inject_fault(FaultCode.CURRENT_OFFSET, value=0.8)
+    plant.inject_fault(InjectedFault.CURRENT_OFFSET, value=0.8)
     r, _ = readings(plant)
     assert r.current_a == pytest.approx(-4.2, abs=0.05)
     assert plant.truth().current_a == pytest.approx(-5.0, abs=0.01)
@@ -325,7 +325,7 @@ def test_current_offset_shows_in_the_reading_not_the_truth() -> None:
 
 def test_coolant_loss_heats_the_stack() -> None:
     cooled, lost = _fault_plant(), _fault_plant()
-    lost.inject_fault(FaultCode.COOLANT_LOSS)
+    lost.inject_fault(InjectedFault.COOLANT_LOSS)
     for plant in (cooled, lost):
         plant.set_load(ConstantCurrent(-10.0))
         run(plant, 1200.0, 2.0)
@@ -336,8 +336,8 @@ def test_coolant_loss_heats_the_stack() -> None:
 def test_ambient_and_cell_heat() -> None:
     plant = _fault_plant()
     plant.open_all()
-    plant.inject_fault(FaultCode.AMBIENT_TEMP, value=40.0)
-    plant.inject_fault(FaultCode.CELL_HEAT, 12, 5.0)
+    plant.inject_fault(InjectedFault.AMBIENT_TEMP, value=40.0)
+    plant.inject_fault(InjectedFault.CELL_HEAT, 12, 5.0)
     run(plant, 1800.0, 5.0)
     t = plant.truth()
     assert t.coolant_temperature_c > 39.0
@@ -349,14 +349,14 @@ def test_ambient_and_cell_heat() -> None:
 def test_bad_fault_targets_and_values_are_rejected() -> None:
     plant = make()
     with pytest.raises(FaultError):
-        plant.inject_fault(FaultCode.CELL_SOFT_SHORT, 23, 10.0)
+        plant.inject_fault(InjectedFault.CELL_SOFT_SHORT, 23, 10.0)
     with pytest.raises(FaultError):
-        plant.inject_fault(FaultCode.CELL_SOFT_SHORT, 0, float("nan"))
+        plant.inject_fault(InjectedFault.CELL_SOFT_SHORT, 0, float("nan"))
     with pytest.raises(FaultError):
-        plant.inject_fault(FaultCode.LINK_DROP, value=0.5)   # the board's business
+        plant.inject_fault(InjectedFault.LINK_DROP, value=0.5)   # the board's business
     f = PlantFaults(3, 1, 1)
     with pytest.raises(FaultError):
-        f.apply(FaultCode.THERMISTOR_OPEN, 1, 0.0, False, 0.0)
+        f.apply(InjectedFault.THERMISTOR_OPEN, 1, 0.0, False, 0.0)
 
 
 # --------------------------------------------------------------------------- scenarios, truth
@@ -407,7 +407,7 @@ def test_vtap_offset_moves_only_that_channel_not_the_cell() -> None:
     plant.step(0.1)
     before, _ = readings(plant)
     true_before = plant.truth().cell_voltage_v.copy()
-    plant.inject_fault(FaultCode.VTAP_OFFSET, 3, 0.5)
+    plant.inject_fault(InjectedFault.VTAP_OFFSET, 3, 0.5)
     plant.step(0.1)
     after, _ = readings(plant)
     shift = after.cell_voltage_v - before.cell_voltage_v
@@ -415,8 +415,8 @@ def test_vtap_offset_moves_only_that_channel_not_the_cell() -> None:
     assert np.abs(np.delete(shift, 3)).max() < 0.003
     assert np.allclose(plant.truth().cell_voltage_v, true_before, atol=1e-3)  # the cell is fine
     with pytest.raises(FaultError):
-        plant.inject_fault(FaultCode.VTAP_OFFSET, 3, 9.0)
-    plant.inject_fault(FaultCode.VTAP_OFFSET, 3, clear=True)
+        plant.inject_fault(InjectedFault.VTAP_OFFSET, 3, 9.0)
+    plant.inject_fault(InjectedFault.VTAP_OFFSET, 3, clear=True)
     plant.step(0.1)
     cleared, _ = readings(plant)
     assert cleared.cell_voltage_v[3] == pytest.approx(before.cell_voltage_v[3], abs=0.003)
@@ -424,7 +424,7 @@ def test_vtap_offset_moves_only_that_channel_not_the_cell() -> None:
 
 def test_contactor_weld_holds_the_contactor_closed_until_repaired() -> None:
     plant = make(seed=4)
-    plant.inject_fault(FaultCode.CONTACTOR_WELD, 0)           # POS welds at its next closing
+    plant.inject_fault(InjectedFault.CONTACTOR_WELD, 0)           # POS welds at its next closing
     plant.set_outputs(contactor_pos=False, contactor_neg=True)
     assert not plant.outputs.contactor_pos                     # not closed yet: nothing fused
     plant.set_outputs(contactor_pos=True, contactor_neg=True, precharge=True)
@@ -433,12 +433,12 @@ def test_contactor_weld_holds_the_contactor_closed_until_repaired() -> None:
     assert not plant.outputs.precharge
     assert plant.commanded.contactor_pos is False              # what was asked stays known
     with pytest.raises(FaultError):
-        plant.inject_fault(FaultCode.CONTACTOR_WELD, 2)
-    plant.inject_fault(FaultCode.CONTACTOR_WELD, 0, clear=True)  # repaired: the command holds
+        plant.inject_fault(InjectedFault.CONTACTOR_WELD, 2)
+    plant.inject_fault(InjectedFault.CONTACTOR_WELD, 0, clear=True)  # repaired: the command holds
     assert not plant.outputs.contactor_pos
-    plant.inject_fault(FaultCode.CONTACTOR_WELD, 1)
+    plant.inject_fault(InjectedFault.CONTACTOR_WELD, 1)
     plant.set_outputs(contactor_neg=True)
-    plant.inject_fault(FaultCode.CLEAR_ALL)
+    plant.inject_fault(InjectedFault.CLEAR_ALL)
     plant.set_outputs()
     assert not plant.outputs.contactor_neg
 
@@ -458,12 +458,12 @@ def test_step_caches_follow_dt_outputs_faults_and_ambient() -> None:
     for p in (cached, fresh):
         p.set_load(ConstantCurrent(-6.0))
     events = {
-        3: lambda p: p.inject_fault(FaultCode.CELL_CONTACT_LOSS, 4, 0.5),
+        3: lambda p: p.inject_fault(InjectedFault.CELL_CONTACT_LOSS, 4, 0.5),
         5: lambda p: closed(p, mask=0b1001),
-        7: lambda p: p.inject_fault(FaultCode.CELL_SOFT_SHORT, 9, 20.0),
+        7: lambda p: p.inject_fault(InjectedFault.CELL_SOFT_SHORT, 9, 20.0),
         9: lambda p: p.set_ambient(40.0),
-        11: lambda p: p.inject_fault(FaultCode.COOLANT_LOSS),
-        13: lambda p: p.inject_fault(FaultCode.CLEAR_ALL),
+        11: lambda p: p.inject_fault(InjectedFault.COOLANT_LOSS),
+        13: lambda p: p.inject_fault(InjectedFault.CLEAR_ALL),
     }
     r_before = None
     for i, dt_s in enumerate([0.1, 0.1, 0.25, 0.1, 1.0, 0.1, 0.1, 0.5, 0.1, 0.1, 0.1, 0.2, 0.1,

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from boards.config import load_board, load_pack
-from hil.emulator.faults import LINK_CODES, FaultCode
+from hil.emulator.faults import LINK_CODES, InjectedFault
 from hil.emulator.plant import (
     CcCvCharge,
     ConstantCurrent,
@@ -212,37 +212,37 @@ def test_drive_profile_with_variable_steps() -> None:
 # --------------------------------------------------------------------------- faults
 
 PLANT_FAULTS = {  # code -> (target, value)
-    FaultCode.CELL_SOFT_SHORT: (7, 5.0),
-    FaultCode.CELL_CONTACT_LOSS: (3, 0.6),
-    FaultCode.GAS_SWELLING: (0xFF, 3.0),
-    FaultCode.LOADCELL_STUCK: (1, 0.0),
-    FaultCode.LOADCELL_OFFSET: (2, 150.0),
-    FaultCode.LOADCELL_OPEN: (0, 0.0),
-    FaultCode.VTAP_OPEN: (10, 0.0),
-    FaultCode.VTAP_OFFSET: (4, 0.3),
-    FaultCode.CONTACTOR_WELD: (0, 0.0),
-    FaultCode.THERMISTOR_OPEN: (2, 0.0),
-    FaultCode.THERMISTOR_SHORT: (4, 0.0),
-    FaultCode.CURRENT_OFFSET: (0xFF, 0.7),
-    FaultCode.COOLANT_LOSS: (0xFF, 0.0),
-    FaultCode.PRECHARGE_FAIL: (0xFF, 0.0),
-    FaultCode.LOAD_CURRENT: (0xFF, -25.0),
-    FaultCode.AMBIENT_TEMP: (0xFF, 48.0),
-    FaultCode.CELL_HEAT: (12, 2.5),
+    InjectedFault.CELL_SOFT_SHORT: (7, 5.0),
+    InjectedFault.CELL_CONTACT_LOSS: (3, 0.6),
+    InjectedFault.GAS_SWELLING: (0xFF, 3.0),
+    InjectedFault.LOADCELL_STUCK: (1, 0.0),
+    InjectedFault.LOADCELL_OFFSET: (2, 150.0),
+    InjectedFault.LOADCELL_OPEN: (0, 0.0),
+    InjectedFault.VTAP_OPEN: (10, 0.0),
+    InjectedFault.VTAP_OFFSET: (4, 0.3),
+    InjectedFault.CONTACTOR_WELD: (0, 0.0),
+    InjectedFault.THERMISTOR_OPEN: (2, 0.0),
+    InjectedFault.THERMISTOR_SHORT: (4, 0.0),
+    InjectedFault.CURRENT_OFFSET: (0xFF, 0.7),
+    InjectedFault.COOLANT_LOSS: (0xFF, 0.0),
+    InjectedFault.PRECHARGE_FAIL: (0xFF, 0.0),
+    InjectedFault.LOAD_CURRENT: (0xFF, -25.0),
+    InjectedFault.AMBIENT_TEMP: (0xFF, 48.0),
+    InjectedFault.CELL_HEAT: (12, 2.5),
 }
 
 
 def test_every_plant_fault_is_in_the_table() -> None:
-    plant_codes = set(FaultCode) - set(LINK_CODES) - {FaultCode.CLEAR_ALL}
+    plant_codes = set(InjectedFault) - set(LINK_CODES) - {InjectedFault.CLEAR_ALL}
     assert plant_codes == set(PLANT_FAULTS)
 
 
 @pytest.mark.parametrize("code", list(PLANT_FAULTS), ids=lambda c: c.name)
-def test_each_plant_fault_injected_and_cleared(code: FaultCode) -> None:
+def test_each_plant_fault_injected_and_cleared(code: InjectedFault) -> None:
     target, value = PLANT_FAULTS[code]
     rng = np.random.default_rng(int(code))
     pair = Pair(seed=int(code), soc=0.7)
-    if code == FaultCode.PRECHARGE_FAIL:
+    if code == InjectedFault.PRECHARGE_FAIL:
         pair.do("set_outputs", contactor_neg=True, precharge=True)
     else:
         closed(pair, mask=0b101 << 5)
@@ -250,7 +250,7 @@ def test_each_plant_fault_injected_and_cleared(code: FaultCode) -> None:
     pair.run(100, rng=rng)
     pair.do("inject_fault", code, target, value)
     pair.run(500, rng=rng, check_every=10)
-    if code == FaultCode.CONTACTOR_WELD:  # the welded contactor stays closed
+    if code == InjectedFault.CONTACTOR_WELD:  # the welded contactor stays closed
         pair.do("open_all")
         assert pair.c.outputs == pair.ref.outputs and pair.c.outputs.contactor_pos
         pair.run(100, rng=rng, check_every=10)
@@ -273,12 +273,12 @@ def test_faults_tour_scenario_and_several_faults_at_once() -> None:
             pair.check()
     # pile up: several cells, sensors and the coolant at once, then clear all
     for code, (target, value) in PLANT_FAULTS.items():
-        if code not in (FaultCode.PRECHARGE_FAIL, FaultCode.LOAD_CURRENT):
+        if code not in (InjectedFault.PRECHARGE_FAIL, InjectedFault.LOAD_CURRENT):
             pair.do("inject_fault", code, target, value)
-    pair.do("inject_fault", FaultCode.CELL_SOFT_SHORT, 19, 40.0)
-    pair.do("inject_fault", FaultCode.CELL_CONTACT_LOSS, 20, 0.3)
+    pair.do("inject_fault", InjectedFault.CELL_SOFT_SHORT, 19, 40.0)
+    pair.do("inject_fault", InjectedFault.CELL_CONTACT_LOSS, 20, 0.3)
     pair.run(600, rng=np.random.default_rng(2), check_every=10)
-    pair.do("inject_fault", FaultCode.CLEAR_ALL)
+    pair.do("inject_fault", InjectedFault.CLEAR_ALL)
     pair.run(300, rng=np.random.default_rng(3), check_every=10)
     pair.finish()
 
@@ -304,7 +304,7 @@ def test_other_stack_sizes(n: int, k: int, m: int) -> None:
     pair = Pair(seed=n, soc=0.6, pack=pack, board=board)
     closed(pair, mask=rand_mask(rng, min(n, 60)))  # set_outputs: masks up to 63 bits
     pair.set_load(lambda: ConstantCurrent(-3.0))
-    pair.do("inject_fault", FaultCode.CELL_SOFT_SHORT, n - 1, 20.0)
+    pair.do("inject_fault", InjectedFault.CELL_SOFT_SHORT, n - 1, 20.0)
     pair.run(800, rng=rng)
     pair.finish()
 
@@ -392,11 +392,11 @@ def test_ambient_and_coolant_changes_at_a_fixed_step() -> None:
     pair.run(100, dt_s=0.1)
     pair.do("set_ambient", 40.0)
     pair.run(200, dt_s=0.1)
-    pair.do("inject_fault", FaultCode.AMBIENT_TEMP, 0xFF, -5.0)
+    pair.do("inject_fault", InjectedFault.AMBIENT_TEMP, 0xFF, -5.0)
     pair.run(200, dt_s=0.1)
-    pair.do("inject_fault", FaultCode.COOLANT_LOSS)
+    pair.do("inject_fault", InjectedFault.COOLANT_LOSS)
     pair.run(200, dt_s=0.1)
-    pair.do("inject_fault", FaultCode.AMBIENT_TEMP, clear=True)
-    pair.do("inject_fault", FaultCode.COOLANT_LOSS, clear=True)
+    pair.do("inject_fault", InjectedFault.AMBIENT_TEMP, clear=True)
+    pair.do("inject_fault", InjectedFault.COOLANT_LOSS, clear=True)
     pair.run(200, dt_s=0.1)
     pair.finish()

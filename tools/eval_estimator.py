@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bms.core import Core, Tuning  # noqa: E402
 from boards.config import load_board, load_pack  # noqa: E402
 from hil.emulator.plant import CurrentProfile, Plant  # noqa: E402
-from hil.protocol import FaultCode  # noqa: E402
+from hil.protocol import InjectedFault  # noqa: E402
 
 UDDS_CSV = ROOT / "hil" / "scenarios" / "udds-current.csv"
 
@@ -78,7 +78,7 @@ def run(minutes: float = 60.0, fusion: bool = True, short_ohm: float | None = No
         if k % 10 == 0:
             plant.set_ambient(25.0 + 10.0 * math.sin(2 * math.pi * t_s / 2400.0))
         if short_ohm is not None and abs(t_s - short_at_s) < dt_s / 2:
-            plant.inject_fault(FaultCode.CELL_SOFT_SHORT, short_cell, short_ohm)
+            plant.inject_fault(InjectedFault.CELL_SOFT_SHORT, short_cell, short_ohm)
         plant.step(dt_s)
         c = plant.sensor_counts()
         v = np.asarray(c.cell_raw, dtype=float) * board.cell_lsb_v + board.cell_offset_v

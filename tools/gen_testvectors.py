@@ -26,7 +26,6 @@ from hil.protocol import (  # noqa: E402
     Ack,
     BoardKind,
     Capability,
-    FaultCode,
     FaultFlags,
     FaultInject,
     FrameDecoder,
@@ -34,6 +33,7 @@ from hil.protocol import (  # noqa: E402
     Heartbeat,
     Hello,
     Info,
+    InjectedFault,
     Measurement,
     MsgType,
     Nack,
@@ -148,12 +148,12 @@ def valid_vectors() -> list[tuple[str, Any, int]]:
         ("nack_bad_version", Nack(MsgType.HELLO, NackError.BAD_VERSION, 1), 2),
         ("nack_unsupported", Nack(MsgType.FAULT_INJECT, NackError.UNSUPPORTED, 0), 13),
         ("nack_unreadable_state", Nack(0, NackError.STATE, 0xFFFF), 14),
-        ("fault_soft_short", FaultInject(FaultCode.CELL_SOFT_SHORT, 7, 0, 100.0), 15),
-        ("fault_clear_contact_loss", FaultInject(FaultCode.CELL_CONTACT_LOSS, 22,
+        ("fault_soft_short", FaultInject(InjectedFault.CELL_SOFT_SHORT, 7, 0, 100.0), 15),
+        ("fault_clear_contact_loss", FaultInject(InjectedFault.CELL_CONTACT_LOSS, 22,
                                                  FaultFlags.CLEAR, 0.25), 16),
-        ("fault_current_offset_negative", FaultInject(FaultCode.CURRENT_OFFSET, 0xFF, 0, -0.5),
+        ("fault_current_offset_negative", FaultInject(InjectedFault.CURRENT_OFFSET, 0xFF, 0, -0.5),
          17),
-        ("fault_clear_all", FaultInject(FaultCode.CLEAR_ALL), 18),
+        ("fault_clear_all", FaultInject(InjectedFault.CLEAR_ALL), 18),
     ]
 
 

@@ -51,7 +51,7 @@ from bms.faults import FaultCode, FaultRecord, Severity  # noqa: E402
 from bms.runlog import load_events, load_ticks  # noqa: E402
 from bms.validation import OPEN_TAP_DEVIATION_V  # noqa: E402
 from boards.config import PackConfig, load_pack  # noqa: E402
-from hil.protocol import FaultCode as Inject  # noqa: E402
+from hil.protocol import InjectedFault as Inject  # noqa: E402
 
 # Float tolerance on times built as tick_index * tick_s.
 TIME_EPS_S = 1e-6

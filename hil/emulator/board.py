@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from boards.config import BoardProfile, PackConfig, load_board
-from hil.emulator.faults import LINK_CODES, FaultCode, FaultError, LinkFaults, apply_link_fault
+from hil.emulator.faults import LINK_CODES, FaultError, InjectedFault, LinkFaults, apply_link_fault
 from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, PlantTruth, SensorCounts
 from hil.emulator.scenario import Scenario, ScenarioRunner
 from hil.emulator.truth import TruthWriter
@@ -170,16 +170,16 @@ class EmulatedBoard:
                     p.load_cells, int(round(self.heartbeat_timeout_s * 1000)), self.capabilities,
                     self.boot_id, self.board_id)
 
-    def _inject(self, code: FaultCode, target: int, value: float, clear: bool) -> None:
+    def _inject(self, code: InjectedFault, target: int, value: float, clear: bool) -> None:
         """Route a fault: link faults and REBOOT to the board, the rest to the plant."""
-        code = FaultCode(code)
-        if code == FaultCode.REBOOT:
+        code = InjectedFault(code)
+        if code == InjectedFault.REBOOT:
             if not clear:
                 self.reboot()
         elif code in LINK_CODES:
             apply_link_fault(self.link, code, value, clear, self.board_time_s)
         else:
-            if code == FaultCode.CLEAR_ALL:
+            if code == InjectedFault.CLEAR_ALL:
                 self.link.clear()
             self.plant.inject_fault(code, target, value, clear)
 
@@ -327,7 +327,7 @@ class EmulatedBoard:
                 self._nack(MsgType.HELLO, NackError.BAD_VERSION, seq, PROTOCOL_VERSION)
         elif isinstance(msg, FaultInject):
             try:
-                code = FaultCode(msg.fault)
+                code = InjectedFault(msg.fault)
             except ValueError:
                 self._nack(MsgType.FAULT_INJECT, NackError.BAD_VALUE, seq)
                 return
@@ -336,7 +336,7 @@ class EmulatedBoard:
                 # Link faults start after their ACK: a host can always learn that the fault
                 # is on (a dropped ACK would look like the fault never arrived).
                 try:
-                    if code != FaultCode.REBOOT:
+                    if code != InjectedFault.REBOOT:
                         apply_link_fault(self.link, code, float(msg.value), clear,
                                          self.board_time_s)
                 except FaultError:
@@ -349,7 +349,7 @@ class EmulatedBoard:
                 self._send(Ack(int(MsgType.FAULT_INJECT)), seq)
                 (self.link.drop_probability, self.link.corrupt_probability,
                  self.link.silence_until_s) = saved
-                if code == FaultCode.REBOOT and not clear:
+                if code == InjectedFault.REBOOT and not clear:
                     self.reboot()
                 return
             try:

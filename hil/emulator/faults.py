@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hil.protocol import FaultCode
+from hil.protocol import InjectedFault
 
 # Codes the board server handles itself; everything else goes to the plant.
 LINK_CODES = frozenset(
-    {FaultCode.LINK_DROP, FaultCode.LINK_CORRUPT, FaultCode.LINK_SILENCE, FaultCode.REBOOT}
+    {InjectedFault.LINK_DROP, InjectedFault.LINK_CORRUPT, InjectedFault.LINK_SILENCE,
+     InjectedFault.REBOOT}
 )
 NO_TARGET = 0xFF
 
@@ -30,16 +31,16 @@ class FaultError(ValueError):
     """A FAULT_INJECT with a bad target or value; the board answers NACK BAD_VALUE."""
 
 
-def fault_code(name_or_code: str | int) -> FaultCode:
-    """FaultCode from its name (``"CELL_SOFT_SHORT"``, case-insensitive) or its number."""
+def fault_code(name_or_code: str | int) -> InjectedFault:
+    """InjectedFault from its name (``"CELL_SOFT_SHORT"``, case-insensitive) or its number."""
     if isinstance(name_or_code, str):
         try:
-            return FaultCode[name_or_code.strip().upper()]
+            return InjectedFault[name_or_code.strip().upper()]
         except KeyError:
-            names = ", ".join(c.name for c in FaultCode)
+            names = ", ".join(c.name for c in InjectedFault)
             raise FaultError(f"unknown fault {name_or_code!r}; one of {names}") from None
     try:
-        return FaultCode(int(name_or_code))
+        return InjectedFault(int(name_or_code))
     except ValueError:
         raise FaultError(f"unknown fault code {name_or_code!r}") from None
 
@@ -113,87 +114,88 @@ class PlantFaults:
             or self.cell_heat_w.any()
         )
 
-    def _index(self, code: FaultCode, target: int, count: int, what: str) -> int:
+    def _index(self, code: InjectedFault, target: int, count: int, what: str) -> int:
         if not 0 <= target < count:
             raise FaultError(f"{code.name}: target {target} is not a {what} index (0..{count - 1})")
         return target
 
     @staticmethod
-    def _finite(code: FaultCode, value: float, lo: float, hi: float) -> float:
+    def _finite(code: InjectedFault, value: float, lo: float, hi: float) -> float:
         if not math.isfinite(value) or not lo <= value <= hi:
             raise FaultError(f"{code.name}: value {value!r} outside [{lo}, {hi}]")
         return float(value)
 
-    def apply(self, code: FaultCode, target: int, value: float, clear: bool, now_s: float) -> None:
+    def apply(self, code: InjectedFault, target: int, value: float, clear: bool,
+              now_s: float) -> None:
         """Add (or, with clear, remove) one plant fault. Raises FaultError on a bad target/value."""
-        c = FaultCode(code)
-        if c == FaultCode.CLEAR_ALL:
+        c = InjectedFault(code)
+        if c == InjectedFault.CLEAR_ALL:
             self.clear_all()
-        elif c == FaultCode.CELL_SOFT_SHORT:
+        elif c == InjectedFault.CELL_SOFT_SHORT:
             i = self._index(c, target, self.n_cells, "cell")
             # 1 mOhm .. 1 MOhm: below ~1 mOhm the short is a hard short, not a soft one.
             self.soft_short_ohm[i] = np.inf if clear else self._finite(c, value, 1e-3, 1e6)
-        elif c == FaultCode.CELL_CONTACT_LOSS:
+        elif c == InjectedFault.CELL_CONTACT_LOSS:
             i = self._index(c, target, self.n_cells, "cell")
             # Capped at 0.95: a cell with no contact at all is an open string, not modelled.
             self.contact_loss[i] = 0.0 if clear else min(self._finite(c, value, 0.0, 1.0), 0.95)
-        elif c == FaultCode.GAS_SWELLING:
+        elif c == InjectedFault.GAS_SWELLING:
             self.gas_ramp_kpa_per_s = 0.0 if clear else self._finite(c, value, -1e4, 1e4)
-        elif c == FaultCode.LOADCELL_STUCK:
+        elif c == InjectedFault.LOADCELL_STUCK:
             j = self._index(c, target, self.n_load_cells, "load cell")
             self.loadcell_stuck[j] = not clear
-        elif c == FaultCode.LOADCELL_OFFSET:
+        elif c == InjectedFault.LOADCELL_OFFSET:
             j = self._index(c, target, self.n_load_cells, "load cell")
             self.loadcell_offset_kpa[j] = 0.0 if clear else self._finite(c, value, -1e5, 1e5)
-        elif c == FaultCode.LOADCELL_OPEN:
+        elif c == InjectedFault.LOADCELL_OPEN:
             j = self._index(c, target, self.n_load_cells, "load cell")
             self.loadcell_open[j] = not clear
-        elif c == FaultCode.VTAP_OPEN:
+        elif c == InjectedFault.VTAP_OPEN:
             i = self._index(c, target, self.n_cells, "cell")
             self.vtap_open_since_s[i] = np.nan if clear else now_s
-        elif c == FaultCode.VTAP_OFFSET:
+        elif c == InjectedFault.VTAP_OFFSET:
             i = self._index(c, target, self.n_cells, "cell")
             self.vtap_offset_v[i] = 0.0 if clear else self._finite(c, value, -5.0, 5.0)
-        elif c == FaultCode.CONTACTOR_WELD:
+        elif c == InjectedFault.CONTACTOR_WELD:
             # target 0 = POS, 1 = NEG. Welded: it closes when commanded and then cannot open
             # (contacts fused by an arc at closing or a short-circuit current).
             self.contactor_welded[self._index(c, target, 2, "contactor (0 POS, 1 NEG)")] = \
                 not clear
-        elif c == FaultCode.THERMISTOR_OPEN:
+        elif c == InjectedFault.THERMISTOR_OPEN:
             j = self._index(c, target, self.n_thermistors, "thermistor")
             self.thermistor_open[j] = not clear
-        elif c == FaultCode.THERMISTOR_SHORT:
+        elif c == InjectedFault.THERMISTOR_SHORT:
             j = self._index(c, target, self.n_thermistors, "thermistor")
             self.thermistor_short[j] = not clear
-        elif c == FaultCode.CURRENT_OFFSET:
+        elif c == InjectedFault.CURRENT_OFFSET:
             self.current_offset_a = 0.0 if clear else self._finite(c, value, -1e4, 1e4)
-        elif c == FaultCode.COOLANT_LOSS:
+        elif c == InjectedFault.COOLANT_LOSS:
             self.coolant_lost = not clear
-        elif c == FaultCode.PRECHARGE_FAIL:
+        elif c == InjectedFault.PRECHARGE_FAIL:
             self.precharge_fail = not clear
-        elif c == FaultCode.LOAD_CURRENT:
+        elif c == InjectedFault.LOAD_CURRENT:
             self.forced_current_a = None if clear else self._finite(c, value, -1e4, 1e4)
-        elif c == FaultCode.AMBIENT_TEMP:
+        elif c == InjectedFault.AMBIENT_TEMP:
             self.ambient_override_c = None if clear else self._finite(c, value, -60.0, 150.0)
-        elif c == FaultCode.CELL_HEAT:
+        elif c == InjectedFault.CELL_HEAT:
             i = self._index(c, target, self.n_cells, "cell")
             self.cell_heat_w[i] = 0.0 if clear else self._finite(c, value, -1e3, 1e3)
         elif c in LINK_CODES:
             raise FaultError(f"{c.name} is a link fault: the board server handles it")
-        else:  # pragma: no cover - every FaultCode is handled above
+        else:  # pragma: no cover - every InjectedFault is handled above
             raise FaultError(f"unhandled fault {c.name}")
 
 
 def apply_link_fault(
-    link: LinkFaults, code: FaultCode, value: float, clear: bool, now_s: float
+    link: LinkFaults, code: InjectedFault, value: float, clear: bool, now_s: float
 ) -> None:
     """Add or remove a link fault (REBOOT is an event; the board handles it itself)."""
-    c = FaultCode(code)
-    if c == FaultCode.LINK_DROP:
+    c = InjectedFault(code)
+    if c == InjectedFault.LINK_DROP:
         link.drop_probability = 0.0 if clear else PlantFaults._finite(c, value, 0.0, 1.0)
-    elif c == FaultCode.LINK_CORRUPT:
+    elif c == InjectedFault.LINK_CORRUPT:
         link.corrupt_probability = 0.0 if clear else PlantFaults._finite(c, value, 0.0, 1.0)
-    elif c == FaultCode.LINK_SILENCE:
+    elif c == InjectedFault.LINK_SILENCE:
         link.silence_until_s = -math.inf if clear else (
             now_s + PlantFaults._finite(c, value, 0.0, 86400.0))
     else:

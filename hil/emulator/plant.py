@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from boards.config import BOLTZMANN_EV_PER_K, KELVIN_OFFSET, BoardProfile, PackConfig
-from hil.emulator.faults import FaultCode, FaultError, PlantFaults
+from hil.emulator.faults import FaultError, InjectedFault, PlantFaults
 
 DEFAULTS_PATH = Path(__file__).resolve().parent / "plant_defaults.yaml"
 INVALID_U16 = 0xFFFF
@@ -586,12 +586,12 @@ class Plant:
         if self._c is not None:
             self._c.th_dt = math.nan  # the step's thermal matrices depend on the ambient
 
-    def inject_fault(self, code: FaultCode | int, target: int = 0xFF, value: float = 0.0,
+    def inject_fault(self, code: InjectedFault | int, target: int = 0xFF, value: float = 0.0,
                      clear: bool = False) -> None:
         """Add or remove a plant fault (docs/protocol.md FAULT_INJECT). Raises FaultError."""
-        self.faults.apply(FaultCode(code), target, value, clear, self.t_s)
+        self.faults.apply(InjectedFault(code), target, value, clear, self.t_s)
         f = self.faults
-        if code == FaultCode.CLEAR_ALL or (code == FaultCode.CONTACTOR_WELD and clear):
+        if code == InjectedFault.CLEAR_ALL or (code == InjectedFault.CONTACTOR_WELD and clear):
             # repaired: the last command holds again
             self.set_outputs(**asdict(self.commanded))
         self._heat_fault_any = bool(np.isfinite(f.soft_short_ohm).any() or f.cell_heat_w.any())

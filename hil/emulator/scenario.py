@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from hil.emulator.faults import FaultCode, FaultError, fault_code
+from hil.emulator.faults import FaultError, InjectedFault, fault_code
 from hil.emulator.plant import CcCvCharge, ConstantCurrent, CurrentProfile, Load, Plant, Rest
 
 SCENARIO_SCHEMA = "ssb-bms/scenario/1"
@@ -86,7 +86,7 @@ class Segment:
 @dataclass(frozen=True)
 class FaultEvent:
     at_s: float
-    code: FaultCode
+    code: InjectedFault
     target: int = 0xFF
     value: float = 0.0
     clear: bool = False
@@ -235,7 +235,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     )
 
 
-Injector = Callable[[FaultCode, int, float, bool], None]
+Injector = Callable[[InjectedFault, int, float, bool], None]
 
 
 @dataclass

@@ -72,7 +72,7 @@ static size_t add_piece(uint8_t *buf, size_t n, size_t cap)
 }
 
 typedef struct {
-    uint32_t counts[SSB_WIRE_NCODES];
+    uint32_t counts[SSB_WIRE_RES_COUNT];
     uint32_t n_rec;
     uint8_t rec_code[8192];
     uint16_t rec_seq[8192];
@@ -87,8 +87,8 @@ static void walk(const uint8_t *out, const ssb_wire_scan_t *st, int n_rec, size_
     for (int i = 0; i < n_rec; i++) {
         CHECK(off + SSB_WIRE_REC_HEAD <= st->used);
         uint8_t code = out[off];
-        CHECK(code == SSB_WIRE_OK || code == SSB_WIRE_VERSION ||
-              code == SSB_WIRE_UNKNOWN_TYPE || code == SSB_WIRE_PAYLOAD);
+        CHECK(code == SSB_WIRE_RES_OK || code == SSB_WIRE_RES_BAD_VERSION ||
+              code == SSB_WIRE_RES_UNKNOWN_TYPE || code == SSB_WIRE_RES_BAD_PAYLOAD);
         uint16_t len = get_u16(out + off + 5);
         CHECK(len <= PROTO_MAX_PAYLOAD);
         if (t->n_rec < 8192) {
@@ -100,12 +100,12 @@ static void walk(const uint8_t *out, const ssb_wire_scan_t *st, int n_rec, size_
     }
     CHECK(off == st->used);
     uint32_t errors = 0, returned = 0;
-    for (int c = 0; c < SSB_WIRE_NCODES; c++) {
+    for (int c = 0; c < SSB_WIRE_RES_COUNT; c++) {
         t->counts[c] += st->counts[c];
-        if (c != SSB_WIRE_OK)
+        if (c != SSB_WIRE_RES_OK)
             errors += st->counts[c];
-        if (c == SSB_WIRE_OK || c == SSB_WIRE_VERSION || c == SSB_WIRE_UNKNOWN_TYPE ||
-            c == SSB_WIRE_PAYLOAD)
+        if (c == SSB_WIRE_RES_OK || c == SSB_WIRE_RES_BAD_VERSION || c == SSB_WIRE_RES_UNKNOWN_TYPE ||
+            c == SSB_WIRE_RES_BAD_PAYLOAD)
             returned += st->counts[c];
     }
     CHECK(st->counts[1] == 0); /* PR_EMPTY: empty segments are not counted */
@@ -231,7 +231,7 @@ static void test_encode_and_unpack(void)
         ssb_wire_scan_t st;
         memset(&st, 0, sizeof st);
         CHECK(ssb_wire_scan(frame, (size_t)k, 0, &st, out, SSB_WIRE_REC_ROOM) == 1);
-        CHECK(out[0] == SSB_WIRE_UNKNOWN_TYPE && get_u16((const uint8_t *)out + 3) == seq);
+        CHECK(out[0] == SSB_WIRE_RES_UNKNOWN_TYPE && get_u16((const uint8_t *)out + 3) == seq);
         CHECK(memcmp(out + SSB_WIRE_REC_HEAD, payload, len) == 0);
         free(out);
         free(frame);
