@@ -33,7 +33,7 @@ from bms.validation import StackValidator, ValidatedStack
 from boards.config import BoardProfile, PackConfig, StackConfig, load_board
 from hil.client import BoardClient, BoardNackError
 from hil.link import BoardLostError, BoardTimeoutError, LinkError
-from hil.protocol import Measurement, Status
+from hil.protocol import Measurement, Outputs, Status
 from hil.scaling import Scaler
 
 # While a warning of a current-driven quantity is active the allowed currents sent to the boards
@@ -67,6 +67,8 @@ _ST_SENSOR = int(Status.SENSOR_ERROR)
 # _await's answer when the board client's fast lane put the MEASUREMENT straight into the
 # validator's buffer (StackValidator.wire_vals) instead of building a message.
 _IN_WIRE_VALS = object()
+# The status bits that feed back the output bits (same positions: hil.protocol.Outputs).
+_FEEDBACK_MASK = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
 # A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
 RECONNECT_PERIOD_S = 2.0
 
@@ -627,8 +629,8 @@ class Controller:
         board that disagrees with the command shows up as a mismatch."""
         if self._single_stack:  # AND and OR of one board: its own bits
             d = self.stacks[0].data
-            return None if d is None else int(d.status) & 0x07
-        bits = [int(s.data.status) & 0x07 for s in self.stacks if s.data is not None]
+            return None if d is None else int(d.status) & _FEEDBACK_MASK
+        bits = [int(s.data.status) & _FEEDBACK_MASK for s in self.stacks if s.data is not None]
         if not bits:
             return None
         cmd = self.contactors.outputs
@@ -636,7 +638,7 @@ class Controller:
         for b in bits:
             and_bits &= b
             or_bits |= b
-        return (and_bits & cmd) | (or_bits & ~cmd & 0x07)
+        return (and_bits & cmd) | (or_bits & ~cmd & _FEEDBACK_MASK)
 
     def _pack_current(self) -> float:
         """The stacks are in series: one current, measured by every board. The median of the

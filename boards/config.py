@@ -19,6 +19,9 @@ BOARD_SCHEMA = "ssb-bms/board/1"
 PACK_DIR = Path(__file__).resolve().parent / "packs"
 BOLTZMANN_EV_PER_K = 8.617333262e-5
 KELVIN_OFFSET = 273.15
+#: 25 degC in kelvin: the NTC datasheet reference temperature (R25, Beta 25/85) and the usual
+#: reference of Arrhenius fits.
+T25_K = 25.0 + KELVIN_OFFSET
 
 
 class ConfigError(ValueError):
@@ -548,14 +551,14 @@ class ThermistorScaling:
         v = np.asarray(counts, dtype=float) * self.lsb_v
         with np.errstate(divide="ignore", invalid="ignore"):
             r_ntc = self.pullup_ohm * v / (self.vref_v - v)
-            inv_t = 1.0 / 298.15 + np.log(r_ntc / self.r25_ohm) / self.beta_k
+            inv_t = 1.0 / T25_K + np.log(r_ntc / self.r25_ohm) / self.beta_k
             t_c = 1.0 / inv_t - KELVIN_OFFSET
         return np.where((v > 0) & (v < self.vref_v) & (inv_t > 0), t_c, np.nan)
 
     def c_to_counts(self, temperature_c: np.ndarray) -> np.ndarray:
         """Inverse of counts_to_c (used by the emulator to synthesise readings)."""
         t_k = np.asarray(temperature_c, dtype=float) + KELVIN_OFFSET
-        r_ntc = self.r25_ohm * np.exp(self.beta_k * (1.0 / t_k - 1.0 / 298.15))
+        r_ntc = self.r25_ohm * np.exp(self.beta_k * (1.0 / t_k - 1.0 / T25_K))
         v = self.vref_v * r_ntc / (r_ntc + self.pullup_ohm)
         return v / self.lsb_v
 

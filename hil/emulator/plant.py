@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from boards.config import BOLTZMANN_EV_PER_K, KELVIN_OFFSET, BoardProfile, PackConfig
+from boards.config import BOLTZMANN_EV_PER_K, KELVIN_OFFSET, T25_K, BoardProfile, PackConfig
 from hil.emulator.faults import FaultError, InjectedFault, PlantFaults
 
 DEFAULTS_PATH = Path(__file__).resolve().parent / "plant_defaults.yaml"
@@ -669,7 +669,7 @@ class Plant:
         th = self.board.thermistor
         return SimpleNamespace(
             cells=buf[:n], th=buf[n:n + k], lc=buf[n + k:n + k + m], x=np.empty_like(buf),
-            inv_t25=np.full(k, 1.0 / 298.15), beta_k=np.full(k, float(th.beta_k)),
+            inv_t25=np.full(k, 1.0 / T25_K), beta_k=np.full(k, float(th.beta_k)),
             r25_ohm=np.full(k, float(th.r25_ohm)), pullup_ohm=np.full(k, float(th.pullup_ohm)),
             th_scale=np.full(k, th.vref_v / th.lsb_v))
 
@@ -842,7 +842,7 @@ class Plant:
         scfg.n, scfg.k, scfg.m = n, k, m
         scfg.th_weights, scfg.th_off_kelvin = ptr(static["th_weights"]), ptr(
             static["th_off_kelvin"])
-        scfg.inv_t25_per_k, scfg.beta_k = 1.0 / 298.15, float(th.beta_k)
+        scfg.inv_t25_per_k, scfg.beta_k = 1.0 / T25_K, float(th.beta_k)
         scfg.r25_ohm, scfg.pullup_ohm = float(th.r25_ohm), float(th.pullup_ohm)
         scfg.th_counts_per_unit = th.vref_v / th.lsb_v
         scfg.vtap_open_since_s = ptr(bufs["vtap_open_since_s"])
