@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bms.protections import PackProtections
 from boards.config import BalancingConfig, CellModel
 
 STATES_ALLOWED = (0, 2)  # ContactorState.STANDBY, ContactorState.CLOSED (HEARTBEAT numbers)
@@ -73,8 +74,8 @@ class Balancer:
     sees the average power).
     """
 
-    #: Assumption as in protections: 0.2 A is above the shunt noise, below any real load.
-    DEFAULT_REST_CURRENT_A = 0.2
+    #: The protections' rest threshold (one place: PackProtections.DEFAULT_REST_CURRENT_A).
+    DEFAULT_REST_CURRENT_A = PackProtections.DEFAULT_REST_CURRENT_A
 
     def __init__(
         self, config: BalancingConfig, stack_cells: Sequence[int],

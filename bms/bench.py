@@ -16,6 +16,7 @@ Medians of repeated timings, all from one run, so the ratios compare like with l
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -161,11 +162,13 @@ def _c_header(params: CoreParams, v: np.ndarray, t: np.ndarray, p: np.ndarray) -
 
 
 def c_flags() -> list[str]:
-    sys.path.insert(0, str(CSRC))
-    try:
-        import build_core
-    finally:
-        sys.path.pop(0)
+    """The compiler flags of the cffi build (csrc/build_core.py: one place), loaded by path
+    rather than by putting csrc/ on sys.path."""
+    spec = importlib.util.spec_from_file_location("ssb_build_core", CSRC / "build_core.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {CSRC / 'build_core.py'}")
+    build_core = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_core)
     return list(build_core.CFLAGS)
 
 
