@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from boards.config import load_board, load_pack
+
+
+def _shown_path(path: Path | str | None) -> str:
+    """The file as a user typed it: relative to the working directory when below it."""
+    if path is None:
+        return "-"
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +31,7 @@ def main(argv: list[str]) -> int:
     pack = load_pack(args.pack)
     cell = pack.cell
     print(f"pack      {pack.name}: {pack.description}")
-    print(f"file      {pack.path}")
+    print(f"file      {_shown_path(pack.path)}")
     print(f"cells     {pack.n_cells} in {len(pack.stacks)} stack(s), "
           f"{cell.capacity_ah:g} Ah, {cell.unit_layers} unit layers each")
     ocv = cell.ocv_v[list(cell.temperature_grid_c).index(25.0)] \

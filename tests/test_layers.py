@@ -31,8 +31,12 @@ def test_running_emulator_never_maps_the_estimator_binary() -> None:
         assert p.stdout is not None
         path = p.stdout.readline().decode().strip()
         assert path.startswith("/dev/"), p.stderr.read().decode() if p.stderr else ""
-        time.sleep(0.2)
+        # The plant is built before the path is printed; read the maps until both modules show
+        # (bounded), rather than sleeping a fixed time.
+        deadline = time.monotonic() + 5.0
         mapped = _mapped_modules(p.pid)
+        while not any(n.startswith("_plant.") for n in mapped) and time.monotonic() < deadline:
+            mapped = _mapped_modules(p.pid)
         assert any(n.startswith("_wire.") for n in mapped), sorted(mapped)
         assert any(n.startswith("_plant.") for n in mapped), sorted(mapped)
         assert not any(n.startswith("_core.") for n in mapped), sorted(mapped)
