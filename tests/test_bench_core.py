@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bms import bench
+from bms.app import bench
 from bms.core import Core, make_params
 from boards.config import load_pack
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bms.bench_tick import run_tick_bench
+from bms.app.bench_tick import run_tick_bench
 from bms.runlog import load_events, load_ticks
 from boards.config import load_pack
 
@@ -30,7 +30,7 @@ def test_bms_demo_reports_soc_error_detection_and_contactor_actions(tmp_path: Pa
     scenario.write_text(SCENARIO.replace("udds-current.csv", str(shipped)))
     log = tmp_path / "log"
     proc = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "demo", "--scenario", str(scenario), "--duration",
+        [sys.executable, "-m", "bms", "demo", "--scenario", str(scenario), "--duration",
          "700", "--log", str(log), "--quiet"],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
@@ -61,12 +61,12 @@ def test_tick_bench_runs_and_reports_rates() -> None:
 def test_bms_run_against_a_running_emulator_port(tmp_path: Path) -> None:
     """What a bench engineer does with a board: `bms run --port PATH`, here the pty of a
     `bms emulate` process; the summary names the board, its counters and the log."""
-    from bms.emulators import start_emulator
+    from bms.app.emulators import start_emulator
 
     emu = start_emulator(load_pack("ssb-23"), 0, "sim", 2, None)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "bms.cli", "run", "--port", emu.path, "--clock", "sim",
+            [sys.executable, "-m", "bms", "run", "--port", emu.path, "--clock", "sim",
              "--duration", "30", "--log", str(tmp_path / "log"), "--quiet", "--no-monitor"],
             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     finally:
@@ -79,7 +79,7 @@ def test_bms_run_against_a_running_emulator_port(tmp_path: Path) -> None:
     assert len(load_ticks(tmp_path / "log")["time_s"]) == 300
     # --scenario belongs to the emulators bms run starts itself, not to a given port.
     bad = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "run", "--port", "/dev/null", "--scenario", "udds"],
+        [sys.executable, "-m", "bms", "run", "--port", "/dev/null", "--scenario", "udds"],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and "--scenario applies" in bad.stderr
 
@@ -90,13 +90,13 @@ def test_bms_monitor_cli_shows_snapshots_and_says_when_nothing_runs(tmp_path: Pa
     from bms.monitor import MonitorServer
 
     missing = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "monitor", str(tmp_path / "none.sock")],
+        [sys.executable, "-m", "bms", "monitor", str(tmp_path / "none.sock")],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert missing.returncode == 1 and "no BMS is running" in missing.stderr
 
     server = MonitorServer(tmp_path / "bms.sock")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bms.cli", "monitor", str(server.path), "--count", "2"],
+        [sys.executable, "-m", "bms", "monitor", str(server.path), "--count", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     done = threading.Event()
 
@@ -127,7 +127,7 @@ def test_bms_run_lockstep_and_realtime_flags(tmp_path: Path) -> None:
     usage error."""
     log = tmp_path / "log"
     proc = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "run", "--lockstep", "--realtime", "--duration", "5",
+        [sys.executable, "-m", "bms", "run", "--lockstep", "--realtime", "--duration", "5",
          "--log", str(log), "--quiet", "--no-monitor"],
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
@@ -137,6 +137,6 @@ def test_bms_run_lockstep_and_realtime_flags(tmp_path: Path) -> None:
     assert meta["type"] == "meta" and meta["pipelined"] is False
     assert meta["scheduling"].startswith("SCHED_FIFO") or meta["scheduling"].startswith("default")
     bad = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "run", "--lockstep", "--clock", "real", "--port",
+        [sys.executable, "-m", "bms", "run", "--lockstep", "--clock", "real", "--port",
          "/dev/null"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert bad.returncode == 2 and "--lockstep applies to the sim clock" in bad.stderr

@@ -38,7 +38,7 @@ def _data_lines(path: Path) -> int:
 def test_run_log_survives_sigkill(tmp_path: Path) -> None:
     log = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bms.cli", "run", "--pack", "ssb-23", "--duration", "3600",
+        [sys.executable, "-m", "bms", "run", "--pack", "ssb-23", "--duration", "3600",
          "--log", str(log), "--no-monitor", "--quiet"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     emulators: list[int] = []
@@ -106,7 +106,7 @@ def test_invalid_pack_file_one_line_exit_2(tmp_path: Path, kind: str) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     res = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "run", "--pack", str(bad), "--duration", "1",
+        [sys.executable, "-m", "bms", "run", "--pack", str(bad), "--duration", "1",
          "--no-monitor", "--quiet", "--log", str(tmp_path / "log")],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     err = res.stderr.strip()
@@ -120,7 +120,7 @@ def test_invalid_pack_file_one_line_exit_2(tmp_path: Path, kind: str) -> None:
 def test_missing_pack_file_one_line_exit_2(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     res = subprocess.run(
-        [sys.executable, "-m", "bms.cli", "run", "--pack", str(missing), "--no-monitor",
+        [sys.executable, "-m", "bms", "run", "--pack", str(missing), "--no-monitor",
          "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bms.cli import main as bms_main
+from bms.app.cli import main as bms_main
 from boards.config import (
     PROTECTION_NAMES,
     ConfigError,

@@ -93,8 +93,8 @@ def test_one_emulator_process_serves_the_four_boards(tmp_path: Path) -> None:
     seeds and truth files); the controller closes the pack and runs as with four processes."""
     import numpy as np
 
+    from bms.app.emulators import start_emulators
     from bms.controller import Controller
-    from bms.emulators import start_emulators
     from bms.runlog import load_ticks
 
     emus = start_emulators(PACK, "sim", seed=4, scenario="udds", truth_dir=tmp_path)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bms.app.emulators import start_emulators
 from bms.controller import Controller
-from bms.emulators import start_emulators
 from bms.runlog import load_ticks
 from boards.config import load_pack
 from hil import protocol as proto

@@ -7,7 +7,8 @@ import stat
 
 import numpy as np
 
-from bms.monitor import MonitorServer, read_snapshots, render
+from bms.app.monitor import read_snapshots, render
+from bms.monitor import MonitorServer
 
 
 def _snapshot(t: float) -> dict:
@@ -75,8 +76,8 @@ def test_live_view_of_a_running_controller(tmp_path) -> None:
     """A real controller against a real emulated board publishes to a connected viewer."""
     import json
 
+    from bms.app.emulators import start_emulator
     from bms.controller import Controller
-    from bms.emulators import start_emulator
     from boards.config import load_pack
 
     pack = load_pack("ssb-23")

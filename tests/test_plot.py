@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bms.app.plot import main, plot_run
 from bms.faults import FaultCode, FaultTable, Severity
-from bms.plot import main, plot_run
 from bms.runlog import RunLog, standard_columns
 
 

@@ -1,4 +1,4 @@
-"""bms.realtime: SCHED_FIFO when permitted, a clear refusal otherwise; run in a child process
+"""bms.app.realtime: SCHED_FIFO when permitted, a clear refusal otherwise; run in a child process
 so that the test session keeps its own scheduling."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 CODE = """
 import os
-from bms.realtime import current_policy, request_realtime
+from bms.app.realtime import current_policy, request_realtime
 before = current_policy()
 outcome = request_realtime(10)
 print(before); print(outcome); print(current_policy())

@@ -1,6 +1,6 @@
 /*
  * bench_core.c - the C core's step looped in plain C, no Python: the near-limit figure that
- * `bms bench` compares the cffi call against. bms/bench.py writes bench_params.h (the pack's
+ * `bms bench` compares the cffi call against. bms/app/bench.py writes bench_params.h (the pack's
  * parameters for N cells, as C initialisers) and compiles this file with the same flags as the
  * extension. Usage: bench_core STEPS REPEATS -> one JSON line with median ns per step.
  */

@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bms.app.emulators import EmulatorProcess, start_emulator  # noqa: E402
 from bms.contactors import ContactorState  # noqa: E402
 from bms.controller import Controller  # noqa: E402
-from bms.emulators import EmulatorProcess, start_emulator  # noqa: E402
 from bms.faults import FaultCode, FaultRecord, Severity  # noqa: E402
 from bms.runlog import load_events, load_ticks  # noqa: E402
 from bms.validation import OPEN_TAP_DEVIATION_V  # noqa: E402

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bms.app.emulators import EmulatorProcess, start_emulators
+from bms.app.monitor import render
+from bms.app.realtime import current_policy, request_realtime
 from bms.controller import Controller
-from bms.emulators import EmulatorProcess, start_emulators
-from bms.monitor import MonitorServer, default_socket_path, render
-from bms.realtime import current_policy, request_realtime
+from bms.monitor import MonitorServer, default_socket_path
 from boards.config import load_pack
 
 

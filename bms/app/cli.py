@@ -14,14 +14,15 @@ import sys
 from boards.config import ConfigError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("bms.demo", "run the BMS against an emulated 23-cell stack with a built-in scenario"),
-    "run": ("bms.run", "run the BMS against real or emulated boards (one --port per stack)"),
+    "demo": ("bms.app.demo",
+             "run the BMS against an emulated 23-cell stack with a built-in scenario"),
+    "run": ("bms.app.run", "run the BMS against real or emulated boards (one --port per stack)"),
     "emulate": ("hil.emulator.cli", "serve an emulated board (plant model) on a pseudo-terminal"
                 " (--firmware: the reference firmware on a simulated MCU)"),
-    "monitor": ("bms.monitor", "live read-only view of a running BMS"),
-    "bench": ("bms.bench", "benchmark the estimation core and the control tick"),
-    "plot": ("bms.plot", "plot a run log to a PNG"),
-    "check": ("bms.check", "validate a pack file or board profile and print a summary"),
+    "monitor": ("bms.app.monitor", "live read-only view of a running BMS"),
+    "bench": ("bms.app.bench", "benchmark the estimation core and the control tick"),
+    "plot": ("bms.app.plot", "plot a run log to a PNG"),
+    "check": ("bms.app.check", "validate a pack file or board profile and print a summary"),
 }
 
 USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n" + "\n".join(
@@ -31,6 +32,18 @@ USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommand
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed by the reader (`bms check | head`): not an error of ours, no traceback.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -49,13 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         # A bad pack file or board profile is the user's input, not a bug: one clear line.
         print(f"bms {name}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # stdout closed by the reader (`bms check | head`): not an error of ours, no traceback.
-        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from bms.core import Core, CoreParams, make_params
 from bms.reference import ReferenceCore
 from boards.config import load_pack
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 BENCH_C = ROOT / "tools" / "bench_core.c"
 SIZES = (23, 92, 368, 2000, 10000)
@@ -237,8 +237,8 @@ def ratios(records: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--tick" in argv:  # the whole control tick against emulated boards: bms/bench_tick.py
-        from bms.bench_tick import main as tick_main
+    if "--tick" in argv:  # the whole control tick against emulated boards: bms/app/bench_tick.py
+        from bms.app.bench_tick import main as tick_main
 
         return tick_main([a for a in argv if a != "--tick"])
     ap = argparse.ArgumentParser(

@@ -15,16 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bms.app.emulators import start_emulators
+from bms.app.realtime import current_policy, request_realtime
 from bms.controller import Controller
-from bms.emulators import start_emulators
-from bms.realtime import current_policy, request_realtime
 from boards.config import PackConfig, load_pack
 
 
 def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: str | None,
                    log: bool = True, tick_s: float | None = None) -> dict[str, Any]:
     """Run the BMS for ``duration_s`` of controller time; wall time and latency figures.
-    The scheduling policy in force (see bms.realtime) is part of the record."""
+    The scheduling policy in force (see bms.app.realtime) is part of the record."""
     if tick_s is not None:
         pack = replace(pack, controller=replace(pack.controller, tick_s=tick_s))
     emulators = start_emulators(pack, clock=clock, seed=1, scenario=scenario)
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-log", action="store_true", help="run without the run log")
     ap.add_argument("--realtime", action="store_true",
                     help="SCHED_FIFO for the controller and its emulators (root or "
-                    "CAP_SYS_NICE; see bms/realtime.py)")
+                    "CAP_SYS_NICE; see bms/app/realtime.py)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     packs = args.pack or ["ssb-23", "ssb-4x23"]
