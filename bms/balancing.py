@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from bms.protections import PackProtections
-from boards.config import BalancingConfig, CellModel
+from bms.tuning import BALANCE_PERIOD_S, TOP_OF_CHARGE_SOC
+from boards.config import TIME_EPS_S, BalancingConfig, CellModel
 
 STATES_ALLOWED = (0, 2)  # ContactorState.STANDBY, ContactorState.CLOSED (HEARTBEAT numbers)
 
 
-def top_of_charge_slope_v(cell: CellModel, soc_from: float = 0.9) -> float:
+def top_of_charge_slope_v(cell: CellModel, soc_from: float = TOP_OF_CHARGE_SOC) -> float:
     """OCV slope (V per unit SOC) between ``soc_from`` and full, at the grid temperature
     closest to 25 C: turns SOC deltas into voltage deltas for voltage-mode balancing."""
     row = cell.ocv_v[int(np.argmin(np.abs(cell.temperature_grid_c - 25.0)))]
@@ -44,7 +45,7 @@ def top_of_charge_slope_v(cell: CellModel, soc_from: float = 0.9) -> float:
     return (float(row[-1]) - v_from) / (1.0 - soc_from)
 
 
-def top_of_charge_voltage_v(cell: CellModel, soc: float = 0.9) -> float:
+def top_of_charge_voltage_v(cell: CellModel, soc: float = TOP_OF_CHARGE_SOC) -> float:
     """OCV at ``soc`` near 25 C: above it voltage-mode balancing may run."""
     row = cell.ocv_v[int(np.argmin(np.abs(cell.temperature_grid_c - 25.0)))]
     return float(np.interp(soc, cell.soc_grid, row))
@@ -69,9 +70,8 @@ class Balancer:
     """Keeps the per-cell hysteresis state between ticks. One instance per pack.
 
     ``stack_cells``: cells per stack; ``stack_thermistors``: thermistors per stack (to gate
-    each stack on its own temperatures). ``period_s``: duty-cycle period (assumption: 10 s, a
-    small fraction of a bleed resistor's thermal time constant of minutes, so the resistor
-    sees the average power).
+    each stack on its own temperatures). ``period_s``: duty-cycle period
+    (bms.tuning.BALANCE_PERIOD_S).
     """
 
     #: The protections' rest threshold (one place: PackProtections.DEFAULT_REST_CURRENT_A).
@@ -79,7 +79,7 @@ class Balancer:
 
     def __init__(
         self, config: BalancingConfig, stack_cells: Sequence[int],
-        stack_thermistors: Sequence[int], period_s: float = 10.0,
+        stack_thermistors: Sequence[int], period_s: float = BALANCE_PERIOD_S,
         rest_current_a: float = DEFAULT_REST_CURRENT_A,
         voltage_slope_v_per_soc: float | None = None, top_of_charge_v: float | None = None,
     ) -> None:
@@ -170,7 +170,7 @@ class Balancer:
         if not selected.any():
             return self._nothing("balanced", keep_selection=True)
 
-        on = ((time_s % self.period_s) < cfg.duty_cycle * self.period_s - 1e-9) \
+        on = ((time_s % self.period_s) < cfg.duty_cycle * self.period_s - TIME_EPS_S) \
             or cfg.duty_cycle >= 1.0
         if not on:
             return self._nothing("duty off", keep_selection=True)

@@ -37,11 +37,18 @@ from enum import IntEnum
 from typing import Any
 
 from bms.faults import FaultCode, FaultTable
-from boards.config import ContactorConfig
+from bms.tuning import ContactorTiming
+from boards.config import TIME_EPS_S, ContactorConfig
+from hil.protocol import Outputs
 
-CONTACTOR_POS = 0x01
-CONTACTOR_NEG = 0x02
-PRECHARGE = 0x04
+__all__ = ["ContactorState", "ContactorTiming", "ContactorInputs", "ContactorOutput",
+           "ContactorStateMachine", "CONTACTOR_POS", "CONTACTOR_NEG", "PRECHARGE", "ALL_RELAYS"]
+
+# The relay bits of SET_OUTPUTS and of the MEASUREMENT status feedback (one definition:
+# hil.protocol.Outputs), as plain ints for the per-tick arithmetic.
+CONTACTOR_POS = int(Outputs.CONTACTOR_POS)
+CONTACTOR_NEG = int(Outputs.CONTACTOR_NEG)
+PRECHARGE = int(Outputs.PRECHARGE)
 ALL_RELAYS = CONTACTOR_POS | CONTACTOR_NEG | PRECHARGE
 
 
@@ -54,23 +61,6 @@ class ContactorState(IntEnum):
     OPENING = 3
     FAULT = 4
     SAFE = 5
-
-
-@dataclass(frozen=True)
-class ContactorTiming:
-    """Timings that the pack file does not carry (assumptions, documented in docs/safety.md)."""
-
-    #: Pause with everything open between precharge attempts; lets the precharge resistor
-    #: cool (assumption: 1 s; precharge resistors are rated for a few pulses in a row).
-    retry_pause_s: float = 1.0
-    #: Feedback may lag the command: contactors open in ~10-20 ms (TE EV200-class datasheets)
-    #: and the feedback arrives with the next MEASUREMENT (the one after in the pipelined sim
-    #: clock), so 0.3 s is a few ticks at 10 Hz (assumption).
-    opening_timeout_s: float = 0.3
-    feedback_timeout_s: float = 0.3
-    #: Valid data must be back this long before SAFE returns to STANDBY (assumption: 1 s, so
-    #: a flapping link does not cycle the state).
-    safe_recovery_s: float = 1.0
 
 
 @dataclass
@@ -258,7 +248,7 @@ class ContactorStateMachine:
                     self._go(S.STANDBY, "reset")
         elif s == S.SAFE:
             self.outputs = 0
-            if t - self._valid_since_s >= self.timing.safe_recovery_s - 1e-9:
+            if t - self._valid_since_s >= self.timing.safe_recovery_s - TIME_EPS_S:
                 self._go(S.STANDBY, "measurements valid again")
 
     def _start_attempt(self, t: float) -> None:
@@ -275,7 +265,7 @@ class ContactorStateMachine:
             return
         if self._pausing:
             self.outputs = 0
-            if t - self._attempt_start_s >= self.timing.retry_pause_s - 1e-9:
+            if t - self._attempt_start_s >= self.timing.retry_pause_s - TIME_EPS_S:
                 self.attempt += 1
                 self._start_attempt(t)
                 self.outputs = CONTACTOR_NEG | PRECHARGE
@@ -290,7 +280,7 @@ class ContactorStateMachine:
                                  "duration_s": t - self._attempt_start_s})
             self._go(S.CLOSED, "precharge done", CONTACTOR_POS | CONTACTOR_NEG | PRECHARGE)
             return
-        if t - self._attempt_start_s >= self.config.precharge_timeout_s - 1e-9:
+        if t - self._attempt_start_s >= self.config.precharge_timeout_s - TIME_EPS_S:
             value = ratio if math.isfinite(ratio) else math.nan
             self._events.append({"type": "contactor", "event": "precharge_timeout", "time_s": t,
                                  "attempt": self.attempt,
@@ -328,7 +318,7 @@ class ContactorStateMachine:
         if self._mismatch_since_s is None:
             self._mismatch_since_s = t
             return
-        if t - self._mismatch_since_s >= self.timing.feedback_timeout_s - 1e-9:
+        if t - self._mismatch_since_s >= self.timing.feedback_timeout_s - TIME_EPS_S:
             self._mismatch_since_s = None
             if self._mismatch_reported:
                 return  # reported once per stay in a state (a welded contactor stays welded)

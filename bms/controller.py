@@ -23,65 +23,38 @@ from typing import Any
 import numpy as np
 
 from bms.balancing import Balancer
-from bms.contactors import ContactorInputs, ContactorState, ContactorStateMachine
+from bms.board_io import BoardIO
+from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, ContactorStateMachine
 from bms.core import Core
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.monitor import MonitorServer
 from bms.protections import PackProtections, ProtectionInputs
-from bms.runlog import RunLog, standard_columns
+from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
+from bms.tuning import DERATING_CODES, GC_EVERY_TICKS, HEARTBEATS_PER_TIMEOUT, WARNING_DERATE
 from bms.validation import StackValidator, ValidatedStack
-from boards.config import BoardProfile, PackConfig, StackConfig, load_board
-from hil.client import BoardClient, BoardNackError
-from hil.link import BoardLostError, BoardTimeoutError, LinkError
+from boards.config import TIME_EPS_S, BoardProfile, PackConfig, StackConfig, load_board
+from hil.client import BoardClient
+from hil.link import MeasurementLane
 from hil.protocol import Measurement, Outputs, Status
 from hil.scaling import Scaler
 
-# While a warning of a current-driven quantity is active the allowed currents sent to the boards
-# are scaled by this factor (foxBMS 2 derates at its maximum-operating level the same way; the
-# factor is an assumption). Less current cannot help a leak or a pressure imbalance, so their
-# warnings are events only.
-WARNING_DERATE = 0.5
-DERATING_CODES = frozenset({
-    FaultCode.CELL_OVERVOLTAGE, FaultCode.CELL_UNDERVOLTAGE,
-    FaultCode.CELL_OVERTEMPERATURE_CHARGE, FaultCode.CELL_OVERTEMPERATURE_DISCHARGE,
-    FaultCode.CELL_UNDERTEMPERATURE_CHARGE, FaultCode.CELL_UNDERTEMPERATURE_DISCHARGE,
-    FaultCode.CHARGE_OVERCURRENT, FaultCode.DISCHARGE_OVERCURRENT,
-})
-# Allowed currents sent to a board are refreshed when they move by more than this (or every
-# second): a charger follows them within its own regulation band anyway (assumption).
-LIMIT_RESEND_A = 0.5
-# Unchanged outputs are sent again this often (the ACK already confirms each change; this only
-# covers a board that lost its state without us noticing).
-OUTPUT_REFRESH_S = 5.0
-# HEARTBEAT period: five beats per board watchdog timeout, at most one per tick (assumption:
-# at 10 Hz every other tick, so one lost or late beat -- also the pipelined sim clock's tick of
-# delay -- is far from tripping the 1 s watchdog; a beat per 100 Hz tick would only load the
-# link).
-HEARTBEATS_PER_TIMEOUT = 5
-# Explicit garbage collection period of Controller.run (the automatic collector is off).
-GC_EVERY_TICKS = 100
 # Status bits as plain ints (IntFlag arithmetic costs microseconds per tick).
 _ST_JUST_BOOTED = int(Status.JUST_BOOTED)
 _ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
 _ST_SENSOR = int(Status.SENSOR_ERROR)
-# _await's answer when the board client's fast lane put the MEASUREMENT straight into the
-# validator's buffer (StackValidator.wire_vals) instead of building a message.
-_IN_WIRE_VALS = object()
 # The status bits that feed back the output bits (same positions: hil.protocol.Outputs).
 _FEEDBACK_MASK = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
-# A lost board is asked to reconnect this often (USB re-enumeration after a board reset).
-RECONNECT_PERIOD_S = 2.0
 
 
 @dataclass
 class StackRuntime:
-    """Everything the controller keeps for one stack and its board."""
+    """Everything the controller keeps for one stack: its board (``io``), the validator and
+    core that turn the board's counts into estimates, and the latest of both."""
 
     index: int
     config: StackConfig
     board: BoardProfile
-    port: str
-    client: BoardClient
+    io: BoardIO
     scaler: Scaler
     validator: StackValidator
     core: Core
@@ -89,25 +62,23 @@ class StackRuntime:
     last_timestamp_s: float | None = None
     data: ValidatedStack | None = None
     out: Any = None
-    lost: bool = False
-    lost_reason: str = ""
-    next_reconnect_s: float = 0.0
-    prefetched: int | None = None
     watchdog_tripped: bool = False
     sensor_error: bool = False
-    outputs_sent: tuple | None = None
-    outputs_pending: tuple | None = None
-    outputs_sent_s: float = -math.inf
     measurements: int = 0
-    misses: int = 0
     # This stack's cells and thermistors in the pack-wide arrays.
     cells: slice = field(default_factory=lambda: slice(0))
     thermistors: slice = field(default_factory=lambda: slice(0))
     stack_voltage_v: float = math.nan
     charge_limit_a: float = math.nan
     discharge_limit_a: float = math.nan
-    nan_pressure: np.ndarray = field(default_factory=lambda: np.empty(0))  # the row's "no data"
-    ack_seq: int | None = None  # SET_OUTPUTS sent last tick whose ACK is still to collect
+
+    @property
+    def client(self) -> BoardClient:
+        return self.io.client
+
+    @property
+    def lost(self) -> bool:
+        return self.io.lost
 
 
 @dataclass
@@ -151,44 +122,63 @@ class Controller:
         self.tick_s = pack.controller.tick_s
         self.timeout_s = timeout_s
         self.table = FaultTable()
-        self.stacks: list[StackRuntime] = []
-        for k, (stack, port) in enumerate(zip(pack.stacks, ports, strict=True)):
-            board = load_board(stack.board)
-            client = BoardClient(port, board, timeout_s=timeout_s, retries=retries)
-            self.stacks.append(StackRuntime(
-                index=k, config=stack, board=board, port=port, client=client,
-                scaler=(scaler := Scaler(board)),
-                validator=StackValidator(pack, k, board, self.table, scaler),
-                core=Core(pack, k)))
+        boards = [load_board(stack.board) for stack in pack.stacks]
+        self.columns = standard_columns(
+            pack.n_cells, sum(len(s.thermistor_cell_positions) for s in pack.stacks),
+            sum(b.load_cells for b in boards), len(pack.stacks))
+        self.log = RunLog(log_dir, self.columns, meta={
+            "pack": pack.name, "pack_file": str(pack.path), "ports": ports, "clock": clock,
+            "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
+        self.stacks = [self._stack_runtime(k, stack, board, port, timeout_s, retries)
+                       for k, (stack, board, port)
+                       in enumerate(zip(pack.stacks, boards, ports, strict=True))]
         self.protections = PackProtections(pack)
         self.contactors = ContactorStateMachine(pack.contactors)
         self.balancer = Balancer(
             pack.balancing, [s.cells for s in pack.stacks],
             [len(s.thermistor_cell_positions) for s in pack.stacks])
         self._balance_sigma_max = pack.balancing.start_delta_soc
-        self.n_cells = pack.n_cells
-        self.n_therm = sum(len(s.thermistor_cell_positions) for s in pack.stacks)
-        self.n_load = sum(s.board.load_cells for s in self.stacks)
-        self.columns = standard_columns(self.n_cells, self.n_therm, self.n_load,
-                                        len(self.stacks))
-        self.log = RunLog(log_dir, self.columns, meta={
-            "pack": pack.name, "pack_file": str(pack.path), "ports": ports, "clock": clock,
-            "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
         self.monitor = monitor
-        n_st = len(pack.stacks)
-        self._row_head = np.full(5, np.nan)
-        # pressure expected and residual per stack, limits, outputs, masks, faults, duration
-        self._row_tail = np.full(3 * n_st + 5, np.nan)
-        self._row_segs: list[np.ndarray] = [self._row_head] + [np.empty(0)] * (5 + n_st) + [
-            self._row_tail]
-        # Pack-wide arrays (stacks concatenated in pack order), filled in place as each board's
-        # data arrives: the tick never concatenates. A stack that has not answered yet is NaN.
+        self._row = TickRow([s.board.load_cells for s in self.stacks])
+        self._allocate_pack_arrays()
+        self._single_stack = len(self.stacks) == 1
+        self._measurement_lost = False
+        self._stack_v = self._bus_v = 0.0  # this tick's sums (_contactors -> _record)
+        self.tick_index = 0
+        self.time_s = 0.0
+        self.stats = TickStats()
+        self.contactor_events: list[dict[str, Any]] = []
+        self.fault_events: list[dict[str, Any]] = []
+        self._last: tuple | None = None
+        self._t0_wall: float | None = None
+        self._close_wanted = False
+        self._pending_reset = False
+        # Until open() has read the boards' INFO: the pack's watchdog timeout.
+        hb_timeout = pack.contactors.heartbeat_timeout_s if pack.contactors else 1.0
+        self.heartbeat_period_s = hb_timeout / HEARTBEATS_PER_TIMEOUT
+        self._next_heartbeat_s = -math.inf
+
+    def _stack_runtime(self, k: int, stack: StackConfig, board: BoardProfile, port: str,
+                       timeout_s: float, retries: int) -> StackRuntime:
+        scaler = Scaler(board)
+        validator = StackValidator(self.pack, k, board, self.table, scaler)
+        io = BoardIO(k, port, BoardClient(port, board, timeout_s=timeout_s, retries=retries),
+                     self.table, MeasurementLane(validator.wire_vals),
+                     self.log.event if self.log else None)
+        return StackRuntime(index=k, config=stack, board=board, io=io, scaler=scaler,
+                            validator=validator, core=Core(self.pack, k))
+
+    def _allocate_pack_arrays(self) -> None:
+        """Pack-wide arrays (stacks concatenated in pack order), filled in place as each
+        board's data arrives: the tick never concatenates. A stack that has not answered yet
+        is NaN."""
         c0 = t0 = 0
         for s in self.stacks:
             s.cells = slice(c0, c0 + s.config.cells)
             s.thermistors = slice(t0, t0 + len(s.config.thermistor_cell_positions))
             c0, t0 = s.cells.stop, s.thermistors.stop
-            s.nan_pressure = np.full(s.board.load_cells, np.nan)
+        self.n_cells, self.n_therm = c0, t0
+        self.n_load = sum(s.board.load_cells for s in self.stacks)
         n, n_st = self.n_cells, len(self.stacks)
         self._cell_v, self._soc, self._soc_sigma = (np.full(n, np.nan) for _ in range(3))
         self._leak_a, self._leak_sigma_a = np.full(n, np.nan), np.full(n, np.nan)
@@ -202,38 +192,28 @@ class Controller:
             stack_pressure_kpa=self._p_mean_kpa, pressure_rate_kpa_per_s=self._p_rate_abs,
             pressure_residual_kpa=self._p_cusum_kpa,
             load_cell_imbalance_kpa=self._p_imbalance_kpa, cell_leak_a=self._leak_low_a)
-        self._single_stack = n_st == 1
-        self._measurement_lost = False
-        self.tick_index = 0
-        self.time_s = 0.0
-        self.stats = TickStats()
-        self.contactor_events: list[dict[str, Any]] = []
-        self.fault_events: list[dict[str, Any]] = []
-        self._last: tuple | None = None
-        self._t0_wall: float | None = None
-        self._close_wanted = False
-        self._pending_reset = False
-        hb_timeout = pack.contactors.heartbeat_timeout_s if pack.contactors else 1.0
-        self.heartbeat_period_s = hb_timeout / HEARTBEATS_PER_TIMEOUT
-        self._next_heartbeat_s = -math.inf
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Handshake with every board (version, board id, channel counts) and open outputs."""
+        """Handshake with every board (version, board id, channel counts), open the outputs,
+        and pace the heartbeat by the shortest watchdog timeout the boards report."""
         for s in self.stacks:
-            s.client.open()
-            s.client.set_outputs(0, 0, 0.0, 0.0)
+            s.io.open()
+        self._pace_heartbeat()
+
+    def _pace_heartbeat(self) -> None:
+        timeout_s = min(s.io.watchdog_timeout_s() for s in self.stacks)
+        pack_s = self.pack.contactors.heartbeat_timeout_s if self.pack.contactors else None
+        if pack_s is not None and abs(timeout_s - pack_s) > 1e-3 and self.log:
+            self.log.event({"type": "board", "event": "watchdog differs from pack",
+                            "time_s": self.time_s, "board_s": timeout_s, "pack_s": pack_s})
+        self.heartbeat_period_s = timeout_s / HEARTBEATS_PER_TIMEOUT
 
     def close(self) -> dict[str, Any]:
         """Open the contactors (best effort), close the ports and the log; the run summary."""
         for s in self.stacks:
-            if not s.lost:
-                try:
-                    s.client.set_outputs(0, 0, 0.0, 0.0)
-                except LinkError:
-                    pass
-            s.client.close()
+            s.io.close()
         summary = self.summary()
         if self.log:
             summary["log"] = self.log.close(extra={"run": summary})
@@ -266,41 +246,47 @@ class Controller:
         return time.monotonic() - self._t0_wall
 
     def tick(self) -> None:
-        """One control cycle (see the module docstring for the order)."""
+        """One control cycle: the steps of docs/architecture.md, in the safety order."""
         wall0 = time.perf_counter()
-        t = self._now()
-        self.time_s = t
-        dt_s = self.tick_s
-        sample_dt = dt_s if self.clock == "sim" else 0.0
+        t = self.time_s = self._now()
+        self._sample(t)
+        valid, all_fresh = self._check_freshness(t)
+        charge_a, discharge_a = self._power_limits()
+        current_a = self._pack_current()
+        if all_fresh:
+            self._protect(t, current_a, charge_a, discharge_a)
+        c_out, fault_latched = self._contactors(t, valid)
+        bal, charge_a, discharge_a, n_active = self._balance_and_derate(
+            t, c_out, current_a, fault_latched, charge_a, discharge_a)
+        self._command(t, c_out, int(c_out.state), bal, charge_a, discharge_a)
+        self._record(t, wall0, c_out, current_a, charge_a, discharge_a, bal, n_active)
+        self.tick_index += 1
 
-        # 1. Ask every board, then wait on each (they sample in parallel). In the sim clock
-        #    this tick's SAMPLE already left in the previous tick (pipelined: right after the
-        #    answers came; lockstep: after the commands, step 7).
-        seqs: list[int | None] = []
-        for s in self.stacks:
-            if s.prefetched is not None:
-                seqs.append(s.prefetched)
-                s.prefetched = None
-            else:
-                seqs.append(self._request(s, sample_dt, t))
-        t_next = (self.tick_index + 1) * self.tick_s
-        measurements = [self._await(s, seq, t) for s, seq in zip(self.stacks, seqs, strict=True)]
+    def _sample(self, t: float) -> None:
+        """1. Ask every board, then wait on each (they sample in parallel); validate and
+        estimate each answer. In the sim clock this tick's SAMPLE already left in the
+        previous tick (pipelined: right after the answers came; lockstep: after the
+        commands, in _command)."""
+        sample_dt = self.tick_s if self.clock == "sim" else 0.0
+        seqs = [s.io.take_prefetched_or_request(sample_dt, t) for s in self.stacks]
+        answers = [s.io.await_measurement(seq, t)
+                   for s, seq in zip(self.stacks, seqs, strict=True)]
         if self.pipeline:
             # All answers are in (usually they were waiting): the next SAMPLEs leave together,
             # so a process serving several boards wakes once for all of them.
-            for s, m in zip(self.stacks, measurements, strict=True):
+            t_next = (self.tick_index + 1) * self.tick_s
+            for s, m in zip(self.stacks, answers, strict=True):
                 if m is not None:
-                    s.prefetched = self._request(s, dt_s, t_next)
-        for s, m in zip(self.stacks, measurements, strict=True):
+                    s.io.prefetched = s.io.request_sample(self.tick_s, t_next)
+        for s, m in zip(self.stacks, answers, strict=True):
             if m is not None:
-                self._receive(s, m, t, dt_s)
-            if s.ack_seq is not None:  # last tick's SET_OUTPUTS (pipelined, step 6)
-                seq, s.ack_seq = s.ack_seq, None
-                if not s.lost:
-                    self._wait_outputs(s, seq, t)
+                self._receive(s, m, t, self.tick_s)
+            s.io.collect_pending_ack(t)  # last tick's SET_OUTPUTS (pipelined, _command)
 
-        # 2. Safety data present? Missing for longer than the timeout -> SAFE.
-        timeout = self.pack.controller.measurement_timeout_s + 1e-9
+    def _check_freshness(self, t: float) -> tuple[bool, bool]:
+        """2. Safety data present? Missing for longer than the timeout -> MEASUREMENT_LOST
+        (the contactors go SAFE). Returns (valid, all boards answered this tick)."""
+        timeout = self.pack.controller.measurement_timeout_s + TIME_EPS_S
         all_fresh = valid = True
         for s in self.stacks:
             if s.data is None or s.data.time_s != t:
@@ -316,21 +302,24 @@ class Controller:
             value = max(t - s.last_valid_s for s in self.stacks)
             self.table.raise_fault(FaultCode.MEASUREMENT_LOST, t, None,
                                    value if math.isfinite(value) else None)
+        return valid, all_fresh
 
-        # 3. Protections over the pack (only on a tick where every board answered: a missing
-        #    board must not look like NaN sensors; its absence is MEASUREMENT_LOST above).
-        charge_limit_a, discharge_limit_a = self._power_limits()
-        current_a = self._pack_current()
-        if all_fresh:
-            self.protections.step(t, self._protection_inputs(current_a, charge_limit_a,
-                                                             discharge_limit_a), self.table)
+    def _protect(self, t: float, current_a: float, charge_a: float, discharge_a: float
+                 ) -> None:
+        """3. Protections over the pack (only on a tick where every board answered: a missing
+        board must not look like NaN sensors; its absence is MEASUREMENT_LOST)."""
+        self.protections.step(t, self._protection_inputs(current_a, charge_a, discharge_a),
+                              self.table)
 
-        # 4. Contactors.
+    def _contactors(self, t: float, valid: bool) -> tuple[ContactorOutput, bool]:
+        """4. The contactor state machine on this tick's faults and voltages; the faults it
+        reports (precharge, feedback) are raised at once. Returns (output, fault latched)."""
         stack_v = bus_v = 0.0
         for s in self.stacks:
             if s.data is not None:
                 stack_v += s.stack_voltage_v
                 bus_v += s.data.bus_voltage_v
+        self._stack_v, self._bus_v = stack_v, bus_v
         fault_latched = self.table.fault_latched()
         c_out = self.contactors.update(t, ContactorInputs(
             stack_voltage_v=stack_v, bus_voltage_v=bus_v,
@@ -344,11 +333,15 @@ class Controller:
             fault_latched = self.table.fault_latched()
         if c_out.events:
             self.contactor_events.extend(c_out.events)
+        return c_out, fault_latched
 
-        # 5. Balancing and limits.
-        # Balance only on SOCs known better than the imbalance that would start a bleed: an
-        # estimate still converging (sigma above start_delta_soc) counts as no data, so no
-        # charge is burnt on an estimation error.
+    def _balance_and_derate(self, t: float, c_out: ContactorOutput, current_a: float,
+                            fault_latched: bool, charge_a: float, discharge_a: float
+                            ) -> tuple[Any, float, float, int]:
+        """5. Bleed masks, and the allowed currents derated while a current-driven warning is
+        active. Balance only on SOCs known better than the imbalance that would start a bleed:
+        an estimate still converging (sigma above start_delta_soc) counts as no data, so no
+        charge is burnt on an estimation error. Returns (decision, limits, active faults)."""
         soc_bal, known = self._soc_balancing, self._soc_known
         np.less_equal(self._soc_sigma, self._balance_sigma_max, out=known)  # NaN: no data
         soc_bal.fill(np.nan)
@@ -357,15 +350,20 @@ class Controller:
                                    current_a, fault_latched)
         active = self.table.active()
         if active and any(r.code in DERATING_CODES for r in active):
-            charge_limit_a *= WARNING_DERATE
-            discharge_limit_a *= WARNING_DERATE
+            charge_a *= WARNING_DERATE
+            discharge_a *= WARNING_DERATE
+        return bal, charge_a, discharge_a, len(active)
 
-        # 6. Commands to the boards: outputs first, then the heartbeat. In the sim clock the
-        #    heartbeat leaves in one write with the next tick's SAMPLE (the board's watchdog
-        #    runs on sim time, so nothing is later than it would be); in the real clock now.
-        pending = [(s, self._send_outputs(s, c_out.outputs, int(bal.masks[s.index]),
-                                          charge_limit_a, discharge_limit_a, t))
-                   for s in self.stacks]
+    def _command(self, t: float, c_out: ContactorOutput, state: int, bal: Any,
+                 charge_a: float, discharge_a: float) -> None:
+        """6. Commands to the boards: outputs first, then the heartbeat. In the sim clock the
+        heartbeat leaves in one write with the next tick's SAMPLE (the board's watchdog runs
+        on sim time, so nothing is later than it would be); in the real clock now.
+        7. Sim clock in lockstep: ask for the next tick's sample after this tick's commands
+        (so the board applies them before it advances), and let the board compute while this
+        process logs. (Pipelined: already asked in _sample.)"""
+        pending = [(s, s.io.send_outputs(c_out.outputs, int(bal.masks[s.index]), charge_a,
+                                         discharge_a, t)) for s in self.stacks]
         for s, seq in pending:
             if seq is None:
                 continue
@@ -373,52 +371,53 @@ class Controller:
                 # The ACK follows the MEASUREMENT already in flight: collect it next tick,
                 # after that answer, instead of stopping here for a whole round trip. (The
                 # commands reach the plant at the same step either way.)
-                s.ack_seq = seq
+                s.io.ack_seq = seq
             else:
-                self._wait_outputs(s, seq, t)
-        if t >= self._next_heartbeat_s - 1e-9:
+                s.io.collect_ack(seq, t)
+        if t >= self._next_heartbeat_s - TIME_EPS_S:
             self._next_heartbeat_s = t + self.heartbeat_period_s
             host_ms = int(t * 1000.0)
             for s in self.stacks:
-                if not s.lost:
-                    try:
-                        s.client.heartbeat(int(c_out.state), host_ms,
-                                           defer=self.clock == "sim")
-                    except LinkError as exc:
-                        self._mark_lost(s, exc, t)
-
-        # 7. Sim clock in lockstep: ask for the next tick's sample now, after this tick's
-        #    commands (so the board applies them before it advances), and let the board
-        #    compute while this process logs. (Pipelined: already asked in step 1.)
+                s.io.heartbeat(state, host_ms, self.clock == "sim", t)
         if self.clock == "sim" and not self.pipeline:
+            t_next = (self.tick_index + 1) * self.tick_s
             for s in self.stacks:
-                s.prefetched = self._request(s, sample_dt, t_next)
+                s.io.prefetched = s.io.request_sample(self.tick_s, t_next)
 
-        # 8. Record.
+    def _record(self, t: float, wall0: float, c_out: ContactorOutput, current_a: float,
+                charge_a: float, discharge_a: float, bal: Any, n_active: int) -> None:
+        """8. Record: events and the ticks.csv row to the run log, the live view."""
         events = self.table.drain_events()
         if events:
             self.fault_events.extend(e for e in events if e.get("type") == "fault")
         duration = time.perf_counter() - wall0
         self.stats.ticks += 1
         self.stats.latencies_s.append(duration)
-        self._last = (t, c_out, current_a, charge_limit_a, discharge_limit_a, bal)
+        self._last = (t, c_out, current_a, charge_a, discharge_a, bal)
         if self.log:
             for e in c_out.events:
                 self.log.event(e)
             for e in events:
                 self.log.event(e)
-            self.log.row_segments(self._row(t, c_out, current_a, stack_v, bus_v,
-                                            charge_limit_a, discharge_limit_a, bal, len(active),
-                                            duration), t)
+            self.log.row_segments(self._row.fill(
+                t, int(c_out.state), current_a, self._stack_v, self._bus_v,
+                (self._cell_v, self._soc, self._soc_sigma, self._leak_a, self._temps),
+                charge_a, discharge_a, int(c_out.outputs), bal.masks, n_active, duration), t)
         if self.monitor and self.monitor.poll_viewers():
             self.monitor.publish(self.snapshot())
-        self.tick_index += 1
 
     def snapshot(self) -> dict[str, Any]:
         """The last tick as a JSON-able dict (live view, monitor); built only when asked."""
         if self._last is None:
             return {}
-        return self._snapshot(*self._last)
+        t, c_out, current_a, charge_a, discharge_a, bal = self._last
+        return tick_snapshot(
+            t, ContactorState(c_out.state).name, int(c_out.outputs), current_a, charge_a,
+            discharge_a,
+            sorted({r.code.name for r in self.table.active() if r.severity >= Severity.WARNING}),
+            sorted({r.code.name for r in self.table.latched()}),
+            [stack_snapshot(s.config.name, s.lost, s.data, s.out, int(bal.masks[s.index]))
+             for s in self.stacks])
 
     def run(self, duration_s: float, on_tick: Callable[[Controller], None] | None = None,
             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -468,54 +467,18 @@ class Controller:
 
     # ------------------------------------------------------------------ boards
 
-    def _request(self, s: StackRuntime, sample_dt: float, t: float) -> int | None:
-        if s.lost:
-            if t < s.next_reconnect_s:
-                return None
-            s.next_reconnect_s = t + RECONNECT_PERIOD_S
-            try:
-                s.client.close()
-                s.client.open()
-                s.lost = False
-                self.table.raise_fault(FaultCode.BOARD_RESET, t, None, None, s.index,
-                                       momentary=True)
-            except (LinkError, OSError):
-                return None
-        try:
-            return s.client.request_sample(sample_dt)
-        except (LinkError, OSError) as exc:
-            self._mark_lost(s, exc, t)
-            return None
-
-    def _await(self, s: StackRuntime, seq: int | None, t: float) -> Measurement | object | None:
-        """The answer to ``seq``: a Measurement, or _IN_WIRE_VALS when the client's fast lane
-        unpacked it into the validator's buffer; None (counted as a miss; a lost link marks
-        the board)."""
-        if seq is None:
-            s.misses += 1
-            return None
-        try:
-            m = s.client.wait_measurement_into(seq, *s.validator.wire_take)
-            return _IN_WIRE_VALS if m is None else m
-        except (LinkError, OSError) as exc:
-            s.misses += 1
-            self.table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, s.index,
-                                   momentary=True)
-            if not isinstance(exc, LinkError) or isinstance(exc, BoardLostError):
-                self._mark_lost(s, exc, t)
-            return None
-
-    def _receive(self, s: StackRuntime, m: Measurement | object, t: float, dt_s: float
-                 ) -> None:
-        """Validate one board's MEASUREMENT and run its stack's core."""
-        if m is _IN_WIRE_VALS:
+    def _receive(self, s: StackRuntime, m: Measurement | MeasurementLane, t: float,
+                 dt_s: float) -> None:
+        """Validate one board's MEASUREMENT (a message, or the values in its fast lane) and run
+        its stack's core."""
+        if isinstance(m, MeasurementLane):
             data = s.validator.check_wire(t)
         else:
             try:
                 data = s.validator.check_measurement(t, m, s.scaler.current_a(m),
                                                      s.scaler.bus_voltage_v(m))
             except ValueError as exc:  # channel counts differ from the board profile
-                self._mark_lost(s, exc, t)
+                s.io.mark_lost(exc, t)
                 return
         s.measurements += 1
         status = int(data.status)
@@ -574,53 +537,8 @@ class Controller:
         self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         self._p_imbalance_kpa[k] = o.load_cell_imbalance_kpa
-
-    def _mark_lost(self, s: StackRuntime, exc: BaseException, t: float) -> None:
-        if not s.lost:
-            s.lost = True
-            s.lost_reason = f"{type(exc).__name__}: {exc}"
-            s.next_reconnect_s = t + RECONNECT_PERIOD_S
-            if self.log:
-                self.log.event({"type": "board", "event": "lost", "time_s": t,
-                                "stack": s.index, "port": s.port, "reason": s.lost_reason})
-
-    def _send_outputs(self, s: StackRuntime, outputs: int, mask: int, charge_a: float,
-                      discharge_a: float, t: float) -> int | None:
-        """Send SET_OUTPUTS when something changed; the seq to wait on, or None."""
-        if s.lost:
-            return None
-        # Outputs and masks are sent when they change; the limits when they move by more than
-        # LIMIT_RESEND_A, and everything every OUTPUT_REFRESH_S as a safety net: one round
-        # trip per change instead of one per tick. The limits only steer a charger or the
-        # emulator's load; protection never depends on them reaching the board.
-        last = s.outputs_sent
-        if (last is not None and last[0] == outputs and last[1] == mask
-                and abs(last[2] - charge_a) < LIMIT_RESEND_A
-                and abs(last[3] - discharge_a) < LIMIT_RESEND_A
-                and t - s.outputs_sent_s < OUTPUT_REFRESH_S):
-            return None
-        try:
-            seq = s.client.request_outputs(outputs, mask, max(charge_a, 0.0),
-                                           max(discharge_a, 0.0))
-        except LinkError as exc:
-            self._mark_lost(s, exc, t)
-            return None
-        s.outputs_pending = (outputs, mask, charge_a, discharge_a)
-        return seq
-
-    def _wait_outputs(self, s: StackRuntime, seq: int, t: float) -> None:
-        try:
-            s.client.wait_ack(seq)
-            s.outputs_sent, s.outputs_sent_s = s.outputs_pending, t
-        except LinkError as exc:
-            if isinstance(exc, (BoardNackError, BoardTimeoutError)):
-                # The board refused (e.g. its watchdog tripped) or did not answer in time (a
-                # silent link: MEASUREMENT_LOST and SAFE cover it, as for a late SAMPLE): try
-                # again next tick. Marking it lost here would stop the SAMPLEs, and in the sim
-                # clock a silent board's time (and its silence) only advances with SAMPLEs.
-                s.outputs_sent = None
-                return
-            self._mark_lost(s, exc, t)
+        self._row.set_stack(k, data.pressure_kpa, o.pressure_expected_kpa,
+                            o.pressure_residual_kpa)
 
     # ------------------------------------------------------------------ pack-wide values
 
@@ -684,57 +602,6 @@ class Controller:
                                                               discharge_limit_a)
         return p
 
-    # ------------------------------------------------------------------ output
-
-    def _row(self, t, c_out, current_a, stack_v, bus_v, charge_a, discharge_a, bal,
-             n_active, duration) -> list[np.ndarray]:
-        """One ticks.csv row in standard_columns order, as consecutive float64 arrays: the
-        per-cell and per-sensor arrays themselves (formatted in place by the C formatter, not
-        copied), with the scalars in two small buffers around them."""
-        head, tail = self._row_head, self._row_tail
-        head[:] = (t, int(c_out.state), current_a, stack_v, bus_v)
-        n_st = len(self.stacks)
-        segs = self._row_segs
-        for s in self.stacks:
-            d, o = s.data, s.out
-            segs[6 + s.index] = s.nan_pressure if d is None else d.pressure_kpa
-            if o is not None:
-                tail[s.index] = o.pressure_expected_kpa
-                tail[n_st + s.index] = o.pressure_residual_kpa
-        k = 2 * n_st
-        tail[k:k + 3] = (charge_a, discharge_a, int(c_out.outputs))
-        k += 3
-        tail[k:k + n_st] = bal.masks
-        tail[k + n_st:k + n_st + 2] = (n_active, duration)
-        segs[1:6] = (self._cell_v, self._soc, self._soc_sigma, self._leak_a, self._temps)
-        return segs
-
-    def _snapshot(self, t, c_out, current_a, charge_a, discharge_a, bal) -> dict[str, Any]:
-        stacks = []
-        for s in self.stacks:
-            d, o = s.data, s.out
-            stacks.append({
-                "name": s.config.name,
-                "lost": s.lost,
-                "cell_voltage_v": [] if d is None else np.nan_to_num(d.cell_voltage_v).tolist(),
-                "temperature_c": [] if d is None else np.nan_to_num(d.temperature_c).tolist(),
-                "soc": [] if o is None else np.asarray(o.soc).tolist(),
-                "soc_sigma": [] if o is None else np.asarray(o.soc_sigma).tolist(),
-                "leak_a": [] if o is None else np.asarray(o.leak_a).tolist(),
-                "pressure_kpa": math.nan if o is None else float(o.pressure_mean_kpa),
-                "pressure_expected_kpa": math.nan if o is None
-                else float(o.pressure_expected_kpa),
-                "balance_mask": int(bal.masks[s.index]),
-            })
-        return {
-            "time_s": t, "state": ContactorState(c_out.state).name, "outputs": int(c_out.outputs),
-            "current_a": current_a, "charge_limit_a": charge_a, "discharge_limit_a": discharge_a,
-            "active_faults": sorted({r.code.name for r in self.table.active()
-                                     if r.severity >= Severity.WARNING}),
-            "latched_faults": sorted({r.code.name for r in self.table.latched()}),
-            "stacks": stacks,
-        }
-
     def summary(self) -> dict[str, Any]:
         return {
             "pack": self.pack.name,
@@ -745,15 +612,9 @@ class Controller:
             "missed_deadlines": self.stats.missed_deadlines,
             "tick_latency_ms": self.stats.percentiles_ms(),
             "faults": self.table.summary(),
-            "boards": [{"stack": s.index, "port": s.port, "lost": s.lost,
-                        "lost_reason": s.lost_reason, "measurements": s.measurements,
-                        "misses": s.misses, "link": _safe_counters(s.client),
+            "boards": [{"stack": s.index, "port": s.io.port, "lost": s.io.lost,
+                        "lost_reason": s.io.lost_reason, "measurements": s.measurements,
+                        "misses": s.io.misses, "link": s.io.counters(),
                         "validation": dict(s.validator.counts)} for s in self.stacks],
         }
 
-
-def _safe_counters(client: BoardClient) -> dict[str, int]:
-    try:
-        return client.counters
-    except LinkError:
-        return {}

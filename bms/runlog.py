@@ -64,6 +64,78 @@ def standard_columns(
     return cols
 
 
+class TickRow:
+    """The controller's ticks.csv row in :func:`standard_columns` order (no ``extra``), kept as
+    consecutive float64 segments for :meth:`RunLog.row_segments`: the per-cell and per-sensor
+    arrays themselves (formatted in place by the C formatter, never copied) with the scalars in
+    two small buffers around them. ``load_cells``: load cells per stack, in pack order."""
+
+    def __init__(self, load_cells: Sequence[int]) -> None:
+        n_st = len(load_cells)
+        self.n_stacks = n_st
+        self._head = np.full(5, np.nan)  # time, state, current, stack and bus voltage
+        # pressure expected and residual per stack, limits, outputs, masks, faults, duration
+        self._tail = np.full(3 * n_st + 5, np.nan)
+        self._no_pressure = [np.full(k, np.nan) for k in load_cells]  # a stack without data
+        self.segments: list[np.ndarray] = (
+            [self._head] + [np.empty(0)] * 5 + list(self._no_pressure) + [self._tail])
+
+    def set_stack(self, k: int, pressure_kpa: np.ndarray, pressure_expected_kpa: float,
+                  pressure_residual_kpa: float) -> None:
+        """Stack ``k``'s latest data (kept for later rows until the next call)."""
+        self.segments[6 + k] = pressure_kpa
+        self._tail[k] = pressure_expected_kpa
+        self._tail[self.n_stacks + k] = pressure_residual_kpa
+
+    def fill(self, time_s: float, state: int, current_a: float, stack_voltage_v: float,
+             bus_voltage_v: float, cells: Sequence[np.ndarray], charge_limit_a: float,
+             discharge_limit_a: float, outputs: int, balance_masks: np.ndarray,
+             faults_active: int, tick_duration_s: float) -> list[np.ndarray]:
+        """This tick's segments. ``cells``: the pack-wide cell voltage, SOC, SOC sigma and leak
+        arrays, then the thermistor temperatures (in column order)."""
+        self._head[:] = (time_s, state, current_a, stack_voltage_v, bus_voltage_v)
+        tail, n_st = self._tail, self.n_stacks
+        k = 2 * n_st
+        tail[k:k + 3] = (charge_limit_a, discharge_limit_a, outputs)
+        k += 3
+        tail[k:k + n_st] = balance_masks
+        tail[k + n_st:k + n_st + 2] = (faults_active, tick_duration_s)
+        self.segments[1:6] = cells
+        return self.segments
+
+
+def stack_snapshot(name: str, lost: bool, data: Any, out: Any, balance_mask: int
+                   ) -> dict[str, Any]:
+    """One stack of :func:`tick_snapshot`: ``data`` a validated measurement and ``out`` the
+    core's estimates (either None before the stack's first data)."""
+    d, o = data, out
+    return {
+        "name": name,
+        "lost": lost,
+        "cell_voltage_v": [] if d is None else np.nan_to_num(d.cell_voltage_v).tolist(),
+        "temperature_c": [] if d is None else np.nan_to_num(d.temperature_c).tolist(),
+        "soc": [] if o is None else np.asarray(o.soc).tolist(),
+        "soc_sigma": [] if o is None else np.asarray(o.soc_sigma).tolist(),
+        "leak_a": [] if o is None else np.asarray(o.leak_a).tolist(),
+        "pressure_kpa": math.nan if o is None else float(o.pressure_mean_kpa),
+        "pressure_expected_kpa": math.nan if o is None else float(o.pressure_expected_kpa),
+        "balance_mask": int(balance_mask),
+    }
+
+
+def tick_snapshot(time_s: float, state: str, outputs: int, current_a: float,
+                  charge_limit_a: float, discharge_limit_a: float, active_faults: list[str],
+                  latched_faults: list[str], stacks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The live view's JSON object of one tick (``bms monitor``, the monitor socket)."""
+    return {
+        "time_s": time_s, "state": state, "outputs": int(outputs),
+        "current_a": current_a, "charge_limit_a": charge_limit_a,
+        "discharge_limit_a": discharge_limit_a,
+        "active_faults": active_faults, "latched_faults": latched_faults,
+        "stacks": stacks,
+    }
+
+
 _FLOAT = "{:.10g}".format  # 10 significant digits: 0.1 mV on volts, 10 ms on a 10^6 s run
 
 #: Decimals per ticks.csv column for :meth:`RunLog.row_array` (fixed point, formatted in C by

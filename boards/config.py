@@ -22,6 +22,11 @@ KELVIN_OFFSET = 273.15
 #: 25 degC in kelvin: the NTC datasheet reference temperature (R25, Beta 25/85) and the usual
 #: reference of Arrhenius fits.
 T25_K = 25.0 + KELVIN_OFFSET
+#: Tolerance of every comparison of times built from sums of ticks: ten ticks of 0.1 s add up
+#: to 0.9999999999999999 s, which must count as 1 s. Far below any tick (>= 1 ms) and far above
+#: float64 rounding of run times (1e-16 relative). The C protection engine's
+#: SSB_PROT_TIME_EPS_S is the same number (checked by tests/test_layers.py).
+TIME_EPS_S = 1e-9
 
 
 class ConfigError(ValueError):

@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from boards.config import BoardProfile
-from hil.link import TAKEN, BoardLostError, BoardTimeoutError, LinkError, SerialLink
+from hil.link import (
+    BoardLostError,
+    BoardTimeoutError,
+    LinkError,
+    MeasurementLane,
+    SerialLink,
+)
 from hil.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -312,17 +317,14 @@ class BoardClient:
         assert isinstance(m, Measurement)  # noqa: S101 (guaranteed by _REPLY_TYPES)
         return m
 
-    def wait_measurement_into(self, seq: int, vals_ptr: Any, n_vals: int,
-                              timeout_s: float | None = None) -> Measurement | None:
+    def wait_measurement_into(self, seq: int, lane: MeasurementLane,
+                              timeout_s: float | None = None) -> Measurement | MeasurementLane:
         """:meth:`wait_measurement`, with a fast lane: when the answer arrives alone in one
-        read (the usual case), its values go straight into ``vals_ptr`` (``int64_t[n_vals]``:
-        timestamp_ms, status, current_raw, bus_voltage_raw, then cells, thermistors, load
-        cells) and None is returned; otherwise the Measurement, as wait_measurement. Same
-        timeouts, retries, stale-reply and reset handling either way."""
-        m = self._wait(seq, timeout_s, _SAMPLE_RETRY, (seq, vals_ptr, n_vals))
-        if m is TAKEN:
-            return None
-        assert isinstance(m, Measurement)  # noqa: S101 (guaranteed by _REPLY_TYPES)
+        read (the usual case), its values go straight into ``lane`` and the lane is returned;
+        otherwise the Measurement, as wait_measurement. Same timeouts, retries, stale-reply
+        and reset handling either way."""
+        m = self._wait(seq, timeout_s, _SAMPLE_RETRY, lane)
+        assert isinstance(m, (Measurement, MeasurementLane))  # noqa: S101 (_REPLY_TYPES)
         return m
 
     def sample(self, dt_s: float, timeout_s: float | None = None) -> Measurement:
@@ -419,7 +421,7 @@ class BoardClient:
         self._info = info
 
     def _wait(self, seq: int, timeout_s: float | None, retry_msg: Message,
-              take: tuple[int, Any, int] | None = None) -> Message:
+              lane: MeasurementLane | None = None) -> Message | MeasurementLane:
         p = self._pending.get(seq)
         if p is None:
             raise LinkError(f"{self.port}: no request pending with seq {seq}")
@@ -433,11 +435,11 @@ class BoardClient:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0.0:
                         break
-                    f = link.recv(remaining, take)
+                    f = link.recv(remaining, seq, lane)
                     if f is None:
                         break
-                    if f is TAKEN:  # the answer, unpacked into the caller's buffer
-                        p.reply = TAKEN  # type: ignore[assignment]
+                    if f is lane:  # the answer, unpacked into the caller's lane
+                        p.reply = lane  # type: ignore[assignment]
                         self.stats.replies += 1
                         break
                     self._dispatch(f.seq, f.msg)  # type: ignore[union-attr]

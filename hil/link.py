@@ -37,16 +37,36 @@ from hil.protocol import (
     Message,
     encode_frame,
     next_seq,
+    wire_values_pointer,
 )
 
 __all__ = ["LinkError", "BoardLostError", "BoardTimeoutError", "SerialLink", "LinkStats",
-           "DEFAULT_BAUDRATE"]
+           "MeasurementLane", "DEFAULT_BAUDRATE"]
 
 DEFAULT_BAUDRATE = 115200
 _READ_CHUNK = 4096
-#: What :meth:`SerialLink.recv` returns when the awaited MEASUREMENT went straight into the
-#: caller's buffer (its ``take`` argument).
-TAKEN = object()
+
+
+class MeasurementLane:
+    """The fast lane of one board's MEASUREMENTs: a buffer the awaited answer is unpacked into
+    when it arrives alone in one read (:meth:`FrameDecoder.take_measurement`, C engine), so the
+    hot path builds no message object. ``values`` (int64, contiguous): timestamp_ms, status,
+    current_raw, bus_voltage_raw, then the channel counts in wire order; the lane takes only a
+    frame with exactly that many channels.
+
+    :meth:`SerialLink.recv` and :meth:`hil.client.BoardClient.wait_measurement_into` return the
+    lane itself when the values are in it: a plain value of a named type, not a sentinel.
+    """
+
+    __slots__ = ("values", "pointer", "n_values")
+
+    def __init__(self, values: Any) -> None:
+        self.values = values
+        self.pointer = wire_values_pointer(values)
+        self.n_values = len(values)
+
+    def __repr__(self) -> str:
+        return f"MeasurementLane({self.n_values} values)"
 
 
 class LinkError(Exception):
@@ -193,16 +213,16 @@ class SerialLink:
 
     # ------------------------------------------------------------------ receiving
 
-    def recv(self, timeout_s: float, take: tuple[int, Any, int] | None = None
-             ) -> DecodedFrame | object | None:
+    def recv(self, timeout_s: float, seq: int = 0, lane: MeasurementLane | None = None
+             ) -> DecodedFrame | MeasurementLane | None:
         """The next valid frame, or None if none arrives within ``timeout_s``.
 
         Frames the decoder rejected (version, unknown type, payload) are counted and skipped:
         a host does not answer them. Raises BoardLostError if the port fails.
 
-        ``take=(seq, vals_ptr, n_vals)``: when a read brings exactly the MEASUREMENT with that
-        seq and nothing else, it is unpacked into ``vals_ptr`` without becoming a message
-        (:meth:`FrameDecoder.take_measurement`) and :data:`TAKEN` is returned.
+        With a ``lane``: when a read brings exactly the MEASUREMENT with sequence number ``seq``
+        and nothing else, it is unpacked into the lane without becoming a message
+        (:meth:`FrameDecoder.take_measurement`) and the lane is returned.
         """
         frames = self._frames
         deadline = None
@@ -220,8 +240,9 @@ class SerialLink:
                     return None
             data = self.read_available(remaining)
             if data:
-                if take is not None and self.decoder.take_measurement(data, *take):
-                    return TAKEN
+                if lane is not None and self.decoder.take_measurement(
+                        data, seq, lane.pointer, lane.n_values):
+                    return lane
                 frames.extend(self.decoder.feed(data))
 
     def recv_any(self, timeout_s: float) -> DecodedFrame | None:

@@ -268,7 +268,7 @@ def test_pipelined_set_outputs_ack_is_collected_next_tick_and_a_nack_resends(
     from hil.protocol import MsgType, Nack, NackError
 
     with Bench(PACK, tmp_path / "log") as b:
-        c, s = b.c, b.c.stacks[0]
+        c, s = b.c, b.c.stacks[0].io  # the board's side of the stack
         b.close_contactors()
         b.ticks(3)
         assert s.ack_seq is None and s.outputs_sent is not None

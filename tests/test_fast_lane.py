@@ -1,5 +1,5 @@
 """The controller's fast lane for the MEASUREMENT it waits for (csrc/ssb_wire.c
-ssb_wire_take_measurement -> FrameDecoder.take_measurement -> SerialLink.recv(take=...) ->
+ssb_wire_take_measurement -> FrameDecoder.take_measurement -> SerialLink.recv(seq, lane) ->
 BoardClient.wait_measurement_into -> StackValidator.check_wire): the same result as the general
 decoder, or no result at all, and the same run log end to end."""
 
@@ -120,7 +120,7 @@ def _run(fast: bool, seconds: float) -> tuple[dict[str, np.ndarray], list[dict]]
 
                 s.validator.check_wire = counted  # type: ignore[method-assign]
             else:
-                s.validator.wire_take = (proto._ffi.NULL, 0)  # declined: the general path
+                s.io.lane = None  # no fast lane: every answer as a Measurement
         c.open()
         c.request_close()
         c.run(seconds)

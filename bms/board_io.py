@@ -1,0 +1,193 @@
+"""One stack's board as the controller sees it: requests and answers, the outputs it was last
+sent, the heartbeat, and the policy for a board that stops answering.
+
+Policy (docs/architecture.md, "Board loss"): a failed read or write marks the board lost (an
+event in the run log, never an exception into the tick); a lost board gets no requests, and its
+port is closed and opened again every ``RECONNECT_PERIOD_S`` (a USB board re-enumerates after a
+reset). A late answer is a miss and a momentary MEASUREMENT_LATE; only a port that is gone marks
+the board lost, so a silent board on a live port stays asked (in the sim clock its time, and its
+silence, only advance with SAMPLEs) and MEASUREMENT_LOST takes the pack to SAFE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from bms.faults import FaultCode, FaultTable
+from bms.tuning import LIMIT_RESEND_A, OUTPUT_REFRESH_S, RECONNECT_PERIOD_S
+from hil.client import BoardClient, BoardNackError
+from hil.link import BoardLostError, BoardTimeoutError, LinkError, MeasurementLane
+from hil.protocol import Measurement
+
+#: What the outputs were last sent as: (outputs, balance mask, charge limit A, discharge limit A).
+SentOutputs = tuple[int, int, float, float]
+
+
+class BoardIO:
+    """Requests to one board and the state of that conversation. ``lane``: where the board's
+    MEASUREMENTs are unpacked by the fast lane (None: always as messages)."""
+
+    def __init__(self, index: int, port: str, client: BoardClient, table: FaultTable,
+                 lane: MeasurementLane | None = None,
+                 log_event: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.index = index
+        self.port = port
+        self.client = client
+        self.lane = lane
+        self._table = table
+        self._log_event = log_event
+        self.lost = False
+        self.lost_reason = ""
+        self.next_reconnect_s = 0.0
+        self.prefetched: int | None = None  # seq of a SAMPLE already sent for the next tick
+        self.ack_seq: int | None = None  # SET_OUTPUTS sent last tick whose ACK is to collect
+        self.outputs_sent: SentOutputs | None = None
+        self.outputs_pending: SentOutputs | None = None
+        self.outputs_sent_s = -math.inf
+        self.misses = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Handshake (version, board id, channel counts) and all outputs open."""
+        self.client.open()
+        self.client.set_outputs(0, 0, 0.0, 0.0)
+
+    def close(self) -> None:
+        """Open the outputs (best effort: the board's watchdog opens them anyway) and the port."""
+        if not self.lost:
+            try:
+                self.client.set_outputs(0, 0, 0.0, 0.0)
+            except LinkError:
+                pass
+        self.client.close()
+
+    def watchdog_timeout_s(self) -> float:
+        """The board's own watchdog timeout, as its INFO reports it."""
+        return self.client.info.heartbeat_timeout_ms / 1000.0
+
+    def counters(self) -> dict[str, int]:
+        try:
+            return self.client.counters
+        except LinkError:
+            return {}
+
+    # ------------------------------------------------------------------ samples
+
+    def take_prefetched_or_request(self, sample_dt_s: float, t: float) -> int | None:
+        """The seq of this tick's SAMPLE: the one sent ahead last tick, else one sent now."""
+        if self.prefetched is not None:
+            seq, self.prefetched = self.prefetched, None
+            return seq
+        return self.request_sample(sample_dt_s, t)
+
+    def request_sample(self, sample_dt_s: float, t: float) -> int | None:
+        """Send SAMPLE; its seq, or None when the board is lost (reconnecting when due)."""
+        if self.lost and not self._reconnect(t):
+            return None
+        try:
+            return self.client.request_sample(sample_dt_s)
+        except (LinkError, OSError) as exc:
+            self.mark_lost(exc, t)
+            return None
+
+    def _reconnect(self, t: float) -> bool:
+        if t < self.next_reconnect_s:
+            return False
+        self.next_reconnect_s = t + RECONNECT_PERIOD_S
+        try:
+            self.client.close()
+            self.client.open()
+        except (LinkError, OSError):
+            return False
+        self.lost = False
+        self._table.raise_fault(FaultCode.BOARD_RESET, t, None, None, self.index,
+                                momentary=True)
+        return True
+
+    def await_measurement(self, seq: int | None, t: float
+                          ) -> Measurement | MeasurementLane | None:
+        """The answer to ``seq``: a Measurement, or the lane when the fast lane unpacked it
+        there; None when there is none (a miss; a lost port also marks the board lost)."""
+        if seq is None:
+            self.misses += 1
+            return None
+        try:
+            if self.lane is None:
+                return self.client.wait_measurement(seq)
+            return self.client.wait_measurement_into(seq, self.lane)
+        except (LinkError, OSError) as exc:
+            self.misses += 1
+            self._table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, self.index,
+                                    momentary=True)
+            if not isinstance(exc, LinkError) or isinstance(exc, BoardLostError):
+                self.mark_lost(exc, t)
+            return None
+
+    # ------------------------------------------------------------------ commands
+
+    def send_outputs(self, outputs: int, mask: int, charge_a: float, discharge_a: float,
+                     t: float) -> int | None:
+        """Send SET_OUTPUTS when something changed; the seq to collect the ACK of, or None."""
+        if self.lost:
+            return None
+        # Outputs and masks are sent when they change; the limits when they move by more than
+        # LIMIT_RESEND_A, and everything every OUTPUT_REFRESH_S as a safety net: one round
+        # trip per change instead of one per tick. The limits only steer a charger or the
+        # emulator's load; protection never depends on them reaching the board.
+        last = self.outputs_sent
+        if (last is not None and last[0] == outputs and last[1] == mask
+                and abs(last[2] - charge_a) < LIMIT_RESEND_A
+                and abs(last[3] - discharge_a) < LIMIT_RESEND_A
+                and t - self.outputs_sent_s < OUTPUT_REFRESH_S):
+            return None
+        try:
+            seq = self.client.request_outputs(outputs, mask, max(charge_a, 0.0),
+                                              max(discharge_a, 0.0))
+        except LinkError as exc:
+            self.mark_lost(exc, t)
+            return None
+        self.outputs_pending = (outputs, mask, charge_a, discharge_a)
+        return seq
+
+    def collect_ack(self, seq: int, t: float) -> None:
+        try:
+            self.client.wait_ack(seq)
+            self.outputs_sent, self.outputs_sent_s = self.outputs_pending, t
+        except LinkError as exc:
+            if isinstance(exc, (BoardNackError, BoardTimeoutError)):
+                # The board refused (e.g. its watchdog tripped) or did not answer in time (a
+                # silent link: MEASUREMENT_LOST and SAFE cover it, as for a late SAMPLE): try
+                # again next tick. Marking it lost here would stop the SAMPLEs, and in the sim
+                # clock a silent board's time (and its silence) only advance with SAMPLEs.
+                self.outputs_sent = None
+                return
+            self.mark_lost(exc, t)
+
+    def collect_pending_ack(self, t: float) -> None:
+        """The ACK of last tick's SET_OUTPUTS (pipelined sim clock), if one is outstanding."""
+        if self.ack_seq is not None:
+            seq, self.ack_seq = self.ack_seq, None
+            if not self.lost:
+                self.collect_ack(seq, t)
+
+    def heartbeat(self, bms_state: int, host_ms: int, defer: bool, t: float) -> None:
+        if self.lost:
+            return
+        try:
+            self.client.heartbeat(bms_state, host_ms, defer=defer)
+        except LinkError as exc:
+            self.mark_lost(exc, t)
+
+    def mark_lost(self, exc: BaseException, t: float) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self.lost_reason = f"{type(exc).__name__}: {exc}"
+        self.next_reconnect_s = t + RECONNECT_PERIOD_S
+        if self._log_event is not None:
+            self._log_event({"type": "board", "event": "lost", "time_s": t,
+                             "stack": self.index, "port": self.port,
+                             "reason": self.lost_reason})
