@@ -153,9 +153,8 @@ class Controller:
         self._t0_wall: float | None = None
         self._close_wanted = False
         self._pending_reset = False
-        # Until open() has read the boards' INFO: the pack's watchdog timeout.
-        hb_timeout = pack.contactors.heartbeat_timeout_s if pack.contactors else 1.0
-        self.heartbeat_period_s = hb_timeout / HEARTBEATS_PER_TIMEOUT
+        # Set by open() from the boards' INFO; until then a beat every tick (the safe side).
+        self.heartbeat_period_s = 0.0
         self._next_heartbeat_s = -math.inf
 
     def _stack_runtime(self, k: int, stack: StackConfig, board: BoardProfile, port: str,
