@@ -475,7 +475,7 @@ def test_step_caches_follow_dt_outputs_faults_and_ambient() -> None:
             r_before = cached.truth().series_resistance_ohm
         cached.step(dt_s)
         fresh._dt_consts = (math.nan, *fresh._dt_consts[1:])
-        fresh._thermal_cache.clear()
+        fresh._thermal._cache.clear()
         fresh.step(dt_s)
         if i == 3:
             # contact loss acts on the very next step: cell 4's ohmic part doubles

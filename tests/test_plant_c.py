@@ -1,5 +1,5 @@
 """The C plant engine (csrc/ssb_plant.c, ``Plant(engine="c")``, the default) against the NumPy
-reference (``Plant(engine="numpy")``): the same seed and the same calls on both, long runs,
+reference (``Plant(engine="reference")``): the same seed and the same calls on both, long runs,
 every load, output state and plant fault, compared step by step.
 
 Tolerances, and why:
@@ -65,8 +65,8 @@ class Pair:
         self.c = Plant(pack, 0, board, seed=seed, initial_soc=soc, temperature_c=temperature_c,
                        engine="c")
         self.ref = Plant(pack, 0, board, seed=seed, initial_soc=soc,
-                         temperature_c=temperature_c, engine="numpy")
-        assert self.c.engine == "c" and self.ref.engine == "numpy"
+                         temperature_c=temperature_c, engine="reference")
+        assert self.c.engine == "c" and self.ref.engine == "reference"
         self.counts = 0
         self.count_diffs = 0
         self.steps = 0
@@ -365,7 +365,7 @@ def test_c_functions_return_error_codes() -> None:
     plant = Plant(PACK, 0, BOARD, seed=1)
     c = plant._c
     sums, p_out = ffi.new("double[2]"), ffi.new("double *")
-    minv, c_dt, amb = plant._thermal_c(1.0)
+    minv, c_dt, amb = c.thermal_pointers(plant, 1.0)
     assert lib.ssb_plant_begin(c.cfg, c.st, 500.0, sums) == 0
     assert lib.ssb_plant_begin(ffi.NULL, c.st, 500.0, sums) == lib.SSB_PLANT_ERR_NULL
     assert lib.ssb_plant_begin(c.cfg, c.st, math.nan, sums) == lib.SSB_PLANT_ERR_PARAM
