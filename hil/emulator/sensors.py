@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from boards.config import KELVIN_OFFSET, T25_K, BoardProfile, StackConfig
+from boards.config import KELVIN_OFFSET, BoardProfile, StackConfig
 from hil.emulator.faults import PlantFaults
 from hil.emulator.params import PlantParams, spread
 from hil.protocol import INVALID_I32, INVALID_U16
@@ -65,12 +65,11 @@ class Sensors:
         self.th_off_k = spread_rng.uniform(-p.thermistor_offset_k, p.thermistor_offset_k, k)
         self.lc_off_kpa = spread_rng.uniform(-p.load_cell_offset_kpa, p.load_cell_offset_kpa, m)
         self.lc_gain = 1.0 + spread(spread_rng, p.load_cell_gain_spread, m)
-        self.th_off_k_kelvin = self.th_off_k + KELVIN_OFFSET
+        self.th_off_k_kelvin = self.th_off_k + KELVIN_OFFSET  # for the C port (plant_c.py)
 
     def _build_channels(self) -> None:
         """Noise sigma per channel (thermistor noise in counts), the wire type's bounds, the
-        channel vector and sensor_counts' views of it and its constants as k-vectors (same
-        values as the scalars; numpy charges more for a scalar operand than for a vector)."""
+        channel vector and sensor_counts' views of it."""
         p, b, n, k, m = self.params, self.board, self.n, self.k, self.m
         th = b.thermistor
         self.noise_sigma = np.concatenate([
@@ -82,10 +81,7 @@ class Sensors:
                                      np.full(m, float(I24_MAX)), [INVALID_I32 - 1.0] * 2])
         buf = self.buf = np.zeros(n + k + m + 2)
         self.views = SimpleNamespace(
-            cells=buf[:n], th=buf[n:n + k], lc=buf[n + k:n + k + m], x=np.empty_like(buf),
-            inv_t25=np.full(k, 1.0 / T25_K), beta_k=np.full(k, float(th.beta_k)),
-            r25_ohm=np.full(k, float(th.r25_ohm)), pullup_ohm=np.full(k, float(th.pullup_ohm)),
-            th_scale=np.full(k, th.vref_v / th.lsb_v))
+            cells=buf[:n], th=buf[n:n + k], lc=buf[n + k:n + k + m], x=np.empty_like(buf))
 
     def _build_thermistor_weights(self, stack: StackConfig) -> None:
         """Thermistor positions along the stack -> interpolation weights over cells (k, n)."""
@@ -177,19 +173,12 @@ class Sensors:
                 buf[i + 1] += lost
 
     def _ntc_counts(self, temp_cells_c: np.ndarray) -> None:
-        """NTC divider voltage in counts by the Beta equation (as ThermistorScaling.c_to_counts),
-        at the thermistor's position along the stack, plus the NTC's tolerance."""
-        sc = self.views
-        t_k = self.th_weights.dot(temp_cells_c)
-        t_k += self.th_off_k_kelvin
-        np.reciprocal(t_k, out=t_k)
-        t_k -= sc.inv_t25
-        t_k *= sc.beta_k
-        r_ntc = np.exp(t_k, out=t_k)
-        r_ntc *= sc.r25_ohm
-        den = np.add(r_ntc, sc.pullup_ohm)
-        np.divide(r_ntc, den, out=sc.th)
-        sc.th *= sc.th_scale
+        """NTC divider voltage in counts by the board profile's Beta equation
+        (ThermistorScaling.c_to_counts, the inverse of what the host reads), at the
+        thermistor's position along the stack, plus the NTC's tolerance."""
+        t_c = self.th_weights.dot(temp_cells_c)
+        t_c += self.th_off_k
+        self.views.th[...] = self.board.thermistor.c_to_counts(t_c)
 
     def finish(self, raw: np.ndarray, f: PlantFaults) -> SensorCounts:
         """Sensor faults on the rounded counts (both engines), then the MEASUREMENT's fields.
