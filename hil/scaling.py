@@ -10,8 +10,8 @@ needs new firmware; this module is the one place that applies the profile's scal
 - bus voltage   V   = counts * bus_lsb_v                         (0x7FFFFFFF -> NaN)
 
 The inverse helpers (engineering -> counts, rounded to nearest and clamped to the wire type,
-never producing a sentinel by accident; NaN -> the sentinel) are what the emulator uses to
-synthesise MEASUREMENTs.
+never producing a sentinel by accident; NaN -> the sentinel) are what the emulator's reference
+plant engine (hil/emulator/sensors.py) uses to synthesise MEASUREMENTs.
 """
 
 from __future__ import annotations

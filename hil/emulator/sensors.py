@@ -1,18 +1,20 @@
 """Sensor synthesis of one stack: the board's channels as its ADCs read the plant's true values.
 
-Every channel goes through one vector: counts = (x + noise + a) s + c, rounded and clamped to
-the wire type, with x the true value (V, NTC counts, kPa, A, V) and a, s, c the channel's offset
-error, scale and count offset (board profile plus calibration error). Channel order: cells |
-thermistors | load cells | current | bus voltage (the order of ssb_plant_sense in
-csrc/ssb_plant.c, which computes the same vector for the C engine). Sensor faults (open or
-shorted NTC, stuck or open load cell) act on the counts afterwards, for both engines.
+Each channel's input is the true value plus noise, the channel's calibration error and any
+injected offset, in engineering units (V, deg C, kPa, A, V). The reference engine turns it into
+counts with the host's own inverse scaling (hil.scaling.Scaler: cell_counts, thermistor_counts,
+load_cell_counts, current_counts, bus_counts), so the emulator and the BMS share one forward and
+one inverse per channel. The C engine (ssb_plant_sense in csrc/ssb_plant.c) computes the same
+as one vector, counts = (x + noise + a) s + c, rounded and clamped to the wire type (a, s, c:
+the channel's offset, scale and count offset; channel order cells | thermistors | load cells |
+current | bus voltage). Sensor faults (open or shorted NTC, stuck or open load cell) act on the
+counts afterwards, for both engines.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from hil.emulator.faults import PlantFaults
 from hil.emulator.params import PlantParams, spread
 from hil.protocol import INVALID_I32, INVALID_U16
 from hil.scaling import HX711_MAX as I24_MAX
+from hil.scaling import Scaler
 
 NOISE_BATCH = 512  # noise rows drawn at once (a single draw costs more than a whole sample)
 
@@ -49,6 +52,7 @@ class Sensors:
                  rng: np.random.Generator, spread_rng: np.random.Generator) -> None:
         self.board, self.params, self.rng = board, params, rng
         self.n, self.k, self.m = board.cells, board.thermistors, board.load_cells
+        self.scaler = Scaler(board)
         self._draw_calibration(spread_rng)
         self._build_channels()
         self._build_thermistor_weights(stack)
@@ -68,8 +72,8 @@ class Sensors:
         self.th_off_k_kelvin = self.th_off_k + KELVIN_OFFSET  # for the C port (plant_c.py)
 
     def _build_channels(self) -> None:
-        """Noise sigma per channel (thermistor noise in counts), the wire type's bounds, the
-        channel vector and sensor_counts' views of it."""
+        """Noise sigma per channel (thermistor noise in counts) and, for the C port, the wire
+        type's bounds per channel."""
         p, b, n, k, m = self.params, self.board, self.n, self.k, self.m
         th = b.thermistor
         self.noise_sigma = np.concatenate([
@@ -79,9 +83,6 @@ class Sensors:
                                      [-float(INVALID_I32)] * 2])
         self.ch_hi = np.concatenate([np.full(n + k, INVALID_U16 - 1.0),
                                      np.full(m, float(I24_MAX)), [INVALID_I32 - 1.0] * 2])
-        buf = self.buf = np.zeros(n + k + m + 2)
-        self.views = SimpleNamespace(
-            cells=buf[:n], th=buf[n:n + k], lc=buf[n + k:n + k + m], x=np.empty_like(buf))
 
     def _build_thermistor_weights(self, stack: StackConfig) -> None:
         """Thermistor positions along the stack -> interpolation weights over cells (k, n)."""
@@ -96,8 +97,8 @@ class Sensors:
             self.th_weights[j, i1[j]] += w[j]
 
     def refresh(self, f: PlantFaults) -> None:
-        """Recompute what depends on the faults: which fault paths are active and the
-        channels' offset a, scale s and count offset c."""
+        """Recompute what depends on the faults: which fault paths are active and, for the C
+        port, the channels' offset a, scale s and count offset c."""
         b, n, k = self.board, self.n, self.k
         self.vtap_any = bool((~np.isnan(f.vtap_open_since_s)).any())
         self.th_fault_any = bool(f.thermistor_open.any() or f.thermistor_short.any())
@@ -141,44 +142,55 @@ class Sensors:
     def counts(self, t_s: float, cell_v: np.ndarray, temp_cells_c: np.ndarray,
                lc_kpa: np.ndarray, current_a: float, bus_v: float,
                f: PlantFaults) -> SensorCounts:
-        """The reference of ssb_plant_sense: raw counts from the true values now."""
-        sc, buf = self.views, self.buf
-        sc.cells[...] = cell_v
-        if self.vtap_any:
-            self._open_taps(t_s, f)
-        if self.k:
-            self._ntc_counts(temp_cells_c)
-        sc.lc[...] = lc_kpa
-        buf[-2] = current_a
-        buf[-1] = bus_v
+        """The reference of ssb_plant_sense: what each channel's input sees (the true value,
+        noise, calibration error and injected offset, in engineering units), then the host's
+        inverse scaling (hil.scaling.Scaler: cell_counts, thermistor_counts, load_cell_counts,
+        current_counts, bus_counts), which rounds and clamps to the wire type."""
+        n, k, m, sc = self.n, self.k, self.m, self.scaler
         row = self.next_noise_row()
-        x = np.add(buf, self.noise[row], out=sc.x)
-        x += self.ch_a
-        x *= self.ch_s
-        x += self.ch_c
-        np.rint(x, out=x)
-        np.maximum(x, self.ch_lo, out=x)
-        np.minimum(x, self.ch_hi, out=x)
-        return self.finish(x.astype(np.int64), f)
+        noise = self.noise[row]
+        raw = np.empty(n + k + m + 2, dtype=np.int64)
+        cells = np.array(cell_v, dtype=float)
+        if self.vtap_any:
+            self._open_taps(cells, t_s, f)
+        cells += noise[:n]
+        cells += self.cell_off_v
+        cells += f.vtap_offset_v
+        raw[:n] = sc.cell_counts(cells)
+        if k:
+            raw[n:n + k] = sc.thermistor_counts(self._ntc_temperature(temp_cells_c,
+                                                                      noise[n:n + k]))
+        if m:
+            lc = lc_kpa + noise[n + k:n + k + m]
+            lc += self.lc_off_kpa
+            lc += f.loadcell_offset_kpa / self.lc_gain
+            lc *= self.lc_gain
+            raw[n + k:n + k + m] = sc.load_cell_counts(lc)
+        raw[-2] = sc.current_counts(current_a + noise[-2] + self.cur_off_a + f.current_offset_a)
+        raw[-1] = sc.bus_counts(bus_v + noise[-1])
+        return self.finish(raw, f)
 
-    def _open_taps(self, t_s: float, f: PlantFaults) -> None:
+    def _open_taps(self, cells: np.ndarray, t_s: float, f: PlantFaults) -> None:
         """An open tap wire (top of cell i): channel i decays through its input filter and
         channel i+1 reads the difference, so the pair still sums to the true voltage."""
-        buf, n = self.buf, self.n
+        n = self.n
         for i in np.flatnonzero(~np.isnan(f.vtap_open_since_s)):
             decay = math.exp(-(t_s - f.vtap_open_since_s[i]) / self.params.vtap_open_tau_s)
-            lost = buf[i] * (1.0 - decay)
-            buf[i] -= lost
+            lost = cells[i] * (1.0 - decay)
+            cells[i] -= lost
             if i + 1 < n:
-                buf[i + 1] += lost
+                cells[i + 1] += lost
 
-    def _ntc_counts(self, temp_cells_c: np.ndarray) -> None:
-        """NTC divider voltage in counts by the board profile's Beta equation
-        (ThermistorScaling.c_to_counts, the inverse of what the host reads), at the
-        thermistor's position along the stack, plus the NTC's tolerance."""
+    def _ntc_temperature(self, temp_cells_c: np.ndarray, noise_counts: np.ndarray) -> np.ndarray:
+        """The temperature the NTC divider reads: the cells' temperature at the thermistor's
+        position along the stack plus the NTC's tolerance, and the divider's voltage noise
+        (drawn in counts) as the temperature the board profile's Beta equation gives for the
+        noisy voltage (ThermistorScaling.c_to_counts, then counts_to_c)."""
+        th = self.board.thermistor
         t_c = self.th_weights.dot(temp_cells_c)
         t_c += self.th_off_k
-        self.views.th[...] = self.board.thermistor.c_to_counts(t_c)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return th.counts_to_c(th.c_to_counts(t_c) + noise_counts)
 
     def finish(self, raw: np.ndarray, f: PlantFaults) -> SensorCounts:
         """Sensor faults on the rounded counts (both engines), then the MEASUREMENT's fields.
