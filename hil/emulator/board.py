@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boards.config import BoardProfile, PackConfig, load_board
+from boards.config import TIME_EPS_S, BoardProfile, PackConfig, load_board
 from hil.emulator.faults import LINK_CODES, FaultError, InjectedFault, LinkFaults, apply_link_fault
 from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, PlantTruth, SensorCounts
 from hil.emulator.scenario import Scenario, ScenarioRunner
@@ -189,7 +189,7 @@ class EmulatedBoard:
         """Advance the plant (scenario, watchdog, truth) by dt_s in substeps <= 1 s."""
         if dt_s <= 0:
             return
-        n = max(1, math.ceil(dt_s / MAX_SUBSTEP_S - 1e-9))
+        n = max(1, math.ceil((dt_s - TIME_EPS_S) / MAX_SUBSTEP_S))
         h = dt_s / n
         for _ in range(n):
             if self.runner is not None:

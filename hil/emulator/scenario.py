@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from boards.config import TIME_EPS_S
 from hil.emulator.faults import FaultError, InjectedFault, fault_code
 from hil.emulator.plant import CcCvCharge, ConstantCurrent, CurrentProfile, Load, Plant, Rest
 
@@ -275,7 +276,7 @@ class ScenarioRunner:
 
     def due(self) -> bool:
         """True if :meth:`advance` would do something at the plant's current time."""
-        t = self.plant.t_s + 1e-9
+        t = self.plant.t_s + TIME_EPS_S
         sc = self.scenario
         if self._next_fault < len(sc.faults) and sc.faults[self._next_fault].at_s <= t:
             return True
@@ -288,7 +289,7 @@ class ScenarioRunner:
 
     def advance(self) -> None:
         """Apply the events due at the plant's time and move to the next segment if done."""
-        t = self.plant.t_s + 1e-9  # events at t fire before the step that starts at t
+        t = self.plant.t_s + TIME_EPS_S  # events at t fire before the step that starts at t
         sc = self.scenario
         while self._next_fault < len(sc.faults) and sc.faults[self._next_fault].at_s <= t:
             ev = sc.faults[self._next_fault]
