@@ -2,37 +2,34 @@
 the real C core, the sim clock (deterministic, faster than real time).
 
 Every protection (and the sensor, board-reset and lost-measurement faults) runs through
-tools/latency_table.py's scenarios, the same runs that make the latency table of docs/safety.md:
-inject -> detected within debounce + 1 tick (of the first tick after the injection, or of the
-tick the measured value crossed the threshold for a ramp) -> contactor command all open in that
-tick, at most debounce + 2 ticks -> record latched and attributed to its stack and channel ->
-a reset asked at once is refused -> the cause removed, a reset is accepted -> the pack closes
-again. Then precharge failure with retries, the critical/service reset, one load cell open or
-stuck (warnings, no opening), and a board killed mid-run (SAFE, never FAULT).
+bms/app/latency.py's scenarios, the same runs that make the latency table of docs/safety.md
+(tools/latency_table.py): inject -> detected within debounce + 1 tick (of the first tick after
+the injection, or of the tick the measured value crossed the threshold for a ramp) -> contactor
+command all open in that tick, at most debounce + 2 ticks -> record latched and attributed to
+its stack and channel -> a reset asked at once is refused -> the cause removed, a reset is
+accepted -> the pack closes again. Then precharge failure with retries, the critical/service
+reset, one load cell open or stuck (warnings, no opening), and a board killed mid-run (SAFE,
+never FAULT).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from latency_table import (  # noqa: E402
+from bms.app.latency import (
     TIME_EPS_S,
     Bench,
     Scenario,
     run_scenario,
     scenarios,
 )
-
-from bms.contactors import ContactorState  # noqa: E402
-from bms.faults import FaultCode, Severity  # noqa: E402
-from bms.runlog import load_events  # noqa: E402
-from boards.config import load_pack  # noqa: E402
-from hil.protocol import InjectedFault as Inject  # noqa: E402
+from bms.contactors import ContactorState
+from bms.faults import FaultCode, Severity
+from bms.runlog import load_events
+from boards.config import load_pack
+from hil.protocol import InjectedFault as Inject
 
 PACK = load_pack("ssb-23")
 TICK_S = PACK.controller.tick_s

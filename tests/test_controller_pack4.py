@@ -7,17 +7,13 @@ attributed to stack index 2 and nowhere else, and opens the whole pack.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from latency_table import TIME_EPS_S, Bench  # noqa: E402
-
-from bms.contactors import ContactorState  # noqa: E402
-from bms.faults import FaultCode, Severity  # noqa: E402
-from boards.config import load_pack  # noqa: E402
-from hil.protocol import InjectedFault as Inject  # noqa: E402
+from bms.app.latency import TIME_EPS_S, Bench
+from bms.contactors import ContactorState
+from bms.faults import FaultCode, Severity
+from boards.config import load_pack
+from hil.protocol import InjectedFault as Inject
 
 PACK = load_pack("ssb-4x23")
 

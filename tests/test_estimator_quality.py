@@ -1,15 +1,11 @@
-"""Estimator quality against the emulator's plant (tools/eval_estimator.py): a shorter run than
-the evaluation tool's (docs/estimation.md has the 2-hour figures). UDDS drive, estimator
-initialised 30 % off, ambient swinging, 10 ohm soft short in one cell."""
+"""Estimator quality against the emulator's plant (bms/app/eval_estimator.py, the module
+tools/eval_estimator.py runs): a shorter run than the evaluation tool's (docs/estimation.md has
+the 2-hour figures). UDDS drive, estimator initialised 30 % off, ambient swinging, 10 ohm soft
+short in one cell."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from eval_estimator import run  # noqa: E402
+from bms.app.eval_estimator import run
 
 
 def test_soc_accuracy_coverage_and_soft_short_detection() -> None:
