@@ -1,8 +1,12 @@
-"""Emulated board end to end over real ptys, with the real BoardClient (hil/client.py).
+"""Emulated board end to end over real ptys, with the real BoardClient (hil/client.py): what
+only the emulator has (exact sim-clock timestamps, scenarios, fault injection and the link
+faults behind its debug commands, its counters and plant truth, the process and its CLI).
 
-The board runs in a thread (PtyServer on os.openpty) or, where the test needs to kill it, as a
-subprocess ``python -m hil.emulator``. No sleeps: the sim clock is driven by SAMPLE, and the
-real-clock test waits on the board's own timestamps.
+The wire protocol every board must speak (handshake, SAMPLE, SET_OUTPUTS NACKs, the watchdog,
+broken frames, the real clock) is in tests/test_board_protocol.py, run on this emulator and on
+the firmware. The board runs in a thread (PtyServer on os.openpty, tests/board_backends.py) or,
+where the test needs to kill it, as a subprocess ``python -m hil.emulator``. No sleeps: the sim
+clock is driven by SAMPLE.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,27 +23,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import serial
+from board_backends import Running, read_frames, write_bad_frames
 
 from boards.config import load_board, load_pack
 from hil.client import BoardClient, BoardNackError, LinkError
-from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer
+from hil.emulator.board import BoardOptions, EmulatedBoard
 from hil.emulator.scenario import load_scenario
 from hil.protocol import (
-    BoardKind,
-    Capability,
     FrameDecoder,
-    Hello,
     Info,
     InjectedFault,
     Measurement,
-    MsgType,
-    Nack,
     NackError,
     Outputs,
     Sample,
     Status,
     encode_frame,
-    encode_raw_frame,
 )
 from hil.scaling import Scaler
 
@@ -49,23 +47,6 @@ PACK = load_pack("ssb-23")
 PROFILE = load_board("emu-23")
 SCALER = Scaler(PROFILE)
 CLOSED = Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG
-
-
-class Running:
-    """An EmulatedBoard served on a pty by a background thread."""
-
-    def __init__(self, **opts: object) -> None:
-        self.board = EmulatedBoard(BoardOptions(pack=PACK, board=PROFILE, **opts))  # type: ignore[arg-type]
-        self.server = PtyServer(self.board)
-        self.path = self.server.path
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(timeout=5)
-        assert not self.thread.is_alive()
-        self.server.close()
 
 
 @pytest.fixture
@@ -86,41 +67,7 @@ def closed_client(c: BoardClient, charge_a: float = 10.0, discharge_a: float = 1
     c.set_outputs(CLOSED, 0, charge_a, discharge_a)
 
 
-# --------------------------------------------------------------------------- handshake
-
-
-def test_handshake_info(client: BoardClient) -> None:
-    info = client.info
-    assert info.protocol_version == 1
-    assert info.board_kind == BoardKind.EMULATOR
-    assert (info.n_cells, info.n_thermistors, info.n_load_cells) == (23, 6, 4)
-    assert info.heartbeat_timeout_ms == 1000
-    assert info.capabilities & Capability.SIM_CLOCK and info.capabilities & Capability.FAULT_INJECT
-    assert info.board_id == "emu-23#0"
-
-
-def test_hello_outside_version_range_is_nacked(emu: Running) -> None:
-    with serial.Serial(emu.path, timeout=1.0) as port:
-        dec = FrameDecoder()
-        port.write(encode_frame(Hello(2, 3), 9))
-        frames = _read_frames(port, dec, 1)
-        assert frames[0].seq == 9 and isinstance(frames[0].msg, Nack)
-        assert frames[0].msg.error == NackError.BAD_VERSION and frames[0].msg.detail == 1
-
-
-def _read_frames(port: serial.Serial, dec: FrameDecoder, n: int, deadline_s: float = 3.0,
-                 skip_boot_info: bool = True):
-    """n decoded frames (the boot INFO, seq 0, may still sit in the pty: skipped)."""
-    out = []
-    end = time.monotonic() + deadline_s
-    while len(out) < n and time.monotonic() < end:
-        data = port.read(max(1, port.in_waiting))
-        out += [f for f in dec.feed(data)
-                if not (skip_boot_info and f.seq == 0 and isinstance(f.msg, Info))]
-    return out
-
-
-# --------------------------------------------------------------------------- clocks
+# --------------------------------------------------------------------------- clock
 
 
 def test_sim_clock_advances_by_dt_and_flags(client: BoardClient) -> None:
@@ -137,26 +84,7 @@ def test_sim_clock_advances_by_dt_and_flags(client: BoardClient) -> None:
     assert np.all((r.pressure_kpa > 1000.0) & (r.pressure_kpa < 1500.0))
 
 
-def test_real_clock_samples_on_its_own_timer() -> None:
-    emu = Running(seed=1, clock="real")
-    try:
-        with BoardClient(emu.path, PROFILE) as c:
-            assert not c.info.capabilities & Capability.SIM_CLOCK
-            m0 = c.sample(0.0)
-            assert not m0.status & Status.SIM_CLOCK
-            # wait for the board's own 100 ms timer: the timestamp moves without any dt
-            t0 = time.monotonic()
-            m = m0
-            while m.timestamp_ms == m0.timestamp_ms and time.monotonic() - t0 < 5.0:
-                m = c.sample(0.0)
-            assert m.timestamp_ms > m0.timestamp_ms
-            wall_ms = (time.monotonic() - t0) * 1000.0
-            assert m.timestamp_ms - m0.timestamp_ms <= wall_ms + 250.0
-    finally:
-        emu.stop()
-
-
-# --------------------------------------------------------------------------- outputs, watchdog
+# --------------------------------------------------------------------------- outputs
 
 
 def test_outputs_applied_and_current_flows() -> None:
@@ -184,33 +112,6 @@ def test_outputs_applied_and_current_flows() -> None:
             assert SCALER.readings(m).current_a == pytest.approx(0.0, abs=0.05)
     finally:
         emu.stop()
-
-
-def test_set_outputs_bad_values_are_nacked(client: BoardClient) -> None:
-    with pytest.raises(BoardNackError) as exc:
-        client.set_outputs(0, 1 << 23, 1.0, 1.0)
-    assert exc.value.nack.error == NackError.BAD_VALUE
-    with pytest.raises(BoardNackError) as exc:
-        client.set_outputs(0, 0, -1.0, 1.0)
-    assert exc.value.nack.error == NackError.BAD_VALUE
-
-
-def test_board_watchdog_opens_contactors_and_heartbeat_rearms(client: BoardClient) -> None:
-    closed_client(client)
-    m = client.sample(0.5)
-    assert m.status & Status.CONTACTOR_POS and not m.status & Status.WATCHDOG_TRIPPED
-    m = client.sample(0.6)   # 1.1 s of board time since the last HEARTBEAT
-    assert m.status & Status.WATCHDOG_TRIPPED
-    assert not m.status & (Status.CONTACTOR_POS | Status.CONTACTOR_NEG)
-    with pytest.raises(BoardNackError) as exc:
-        client.set_outputs(CLOSED, 0, 1.0, 1.0)
-    assert exc.value.nack.error == NackError.STATE
-    client.heartbeat(2, 0)
-    m = client.sample(0.1)
-    assert not m.status & Status.WATCHDOG_TRIPPED
-    assert not m.status & Status.CONTACTOR_POS       # stays open until SET_OUTPUTS
-    client.set_outputs(CLOSED, 0, 1.0, 1.0)
-    assert client.sample(0.1).status & Status.CONTACTOR_POS
 
 
 def test_precharge_over_the_link(client: BoardClient) -> None:
@@ -339,28 +240,14 @@ def test_corrupted_bytes_are_survived(emu: Running) -> None:
         assert emu.board.counters.corrupted_bytes > 0
 
 
-def test_garbage_and_corrupted_frames_from_the_host_are_survived(emu: Running) -> None:
-    rng = np.random.default_rng(5)
+def test_garbage_from_the_host_shows_in_the_decoder_counters(emu: Running) -> None:
+    # The replies to these bytes are checked on every backend (tests/test_board_protocol.py);
+    # the emulator also counts what it dropped.
     with serial.Serial(emu.path, timeout=1.0) as port:
-        dec = FrameDecoder()
-        good = encode_frame(Sample(100_000), 1)
-        bad = bytearray(good)
-        bad[4] ^= 0x5A                                       # CRC error: dropped silently
-        port.write(rng.integers(1, 256, 600, dtype=np.uint8).tobytes())   # oversize garbage
-        port.write(b"\x00" + bytes(bad))
-        port.write(b"\x00\x00" + rng.integers(0, 256, 50, dtype=np.uint8).tobytes() + b"\x00")
-        port.write(encode_raw_frame(1, 0x77, 2, b""))        # unknown type
-        port.write(encode_raw_frame(1, int(MsgType.SAMPLE), 3, b"\x01"))   # bad length
-        port.write(encode_raw_frame(2, int(MsgType.SAMPLE), 4, b"\x00" * 4))  # bad version
-        port.write(good)
-        frames = _read_frames(port, dec, 4)
-        by_seq = {f.seq: f.msg for f in frames}
-        assert by_seq[2].error == NackError.UNKNOWN_TYPE
-        assert by_seq[3].error == NackError.BAD_LENGTH
-        assert by_seq[4].error == NackError.BAD_VERSION and by_seq[4].detail == 1
-        assert isinstance(by_seq[1], Measurement)
-        assert emu.board.decoder.counters.crc_errors + emu.board.decoder.counters.cobs_errors \
-            + emu.board.decoder.counters.oversize >= 2
+        write_bad_frames(port)
+        assert len(read_frames(port, FrameDecoder(), 4)) == 4
+    counters = emu.board.decoder.counters
+    assert counters.crc_errors + counters.cobs_errors + counters.oversize >= 2
 
 
 # --------------------------------------------------------------------------- process, CLI
@@ -440,11 +327,11 @@ def test_boot_info_is_sent_unsolicited(emu: Running) -> None:
     with serial.Serial(emu.path, timeout=1.0) as port:
         port.write(encode_frame(Sample(0), 1))
         dec = FrameDecoder()
-        assert isinstance(_read_frames(port, dec, 1)[0].msg, Measurement)
+        assert isinstance(read_frames(port, dec, 1)[0].msg, Measurement)
         from hil.protocol import FaultInject
 
         port.write(encode_frame(FaultInject(int(InjectedFault.REBOOT)), 2))
-        frames = _read_frames(port, dec, 2, skip_boot_info=False)
+        frames = read_frames(port, dec, 2, skip_boot_info=False)
         infos = [f for f in frames if isinstance(f.msg, Info)]
         assert infos and infos[0].seq == 0
 

@@ -1,7 +1,13 @@
 """Firmware in the loop: the exact ELF on a simulated ATmega2560 (simavr harness), the plant on
-its pins, talked to over a real pty with the project's BoardClient: the HIL foundation's checks
-(handshake, sampling with real scaling, outputs, heartbeat watchdog, NACKs), shorter than
-against the Python emulator because the simulated MCU runs at a few times real time."""
+its pins, talked to over a real pty with the project's BoardClient: what only the firmware has
+(readings against the plant truth through the LTC6811/HX711/ADC paths, outputs at the pins and
+in the plant, heartbeat loss in MCU time, FAULT_INJECT unsupported, SAMPLE -> MEASUREMENT
+cycles, its 100 ms period in the real clock), shorter than against the Python emulator because
+the simulated MCU runs at a few times real time.
+
+The wire protocol checks every board must pass (handshake, SAMPLE, SET_OUTPUTS NACKs, the
+watchdog re-armed by a heartbeat, broken frames, HELLO versions) run on this firmware and on the
+emulator from tests/test_board_protocol.py (the ``board`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -161,25 +167,6 @@ def test_real_clock_runs_free_and_answers(tmp_path) -> None:
                 b = c.sample(0.0)
             assert not b.status & ST_SIM
             assert b.timestamp_ms - a.timestamp_ms == 100  # the firmware's own 100 ms period
-
-
-# ----------------------------------------------------------------- the HIL foundation's tests
-# The Python emulator's end-to-end checks that apply to any board (tests/test_emulator.py),
-# run unchanged against the firmware: they take a BoardClient and nothing emulator-specific.
-
-
-def test_hil_set_outputs_bad_values_are_nacked(fw: FirmwareBoard) -> None:
-    import test_emulator as hil_tests
-
-    with client(fw) as c:
-        hil_tests.test_set_outputs_bad_values_are_nacked(c)
-
-
-def test_hil_board_watchdog_opens_contactors_and_heartbeat_rearms(fw: FirmwareBoard) -> None:
-    import test_emulator as hil_tests
-
-    with client(fw) as c:
-        hil_tests.test_board_watchdog_opens_contactors_and_heartbeat_rearms(c)
 
 
 def test_precharge_through_relay_pins_and_bus_adc(fw: FirmwareBoard) -> None:
