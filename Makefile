@@ -63,4 +63,5 @@ firmware: sysdeps
 
 firmware-check: sysdeps venv
 	$(MAKE) -C boards/firmware all fuzz-run FUZZ_SECONDS=20
-	$(PY) -m pytest -q tests/test_firmware_build.py tests/test_firmware_codec.py tests/test_firmware_sim.py
+	$(PY) -m pytest -q tests/test_firmware_build.py tests/test_firmware_codec.py tests/test_firmware_sim.py \
+	  tests/test_board_protocol.py

@@ -47,8 +47,9 @@ from bms.validation import OPEN_TAP_DEVIATION_V
 from boards.config import PackConfig
 from hil.protocol import InjectedFault as Inject
 
-# Float tolerance on times built as tick_index * tick_s.
-TIME_EPS_S = 1e-6
+# Tolerance on times read back from a run log: ticks.csv writes time_s with 6 decimals
+# (bms.runlog.COLUMN_DECIMALS), so a logged time is within 0.5 us of the tick's time.
+LOG_TIME_TOL_S = 1e-6
 
 
 class ScenarioError(RuntimeError):
@@ -254,7 +255,7 @@ class Result:
 
     @property
     def within_bound(self) -> bool:
-        return self.latency_open_s <= self.bound_s + TIME_EPS_S
+        return self.latency_open_s <= self.bound_s + LOG_TIME_TOL_S
 
 
 # Helpers for the scenario table -------------------------------------------------------------
@@ -524,9 +525,9 @@ def _crossing(values: np.ndarray, times: np.ndarray, threshold: float, direction
     """Start of the run of ticks past ``threshold`` that ends at ``t_until`` (the raise), or
     the first tick past it after ``t_from`` when there is no such run."""
     past = values > threshold if direction == "above" else values < threshold
-    window = times >= t_from - TIME_EPS_S
+    window = times >= t_from - LOG_TIME_TOL_S
     if t_until is not None:
-        upto = np.flatnonzero(window & (times <= t_until + TIME_EPS_S))
+        upto = np.flatnonzero(window & (times <= t_until + LOG_TIME_TOL_S))
         if len(upto) and past[upto[-1]]:
             j = len(upto) - 1
             while j > 0 and past[upto[j - 1]]:
@@ -634,7 +635,7 @@ def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) 
     opened_by = sorted({e["name"] for e in load_events(log_dir)
                         if e.get("type") == "fault" and e.get("event") == "raise"
                         and e.get("severity") in ("fault", "critical") and t_open is not None
-                        and abs(e["time_s"] - t_open) < TIME_EPS_S})
+                        and abs(e["time_s"] - t_open) < LOG_TIME_TOL_S})
     return Result(
         name=sc.name, code=sc.code.name, kind=sc.kind, how=sc.how, tick_s=tick,
         debounce_s=debounce_s, bound_s=debounce_s + delay_s + 2 * tick, t_inject_s=t_inject,
