@@ -6,6 +6,7 @@ value and what is allowed, so the CLI can print one line instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +31,34 @@ TIME_EPS_S = 1e-9
 
 
 class ConfigError(ValueError):
-    """A pack file or board profile is missing a key or holds a value out of range."""
+    """A pack file or board profile is missing a key, has a key it should not, or holds a
+    value out of range. ``str()`` is one line naming the file, the key path and what is
+    allowed; values print as plain numbers and lists (never numpy reprs)."""
 
-    def __init__(self, file: str | Path, key: str, value: Any, allowed: str) -> None:
+    def __init__(self, file: str | Path, key: str, value: Any, allowed: str,
+                 text: str | None = None) -> None:
         self.file = str(file)
         self.key = key
-        self.value = value
+        self.value = _plain(value)
         self.allowed = allowed
-        super().__init__(f"{self.file}: {key}: {value!r} is invalid; allowed: {allowed}")
+        super().__init__(f"{self.file}: {key}: "
+                         + (text or f"{self.value!r} is invalid; allowed: {allowed}"))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays, tuples -> Python numbers and lists (for messages)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _closest(key: str, allowed: list[str]) -> str:
+    match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+    return f"did you mean {match[0]!r}? " if match else ""
 
 
 # --------------------------------------------------------------------------- validated reading
@@ -50,6 +71,31 @@ class _Reader:
         self.file = file
         self.data = data
         self.path = path
+        self._read: set[str] = set()  # keys asked for (present or not)
+        self._children: list[_Reader] = []
+
+    def item(self, key: str, index: int) -> _Reader:
+        """A reader for the mapping at ``key[index]`` (a list of mappings), checked by
+        :meth:`finish` like a :meth:`sub` section."""
+        child = _Reader(self.file, self.raw(key)[index], self._key(f"{key}[{index}]"))
+        self._children.append(child)
+        return child
+
+    def finish(self) -> None:
+        """Refuse keys nobody read (a typo, a key of another version, a section that does
+        not exist), in this section and every section read from it: one error naming the
+        key, the closest allowed one and what is allowed here."""
+        if isinstance(self.data, dict):
+            unknown = [k for k in self.data if k not in self._read]
+            if unknown:
+                key = str(unknown[0])
+                allowed = sorted(self._read)
+                raise ConfigError(self.file, self._key(key), "<unknown key>",
+                                  ", ".join(allowed),
+                                  f"unknown key; {_closest(key, allowed)}"
+                                  f"allowed here: {', '.join(allowed)}")
+        for child in self._children:
+            child.finish()
 
     def _key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -61,6 +107,7 @@ class _Reader:
         return isinstance(self.data, dict) and key in self.data
 
     def raw(self, key: str, default: Any = ...) -> Any:
+        self._read.add(key)
         if not isinstance(self.data, dict):
             raise ConfigError(self.file, self.path or "<top>", self.data, "a mapping")
         if key not in self.data:
@@ -73,7 +120,9 @@ class _Reader:
         value = self.raw(key, default)
         if not isinstance(value, dict):
             raise self.error(key, value, "a mapping")
-        return _Reader(self.file, value, self._key(key))
+        child = _Reader(self.file, value, self._key(key))
+        self._children.append(child)
+        return child
 
     def number(
         self, key: str, lo: float = -math.inf, hi: float = math.inf, default: Any = ...,
@@ -142,17 +191,48 @@ class _Reader:
         return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML says keys are unique;
+    PyYAML would keep the last one silently)."""
+
+
+def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _load_yaml(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, "<file>", str(path), f"a readable file ({exc.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "<file>", f"byte {exc.start}", "a UTF-8 text file",
+                          f"not UTF-8 text (byte {exc.start}: {raw[exc.start]:#04x}); "
+                          "save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(path, "<yaml>", where, f"valid YAML ({exc.__class__.__name__})") from None
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(path, "<yaml>", where, f"valid YAML ({exc.__class__.__name__})",
+                          f"{where}: {problem}; allowed: valid YAML") from None
+    except RecursionError:
+        raise ConfigError(path, "<yaml>", "nesting", "YAML nested a few levels deep",
+                          "nested too deeply to be a pack file or board profile") from None
 
 
 # --------------------------------------------------------------------------- pack file
@@ -378,8 +458,8 @@ def _read_stacks(r: _Reader) -> tuple[StackConfig, ...]:
     if not isinstance(raw, list) or not 1 <= len(raw) <= 64:
         raise r.error("stacks", raw, "a list of 1 to 64 stacks")
     stacks = []
-    for i, item in enumerate(raw):
-        s = _Reader(r.file, item, f"stacks[{i}]")
+    for i in range(len(raw)):
+        s = r.item("stacks", i)
         cells = s.integer("cells", 1, 32)
         stacks.append(
             StackConfig(
@@ -479,9 +559,6 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         max_discharge_current_a=pl.number("max_discharge_current_a", 0.0, 1e5),
     )
     pr = r.sub("protections")
-    unknown = sorted(set(pr.data) - set(PROTECTION_NAMES))
-    if unknown:
-        raise pr.error(unknown[0], "<unknown key>", "one of " + ", ".join(PROTECTION_NAMES))
     protections = {name: _read_protection(pr, name) for name in PROTECTION_NAMES}
     c = r.sub("contactors")
     contactors = ContactorConfig(
@@ -508,7 +585,7 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         tick_s=ct.number("tick_s", 0.001, 10.0),
         measurement_timeout_s=ct.number("measurement_timeout_s", 0.001, 60.0),
     )
-    return PackConfig(
+    pack = PackConfig(
         path=path,
         name=r.string("name"),
         description=r.string("description", default=""),
@@ -522,6 +599,8 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         balancing=balancing,
         controller=controller,
     )
+    r.finish()
+    return pack
 
 
 def resolve_pack_path(path_or_name: str | Path) -> Path:
@@ -606,7 +685,7 @@ def load_board(path_or_name: str | Path) -> BoardProfile:
     n_load = r.integer("load_cells", 0, 16)
     cv, th, lc = r.sub("cell_voltage"), r.sub("thermistor"), r.sub("load_cell")
     cur, bus = r.sub("current"), r.sub("bus_voltage")
-    return BoardProfile(
+    profile = BoardProfile(
         path=path,
         name=r.string("name"),
         kind=r.string("kind", choices=("emulated", "firmware", "real")),
@@ -631,3 +710,5 @@ def load_board(path_or_name: str | Path) -> BoardProfile:
         current_offset_a=cur.number("offset_a", -1e4, 1e4),
         bus_lsb_v=bus.number("lsb_v", 0.0, 100.0, lo_open=True),
     )
+    r.finish()
+    return profile

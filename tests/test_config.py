@@ -80,7 +80,13 @@ def _write_pack(tmp_path: Path, mutate) -> Path:
         (lambda d: d["protections"]["cell_overvoltage_v"].update(fault=4.5),
          "protections.cell_overvoltage_v.fault", "warning <= fault <= critical"),
         (lambda d: d["protections"].update(cell_overpressure={}),
-         "protections.cell_overpressure", "one of"),
+         "protections.cell_overpressure", "allowed here: cell_leak_a, cell_overtemperature"),
+        (lambda d: d["cell"].update(r2_ohm=0.006), "cell.r2_ohm", "unknown key; did you mean 'r"),
+        (lambda d: d.update(thermal={"x": 1}), "thermal", "unknown key"),
+        (lambda d: d["stacks"][0].update(bord="emu-23"), "stacks[0].bord",
+         "did you mean 'board'?"),
+        (lambda d: d["protections"]["cell_leak_a"].update(debounce=3),
+         "protections.cell_leak_a.debounce", "did you mean 'debounce_s'?"),
         (lambda d: d["protections"].pop("cell_leak_a"), "protections.cell_leak_a", "required"),
         (lambda d: d["balancing"].update(mode="magic"), "balancing.mode", "soc, voltage"),
         (lambda d: d["estimator"].update(pressure_fusion="yes"),
@@ -107,6 +113,39 @@ def test_unreadable_and_malformed_files(tmp_path) -> None:
         load_pack(bad)
     with pytest.raises(ConfigError, match="one of"):
         load_pack("no-such-pack")
+
+
+def test_messages_print_plain_numbers(tmp_path) -> None:
+    path = _write_pack(tmp_path, lambda d: d["cell"].update(soc_grid=[0.1, 0.5, 1.0]))
+    with pytest.raises(ConfigError) as info:
+        load_pack(path)
+    assert "[0.1, 0.5, 1.0]" in str(info.value) and "np." not in str(info.value)
+
+
+def test_duplicate_keys_non_utf8_and_deep_yaml_are_one_line_errors(tmp_path) -> None:
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("schema: ssb-bms/pack/1\nbase: ssb-23\nname: a\nname: b\n")
+    with pytest.raises(ConfigError, match=r"line 4, column 1: duplicate key 'name'"):
+        load_pack(dup)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("schema: ssb-bms/pack/1\ndescription: 25 \xb0C\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 39: 0xb0\)") as info:
+        load_pack(latin)
+    assert "\n" not in str(info.value)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_pack(deep)
+
+
+def test_unknown_board_profile_key(tmp_path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "boards" / "emu-23.yaml").read_text()
+    path = tmp_path / "board.yaml"
+    path.write_text(text + "sample_period: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_board(path)
+    assert info.value.key == "sample_period"
+    assert "did you mean 'sample_period_s'?" in str(info.value)
 
 
 def test_base_cycle_is_rejected(tmp_path) -> None:
