@@ -536,7 +536,7 @@ class Controller:
         self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         self._p_imbalance_kpa[k] = o.load_cell_imbalance_kpa
-        self._row.set_stack(k, data.pressure_kpa, o.pressure_expected_kpa,
+        self._row.set_stack(k, data.current_a, data.pressure_kpa, o.pressure_expected_kpa,
                             o.pressure_residual_kpa)
 
     # ------------------------------------------------------------------ pack-wide values

@@ -40,7 +40,8 @@ def standard_columns(
 
     Cells and sensors are numbered pack-wide from 1, zero-padded to two digits (three above 99).
     Per-stack quantities get an ``_sN`` suffix before the unit when the pack has more than one
-    stack (``pressure_expected_s2_kpa``, ``balance_mask_s2``).
+    stack (``pressure_expected_s2_kpa``, ``balance_mask_s2``); such a pack also logs each
+    board's own current (``current_s2_a``) beside the pack current it uses (their median).
     """
     w = 3 if max(n_cells, n_thermistors, n_load_cells) > 99 else 2
 
@@ -50,6 +51,8 @@ def standard_columns(
         return [f"{stem}_s{k + 1}{unit}" for k in range(n_stacks)]
 
     cols = ["time_s", "state", "current_a", "stack_voltage_v", "bus_voltage_v"]
+    if n_stacks > 1:  # each board's own current reading (current_a is their median)
+        cols += per_stack("current", "_a")
     cols += [f"cell{i + 1:0{w}d}_voltage_v" for i in range(n_cells)]
     cols += [f"cell{i + 1:0{w}d}_soc" for i in range(n_cells)]
     cols += [f"cell{i + 1:0{w}d}_soc_sigma" for i in range(n_cells)]
@@ -73,16 +76,19 @@ class TickRow:
     def __init__(self, load_cells: Sequence[int]) -> None:
         n_st = len(load_cells)
         self.n_stacks = n_st
-        self._head = np.full(5, np.nan)  # time, state, current, stack and bus voltage
+        # time, state, current, stack and bus voltage (+ each board's current, several stacks)
+        self._head = np.full(5 + (n_st if n_st > 1 else 0), np.nan)
         # pressure expected and residual per stack, limits, outputs, masks, faults, duration
         self._tail = np.full(3 * n_st + 5, np.nan)
         self._no_pressure = [np.full(k, np.nan) for k in load_cells]  # a stack without data
         self.segments: list[np.ndarray] = (
             [self._head] + [np.empty(0)] * 5 + list(self._no_pressure) + [self._tail])
 
-    def set_stack(self, k: int, pressure_kpa: np.ndarray, pressure_expected_kpa: float,
-                  pressure_residual_kpa: float) -> None:
+    def set_stack(self, k: int, current_a: float, pressure_kpa: np.ndarray,
+                  pressure_expected_kpa: float, pressure_residual_kpa: float) -> None:
         """Stack ``k``'s latest data (kept for later rows until the next call)."""
+        if self.n_stacks > 1:
+            self._head[5 + k] = current_a
         self.segments[6 + k] = pressure_kpa
         self._tail[k] = pressure_expected_kpa
         self._tail[self.n_stacks + k] = pressure_residual_kpa
@@ -93,7 +99,7 @@ class TickRow:
              faults_active: int, tick_duration_s: float) -> list[np.ndarray]:
         """This tick's segments. ``cells``: the pack-wide cell voltage, SOC, SOC sigma and leak
         arrays, then the thermistor temperatures (in column order)."""
-        self._head[:] = (time_s, state, current_a, stack_voltage_v, bus_voltage_v)
+        self._head[:5] = (time_s, state, current_a, stack_voltage_v, bus_voltage_v)
         tail, n_st = self._tail, self.n_stacks
         k = 2 * n_st
         tail[k:k + 3] = (charge_limit_a, discharge_limit_a, outputs)

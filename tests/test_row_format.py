@@ -208,7 +208,7 @@ def test_row_array_round_trips_within_half_a_step(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("shape", [(23, 6, 4, 1), (92, 24, 16, 4)], ids=["ssb-23", "ssb-4x23"])
 def test_bench_row_array(benchmark, tmp_path: Path, shape) -> None:
-    """RunLog.row_array on the controller's column sets (115 and 430 columns) with realistic
+    """RunLog.row_array on the controller's column sets (115 and 434 columns) with realistic
     values, into a real file. Measured, not asserted."""
     n_cells, n_th, n_lc, n_st = shape
     cols = standard_columns(n_cells, n_th, n_lc, n_stacks=n_st)

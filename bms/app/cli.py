@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bms.app.bench", "benchmark the estimation core and the control tick"),
     "plot": ("bms.app.plot", "plot a run log to a PNG"),
     "check": ("bms.app.check", "validate a pack file or board profile and print a summary"),
+    "replay": ("bms.app.replay", "run recorded measurements (cycler CSV, ticks.csv) through "
+               "the estimation core; score against a truth file"),
 }
 
 USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n" + "\n".join(
