@@ -23,12 +23,8 @@ from boards.config import PackConfig
 CELL_OK, CELL_REJECTED_NAN, CELL_GATED, CELL_NO_CURRENT = 0, 1, 2, 3
 ST_CURRENT_INVALID, ST_TEMP_INVALID, ST_PRESSURE_INVALID = 1, 2, 4
 ST_FUSION_USED, ST_FUSION_GATED, ST_TEMP_FALLBACK = 8, 16, 32
-CHECK_NAMES = ("low", "high", "rate", "residual", "imbalance")
-CHECK_PROTECTIONS = ("stack_pressure_low_kpa", "stack_pressure_high_kpa",
-                     "stack_pressure_rate_kpa_per_s", "stack_pressure_residual_kpa",
-                     "load_cell_imbalance_kpa")
 (OUT_EXPECTED, OUT_MEAN, OUT_RESIDUAL, OUT_RATE, OUT_CUSUM, OUT_IMBALANCE, OUT_STACK_STATUS,
- OUT_PRESSURE_STATUS, OUT_MEAN_SOC, OUT_MEAN_SOC_SIGMA, OUT_N) = range(11)
+ OUT_MEAN_SOC, OUT_MEAN_SOC_SIGMA, OUT_N) = range(10)
 MAX_HORIZONS = 4
 TABLE_STRIDE = 4
 WORK_ROWS = 8
@@ -134,10 +130,6 @@ class CoreParams:
     rate_tau_s: float
     cusum_k_kpa: float
     cusum_tau_s: float
-    check_threshold: tuple[float, ...]
-    check_hysteresis: tuple[float, ...]
-    check_debounce_s: tuple[float, ...]
-    check_below: tuple[int, ...]
     horizons_s: tuple[float, ...]
     v_max: float
     v_min: float
@@ -260,10 +252,6 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         thermal_um_per_k=fx.thermal_um_per_k, fixture_t_ref_c=fx.reference_temperature_c,
         r_pressure_kpa2=est.pressure_noise_kpa ** 2 * tn.pressure_corr_s / tn.dt_nominal_s,
         rate_tau_s=tn.rate_tau_s, cusum_k_kpa=tn.cusum_k_kpa, cusum_tau_s=tn.cusum_tau_s,
-        check_threshold=tuple(prot[n_].fault for n_ in CHECK_PROTECTIONS),
-        check_hysteresis=tuple(prot[n_].hysteresis for n_ in CHECK_PROTECTIONS),
-        check_debounce_s=tuple(prot[n_].debounce_s for n_ in CHECK_PROTECTIONS),
-        check_below=tuple(int(prot[n_].direction == "below") for n_ in CHECK_PROTECTIONS),
         horizons_s=tuple(pl.horizons_s),
         v_max=prot["cell_overvoltage_v"].warning, v_min=prot["cell_undervoltage_v"].warning,
         t_charge_min_c=prot["cell_undertemperature_charge_c"].warning,
@@ -285,9 +273,8 @@ class CoreOutput:
     """One tick's results. Per-cell arrays and the limits are *views* into the Core's buffers:
     valid until the next ``step``/``reset``; ``copy()`` them to keep. Stack values are floats.
 
-    Pressure status: ``pressure_status`` bit k (k = index in CHECK_NAMES) is set while that
-    check is asserted (fault level, hysteresis and debounce from pack.protections);
-    ``pressure_trigger`` maps each asserted check's name to the value that asserted it.
+    The pressure quantities carry no verdict: the protection engine (bms/protections.py) applies
+    the pack's limits to mean, |rate|, CUSUM and imbalance.
     """
 
     soc: np.ndarray
@@ -308,9 +295,6 @@ class CoreOutput:
     pressure_rate_kpa_per_s: float  # signed, low-passed; the protections use its magnitude
     pressure_cusum_kpa: float
     load_cell_imbalance_kpa: float
-    pressure_status: int
-    pressure_trigger: dict[str, float]
-    check_values: np.ndarray       # (5,) value that asserted each check, NaN when not asserted
     stack_status: int              # ST_* bits
     horizons_s: tuple[float, ...]
     charge_limit_a: np.ndarray     # per horizon, >= 0
@@ -365,11 +349,6 @@ class Core:
         prm.temp_idx0 = buf(np.ascontiguousarray(p.temp_idx0, dtype=np.int32), "int32_t[]")
         prm.temp_idx1 = buf(np.ascontiguousarray(p.temp_idx1, dtype=np.int32), "int32_t[]")
         prm.temp_w = buf(np.ascontiguousarray(p.temp_w, dtype=float))
-        for k in range(5):
-            prm.check_threshold[k] = p.check_threshold[k]
-            prm.check_hysteresis[k] = p.check_hysteresis[k]
-            prm.check_debounce_s[k] = p.check_debounce_s[k]
-            prm.check_below[k] = p.check_below[k]
         for k, h in enumerate(p.horizons_s):
             prm.horizons_s[k] = h
         rc = lib.ssb_params_check(prm)
@@ -420,7 +399,6 @@ class Core:
         self.status = np.zeros(n, dtype=np.int32)
         self.leak_flag = np.zeros(n, dtype=np.int32)
         self.stack_out = np.zeros(OUT_N)
-        self.check_values = np.full(5, np.nan)
         self.charge_limit_a = np.zeros(p.n_horizons)
         self.discharge_limit_a = np.zeros(p.n_horizons)
         out = self._out = ffi.new("ssb_output_t *")
@@ -430,7 +408,6 @@ class Core:
         out.status = buf(self.status, "int32_t[]")
         out.leak_flag = buf(self.leak_flag, "int32_t[]")
         out.stack = buf(self.stack_out)
-        out.check_value = buf(self.check_values)
         self._tick = lib.ssb_tick
         self._ekf = lib.ssb_ekf_step
         self.reset()
@@ -517,17 +494,13 @@ class Core:
 
     def output(self) -> CoreOutput:
         so = self.stack_out.tolist()  # one conversion instead of a numpy scalar per field
-        status = so[OUT_PRESSURE_STATUS]
-        bits = int(status) if math.isfinite(status) else 0
-        cv = self.check_values
         stack_status = so[OUT_STACK_STATUS]
         return CoreOutput(
             self.soc, self.soc_sigma, self.leak_a, self.leak_sigma_a, self.leak_flag,
             self.capacity_ah, self.r0_ohm, self.cell_temp_c, self.status, self.gated_count,
             so[OUT_MEAN_SOC], so[OUT_MEAN_SOC_SIGMA], so[OUT_EXPECTED], so[OUT_MEAN],
-            so[OUT_RESIDUAL], so[OUT_RATE], so[OUT_CUSUM], so[OUT_IMBALANCE], bits,
-            {CHECK_NAMES[k]: float(cv[k]) for k in range(5) if bits >> k & 1} if bits else {},
-            cv, int(stack_status) if math.isfinite(stack_status) else 0,
+            so[OUT_RESIDUAL], so[OUT_RATE], so[OUT_CUSUM], so[OUT_IMBALANCE],
+            int(stack_status) if math.isfinite(stack_status) else 0,
             self.params.horizons_s, self.charge_limit_a, self.discharge_limit_a,
         )
 

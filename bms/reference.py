@@ -23,7 +23,6 @@ from bms.core import (
     OUT_MEAN_SOC,
     OUT_MEAN_SOC_SIGMA,
     OUT_N,
-    OUT_PRESSURE_STATUS,
     OUT_RATE,
     OUT_RESIDUAL,
     OUT_STACK_STATUS,
@@ -152,9 +151,6 @@ class ReferenceCore:
         self.cusum_neg = 0.0
         self.have_prev = False
         self.have_pressure = False
-        self.check_timer_s = np.full(5, -1.0)
-        self.check_on = np.zeros(5, dtype=bool)
-        self.check_value = np.full(5, np.nan)
         # outputs
         self.soc_sigma = np.sqrt(self.p[0])
         self.status = np.zeros(n, dtype=np.int32)
@@ -304,26 +300,6 @@ class ReferenceCore:
 
     # ------------------------------------------------------------------ pressure
 
-    def run_check(self, k: int, value: float, dt_s: float) -> None:
-        """Hysteresis and debounce, as the protection engine (docs/safety.md)."""
-        p = self.prm
-        th, hy, below = p.check_threshold[k], p.check_hysteresis[k], bool(p.check_below[k])
-        past = value < th if below else value > th
-        if self.check_on[k]:
-            if (value > th + hy) if below else (value < th - hy):
-                self.check_on[k] = False
-                self.check_value[k] = math.nan
-                self.check_timer_s[k] = -1.0
-            return
-        if not past:
-            self.check_timer_s[k] = -1.0
-            return
-        self.check_timer_s[k] = 0.0 if self.check_timer_s[k] < 0.0 else \
-            self.check_timer_s[k] + dt_s
-        if self.check_timer_s[k] >= p.check_debounce_s[k] - 1e-9:  # float sums of dt
-            self.check_on[k] = True
-            self.check_value[k] = value
-
     def expected_pressure(self) -> float:
         """preload + stiffness (swell_full sum SOC_i + thermal (T_mean - T_ref))."""
         p = self.prm
@@ -357,9 +333,6 @@ class ReferenceCore:
             self.cusum_neg = max(self.cusum_neg + (-resid - p.cusum_k_kpa) * c, 0.0)
             so[OUT_MEAN], so[OUT_RESIDUAL], so[OUT_RATE] = mean, resid, self.rate_f
             so[OUT_IMBALANCE] = imbalance
-            cusum = max(self.cusum_pos, self.cusum_neg)
-            for k, value in enumerate((mean, mean, abs(self.rate_f), cusum, imbalance)):
-                self.run_check(k, value, dt_s)
             if p.pressure_fusion and ekf_ran:
                 # mean pressure as a measurement of every cell's SOC, H_i = k_fix * swell
                 hc = p.stiffness_kpa_per_um * p.swell_um_full
@@ -377,7 +350,6 @@ class ReferenceCore:
                 else:
                     flags |= ST_FUSION_GATED
         so[OUT_CUSUM] = max(self.cusum_pos, self.cusum_neg)
-        so[OUT_PRESSURE_STATUS] = float(sum(1 << k for k in range(5) if self.check_on[k]))
         return flags
 
     # ------------------------------------------------------------------ power limits

@@ -156,11 +156,6 @@ int ssb_params_check(const ssb_params_t *prm)
     if (!(prm->t_charge_min_c < prm->t_charge_max_c) ||
         !(prm->t_discharge_min_c < prm->t_discharge_max_c))
         return SSB_ERR_PARAM;
-    for (int k = 0; k < SSB_N_CHECKS; k++) {
-        if (!finite(prm->check_threshold[k]) || !finite_in(prm->check_hysteresis[k], 0.0, 1e9) ||
-            !finite_in(prm->check_debounce_s[k], 0.0, 1e6))
-            return SSB_ERR_PARAM;
-    }
     for (int32_t h = 0; h < prm->n_horizons; h++) {
         if (!finite_in(prm->horizons_s[h], 1e-6, 1e6))
             return SSB_ERR_PARAM;
@@ -182,7 +177,7 @@ static int output_ok(const ssb_output_t *out)
 {
     return out != NULL && out->soc_sigma != NULL && out->leak_sigma_a != NULL &&
            out->r0_ohm != NULL && out->capacity_ah != NULL && out->status != NULL &&
-           out->leak_flag != NULL && out->stack != NULL && out->check_value != NULL &&
+           out->leak_flag != NULL && out->stack != NULL &&
            out->charge_limit_a != NULL && out->discharge_limit_a != NULL;
 }
 
@@ -432,11 +427,6 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
     st->cusum_neg = 0.0;
     st->have_prev = 0;
     st->have_pressure = 0;
-    for (int k = 0; k < SSB_N_CHECKS; k++) {
-        st->check_timer_s[k] = -1.0;
-        st->check_on[k] = 0;
-        st->check_value[k] = NAN;
-    }
     return SSB_OK;
 }
 
@@ -704,32 +694,6 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
 
 /* ------------------------------------------------------------------ pressure */
 
-static void run_check(const ssb_params_t *prm, ssb_state_t *st, int k, double value, double dt_s)
-{
-    const double th = prm->check_threshold[k], hy = prm->check_hysteresis[k];
-    const int below = prm->check_below[k] != 0;
-    const int past = below ? value < th : value > th;
-    if (st->check_on[k]) {
-        const int back = below ? value > th + hy : value < th - hy;
-        if (back) {
-            st->check_on[k] = 0;
-            st->check_value[k] = NAN;
-            st->check_timer_s[k] = -1.0;
-        }
-        return;
-    }
-    if (!past) {
-        st->check_timer_s[k] = -1.0;
-        return;
-    }
-    st->check_timer_s[k] = st->check_timer_s[k] < 0.0 ? 0.0 : st->check_timer_s[k] + dt_s;
-    /* 1e-9 s: ten ticks of 0.1 s sum to 0.999...9 s, which must count as 1 s */
-    if (st->check_timer_s[k] >= prm->check_debounce_s[k] - 1e-9) {
-        st->check_on[k] = 1;
-        st->check_value[k] = value;
-    }
-}
-
 static double expected_pressure(const ssb_params_t *prm, const ssb_state_t *st, double *t_mean)
 {
     const int32_t n = prm->n_cells;
@@ -785,12 +749,6 @@ static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const
         so[SSB_OUT_PRESSURE_RESIDUAL_KPA] = resid;
         so[SSB_OUT_PRESSURE_RATE_KPA_PER_S] = st->rate_f;
         so[SSB_OUT_LOAD_CELL_IMBALANCE_KPA] = imbalance;
-        const double cusum = st->cusum_pos > st->cusum_neg ? st->cusum_pos : st->cusum_neg;
-        run_check(prm, st, SSB_CHK_LOW, mean, dt_s);
-        run_check(prm, st, SSB_CHK_HIGH, mean, dt_s);
-        run_check(prm, st, SSB_CHK_RATE, fabs(st->rate_f), dt_s);
-        run_check(prm, st, SSB_CHK_RESIDUAL, cusum, dt_s);
-        run_check(prm, st, SSB_CHK_IMBALANCE, imbalance, dt_s);
 
         /* fusion: mean pressure as a measurement of all SOCs, H_i = stiffness * swell; the
          * per-cell filters stay independent (cross-covariances dropped; docs/estimation.md) */
@@ -835,12 +793,6 @@ static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const
     }
     so[SSB_OUT_PRESSURE_CUSUM_KPA] = st->cusum_pos > st->cusum_neg ? st->cusum_pos
                                                                    : st->cusum_neg;
-    double bits = 0.0;
-    for (int k = 0; k < SSB_N_CHECKS; k++) {
-        bits += st->check_on[k] ? (double)(1u << k) : 0.0;
-        out->check_value[k] = st->check_value[k];
-    }
-    so[SSB_OUT_PRESSURE_STATUS] = bits;
     return flags;
 }
 

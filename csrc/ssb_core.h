@@ -1,7 +1,8 @@
 /*
  * ssb_core.h - numeric core of ssb-bms: per-cell EKF (SOC, two RC voltages), differential leak
  * (soft-short) estimate, SOH (resistance and capacity by recursive least squares), stack
- * pressure model and monitor, power limits (SOF).
+ * pressure model and monitor (its quantities; the limits on them are the protection engine's,
+ * ssb_protect.h), power limits (SOF).
  *
  * C11. No global state, no allocation: the caller owns every buffer (the Python wrapper
  * bms/core.py keeps them in numpy arrays). One call per tick per stack. Equations:
@@ -18,6 +19,8 @@
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
+/* Deprecated, not read by the core: kept only while tools/bench_core.c still allocates
+ * ssb_output_t.check_value with it. */
 #define SSB_N_CHECKS 5
 #define SSB_TABLE_STRIDE 4 /* ocv_v, r0_ohm, r1_ohm, tau1_s per grid node */
 
@@ -37,19 +40,14 @@
 /* stack status bits */
 #define SSB_ST_CURRENT_INVALID (1u << 0)  /* current NaN: no prediction, no update */
 #define SSB_ST_TEMP_INVALID (1u << 1)     /* no valid thermistor: last cell temperatures kept */
-#define SSB_ST_PRESSURE_INVALID (1u << 2) /* no valid load cell: pressure checks frozen */
+#define SSB_ST_PRESSURE_INVALID (1u << 2) /* no valid load cell: pressure monitor frozen */
 #define SSB_ST_FUSION_USED (1u << 3)      /* pressure fused as a mean-SOC measurement */
 #define SSB_ST_FUSION_GATED (1u << 4)     /* pressure pseudo-measurement gated out */
 #define SSB_ST_TEMP_FALLBACK (1u << 5)    /* some thermistors invalid: nearest valid used */
 
-/* pressure checks: index into check arrays; status bit is (1u << index) */
-#define SSB_CHK_LOW 0       /* mean pressure below: contact-loss risk */
-#define SSB_CHK_HIGH 1      /* mean pressure above */
-#define SSB_CHK_RATE 2      /* |d p / d t| above: delamination or crack */
-#define SSB_CHK_RESIDUAL 3  /* CUSUM of the residual above: swelling or gas */
-#define SSB_CHK_IMBALANCE 4 /* max - min of the load cells above: tilt */
-
-/* stack scalar outputs: index into ssb_output_t.stack */
+/* stack scalar outputs: index into ssb_output_t.stack. The pressure quantities are what the
+ * protection engine (ssb_protect.h, bms/protections.py) compares with the pack's limits: mean
+ * (stack_pressure_low/high), |rate| (rate), CUSUM (residual), imbalance (load_cell_imbalance). */
 enum {
     SSB_OUT_PRESSURE_EXPECTED_KPA = 0,
     SSB_OUT_PRESSURE_MEAN_KPA,
@@ -58,7 +56,6 @@ enum {
     SSB_OUT_PRESSURE_CUSUM_KPA,
     SSB_OUT_LOAD_CELL_IMBALANCE_KPA,
     SSB_OUT_STACK_STATUS,    /* bits SSB_ST_*, as a double (exact) */
-    SSB_OUT_PRESSURE_STATUS, /* bits (1 << SSB_CHK_*), as a double (exact) */
     SSB_OUT_MEAN_SOC,
     SSB_OUT_MEAN_SOC_SIGMA, /* sum of the per-cell variances / n^2 (cells independent) */
     SSB_OUT_N               /* number of stack scalars */
@@ -121,10 +118,6 @@ typedef struct ssb_params {
     double rate_tau_s;      /* low-pass time constant of the rate of change */
     double cusum_k_kpa;     /* CUSUM allowance (drift that is not counted) */
     double cusum_tau_s;     /* CUSUM time scale: S += (|r| - k) dt / tau */
-    double check_threshold[SSB_N_CHECKS];
-    double check_hysteresis[SSB_N_CHECKS];
-    double check_debounce_s[SSB_N_CHECKS];
-    int32_t check_below[SSB_N_CHECKS]; /* 1: past when value < threshold */
 
     /* power limits */
     double horizons_s[SSB_MAX_HORIZONS];
@@ -152,9 +145,6 @@ typedef struct ssb_state {
     double window_as; /* charge throughput since the capacity window began, A s */
     double p_prev, rate_f, cusum_pos, cusum_neg;
     int32_t have_prev, have_pressure;
-    double check_timer_s[SSB_N_CHECKS];
-    int32_t check_on[SSB_N_CHECKS];
-    double check_value[SSB_N_CHECKS]; /* value that asserted the check (held while on) */
 } ssb_state_t;
 
 /* One tick's measurements (NaN allowed anywhere). */
@@ -172,7 +162,8 @@ typedef struct ssb_output {
     int32_t *status;      /* n_cells: SSB_CELL_* */
     int32_t *leak_flag;   /* n_cells: 1 when leak - 3 sigma > leak_alarm_a */
     double *stack;        /* SSB_OUT_N scalars */
-    double *check_value;  /* SSB_N_CHECKS: value that triggered each asserted check, else NaN */
+    double *check_value;  /* deprecated: never read or written by the core, may be NULL (kept
+                             only while tools/bench_core.c still sets it) */
     double *charge_limit_a;    /* n_horizons */
     double *discharge_limit_a; /* n_horizons */
 } ssb_output_t;

@@ -1,5 +1,6 @@
 """Error paths and behaviour of the C core through bms.core.Core: bad dt, NaN/Inf inputs per
-cell, sensor dropouts, gating, pressure checks with debounce and hysteresis, power limits."""
+cell, sensor dropouts, gating, the pressure quantities (through the protection engine, which
+holds the limits), power limits."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from bms.core import (
     Tuning,
     make_params,
 )
+from bms.protections import _PER_STACK, LEVELS, PackProtections, ProtectionInputs
 from bms.reference import ReferenceCore
 from boards.config import load_pack
 
@@ -145,6 +147,29 @@ def test_thermistor_dropouts(pack) -> None:
     assert np.array_equal(out.cell_temperature_c, kept)
 
 
+def _pressure_verdicts(pack, outputs_by_tick, dt: float = 0.1):
+    """The protection engine over the core's pressure quantities, wired as the controller wires
+    them (mean, |rate|, CUSUM, imbalance): per tick, the levels asserted per protection."""
+    pp = PackProtections(pack)
+    asserted = []
+    for k, out in enumerate(outputs_by_tick):
+        pp.update(k * dt, ProtectionInputs(
+            stack_pressure_kpa=np.array([out.pressure_mean_kpa]),
+            pressure_rate_kpa_per_s=np.array([abs(out.pressure_rate_kpa_per_s)]),
+            pressure_residual_kpa=np.array([out.pressure_cusum_kpa]),
+            load_cell_imbalance_kpa=np.array([out.load_cell_imbalance_kpa])))
+        asserted.append({(name, level) for name in _PER_STACK for level in LEVELS
+                         if pp.engine.is_asserted(name, level)[0]})
+    return asserted
+
+
+class _Copy:
+    """The stack scalars of one CoreOutput (its arrays are views valid for one tick)."""
+
+    def __init__(self, out) -> None:
+        self.__dict__.update({k: v for k, v in out.__dict__.items() if isinstance(v, float)})
+
+
 def test_pressure_invalid_and_imbalance(pack) -> None:
     core = Core(pack, 0)
     core.reset(0.5)
@@ -153,42 +178,40 @@ def test_pressure_invalid_and_imbalance(pack) -> None:
     assert out.stack_status & ST_PRESSURE_INVALID
     assert math.isnan(out.pressure_mean_kpa) and math.isnan(out.pressure_rate_kpa_per_s)
     assert math.isfinite(out.pressure_expected_kpa)
-    tilted = p + np.array([0.0, 0.0, 200.0, 0.0])
-    times = []
-    for k in range(40):
-        out = core.step(0.1, 0.0, v, t, tilted)
-        if out.pressure_status & (1 << 4):
-            times.append(k)
     limit = pack.protections["load_cell_imbalance_kpa"]
-    assert out.load_cell_imbalance_kpa == pytest.approx(200.0)
-    assert times and times[0] == round(limit.debounce_s / 0.1)  # debounce from the first tick
-    assert out.pressure_trigger["imbalance"] == pytest.approx(200.0)
-    # hysteresis: inside the band it stays, below threshold - hysteresis it clears
-    out = core.step(0.1, 0.0, v, t, p + np.array([0.0, 0.0, limit.fault - 5.0, 0.0]))
-    assert out.pressure_status & (1 << 4)
-    out = core.step(0.1, 0.0, v, t, p + np.array([0.0, 0.0, limit.fault - 15.0, 0.0]))
-    assert not out.pressure_status & (1 << 4)
-    assert "imbalance" not in out.pressure_trigger
+    loads = [p + np.array([0.0, 0.0, 200.0, 0.0])] * 40
+    # hysteresis: inside the band the fault stays, below threshold - hysteresis it clears
+    loads += [p + np.array([0.0, 0.0, limit.fault - 5.0, 0.0]),
+              p + np.array([0.0, 0.0, limit.fault - 15.0, 0.0])]
+    outs = [_Copy(core.step(0.1, 0.0, v, t, x)) for x in loads]
+    assert outs[39].load_cell_imbalance_kpa == pytest.approx(200.0)
+    verdicts = _pressure_verdicts(pack, outs)
+    fault = ("load_cell_imbalance_kpa", "fault")
+    times = [k for k, on in enumerate(verdicts) if fault in on]
+    assert times[0] == round(limit.debounce_s / 0.1)  # debounce from the first tick past
+    assert fault in verdicts[40]
+    assert fault not in verdicts[41]
 
 
 def test_pressure_low_rate_and_cusum(pack) -> None:
     core = Core(pack, 0, tuning=Tuning(pressure_fusion=False))
     core.reset(0.5)
     v, t, p = _rest_inputs(core)
-    for _ in range(20):
-        out = core.step(0.1, 0.0, v, t, p)
-    assert out.pressure_status == 0
-    assert abs(out.pressure_residual_kpa) < 1e-6
-    # a sudden drop of 300 kPa: rate first, then low (below 600 kPa fault) after debounce
+    outs = [_Copy(core.step(0.1, 0.0, v, t, p)) for _ in range(20)]
+    assert abs(outs[-1].pressure_residual_kpa) < 1e-6
+    # a sudden drop to 500 kPa: rate first, then low (below the 600 kPa fault) after debounce
     drop = p - (p[0] - 500.0)
-    out = core.step(0.1, 0.0, v, t, drop)
-    assert out.pressure_rate_kpa_per_s < -pack.protections["stack_pressure_rate_kpa_per_s"].fault
-    low = [core.step(0.1, 0.0, v, t, drop).pressure_status & 1 for _ in range(15)]
-    assert low[8] == 0 and low[9] == 1  # 1.0 s debounce: 10 ticks past, the first at t=0
-    # the residual drift accumulates in the CUSUM until the residual check asserts
-    out = core.step(0.1, 0.0, v, t, drop)
-    assert out.pressure_cusum_kpa > 0
-    assert out.pressure_residual_kpa < -400
+    outs += [_Copy(core.step(0.1, 0.0, v, t, drop)) for _ in range(16)]
+    assert outs[20].pressure_rate_kpa_per_s < -pack.protections[
+        "stack_pressure_rate_kpa_per_s"].fault
+    verdicts = _pressure_verdicts(pack, outs)
+    assert not any(verdicts[:20])
+    low = [("stack_pressure_low_kpa", "fault") in on for on in verdicts[20:]]
+    assert low[9] is False and low[10] is True  # 1.0 s debounce: the first tick past at t=0
+    assert ("stack_pressure_rate_kpa_per_s", "fault") in verdicts[20 + 3]  # 0.3 s debounce
+    # the residual drift accumulates in the CUSUM (the residual protection's input)
+    assert outs[-1].pressure_cusum_kpa > 0
+    assert outs[-1].pressure_residual_kpa < -400
 
 
 def test_power_limits(pack) -> None:

@@ -91,14 +91,6 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->rate_tau_s = 0.2;
     p->cusum_k_kpa = 30.0;
     p->cusum_tau_s = 10.0;
-    const double th[5] = {600, 2000, 50, 200, 150}, hy[5] = {30, 50, 5, 20, 10},
-                 db[5] = {1, 1, 0.3, 2, 2};
-    for (int c = 0; c < 5; c++) {
-        p->check_threshold[c] = th[c];
-        p->check_hysteresis[c] = hy[c];
-        p->check_debounce_s[c] = db[c];
-        p->check_below[c] = c == 0;
-    }
     p->horizons_s[0] = 2.0;
     p->horizons_s[1] = 10.0;
     p->v_max = 4.22;
@@ -138,7 +130,6 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     o->status = calloc(nn, sizeof(int32_t));
     o->leak_flag = calloc(nn, sizeof(int32_t));
     o->stack = dalloc(SSB_OUT_N);
-    o->check_value = dalloc(SSB_N_CHECKS);
     o->charge_limit_a = dalloc(2);
     o->discharge_limit_a = dalloc(2);
     f->v = dalloc(nn);
@@ -157,7 +148,7 @@ static void fixture_free(fixture_t *f)
                     s->r0_scale, s->r0_p, s->cap_ratio, s->cap_p, s->soc_window0, s->leak_e,
                     s->leak_a, s->leak_d, s->leak_p, s->v_prev, s->gated_count, s->work, o->soc_sigma,
                     o->leak_sigma_a, o->r0_ohm, o->capacity_ah, o->status, o->leak_flag,
-                    o->stack, o->check_value, o->charge_limit_a, o->discharge_limit_a, f->v,
+                    o->stack, o->charge_limit_a, o->discharge_limit_a, f->v,
                     f->t, f->p};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
         free(ptrs[i]);
@@ -268,7 +259,7 @@ int main(void)
     f.grid[5] = 0.01;
     CHECK(ssb_params_check(&f.prm) == SSB_OK);
     bad = f.prm;
-    bad.check_threshold[2] = NAN;
+    bad.cusum_tau_s = NAN;
     CHECK(ssb_params_check(&bad) == SSB_ERR_PARAM);
     ssb_meas_t m2 = f.m;
     m2.temperature_c = NULL;
