@@ -16,19 +16,29 @@ from fractions import Fraction
 
 import numpy as np
 
+from bms import _core as _core_ext  # built by pip install (setup.py cffi_modules)
 from boards.config import PackConfig
 
-# ---------------------------------------------------------------------------- constants (= header)
+# ---------------------------------------------------------------------------- constants
 
-CELL_OK, CELL_REJECTED_NAN, CELL_GATED, CELL_NO_CURRENT = 0, 1, 2, 3
-ST_CURRENT_INVALID, ST_TEMP_INVALID, ST_PRESSURE_INVALID = 1, 2, 4
-ST_FUSION_USED, ST_FUSION_GATED, ST_TEMP_FALLBACK = 8, 16, 32
+# From the compiled module's cdef (csrc/ssb_core.h), never re-typed here.
+_L = _core_ext.lib
+CELL_OK, CELL_REJECTED_NAN, CELL_GATED, CELL_NO_CURRENT = (
+    _L.SSB_CELL_OK, _L.SSB_CELL_REJECTED_NAN, _L.SSB_CELL_GATED, _L.SSB_CELL_NO_CURRENT)
+ST_CURRENT_INVALID, ST_TEMP_INVALID, ST_PRESSURE_INVALID = (
+    _L.SSB_ST_CURRENT_INVALID, _L.SSB_ST_TEMP_INVALID, _L.SSB_ST_PRESSURE_INVALID)
+ST_FUSION_USED, ST_FUSION_GATED, ST_TEMP_FALLBACK = (
+    _L.SSB_ST_FUSION_USED, _L.SSB_ST_FUSION_GATED, _L.SSB_ST_TEMP_FALLBACK)
 (OUT_EXPECTED, OUT_MEAN, OUT_RESIDUAL, OUT_RATE, OUT_CUSUM, OUT_IMBALANCE, OUT_STACK_STATUS,
- OUT_MEAN_SOC, OUT_MEAN_SOC_SIGMA, OUT_N) = range(10)
-MAX_HORIZONS = 4
-TABLE_STRIDE = 4
-WORK_ROWS = 8
-ERRORS = {-1: "SSB_ERR_NULL", -2: "SSB_ERR_SIZE", -3: "SSB_ERR_PARAM", -4: "SSB_ERR_DT"}
+ OUT_MEAN_SOC, OUT_MEAN_SOC_SIGMA, OUT_N) = (
+    _L.SSB_OUT_PRESSURE_EXPECTED_KPA, _L.SSB_OUT_PRESSURE_MEAN_KPA,
+    _L.SSB_OUT_PRESSURE_RESIDUAL_KPA, _L.SSB_OUT_PRESSURE_RATE_KPA_PER_S,
+    _L.SSB_OUT_PRESSURE_CUSUM_KPA, _L.SSB_OUT_LOAD_CELL_IMBALANCE_KPA, _L.SSB_OUT_STACK_STATUS,
+    _L.SSB_OUT_MEAN_SOC, _L.SSB_OUT_MEAN_SOC_SIGMA, _L.SSB_OUT_N)
+MAX_HORIZONS = _L.SSB_MAX_HORIZONS
+TABLE_STRIDE = _L.SSB_TABLE_STRIDE
+WORK_ROWS = _L.SSB_WORK_ROWS
+ERRORS = {getattr(_L, name): name for name in dir(_L) if name.startswith("SSB_ERR_")}
 
 
 class CoreError(ValueError):
@@ -305,9 +315,7 @@ class CoreOutput:
 
 
 def _lib():
-    from bms import _core  # built by pip install (setup.py cffi_modules)
-
-    return _core.ffi, _core.lib
+    return _core_ext.ffi, _core_ext.lib
 
 
 class Core:

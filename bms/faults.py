@@ -81,7 +81,8 @@ class FaultCode(IntEnum):
     # 3xx: link and board.
     MEASUREMENT_LOST = 301
     MEASUREMENT_LATE = 302
-    SEQUENCE_GAP = 303
+    # 303 was SEQUENCE_GAP: never raised (replies are matched by seq; a lost one is a
+    # MEASUREMENT_LATE), removed; the number is not reused.
     TIMESTAMP_GAP = 304
     BOARD_RESET = 305
     BOARD_WATCHDOG_TRIPPED = 306
@@ -153,7 +154,6 @@ FAULT_INFO: dict[FaultCode, FaultInfo] = {
         FaultInfo(FaultCode.MEASUREMENT_LOST, "measurement lost (timeout)", _W,
                   "safe state: all open until valid data is back"),
         FaultInfo(FaultCode.MEASUREMENT_LATE, "measurement late", _W, "event"),
-        FaultInfo(FaultCode.SEQUENCE_GAP, "sequence number gap", _W, "event"),
         FaultInfo(FaultCode.TIMESTAMP_GAP, "board timestamp gap", _W, "event"),
         FaultInfo(FaultCode.BOARD_RESET, "board reset (new boot id)", _F,
                   "open and latch: the board dropped its outputs"),

@@ -46,14 +46,17 @@ from operator import is_not
 import numpy as np
 
 from bms.faults import PROTECTION_CODES, SENSOR_CODE_FOR_PROTECTION, FaultTable, Severity
-from boards.config import PROTECTION_NAMES, PackConfig, ProtectionLimit
+from boards.config import (
+    PROTECTION_CHANNEL,
+    PROTECTION_NAMES,
+    TIME_EPS_S,
+    PackConfig,
+    ProtectionLimit,
+)
 
 LEVELS = ("warning", "fault", "critical")
 LEVEL_SEVERITY = (Severity.WARNING, Severity.FAULT, Severity.CRITICAL)
 INVALID = "invalid"
-# Timer comparison tolerance: tick times like 0.1 * k accumulate ~1e-16 relative error, so
-# "elapsed >= debounce" must not miss a tick by one ulp.
-_TIME_EPS_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ class ReferenceProtectionEngine(_EngineBase):
 
     def __init__(self, limits: Mapping[str, ProtectionLimit], channels: Mapping[str, int]) -> None:
         super().__init__(limits, channels)
-        self._debounce = self._debounce_raw_s - _TIME_EPS_S
+        self._debounce = self._debounce_raw_s - TIME_EPS_S
         self._clear_thr = self._thr - self._hyst[None, :]
 
     def evaluate(self, time_s: float) -> list[Transition]:
@@ -301,8 +304,16 @@ class ProtectionEngine(_EngineBase):
                 for tr in (out[k] for k in range(count))]
 
 
-_PROT_ERRORS = {-1: "SSB_PROT_ERR_NULL", -2: "SSB_PROT_ERR_SIZE", -3: "SSB_PROT_ERR_PARAM",
-                -5: "SSB_PROT_ERR_FULL"}
+def _prot_errors() -> dict[int, str]:
+    from bms import _core
+
+    return {getattr(_core.lib, n): n for n in dir(_core.lib) if n.startswith("SSB_PROT_ERR_")}
+
+
+_PROT_ERRORS = _prot_errors()
+#: engine="c" (csrc/ssb_protect.c, what the BMS runs) or "reference" (the NumPy engine the C
+#: one is tested against; tests and benchmarks only): the project's one way to pick an engine.
+ENGINES = {"c": ProtectionEngine, "reference": ReferenceProtectionEngine}
 
 
 # --------------------------------------------------------------------------- pack rules
@@ -335,12 +346,12 @@ class _Layout:
     local: dict[str, np.ndarray | None] = field(default_factory=dict)
 
 
-_PER_CELL = ("cell_overvoltage_v", "cell_undervoltage_v", "cell_leak_a")
-_PER_THERMISTOR = ("cell_overtemperature_charge_c", "cell_overtemperature_discharge_c",
-                   "cell_undertemperature_charge_c", "cell_undertemperature_discharge_c")
-_PER_STACK = ("stack_pressure_low_kpa", "stack_pressure_high_kpa", "stack_pressure_rate_kpa_per_s",
-              "stack_pressure_residual_kpa", "load_cell_imbalance_kpa")
-_PACK = ("charge_overcurrent_a", "discharge_overcurrent_a")
+def _watching(kind: str) -> tuple[str, ...]:
+    return tuple(n for n in PROTECTION_NAMES if PROTECTION_CHANNEL[n] == kind)
+
+
+_PER_CELL, _PER_THERMISTOR = _watching("cell"), _watching("thermistor")
+_PER_STACK, _PACK = _watching("stack"), _watching("pack")
 
 
 class PackProtections:
@@ -368,7 +379,9 @@ class PackProtections:
     DEFAULT_REST_CURRENT_A = 0.2
 
     def __init__(self, pack: PackConfig, rest_current_a: float = DEFAULT_REST_CURRENT_A,
-                 engine_class: type[_EngineBase] | None = None) -> None:
+                 engine: str = "c") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not one of {', '.join(ENGINES)}")
         self.pack = pack
         self.rest_current_a = rest_current_a
         self.charge_mode = False
@@ -377,8 +390,8 @@ class PackProtections:
         n_stacks = len(pack.stacks)
         counts = {**dict.fromkeys(_PER_CELL, n_cells), **dict.fromkeys(_PER_THERMISTOR, n_therm),
                   **dict.fromkeys(_PER_STACK, n_stacks), **dict.fromkeys(_PACK, 1)}
-        cls = ProtectionEngine if engine_class is None else engine_class
-        self.engine = eng = cls({n: pack.protections[n] for n in PROTECTION_NAMES}, counts)
+        limits = {n: pack.protections[n] for n in PROTECTION_NAMES}
+        self.engine = eng = ENGINES[engine](limits, counts)
         # Views into the engine's flat input buffers, one per input (protections that share an
         # input are adjacent in PROTECTION_NAMES, so a (k, channels) view takes the input once
         # by broadcasting): update() writes each input with one numpy copy, no dict per tick.

@@ -22,6 +22,10 @@ from boards.config import BoardProfile, PackConfig
 from hil.protocol import Measurement, wire_values_pointer
 from hil.scaling import Scaler
 
+#: The two engines of check_measurement (the project's convention: "c" runs, "reference" is
+#: the NumPy implementation the C one is tested against).
+ENGINES = ("c", "reference")
+
 # Plausible ranges (assumptions, documented in docs/safety.md):
 # - a lithium-metal/NMC cell never reads below 1.5 V or above 5.0 V while connected; the
 #   LTC6811 open-wire signature is ~0 V, so anything outside is a tap or monitor fault;
@@ -67,7 +71,12 @@ class StackValidator:
     """Stateful plausibility checks for one stack (stuck detection, jumps, timestamps)."""
 
     def __init__(self, pack: PackConfig, stack_index: int, board: BoardProfile,
-                 table: FaultTable, scaler: Scaler | None = None) -> None:
+                 table: FaultTable, scaler: Scaler | None = None, engine: str = "c") -> None:
+        """``engine``: "c" (csrc/ssb_frontend.c, what the controller runs) or "reference" (the
+        same rules in NumPy, for tests and benchmarks)."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not one of {', '.join(ENGINES)}")
+        self.engine = engine
         self.stack_index = stack_index
         self.board = board
         self.table = table
@@ -111,10 +120,11 @@ class StackValidator:
         self.counts = {"invalid_channels": 0, "voltage_jump": 0, "stuck": 0,
                        "timestamp_gap": 0}
 
-    def check(self, time_s: float, raw: np.ndarray, values: np.ndarray, current_a: float,
-              bus_voltage_v: float, timestamp_ms: int, status: int) -> ValidatedStack:
+    def _check_reference(self, time_s: float, raw: np.ndarray, values: np.ndarray,
+                         current_a: float, bus_voltage_v: float, timestamp_ms: int,
+                         status: int) -> ValidatedStack:
         """``raw``/``values``: the board's channel vectors (hil.scaling.Scaler.channel_values).
-        The reference implementation of :meth:`check_measurement` (same rules, in NumPy).
+        The reference engine of :meth:`check_measurement` (same rules, in NumPy).
 
         The common case (every channel in range, nothing stuck, no open tap) costs a handful of
         vector operations; the per-channel diagnosis runs only when something is wrong now or
@@ -232,9 +242,9 @@ class StackValidator:
     def check_measurement(self, time_s: float, m: Measurement, current_a: float,
                           bus_voltage_v: float) -> ValidatedStack:
         """The controller's hot path: scaling, range, open tap, stuck and jump masks in one C
-        call (csrc/ssb_frontend.c, the same rules as :meth:`check`), then the diagnosis in
-        Python only when something is or was wrong. Raises ValueError when the measurement's
-        channel counts differ from the board profile."""
+        call (csrc/ssb_frontend.c; with engine="reference" the same rules in NumPy), then the
+        diagnosis in Python only when something is or was wrong. Raises ValueError when the
+        measurement's channel counts differ from the board profile."""
         n = len(m.cell_raw) + len(m.thermistor_raw) + len(m.load_cell_raw)
         if n != len(self._raw):
             p = self.board
@@ -242,12 +252,17 @@ class StackValidator:
                 f"measurement has {len(m.cell_raw)} cells, {len(m.thermistor_raw)} thermistors, "
                 f"{len(m.load_cell_raw)} load cells; board profile {p.name} ({p.path}) expects "
                 f"{p.cells}, {p.thermistors}, {p.load_cells}")
+        if self.engine == "reference":
+            raw, values = self.scaler.channel_values(m)
+            return self._check_reference(time_s, raw, values, current_a, bus_voltage_v,
+                                         m.timestamp_ms, m.status)
         self._raw[:] = m.cell_raw + m.thermistor_raw + m.load_cell_raw
         return self._check_raw(time_s, current_a, bus_voltage_v, m.timestamp_ms, m.status)
 
     def check_wire(self, time_s: float) -> ValidatedStack:
         """:meth:`check_measurement` of the measurement the fast lane unpacked into
-        :attr:`wire_vals` (its channel counts matched this board's profile there)."""
+        :attr:`wire_vals` (its channel counts matched this board's profile there); the C
+        engine (the fast lane is C too)."""
         timestamp_ms, status, current_raw, bus_raw = self.wire_vals[:4].tolist()
         sc = self.scaler
         return self._check_raw(time_s, sc.current_from_raw(current_raw),

@@ -375,22 +375,27 @@ class PackConfig:
         return sum(s.cells for s in self.stacks)
 
 
-PROTECTION_NAMES = (
-    "cell_overvoltage_v",
-    "cell_undervoltage_v",
-    "cell_overtemperature_charge_c",
-    "cell_overtemperature_discharge_c",
-    "cell_undertemperature_charge_c",
-    "cell_undertemperature_discharge_c",
-    "charge_overcurrent_a",
-    "discharge_overcurrent_a",
-    "stack_pressure_low_kpa",
-    "stack_pressure_high_kpa",
-    "stack_pressure_rate_kpa_per_s",
-    "stack_pressure_residual_kpa",
-    "load_cell_imbalance_kpa",
-    "cell_leak_a",
+#: The protections, in their stable order (fault codes 101.. follow it, bms.faults), each with
+#: what it watches: one channel per cell, per thermistor, per stack, or one for the pack. The one
+#: list: the pack file's sections, the fault codes and the engine's channel layout derive from it.
+PROTECTIONS: tuple[tuple[str, str], ...] = (
+    ("cell_overvoltage_v", "cell"),
+    ("cell_undervoltage_v", "cell"),
+    ("cell_overtemperature_charge_c", "thermistor"),
+    ("cell_overtemperature_discharge_c", "thermistor"),
+    ("cell_undertemperature_charge_c", "thermistor"),
+    ("cell_undertemperature_discharge_c", "thermistor"),
+    ("charge_overcurrent_a", "pack"),
+    ("discharge_overcurrent_a", "pack"),
+    ("stack_pressure_low_kpa", "stack"),
+    ("stack_pressure_high_kpa", "stack"),
+    ("stack_pressure_rate_kpa_per_s", "stack"),
+    ("stack_pressure_residual_kpa", "stack"),
+    ("load_cell_imbalance_kpa", "stack"),
+    ("cell_leak_a", "cell"),
 )
+PROTECTION_NAMES = tuple(name for name, _ in PROTECTIONS)
+PROTECTION_CHANNEL = dict(PROTECTIONS)
 
 
 def _read_cell(r: _Reader) -> CellModel:

@@ -28,6 +28,7 @@
 
 /* work array rows (each n_cells long) */
 enum { W_OCV = 0, W_DOCV, W_R0, W_R1, W_TAU1, W_SOCPRED, W_RC, W_SCRATCH, W_ROWS };
+_Static_assert(W_ROWS == SSB_WORK_ROWS, "SSB_WORK_ROWS (the caller's work size) out of date");
 
 /* ------------------------------------------------------------------ vectorisable exp */
 

@@ -19,9 +19,7 @@
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-/* Deprecated, not read by the core: kept only while tools/bench_core.c still allocates
- * ssb_output_t.check_value with it. */
-#define SSB_N_CHECKS 5
+#define SSB_WORK_ROWS 8 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
 #define SSB_TABLE_STRIDE 4 /* ocv_v, r0_ohm, r1_ohm, tau1_s per grid node */
 
 /* return codes: nothing is written to the state when a call returns an error */
@@ -139,7 +137,7 @@ typedef struct ssb_state {
     double *leak_p; /* its covariance, 6 per cell SoA: ee, el, ed, ll, ld, dd */
     double *v_prev;
     uint32_t *gated_count;
-    double *work; /* scratch, 8 per cell */
+    double *work; /* scratch, SSB_WORK_ROWS per cell */
     /* scalars */
     double i_prev;
     double window_as; /* charge throughput since the capacity window began, A s */
@@ -162,8 +160,6 @@ typedef struct ssb_output {
     int32_t *status;      /* n_cells: SSB_CELL_* */
     int32_t *leak_flag;   /* n_cells: 1 when leak - 3 sigma > leak_alarm_a */
     double *stack;        /* SSB_OUT_N scalars */
-    double *check_value;  /* deprecated: never read or written by the core, may be NULL (kept
-                             only while tools/bench_core.c still sets it) */
     double *charge_limit_a;    /* n_horizons */
     double *discharge_limit_a; /* n_horizons */
 } ssb_output_t;

@@ -15,9 +15,9 @@ Public pieces:
 
 Two engines, one behaviour: by default :class:`FrameDecoder` and :func:`encode_frame` run the C
 codec in ``hil._wire`` (csrc/ssb_wire.c over the reference firmware's boards/firmware/src/proto.c);
-the pure-Python path (hil/cobs.py, :func:`_decode_segment`, :func:`encode_frame_py`) is the
-reference, used when the extension is missing, with ``FrameDecoder(engine="python")``, or for
-the whole process with ``SSB_WIRE_ENGINE=python`` (tests/test_wire_c.py checks they agree).
+the pure-Python path (hil/cobs.py, :func:`_decode_segment`, :func:`encode_frame_reference`) is the
+reference, used when the extension is missing, with ``FrameDecoder(engine="reference")``, or for
+the whole process with ``SSB_WIRE_ENGINE=reference`` (tests/test_wire_c.py checks they agree).
 
 Decoded messages hold plain ints (enums compare equal to them): an unknown code from a newer
 peer must never make the decoder raise. Wrap with the enums (``NackError(m.error)``) to print.
@@ -43,7 +43,7 @@ __all__ = [
     "FaultInject", "Message", "MESSAGE_CLASSES",
     "encode_frame", "encode_payload", "decode_frame", "decode_payload", "FrameError",
     "DecodedFrame", "LinkCounters", "FrameDecoder", "next_seq", "crc16", "encode_raw_frame",
-    "message_fields", "encode_frame_py", "WIRE_ENGINE",
+    "message_fields", "encode_frame_reference", "WIRE_ENGINE",
 ]
 
 PROTOCOL_VERSION = 1
@@ -440,7 +440,7 @@ def _checked_payload(msg: Message, seq: int) -> bytes:
     return payload
 
 
-def encode_frame_py(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
+def encode_frame_reference(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> bytes:
     """:func:`encode_frame` in pure Python (the reference the C path is tested against)."""
     payload = _checked_payload(msg, seq)
     n = len(payload)
@@ -462,7 +462,7 @@ def _encode_frame_c(msg: Message, seq: int, version: int = PROTOCOL_VERSION) -> 
         k = -1
     if k < 0:  # a version or seq the wire cannot carry: the reference path raises exactly what
         pool.append(buf)  # it always raised
-        return encode_frame_py(msg, seq, version)
+        return encode_frame_reference(msg, seq, version)
     frame = buf[1][:k]
     pool.append(buf)
     return frame
@@ -602,11 +602,11 @@ except (ImportError, AttributeError):  # not built, or built before ssb_wire exi
     _ffi = _lib = _wire_scan = _wire_encode = _wire_take = None
 
 _ENV_ENGINE = os.environ.get("SSB_WIRE_ENGINE", "").strip().lower()
-if _ENV_ENGINE not in ("", "c", "python"):
-    raise ImportError(f"SSB_WIRE_ENGINE={_ENV_ENGINE!r}: expected 'c' or 'python'")
+if _ENV_ENGINE not in ("", "c", "reference"):
+    raise ImportError(f"SSB_WIRE_ENGINE={_ENV_ENGINE!r}: expected 'c' or 'reference'")
 #: The engine FrameDecoder() and encode_frame use by default: "c" when hil._wire has the wire
-#: codec, unless SSB_WIRE_ENGINE=python; else "python".
-WIRE_ENGINE = "python" if _wire_scan is None or _ENV_ENGINE == "python" else "c"
+#: codec, unless SSB_WIRE_ENGINE=reference; else "reference" (the pure-Python codec).
+WIRE_ENGINE = "reference" if _wire_scan is None or _ENV_ENGINE == "reference" else "c"
 if _ENV_ENGINE == "c" and WIRE_ENGINE != "c":
     raise ImportError("SSB_WIRE_ENGINE=c but hil._wire is not built (pip install -e .)")
 
@@ -686,9 +686,9 @@ _PARSERS_C = dict(_PARSERS)
 _PARSERS_C[int(MsgType.MEASUREMENT)] = _parse_measurement_c
 
 #: Encode ``msg`` with sequence number ``seq``: COBS(header|payload|crc) + 0x00. The C engine
-#: when available (:data:`WIRE_ENGINE`), else :func:`encode_frame_py`: the same bytes and the
+#: when available (:data:`WIRE_ENGINE`), else :func:`encode_frame_reference`: the same bytes and the
 #: same errors (ValueError for a field, the payload size or seq out of range).
-encode_frame = _encode_frame_c if WIRE_ENGINE == "c" else encode_frame_py
+encode_frame = _encode_frame_c if WIRE_ENGINE == "c" else encode_frame_reference
 
 
 class FrameDecoder:
@@ -697,7 +697,7 @@ class FrameDecoder:
     Resynchronises at the next 0x00 after garbage; holds at most 250 bytes of an unfinished
     frame (then counts *oversize* once and discards up to the next delimiter).
 
-    ``engine``: "c" (hil._wire's ssb_wire), "python" (the reference: hil/cobs.py and
+    ``engine``: "c" (hil._wire's ssb_wire), "reference" (pure Python: hil/cobs.py and
     :func:`_decode_segment`) or "auto" (:data:`WIRE_ENGINE`). Both give identical frames and
     counters.
     """
@@ -713,10 +713,10 @@ class FrameDecoder:
             self._st = _ffi.new("ssb_wire_scan_t *")
             self._rec = bytearray(_REC_CAP)
             self._recp = _ffi.from_buffer(self._rec)  # the bytearray must never be resized
-        elif engine == "python":
+        elif engine == "reference":
             self._st = self._rec = self._recp = None
         else:
-            raise ValueError(f"engine {engine!r}: expected 'auto', 'c' or 'python'")
+            raise ValueError(f"engine {engine!r}: expected 'auto', 'c' or 'reference'")
         self.engine = engine
         self.counters = LinkCounters()
         self._buf = b""

@@ -17,7 +17,7 @@ from bms.controller import Controller
 from bms.runlog import load_ticks
 from boards.config import load_pack
 from hil import protocol as proto
-from hil.protocol import FrameDecoder, Measurement, Sample, encode_frame_py
+from hil.protocol import FrameDecoder, Measurement, Sample, encode_frame_reference
 
 pytestmark = pytest.mark.skipif(proto.WIRE_ENGINE != "c", reason="needs the C wire codec")
 
@@ -50,24 +50,24 @@ def test_take_agrees_with_the_general_decoder_or_declines() -> None:
     for _ in range(3000):
         m = _measurement(rng) if rng.random() < 0.8 else _measurement(rng, 22, 4, 4)
         seq = rng.randrange(65536)
-        data = encode_frame_py(m, seq)
+        data = encode_frame_reference(m, seq)
         kind = rng.randrange(8)
         want_seq = seq
         if kind == 1:
             want_seq = (seq + 1) % 65536
         elif kind == 2:
-            data += encode_frame_py(Sample(5), 3)
+            data += encode_frame_reference(Sample(5), 3)
         elif kind == 3:
             data = data[:-1]
         elif kind == 4:
             i = rng.randrange(len(data) - 1)
             data = data[:i] + bytes([data[i] ^ (1 << rng.randrange(8)) or 1]) + data[i + 1:]
         elif kind == 5:
-            data = encode_frame_py(Sample(9), seq)
+            data = encode_frame_reference(Sample(9), seq)
         elif kind == 6:
-            data = encode_frame_py(m, seq, version=2)
+            data = encode_frame_reference(m, seq, version=2)
         vals, ptr = _vals_buffer(n_vals)
-        dec, ref = FrameDecoder("c"), FrameDecoder("python")
+        dec, ref = FrameDecoder("c"), FrameDecoder("reference")
         frames = ref.feed(data)
         if dec.take_measurement(data, want_seq, ptr, n_vals):
             taken += 1
@@ -90,7 +90,7 @@ def test_take_agrees_with_the_general_decoder_or_declines() -> None:
 def test_take_declines_while_a_frame_is_partial_or_dropped() -> None:
     rng = random.Random(5)
     m = _measurement(rng)
-    frame = encode_frame_py(m, 77)
+    frame = encode_frame_reference(m, 77)
     vals, ptr = _vals_buffer(35)
     dec = FrameDecoder("c")
     dec.feed(frame[:10])  # half a frame buffered
@@ -99,7 +99,7 @@ def test_take_declines_while_a_frame_is_partial_or_dropped() -> None:
     dec.feed(b"\x01" * 300)  # an oversize run: dropping until the next delimiter
     assert not dec.take_measurement(frame, 77, ptr, 35)
     assert (vals == -7).all()
-    assert not FrameDecoder("python").take_measurement(frame, 77, ptr, 35)  # the reference
+    assert not FrameDecoder("reference").take_measurement(frame, 77, ptr, 35)  # the reference
     assert FrameDecoder("c").take_measurement(frame, 77, ptr, 35)
 
 

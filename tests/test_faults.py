@@ -25,11 +25,12 @@ def test_every_protection_and_code_is_described() -> None:
         assert info.text and info.reaction
     # Codes for the protections follow the PROTECTION_NAMES order (stable numbering).
     assert [int(PROTECTION_CODES[n]) for n in PROTECTION_NAMES] == list(range(101, 115))
-    for name in ("MEASUREMENT_LOST", "MEASUREMENT_LATE", "SEQUENCE_GAP", "TIMESTAMP_GAP",
+    for name in ("MEASUREMENT_LOST", "MEASUREMENT_LATE", "TIMESTAMP_GAP",
                  "BOARD_RESET", "BOARD_WATCHDOG_TRIPPED", "PRECHARGE_FAILURE",
                  "CELL_VOLTAGE_OPEN_WIRE", "THERMISTOR_OPEN", "THERMISTOR_SHORT",
                  "LOAD_CELL_OPEN", "LOAD_CELL_STUCK", "CURRENT_SENSOR"):
         assert name in FaultCode.__members__
+    assert "SEQUENCE_GAP" not in FaultCode.__members__  # never raised: removed (issue 10)
 
 
 def test_raise_is_idempotent_and_counts_occurrences() -> None:

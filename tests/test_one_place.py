@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _c_define(header: str, name: str) -> float:
-    text = (ROOT / "csrc" / header).read_text()
-    m = re.search(rf"#define\s+{name}\s+([0-9.eE+-]+)", text)
-    assert m, f"{name} not defined in csrc/{header}"
-    return float(m.group(1))
+    """A numeric #define of a C header (relative to the repository; csrc/ when bare)."""
+    path = ROOT / (header if "/" in header else f"csrc/{header}")
+    m = re.search(rf"#define\s+{name}\s+(0x[0-9A-Fa-f]+|[0-9.eE+-]+)u?\b", path.read_text())
+    assert m, f"{name} not defined in {path}"
+    return float(int(m.group(1), 16)) if m.group(1).startswith("0x") else float(m.group(1))
 
 
 def test_time_tolerance_is_one_number_in_python_and_c() -> None:
@@ -66,3 +67,27 @@ def test_controller_paces_the_heartbeat_by_the_boards_watchdog(tmp_path: Path) -
     differs = [e for e in events if e.get("event") == "watchdog differs from pack"]
     assert differs and differs[0]["board_s"] == 1.0 and differs[0]["pack_s"] == 5.0
     assert not [e for e in events if e.get("name") == FaultCode.BOARD_WATCHDOG_TRIPPED.name]
+
+
+def test_wire_sizes_and_sentinels_match_the_firmware() -> None:
+    """The firmware is a C program of its own: its proto.h and app.h carry the wire's sizes and
+    the invalid-count sentinels; the host's one definition (hil.protocol) must equal them."""
+    from hil import protocol as proto
+
+    fw = "boards/firmware/src/"
+    assert _c_define(fw + "proto.h", "PROTO_VERSION") == proto.PROTOCOL_VERSION
+    assert _c_define(fw + "proto.h", "PROTO_HEADER_LEN") == proto.HEADER_SIZE
+    assert _c_define(fw + "proto.h", "PROTO_CRC_LEN") == proto.CRC_SIZE
+    assert _c_define(fw + "proto.h", "PROTO_MAX_PAYLOAD") == proto.MAX_PAYLOAD
+    assert _c_define(fw + "proto.h", "PROTO_MAX_ENCODED") == proto.MAX_ENCODED
+    assert _c_define(fw + "app.h", "INVALID_U16") == proto.INVALID_U16
+    assert _c_define(fw + "app.h", "INVALID_I32") == proto.INVALID_I32
+
+
+def test_core_constants_are_the_compiled_modules() -> None:
+    from bms import _core, core
+
+    lib = _core.lib
+    assert core.OUT_N == lib.SSB_OUT_N and core.WORK_ROWS == lib.SSB_WORK_ROWS
+    assert core.MAX_HORIZONS == lib.SSB_MAX_HORIZONS
+    assert core.ERRORS[lib.SSB_ERR_DT] == "SSB_ERR_DT"

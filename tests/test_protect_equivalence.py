@@ -196,7 +196,7 @@ def _random_pack_inputs(rng, pack, k: int) -> ProtectionInputs:
 def test_pack_fast_path_matches_dict_rules_on_reference(pack) -> None:
     rng = np.random.default_rng(7)
     fast = PackProtections(pack)
-    spec = PackProtections(pack, engine_class=ReferenceProtectionEngine)
+    spec = PackProtections(pack, engine="reference")
     table_fast, table_spec = FaultTable(), FaultTable()
     seen = set()
     for k in range(3000):
@@ -242,7 +242,7 @@ def _nominal(pack) -> ProtectionInputs:
 def test_bench_step_no_transitions(benchmark, pack, engine: str) -> None:
     """PackProtections.step on a nominal tick (no transitions: the common case). Measured, not
     asserted; the controller's budget is ~139 us per tick in all for ssb-23."""
-    pp = PackProtections(pack, engine_class=None if engine == "c" else ReferenceProtectionEngine)
+    pp = PackProtections(pack, engine=engine)
     table, inp = FaultTable(), _nominal(pack)
     clock = itertools.count(0.0, 0.1)
     benchmark(lambda: pp.step(next(clock), inp, table))

@@ -22,7 +22,7 @@ class Rig:
 
     def __init__(self) -> None:
         self.table = FaultTable()
-        self.validator = StackValidator(PACK, 0, BOARD, self.table)
+        self.validator = StackValidator(PACK, 0, BOARD, self.table, engine="reference")
         self.scaler = Scaler(BOARD)
         self.t = 0.0
         self.rng = np.random.default_rng(1)
@@ -43,9 +43,8 @@ class Rig:
         if "thermistor_raw" in override:
             m = type(m)(m.timestamp_ms, m.status, m.current_raw, m.bus_voltage_raw, m.cell_raw,
                         override["thermistor_raw"], m.load_cell_raw)
-        raw, values = self.scaler.channel_values(m)
-        out = self.validator.check(self.t, raw, values, self.scaler.current_a(m),
-                                   self.scaler.bus_voltage_v(m), m.timestamp_ms, m.status)
+        out = self.validator.check_measurement(self.t, m, self.scaler.current_a(m),
+                                               self.scaler.bus_voltage_v(m))
         self.t += 0.1
         self.ts_ms += override.get("ts_step_ms", 100)
         return out
@@ -291,14 +290,12 @@ def test_c_front_end_matches_the_numpy_reference(seed: int) -> None:
     """check_measurement (csrc/ssb_frontend.c) and check (NumPy) on the same 3000 random
     measurements: the same clean data, the same fault records and events, the same counts."""
     ref_table, c_table = FaultTable(), FaultTable()
-    ref = StackValidator(PACK, 0, BOARD, ref_table)
+    ref = StackValidator(PACK, 0, BOARD, ref_table, engine="reference")
     fast = StackValidator(PACK, 0, BOARD, c_table)
     scaler = Scaler(BOARD)
     for k, m in enumerate(_random_measurements(seed, 3000)):
         t = k * 0.1
-        raw, values = scaler.channel_values(m)
-        a = ref.check(t, raw, values, scaler.current_a(m), scaler.bus_voltage_v(m),
-                      m.timestamp_ms, m.status)
+        a = ref.check_measurement(t, m, scaler.current_a(m), scaler.bus_voltage_v(m))
         b = fast.check_measurement(t, m, scaler.current_a(m), scaler.bus_voltage_v(m))
         for name in ("cell_voltage_v", "temperature_c", "pressure_kpa"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)

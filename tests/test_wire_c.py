@@ -1,5 +1,5 @@
 """The C wire codec (csrc/ssb_wire.c over boards/firmware/src/proto.c, in bms._core) against the
-Python reference (hil/cobs.py, _decode_segment, encode_frame_py): identical frames, counters,
+Python reference (hil/cobs.py, _decode_segment, encode_frame_reference): identical frames, counters,
 partial-frame buffering and errors, on the test vectors, every message type with random fields
 and random streams with every kind of damage, split at random points across feed() calls."""
 
@@ -32,7 +32,7 @@ from hil.protocol import (
     Sample,
     SetOutputs,
     encode_frame,
-    encode_frame_py,
+    encode_frame_reference,
     encode_raw_frame,
 )
 
@@ -59,7 +59,7 @@ class Pair:
 
     def __init__(self) -> None:
         self.c = FrameDecoder(engine="c")
-        self.py = FrameDecoder(engine="python")
+        self.py = FrameDecoder(engine="reference")
         self.frames: list = []
 
     def feed(self, data: bytes | bytearray | memoryview) -> list:
@@ -81,7 +81,7 @@ def test_valid_vectors(v: dict) -> None:
     pair = Pair()
     (f,) = pair.feed(wire)
     assert f.error is None and f.seq == v["seq"] and f.msg_type == v["type_code"]
-    assert encode_frame(f.msg, f.seq) == wire == encode_frame_py(f.msg, f.seq)
+    assert encode_frame(f.msg, f.seq) == wire == encode_frame_reference(f.msg, f.seq)
     byte_pair = Pair()
     for i in range(len(wire)):
         byte_pair.feed(wire[i:i + 1])
@@ -141,7 +141,7 @@ messages = st.one_of(
 @settings(max_examples=400)
 def test_every_message_type_random_fields(msg: object, seq: int, version: int) -> None:
     wire = encode_frame(msg, seq, version)  # type: ignore[arg-type]
-    assert wire == encode_frame_py(msg, seq, version)  # type: ignore[arg-type]
+    assert wire == encode_frame_reference(msg, seq, version)  # type: ignore[arg-type]
     pair = Pair()
     (f,) = pair.feed(wire)
     if version == proto.PROTOCOL_VERSION:
@@ -168,7 +168,7 @@ def test_every_message_type_random_fields(msg: object, seq: int, version: int) -
 ])
 def test_encode_errors_are_the_reference_errors(msg: object, seq: object, version: int) -> None:
     errors = []
-    for enc in (encode_frame, encode_frame_py):
+    for enc in (encode_frame, encode_frame_reference):
         try:
             enc(msg, seq, version)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 (comparing whatever is raised)
@@ -180,7 +180,7 @@ def test_encode_from_threads() -> None:
     """cffi releases the GIL in the C call: each call needs its own output buffer."""
     msgs = [Measurement(i, i & 0xFF, -i, i, tuple(range(i % 30)), (i & 0xFFFF,) * 3, (-i,) * 2)
             for i in range(400)]
-    want = [encode_frame_py(m, i) for i, m in enumerate(msgs)]
+    want = [encode_frame_reference(m, i) for i, m in enumerate(msgs)]
     bad: list[int] = []
 
     def work() -> None:
@@ -234,7 +234,7 @@ def _piece(rng: random.Random) -> bytes:
     kind = rng.randrange(14)
     msg = _random_msg(rng)
     seq = rng.randrange(65536)
-    good = encode_frame_py(msg, seq)  # type: ignore[arg-type]
+    good = encode_frame_reference(msg, seq)  # type: ignore[arg-type]
     payload = msg.pack()  # type: ignore[attr-defined]
     t = msg.TYPE  # type: ignore[attr-defined]
     if kind <= 3:
@@ -316,7 +316,7 @@ def test_one_feed_larger_than_the_record_buffer() -> None:
     m = Measurement(1, 2, 3, 4, tuple(range(23)), (5,) * 6, (6,) * 4)
     parts = []
     for i in range(10_000):
-        parts.append(encode_frame_py(m, i % 65536))
+        parts.append(encode_frame_reference(m, i % 65536))
         if i % 97 == 0:
             parts.append(_piece(rng))
     data = b"".join(parts)
@@ -337,13 +337,13 @@ def test_reset_while_dropping_an_oversize_run() -> None:
     assert pair.c.counters.oversize == 2 and pair.c.pending == 10
 
 
-def test_python_engine_selected_by_environment() -> None:
+def test_reference_engine_selected_by_environment() -> None:
     code = ("import hil.protocol as p; d = p.FrameDecoder(); "
-            "print(p.WIRE_ENGINE, d.engine, p.encode_frame is p.encode_frame_py)")
-    env = dict(os.environ, SSB_WIRE_ENGINE="python")
+            "print(p.WIRE_ENGINE, d.engine, p.encode_frame is p.encode_frame_reference)")
+    env = dict(os.environ, SSB_WIRE_ENGINE="reference")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, cwd=ROOT)
-    assert out.stdout.split() == ["python", "python", "True"]
+    assert out.stdout.split() == ["reference", "reference", "True"]
     with pytest.raises(ValueError, match="engine"):
         FrameDecoder(engine="rust")
 
@@ -371,7 +371,7 @@ def test_scan_refuses_bad_arguments() -> None:
     assert lib.ssb_wire_encode(1, 0x10, 1, b"\x00" * 241, 241, buf, 250) == lib.SSB_WIRE_ERR_SIZE
     assert lib.ssb_wire_encode(1, 0x10, 1, b"\x00" * 4, 4, buf, 13) == lib.SSB_WIRE_ERR_SIZE
     assert lib.ssb_wire_encode(1, 0x10, 1, b"\x00" * 4, 4, buf, 14) == 14
-    assert ffi.buffer(buf, 14)[:] == encode_frame_py(Sample(0), 1)
+    assert ffi.buffer(buf, 14)[:] == encode_frame_reference(Sample(0), 1)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -61,7 +61,7 @@ int main(int argc, char **argv)
     st.leak_p = dalloc(6 * n);
     st.v_prev = dalloc(n);
     st.gated_count = calloc(n, sizeof(uint32_t));
-    st.work = dalloc(8 * n);
+    st.work = dalloc(SSB_WORK_ROWS * n);
     ssb_output_t out = {0};
     out.soc_sigma = dalloc(n);
     out.leak_sigma_a = dalloc(n);
@@ -70,7 +70,6 @@ int main(int argc, char **argv)
     out.status = calloc(n, sizeof(int32_t));
     out.leak_flag = calloc(n, sizeof(int32_t));
     out.stack = dalloc(SSB_OUT_N);
-    out.check_value = dalloc(SSB_N_CHECKS);
     out.charge_limit_a = dalloc(SSB_MAX_HORIZONS);
     out.discharge_limit_a = dalloc(SSB_MAX_HORIZONS);
     double *soc0 = dalloc(n), *v = dalloc(n), *t = dalloc(BP_K + 1), *p = dalloc(BP_M + 1);

@@ -121,7 +121,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     s->leak_p = dalloc(6 * nn);
     s->v_prev = dalloc(nn);
     s->gated_count = calloc(nn, sizeof(uint32_t));
-    s->work = dalloc(8 * nn);
+    s->work = dalloc(SSB_WORK_ROWS * nn);
     ssb_output_t *o = &f->out;
     o->soc_sigma = dalloc(nn);
     o->leak_sigma_a = dalloc(nn);
