@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,12 +41,35 @@ def plot_run(log_dir: str | Path, out_png: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     log_dir = Path(log_dir)
+    ticks, events = _load_run(log_dir)
+    t = ticks["time_s"]
+    panels = _panels(ticks)
+    fig = Figure(figsize=(12, 2.2 * len(panels) + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for name, ax in zip(panels, axes, strict=True):
+        _DRAW[name](ax, t, ticks)
+    _mark_faults(axes[-1], axes, events)  # the "state" panel is always the last
+    axes[-1].set_xlabel("time (s)")
+    for a in axes:
+        a.grid(True, linewidth=0.3)
+    fig.suptitle(f"run log {log_dir.name}")
+    out = Path(out_png)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def _load_run(log_dir: Path) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """ticks.csv (must have time_s rows) and events.jsonl (empty if absent)."""
     ticks = load_ticks(log_dir / TICKS)
     if "time_s" not in ticks or len(ticks["time_s"]) == 0:
         raise ValueError(f"{log_dir / TICKS}: no complete rows with a time_s column")
     events = load_events(log_dir / EVENTS) if (log_dir / EVENTS).exists() else []
-    t = ticks["time_s"]
+    return ticks, events
 
+
+def _panels(ticks: dict[str, np.ndarray]) -> list[str]:
+    """The panels the log's columns fill, top to bottom; "state" always."""
     panels = []
     if _cols(ticks, _CELL_V):
         panels.append("voltage")
@@ -58,65 +82,78 @@ def plot_run(log_dir: str | Path, out_png: str | Path) -> Path:
     if "current_a" in ticks:
         panels.append("current")
     panels.append("state")
+    return panels
 
-    fig = Figure(figsize=(12, 2.2 * len(panels) + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    ax_of = dict(zip(panels, axes, strict=True))
-    thin = {"linewidth": 0.7}
 
-    if "voltage" in ax_of:
-        ax = ax_of["voltage"]
-        for c in _cols(ticks, _CELL_V):
-            ax.plot(t, ticks[c], **thin)
-        ax.set_ylabel("cell voltage (V)")
-    if "soc" in ax_of:
-        ax = ax_of["soc"]
-        for c in ticks:
-            m = _CELL_SOC.match(c)
-            if not m:
-                continue
-            soc = ticks[c]
-            line = ax.plot(t, soc * 100.0, **thin)[0]
-            sigma = ticks.get(f"cell{m.group(1)}_soc_sigma")
-            if sigma is not None:
-                ax.fill_between(t, (soc - 3 * sigma) * 100.0, (soc + 3 * sigma) * 100.0,
-                                color=line.get_color(), alpha=0.12, linewidth=0)
-        ax.set_ylabel("SOC (%), ±3σ")
-    if "temperature" in ax_of:
-        ax = ax_of["temperature"]
-        for c in _cols(ticks, _TEMP):
-            ax.plot(t, ticks[c], label=c[:-2], **thin)
-        ax.set_ylabel("temperature (°C)")
-        ax.legend(loc="upper left", fontsize="x-small", ncol=8)
-    if "pressure" in ax_of:
-        ax = ax_of["pressure"]
-        for c in _cols(ticks, _LOADCELL):
-            ax.plot(t, ticks[c], label=c.removeprefix("pressure_").removesuffix("_kpa"), **thin)
-        for c in _cols(ticks, _EXPECTED):
-            ax.plot(t, ticks[c], "k--", linewidth=1.0,
-                    label=c.removeprefix("pressure_").removesuffix("_kpa"))
-        ax.set_ylabel("stack pressure (kPa)")
-        ax.legend(loc="upper left", fontsize="x-small", ncol=6)
-    if "current" in ax_of:
-        ax = ax_of["current"]
-        ax.plot(t, ticks["current_a"], color="tab:blue", linewidth=0.8, label="current")
-        if "charge_limit_a" in ticks:
-            ax.plot(t, ticks["charge_limit_a"], color="tab:green", linewidth=0.8,
-                    label="charge limit")
-        if "discharge_limit_a" in ticks:
-            ax.plot(t, -ticks["discharge_limit_a"], color="tab:red", linewidth=0.8,
-                    label="-discharge limit")
-        ax.axhline(0.0, color="grey", linewidth=0.5)
-        ax.set_ylabel("current (A), + charge")
-        ax.legend(loc="upper left", fontsize="x-small", ncol=3)
+_THIN = {"linewidth": 0.7}
 
-    ax = ax_of["state"]
+
+def _draw_voltage(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
+    for c in _cols(ticks, _CELL_V):
+        ax.plot(t, ticks[c], **_THIN)
+    ax.set_ylabel("cell voltage (V)")
+
+
+def _draw_soc(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
+    for c in ticks:
+        m = _CELL_SOC.match(c)
+        if not m:
+            continue
+        soc = ticks[c]
+        line = ax.plot(t, soc * 100.0, **_THIN)[0]
+        sigma = ticks.get(f"cell{m.group(1)}_soc_sigma")
+        if sigma is not None:
+            ax.fill_between(t, (soc - 3 * sigma) * 100.0, (soc + 3 * sigma) * 100.0,
+                            color=line.get_color(), alpha=0.12, linewidth=0)
+    ax.set_ylabel("SOC (%), ±3σ")
+
+
+def _draw_temperature(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
+    for c in _cols(ticks, _TEMP):
+        ax.plot(t, ticks[c], label=c[:-2], **_THIN)
+    ax.set_ylabel("temperature (°C)")
+    ax.legend(loc="upper left", fontsize="x-small", ncol=8)
+
+
+def _draw_pressure(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
+    for c in _cols(ticks, _LOADCELL):
+        ax.plot(t, ticks[c], label=c.removeprefix("pressure_").removesuffix("_kpa"), **_THIN)
+    for c in _cols(ticks, _EXPECTED):
+        ax.plot(t, ticks[c], "k--", linewidth=1.0,
+                label=c.removeprefix("pressure_").removesuffix("_kpa"))
+    ax.set_ylabel("stack pressure (kPa)")
+    ax.legend(loc="upper left", fontsize="x-small", ncol=6)
+
+
+def _draw_current(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
+    ax.plot(t, ticks["current_a"], color="tab:blue", linewidth=0.8, label="current")
+    if "charge_limit_a" in ticks:
+        ax.plot(t, ticks["charge_limit_a"], color="tab:green", linewidth=0.8,
+                label="charge limit")
+    if "discharge_limit_a" in ticks:
+        ax.plot(t, -ticks["discharge_limit_a"], color="tab:red", linewidth=0.8,
+                label="-discharge limit")
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_ylabel("current (A), + charge")
+    ax.legend(loc="upper left", fontsize="x-small", ncol=3)
+
+
+def _draw_state(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
     if "state" in ticks and ticks["state"].dtype.kind == "f":
         ax.step(t, ticks["state"], where="post", color="black", linewidth=1.0)
     ax.set_yticks(range(len(_STATE_NAMES)), _STATE_NAMES, fontsize="x-small")
     ax.set_ylim(-0.5, len(_STATE_NAMES) - 0.5)
     ax.set_ylabel("state")
+
+
+_DRAW: dict[str, Callable[[Any, np.ndarray, dict[str, np.ndarray]], None]] = {
+    "voltage": _draw_voltage, "soc": _draw_soc, "temperature": _draw_temperature,
+    "pressure": _draw_pressure, "current": _draw_current, "state": _draw_state,
+}
+
+
+def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
+    """Each raised fault: a line across every panel, a marker (and its name) on ``ax``."""
     seen: set[str] = set()
     seen_names: list[float] = []
     for ev in events:
@@ -139,13 +176,6 @@ def plot_run(log_dir: str | Path, out_png: str | Path) -> Path:
                         fontsize="xx-small", rotation=90, va="top", color=colour)
     if seen:
         ax.legend(loc="lower right", fontsize="x-small")
-    axes[-1].set_xlabel("time (s)")
-    for a in axes:
-        a.grid(True, linewidth=0.3)
-    fig.suptitle(f"run log {log_dir.name}")
-    out = Path(out_png)
-    fig.savefig(out, dpi=100)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,6 +123,32 @@ def resolve_scenario_path(name_or_path: str | Path) -> Path:
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """Read and validate a scenario file; raises ScenarioError naming file and key."""
     path = resolve_scenario_path(name_or_path)
+    data = _read_top(path)
+    soc0, t0 = _parse_initial(path, data)
+    segments = _parse_segments(path, data)
+    faults = _parse_faults(path, data)
+    ambient = _parse_ambient(path, data)
+    loop = data.get("loop", False)
+    if not isinstance(loop, bool):
+        raise ScenarioError(path, "loop", loop, "true or false")
+    return Scenario(
+        name=str(data.get("name", path.stem)), segments=tuple(segments),
+        faults=tuple(sorted(faults, key=lambda e: e.at_s)),
+        ambient=tuple(sorted(ambient)), initial_soc=soc0, initial_temperature_c=t0,
+        loop=loop, path=path,
+    )
+
+
+_TOP_KEYS = {"schema", "name", "description", "initial", "loop", "segments", "faults", "ambient"}
+_SEGMENT_KEYS = {"kind", "duration_s", "current_a", "cv_cell_v", "cutoff_a", "until_min_cell_v",
+                 "until_max_cell_v", "csv", "scale", "repeat", "respect_limits"}
+_SEGMENT_NUMBERS = (("current_a", -1e4, 1e4), ("cv_cell_v", 0.5, 6.0), ("cutoff_a", 0.0, 1e4),
+                    ("until_min_cell_v", 0.0, 6.0), ("until_max_cell_v", 0.0, 6.0),
+                    ("scale", -1e3, 1e3))
+
+
+def _read_top(path: Path) -> dict[str, Any]:
+    """The file's YAML mapping, with the right schema and only known top-level keys."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -134,89 +160,115 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         raise ScenarioError(path, "<top>", data, "a mapping")
     if data.get("schema") != SCENARIO_SCHEMA:
         raise ScenarioError(path, "schema", data.get("schema"), SCENARIO_SCHEMA)
-    allowed_top = {"schema", "name", "description", "initial", "loop", "segments", "faults",
-                   "ambient"}
     for key in data:
-        if key not in allowed_top:
-            raise ScenarioError(path, key, "<unknown key>", ", ".join(sorted(allowed_top)))
+        if key not in _TOP_KEYS:
+            raise ScenarioError(path, key, "<unknown key>", ", ".join(sorted(_TOP_KEYS)))
+    return data
+
+
+def _parse_initial(path: Path, data: dict[str, Any]) -> tuple[float | None, float | None]:
+    """``initial``: (soc, temperature_c), each None when not given."""
     initial = data.get("initial") or {}
     if not isinstance(initial, dict):
         raise ScenarioError(path, "initial", initial, "a mapping")
     soc0 = _num(path, "initial.soc", initial["soc"], 0.0, 1.0) if "soc" in initial else None
     t0 = (_num(path, "initial.temperature_c", initial["temperature_c"], -40.0, 80.0)
           if "temperature_c" in initial else None)
+    return soc0, t0
 
+
+def _parse_segments(path: Path, data: dict[str, Any]) -> list[Segment]:
     raw_segments = data.get("segments")
     if not isinstance(raw_segments, list) or not raw_segments:
         raise ScenarioError(path, "segments", raw_segments, "a non-empty list")
-    segments = []
-    seg_keys = {"kind", "duration_s", "current_a", "cv_cell_v", "cutoff_a", "until_min_cell_v",
-                "until_max_cell_v", "csv", "scale", "repeat", "respect_limits"}
-    for i, item in enumerate(raw_segments):
-        key = f"segments[{i}]"
-        if not isinstance(item, dict):
-            raise ScenarioError(path, key, item, "a mapping")
-        for k in item:
-            if k not in seg_keys:
-                raise ScenarioError(path, f"{key}.{k}", "<unknown key>",
-                                    ", ".join(sorted(seg_keys)))
-        kind = item.get("kind")
-        if kind not in SEGMENT_KINDS:
-            raise ScenarioError(path, f"{key}.kind", kind, ", ".join(SEGMENT_KINDS))
-        kw: dict[str, Any] = {"kind": kind}
-        if "duration_s" in item:
-            kw["duration_s"] = _num(path, f"{key}.duration_s", item["duration_s"], 0.0, 1e9)
-        elif kind in ("rest", "current"):
-            raise ScenarioError(path, f"{key}.duration_s", "<missing>",
-                                "a duration for rest and current segments")
-        for k, lo, hi in (("current_a", -1e4, 1e4), ("cv_cell_v", 0.5, 6.0),
-                          ("cutoff_a", 0.0, 1e4), ("until_min_cell_v", 0.0, 6.0),
-                          ("until_max_cell_v", 0.0, 6.0), ("scale", -1e3, 1e3)):
-            if k in item:
-                kw[k] = _num(path, f"{key}.{k}", item[k], lo, hi)
-        if kind in ("current", "cccv") and "current_a" not in item:
-            raise ScenarioError(path, f"{key}.current_a", "<missing>", "a current in A")
-        if kind == "cccv" and kw["current_a"] <= 0:
-            raise ScenarioError(path, f"{key}.current_a", kw["current_a"], "> 0 (charge)")
-        if "repeat" in item:
-            r = item["repeat"]
-            if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 10000:
-                raise ScenarioError(path, f"{key}.repeat", r, "an integer in [1, 10000]")
-            kw["repeat"] = r
-        if "respect_limits" in item:
-            if not isinstance(item["respect_limits"], bool):
-                raise ScenarioError(path, f"{key}.respect_limits", item["respect_limits"],
-                                    "true or false")
-            kw["respect_limits"] = item["respect_limits"]
-        if kind == "drive":
-            csv = item.get("csv")
-            if not isinstance(csv, str):
-                raise ScenarioError(path, f"{key}.csv", csv, "a CSV file name")
-            csv_path = (path.parent / csv) if (path.parent / csv).exists() else SCENARIO_DIR / csv
-            if not csv_path.exists():
-                raise ScenarioError(path, f"{key}.csv", csv, "an existing CSV (time_s,current_a)")
-            kw["csv"] = csv_path
-        segments.append(Segment(**kw))
+    return [_parse_segment(path, f"segments[{i}]", item) for i, item in enumerate(raw_segments)]
 
-    faults = []
-    for i, item in enumerate(data.get("faults") or []):
-        key = f"faults[{i}]"
-        if not isinstance(item, dict):
-            raise ScenarioError(path, key, item, "a mapping")
-        try:
-            code = fault_code(item.get("fault", ""))
-        except FaultError as exc:
-            raise ScenarioError(path, f"{key}.fault", item.get("fault"), str(exc)) from None
-        target = item.get("target", 0xFF)
-        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= 0xFF:
-            raise ScenarioError(path, f"{key}.target", target, "an integer 0..255")
-        clear = item.get("clear", False)
-        if not isinstance(clear, bool):
-            raise ScenarioError(path, f"{key}.clear", clear, "true or false")
-        faults.append(FaultEvent(
-            at_s=_num(path, f"{key}.at_s", item.get("at_s"), 0.0, 1e9), code=code,
-            target=target, value=_num(path, f"{key}.value", item.get("value", 0.0)),
-            clear=clear))
+
+def _parse_segment(path: Path, key: str, item: Any) -> Segment:
+    if not isinstance(item, dict):
+        raise ScenarioError(path, key, item, "a mapping")
+    for k in item:
+        if k not in _SEGMENT_KEYS:
+            raise ScenarioError(path, f"{key}.{k}", "<unknown key>",
+                                ", ".join(sorted(_SEGMENT_KEYS)))
+    kind = item.get("kind")
+    if kind not in SEGMENT_KINDS:
+        raise ScenarioError(path, f"{key}.kind", kind, ", ".join(SEGMENT_KINDS))
+    kw: dict[str, Any] = {"kind": kind}
+    _segment_numbers(path, key, item, kind, kw)
+    _segment_options(path, key, item, kw)
+    if kind == "drive":
+        kw["csv"] = _segment_csv(path, key, item)
+    return Segment(**kw)
+
+
+def _segment_numbers(path: Path, key: str, item: dict[str, Any], kind: str,
+                     kw: dict[str, Any]) -> None:
+    """duration_s (required for rest and current) and the numeric keys, into ``kw``."""
+    if "duration_s" in item:
+        kw["duration_s"] = _num(path, f"{key}.duration_s", item["duration_s"], 0.0, 1e9)
+    elif kind in ("rest", "current"):
+        raise ScenarioError(path, f"{key}.duration_s", "<missing>",
+                            "a duration for rest and current segments")
+    for k, lo, hi in _SEGMENT_NUMBERS:
+        if k in item:
+            kw[k] = _num(path, f"{key}.{k}", item[k], lo, hi)
+    if kind in ("current", "cccv") and "current_a" not in item:
+        raise ScenarioError(path, f"{key}.current_a", "<missing>", "a current in A")
+    if kind == "cccv" and kw["current_a"] <= 0:
+        raise ScenarioError(path, f"{key}.current_a", kw["current_a"], "> 0 (charge)")
+
+
+def _segment_options(path: Path, key: str, item: dict[str, Any], kw: dict[str, Any]) -> None:
+    """repeat and respect_limits, into ``kw``."""
+    if "repeat" in item:
+        r = item["repeat"]
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 10000:
+            raise ScenarioError(path, f"{key}.repeat", r, "an integer in [1, 10000]")
+        kw["repeat"] = r
+    if "respect_limits" in item:
+        if not isinstance(item["respect_limits"], bool):
+            raise ScenarioError(path, f"{key}.respect_limits", item["respect_limits"],
+                                "true or false")
+        kw["respect_limits"] = item["respect_limits"]
+
+
+def _segment_csv(path: Path, key: str, item: dict[str, Any]) -> Path:
+    """A drive segment's CSV: beside the scenario file, else in hil/scenarios/."""
+    csv = item.get("csv")
+    if not isinstance(csv, str):
+        raise ScenarioError(path, f"{key}.csv", csv, "a CSV file name")
+    csv_path = (path.parent / csv) if (path.parent / csv).exists() else SCENARIO_DIR / csv
+    if not csv_path.exists():
+        raise ScenarioError(path, f"{key}.csv", csv, "an existing CSV (time_s,current_a)")
+    return csv_path
+
+
+def _parse_faults(path: Path, data: dict[str, Any]) -> list[FaultEvent]:
+    return [_parse_fault(path, f"faults[{i}]", item)
+            for i, item in enumerate(data.get("faults") or [])]
+
+
+def _parse_fault(path: Path, key: str, item: Any) -> FaultEvent:
+    if not isinstance(item, dict):
+        raise ScenarioError(path, key, item, "a mapping")
+    try:
+        code = fault_code(item.get("fault", ""))
+    except FaultError as exc:
+        raise ScenarioError(path, f"{key}.fault", item.get("fault"), str(exc)) from None
+    target = item.get("target", 0xFF)
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= 0xFF:
+        raise ScenarioError(path, f"{key}.target", target, "an integer 0..255")
+    clear = item.get("clear", False)
+    if not isinstance(clear, bool):
+        raise ScenarioError(path, f"{key}.clear", clear, "true or false")
+    return FaultEvent(
+        at_s=_num(path, f"{key}.at_s", item.get("at_s"), 0.0, 1e9), code=code,
+        target=target, value=_num(path, f"{key}.value", item.get("value", 0.0)),
+        clear=clear)
+
+
+def _parse_ambient(path: Path, data: dict[str, Any]) -> list[tuple[float, float]]:
     ambient = []
     for i, item in enumerate(data.get("ambient") or []):
         key = f"ambient[{i}]"
@@ -225,15 +277,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         ambient.append((_num(path, f"{key}.at_s", item.get("at_s"), 0.0, 1e9),
                         _num(path, f"{key}.temperature_c", item.get("temperature_c"),
                              -60.0, 150.0)))
-    loop = data.get("loop", False)
-    if not isinstance(loop, bool):
-        raise ScenarioError(path, "loop", loop, "true or false")
-    return Scenario(
-        name=str(data.get("name", path.stem)), segments=tuple(segments),
-        faults=tuple(sorted(faults, key=lambda e: e.at_s)),
-        ambient=tuple(sorted(ambient)), initial_soc=soc0, initial_temperature_c=t0,
-        loop=loop, path=path,
-    )
+    return ambient
 
 
 Injector = Callable[[InjectedFault, int, float, bool], None]
