@@ -318,6 +318,26 @@ def _lib():
     return _core_ext.ffi, _core_ext.lib
 
 
+# Fields of the C structs, filled by name from CoreParams / the Core's own arrays.
+_INT_PARAMS = ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n_temp",
+               "pressure_fusion")
+_FLOAT_PARAMS = (
+    "soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff", "r2_over_r1",
+    "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_rc_v2_per_s",
+    "r_voltage_v2", "current_noise_a", "gate_sigma", "leak_q_soc_per_s", "leak_q_a2_per_s",
+    "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
+    "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "preload_kpa",
+    "stiffness_kpa_per_um", "swell_um_full", "thermal_um_per_k", "fixture_t_ref_c",
+    "r_pressure_kpa2", "rate_tau_s", "cusum_k_kpa", "cusum_tau_s", "v_max", "v_min",
+    "t_charge_min_c", "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
+    "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a")
+_STATE_ARRAYS = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
+                 "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d", "leak_p", "v_prev",
+                 "work")
+_OUTPUT_ARRAYS = ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "charge_limit_a",
+                  "discharge_limit_a")
+
+
 class Core:
     """The C core for stack ``stack_index`` of ``pack``: ``step`` once per tick."""
 
@@ -325,33 +345,32 @@ class Core:
                  params: CoreParams | None = None) -> None:
         self.pack = pack
         self.stack_index = stack_index
-        self.params = p = params if params is not None else make_params(pack, stack_index,
-                                                                         tuning)
-        ffi, lib = self._ffi, self._lib = _lib()
-        n = p.n_cells
-        self.n_cells = n
-        keep = self._keep = []
+        self.params = params if params is not None else make_params(pack, stack_index, tuning)
+        self._ffi, self._lib = _lib()
+        self.n_cells = self.params.n_cells
+        self._keep: list[np.ndarray] = []  # every array a C struct points into
+        self._prm = self._build_params()
+        self._st = self._build_state()
+        self._meas = self._build_measurements()
+        self._out = self._build_outputs()
+        self._tick = self._lib.ssb_tick
+        self._ekf = self._lib.ssb_ekf_step
+        self.reset()
 
-        def buf(arr: np.ndarray, ctype: str = "double[]"):
-            keep.append(arr)
-            return ffi.from_buffer(ctype, arr)
+    # ------------------------------------------------------------------ construction
 
-        prm = self._prm = ffi.new("ssb_params_t *")
-        for name in ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n_temp",
-                     "pressure_fusion"):
+    def _buf(self, arr: np.ndarray, ctype: str = "double[]"):
+        """A C pointer into ``arr``, which is kept alive as long as the Core."""
+        self._keep.append(arr)
+        return self._ffi.from_buffer(ctype, arr)
+
+    def _build_params(self):
+        """ssb_params_t from ``self.params``; raises CoreError if the C core refuses it."""
+        p, buf = self.params, self._buf
+        prm = self._ffi.new("ssb_params_t *")
+        for name in _INT_PARAMS:
             setattr(prm, name, int(getattr(p, name)))
-        for name in ("soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff",
-                     "r2_over_r1", "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa",
-                     "q_soc_per_s", "q_rc_v2_per_s", "r_voltage_v2", "current_noise_a",
-                     "gate_sigma", "leak_q_soc_per_s", "leak_q_a2_per_s", "leak_r_soc2",
-                     "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
-                     "soh_lambda",
-                     "soh_min_di_a", "soh_r0_p_max",
-                     "soh_cap_window", "preload_kpa", "stiffness_kpa_per_um", "swell_um_full",
-                     "thermal_um_per_k", "fixture_t_ref_c", "r_pressure_kpa2", "rate_tau_s",
-                     "cusum_k_kpa", "cusum_tau_s", "v_max", "v_min", "t_charge_min_c",
-                     "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
-                     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a"):
+        for name in _FLOAT_PARAMS:
             setattr(prm, name, float(getattr(p, name)))
         prm.grid = buf(np.ascontiguousarray(p.grid, dtype=float).ravel())
         prm.temp_idx0 = buf(np.ascontiguousarray(p.temp_idx0, dtype=np.int32), "int32_t[]")
@@ -359,11 +378,14 @@ class Core:
         prm.temp_w = buf(np.ascontiguousarray(p.temp_w, dtype=float))
         for k, h in enumerate(p.horizons_s):
             prm.horizons_s[k] = h
-        rc = lib.ssb_params_check(prm)
+        rc = self._lib.ssb_params_check(prm)
         if rc != 0:
             raise CoreError(rc, "ssb_params_check")
+        return prm
 
-        # state
+    def _build_state(self):
+        """The per-cell state arrays (zeros until ``reset``) and the ssb_state_t over them."""
+        n = self.n_cells
         self.soc = np.zeros(n)
         self.v1 = np.zeros(n)
         self.v2 = np.zeros(n)
@@ -381,25 +403,29 @@ class Core:
         self.v_prev = np.zeros(n)
         self.gated_count = np.zeros(n, dtype=np.uint32)
         self.work = np.zeros((WORK_ROWS, n))
-        st = self._st = ffi.new("ssb_state_t *")
-        for name in ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
-                     "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d", "leak_p", "v_prev",
-                     "work"):
-            setattr(st, name, buf(getattr(self, name)))
-        st.gated_count = buf(self.gated_count, "uint32_t[]")
+        st = self._ffi.new("ssb_state_t *")
+        for name in _STATE_ARRAYS:
+            setattr(st, name, self._buf(getattr(self, name)))
+        st.gated_count = self._buf(self.gated_count, "uint32_t[]")
+        return st
 
-        # measurements
-        self._v_in = np.zeros(n)
+    def _build_measurements(self):
+        """The Core's own input buffers and the ssb_meas_t pointing at them."""
+        p = self.params
+        self._v_in = np.zeros(self.n_cells)
         self._t_in = np.zeros(max(p.n_sensors, 1))
         self._p_in = np.zeros(max(p.n_load_cells, 1))
-        meas = self._meas = ffi.new("ssb_meas_t *")
-        self._own_in = (buf(self._v_in), buf(self._t_in), buf(self._p_in))
+        meas = self._ffi.new("ssb_meas_t *")
+        self._own_in = (self._buf(self._v_in), self._buf(self._t_in), self._buf(self._p_in))
         meas.cell_voltage_v, meas.temperature_c, meas.pressure_kpa = self._own_in
         # Caller arrays the C core reads in place (see _load), held so their identity is sound.
         self._bound: tuple[np.ndarray | None, ...] = (None, None, None)
         self._bound_ptrs: tuple = ()
+        return meas
 
-        # outputs
+    def _build_outputs(self):
+        """The output arrays (per cell, per horizon, the stack slots) and the ssb_output_t."""
+        n, n_h = self.n_cells, self.params.n_horizons
         self.soc_sigma = np.zeros(n)
         self.leak_sigma_a = np.zeros(n)
         self.r0_ohm = np.zeros(n)
@@ -407,18 +433,15 @@ class Core:
         self.status = np.zeros(n, dtype=np.int32)
         self.leak_flag = np.zeros(n, dtype=np.int32)
         self.stack_out = np.zeros(OUT_N)
-        self.charge_limit_a = np.zeros(p.n_horizons)
-        self.discharge_limit_a = np.zeros(p.n_horizons)
-        out = self._out = ffi.new("ssb_output_t *")
-        for name in ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "charge_limit_a",
-                     "discharge_limit_a"):
-            setattr(out, name, buf(getattr(self, name)))
-        out.status = buf(self.status, "int32_t[]")
-        out.leak_flag = buf(self.leak_flag, "int32_t[]")
-        out.stack = buf(self.stack_out)
-        self._tick = lib.ssb_tick
-        self._ekf = lib.ssb_ekf_step
-        self.reset()
+        self.charge_limit_a = np.zeros(n_h)
+        self.discharge_limit_a = np.zeros(n_h)
+        out = self._ffi.new("ssb_output_t *")
+        for name in _OUTPUT_ARRAYS:
+            setattr(out, name, self._buf(getattr(self, name)))
+        out.status = self._buf(self.status, "int32_t[]")
+        out.leak_flag = self._buf(self.leak_flag, "int32_t[]")
+        out.stack = self._buf(self.stack_out)
+        return out
 
     # ------------------------------------------------------------------ calls
 

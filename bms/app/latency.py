@@ -537,6 +537,32 @@ def _crossing(values: np.ndarray, times: np.ndarray, threshold: float, direction
     return float(times[idx[0]]) if len(idx) else None
 
 
+@dataclass
+class _Trace:
+    """What :func:`run_scenario` observes, phase by phase (controller times in s)."""
+
+    before: list[str] = field(default_factory=list)  # active faults just before the injection
+    t_inject: float = 0.0
+    delay_s: float = 0.0
+    state_values: list[tuple[float, float]] = field(default_factory=list)  # (t, from_state)
+    opened: list[float] = field(default_factory=list)  # first all-open command after injection
+    rec: FaultRecord | None = None
+    outputs_at_raise: int = 0
+    latched_at_raise: bool = False
+    state_after_fault: str = ""
+    refused: bool = False
+    refused_event: bool = False
+    state_refused: ContactorState | None = None
+    t_feedback_open: float | None = None
+    accepted: bool = False
+    still_active: list[str] = field(default_factory=list)
+    state_after_reset: str = ""
+    reclosed: bool = False
+    t_cross: float | None = None  # ramps: the reference time
+    t_open: float | None = None
+    opened_by: list[str] = field(default_factory=list)
+
+
 def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) -> Result:
     """Run one scenario (see the module docstring); raises ScenarioError when it cannot."""
     wall0 = time.perf_counter()
@@ -544,112 +570,157 @@ def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) 
     lim = pack.protections.get(sc.name)
     debounce_s = sc.debounce_s if sc.debounce_s is not None else lim.debounce_s
     tick = pack.controller.tick_s
+    tr = _Trace()
     with Bench(pack, log_dir, soc=sc.soc, temperature_c=sc.temperature_c, seed=seed,
                timeout_s=sc.timeout_s, retries=sc.retries) as b:
-        c = b.c
-        b.close_contactors()
-        if sc.load_a is not None:
-            b.inject(Inject.LOAD_CURRENT, value=sc.load_a)
-        b.run_for(sc.settle_s)
-        before = active_names(c)
-        if c.table.fault_latched() or c.contactors.state != ContactorState.CLOSED:
-            raise ScenarioError(f"{sc.name}: set-up tripped before the injection: "
-                                f"{c.contactors.state.name}, {before}")
-        t_inject = c.time_s
-        delay_s = sc.physical_delay_s(b) if sc.physical_delay_s is not None else 0.0
-        sc.inject(b)
-        state_values: list[tuple[float, float]] = []
-        opened: list[float] = []
-
-        def each(k: int) -> None:
-            if sc.from_state is not None:
-                state_values.append((c.time_s, sc.from_state(c)))
-            if c.contactors.outputs == 0 and not opened:
-                opened.append(c.time_s)
-            if sc.drive is not None and first_record(c, sc.code, sc.severity) is None:
-                sc.drive(b, k)
-
-        found = b.tick_until(lambda: first_record(c, sc.code, sc.severity) is not None,
-                             sc.max_detect_s, each)
-        if not found:
-            raise ScenarioError(f"{sc.name}: {sc.code.name} not raised within "
-                                f"{sc.max_detect_s} s; active {active_names(c)}, state "
-                                f"{c.contactors.state.name}")
-        rec = first_record(c, sc.code, sc.severity)
-        assert rec is not None
-        outputs_at_raise = c.contactors.outputs
-        latched_at_raise = c.table.fault_latched()
-        state_after_fault = c.contactors.state.name
-        refused, refused_event, state_refused = False, False, c.contactors.state
-        if sc.expect_state == ContactorState.FAULT:
-            # Reset asked at once, while the condition holds: refused. The state is read once
-            # OPENING is over (the feedback shows open one tick after the command in lockstep,
-            # two in the pipelined sim clock).
-            refused = not c.request_reset()
-            b.ticks(1)
-            if c.contactors.state == ContactorState.OPENING:
-                b.tick_until(lambda: c.contactors.state != ContactorState.OPENING, 1.0)
-            state_refused = c.contactors.state
-            refused_event = any(e.get("event") == "reset_refused"
-                                for e in load_events(log_dir))
-        # The board confirms: its next MEASUREMENT shows every relay open.
-        fb_open: list[float] = []
-        b.tick_until(lambda: c.stacks[0].data is not None
-                     and int(c.stacks[0].data.status) & 0x07 == 0, 1.0,
-                     lambda k: None)
-        fb_open.append(c.time_s)
-        # Remove the cause, wait for every FAULT-level condition to clear, reset again.
-        sc.recover(b)
-        if sc.expect_state == ContactorState.SAFE:
-            # SAFE is not latched: it returns to STANDBY by itself once data is back.
-            b.tick_until(lambda: c.contactors.state != ContactorState.SAFE, sc.max_recover_s)
-            accepted = c.contactors.state == ContactorState.STANDBY
-        else:
-            b.tick_until(lambda: not fault_conditions_active(c), sc.max_recover_s)
-            if sc.service_reset:
-                b.extra["plain_reset_accepted"] = c.request_reset()
-                b.ticks(1)
-            accepted = c.request_reset(service=sc.service_reset)
-            b.ticks(1)
-        still_active = sorted({r.code.name for r in fault_conditions_active(c)})
-        state_after_reset = c.contactors.state.name
-        reclosed = False
-        if c.contactors.state == ContactorState.STANDBY:
-            try:
-                b.close_contactors()
-                reclosed = True
-            except ScenarioError:
-                reclosed = False
+        tr.before = _set_up(sc, b)
+        _inject_until_raised(sc, b, tr)
+        _reset_while_active(sc, b, tr, log_dir)
+        _wait_relays_open(b, tr)
+        _recover_and_reset(sc, b, tr)
     ticks = load_ticks(log_dir)
-    t_cross = None
-    if sc.kind == "ramp":
-        if sc.from_log is not None:
-            values, times = sc.from_log(ticks), ticks["time_s"]
-        else:
-            times = np.array([t for t, _ in state_values])
-            values = np.array([v for _, v in state_values])
-        t_cross = _crossing(values, times, lim.fault, lim.direction, t_inject + tick,
-                            rec.first_time_s)
-    # What opened the contactors: the FAULT-or-worse records raised at the open tick.
-    t_open = opened[0] if opened else None
-    opened_by = sorted({e["name"] for e in load_events(log_dir)
-                        if e.get("type") == "fault" and e.get("event") == "raise"
-                        and e.get("severity") in ("fault", "critical") and t_open is not None
-                        and abs(e["time_s"] - t_open) < LOG_TIME_TOL_S})
+    tr.t_cross = _ramp_crossing(sc, lim, tick, tr, ticks)
+    tr.t_open = tr.opened[0] if tr.opened else None
+    tr.opened_by = _opened_by(log_dir, tr.t_open)
+    return _result(sc, tr, tick, debounce_s, log_dir, time.perf_counter() - wall0,
+                   dict(b.extra))
+
+
+def _set_up(sc: Scenario, b: Bench) -> list[str]:
+    """Close, apply the scenario's load, settle; the faults active then (none may latch)."""
+    c = b.c
+    b.close_contactors()
+    if sc.load_a is not None:
+        b.inject(Inject.LOAD_CURRENT, value=sc.load_a)
+    b.run_for(sc.settle_s)
+    before = active_names(c)
+    if c.table.fault_latched() or c.contactors.state != ContactorState.CLOSED:
+        raise ScenarioError(f"{sc.name}: set-up tripped before the injection: "
+                            f"{c.contactors.state.name}, {before}")
+    return before
+
+
+def _inject_until_raised(sc: Scenario, b: Bench, tr: _Trace) -> None:
+    """Inject, then tick (driving the scenario, recording ramps and the open command) until
+    the fault record appears; the controller's state at that tick."""
+    c = b.c
+    tr.t_inject = c.time_s
+    tr.delay_s = sc.physical_delay_s(b) if sc.physical_delay_s is not None else 0.0
+    sc.inject(b)
+
+    def each(k: int) -> None:
+        if sc.from_state is not None:
+            tr.state_values.append((c.time_s, sc.from_state(c)))
+        if c.contactors.outputs == 0 and not tr.opened:
+            tr.opened.append(c.time_s)
+        if sc.drive is not None and first_record(c, sc.code, sc.severity) is None:
+            sc.drive(b, k)
+
+    found = b.tick_until(lambda: first_record(c, sc.code, sc.severity) is not None,
+                         sc.max_detect_s, each)
+    if not found:
+        raise ScenarioError(f"{sc.name}: {sc.code.name} not raised within "
+                            f"{sc.max_detect_s} s; active {active_names(c)}, state "
+                            f"{c.contactors.state.name}")
+    tr.rec = first_record(c, sc.code, sc.severity)
+    assert tr.rec is not None
+    tr.outputs_at_raise = c.contactors.outputs
+    tr.latched_at_raise = c.table.fault_latched()
+    tr.state_after_fault = c.contactors.state.name
+    tr.state_refused = c.contactors.state
+
+
+def _reset_while_active(sc: Scenario, b: Bench, tr: _Trace, log_dir: Path) -> None:
+    """A latching fault: reset asked at once, while the condition holds (must be refused)."""
+    if sc.expect_state != ContactorState.FAULT:
+        return
+    c = b.c
+    # The state is read once OPENING is over (the feedback shows open one tick after the
+    # command in lockstep, two in the pipelined sim clock).
+    tr.refused = not c.request_reset()
+    b.ticks(1)
+    if c.contactors.state == ContactorState.OPENING:
+        b.tick_until(lambda: c.contactors.state != ContactorState.OPENING, 1.0)
+    tr.state_refused = c.contactors.state
+    tr.refused_event = any(e.get("event") == "reset_refused" for e in load_events(log_dir))
+
+
+def _wait_relays_open(b: Bench, tr: _Trace) -> None:
+    """The board confirms: its next MEASUREMENT shows every relay open."""
+    c = b.c
+    b.tick_until(lambda: c.stacks[0].data is not None
+                 and int(c.stacks[0].data.status) & 0x07 == 0, 1.0,
+                 lambda k: None)
+    tr.t_feedback_open = c.time_s
+
+
+def _recover_and_reset(sc: Scenario, b: Bench, tr: _Trace) -> None:
+    """Remove the cause, wait for every FAULT-level condition to clear, reset again, re-close."""
+    c = b.c
+    sc.recover(b)
+    if sc.expect_state == ContactorState.SAFE:
+        # SAFE is not latched: it returns to STANDBY by itself once data is back.
+        b.tick_until(lambda: c.contactors.state != ContactorState.SAFE, sc.max_recover_s)
+        tr.accepted = c.contactors.state == ContactorState.STANDBY
+    else:
+        b.tick_until(lambda: not fault_conditions_active(c), sc.max_recover_s)
+        if sc.service_reset:
+            b.extra["plain_reset_accepted"] = c.request_reset()
+            b.ticks(1)
+        tr.accepted = c.request_reset(service=sc.service_reset)
+        b.ticks(1)
+    tr.still_active = sorted({r.code.name for r in fault_conditions_active(c)})
+    tr.state_after_reset = c.contactors.state.name
+    tr.reclosed = False
+    if c.contactors.state == ContactorState.STANDBY:
+        try:
+            b.close_contactors()
+            tr.reclosed = True
+        except ScenarioError:
+            tr.reclosed = False
+
+
+def _ramp_crossing(sc: Scenario, lim: Any, tick: float, tr: _Trace,
+                   ticks: dict[str, np.ndarray]) -> float | None:
+    """A ramp's reference time: where its measured value crossed the fault level for good."""
+    if sc.kind != "ramp":
+        return None
+    if sc.from_log is not None:
+        values, times = sc.from_log(ticks), ticks["time_s"]
+    else:
+        times = np.array([t for t, _ in tr.state_values])
+        values = np.array([v for _, v in tr.state_values])
+    assert tr.rec is not None
+    return _crossing(values, times, lim.fault, lim.direction, tr.t_inject + tick,
+                     tr.rec.first_time_s)
+
+
+def _opened_by(log_dir: Path, t_open: float | None) -> list[str]:
+    """What opened the contactors: the FAULT-or-worse records raised at the open tick."""
+    return sorted({e["name"] for e in load_events(log_dir)
+                   if e.get("type") == "fault" and e.get("event") == "raise"
+                   and e.get("severity") in ("fault", "critical") and t_open is not None
+                   and abs(e["time_s"] - t_open) < LOG_TIME_TOL_S})
+
+
+def _result(sc: Scenario, tr: _Trace, tick: float, debounce_s: float, log_dir: Path,
+            wall_s: float, extra: dict[str, Any]) -> Result:
+    rec = tr.rec
+    assert rec is not None
     return Result(
         name=sc.name, code=sc.code.name, kind=sc.kind, how=sc.how, tick_s=tick,
-        debounce_s=debounce_s, bound_s=debounce_s + delay_s + 2 * tick, t_inject_s=t_inject,
-        t_cross_s=t_cross, t_raise_s=rec.first_time_s, t_open_s=t_open,
-        t_feedback_open_s=fb_open[0] if fb_open else None, raise_stack=rec.stack,
-        raise_cell=rec.cell, raise_value=rec.trigger_value, outputs_at_raise=outputs_at_raise,
-        fault_latched_at_raise=latched_at_raise, physical_delay_s=delay_s,
-        state_after_fault=state_after_fault,
-        reset_refused=refused and state_refused == ContactorState.FAULT,
-        refused_event=refused_event, reset_accepted=accepted,
-        state_after_reset=state_after_reset, reclosed=reclosed, other_faults_before=before,
-        opened_by=opened_by,
-        still_active_after_recovery=still_active,
-        log_dir=str(log_dir), wall_s=time.perf_counter() - wall0, extra=dict(b.extra))
+        debounce_s=debounce_s, bound_s=debounce_s + tr.delay_s + 2 * tick,
+        t_inject_s=tr.t_inject, t_cross_s=tr.t_cross, t_raise_s=rec.first_time_s,
+        t_open_s=tr.t_open, t_feedback_open_s=tr.t_feedback_open, raise_stack=rec.stack,
+        raise_cell=rec.cell, raise_value=rec.trigger_value, outputs_at_raise=tr.outputs_at_raise,
+        fault_latched_at_raise=tr.latched_at_raise, physical_delay_s=tr.delay_s,
+        state_after_fault=tr.state_after_fault,
+        reset_refused=tr.refused and tr.state_refused == ContactorState.FAULT,
+        refused_event=tr.refused_event, reset_accepted=tr.accepted,
+        state_after_reset=tr.state_after_reset, reclosed=tr.reclosed,
+        other_faults_before=tr.before, opened_by=tr.opened_by,
+        still_active_after_recovery=tr.still_active,
+        log_dir=str(log_dir), wall_s=wall_s, extra=extra)
 
 
 # --------------------------------------------------------------------------- table
