@@ -17,6 +17,7 @@ from fractions import Fraction
 import numpy as np
 
 from bms import _core as _core_ext  # built by pip install (setup.py cffi_modules)
+from bms.tuning import Tuning
 from boards.config import PackConfig
 
 # ---------------------------------------------------------------------------- constants
@@ -50,45 +51,6 @@ class CoreError(ValueError):
 
 
 # ---------------------------------------------------------------------------- tuning
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """Estimator settings that the pack file does not hold (each an assumption; see
-    docs/estimation.md for how they were tuned against the emulator).
-
-    ``voltage_corr_s``: the voltage model error (hysteresis, unmodelled branch, offsets) is
-    correlated over about this time, so one sample carries dt / voltage_corr_s of an independent
-    sample's information; R = voltage_noise_v^2 * voltage_corr_s / dt_nominal.
-    """
-
-    r2_over_r1: float = 0.5            # assumption: slow diffusion branch ~ half of R1
-    tau2_over_tau1: float = 15.0       # assumption: tau2 ~ 450 s for tau1 ~ 30 s
-    voltage_corr_s: float = 15.0
-    dt_nominal_s: float = 0.1
-    v_rc_sigma0_v: float = 0.02
-    leak_sigma0_a: float = 0.1
-    leak_q_soc_per_s: float = 1e-10
-    leak_q_a2_per_s: float = 1e-8
-    leak_r_soc: float = 0.04
-    # Capacity mismatch d = Q/Q_i - 1 in the leak filter: prior sigma 3 % (cells of one lot
-    # spread 1-3 % in capacity; assumption) and a slow random walk (ageing).
-    leak_d_sigma0: float = 0.03
-    leak_q_d_per_s: float = 1e-12
-    # Per-cell error of the slow RC branch relative to its estimate (assumption: 30 %, the
-    # estimator has one R2/R1 and tau2/tau1 for all cells): inflates the leak filter's noise
-    # while the slow branch is polarised (docs/estimation.md).
-    leak_v2_rel_sigma: float = 0.3
-    soh_min_di_a: float = 1.0
-    soh_r0_p_max: float = 0.01
-    soh_cap_window: float = 0.1
-    pressure_corr_s: float = 60.0      # pressure model error (fixture non-linearity) correlation
-    rate_tau_s: float = 0.2
-    cusum_k_kpa: float = 60.0          # assumption: unmodelled fixture stiffening (~10 % of the
-    #                                    450 kPa swing, seen against the emulator) + offsets
-    cusum_tau_s: float = 10.0
-    t_derate_band_c: float = 5.0
-    pressure_fusion: bool | None = None  # None: the pack's estimator.pressure_fusion
 
 
 @dataclass
@@ -490,16 +452,16 @@ class Core:
             m = self._meas
             m.cell_voltage_v, m.temperature_c, m.pressure_kpa = self._own_in
             self._bound, self._bound_ptrs = (None, None, None), ()
-        try:
-            self._v_in[:] = cell_voltage_v
-            if p.n_sensors:
-                self._t_in[:] = temperature_c
-            if p.n_load_cells:
-                self._p_in[:] = pressure_kpa
-        except ValueError as exc:
-            raise ValueError(f"measurement shape does not match the stack ({p.n_cells} cells, "
-                             f"{p.n_sensors} thermistors, {p.n_load_cells} load cells): {exc}"
-                             ) from None
+        for name, a, k in zip(("cell_voltage_v", "temperature_c", "pressure_kpa"), arrays, sizes,
+                              strict=True):
+            if np.shape(a) != (k,):  # no broadcasting: one value for 23 cells is a caller bug
+                raise ValueError(f"{name} has shape {np.shape(a)}; the stack has {p.n_cells} "
+                                 f"cells, {p.n_sensors} thermistors, {p.n_load_cells} load cells")
+        self._v_in[:] = cell_voltage_v
+        if p.n_sensors:
+            self._t_in[:] = temperature_c
+        if p.n_load_cells:
+            self._p_in[:] = pressure_kpa
 
     def step(self, dt_s: float, current_a: float, cell_voltage_v: np.ndarray,
              temperature_c: np.ndarray, pressure_kpa: np.ndarray) -> CoreOutput:

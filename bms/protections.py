@@ -46,6 +46,7 @@ from operator import is_not
 import numpy as np
 
 from bms.faults import PROTECTION_CODES, SENSOR_CODE_FOR_PROTECTION, FaultTable, Severity
+from bms.tuning import REST_CURRENT_A
 from boards.config import (
     PROTECTION_CHANNEL,
     PROTECTION_NAMES,
@@ -374,9 +375,8 @@ class PackProtections:
     goes to SAFE. NaN inside a measurement that did arrive is a sensor fault, as intended.
     """
 
-    #: Assumption: 2 % of the ssb-23 maximum charge current; above the shunt noise
-    #: (estimator.current_noise_a = 0.05 A) so the mode does not flip on noise at rest.
-    DEFAULT_REST_CURRENT_A = 0.2
+    #: Below this |current| the pack is at rest (bms.tuning.REST_CURRENT_A).
+    DEFAULT_REST_CURRENT_A = REST_CURRENT_A
 
     def __init__(self, pack: PackConfig, rest_current_a: float = DEFAULT_REST_CURRENT_A,
                  engine: str = "c") -> None:

@@ -39,6 +39,82 @@ HEARTBEATS_PER_TIMEOUT = 5
 #: ``bms bench --tick``).
 GC_EVERY_TICKS = 100
 
+# ---------------------------------------------------------------------- estimator (C core)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Estimator settings that the pack file does not hold (each an assumption; see
+    docs/estimation.md for how they were tuned against the emulator).
+
+    ``voltage_corr_s``: the voltage model error (hysteresis, unmodelled branch, offsets) is
+    correlated over about this time, so one sample carries dt / voltage_corr_s of an independent
+    sample's information; R = voltage_noise_v^2 * voltage_corr_s / dt_nominal.
+    """
+
+    r2_over_r1: float = 0.5            # assumption: slow diffusion branch ~ half of R1
+    tau2_over_tau1: float = 15.0       # assumption: tau2 ~ 450 s for tau1 ~ 30 s
+    voltage_corr_s: float = 15.0
+    dt_nominal_s: float = 0.1
+    v_rc_sigma0_v: float = 0.02
+    leak_sigma0_a: float = 0.1
+    leak_q_soc_per_s: float = 1e-10
+    leak_q_a2_per_s: float = 1e-8
+    leak_r_soc: float = 0.04
+    # Capacity mismatch d = Q/Q_i - 1 in the leak filter: prior sigma 3 % (cells of one lot
+    # spread 1-3 % in capacity; assumption) and a slow random walk (ageing).
+    leak_d_sigma0: float = 0.03
+    leak_q_d_per_s: float = 1e-12
+    # Per-cell error of the slow RC branch relative to its estimate (assumption: 30 %, the
+    # estimator has one R2/R1 and tau2/tau1 for all cells): inflates the leak filter's noise
+    # while the slow branch is polarised (docs/estimation.md).
+    leak_v2_rel_sigma: float = 0.3
+    soh_min_di_a: float = 1.0
+    soh_r0_p_max: float = 0.01
+    soh_cap_window: float = 0.1
+    pressure_corr_s: float = 60.0      # pressure model error (fixture non-linearity) correlation
+    rate_tau_s: float = 0.2
+    cusum_k_kpa: float = 60.0          # assumption: unmodelled fixture stiffening (~10 % of the
+    #                                    450 kPa swing, seen against the emulator) + offsets
+    cusum_tau_s: float = 10.0
+    t_derate_band_c: float = 5.0
+    pressure_fusion: bool | None = None  # None: the pack's estimator.pressure_fusion
+
+
+# ---------------------------------------------------------------------- measurement validation
+
+#: Plausible ranges (assumptions, documented in docs/safety.md):
+#: - a lithium-metal/NMC cell never reads below 1.5 V or above 5.0 V while connected; the
+#:   LTC6811 open-wire signature is ~0 V, so anything outside is a tap or monitor fault;
+CELL_VOLTAGE_PLAUSIBLE_V = (1.5, 5.0)
+#: - NTC thermistors (10k, B 3435) are specified over -40..125 C;
+TEMPERATURE_PLAUSIBLE_C = (-40.0, 125.0)
+#: - load cells: 0 to 4x the critical high-pressure limit is a physical reading;
+PRESSURE_PLAUSIBLE_FACTOR = 4.0
+#: - the shunt: +-10x the pack's maximum current is still a reading (a short), beyond is a fault.
+CURRENT_PLAUSIBLE_FACTOR = 10.0
+#: A load cell whose raw count is identical this many samples in a row is stuck: a 24-bit HX711
+#: on a bridge always shows a few counts of noise (datasheet: ~50 nV RMS input noise at gain 128).
+LOAD_CELL_STUCK_SAMPLES = 20
+#: A cell voltage cannot jump by more than the worst table resistance times the current step plus
+#: this margin in one tick (monitor noise and sampling skew).
+VOLTAGE_JUMP_MARGIN_V = 0.1
+#: Open tap wire signature: the wire between cells i and i+1 opens, channel i falls and channel
+#: i+1 rises by the same amount (the pair still sums to the two cells' voltage). Adjacent
+#: deviations from the stack median of opposite sign, each beyond this, whose sum stays within
+#: it, are a tap, not two cells: no cell pair of one stack moves +-0.15 V against each other
+#: (assumption; the LTC6811 datasheet's ADOW open-wire test uses a similar pair criterion).
+OPEN_TAP_DEVIATION_V = 0.15
+#: A board timestamp that advances by more than this many ticks (or goes backwards) is a gap.
+TIMESTAMP_GAP_TICKS = 3.0
+
+#: Below this |current| the pack is at rest: the protections keep their charge or discharge
+#: temperature limits until the current passes it either way, and the balancer does not bleed
+#: while the pack discharges by more than it. Assumption: 2 % of the ssb-23
+#: maximum charge current, above the shunt noise (estimator.current_noise_a = 0.05 A) so the
+#: mode does not flip on noise at rest.
+REST_CURRENT_A = 0.2
+
 # ---------------------------------------------------------------------- board I/O
 
 #: Allowed currents sent to a board are refreshed when they move by more than this (or every

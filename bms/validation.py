@@ -18,6 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from bms.faults import FaultCode, FaultTable, Severity
+from bms.tuning import (
+    CELL_VOLTAGE_PLAUSIBLE_V,
+    CURRENT_PLAUSIBLE_FACTOR,
+    LOAD_CELL_STUCK_SAMPLES,
+    OPEN_TAP_DEVIATION_V,
+    PRESSURE_PLAUSIBLE_FACTOR,
+    TEMPERATURE_PLAUSIBLE_C,
+    TIMESTAMP_GAP_TICKS,
+    VOLTAGE_JUMP_MARGIN_V,
+)
 from boards.config import BoardProfile, PackConfig
 from hil.protocol import Measurement, wire_values_pointer
 from hil.scaling import Scaler
@@ -26,30 +36,6 @@ from hil.scaling import Scaler
 #: the NumPy implementation the C one is tested against).
 ENGINES = ("c", "reference")
 
-# Plausible ranges (assumptions, documented in docs/safety.md):
-# - a lithium-metal/NMC cell never reads below 1.5 V or above 5.0 V while connected; the
-#   LTC6811 open-wire signature is ~0 V, so anything outside is a tap or monitor fault;
-CELL_VOLTAGE_PLAUSIBLE_V = (1.5, 5.0)
-# - NTC thermistors (10k, B 3435) are specified over -40..125 C;
-TEMPERATURE_PLAUSIBLE_C = (-40.0, 125.0)
-# - load cells: 0 to 4x the critical high-pressure limit is a physical reading;
-PRESSURE_PLAUSIBLE_FACTOR = 4.0
-# - the shunt: +-10x the pack's maximum current is still a reading (a short), beyond is a fault.
-CURRENT_PLAUSIBLE_FACTOR = 10.0
-# A load cell whose raw count is identical this many samples in a row is stuck: a 24-bit HX711
-# on a bridge always shows a few counts of noise (datasheet: ~50 nV RMS input noise at gain 128).
-LOAD_CELL_STUCK_SAMPLES = 20
-# A cell voltage cannot jump by more than the worst table resistance times the current step plus
-# this margin in one tick (monitor noise and sampling skew).
-VOLTAGE_JUMP_MARGIN_V = 0.1
-# Open tap wire signature: the wire between cells i and i+1 opens, channel i falls and channel
-# i+1 rises by the same amount (the pair still sums to the two cells' voltage). Adjacent
-# deviations from the stack median of opposite sign, each beyond this, whose sum stays within
-# it, are a tap, not two cells: no cell pair of one stack moves +-0.15 V against each other
-# (assumption; the LTC6811 datasheet's ADOW open-wire test uses a similar pair criterion).
-OPEN_TAP_DEVIATION_V = 0.15
-# A board timestamp that advances by more than this many ticks (or goes backwards) is a gap.
-TIMESTAMP_GAP_TICKS = 3.0
 
 
 @dataclass

@@ -67,8 +67,13 @@ def test_wrong_shapes_raise(pack) -> None:
     v, t, p = _rest_inputs(core)
     with pytest.raises(ValueError, match="23 cells"):
         core.step(0.1, 0.0, v[:-1], t, p)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="temperature_c has shape"):
         core.step(0.1, 0.0, v, t[:2], p)
+    # One value is not broadcast onto every cell (it was, silently, before issue 11).
+    with pytest.raises(ValueError, match=r"cell_voltage_v has shape \(1,\)"):
+        core.step(0.1, 0.0, np.array([3.7]), t, p)
+    with pytest.raises(ValueError, match="pressure_kpa has shape"):
+        core.step(0.1, 0.0, v, t, 1000.0)
 
 
 def test_bad_parameters_are_refused(pack) -> None:
