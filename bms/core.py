@@ -79,6 +79,7 @@ class CoreParams:
     q_soc_per_s: float
     q_rc_v2_per_s: float
     r_voltage_v2: float
+    voltage_corr_s: float
     current_noise_a: float
     gate_sigma: float
     leak_q_soc_per_s: float
@@ -99,6 +100,7 @@ class CoreParams:
     thermal_um_per_k: float
     fixture_t_ref_c: float
     r_pressure_kpa2: float
+    pressure_corr_s: float
     rate_tau_s: float
     cusum_k_kpa: float
     cusum_tau_s: float
@@ -211,7 +213,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         # sigma rate (V/s), squared here (docs/estimation.md)
         q_soc_per_s=est.soc_process_noise_per_s,
         q_rc_v2_per_s=est.rc_process_noise_v_per_s ** 2,
-        r_voltage_v2=est.voltage_noise_v ** 2 * tn.voltage_corr_s / tn.dt_nominal_s,
+        r_voltage_v2=est.voltage_noise_v ** 2, voltage_corr_s=tn.voltage_corr_s,
         current_noise_a=est.current_noise_a, gate_sigma=est.innovation_gate_sigma,
         leak_q_soc_per_s=tn.leak_q_soc_per_s, leak_q_a2_per_s=tn.leak_q_a2_per_s,
         leak_r_soc2=tn.leak_r_soc ** 2, leak_alarm_a=est.leak_alarm_a,
@@ -222,7 +224,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         pressure_fusion=int(bool(fusion)), preload_kpa=fx.preload_kpa,
         stiffness_kpa_per_um=fx.stiffness_kpa_per_um, swell_um_full=cell.swelling_um_full,
         thermal_um_per_k=fx.thermal_um_per_k, fixture_t_ref_c=fx.reference_temperature_c,
-        r_pressure_kpa2=est.pressure_noise_kpa ** 2 * tn.pressure_corr_s / tn.dt_nominal_s,
+        r_pressure_kpa2=est.pressure_noise_kpa ** 2, pressure_corr_s=tn.pressure_corr_s,
         rate_tau_s=tn.rate_tau_s, cusum_k_kpa=tn.cusum_k_kpa, cusum_tau_s=tn.cusum_tau_s,
         horizons_s=tuple(pl.horizons_s),
         v_max=prot["cell_overvoltage_v"].warning, v_min=prot["cell_undervoltage_v"].warning,
@@ -286,11 +288,13 @@ _INT_PARAMS = ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n
 _FLOAT_PARAMS = (
     "soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff", "r2_over_r1",
     "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_rc_v2_per_s",
-    "r_voltage_v2", "current_noise_a", "gate_sigma", "leak_q_soc_per_s", "leak_q_a2_per_s",
+    "r_voltage_v2", "voltage_corr_s", "current_noise_a", "gate_sigma", "leak_q_soc_per_s",
+    "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
     "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "preload_kpa",
     "stiffness_kpa_per_um", "swell_um_full", "thermal_um_per_k", "fixture_t_ref_c",
-    "r_pressure_kpa2", "rate_tau_s", "cusum_k_kpa", "cusum_tau_s", "v_max", "v_min",
+    "r_pressure_kpa2", "pressure_corr_s", "rate_tau_s", "cusum_k_kpa", "cusum_tau_s", "v_max",
+    "v_min",
     "t_charge_min_c", "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a")
 _STATE_ARRAYS = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",

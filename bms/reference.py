@@ -200,7 +200,8 @@ class ReferenceCore:
         ph0 = c00 * docv + c01 + c02
         ph1 = c01 * docv + c11 + c12
         ph2 = c02 * docv + c12 + c22
-        s = docv * ph0 + ph1 + ph2 + p.r_voltage_v2 + r0e * r0e * p.current_noise_a ** 2
+        rv = p.r_voltage_v2 * max(1.0, p.voltage_corr_s / dt_s)  # as ssb_core.c
+        s = docv * ph0 + ph1 + ph2 + rv + r0e * r0e * p.current_noise_a ** 2
         gated = fin & (nu * nu > p.gate_sigma ** 2 * s)
         gain = np.where(fin & ~gated, 1.0 / s, 0.0)
         kn = nu * gain
@@ -336,7 +337,8 @@ class ReferenceCore:
             if p.pressure_fusion and ekf_ran:
                 # mean pressure as a measurement of every cell's SOC, H_i = k_fix * swell
                 hc = p.stiffness_kpa_per_um * p.swell_um_full
-                s = hc * hc * float(np.sum(self.p[0])) + p.r_pressure_kpa2
+                s = hc * hc * float(np.sum(self.p[0])) + p.r_pressure_kpa2 * max(
+                    1.0, p.pressure_corr_s / dt_s)
                 nu = mean - expected
                 if nu * nu <= p.gate_sigma ** 2 * s:
                     flags |= ST_FUSION_USED

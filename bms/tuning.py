@@ -49,13 +49,14 @@ class Tuning:
 
     ``voltage_corr_s``: the voltage model error (hysteresis, unmodelled branch, offsets) is
     correlated over about this time, so one sample carries dt / voltage_corr_s of an independent
-    sample's information; R = voltage_noise_v^2 * voltage_corr_s / dt_nominal.
+    sample's information: R = voltage_noise_v^2 * max(1, voltage_corr_s / dt) over the actual
+    dt of each step (the board's own sample interval, a replayed file's), likewise for the
+    pressure with ``pressure_corr_s``.
     """
 
     r2_over_r1: float = 0.5            # assumption: slow diffusion branch ~ half of R1
     tau2_over_tau1: float = 15.0       # assumption: tau2 ~ 450 s for tau1 ~ 30 s
     voltage_corr_s: float = 15.0
-    dt_nominal_s: float = 0.1
     v_rc_sigma0_v: float = 0.02
     leak_sigma0_a: float = 0.1
     leak_q_soc_per_s: float = 1e-10

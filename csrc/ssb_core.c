@@ -132,6 +132,8 @@ int ssb_params_check(const ssb_params_t *prm)
                                prm->soh_min_di_a, prm->soh_r0_p_max, prm->soh_cap_window,
                                prm->r_pressure_kpa2, prm->rate_tau_s, prm->cusum_tau_s,
                                prm->t_derate_band_c};
+    if (!finite_in(prm->voltage_corr_s, 0.0, 1e6) || !finite_in(prm->pressure_corr_s, 0.0, 1e6))
+        return SSB_ERR_PARAM;
     for (size_t k = 0; k < sizeof positive / sizeof positive[0]; k++) {
         if (!finite_in(positive[k], 1e-300, 1e300))
             return SSB_ERR_PARAM;
@@ -487,7 +489,9 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double q_rc = prm->q_rc_v2_per_s * dt_s;
     const double k2 = prm->r2_over_r1, t2 = prm->tau2_over_tau1;
     const double g2 = prm->gate_sigma * prm->gate_sigma;
-    const double rv = prm->r_voltage_v2;
+    /* the model error is correlated over voltage_corr_s: over a short dt a sample carries
+       dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
+    const double rv = prm->r_voltage_v2 * fmax(1.0, prm->voltage_corr_s / dt_s);
     const double sig_i2 = prm->current_noise_a * prm->current_noise_a;
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
@@ -764,7 +768,8 @@ static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const
             double psum = 0.0;
             for (int32_t i = 0; i < n; i++)
                 psum += p00[i];
-            const double sv = hc * hc * psum + prm->r_pressure_kpa2;
+            const double sv = hc * hc * psum +
+                              prm->r_pressure_kpa2 * fmax(1.0, prm->pressure_corr_s / dt_s);
             const double nu = mean - expected;
             if (nu * nu <= prm->gate_sigma * prm->gate_sigma * sv) {
                 flags |= SSB_ST_FUSION_USED;

@@ -89,7 +89,9 @@ typedef struct ssb_params {
     /* EKF */
     double q_soc_per_s;      /* SOC random-walk variance rate, 1/s */
     double q_rc_v2_per_s;    /* RC voltage variance rate, V^2/s */
-    double r_voltage_v2;     /* voltage measurement variance, V^2 */
+    double r_voltage_v2;     /* voltage model error variance of one sample, V^2 */
+    double voltage_corr_s;   /* its correlation time: a sample over dt counts as
+                                min(1, dt / voltage_corr_s) of an independent one, s */
     double current_noise_a;  /* current sensor noise sigma, A */
     double gate_sigma;       /* innovation gate k: reject nu^2 > k^2 S */
 
@@ -112,7 +114,8 @@ typedef struct ssb_params {
     /* pressure model and monitor */
     int32_t pressure_fusion; /* 1: use the pressure as a measurement of mean SOC */
     double preload_kpa, stiffness_kpa_per_um, swell_um_full, thermal_um_per_k, fixture_t_ref_c;
-    double r_pressure_kpa2; /* variance of the pressure pseudo-measurement, kPa^2 */
+    double r_pressure_kpa2; /* pressure model error variance of one sample, kPa^2 */
+    double pressure_corr_s; /* its correlation time (as voltage_corr_s), s */
     double rate_tau_s;      /* low-pass time constant of the rate of change */
     double cusum_k_kpa;     /* CUSUM allowance (drift that is not counted) */
     double cusum_tau_s;     /* CUSUM time scale: S += (|r| - k) dt / tau */

@@ -275,3 +275,20 @@ def test_bound_input_arrays_give_the_same_estimates_as_copies(pack) -> None:
             np.testing.assert_array_equal(a, getattr(copied, name), err_msg=f"{name} step {k}")
     bound.step(0.1, 0.0, v, t, p)
     assert bound._bound[0] is v  # the path the controller takes
+
+
+def test_voltage_information_per_second_does_not_depend_on_the_sample_interval(pack) -> None:
+    """R scales with the step's own dt (R = sigma_v^2 max(1, corr / dt)): a minute of rest
+    sampled at 1 s (a cycler) narrows the SOC sigma as much as the same minute at 0.1 s. With
+    R fixed for 0.1 s ticks, the 1 s samples would carry a tenth of the information and the
+    sigma would end 24 % wider (measured)."""
+    sigmas = {}
+    for dt_s in (0.1, 1.0):
+        core = Core(pack, 0)
+        v, t, p = _rest_inputs(core, soc=0.2)  # a steep part of the OCV: voltage informs SOC
+        core.reset(0.25)
+        for _ in range(int(round(60.0 / dt_s))):
+            o = core.step(dt_s, 0.0, v, t, p)
+        sigmas[dt_s] = float(np.median(o.soc_sigma))
+    assert sigmas[1.0] == pytest.approx(sigmas[0.1], rel=0.03), sigmas  # fixed R: +24 %
+    assert sigmas[0.1] < 0.5 * pack.estimator.initial_soc_sigma, sigmas

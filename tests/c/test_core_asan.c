@@ -67,7 +67,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->contact_p_ref_kpa = 1000.0;
     p->q_soc_per_s = 1e-7;
     p->q_rc_v2_per_s = 1e-8;
-    p->r_voltage_v2 = 1e-4;
+    p->r_voltage_v2 = 1e-4 / 150.0;
+    p->voltage_corr_s = 15.0;
     p->current_noise_a = 0.05;
     p->gate_sigma = 6.0;
     p->leak_q_soc_per_s = 1e-10;
@@ -87,7 +88,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->swell_um_full = 154.75;
     p->thermal_um_per_k = 3.0;
     p->fixture_t_ref_c = 25.0;
-    p->r_pressure_kpa2 = 64.0 * 600.0;
+    p->r_pressure_kpa2 = 64.0;
+    p->pressure_corr_s = 60.0;
     p->rate_tau_s = 0.2;
     p->cusum_k_kpa = 30.0;
     p->cusum_tau_s = 10.0;
