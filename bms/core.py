@@ -412,10 +412,12 @@ class Core:
     # ------------------------------------------------------------------ calls
 
     def reset(self, soc0: float | np.ndarray | None = None,
-              cell_voltage_v: np.ndarray | None = None) -> None:
+              cell_voltage_v: np.ndarray | None = None,
+              temperature_c: np.ndarray | None = None) -> None:
         """Start over. soc0: one value or one per cell; None: from the OCV of ``cell_voltage_v``
-        (a rested stack; NaN entries and a missing array give 0.5) with the pack's
-        initial_soc_sigma."""
+        (a rested stack; NaN entries and a missing array give 0.5) at the cell temperatures
+        mapped from the thermistor readings ``temperature_c`` (missing or NaN: 25 C), with the
+        pack's initial_soc_sigma."""
         n = self.n_cells
         soc = np.full(n, np.nan) if soc0 is None else np.broadcast_to(
             np.asarray(soc0, dtype=float), (n,)).copy()
@@ -427,12 +429,29 @@ class Core:
                 raise ValueError(f"cell_voltage_v shape {v.shape}, expected ({n},)")
             v_c = self._ffi.from_buffer("double[]", v)
         p = self.params
-        rc = self._lib.ssb_state_init(self._prm, self._st, soc_c, v_c, p.soc_sigma0,
+        t_c = self._ffi.NULL
+        if temperature_c is not None:
+            t_cells = self.cell_temperatures(temperature_c)
+            t_c = self._ffi.from_buffer("double[]", t_cells)
+        rc = self._lib.ssb_state_init(self._prm, self._st, soc_c, v_c, t_c, p.soc_sigma0,
                                       p.v_rc_sigma0, p.leak_sigma0_a)
         if rc != 0:
             raise CoreError(rc, "ssb_state_init")
         self.soc_sigma[:] = np.sqrt(self.p[0])
         self.stack_out.fill(np.nan)
+
+    def cell_temperatures(self, temperature_c: np.ndarray) -> np.ndarray:
+        """Thermistor readings -> per cell temperature, as the core maps them (linear between
+        the two nearest thermistors; csrc/ssb_core.c)."""
+        p = self.params
+        t = np.asarray(temperature_c, dtype=float)
+        if t.shape != (p.n_sensors,):
+            raise ValueError(f"temperature_c has shape {t.shape}; the stack has "
+                             f"{p.n_sensors} thermistors")
+        if p.n_sensors == 0:
+            return np.full(p.n_cells, np.nan)
+        t0, t1 = t[p.temp_idx0], t[p.temp_idx1]
+        return np.ascontiguousarray(t0 + p.temp_w * (t1 - t0))
 
     def _load(self, cell_voltage_v: np.ndarray, temperature_c: np.ndarray,
               pressure_kpa: np.ndarray) -> None:

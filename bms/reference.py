@@ -106,17 +106,20 @@ class ReferenceCore:
 
     # ------------------------------------------------------------------ init
 
-    def reset(self, soc0: np.ndarray | None = None, v_rest: np.ndarray | None = None) -> None:
+    def reset(self, soc0: np.ndarray | None = None, v_rest: np.ndarray | None = None,
+              t_rest_c: np.ndarray | None = None) -> None:
         p, n = self.prm, self.prm.n_cells
         soc = np.full(n, np.nan) if soc0 is None else np.broadcast_to(
             np.asarray(soc0, dtype=float), (n,)).copy()
+        t_init = np.full(n, T_INIT_C) if t_rest_c is None else np.where(
+            np.isfinite(t_rest_c), t_rest_c, T_INIT_C)
         for i in np.flatnonzero(~np.isfinite(soc)):
             v = math.nan if v_rest is None else float(v_rest[i])
             if math.isfinite(v):
                 lo, hi = 0.0, 1.0
                 for _ in range(60):  # bisection on the OCV at 25 C
                     mid = 0.5 * (lo + hi)
-                    ocv = self.lookup(np.array([mid]), np.array([T_INIT_C]))[0][0]
+                    ocv = self.lookup(np.array([mid]), np.array([t_init[i]]))[0][0]
                     lo, hi = (mid, hi) if ocv < v else (lo, mid)
                 soc[i] = 0.5 * (lo + hi)
             else:
@@ -128,7 +131,7 @@ class ReferenceCore:
         self.p[0] = p.soc_sigma0 ** 2
         self.p[3] = p.v_rc_sigma0 ** 2
         self.p[5] = p.v_rc_sigma0 ** 2
-        self.cell_temp_c = np.full(n, T_INIT_C)
+        self.cell_temp_c = np.asarray(t_init, dtype=float).copy()
         self.r0_scale = np.ones(n)
         self.r0_p = np.full(n, p.soh_r0_p_max)
         self.cap_ratio = np.ones(n)

@@ -361,8 +361,8 @@ static double median(double *x, int32_t n)
 /* ------------------------------------------------------------------ init */
 
 int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
-                   const double *v_rest, double soc_sigma0, double v_rc_sigma0,
-                   double leak_sigma0_a)
+                   const double *v_rest, const double *t_rest_c, double soc_sigma0,
+                   double v_rc_sigma0, double leak_sigma0_a)
 {
     if (prm == NULL || !state_ok(st) || soc0 == NULL)
         return SSB_ERR_NULL;
@@ -373,9 +373,11 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
         !finite_in(leak_sigma0_a, 1e-9, 1e6))
         return SSB_ERR_PARAM;
     const int32_t n = prm->n_cells;
-    /* the reference temperature row nearest 25 C for the OCV inversion */
-    const double t_init = 25.0;
+    /* without a measured temperature: 25 C (the usual reference of cell data) */
+    const double t_default = 25.0;
     for (int32_t i = 0; i < n; i++) {
+        const double t_init =
+            (t_rest_c != NULL && finite(t_rest_c[i])) ? t_rest_c[i] : t_default;
         double s = soc0[i];
         if (!finite(s)) {
             s = 0.5;

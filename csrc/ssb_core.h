@@ -170,12 +170,13 @@ typedef struct ssb_output {
 /* Check the parameters (sizes, finite values, ranges). SSB_OK or an error code. */
 int ssb_params_check(const ssb_params_t *prm);
 
-/* Initialise the state: soc0[i] (or NaN: from the OCV at 25 C of v_rest[i], or 0.5 when that
- * is NaN too), SOC sigma soc_sigma0, RC voltages 0 with sigma v_rc_sigma0, leak 0 with sigma
- * leak_sigma0_a, SOH at nominal. v_rest may be NULL. */
+/* Initialise the state: soc0[i] (or NaN: from the OCV of v_rest[i] at the cell temperature
+ * t_rest_c[i], or 0.5 when v_rest[i] is NaN too), SOC sigma soc_sigma0, RC voltages 0 with
+ * sigma v_rc_sigma0, leak 0 with sigma leak_sigma0_a, SOH at nominal, cell temperatures
+ * t_rest_c. v_rest and t_rest_c may be NULL; a NULL or non-finite temperature is 25 C. */
 int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
-                   const double *v_rest, double soc_sigma0, double v_rc_sigma0,
-                   double leak_sigma0_a);
+                   const double *v_rest, const double *t_rest_c, double soc_sigma0,
+                   double v_rc_sigma0, double leak_sigma0_a);
 
 /* EKF alone (temperature map, table lookup, predict, gated update) for all cells. */
 int ssb_ekf_step(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, double dt_s,

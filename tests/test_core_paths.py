@@ -292,3 +292,23 @@ def test_voltage_information_per_second_does_not_depend_on_the_sample_interval(p
         sigmas[dt_s] = float(np.median(o.soc_sigma))
     assert sigmas[1.0] == pytest.approx(sigmas[0.1], rel=0.03), sigmas  # fixed R: +24 %
     assert sigmas[0.1] < 0.5 * pack.estimator.initial_soc_sigma, sigmas
+
+
+def test_reset_inverts_the_ocv_at_the_measured_temperature(pack) -> None:
+    """A rested cold stack: its voltages read through the 0 degC OCV row give back the SOC;
+    read through the 25 degC row (what the core did before issue 11) they do not. The NumPy
+    reference does the same."""
+    core = Core(pack, 0)
+    n, m = core.n_cells, core.params.n_sensors
+    ref = ReferenceCore(core.params)
+    soc = np.linspace(0.15, 0.85, n)
+    v_cold = ref.lookup(soc, np.full(n, 0.0))[0]
+    core.reset(None, v_cold, np.full(m, 0.0))
+    np.testing.assert_allclose(core.soc, soc, atol=1e-6)
+    assert np.all(core.cell_temp_c == 0.0)
+    ref.reset(None, v_cold, np.full(n, 0.0))
+    np.testing.assert_allclose(ref.soc, core.soc, atol=1e-12)
+    core.reset(None, v_cold)  # no temperature: 25 degC
+    assert np.max(np.abs(core.soc - soc)) > 0.005
+    with pytest.raises(ValueError, match="temperature_c has shape"):
+        core.reset(None, v_cold, np.zeros(m + 1))

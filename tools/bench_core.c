@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     for (int j = 0; j < BP_M; j++)
         p[j] = BP_P;
     ssb_meas_t m = {v, t, p};
-    if (ssb_state_init(&prm, &st, soc0, NULL, 0.15, 0.02, 0.1) != SSB_OK) {
+    if (ssb_state_init(&prm, &st, soc0, NULL, NULL, 0.15, 0.02, 0.1) != SSB_OK) {
         fprintf(stderr, "init failed\n");
         return 1;
     }

@@ -96,7 +96,8 @@ def stack_slices(pack: PackConfig, rec: Recording) -> list[StackSlice]:
 
 def replay(pack: PackConfig, rec: Recording, soc0: float | None = None) -> ReplayResult:
     """Run every sample through the core. ``soc0`` None: each stack starts from the OCV of its
-    first sample's voltages (the core's OCV inversion; sigma the pack's initial_soc_sigma)."""
+    first sample's voltages at its first temperatures (the core's OCV inversion; sigma the
+    pack's initial_soc_sigma)."""
     n_s, n = rec.n_samples, rec.n_cells
     res = ReplayResult(rec.time_s, rec.current_a, *(np.full((n_s, n), np.nan) for _ in range(6)),
                        np.full(n_s, np.inf), np.full(n_s, np.inf))
@@ -119,7 +120,9 @@ def _replay_stack(part: StackSlice, rec: Recording, dt: np.ndarray, soc0: float 
         p_all = np.ascontiguousarray(rec.pressure_kpa[:, part.load_cells])
     else:
         p_all = np.full((rec.n_samples, core.params.n_load_cells), np.nan)  # not measured
-    core.reset(soc0, None if soc0 is not None else v_all[0])
+    # From the OCV of the first sample at its measured temperature, unless soc0 is given.
+    core.reset(soc0, None if soc0 is not None else v_all[0],
+               None if soc0 is not None else t_all[0])
     soc, sig, leak, leak_s = res.soc[:, cells], res.soc_sigma[:, cells], res.leak_a[:, cells], \
         res.leak_sigma_a[:, cells]
     cap, r0 = res.capacity_ah[:, cells], res.r0_ohm[:, cells]

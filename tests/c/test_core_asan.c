@@ -174,7 +174,7 @@ static void run_random(int32_t n, int32_t k, int32_t mlc, int steps)
         soc0[i] = i % 3 == 0 ? NAN : urand();
     for (int32_t i = 0; i < n; i++)
         f.v[i] = i % 2 ? 3.6 : NAN;
-    CHECK(ssb_state_init(&f.prm, &f.st, soc0, f.v, 0.15, 0.02, 0.1) == SSB_OK);
+    CHECK(ssb_state_init(&f.prm, &f.st, soc0, f.v, NULL, 0.15, 0.02, 0.1) == SSB_OK);
     for (int step = 0; step < steps; step++) {
         double cur = (urand() - 0.5) * 30.0;
         if (step % 97 == 5)
@@ -211,11 +211,11 @@ int main(void)
         soc0[i] = 0.5;
     /* error paths */
     CHECK(ssb_params_check(NULL) == SSB_ERR_NULL);
-    CHECK(ssb_state_init(NULL, &f.st, soc0, NULL, 0.1, 0.02, 0.1) == SSB_ERR_NULL);
-    CHECK(ssb_state_init(&f.prm, NULL, soc0, NULL, 0.1, 0.02, 0.1) == SSB_ERR_NULL);
-    CHECK(ssb_state_init(&f.prm, &f.st, NULL, NULL, 0.1, 0.02, 0.1) == SSB_ERR_NULL);
-    CHECK(ssb_state_init(&f.prm, &f.st, soc0, NULL, NAN, 0.02, 0.1) == SSB_ERR_PARAM);
-    CHECK(ssb_state_init(&f.prm, &f.st, soc0, NULL, 0.1, 0.02, 0.1) == SSB_OK);
+    CHECK(ssb_state_init(NULL, &f.st, soc0, NULL, NULL, 0.1, 0.02, 0.1) == SSB_ERR_NULL);
+    CHECK(ssb_state_init(&f.prm, NULL, soc0, NULL, NULL, 0.1, 0.02, 0.1) == SSB_ERR_NULL);
+    CHECK(ssb_state_init(&f.prm, &f.st, NULL, NULL, NULL, 0.1, 0.02, 0.1) == SSB_ERR_NULL);
+    CHECK(ssb_state_init(&f.prm, &f.st, soc0, NULL, NULL, NAN, 0.02, 0.1) == SSB_ERR_PARAM);
+    CHECK(ssb_state_init(&f.prm, &f.st, soc0, NULL, NULL, 0.1, 0.02, 0.1) == SSB_OK);
     CHECK(ssb_tick(NULL, &f.st, &f.m, 0.1, 1.0, &f.out) == SSB_ERR_NULL);
     CHECK(ssb_tick(&f.prm, NULL, &f.m, 0.1, 1.0, &f.out) == SSB_ERR_NULL);
     CHECK(ssb_tick(&f.prm, &f.st, NULL, 0.1, 1.0, &f.out) == SSB_ERR_NULL);
