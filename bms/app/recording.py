@@ -73,7 +73,7 @@ def read_recording(path: str | Path, current_sign: str = "auto",
     if current_sign not in CURRENT_SIGNS:
         raise RecordingError(f"current sign {current_sign!r}: expected one of "
                              + ", ".join(CURRENT_SIGNS))
-    header, data = _read_csv(p)
+    header, data = read_csv(p)
     if CYCLER_TIME in header:
         rec = _cycler(p, header, data, temperature_c)
     elif "time_s" in header:
@@ -89,7 +89,8 @@ def read_recording(path: str | Path, current_sign: str = "auto",
     return rec
 
 
-def _read_csv(p: Path) -> tuple[list[str], np.ndarray]:
+def read_csv(p: Path) -> tuple[list[str], np.ndarray]:
+    """(header, float rows) of a numeric CSV; RecordingError naming the file otherwise."""
     try:
         with p.open(encoding="utf-8") as fh:
             header = [h.strip() for h in fh.readline().rstrip("\n").split(",")]

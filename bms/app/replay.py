@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bms.app.recording import CURRENT_SIGNS, Recording, RecordingError, read_recording
+from bms.app.recording import (
+    CURRENT_SIGNS,
+    Recording,
+    RecordingError,
+    read_csv,
+    read_recording,
+)
 from bms.core import Core
 from boards.config import PackConfig, load_pack
 
@@ -164,9 +170,7 @@ def read_truth_soc(path: str | Path, n_cells: int) -> tuple[np.ndarray, np.ndarr
     """(time_s, soc (N, n_cells)) from a truth file: ``time_s``/``t_s`` with ``soc`` (one
     cell, or one value for all) or ``soc_0``.. (the emulator's truth.csv)."""
     p = Path(path)
-    from bms.app.recording import _read_csv
-
-    header, data = _read_csv(p)
+    header, data = read_csv(p)
     tcol = next((c for c in ("time_s", "t_s", "Time [s]") if c in header), None)
     if tcol is None:
         raise RecordingError(f"{p}: truth file without a time_s column")
@@ -296,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.soc0 is not None and not 0.0 <= args.soc0 <= 1.0:
         print(f"bms replay: --soc0 {args.soc0}: expected a fraction in [0, 1]", file=sys.stderr)
         return 2
+    if args.json and not args.truth:
+        print("bms replay: --json writes the score against --truth: give --truth FILE",
+              file=sys.stderr)
+        return 2
     if not (math.isfinite(args.settle_s) and args.settle_s >= 0):
         print(f"bms replay: --settle-s {args.settle_s}: expected a number >= 0",
               file=sys.stderr)
@@ -309,8 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(res, args.out)
         if args.plot:
             plot(res, args.plot, truth)
-    except (RecordingError, OSError) as exc:
+        if sc is not None and args.json:
+            args.json.write_text(json.dumps(dataclasses.asdict(sc), indent=2) + "\n")
+    except RecordingError as exc:
         print(f"bms replay: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output side: -o, --plot, --json
+        print(f"bms replay: {exc.filename or args.out}: cannot write ({exc.strerror})",
+              file=sys.stderr)
         return 2
     print(f"bms replay: {rec.n_samples} samples x {rec.n_cells} cells of {rec.path.name} "
           f"({rec.kind}; {rec.sign_note}) through pack {pack.name}'s core in "
@@ -318,8 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     if sc is not None:
         for line in sc.lines():
             print("  " + line)
-        if args.json:
-            args.json.write_text(json.dumps(dataclasses.asdict(sc), indent=2) + "\n")
     print(f"  -> {args.out}" + (f", {args.plot}" if args.plot else ""))
     return 0
 
