@@ -300,6 +300,8 @@ _FLOAT_PARAMS = (
 _STATE_ARRAYS = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
                  "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d", "leak_p", "v_prev",
                  "work")
+_STATE_SCALARS = ("i_prev", "window_as", "p_prev", "rate_f", "cusum_pos", "cusum_neg",
+                  "have_prev", "have_pressure")
 _OUTPUT_ARRAYS = ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "charge_limit_a",
                   "discharge_limit_a")
 
@@ -413,11 +415,12 @@ class Core:
 
     def reset(self, soc0: float | np.ndarray | None = None,
               cell_voltage_v: np.ndarray | None = None,
-              temperature_c: np.ndarray | None = None) -> None:
+              temperature_c: np.ndarray | None = None,
+              soc_sigma0: float | None = None) -> None:
         """Start over. soc0: one value or one per cell; None: from the OCV of ``cell_voltage_v``
         (a rested stack; NaN entries and a missing array give 0.5) at the cell temperatures
-        mapped from the thermistor readings ``temperature_c`` (missing or NaN: 25 C), with the
-        pack's initial_soc_sigma."""
+        mapped from the thermistor readings ``temperature_c`` (missing or NaN: 25 C), with SOC
+        sigma ``soc_sigma0`` (None: the pack's initial_soc_sigma)."""
         n = self.n_cells
         soc = np.full(n, np.nan) if soc0 is None else np.broadcast_to(
             np.asarray(soc0, dtype=float), (n,)).copy()
@@ -433,11 +436,43 @@ class Core:
         if temperature_c is not None:
             t_cells = self.cell_temperatures(temperature_c)
             t_c = self._ffi.from_buffer("double[]", t_cells)
-        rc = self._lib.ssb_state_init(self._prm, self._st, soc_c, v_c, t_c, p.soc_sigma0,
+        sigma0 = p.soc_sigma0 if soc_sigma0 is None else float(soc_sigma0)
+        rc = self._lib.ssb_state_init(self._prm, self._st, soc_c, v_c, t_c, sigma0,
                                       p.v_rc_sigma0, p.leak_sigma0_a)
         if rc != 0:
             raise CoreError(rc, "ssb_state_init")
         self.soc_sigma[:] = np.sqrt(self.p[0])
+        self.stack_out.fill(np.nan)
+
+    def state_dict(self) -> dict[str, np.ndarray | float | int]:
+        """A copy of the whole estimator state (per-cell arrays and the stack scalars), by
+        name: what a state file saves. ``load_state`` puts it back."""
+        d: dict[str, np.ndarray | float | int] = {
+            name: getattr(self, name).copy() for name in _STATE_ARRAYS if name != "work"}
+        d["gated_count"] = self.gated_count.copy()
+        for name in _STATE_SCALARS:
+            d[name] = getattr(self._st, name)
+        return d
+
+    def load_state(self, state: dict) -> None:
+        """Restore a ``state_dict``; every array must have its shape here (a state of another
+        stack or pack is refused with ValueError naming the array, and nothing changes)."""
+        names = [n for n in _STATE_ARRAYS if n != "work"] + ["gated_count"]
+        missing = [n for n in names + list(_STATE_SCALARS) if n not in state]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(missing)}")
+        arrays = {}
+        for name in names:
+            own = getattr(self, name)
+            a = np.asarray(state[name], dtype=own.dtype)
+            if a.shape != own.shape:
+                raise ValueError(f"state {name} has shape {a.shape}, expected {own.shape}")
+            arrays[name] = a
+        for name, a in arrays.items():
+            getattr(self, name)[...] = a
+        for name in _STATE_SCALARS:
+            setattr(self._st, name, state[name])
+        self.soc_sigma[:] = np.sqrt(np.maximum(self.p[0], 0.0))
         self.stack_out.fill(np.nan)
 
     def cell_temperatures(self, temperature_c: np.ndarray) -> np.ndarray:

@@ -312,3 +312,29 @@ def test_reset_inverts_the_ocv_at_the_measured_temperature(pack) -> None:
     assert np.max(np.abs(core.soc - soc)) > 0.005
     with pytest.raises(ValueError, match="temperature_c has shape"):
         core.reset(None, v_cold, np.zeros(m + 1))
+
+
+def test_state_dict_round_trip_continues_bit_identically():
+    """A Core restored from another's state_dict steps exactly as the original (the state
+    file of ``bms run --state`` relies on it); a state of another size is refused."""
+    from boards.config import load_pack
+    pack = load_pack("ssb-23")
+    a, b = Core(pack), Core(pack)
+    a.reset(None, np.full(23, 3.8), np.full(6, 20.0), soc_sigma0=0.04)
+    assert np.allclose(a.soc_sigma, 0.04)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        a.step(0.1, 2.0, 3.8 + 0.01 * rng.standard_normal(23), np.full(6, 20.0),
+               np.full(4, 1100.0))
+    b.load_state(a.state_dict())
+    for _ in range(50):
+        v = 3.79 + 0.01 * rng.standard_normal(23)
+        oa = a.step(0.1, -3.0, v, np.full(6, 20.0), np.full(4, 1100.0))
+        sa = (oa.soc.copy(), oa.soc_sigma.copy(), oa.leak_a.copy(), oa.charge_limit_a.copy())
+        ob = b.step(0.1, -3.0, v, np.full(6, 20.0), np.full(4, 1100.0))
+        assert np.array_equal(sa[0], ob.soc) and np.array_equal(sa[1], ob.soc_sigma)
+        assert np.array_equal(sa[2], ob.leak_a) and np.array_equal(sa[3], ob.charge_limit_a)
+    bad = a.state_dict()
+    bad["soc"] = np.zeros(22)
+    with pytest.raises(ValueError, match="soc has shape"):
+        b.load_state(bad)
