@@ -66,14 +66,14 @@ class CoreParams:
     soc_step: float
     temp_min_c: float
     temp_step_c: float
-    grid: np.ndarray          # (n_temp, n_soc, 4)
+    grid: np.ndarray          # (n_temp, n_soc, TABLE_STRIDE): GRID_COLUMNS
     temp_idx0: np.ndarray     # int32 (n_cells,)
     temp_idx1: np.ndarray
     temp_w: np.ndarray
     capacity_as: float
     coulombic_eff: float
-    r2_over_r1: float
-    tau2_over_tau1: float
+    n_rc: int
+    hyst_rate: float
     contact_r_ref_ohm: float
     contact_p_ref_kpa: float
     q_soc_per_s: float
@@ -138,21 +138,53 @@ def _uniform_divisions(points: np.ndarray, max_div: int = 2000) -> int:
     return den
 
 
+#: The columns of the core's parameter grid (csrc/ssb_core.h SSB_TABLE_STRIDE), in order.
+GRID_COLUMNS = ("ocv_v", "r0_discharge_ohm", "r0_charge_ohm", "r1_ohm", "tau1_s", "r2_ohm",
+                "tau2_s", "hysteresis_v")
+
+
+def _breakpoints(pack: PackConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every SOC and temperature breakpoint of the OCV and of the model's tables."""
+    cell, ecm = pack.cell, pack.cell.ecm
+    tables = [ecm.r0_ohm, ecm.r0_charge_ohm]
+    for b in ecm.rc:
+        tables += [t for t in (b.r_ohm, b.tau_s, b.c_f) if t is not None]
+    if ecm.hysteresis_max_v is not None:
+        tables.append(ecm.hysteresis_max_v)
+    socs = [cell.soc_grid] + [t.soc for t in tables if len(t.soc) > 1]
+    temps = [cell.temperature_grid_c] + [t.temperature_c for t in tables
+                                         if len(t.temperature_c) > 1]
+    return np.unique(np.concatenate(socs)), np.unique(np.concatenate(temps))
+
+
 def resample_table(pack: PackConfig) -> tuple[np.ndarray, float, float, float]:
-    """The pack's OCV/R0/R1/tau1 tables on a uniform SOC x temperature grid:
-    (grid (n_temp, n_soc, 4), soc_step, temp_min_c, temp_step_c)."""
-    cell = pack.cell
-    sg, tg = cell.soc_grid, cell.temperature_grid_c
-    n_s = _uniform_divisions(sg)
+    """The cell model (OCV and every table of ``cell.ecm``) on one uniform SOC x temperature
+    grid that holds every breakpoint (so bilinear look-up reproduces the piecewise-linear
+    tables exactly): (grid (n_temp, n_soc, TABLE_STRIDE) of GRID_COLUMNS, soc_step,
+    temp_min_c, temp_step_c). Temperatures span the union of the tables' breakpoints; beyond
+    it the core clamps. Arrhenius tables are evaluated at every grid temperature. A 1-branch
+    model has R2 = 0 (and tau2 = tau1, unused)."""
+    cell, ecm = pack.cell, pack.cell.ecm
+    sg, tg = _breakpoints(pack)
+    n_s = _uniform_divisions(np.concatenate(([0.0], sg, [1.0])))
     n_t = _uniform_divisions(tg)
     soc_u = np.linspace(0.0, 1.0, n_s + 1)
     t_u = np.linspace(tg[0], tg[-1], n_t + 1)
-    quantities = (cell.ocv_v, cell.r0_ohm, cell.r1_ohm, cell.r1_ohm * cell.c1_f)
-    grid = np.empty((n_t + 1, n_s + 1, TABLE_STRIDE))
-    for q, table in enumerate(quantities):
-        rows = np.array([np.interp(soc_u, sg, table[j]) for j in range(len(tg))])
-        for s in range(n_s + 1):
-            grid[:, s, q] = np.interp(t_u, tg, rows[:, s])
+    ocv_rows = np.array([np.interp(soc_u, cell.soc_grid, row) for row in cell.ocv_v])
+    ocv = np.empty((n_t + 1, n_s + 1))
+    for k in range(n_s + 1):
+        ocv[:, k] = np.interp(t_u, cell.temperature_grid_c, ocv_rows[:, k])
+    tau1 = ecm.rc[0].tau_at(soc_u, t_u)
+    if ecm.rc_branches == 2:
+        r2, tau2 = ecm.rc[1].r_ohm.at(soc_u, t_u), ecm.rc[1].tau_at(soc_u, t_u)
+    else:
+        r2, tau2 = np.zeros_like(tau1), tau1
+    hyst = (ecm.hysteresis_max_v.at(soc_u, t_u) if ecm.hysteresis_max_v is not None
+            else np.zeros_like(tau1))
+    columns = (ocv, ecm.r0_ohm.at(soc_u, t_u), ecm.r0_charge_ohm.at(soc_u, t_u),
+               ecm.rc[0].r_ohm.at(soc_u, t_u), tau1, r2, tau2, hyst)
+    grid = np.stack(columns, axis=-1)
+    assert grid.shape[-1] == TABLE_STRIDE == len(GRID_COLUMNS)
     return grid, 1.0 / n_s, float(tg[0]), float((tg[-1] - tg[0]) / n_t)
 
 
@@ -200,13 +232,15 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
     if len(pl.horizons_s) > MAX_HORIZONS:
         raise ValueError(f"at most {MAX_HORIZONS} power-limit horizons, got {pl.horizons_s}")
     fusion = est.pressure_fusion if tn.pressure_fusion is None else tn.pressure_fusion
+    # Without load cells or without the swelling description the pressure says nothing of SOC.
+    fusion = bool(fusion) and m > 0 and cell.solid_state
     return CoreParams(
         n_cells=n, n_sensors=len(positions), n_load_cells=m, n_horizons=len(pl.horizons_s),
         n_soc=grid.shape[1], n_temp=grid.shape[0], soc_step=soc_step, temp_min_c=t_min,
         temp_step_c=t_step, grid=np.ascontiguousarray(grid), temp_idx0=idx0, temp_idx1=idx1,
         temp_w=w,
         capacity_as=cell.capacity_ah * 3600.0, coulombic_eff=cell.coulombic_efficiency,
-        r2_over_r1=tn.r2_over_r1, tau2_over_tau1=tn.tau2_over_tau1,
+        n_rc=cell.ecm.rc_branches, hyst_rate=cell.ecm.hysteresis_rate,
         contact_r_ref_ohm=cell.contact_resistance_ref_ohm,
         contact_p_ref_kpa=cell.contact_pressure_ref_kpa,
         # pack: soc_process_noise_per_s is a variance rate (1/s); rc_process_noise_v_per_s a
@@ -253,6 +287,7 @@ class CoreOutput:
 
     soc: np.ndarray
     soc_sigma: np.ndarray
+    voltage_pred_v: np.ndarray     # the model's voltage before the update (residual = v - it)
     leak_a: np.ndarray
     leak_sigma_a: np.ndarray
     leak_flag: np.ndarray
@@ -284,10 +319,10 @@ def _lib():
 
 # Fields of the C structs, filled by name from CoreParams / the Core's own arrays.
 _INT_PARAMS = ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n_temp",
-               "pressure_fusion")
+               "pressure_fusion", "n_rc")
 _FLOAT_PARAMS = (
-    "soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff", "r2_over_r1",
-    "tau2_over_tau1", "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_rc_v2_per_s",
+    "soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff", "hyst_rate",
+    "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_rc_v2_per_s",
     "r_voltage_v2", "voltage_corr_s", "current_noise_a", "gate_sigma", "leak_q_soc_per_s",
     "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
@@ -297,13 +332,13 @@ _FLOAT_PARAMS = (
     "v_min",
     "t_charge_min_c", "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a")
-_STATE_ARRAYS = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
+_STATE_ARRAYS = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
                  "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d", "leak_p", "v_prev",
                  "work")
 _STATE_SCALARS = ("i_prev", "window_as", "p_prev", "rate_f", "cusum_pos", "cusum_neg",
                   "have_prev", "have_pressure")
-_OUTPUT_ARRAYS = ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "charge_limit_a",
-                  "discharge_limit_a")
+_OUTPUT_ARRAYS = ("soc_sigma", "voltage_pred_v", "leak_sigma_a", "r0_ohm", "capacity_ah",
+                  "charge_limit_a", "discharge_limit_a")
 
 
 class Core:
@@ -357,6 +392,7 @@ class Core:
         self.soc = np.zeros(n)
         self.v1 = np.zeros(n)
         self.v2 = np.zeros(n)
+        self.hyst = np.zeros(n)
         self.p = np.zeros((6, n))
         self.cell_temp_c = np.zeros(n)
         self.r0_scale = np.zeros(n)
@@ -395,6 +431,7 @@ class Core:
         """The output arrays (per cell, per horizon, the stack slots) and the ssb_output_t."""
         n, n_h = self.n_cells, self.params.n_horizons
         self.soc_sigma = np.zeros(n)
+        self.voltage_pred_v = np.full(n, np.nan)
         self.leak_sigma_a = np.zeros(n)
         self.r0_ohm = np.zeros(n)
         self.capacity_ah = np.zeros(n)
@@ -442,6 +479,7 @@ class Core:
         if rc != 0:
             raise CoreError(rc, "ssb_state_init")
         self.soc_sigma[:] = np.sqrt(self.p[0])
+        self.voltage_pred_v.fill(np.nan)
         self.stack_out.fill(np.nan)
 
     def state_dict(self) -> dict[str, np.ndarray | float | int]:
@@ -547,7 +585,8 @@ class Core:
         so = self.stack_out.tolist()  # one conversion instead of a numpy scalar per field
         stack_status = so[OUT_STACK_STATUS]
         return CoreOutput(
-            self.soc, self.soc_sigma, self.leak_a, self.leak_sigma_a, self.leak_flag,
+            self.soc, self.soc_sigma, self.voltage_pred_v, self.leak_a, self.leak_sigma_a,
+            self.leak_flag,
             self.capacity_ah, self.r0_ohm, self.cell_temp_c, self.status, self.gated_count,
             so[OUT_MEAN_SOC], so[OUT_MEAN_SOC_SIGMA], so[OUT_EXPECTED], so[OUT_MEAN],
             so[OUT_RESIDUAL], so[OUT_RATE], so[OUT_CUSUM], so[OUT_IMBALANCE],

@@ -16,6 +16,7 @@ from bms.core import (
     CELL_NO_CURRENT,
     CELL_OK,
     CELL_REJECTED_NAN,
+    GRID_COLUMNS,
     OUT_CUSUM,
     OUT_EXPECTED,
     OUT_IMBALANCE,
@@ -47,9 +48,10 @@ class ReferenceCore:
 
     # ------------------------------------------------------------------ model pieces
 
-    def lookup(self, soc: np.ndarray, temp_c: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Bilinear look-up: (ocv, docv/dsoc, r0, r1, tau1). OCV extrapolates the end SOC
-        segment linearly, the others hold their end values; temperature is clamped."""
+    def lookup(self, soc: np.ndarray, temp_c: np.ndarray) -> dict[str, np.ndarray]:
+        """Bilinear look-up of every grid column (bms.core.GRID_COLUMNS) and docv/dsoc. OCV
+        extrapolates the end SOC segment linearly, the others hold their end values;
+        temperature is clamped."""
         p = self.prm
         fs = np.clip(soc / p.soc_step, -1.0, float(p.n_soc))
         i_s = np.clip(np.floor(fs), 0, p.n_soc - 2).astype(int)
@@ -62,10 +64,11 @@ class ReferenceCore:
         c, d = p.grid[i_t + 1, i_s], p.grid[i_t + 1, i_s + 1]
         lo = a + g * (c - a)
         hi = b + g * (d - b)
-        ocv = lo[:, 0] + f * (hi[:, 0] - lo[:, 0])
-        docv = (hi[:, 0] - lo[:, 0]) / p.soc_step
-        r0, r1, tau1 = (lo[:, q] + fc * (hi[:, q] - lo[:, q]) for q in (1, 2, 3))
-        return ocv, docv, r0, r1, tau1
+        out = {name: lo[:, q] + fc * (hi[:, q] - lo[:, q])
+               for q, name in enumerate(GRID_COLUMNS) if q > 0}
+        out["ocv_v"] = lo[:, 0] + f * (hi[:, 0] - lo[:, 0])
+        out["docv"] = (hi[:, 0] - lo[:, 0]) / p.soc_step
+        return out
 
     def cell_temperatures(self, t_c: np.ndarray) -> int:
         p = self.prm
@@ -100,15 +103,18 @@ class ReferenceCore:
         return len(v), float(v.mean()), float(v.min()), float(v.max())
 
     def contact_resistance(self, cnt: int, mean_kpa: float) -> float:
+        """r_ref (p_ref / p)^0.5 at this tick's pressure, else the last measured, else p_ref."""
         p = self.prm
-        press = max(mean_kpa, 10.0) if cnt > 0 else p.contact_p_ref_kpa
+        last = self.p_prev if math.isfinite(self.p_prev) else p.contact_p_ref_kpa
+        press = max(mean_kpa if cnt > 0 else last, 10.0)
         return p.contact_r_ref_ohm * math.sqrt(p.contact_p_ref_kpa / press)
 
     # ------------------------------------------------------------------ init
 
     def reset(self, soc0: np.ndarray | None = None, v_rest: np.ndarray | None = None,
-              t_rest_c: np.ndarray | None = None) -> None:
+              t_rest_c: np.ndarray | None = None, soc_sigma0: float | None = None) -> None:
         p, n = self.prm, self.prm.n_cells
+        sigma0 = p.soc_sigma0 if soc_sigma0 is None else soc_sigma0
         soc = np.full(n, np.nan) if soc0 is None else np.broadcast_to(
             np.asarray(soc0, dtype=float), (n,)).copy()
         t_init = np.full(n, T_INIT_C) if t_rest_c is None else np.where(
@@ -119,7 +125,7 @@ class ReferenceCore:
                 lo, hi = 0.0, 1.0
                 for _ in range(60):  # bisection on the OCV at 25 C
                     mid = 0.5 * (lo + hi)
-                    ocv = self.lookup(np.array([mid]), np.array([t_init[i]]))[0][0]
+                    ocv = self.lookup(np.array([mid]), np.array([t_init[i]]))["ocv_v"][0]
                     lo, hi = (mid, hi) if ocv < v else (lo, mid)
                 soc[i] = 0.5 * (lo + hi)
             else:
@@ -127,10 +133,11 @@ class ReferenceCore:
         self.soc = soc
         self.v1 = np.zeros(n)
         self.v2 = np.zeros(n)
+        self.hyst = np.zeros(n)  # unknown at start: between the branches
         self.p = np.zeros((6, n))  # 00, 01, 02, 11, 12, 22
-        self.p[0] = p.soc_sigma0 ** 2
+        self.p[0] = sigma0 ** 2
         self.p[3] = p.v_rc_sigma0 ** 2
-        self.p[5] = p.v_rc_sigma0 ** 2
+        self.p[5] = p.v_rc_sigma0 ** 2 if p.n_rc == 2 else 0.0
         self.cell_temp_c = np.asarray(t_init, dtype=float).copy()
         self.r0_scale = np.ones(n)
         self.r0_p = np.full(n, p.soh_r0_p_max)
@@ -156,6 +163,7 @@ class ReferenceCore:
         self.have_pressure = False
         # outputs
         self.soc_sigma = np.sqrt(self.p[0])
+        self.voltage_pred_v = np.full(n, np.nan)
         self.status = np.zeros(n, dtype=np.int32)
         self.leak_sigma_a = np.sqrt(self.leak_p[3])
         self.leak_flag = np.zeros(n, dtype=np.int32)
@@ -175,16 +183,26 @@ class ReferenceCore:
         if not math.isfinite(current_a):
             self.status[:] = CELL_NO_CURRENT
             self.soc_sigma = np.sqrt(self.p[0])
+            self.voltage_pred_v = np.full(p.n_cells, np.nan)
             return ST_CURRENT_INVALID
         eta = p.coulombic_eff if current_a > 0.0 else 1.0
         soc_pred = self.soc + eta * current_a * dt_s / p.capacity_as
-        ocv, docv, r0, r1, tau1 = self.lookup(soc_pred, self.cell_temp_c)
-        self._w = dict(ocv=ocv, docv=docv, r0=r0, r1=r1, tau1=tau1, soc_pred=soc_pred)
+        w = self.lookup(soc_pred, self.cell_temp_c)
+        # R0 of this current's direction (charge: current > 0)
+        w["r0"] = w["r0_charge_ohm"] if current_a > 0.0 else w["r0_discharge_ohm"]
+        w["soc_pred"] = soc_pred
+        self._w = w
+        docv = w["docv"]
+        use2 = 1.0 if p.n_rc == 2 else 0.0  # one branch: V2 stays exactly 0
         # predict: exact discretisation of dV/dt = -V / tau + I / C for both RC branches
-        a1 = np.exp(-dt_s / tau1)
-        a2 = np.exp(-dt_s / (tau1 * p.tau2_over_tau1))
-        v1 = a1 * self.v1 + r1 * (1.0 - a1) * current_a
-        v2 = a2 * self.v2 + p.r2_over_r1 * r1 * (1.0 - a2) * current_a
+        a1 = np.exp(-dt_s / w["tau1_s"])
+        a2 = np.exp(-dt_s / w["tau2_s"])
+        v1 = a1 * self.v1 + w["r1_ohm"] * (1.0 - a1) * current_a
+        v2 = a2 * self.v2 + use2 * w["r2_ohm"] * (1.0 - a2) * current_a
+        # one-state hysteresis (Plett 2004): h moves towards sgn(I) with the SOC throughput
+        dsoc = eta * current_a * dt_s / p.capacity_as
+        a_h = math.exp(-p.hyst_rate * abs(dsoc))
+        self.hyst = a_h * self.hyst + (1.0 - a_h) * float(np.sign(current_a))
         q_i = p.current_noise_a * eta * dt_s / p.capacity_as
         q_soc = p.q_soc_per_s * dt_s + q_i * q_i
         q_rc = p.q_rc_v2_per_s * dt_s
@@ -193,10 +211,11 @@ class ReferenceCore:
         c02 = self.p[2] * a2
         c11 = self.p[3] * a1 * a1 + q_rc
         c12 = self.p[4] * a1 * a2
-        c22 = self.p[5] * a2 * a2 + q_rc
-        # measurement: v = OCV(SOC, T) + V1 + V2 + R0 I, H = [dOCV/dSOC, 1, 1]
-        r0e = self.r0_scale * (r0 + r_contact)
-        h = ocv + v1 + v2 + r0e * current_a
+        c22 = self.p[5] * a2 * a2 + q_rc * use2
+        # measurement: v = OCV(SOC, T) + M h + V1 + V2 + R0 I, H = [dOCV/dSOC, 1, 1]
+        r0e = self.r0_scale * (w["r0"] + r_contact)
+        h = w["ocv_v"] + w["hysteresis_v"] * self.hyst + v1 + v2 + r0e * current_a
+        self.voltage_pred_v = h
         z = np.asarray(v_meas, dtype=float)
         fin = np.isfinite(z)
         nu = np.where(fin, z - h, 0.0)
@@ -364,16 +383,20 @@ class ReferenceCore:
         [v_min, v_max] (RC transients and the OCV slope over the horizon), inside SOC [0, 1],
         derated linearly inside t_derate_band_c of the temperature window."""
         p, w = self.prm, self._w
+        use2 = 1.0 if p.n_rc == 2 else 0.0
         for hz, h in enumerate(p.horizons_s):
-            e1 = np.exp(-h / w["tau1"])
-            e2 = np.exp(-h / (w["tau1"] * p.tau2_over_tau1))
+            e1 = np.exp(-h / w["tau1_s"])
+            e2 = np.exp(-h / w["tau2_s"])
             d = w["docv"]
-            ocv = w["ocv"] + d * (self.soc - w["soc_pred"])
+            # posterior OCV (linearised from the predicted SOC), hysteresis held over h
+            ocv = w["ocv_v"] + d * (self.soc - w["soc_pred"]) + w["hysteresis_v"] * self.hyst
             v0 = ocv + self.v1 * e1 + self.v2 * e2
-            reff = self.r0_scale * (w["r0"] + r_contact) + w["r1"] * (1.0 - e1) + \
-                p.r2_over_r1 * w["r1"] * (1.0 - e2) + d * h / p.capacity_as
-            ic = np.minimum((p.v_max - v0) / reff, (1.0 - self.soc) * p.capacity_as / h)
-            idis = np.minimum((v0 - p.v_min) / reff, self.soc * p.capacity_as / h)
+            rc = w["r1_ohm"] * (1.0 - e1) + use2 * w["r2_ohm"] * (1.0 - e2) + \
+                d * h / p.capacity_as
+            reff_c = self.r0_scale * (w["r0_charge_ohm"] + r_contact) + rc
+            reff_d = self.r0_scale * (w["r0_discharge_ohm"] + r_contact) + rc
+            ic = np.minimum((p.v_max - v0) / reff_c, (1.0 - self.soc) * p.capacity_as / h)
+            idis = np.minimum((v0 - p.v_min) / reff_d, self.soc * p.capacity_as / h)
             t = self.cell_temp_c
             band = p.t_derate_band_c
             fc = np.clip((t - p.t_charge_min_c) / band, 0, 1) * np.clip(
@@ -405,6 +428,7 @@ class ReferenceCore:
         else:
             self.capacity_ah = self.cap_ratio * (p.capacity_as / 3600.0)
             self.r0_ohm = np.full(p.n_cells, np.nan)
+            self.voltage_pred_v = np.full(p.n_cells, np.nan)
             self.leak_sigma_a = np.sqrt(self.leak_p[3])
             self.leak_flag = np.zeros(p.n_cells, dtype=np.int32)
             self.charge_limit_a[:] = 0.0

@@ -54,8 +54,6 @@ class Tuning:
     pressure with ``pressure_corr_s``.
     """
 
-    r2_over_r1: float = 0.5            # assumption: slow diffusion branch ~ half of R1
-    tau2_over_tau1: float = 15.0       # assumption: tau2 ~ 450 s for tau1 ~ 30 s
     voltage_corr_s: float = 15.0
     v_rc_sigma0_v: float = 0.02
     leak_sigma0_a: float = 0.1

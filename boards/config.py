@@ -239,40 +239,141 @@ def _load_yaml(path: Path) -> Any:
 
 
 @dataclass(frozen=True)
+class ParamTable:
+    """One model quantity (a resistance, a time constant, a hysteresis voltage) over SOC and
+    temperature, on its own breakpoints: piecewise linear in each, held constant beyond the end
+    breakpoints. ``values`` has one row per temperature breakpoint and one column per SOC
+    breakpoint; a single breakpoint means no dependence on that variable. With
+    ``activation_energy_ev`` set the table has one row, valid at ``reference_temperature_c``,
+    and scales with exp(Ea / kB (1/T - 1/T_ref)) (Arrhenius)."""
+
+    soc: np.ndarray            # (n_s,) strictly increasing in [0, 1]
+    temperature_c: np.ndarray  # (n_t,) strictly increasing
+    values: np.ndarray         # (n_t, n_s)
+    activation_energy_ev: float | None = None
+    reference_temperature_c: float | None = None
+
+    def at(self, soc: np.ndarray, temperature_c: np.ndarray) -> np.ndarray:
+        """Values on the grid soc x temperature_c: shape (len(temperature_c), len(soc))."""
+        soc = np.atleast_1d(np.asarray(soc, dtype=float))
+        temps = np.atleast_1d(np.asarray(temperature_c, dtype=float))
+        rows = np.array([np.interp(soc, self.soc, row) for row in self.values])
+        if self.activation_energy_ev is not None:
+            return rows[0][None, :] * arrhenius(self.activation_energy_ev,
+                                                self.reference_temperature_c, temps)[:, None]
+        if len(self.temperature_c) == 1:
+            return np.broadcast_to(rows[0], (len(temps), len(soc))).copy()
+        out = np.empty((len(temps), len(soc)))
+        for k in range(len(soc)):
+            out[:, k] = np.interp(temps, self.temperature_c, rows[:, k])
+        return out
+
+
+def arrhenius(activation_energy_ev: float, reference_temperature_c: float,
+              temperature_c: float | np.ndarray) -> np.ndarray:
+    """Resistance multiplier exp(Ea / kB (1/T - 1/T_ref)) at temperature_c."""
+    t_k = np.asarray(temperature_c, dtype=float) + KELVIN_OFFSET
+    return np.exp(activation_energy_ev / BOLTZMANN_EV_PER_K
+                  * (1.0 / t_k - 1.0 / (reference_temperature_c + KELVIN_OFFSET)))
+
+
+@dataclass(frozen=True)
+class RcBranch:
+    """One RC branch of the equivalent circuit: R and its time constant tau = R C."""
+
+    r_ohm: ParamTable
+    tau_s: ParamTable | None         # given as a time constant ...
+    c_f: ParamTable | None = None    # ... or as a capacitance (then tau = R C, following R)
+
+    def tau_at(self, soc: np.ndarray, temperature_c: np.ndarray) -> np.ndarray:
+        if self.tau_s is not None:
+            return self.tau_s.at(soc, temperature_c)
+        assert self.c_f is not None
+        return self.r_ohm.at(soc, temperature_c) * self.c_f.at(soc, temperature_c)
+
+
+@dataclass(frozen=True)
+class CellEcm:
+    """The estimator's equivalent-circuit model: OCV (the cell's own tables) + R0 + one or two
+    RC branches, R0 optionally different on charge, optional one-state OCV hysteresis
+    (Plett, J. Power Sources 134 (2004) 262: h' = -gamma |eta I| / Q (h - sgn I),
+    OCV_eff = OCV + M h)."""
+
+    rc_branches: int
+    r0_ohm: ParamTable               # discharge (and charge, unless r0_charge_ohm)
+    r0_charge_ohm: ParamTable
+    rc: tuple[RcBranch, ...]
+    hysteresis_max_v: ParamTable | None = None
+    hysteresis_rate: float = 0.0
+
+
+#: The second RC branch the first cell format (``r0_ohm``/``r1_ohm``/``c1_f`` lists on the OCV
+#: grid, one activation energy) implied: R2 = 0.5 R1, tau2 = 15 tau1 (assumption of that format:
+#: a slow diffusion branch about half of R1, tau2 ~450 s for tau1 ~30 s). Packs in that format
+#: load as a 2-branch model built with these.
+V1_FORMAT_R2_OVER_R1 = 0.5
+V1_FORMAT_TAU2_OVER_TAU1 = 15.0
+#: Cell keys of the solid-state description (swelling): all or none. Without them the cell does
+#: not swell in the model, the pressure is not fused as a SOC measurement, and ``bms check``
+#: says the pressure features are off.
+SOLID_STATE_KEYS = ("unit_layers", "electrode_area_cm2", "areal_capacity_mah_cm2",
+                    "thickness_um", "lithium_um_per_mah_cm2", "cathode_um_per_layer_full")
+
+
+@dataclass(frozen=True)
 class CellModel:
-    """Nominal per-cell model: the estimator's model and the emulator's starting point."""
+    """Nominal per-cell model: the estimator's model and the emulator's starting point.
+
+    ``r0_ohm``, ``r1_ohm``, ``c1_f`` (on the OCV grid, R0 on discharge and the first branch)
+    and ``reference_temperature_c`` / ``activation_energy_ev`` are derived from ``ecm`` for the
+    emulator's plant and the plausibility checks; the estimator runs ``ecm`` itself."""
 
     capacity_ah: float
-    unit_layers: int
-    electrode_area_cm2: float
-    areal_capacity_mah_cm2: float
-    thickness_um: float
-    lithium_um_per_mah_cm2: float
-    cathode_um_per_layer_full: float
+    unit_layers: int | None
+    electrode_area_cm2: float | None
+    areal_capacity_mah_cm2: float | None
+    thickness_um: float | None
+    lithium_um_per_mah_cm2: float | None
+    cathode_um_per_layer_full: float | None
     soc_grid: np.ndarray            # (n_soc,)
     temperature_grid_c: np.ndarray  # (n_temp,)
     ocv_v: np.ndarray               # (n_temp, n_soc)
-    r0_ohm: np.ndarray              # (n_temp, n_soc), Arrhenius-expanded
-    r1_ohm: np.ndarray              # (n_temp, n_soc), Arrhenius-expanded
-    c1_f: np.ndarray                # (n_temp, n_soc); tau = r1 c1 scales with r1
+    r0_ohm: np.ndarray              # (n_temp, n_soc)
+    r1_ohm: np.ndarray              # (n_temp, n_soc)
+    c1_f: np.ndarray                # (n_temp, n_soc)
     reference_temperature_c: float
     activation_energy_ev: float
     contact_resistance_ref_ohm: float
     contact_pressure_ref_kpa: float
     heat_capacity_j_per_k: float
     coulombic_efficiency: float
+    ecm: CellEcm | None = None
+
+    @property
+    def solid_state(self) -> bool:
+        """True when the swelling description (SOLID_STATE_KEYS) is given."""
+        return self.unit_layers is not None
+
+    @property
+    def plating_area_cm2(self) -> float | None:
+        """Lithium plating area: electrode area x unit layers in parallel."""
+        if self.unit_layers is None or self.electrode_area_cm2 is None:
+            return None
+        return self.electrode_area_cm2 * self.unit_layers
 
     @property
     def swelling_um_full(self) -> float:
-        """Cell thickness change from 0 to 100 % SOC (lithium plating minus cathode shrink)."""
+        """Cell thickness change from 0 to 100 % SOC (lithium plating minus cathode shrink);
+        0 without the solid-state description."""
+        if not self.solid_state:
+            return 0.0
         lithium = self.lithium_um_per_mah_cm2 * self.areal_capacity_mah_cm2
         return self.unit_layers * (lithium + self.cathode_um_per_layer_full)
 
     def arrhenius_factor(self, temperature_c: float | np.ndarray) -> float | np.ndarray:
         """Resistance multiplier at temperature_c relative to reference_temperature_c."""
-        t_k = np.asarray(temperature_c) + KELVIN_OFFSET
-        t_ref = self.reference_temperature_c + KELVIN_OFFSET
-        return np.exp(self.activation_energy_ev / BOLTZMANN_EV_PER_K * (1.0 / t_k - 1.0 / t_ref))
+        return arrhenius(self.activation_energy_ev, self.reference_temperature_c,
+                         temperature_c)
 
 
 @dataclass(frozen=True)
@@ -350,6 +451,18 @@ class BalancingConfig:
 
 
 @dataclass(frozen=True)
+class ChargingConfig:
+    """Dendrite-safe charging: the critical current density (CCD) of the lithium-metal anode
+    over stack pressure and temperature. The charge current of a stack is kept below
+    ``margin`` x CCD x plating area (cell electrode_area_cm2 x unit_layers)."""
+
+    ccd_pressure_kpa: tuple[float, ...]
+    ccd_temperature_c: tuple[float, ...]
+    ccd_ma_cm2: np.ndarray  # (n_temperature, n_pressure)
+    margin: float
+
+
+@dataclass(frozen=True)
 class ControllerConfig:
     tick_s: float
     measurement_timeout_s: float
@@ -369,6 +482,7 @@ class PackConfig:
     contactors: ContactorConfig | None = None
     balancing: BalancingConfig | None = None
     controller: ControllerConfig | None = None
+    charging: ChargingConfig | None = None
 
     @property
     def n_cells(self) -> int:
@@ -398,6 +512,107 @@ PROTECTION_NAMES = tuple(name for name, _ in PROTECTIONS)
 PROTECTION_CHANNEL = dict(PROTECTIONS)
 
 
+def _read_table(r: _Reader, key: str, lo: float, hi: float, lo_open: bool = True,
+                default: Any = ...) -> ParamTable | None:
+    """A ParamTable: a number (constant), or {soc, temperature_c, values} with either
+    breakpoint list optional, or {soc, values, reference_temperature_c, activation_energy_ev}."""
+    raw = r.raw(key, default)
+    if raw is None and default is None:
+        return None
+    one = np.array([0.5])
+    if not isinstance(raw, dict):
+        value = r.number(key, lo, hi, lo_open=lo_open)
+        return ParamTable(one, np.array([25.0]), np.array([[value]]))
+    t = r.sub(key)
+    soc = np.array(t.numbers("soc", 0.0, 1.0, increasing=True)) if t.has("soc") else one
+    arrhenius_form = t.has("activation_energy_ev") or t.has("reference_temperature_c")
+    if arrhenius_form and t.has("temperature_c"):
+        raise t.error("temperature_c", t.raw("temperature_c"),
+                      "either temperature_c (a table per temperature) or "
+                      "activation_energy_ev with reference_temperature_c, not both")
+    if arrhenius_form:
+        ea = t.number("activation_energy_ev", 0.0, 2.0)
+        ref = t.number("reference_temperature_c", -40.0, 80.0)
+        temps = np.array([ref])
+    else:
+        ea = ref = None
+        temps = (np.array(t.numbers("temperature_c", -60.0, 120.0, increasing=True))
+                 if t.has("temperature_c") else np.array([25.0]))
+    if not t.has("soc") and not t.has("temperature_c"):
+        if arrhenius_form:
+            values = np.array([[t.number("values", lo, hi, lo_open=lo_open)]])
+        else:
+            raise t.error("soc", "<missing>", "soc and/or temperature_c breakpoints "
+                          "(or a plain number for a constant)")
+    elif len(temps) > 1 and t.has("soc"):
+        values = t.table("values", len(temps), len(soc), lo, hi, lo_open=lo_open)
+    else:
+        n = len(soc) if t.has("soc") else len(temps)
+        flat = np.array(t.numbers("values", lo, hi, length=n, lo_open=lo_open))
+        values = flat[None, :] if t.has("soc") else flat[:, None]
+    return ParamTable(soc, temps, values, ea, ref)
+
+
+def _read_ecm(r: _Reader) -> CellEcm:
+    m = r.sub("model")
+    n_rc = m.integer("rc_branches", 1, 2)
+    r0 = _read_table(m, "r0_ohm", 0.0, 10.0)
+    r0_charge = _read_table(m, "r0_charge_ohm", 0.0, 10.0, default=None) or r0
+    raw_rc = m.raw("rc")
+    if not isinstance(raw_rc, list) or len(raw_rc) != n_rc:
+        raise m.error("rc", raw_rc, f"a list of exactly rc_branches = {n_rc} branches, each "
+                      "{r_ohm: TABLE, tau_s: TABLE} or {r_ohm: TABLE, c_f: TABLE}")
+    branches = []
+    for i in range(n_rc):
+        b = m.item("rc", i)
+        r_ohm = _read_table(b, "r_ohm", 0.0, 10.0)
+        if b.has("tau_s") == b.has("c_f"):
+            raise b.error("tau_s", "<both or neither>", "exactly one of tau_s and c_f")
+        tau = _read_table(b, "tau_s", 0.0, 1e6, default=None)
+        c_f = _read_table(b, "c_f", 0.0, 1e9, default=None)
+        branches.append(RcBranch(r_ohm, tau, c_f))
+    hyst_max = None
+    rate = 0.0
+    if m.has("hysteresis"):
+        h = m.sub("hysteresis")
+        hyst_max = _read_table(h, "max_v", 0.0, 1.0, lo_open=False)
+        rate = h.number("rate", 0.0, 1e6, lo_open=True)
+    return CellEcm(n_rc, r0, r0_charge, tuple(branches), hyst_max, rate)
+
+
+def _v1_ecm(soc: np.ndarray, r0: np.ndarray, r1: np.ndarray, c1: np.ndarray,
+            ref_c: float, ea: float) -> CellEcm:
+    """The first cell format as a model: Arrhenius R0 and R1 on the OCV grid, C1 without
+    temperature dependence (tau = R1 C1 follows R1), the implied second branch."""
+    def arr(values: np.ndarray) -> ParamTable:
+        return ParamTable(soc, np.array([ref_c]), values[None, :], ea, ref_c)
+
+    def const_t(values: np.ndarray) -> ParamTable:
+        return ParamTable(soc, np.array([25.0]), values[None, :])
+
+    r0_t = arr(r0)
+    return CellEcm(2, r0_t, r0_t, (
+        RcBranch(arr(r1), None, const_t(c1)),
+        RcBranch(arr(r1 * V1_FORMAT_R2_OVER_R1), None,
+                 const_t(c1 * (V1_FORMAT_TAU2_OVER_TAU1 / V1_FORMAT_R2_OVER_R1))),
+    ))
+
+
+def _effective_arrhenius(ecm: CellEcm, temps: np.ndarray) -> tuple[float, float]:
+    """(reference_temperature_c, activation_energy_ev) of R0 at mid SOC: exact for an Arrhenius
+    table; a least-squares fit of ln R0 over 1/kT for a per-temperature table (the emulator's
+    plant takes one activation energy)."""
+    table = ecm.r0_ohm
+    if table.activation_energy_ev is not None:
+        return float(table.reference_temperature_c), float(table.activation_energy_ev)
+    if len(table.temperature_c) < 2:
+        return 25.0, 0.0
+    tk = table.temperature_c + KELVIN_OFFSET
+    r_mid = table.at(np.array([0.5]), table.temperature_c)[:, 0]
+    slope = np.polyfit(1.0 / (BOLTZMANN_EV_PER_K * tk), np.log(r_mid), 1)[0]
+    return 25.0, float(min(max(slope, 0.0), 2.0))
+
+
 def _read_cell(r: _Reader) -> CellModel:
     soc = np.array(r.numbers("soc_grid", 0.0, 1.0, min_length=2, increasing=True))
     if soc[0] != 0.0 or soc[-1] != 1.0:
@@ -407,43 +622,71 @@ def _read_cell(r: _Reader) -> CellModel:
     ocv = r.table("ocv_v", n_t, n_s, 0.5, 6.0)
     if np.any(np.diff(ocv, axis=1) <= 0):
         raise r.error("ocv_v", "non-increasing row", "OCV strictly increasing with SOC per row")
-    ref_c = r.number("reference_temperature_c", -40.0, 80.0)
-    ea = r.number("activation_energy_ev", 0.0, 2.0)
-    r0 = np.array(r.numbers("r0_ohm", 0.0, 10.0, length=n_s, lo_open=True))
-    r1 = np.array(r.numbers("r1_ohm", 0.0, 10.0, length=n_s, lo_open=True))
-    c1 = np.array(r.numbers("c1_f", 0.0, 1e7, length=n_s, lo_open=True))
-    factor = np.exp(
-        ea / BOLTZMANN_EV_PER_K * (1.0 / (temps + KELVIN_OFFSET) - 1.0 / (ref_c + KELVIN_OFFSET))
-    )[:, None]
+    v1_keys = ("r0_ohm", "r1_ohm", "c1_f", "reference_temperature_c", "activation_energy_ev")
+    if r.has("model"):
+        given = [k for k in v1_keys if r.has(k)]
+        if given:
+            raise r.error(given[0], r.raw(given[0]),
+                          "nothing: the model is in cell.model (remove the first-format key "
+                          f"{given[0]}, or remove cell.model)")
+        circuit = [k for k in r.data if isinstance(k, str) and k not in SOLID_STATE_KEYS
+                   and (k.endswith("_ohm") or k.endswith("_f") or k.startswith("tau"))
+                   and not k.startswith("contact_")]
+        if circuit:
+            raise ConfigError(r.file, r._key(circuit[0]), "<unknown key>", "cell.model",
+                              "unknown key; the equivalent circuit is in cell.model "
+                              "(r0_ohm, r0_charge_ohm, rc: [{r_ohm, tau_s or c_f}], "
+                              "hysteresis)")
+        ecm = _read_ecm(r)
+    else:
+        ref_c = r.number("reference_temperature_c", -40.0, 80.0)
+        ea = r.number("activation_energy_ev", 0.0, 2.0)
+        r0 = np.array(r.numbers("r0_ohm", 0.0, 10.0, length=n_s, lo_open=True))
+        r1 = np.array(r.numbers("r1_ohm", 0.0, 10.0, length=n_s, lo_open=True))
+        c1 = np.array(r.numbers("c1_f", 0.0, 1e7, length=n_s, lo_open=True))
+        ecm = _v1_ecm(soc, r0, r1, c1, ref_c, ea)
+    ref_c, ea = _effective_arrhenius(ecm, temps)
+    first = ecm.rc[0]
+    r1_grid = first.r_ohm.at(soc, temps)
+    present = [k for k in SOLID_STATE_KEYS if r.has(k)]
+    if present and len(present) != len(SOLID_STATE_KEYS):
+        missing = [k for k in SOLID_STATE_KEYS if not r.has(k)]
+        raise r.error(missing[0], "<missing>", "all of " + ", ".join(SOLID_STATE_KEYS)
+                      + " (the solid-state description) or none of them")
+    solid = bool(present)
     return CellModel(
         capacity_ah=r.number("capacity_ah", 0.0, 10000.0, lo_open=True),
-        unit_layers=r.integer("unit_layers", 1, 1000),
-        electrode_area_cm2=r.number("electrode_area_cm2", 0.0, 1e5, lo_open=True),
-        areal_capacity_mah_cm2=r.number("areal_capacity_mah_cm2", 0.0, 50.0, lo_open=True),
-        thickness_um=r.number("thickness_um", 0.0, 1e5, lo_open=True),
-        lithium_um_per_mah_cm2=r.number("lithium_um_per_mah_cm2", 0.0, 20.0),
-        cathode_um_per_layer_full=r.number("cathode_um_per_layer_full", -100.0, 100.0),
+        unit_layers=r.integer("unit_layers", 1, 1000) if solid else None,
+        electrode_area_cm2=r.number("electrode_area_cm2", 0.0, 1e5, lo_open=True)
+        if solid else None,
+        areal_capacity_mah_cm2=r.number("areal_capacity_mah_cm2", 0.0, 50.0, lo_open=True)
+        if solid else None,
+        thickness_um=r.number("thickness_um", 0.0, 1e5, lo_open=True) if solid else None,
+        lithium_um_per_mah_cm2=r.number("lithium_um_per_mah_cm2", 0.0, 20.0) if solid else None,
+        cathode_um_per_layer_full=r.number("cathode_um_per_layer_full", -100.0, 100.0)
+        if solid else None,
         soc_grid=soc,
         temperature_grid_c=temps,
         ocv_v=ocv,
-        r0_ohm=r0[None, :] * factor,
-        r1_ohm=r1[None, :] * factor,
-        # The RC time constant follows the interface kinetics, so C1 is kept per SOC and the
-        # time constant tau = R1 C1 grows with the same Arrhenius factor as R1.
-        c1_f=np.broadcast_to(c1[None, :], (n_t, n_s)).copy(),
+        r0_ohm=ecm.r0_ohm.at(soc, temps),
+        r1_ohm=r1_grid,
+        c1_f=first.tau_at(soc, temps) / r1_grid,
         reference_temperature_c=ref_c,
         activation_energy_ev=ea,
-        contact_resistance_ref_ohm=r.number("contact_resistance_ref_ohm", 0.0, 10.0),
-        contact_pressure_ref_kpa=r.number("contact_pressure_ref_kpa", 0.0, 1e6, lo_open=True),
+        contact_resistance_ref_ohm=r.number("contact_resistance_ref_ohm", 0.0, 10.0, default=0.0),
+        contact_pressure_ref_kpa=r.number("contact_pressure_ref_kpa", 0.0, 1e6, lo_open=True,
+                                          default=1000.0),
         heat_capacity_j_per_k=r.number("heat_capacity_j_per_k", 0.0, 1e7, lo_open=True),
         coulombic_efficiency=r.number("coulombic_efficiency", 0.5, 1.0),
+        ecm=ecm,
     )
 
 
 def _read_fixture(r: _Reader) -> FixtureConfig:
     xy_raw = r.raw("load_cells_xy_mm")
-    if not isinstance(xy_raw, list) or not 1 <= len(xy_raw) <= 16:
-        raise r.error("load_cells_xy_mm", xy_raw, "a list of 1 to 16 [x, y] pairs")
+    if not isinstance(xy_raw, list) or not 0 <= len(xy_raw) <= 16:
+        raise r.error("load_cells_xy_mm", xy_raw,
+                      "a list of 0 to 16 [x, y] pairs ([]: no load cells, pressure features off)")
     xy = []
     for i, pair in enumerate(xy_raw):
         sub = _Reader(r.file, {f"load_cells_xy_mm[{i}]": pair}, r.path)
@@ -482,6 +725,20 @@ def _read_stacks(r: _Reader) -> tuple[StackConfig, ...]:
     return tuple(stacks)
 
 
+def _read_charging(r: _Reader) -> ChargingConfig | None:
+    if not r.has("charging"):
+        return None
+    c = r.sub("charging")
+    pressures = c.numbers("ccd_pressure_kpa", 0.0, 1e6, increasing=True)
+    temps = c.numbers("ccd_temperature_c", -60.0, 120.0, increasing=True)
+    return ChargingConfig(
+        ccd_pressure_kpa=pressures,
+        ccd_temperature_c=temps,
+        ccd_ma_cm2=c.table("ccd_ma_cm2", len(temps), len(pressures), 0.0, 1e3),
+        margin=c.number("margin", 0.0, 1.0, lo_open=True),
+    )
+
+
 def _read_protection(r: _Reader, name: str) -> ProtectionLimit:
     p = r.sub(name)
     direction = p.string("direction", choices=("above", "below"))
@@ -503,11 +760,22 @@ def _read_protection(r: _Reader, name: str) -> ProtectionLimit:
     )
 
 
-def _deep_merge(base: Any, override: Any) -> Any:
-    if isinstance(base, dict) and isinstance(override, dict):
+#: Sections a pack file replaces whole instead of merging into its base's: a cell model is
+#: one fit (a fitted 1-branch model must not inherit the base's second branch or tables).
+_REPLACED_WHOLE = {("cell", "model")}
+
+
+def _deep_merge(base: Any, override: Any, path: tuple[str, ...] = ()) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict) and path not in _REPLACED_WHOLE:
         out = dict(base)
         for key, value in override.items():
-            out[key] = _deep_merge(base.get(key), value)
+            out[key] = _deep_merge(base.get(key), value, path + (key,))
+        if path == ("cell",) and "model" in override:
+            # the first cell format's model keys of the base give way to the new model
+            for key in ("r0_ohm", "r1_ohm", "c1_f", "reference_temperature_c",
+                        "activation_energy_ev"):
+                if key not in override:
+                    out.pop(key, None)
         return out
     return override
 
@@ -534,7 +802,8 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
     """Load and validate a pack file: a path, or the name of a built-in pack (``ssb-23``).
 
     A pack file may start from another with ``base: NAME``; its own keys override the base's
-    (mappings merge key by key, lists and values replace).
+    (mappings merge key by key, lists and values replace; ``cell.model`` replaces the base's
+    whole model, and the base's first-format model keys with it).
     """
     path = resolve_pack_path(path_or_name)
     r = _Reader(path, _load_pack_data(path))
@@ -603,6 +872,7 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         contactors=contactors,
         balancing=balancing,
         controller=controller,
+        charging=_read_charging(r),
     )
     r.finish()
     return pack

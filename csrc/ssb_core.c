@@ -27,7 +27,24 @@
 #endif
 
 /* work array rows (each n_cells long) */
-enum { W_OCV = 0, W_DOCV, W_R0, W_R1, W_TAU1, W_SOCPRED, W_RC, W_SCRATCH, W_ROWS };
+enum {
+    W_OCV = 0, /* OCV at the predicted SOC, hysteresis not included */
+    W_DOCV,
+    W_R0,      /* R0 of this tick's current direction */
+    W_R0CHG,
+    W_R0DIS,
+    W_R1,
+    W_TAU1,
+    W_R2,
+    W_TAU2,
+    W_HYST,    /* hysteresis magnitude M */
+    W_SOCPRED,
+    W_SCRATCH,
+    W_ROWS
+};
+/* grid columns (SSB_TABLE_STRIDE) */
+enum { G_OCV = 0, G_R0DIS, G_R0CHG, G_R1, G_TAU1, G_R2, G_TAU2, G_HYST, G_N };
+_Static_assert(G_N == SSB_TABLE_STRIDE, "grid columns and SSB_TABLE_STRIDE differ");
 _Static_assert(W_ROWS == SSB_WORK_ROWS, "SSB_WORK_ROWS (the caller's work size) out of date");
 
 /* ------------------------------------------------------------------ vectorisable exp */
@@ -114,10 +131,16 @@ int ssb_params_check(const ssb_params_t *prm)
     if (!finite_in(prm->soc_step * (prm->n_soc - 1), 1.0 - 1e-9, 1.0 + 1e-9) ||
         !finite_in(prm->temp_step_c, 1e-6, 1e3) || !finite_in(prm->temp_min_c, -273.0, 1e3))
         return SSB_ERR_PARAM;
-    size_t nodes = (size_t)prm->n_soc * (size_t)prm->n_temp * SSB_TABLE_STRIDE;
+    if (prm->n_rc < 1 || prm->n_rc > 2 || !finite_in(prm->hyst_rate, 0.0, 1e9))
+        return SSB_ERR_PARAM;
+    size_t nodes = (size_t)prm->n_soc * (size_t)prm->n_temp;
     for (size_t k = 0; k < nodes; k++) {
-        /* ocv > 0, resistances > 0, tau > 0 */
-        if (!finite_in(prm->grid[k], 1e-12, 1e7))
+        const double *g = prm->grid + k * SSB_TABLE_STRIDE;
+        /* ocv, R0 (both directions), R1 and both tau > 0; R2 and the hysteresis >= 0 */
+        if (!finite_in(g[G_OCV], 1e-12, 1e7) || !finite_in(g[G_R0DIS], 1e-12, 1e7) ||
+            !finite_in(g[G_R0CHG], 1e-12, 1e7) || !finite_in(g[G_R1], 1e-12, 1e7) ||
+            !finite_in(g[G_TAU1], 1e-12, 1e7) || !finite_in(g[G_R2], 0.0, 1e7) ||
+            !finite_in(g[G_TAU2], 1e-12, 1e7) || !finite_in(g[G_HYST], 0.0, 10.0))
             return SSB_ERR_PARAM;
     }
     for (int32_t i = 0; i < prm->n_cells && prm->n_sensors > 0; i++) {
@@ -126,8 +149,7 @@ int ssb_params_check(const ssb_params_t *prm)
             !finite_in(prm->temp_w[i], 0.0, 1.0))
             return SSB_ERR_PARAM;
     }
-    const double positive[] = {prm->capacity_as, prm->coulombic_eff, prm->tau2_over_tau1,
-                               prm->contact_p_ref_kpa, prm->r_voltage_v2, prm->gate_sigma,
+    const double positive[] = {prm->capacity_as, prm->coulombic_eff, prm->contact_p_ref_kpa, prm->r_voltage_v2, prm->gate_sigma,
                                prm->leak_r_soc2, prm->leak_alarm_a, prm->soh_lambda,
                                prm->soh_min_di_a, prm->soh_r0_p_max, prm->soh_cap_window,
                                prm->r_pressure_kpa2, prm->rate_tau_s, prm->cusum_tau_s,
@@ -138,7 +160,7 @@ int ssb_params_check(const ssb_params_t *prm)
         if (!finite_in(positive[k], 1e-300, 1e300))
             return SSB_ERR_PARAM;
     }
-    const double non_negative[] = {prm->r2_over_r1, prm->contact_r_ref_ohm, prm->q_soc_per_s,
+    const double non_negative[] = {prm->contact_r_ref_ohm, prm->q_soc_per_s,
                                    prm->q_rc_v2_per_s, prm->current_noise_a,
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
                                    prm->leak_q_d_per_s, prm->leak_d_sigma0,
@@ -168,7 +190,8 @@ int ssb_params_check(const ssb_params_t *prm)
 
 static int state_ok(const ssb_state_t *st)
 {
-    return st != NULL && st->soc != NULL && st->v1 != NULL && st->v2 != NULL && st->p != NULL &&
+    return st != NULL && st->soc != NULL && st->v1 != NULL && st->v2 != NULL &&
+           st->hyst != NULL && st->p != NULL &&
            st->cell_temp_c != NULL && st->r0_scale != NULL && st->r0_p != NULL &&
            st->cap_ratio != NULL && st->cap_p != NULL && st->soc_window0 != NULL &&
            st->leak_e != NULL && st->leak_a != NULL && st->leak_d != NULL &&
@@ -178,7 +201,8 @@ static int state_ok(const ssb_state_t *st)
 
 static int output_ok(const ssb_output_t *out)
 {
-    return out != NULL && out->soc_sigma != NULL && out->leak_sigma_a != NULL &&
+    return out != NULL && out->soc_sigma != NULL && out->voltage_pred_v != NULL &&
+           out->leak_sigma_a != NULL &&
            out->r0_ohm != NULL && out->capacity_ah != NULL && out->status != NULL &&
            out->leak_flag != NULL && out->stack != NULL &&
            out->charge_limit_a != NULL && out->discharge_limit_a != NULL;
@@ -205,10 +229,11 @@ static int call_check(const ssb_params_t *prm, const ssb_state_t *st, const ssb_
 
 /* ------------------------------------------------------------------ table look-up */
 
-/* Bilinear look-up at (soc, temp_c). OCV is extrapolated linearly beyond the SOC grid (its end
- * segment), resistances and tau are held at the end values, temperature is clamped. */
-static inline void lookup(const ssb_params_t *prm, double soc, double temp_c, double *ocv,
-                   double *docv, double *r0, double *r1, double *tau1)
+/* Bilinear look-up at (soc, temp_c) of every grid column into g[SSB_TABLE_STRIDE], and the
+ * OCV slope. OCV is extrapolated linearly beyond the SOC grid (its end segment), the others
+ * are held at the end values; temperature is clamped. */
+static inline void lookup(const ssb_params_t *prm, double soc, double temp_c,
+                          double g[SSB_TABLE_STRIDE], double *docv)
 {
     const int32_t ns = prm->n_soc;
     /* clamped to [0, ns - 2] before the (truncating) conversion, so no floor() is needed */
@@ -219,24 +244,21 @@ static inline void lookup(const ssb_params_t *prm, double soc, double temp_c, do
     double ft = clampd((temp_c - prm->temp_min_c) / prm->temp_step_c, 0.0,
                        (double)(prm->n_temp - 1));
     int32_t it = (int32_t)clampd(ft, 0.0, (double)(prm->n_temp - 2));
-    double g = ft - (double)it;
+    double gt = ft - (double)it;
     const double *a = prm->grid + ((size_t)it * (size_t)ns + (size_t)is) * SSB_TABLE_STRIDE;
     const double *b = a + SSB_TABLE_STRIDE;
     const double *c = a + (size_t)ns * SSB_TABLE_STRIDE;
     const double *d = c + SSB_TABLE_STRIDE;
-    double lo = a[0] + g * (c[0] - a[0]);
-    double hi = b[0] + g * (d[0] - b[0]);
-    *ocv = lo + f * (hi - lo);
-    *docv = (hi - lo) / prm->soc_step;
-    lo = a[1] + g * (c[1] - a[1]);
-    hi = b[1] + g * (d[1] - b[1]);
-    *r0 = lo + fc * (hi - lo);
-    lo = a[2] + g * (c[2] - a[2]);
-    hi = b[2] + g * (d[2] - b[2]);
-    *r1 = lo + fc * (hi - lo);
-    lo = a[3] + g * (c[3] - a[3]);
-    hi = b[3] + g * (d[3] - b[3]);
-    *tau1 = lo + fc * (hi - lo);
+    for (int q = 0; q < SSB_TABLE_STRIDE; q++) {
+        double lo = a[q] + gt * (c[q] - a[q]);
+        double hi = b[q] + gt * (d[q] - b[q]);
+        if (q == G_OCV) {
+            g[q] = lo + f * (hi - lo);
+            *docv = (hi - lo) / prm->soc_step;
+        } else {
+            g[q] = lo + fc * (hi - lo);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -306,11 +328,14 @@ static int32_t pressure_stats(const ssb_params_t *prm, const double *p_kpa, doub
     return cnt;
 }
 
-static double contact_resistance(const ssb_params_t *prm, int32_t cnt, double mean_kpa)
+static double contact_resistance(const ssb_params_t *prm, const ssb_state_t *st, int32_t cnt,
+                                 double mean_kpa)
 {
-    /* R_contact = r_ref (p_ref / p)^0.5 (assumption, boards/packs/ssb-23.yaml); without a pressure reading, p = p_ref.
-     * Floor 10 kPa avoids 1/0 (the same floor as the emulator, an assumption). */
-    double p = cnt > 0 ? (mean_kpa > 10.0 ? mean_kpa : 10.0) : prm->contact_p_ref_kpa;
+    /* R_contact = r_ref (p_ref / p)^0.5 (assumption, boards/packs/ssb-23.yaml). Without a
+     * pressure reading this tick: the last one measured; with none ever: p = p_ref. Floor
+     * 10 kPa avoids 1/0 (the same floor as the emulator, an assumption). */
+    double p = cnt > 0 ? mean_kpa : (finite(st->p_prev) ? st->p_prev : prm->contact_p_ref_kpa);
+    p = p > 10.0 ? p : 10.0;
     return prm->contact_r_ref_ohm * sqrt(prm->contact_p_ref_kpa / p);
 }
 
@@ -384,11 +409,11 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
             double v = v_rest != NULL ? v_rest[i] : NAN;
             if (finite(v)) {
                 /* invert the OCV by bisection (OCV strictly increasing in SOC) */
-                double lo = 0.0, hi = 1.0, ocv, docv, r0, r1, tau1;
+                double lo = 0.0, hi = 1.0, g[SSB_TABLE_STRIDE], docv;
                 for (int it = 0; it < 60; it++) {
                     double mid = 0.5 * (lo + hi);
-                    lookup(prm, mid, t_init, &ocv, &docv, &r0, &r1, &tau1);
-                    if (ocv < v)
+                    lookup(prm, mid, t_init, g, &docv);
+                    if (g[G_OCV] < v)
                         lo = mid;
                     else
                         hi = mid;
@@ -399,12 +424,13 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
         st->soc[i] = s;
         st->v1[i] = 0.0;
         st->v2[i] = 0.0;
+        st->hyst[i] = 0.0; /* unknown: between the charge and the discharge branch */
         st->p[0 * (size_t)n + i] = soc_sigma0 * soc_sigma0;
         st->p[1 * (size_t)n + i] = 0.0;
         st->p[2 * (size_t)n + i] = 0.0;
         st->p[3 * (size_t)n + i] = v_rc_sigma0 * v_rc_sigma0;
         st->p[4 * (size_t)n + i] = 0.0;
-        st->p[5 * (size_t)n + i] = v_rc_sigma0 * v_rc_sigma0;
+        st->p[5 * (size_t)n + i] = prm->n_rc == 2 ? v_rc_sigma0 * v_rc_sigma0 : 0.0;
         st->cell_temp_c[i] = t_init;
         st->r0_scale[i] = 1.0;
         st->r0_p[i] = prm->soh_r0_p_max;
@@ -440,7 +466,7 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
 /* The EKF over all cells; returns stack status bits. Temperatures must be current. */
 static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double *v_meas,
                          double dt_s, double current_a, double r_contact, int32_t *status,
-                         double *soc_sigma)
+                         double *soc_sigma, double *v_pred)
 {
     const int32_t n = prm->n_cells;
     const size_t nn = (size_t)n;
@@ -450,18 +476,28 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         for (int32_t i = 0; i < n; i++) {
             status[i] = SSB_CELL_NO_CURRENT;
             soc_sigma[i] = sqrt(st->p[i]);
+            v_pred[i] = NAN;
         }
         return SSB_ST_CURRENT_INVALID;
     }
     const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
     const double dsoc = eta * current_a * dt_s / prm->capacity_as;
 
-    /* pass 1 (scalar): predicted SOC and table look-ups */
+    /* pass 1 (scalar): predicted SOC and table look-ups; R0 of this current's direction */
+    const int charging = current_a > 0.0;
     for (int32_t i = 0; i < n; i++) {
-        double s = soc[i] + dsoc;
+        double s = soc[i] + dsoc, g[SSB_TABLE_STRIDE];
         w[W_SOCPRED * nn + i] = s;
-        lookup(prm, s, st->cell_temp_c[i], &w[W_OCV * nn + i], &w[W_DOCV * nn + i],
-               &w[W_R0 * nn + i], &w[W_R1 * nn + i], &w[W_TAU1 * nn + i]);
+        lookup(prm, s, st->cell_temp_c[i], g, &w[W_DOCV * nn + i]);
+        w[W_OCV * nn + i] = g[G_OCV];
+        w[W_R0CHG * nn + i] = g[G_R0CHG];
+        w[W_R0DIS * nn + i] = g[G_R0DIS];
+        w[W_R0 * nn + i] = charging ? g[G_R0CHG] : g[G_R0DIS];
+        w[W_R1 * nn + i] = g[G_R1];
+        w[W_TAU1 * nn + i] = g[G_TAU1];
+        w[W_R2 * nn + i] = g[G_R2];
+        w[W_TAU2 * nn + i] = g[G_TAU2];
+        w[W_HYST * nn + i] = g[G_HYST];
     }
 
     /* pass 2 (vectorised): predict and gated update */
@@ -470,9 +506,14 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double *SSB_RESTRICT r0_a = w + W_R0 * nn;
     const double *SSB_RESTRICT r1_a = w + W_R1 * nn;
     const double *SSB_RESTRICT tau1_a = w + W_TAU1 * nn;
+    const double *SSB_RESTRICT r2_a = w + W_R2 * nn;
+    const double *SSB_RESTRICT tau2_a = w + W_TAU2 * nn;
+    const double *SSB_RESTRICT m_a = w + W_HYST * nn;
     const double *SSB_RESTRICT socp_a = w + W_SOCPRED * nn;
     double *SSB_RESTRICT v1_a = st->v1;
     double *SSB_RESTRICT v2_a = st->v2;
+    double *SSB_RESTRICT hy_a = st->hyst;
+    double *SSB_RESTRICT vp_a = v_pred;
     double *SSB_RESTRICT p00 = st->p;
     double *SSB_RESTRICT p01 = st->p + nn;
     double *SSB_RESTRICT p02 = st->p + 2 * nn;
@@ -489,7 +530,13 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
                          (prm->current_noise_a * eta * dt_s / prm->capacity_as) *
                              (prm->current_noise_a * eta * dt_s / prm->capacity_as);
     const double q_rc = prm->q_rc_v2_per_s * dt_s;
-    const double k2 = prm->r2_over_r1, t2 = prm->tau2_over_tau1;
+    /* one branch: V2 stays exactly 0 (no gain, no noise, no input) */
+    const double use2 = prm->n_rc == 2 ? 1.0 : 0.0;
+    const double q_rc2 = q_rc * use2;
+    /* hysteresis: h moves towards sgn(I) by 1 - exp(-gamma |dSOC|) (Plett 2004); at zero
+       current it stays */
+    const double a_h = exp_neg(-prm->hyst_rate * fabs(dsoc));
+    const double h_in = (1.0 - a_h) * (current_a > 0.0 ? 1.0 : (current_a < 0.0 ? -1.0 : 0.0));
     const double g2 = prm->gate_sigma * prm->gate_sigma;
     /* the model error is correlated over voltage_corr_s: over a short dt a sample carries
        dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
@@ -497,21 +544,22 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double sig_i2 = prm->current_noise_a * prm->current_noise_a;
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
-        const double tau1 = tau1_a[i];
-        const double a1 = exp_neg(-dt_s / tau1);
-        const double a2 = exp_neg(-dt_s / (tau1 * t2));
-        const double r1 = r1_a[i];
-        const double v1 = a1 * v1_a[i] + r1 * (1.0 - a1) * i_a;
-        const double v2 = a2 * v2_a[i] + k2 * r1 * (1.0 - a2) * i_a;
+        const double a1 = exp_neg(-dt_s / tau1_a[i]);
+        const double a2 = exp_neg(-dt_s / tau2_a[i]);
+        const double v1 = a1 * v1_a[i] + r1_a[i] * (1.0 - a1) * i_a;
+        const double v2 = a2 * v2_a[i] + use2 * r2_a[i] * (1.0 - a2) * i_a;
+        const double hy = a_h * hy_a[i] + h_in;
         double s = socp_a[i];
         double c00 = p00[i] + q_soc;
         double c01 = p01[i] * a1;
         double c02 = p02[i] * a2;
         double c11 = p11[i] * a1 * a1 + q_rc;
         double c12 = p12[i] * a1 * a2;
-        double c22 = p22[i] * a2 * a2 + q_rc;
+        double c22 = p22[i] * a2 * a2 + q_rc2;
         const double r0e = r0s[i] * (r0_a[i] + r_contact);
-        const double h = ocv_a[i] + v1 + v2 + r0e * i_a;
+        const double h = ocv_a[i] + m_a[i] * hy + v1 + v2 + r0e * i_a;
+        vp_a[i] = h;
+        hy_a[i] = hy;
         const double d = docv_a[i];
         const double z = vm[i];
         /* masks as doubles (1.0 / 0.0): mixing int and double lanes stops the vectoriser */
@@ -557,9 +605,9 @@ int ssb_ekf_step(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, 
     uint32_t flags = cell_temperatures(prm, st, m->temperature_c);
     double mean, pmin, pmax;
     int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
-    double r_contact = contact_resistance(prm, cnt, mean);
+    double r_contact = contact_resistance(prm, st, cnt, mean);
     flags |= ekf_core(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out->status,
-                      out->soc_sigma);
+                      out->soc_sigma, out->voltage_pred_v);
     out->stack[SSB_OUT_STACK_STATUS] = (double)flags;
     return SSB_OK;
 }
@@ -817,25 +865,28 @@ static void power_limits(const ssb_params_t *prm, const ssb_state_t *st, double 
     const double *SSB_RESTRICT v2 = st->v2;
     const double *SSB_RESTRICT tc = st->cell_temp_c;
     const double *SSB_RESTRICT r0s = st->r0_scale;
+    const double *SSB_RESTRICT hy = st->hyst;
     const double q = prm->capacity_as, band = prm->t_derate_band_c;
-    const double k2 = prm->r2_over_r1, t2 = prm->tau2_over_tau1;
+    const double use2 = prm->n_rc == 2 ? 1.0 : 0.0;
     for (int32_t hz = 0; hz < prm->n_horizons; hz++) {
         const double h = prm->horizons_s[hz];
         double ch = prm->i_charge_max_a, dis = prm->i_discharge_max_a;
         SSB_IVDEP
         for (int32_t i = 0; i < n; i++) {
-            const double tau1 = w[W_TAU1 * nn + i];
-            const double e1 = exp_neg(-h / tau1);
-            const double e2 = exp_neg(-h / (tau1 * t2));
+            const double e1 = exp_neg(-h / w[W_TAU1 * nn + i]);
+            const double e2 = exp_neg(-h / w[W_TAU2 * nn + i]);
             const double d = w[W_DOCV * nn + i];
-            const double r1 = w[W_R1 * nn + i];
-            /* OCV at the posterior SOC (linearised from the predicted one) */
-            const double ocv = w[W_OCV * nn + i] + d * (soc[i] - w[W_SOCPRED * nn + i]);
+            /* OCV at the posterior SOC (linearised from the predicted one), with the present
+               hysteresis held over the horizon */
+            const double ocv = w[W_OCV * nn + i] + d * (soc[i] - w[W_SOCPRED * nn + i]) +
+                               w[W_HYST * nn + i] * hy[i];
             const double v0 = ocv + v1[i] * e1 + v2[i] * e2;
-            const double reff = r0s[i] * (w[W_R0 * nn + i] + r_contact) + r1 * (1.0 - e1) +
-                                k2 * r1 * (1.0 - e2) + d * h / q;
-            double ic = (prm->v_max - v0) / reff;
-            double id = (v0 - prm->v_min) / reff;
+            const double rc = w[W_R1 * nn + i] * (1.0 - e1) +
+                              use2 * w[W_R2 * nn + i] * (1.0 - e2) + d * h / q;
+            const double reff_c = r0s[i] * (w[W_R0CHG * nn + i] + r_contact) + rc;
+            const double reff_d = r0s[i] * (w[W_R0DIS * nn + i] + r_contact) + rc;
+            double ic = (prm->v_max - v0) / reff_c;
+            double id = (v0 - prm->v_min) / reff_d;
             const double ics = (1.0 - soc[i]) * q / h;
             const double ids = soc[i] * q / h;
             ic = ic < ics ? ic : ics;
@@ -866,9 +917,9 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
     uint32_t flags = cell_temperatures(prm, st, m->temperature_c);
     double mean, pmin, pmax;
     const int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
-    const double r_contact = contact_resistance(prm, cnt, mean);
+    const double r_contact = contact_resistance(prm, st, cnt, mean);
     flags |= ekf_core(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out->status,
-                      out->soc_sigma);
+                      out->soc_sigma, out->voltage_pred_v);
     const int ekf_ran = (flags & SSB_ST_CURRENT_INVALID) == 0u;
     flags |= pressure_monitor(prm, st, m, dt_s, ekf_ran, out);
     const int32_t n = prm->n_cells;
@@ -882,6 +933,7 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
         for (int32_t i = 0; i < n; i++) {
             out->capacity_ah[i] = st->cap_ratio[i] * q_ah;
             out->r0_ohm[i] = NAN;
+            out->voltage_pred_v[i] = NAN;
             out->leak_sigma_a[i] = sqrt(st->leak_p[3 * (size_t)n + i]);
             out->leak_flag[i] = 0;
         }

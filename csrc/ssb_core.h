@@ -15,12 +15,14 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 1
+#define SSB_CORE_VERSION 2
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-#define SSB_WORK_ROWS 8 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
-#define SSB_TABLE_STRIDE 4 /* ocv_v, r0_ohm, r1_ohm, tau1_s per grid node */
+#define SSB_WORK_ROWS 12 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+/* per grid node: ocv_v, r0_discharge_ohm, r0_charge_ohm, r1_ohm, tau1_s, r2_ohm, tau2_s,
+ * hysteresis_v (the OCV hysteresis magnitude M) */
+#define SSB_TABLE_STRIDE 8
 
 /* return codes: nothing is written to the state when a call returns an error */
 #define SSB_OK 0
@@ -68,7 +70,9 @@ typedef struct ssb_params {
 
     /* parameter table on a uniform grid, SOC from 0 to 1 in soc_step, temperature from
      * temp_min_c in temp_step_c; node (t, s) holds SSB_TABLE_STRIDE values at
-     * grid[(t * n_soc + s) * SSB_TABLE_STRIDE]: ocv_v, r0_ohm, r1_ohm, tau1_s */
+     * grid[(t * n_soc + s) * SSB_TABLE_STRIDE]: ocv_v, r0_discharge_ohm, r0_charge_ohm,
+     * r1_ohm, tau1_s, r2_ohm, tau2_s, hysteresis_v. R0 on charge is used when the current
+     * is > 0. With n_rc = 1 the r2 column is ignored (V2 stays 0). */
     int32_t n_soc, n_temp;
     double soc_step, temp_min_c, temp_step_c;
     const double *grid;
@@ -81,8 +85,9 @@ typedef struct ssb_params {
     /* cell model */
     double capacity_as;       /* nominal capacity, A s */
     double coulombic_eff;     /* on charge */
-    double r2_over_r1;        /* second (slow) RC branch: R2 = r2_over_r1 R1 */
-    double tau2_over_tau1;    /* tau2 = tau2_over_tau1 tau1 */
+    int32_t n_rc;             /* RC branches, 1 or 2 */
+    double hyst_rate;         /* one-state OCV hysteresis rate gamma per unit SOC throughput:
+                                 h += (1 - exp(-gamma |dSOC|)) (sgn I - h); 0: none */
     double contact_r_ref_ohm; /* R_contact = r_ref (p_ref / p)^0.5 */
     double contact_p_ref_kpa;
 
@@ -131,6 +136,7 @@ typedef struct ssb_params {
 /* The state of one stack. All arrays of n_cells unless noted; owned by the caller. */
 typedef struct ssb_state {
     double *soc, *v1, *v2;
+    double *hyst;        /* OCV hysteresis state h in [-1, 1] (deterministic, not in p) */
     double *p;           /* EKF covariance, 6 per cell, structure of arrays: p[k * n + i],
                             k = 00, 01, 02, 11, 12, 22 */
     double *cell_temp_c;
@@ -157,6 +163,8 @@ typedef struct ssb_meas {
 
 typedef struct ssb_output {
     double *soc_sigma;    /* n_cells */
+    double *voltage_pred_v; /* n_cells: the model's terminal voltage before the update (the
+                               residual is the measurement minus this); NaN without current */
     double *leak_sigma_a; /* n_cells */
     double *r0_ohm;       /* n_cells: R0 multiplier x (table R0 + contact) */
     double *capacity_ah;  /* n_cells */

@@ -36,7 +36,7 @@ def pack():
 def _rest_inputs(core: Core, soc: float = 0.5, temp_c: float = 25.0):
     ref = ReferenceCore(core.params)
     n = core.n_cells
-    v = ref.lookup(np.full(n, soc), np.full(n, temp_c))[0]
+    v = ref.lookup(np.full(n, soc), np.full(n, temp_c))["ocv_v"]
     ref.soc = np.full(n, soc)
     ref.cell_temp_c = np.full(n, temp_c)
     p = np.full(core.params.n_load_cells, ref.expected_pressure())
@@ -302,7 +302,7 @@ def test_reset_inverts_the_ocv_at_the_measured_temperature(pack) -> None:
     n, m = core.n_cells, core.params.n_sensors
     ref = ReferenceCore(core.params)
     soc = np.linspace(0.15, 0.85, n)
-    v_cold = ref.lookup(soc, np.full(n, 0.0))[0]
+    v_cold = ref.lookup(soc, np.full(n, 0.0))["ocv_v"]
     core.reset(None, v_cold, np.full(m, 0.0))
     np.testing.assert_allclose(core.soc, soc, atol=1e-6)
     assert np.all(core.cell_temp_c == 0.0)

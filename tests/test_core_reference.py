@@ -14,10 +14,10 @@ from bms.reference import ReferenceCore
 from boards.config import load_pack
 
 RTOL = 1e-9
-STATE = ("soc", "v1", "v2", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio", "cap_p",
-         "leak_e", "leak_a", "leak_d", "leak_p", "gated_count")
-OUTPUT = ("soc_sigma", "leak_sigma_a", "r0_ohm", "capacity_ah", "status", "leak_flag",
-          "charge_limit_a", "discharge_limit_a", "stack_out")
+STATE = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
+         "cap_p", "leak_e", "leak_a", "leak_d", "leak_p", "gated_count")
+OUTPUT = ("soc_sigma", "voltage_pred_v", "leak_sigma_a", "r0_ohm", "capacity_ah", "status",
+          "leak_flag", "charge_limit_a", "discharge_limit_a", "stack_out")
 
 
 def _assert_close(name: str, c: np.ndarray, r: np.ndarray, step: int) -> None:
@@ -32,8 +32,8 @@ def _assert_close(name: str, c: np.ndarray, r: np.ndarray, step: int) -> None:
 
 
 def _random_run(n_cells: int | None, steps: int, seed: int, fusion: bool,
-                tick: bool = True) -> None:
-    pack = load_pack("ssb-23")
+                tick: bool = True, pack=None) -> None:
+    pack = pack or load_pack("ssb-23")
     params = make_params(pack, 0, Tuning(pressure_fusion=fusion), n_cells=n_cells)
     core, ref = Core(pack, 0, params=params), ReferenceCore(params)
     rng = np.random.default_rng(seed)
@@ -48,7 +48,7 @@ def _random_run(n_cells: int | None, steps: int, seed: int, fusion: bool,
         if rng.random() < 0.2:
             current = float(rng.normal(-2.0, 6.0))
         cur = float("nan") if rng.random() < 0.005 else current
-        v = ref.lookup(np.clip(ref.soc, 0, 1), ref.cell_temp_c)[0] + rng.normal(0, 0.02, n) \
+        v = ref.lookup(np.clip(ref.soc, 0, 1), ref.cell_temp_c)["ocv_v"] + rng.normal(0, 0.02, n) \
             + 0.01 * current
         v[rng.random(n) < 0.01] = np.nan
         v[rng.random(n) < 0.003] = np.inf
@@ -86,6 +86,43 @@ def test_large_stack_matches_reference() -> None:
     # odd and even sizes (the median takes both middle values when n is even)
     _random_run(257, 300, seed=7, fusion=True)
     _random_run(1000, 200, seed=8, fusion=False)
+
+
+ONE_RC_HYSTERESIS_MODEL = {
+    # per-temperature tables on their own breakpoints, R0 different on charge, one RC branch,
+    # hysteresis: every model path of the core that ssb-23 does not use
+    "rc_branches": 1,
+    "r0_ohm": {"soc": [0.1, 0.5, 0.9], "temperature_c": [0.0, 25.0, 40.0],
+               "values": [[0.03, 0.024, 0.026], [0.012, 0.009, 0.010], [0.008, 0.006, 0.007]]},
+    "r0_charge_ohm": {"soc": [0.2, 0.8], "temperature_c": [0.0, 40.0],
+                      "values": [[0.035, 0.03], [0.009, 0.008]]},
+    "rc": [{"r_ohm": {"temperature_c": [0.0, 25.0], "values": [0.02, 0.006]},
+            "tau_s": {"soc": [0.0, 0.3, 1.0], "values": [20.0, 40.0, 35.0]}}],
+    "hysteresis": {"max_v": {"soc": [0.0, 0.5, 1.0], "values": [0.02, 0.01, 0.015]},
+                   "rate": 30.0},
+}
+
+
+def _model_pack(tmp_path, model: dict):
+    import yaml
+    path = tmp_path / "model-pack.yaml"
+    path.write_text(yaml.safe_dump({"schema": "ssb-bms/pack/1", "base": "ssb-23",
+                                    "name": "model-test", "cell": {"model": model}}))
+    return load_pack(path)
+
+
+def test_one_rc_hysteresis_charge_r0_model_matches_reference(tmp_path) -> None:
+    """1 RC branch (V2 stays 0), hysteresis and charge/discharge R0 from per-temperature tables
+    on their own breakpoints: the C core equals the NumPy reference over a long random run."""
+    pack = _model_pack(tmp_path, ONE_RC_HYSTERESIS_MODEL)
+    assert pack.cell.ecm.rc_branches == 1 and pack.cell.ecm.hysteresis_rate == 30.0
+    _random_run(None, 3000, seed=21, fusion=True, pack=pack)
+    core = Core(pack)
+    core.reset(0.5)
+    for _ in range(100):
+        core.step(0.1, -5.0, np.full(23, 3.7), np.full(6, 25.0), np.full(4, 1100.0))
+    assert np.all(core.v2 == 0.0) and np.all(core.p[5] == 0.0)
+    assert np.all(core.hyst < 0.0)  # discharging: towards the lower branch
 
 
 def test_exp_is_accurate() -> None:

@@ -48,6 +48,7 @@ int main(int argc, char **argv)
     st.soc = dalloc(n);
     st.v1 = dalloc(n);
     st.v2 = dalloc(n);
+    st.hyst = dalloc(n);
     st.p = dalloc(6 * n);
     st.cell_temp_c = dalloc(n);
     st.r0_scale = dalloc(n);
@@ -64,6 +65,7 @@ int main(int argc, char **argv)
     st.work = dalloc(SSB_WORK_ROWS * n);
     ssb_output_t out = {0};
     out.soc_sigma = dalloc(n);
+    out.voltage_pred_v = dalloc(n);
     out.leak_sigma_a = dalloc(n);
     out.r0_ohm = dalloc(n);
     out.capacity_ah = dalloc(n);

@@ -55,7 +55,7 @@ def _median_time(fn, number: int, repeat: int) -> float:
 def _inputs(params: CoreParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ref = ReferenceCore(params)
     n = params.n_cells
-    v = ref.lookup(np.full(n, 0.5), np.full(n, 25.0))[0]
+    v = ref.lookup(np.full(n, 0.5), np.full(n, 25.0))["ocv_v"]
     return v, np.full(params.n_sensors, 25.0), np.full(params.n_load_cells, ref.expected_pressure())
 
 
@@ -113,13 +113,15 @@ def bench_filterpy(params: CoreParams, budget_s: float) -> tuple[float, int]:
 
     def step() -> None:
         soc = np.array([f.x[0, 0] for f in filters])
-        ocv, docv, r0, r1, tau1 = ref.lookup(soc, temps)
-        a1 = np.exp(-dt / tau1)
-        a2 = np.exp(-dt / (tau1 * sub.tau2_over_tau1))
+        w = ref.lookup(soc, temps)
+        ocv, docv, r0, r1, r2 = (w["ocv_v"], w["docv"], w["r0_discharge_ohm"], w["r1_ohm"],
+                                 w["r2_ohm"])
+        a1 = np.exp(-dt / w["tau1_s"])
+        a2 = np.exp(-dt / w["tau2_s"])
         for i, f in enumerate(filters):
             f.F = np.diag([1.0, a1[i], a2[i]])
             f.B = np.array([[dt / sub.capacity_as], [r1[i] * (1 - a1[i])],
-                            [sub.r2_over_r1 * r1[i] * (1 - a2[i])]])
+                            [r2[i] * (1 - a2[i])]])
             f.Q = np.diag([sub.q_soc_per_s * dt, sub.q_rc_v2_per_s * dt,
                            sub.q_rc_v2_per_s * dt])
             f.predict(u=np.array([[cur]]))

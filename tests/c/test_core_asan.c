@@ -41,10 +41,14 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     for (int t = 0; t < p->n_temp; t++)
         for (int s = 0; s < p->n_soc; s++) {
             double *g = f->grid + ((size_t)t * p->n_soc + s) * SSB_TABLE_STRIDE;
-            g[0] = 3.0 + 1.2 * s * 0.1 + 0.001 * t;
-            g[1] = 0.01 * (1.0 + 0.5 * (2 - t));
-            g[2] = 0.005 * (1.0 + 0.5 * (2 - t));
-            g[3] = 30.0 * (1.0 + 0.5 * (2 - t));
+            g[0] = 3.0 + 1.2 * s * 0.1 + 0.001 * t;       /* ocv */
+            g[1] = 0.01 * (1.0 + 0.5 * (2 - t));          /* r0 discharge */
+            g[2] = 0.011 * (1.0 + 0.5 * (2 - t));         /* r0 charge */
+            g[3] = 0.005 * (1.0 + 0.5 * (2 - t));         /* r1 */
+            g[4] = 30.0 * (1.0 + 0.5 * (2 - t));          /* tau1 */
+            g[5] = 0.0025 * (1.0 + 0.5 * (2 - t));        /* r2 */
+            g[6] = 450.0 * (1.0 + 0.5 * (2 - t));         /* tau2 */
+            g[7] = 0.005;                                 /* hysteresis */
         }
     p->grid = f->grid;
     f->i0 = calloc((size_t)n, sizeof(int32_t));
@@ -61,8 +65,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->temp_w = f->tw;
     p->capacity_as = 18000.0;
     p->coulombic_eff = 0.999;
-    p->r2_over_r1 = 0.5;
-    p->tau2_over_tau1 = 15.0;
+    p->n_rc = 2;
+    p->hyst_rate = 20.0;
     p->contact_r_ref_ohm = 0.0015;
     p->contact_p_ref_kpa = 1000.0;
     p->q_soc_per_s = 1e-7;
@@ -110,6 +114,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     s->soc = dalloc(nn);
     s->v1 = dalloc(nn);
     s->v2 = dalloc(nn);
+    s->hyst = dalloc(nn);
     s->p = dalloc(6 * nn);
     s->cell_temp_c = dalloc(nn);
     s->r0_scale = dalloc(nn);
@@ -126,6 +131,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     s->work = dalloc(SSB_WORK_ROWS * nn);
     ssb_output_t *o = &f->out;
     o->soc_sigma = dalloc(nn);
+    o->voltage_pred_v = dalloc(nn);
     o->leak_sigma_a = dalloc(nn);
     o->r0_ohm = dalloc(nn);
     o->capacity_ah = dalloc(nn);
@@ -146,10 +152,10 @@ static void fixture_free(fixture_t *f)
 {
     ssb_state_t *s = &f->st;
     ssb_output_t *o = &f->out;
-    void *ptrs[] = {f->grid, f->i0, f->i1, f->tw, s->soc, s->v1, s->v2, s->p, s->cell_temp_c,
+    void *ptrs[] = {f->grid, f->i0, f->i1, f->tw, s->soc, s->v1, s->v2, s->hyst, s->p, s->cell_temp_c,
                     s->r0_scale, s->r0_p, s->cap_ratio, s->cap_p, s->soc_window0, s->leak_e,
                     s->leak_a, s->leak_d, s->leak_p, s->v_prev, s->gated_count, s->work, o->soc_sigma,
-                    o->leak_sigma_a, o->r0_ohm, o->capacity_ah, o->status, o->leak_flag,
+                    o->voltage_pred_v, o->leak_sigma_a, o->r0_ohm, o->capacity_ah, o->status, o->leak_flag,
                     o->stack, o->charge_limit_a, o->discharge_limit_a, f->v,
                     f->t, f->p};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
