@@ -121,7 +121,15 @@ class CoreParams:
     extra: dict = field(default_factory=dict)
 
 
-def _uniform_divisions(points: np.ndarray, max_div: int = 2000) -> int:
+#: Bounds of the resampled grid: breakpoints that share no uniform grid this fine (a fitted
+#: table at 24.7 C next to an OCV at 25 C) get this grid, an approximation within the tables'
+#: change over 0.1 % SOC and 1/160 of the temperature span (0.5 K for -20..60 C); the grid
+#: stays small (at most 1001 x 161 x 8 doubles, 10 MB, per stack).
+MAX_SOC_DIVISIONS = 1000
+MAX_TEMPERATURE_DIVISIONS = 160
+
+
+def _uniform_divisions(points: np.ndarray, max_div: int) -> int:
     """Smallest N such that every point lies on the uniform grid of N steps over the span
     (so bilinear interpolation on the resampled grid reproduces the pack table exactly);
     max_div when none does (then the resampling is a fine approximation)."""
@@ -166,8 +174,8 @@ def resample_table(pack: PackConfig) -> tuple[np.ndarray, float, float, float]:
     model has R2 = 0 (and tau2 = tau1, unused)."""
     cell, ecm = pack.cell, pack.cell.ecm
     sg, tg = _breakpoints(pack)
-    n_s = _uniform_divisions(np.concatenate(([0.0], sg, [1.0])))
-    n_t = _uniform_divisions(tg)
+    n_s = _uniform_divisions(np.concatenate(([0.0], sg, [1.0])), MAX_SOC_DIVISIONS)
+    n_t = _uniform_divisions(tg, MAX_TEMPERATURE_DIVISIONS)
     soc_u = np.linspace(0.0, 1.0, n_s + 1)
     t_u = np.linspace(tg[0], tg[-1], n_t + 1)
     ocv_rows = np.array([np.interp(soc_u, cell.soc_grid, row) for row in cell.ocv_v])

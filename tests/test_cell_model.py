@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from bms.app.check import main as check_main
-from bms.core import GRID_COLUMNS, Core, make_params
+from bms.core import (
+    GRID_COLUMNS,
+    MAX_SOC_DIVISIONS,
+    MAX_TEMPERATURE_DIVISIONS,
+    Core,
+    make_params,
+)
 from boards.config import (
     V1_FORMAT_R2_OVER_R1,
     V1_FORMAT_TAU2_OVER_TAU1,
@@ -89,6 +95,27 @@ def test_tables_on_their_own_breakpoints_are_reproduced_exactly(tmp_path) -> Non
     core.reset(0.5)
     out = core.step(1.0, -5.0, np.full(23, 3.75), np.full(6, 25.0), np.full(4, 1000.0))
     assert np.all(np.isfinite(out.voltage_pred_v))
+
+
+def test_awkward_breakpoints_give_a_bounded_close_grid(tmp_path) -> None:
+    """Fitted breakpoints (24.7 C, SOC 0.1234) share no coarse uniform grid with the OCV's:
+    the grid is capped (MAX_*_DIVISIONS) and the look-up stays within the table's own change
+    over one grid step."""
+    data = _ssb23()
+    data["cell"]["model"] = {
+        "rc_branches": 1,
+        "r0_ohm": {"soc": [0.1234, 0.5, 0.9], "temperature_c": [-3.3, 24.7, 41.1],
+                   "values": [[0.05, 0.04, 0.045], [0.012, 0.01, 0.011], [0.008, 0.006, 0.007]]},
+        "rc": [{"r_ohm": 0.004, "tau_s": 30.0}],
+    }
+    prm = make_params(load_pack(_write(tmp_path, data)))
+    assert prm.n_soc <= MAX_SOC_DIVISIONS + 1 and prm.n_temp <= MAX_TEMPERATURE_DIVISIONS + 1
+    col = {name: k for k, name in enumerate(GRID_COLUMNS)}
+    soc_u = np.arange(prm.n_soc) * prm.soc_step
+    t_u = prm.temp_min_c + np.arange(prm.n_temp) * prm.temp_step_c
+    i, j = int(np.argmin(np.abs(t_u - 24.7))), int(np.argmin(np.abs(soc_u - 0.5)))
+    # slope near (0.5, 24.7): ~0.03 ohm per 28 K and ~0.01 ohm per 0.4 SOC -> within 1 mOhm
+    assert prm.grid[i, j, col["r0_discharge_ohm"]] == pytest.approx(0.01, abs=1e-3)
 
 
 def test_predicted_voltage_and_residual(tmp_path) -> None:
