@@ -99,6 +99,13 @@ def test_cycler_file_sign_found_from_the_data_and_scored_against_truth(tmp_path)
     # The plant is richer than the estimator (second RC branch, hysteresis, its own
     # parameter spread): a few percent at most, and the bound honest most of the time.
     assert sc.rmse < 0.03 and sc.coverage > 0.8, sc
+    # The model's voltage before each update, and the residual: small, but not zero (the
+    # plant is not the estimator's model).
+    resid = res.residual_v[:, 0]
+    assert np.isfinite(resid).all()
+    np.testing.assert_allclose(resid, rec.cell_voltage_v[:, 0] - res.voltage_pred_v[:, 0])
+    rms = float(np.sqrt(np.mean(resid ** 2)))
+    assert 1e-4 < rms < 0.02, rms
     # An explicit sign that contradicts the data is refused, naming the file.
     with pytest.raises(RecordingError, match="the sign is inverted"):
         read_recording(data, current_sign="charge-positive")
@@ -132,8 +139,10 @@ def test_cli_replay_writes_the_csv_and_exits_2_on_a_bad_file(tmp_path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "RMSE" in run.stdout and "M cell-samples/s" in run.stdout
+    assert "voltage residual (measured - model): RMS" in run.stdout
     header = out.read_text().splitlines()[0].split(",")
     assert header[:4] == ["time_s", "current_a", "soc", "soc_3sigma"]
+    assert {"max_abs_residual_v", "cell01_voltage_pred_v", "cell01_residual_v"} <= set(header)
     table = np.loadtxt(out, delimiter=",", skiprows=1)
     assert table.shape[0] == 901 and np.all((table[:, 2] > 0) & (table[:, 2] < 1))
     bad = tmp_path / "bad.csv"

@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,18 @@ class ReplayResult:
     leak_sigma_a: np.ndarray
     capacity_ah: np.ndarray
     r0_ohm: np.ndarray
+    voltage_pred_v: np.ndarray  # the model's voltage before each update (NaN: none)
     charge_limit_a: np.ndarray  # (N,): the shortest horizon's, min over stacks
     discharge_limit_a: np.ndarray
+    cell_voltage_v: np.ndarray | None = None  # the recording's, for the residual
     wall_s: float = 0.0
+
+    @property
+    def residual_v(self) -> np.ndarray:
+        """Measured minus predicted cell voltage: how well the model fits this cell."""
+        if self.cell_voltage_v is None:
+            return np.full_like(self.voltage_pred_v, np.nan)
+        return self.cell_voltage_v - self.voltage_pred_v
 
     @property
     def cell_samples_per_s(self) -> float:
@@ -105,8 +115,8 @@ def replay(pack: PackConfig, rec: Recording, soc0: float | None = None) -> Repla
     first sample's voltages at its first temperatures (the core's OCV inversion; sigma the
     pack's initial_soc_sigma)."""
     n_s, n = rec.n_samples, rec.n_cells
-    res = ReplayResult(rec.time_s, rec.current_a, *(np.full((n_s, n), np.nan) for _ in range(6)),
-                       np.full(n_s, np.inf), np.full(n_s, np.inf))
+    res = ReplayResult(rec.time_s, rec.current_a, *(np.full((n_s, n), np.nan) for _ in range(7)),
+                       np.full(n_s, np.inf), np.full(n_s, np.inf), rec.cell_voltage_v)
     dt = np.diff(rec.time_s, prepend=np.nan)
     dt[0] = float(np.median(dt[1:]))  # the first sample stands for one nominal interval
     t0 = time.perf_counter()
@@ -131,7 +141,7 @@ def _replay_stack(part: StackSlice, rec: Recording, dt: np.ndarray, soc0: float 
                None if soc0 is not None else t_all[0])
     soc, sig, leak, leak_s = res.soc[:, cells], res.soc_sigma[:, cells], res.leak_a[:, cells], \
         res.leak_sigma_a[:, cells]
-    cap, r0 = res.capacity_ah[:, cells], res.r0_ohm[:, cells]
+    cap, r0, vp = res.capacity_ah[:, cells], res.r0_ohm[:, cells], res.voltage_pred_v[:, cells]
     # Each core integrates its own board's current reading, as in the controller.
     current = rec.current_a if part.current is None else np.ascontiguousarray(
         rec.stack_current_a[:, part.current])
@@ -139,8 +149,9 @@ def _replay_stack(part: StackSlice, rec: Recording, dt: np.ndarray, soc0: float 
     step = core.step
     for k in range(rec.n_samples):
         o = step(dt[k], current[k], v_all[k], t_all[k], p_all[k])
-        soc[k], sig[k], leak[k], leak_s[k], cap[k], r0[k] = (
-            o.soc, o.soc_sigma, o.leak_a, o.leak_sigma_a, o.capacity_ah, o.r0_ohm)
+        soc[k], sig[k], leak[k], leak_s[k], cap[k], r0[k], vp[k] = (
+            o.soc, o.soc_sigma, o.leak_a, o.leak_sigma_a, o.capacity_ah, o.r0_ohm,
+            o.voltage_pred_v)
         ch[k] = min(ch[k], o.charge_limit_a[0])
         dis[k] = min(dis[k], o.discharge_limit_a[0])
 
@@ -207,21 +218,34 @@ def score(res: ReplayResult, truth_t: np.ndarray, truth_soc: np.ndarray,
 # ---------------------------------------------------------------------------- output
 
 
+def _rms(values: np.ndarray) -> float:
+    ok = np.isfinite(values)
+    return float(np.sqrt(np.mean(values[ok] ** 2))) if ok.any() else math.nan
+
+
 def write_csv(res: ReplayResult, path: Path) -> None:
     """time_s, soc and soc_3sigma (the stack: mean SOC and the largest 3-sigma bound), the
-    limits, then per cell (cellNN_...: soc, soc_3sigma, leak_a, leak_3sigma_a, capacity_ah,
-    r0_ohm)."""
+    limits, the largest |residual| over the cells, then per cell (cellNN_...: soc, soc_3sigma,
+    leak_a, leak_3sigma_a, capacity_ah, r0_ohm, voltage_pred_v, residual_v: measured minus
+    predicted)."""
     n = res.soc.shape[1]
     w = 3 if n > 99 else 2
-    cols = ["time_s", "current_a", "soc", "soc_3sigma", "charge_limit_a", "discharge_limit_a"]
+    residual = res.residual_v
+    cols = ["time_s", "current_a", "soc", "soc_3sigma", "charge_limit_a", "discharge_limit_a",
+            "max_abs_residual_v"]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (no prediction) stay NaN
+        worst = np.nanmax(np.abs(residual), axis=1)
     blocks = [res.time_s[:, None], res.current_a[:, None], np.nanmean(res.soc, axis=1)[:, None],
               3.0 * np.nanmax(res.soc_sigma, axis=1)[:, None], res.charge_limit_a[:, None],
-              res.discharge_limit_a[:, None]]
+              res.discharge_limit_a[:, None], worst[:, None]]
     for name, arr, scale in (("soc", res.soc, 1.0), ("soc_3sigma", res.soc_sigma, 3.0),
                              ("leak_a", res.leak_a, 1.0),
                              ("leak_3sigma_a", res.leak_sigma_a, 3.0),
                              ("capacity_ah", res.capacity_ah, 1.0),
-                             ("r0_ohm", res.r0_ohm, 1.0)):
+                             ("r0_ohm", res.r0_ohm, 1.0),
+                             ("voltage_pred_v", res.voltage_pred_v, 1.0),
+                             ("residual_v", residual, 1.0)):
         cols += [f"cell{i + 1:0{w}d}_{name}" for i in range(n)]
         blocks.append(arr * scale)
     table = np.hstack(blocks)
@@ -329,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bms replay: {rec.n_samples} samples x {rec.n_cells} cells of {rec.path.name} "
           f"({rec.kind}; {rec.sign_note}) through pack {pack.name}'s core in "
           f"{res.wall_s:.2f} s ({res.cell_samples_per_s / 1e6:.2f} M cell-samples/s)")
+    resid = res.residual_v
+    if np.isfinite(resid).any():
+        print(f"  voltage residual (measured - model): RMS {1e3 * _rms(resid):.2f} mV, "
+              f"max |{1e3 * float(np.nanmax(np.abs(resid))):.2f}| mV")
     if sc is not None:
         for line in sc.lines():
             print("  " + line)
