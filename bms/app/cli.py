@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("bms.app.check", "validate a pack file or board profile and print a summary"),
     "replay": ("bms.app.replay", "run recorded measurements (cycler CSV, ticks.csv) through "
                "the estimation core; score against a truth file"),
+    "fit": ("bms.app.fit", "fit a cell model (OCV, R0, RC branches) from cycler OCV and HPPC "
+            "files into a pack file, with a fit report"),
 }
 
 USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n" + "\n".join(
