@@ -85,7 +85,7 @@ def read_recording(path: str | Path, current_sign: str = "auto",
             f"current_a, cellNN_voltage_v, tNN_c); found {', '.join(header[:8])}"
             + (", ..." if len(header) > 8 else ""))
     _check_time(rec)
-    _apply_sign(rec, current_sign)
+    apply_current_sign(rec, current_sign)
     return rec
 
 
@@ -199,7 +199,10 @@ def voltage_follows_current(current_a: np.ndarray, voltage_v: np.ndarray) -> flo
     return float(np.corrcoef(di[big], dv[big])[0, 1])
 
 
-def _apply_sign(rec: Recording, current_sign: str) -> None:
+def apply_current_sign(rec: Recording, current_sign: str) -> None:
+    """Make ``rec``'s current charge-positive as ``current_sign`` says (auto: from the data;
+    a given sign the data contradicts is refused); ``rec.sign_note`` says what was done.
+    Shared with ``bms fit``."""
     corr = voltage_follows_current(rec.current_a, rec.cell_voltage_v)
     if current_sign == "discharge-positive":
         rec.current_a = -rec.current_a
