@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "the estimation core; score against a truth file"),
     "fit": ("bms.app.fit", "fit a cell model (OCV, R0, RC branches) from cycler OCV and HPPC "
             "files into a pack file, with a fit report"),
+    "accuracy": ("bms.app.accuracy", "SOC accuracy benchmark on PyBaMM truth: fit each cell "
+                 "with bms fit, replay its drive cycles, score against the truth"),
 }
 
 USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n" + "\n".join(
