@@ -30,6 +30,7 @@ from bms.faults import FaultCode, FaultTable, Severity
 from bms.monitor import MonitorServer
 from bms.protections import PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
+from bms.tickstats import TickStats
 from bms.tuning import DERATING_CODES, GC_EVERY_TICKS, HEARTBEATS_PER_TIMEOUT, WARNING_DERATE
 from bms.validation import StackValidator, ValidatedStack
 from boards.config import TIME_EPS_S, BoardProfile, PackConfig, StackConfig, load_board
@@ -79,20 +80,6 @@ class StackRuntime:
     @property
     def lost(self) -> bool:
         return self.io.lost
-
-
-@dataclass
-class TickStats:
-    ticks: int = 0
-    missed_deadlines: int = 0
-    latencies_s: list[float] = field(default_factory=list)
-
-    def percentiles_ms(self) -> dict[str, float]:
-        if not self.latencies_s:
-            return {}
-        lat = np.asarray(self.latencies_s) * 1e3
-        return {f"p{p}": float(np.percentile(lat, p)) for p in (50, 90, 99, 99.9)} | {
-            "max": float(lat.max())}
 
 
 class Controller:
@@ -390,8 +377,7 @@ class Controller:
         if events:
             self.fault_events.extend(e for e in events if e.get("type") == "fault")
         duration = time.perf_counter() - wall0
-        self.stats.ticks += 1
-        self.stats.latencies_s.append(duration)
+        self.stats.record(duration)
         self._last = (t, c_out, current_a, charge_a, discharge_a, bal)
         if self.log:
             for e in c_out.events:
