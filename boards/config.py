@@ -769,6 +769,11 @@ def _deep_merge(base: Any, override: Any, path: tuple[str, ...] = ()) -> Any:
     if isinstance(base, dict) and isinstance(override, dict) and path not in _REPLACED_WHOLE:
         out = dict(base)
         for key, value in override.items():
+            if value is None:
+                # `key: null` removes the base's key (a fitted cell drops the base's
+                # solid-state description; bms fit writes that)
+                out.pop(key, None)
+                continue
             out[key] = _deep_merge(base.get(key), value, path + (key,))
         if path == ("cell",) and "model" in override:
             # the first cell format's model keys of the base give way to the new model
@@ -802,8 +807,9 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
     """Load and validate a pack file: a path, or the name of a built-in pack (``ssb-23``).
 
     A pack file may start from another with ``base: NAME``; its own keys override the base's
-    (mappings merge key by key, lists and values replace; ``cell.model`` replaces the base's
-    whole model, and the base's first-format model keys with it).
+    (mappings merge key by key, lists and values replace, ``null`` removes the base's key;
+    ``cell.model`` replaces the base's whole model, and the base's first-format model keys with
+    it).
     """
     path = resolve_pack_path(path_or_name)
     r = _Reader(path, _load_pack_data(path))
