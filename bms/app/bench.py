@@ -252,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
                     default=SIZES, help="comma-separated cell counts")
     ap.add_argument("--budget-s", type=float, default=1.0, help="time per measurement")
-    ap.add_argument("--no-filterpy", action="store_true")
+    ap.add_argument("--no-filterpy", action="store_true",
+                    help="skip the FilterPy reference (slow at large N)")
+    ap.add_argument("--tick", action="store_true",
+                    help="benchmark the whole control tick against emulated boards instead "
+                    "(bms/app/bench_tick.py; bms bench --tick --help for its options)")
     args = ap.parse_args(argv)
     records = run(args.sizes, args.budget_s, filterpy=not args.no_filterpy)
     if args.json:

@@ -180,7 +180,11 @@ def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="bms plot", description="Plot a run log (ticks.csv + events.jsonl) to a PNG.")
+        prog="bms plot", description="Plot a run log (ticks.csv + events.jsonl) to a PNG.",
+        epilog="examples:\n"
+               "  bms demo --log runs/demo && bms plot runs/demo          # -> runs/demo/run.png\n"
+               "  bms run --duration 600 --log runs/r1 && bms plot runs/r1 -o r1.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", help="run-log directory (holds ticks.csv)")
     parser.add_argument("-o", "--output", help="PNG to write (default: LOG/run.png)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

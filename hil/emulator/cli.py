@@ -22,7 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bms emulate",
         description="Emulated board: serves protocol v1 on a pty from a plant model of one "
-                    "stack. Prints the pty path as the first line of stdout.")
+                    "stack. Prints the pty path as the first line of stdout.",
+        epilog="examples:\n"
+               "  bms emulate                                  # ssb-23 at rest, sim clock\n"
+               "  bms emulate --scenario udds --truth truth.csv --seed 3\n"
+               "  bms emulate --pack ssb-4x23 --board 0 --board 1 --board 2 --board 3\n"
+               "  bms emulate --clock real     # own timer, for bms run --clock real\n"
+               "  bms emulate --firmware       # the reference firmware on simavr",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="ssb-23", help="pack file or built-in name (ssb-23)")
     ap.add_argument("--board", type=int, action="append", default=None, metavar="N",
                     help="index of the stack (board) in the pack, 0-based (default 0); repeat "
@@ -45,11 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "index + 1)")
     ap.add_argument("--truth-every", type=int, default=1, metavar="N",
                     help="write every N-th plant step to the truth file (default 1)")
+    # `bms emulate --firmware` is dispatched to hil.firmware before this parser runs (bms/app/
+    # cli.py); listed here so that `bms emulate --help` shows it.
+    ap.add_argument("--firmware", action="store_true",
+                    help="serve the reference firmware (boards/firmware) on a simulated MCU "
+                    "(simavr) instead of the Python board model; `bms emulate --firmware "
+                    "--help` lists its options")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.firmware:  # only when this module is run directly, not through `bms emulate`
+        print("bms emulate: --firmware is served by `bms emulate --firmware` (hil.firmware)",
+              file=sys.stderr)
+        return 2
     boards = args.board if args.board else [0]
     if args.truth is not None and (len(boards) > 1 or args.truth_dir is not None):
         print("bms emulate: --truth names one board's file; with several boards use "
