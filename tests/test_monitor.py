@@ -70,6 +70,14 @@ def test_stuck_viewer_is_dropped_not_waited_for(tmp_path) -> None:
 def test_render_shows_the_essentials() -> None:
     text = render(_snapshot(12.0))
     assert "CLOSED" in text and "3.700..3.700" in text and "SOC  50.0" in text
+    assert "faults=-" in text and "latched" not in text
+
+
+def test_render_names_latched_faults_that_are_no_longer_active() -> None:
+    snap = _snapshot(30.0) | {"state": "FAULT", "active_faults": ["STACK_PRESSURE_RATE"],
+                              "latched_faults": ["CELL_LEAK", "STACK_PRESSURE_RATE"]}
+    first = render(snap).splitlines()[0]
+    assert "state=FAULT" in first and "faults=STACK_PRESSURE_RATE latched=CELL_LEAK" in first
 
 
 def test_live_view_of_a_running_controller(tmp_path) -> None:

@@ -42,12 +42,16 @@ def _f(value: Any) -> float:
 
 def render(snapshot: dict[str, Any]) -> str:
     """A compact text view of one snapshot (also used by ``bms demo``'s live view)."""
+    active = list(snapshot.get("active_faults") or [])
+    latched = [f for f in snapshot.get("latched_faults") or [] if f not in active]
     lines = [
         f"t={_f(snapshot.get('time_s', 0.0)):9.1f} s  state={snapshot.get('state', '?'):<9} "
         f"I={_f(snapshot.get('current_a')):+7.2f} A  "
         f"limits +{_f(snapshot.get('charge_limit_a')):.1f}/"
         f"-{_f(snapshot.get('discharge_limit_a')):.1f} A  "
-        f"faults={','.join(snapshot.get('active_faults', [])) or '-'}"
+        f"faults={','.join(active) or '-'}"
+        # A latched fault that is no longer active still holds the pack in FAULT: say which.
+        + (f" latched={','.join(latched)}" if latched else "")
     ]
     for stack in snapshot.get("stacks", []):
         v = [_f(x) for x in stack.get("cell_voltage_v", [])]
