@@ -1,10 +1,511 @@
-"""``bms fit``: a cell model from cycler data (work in progress, issue 11 item 2)."""
+"""``bms fit``: a cell model from cycler data -> a pack file the BMS runs, and a fit report.
+
+Inputs: an OCV test (a C/20-class discharge and charge, or rests) and HPPC pulse tests at one
+or more temperatures, as cycler CSVs (``Time [s]``, ``Current [A]``, ``Voltage [V]``,
+``Temperature [degC]``, or mapped with ``--columns``). Each file's current sign is given or
+found from the data (bms.app.recording). Method: bms.app.fit_ocv (OCV, capacity, OCV over
+temperature) and bms.app.fit_pulses (R0 and RC branches per HPPC level, in the core's own
+discrete model). Output: a whole pack (``base:`` the bench's pack, default ssb-23) whose
+``cell:`` is the fit, and a report (JSON, Markdown, a PNG per pulse file) that includes the
+voltage RMSE of the written pack run through the real core (``bms.core.Core``, open loop).
+
+Importable: ``fit(ocv_path, pulse_paths, ...) -> FitResult``; ``FitResult.write_pack(path)``,
+``FitResult.write_report(directory)``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import math
+import os
 import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bms.app.fit_data import FitError, Trace, parse_columns, read_trace
+from bms.app.fit_ocv import OcvResult, fit_ocv, temperature_rows
+from bms.app.fit_pulses import PulseTest, fit_levels, prepare
+from bms.app.recording import CURRENT_SIGNS
+from bms.core import Core
+from boards.config import (
+    PACK_SCHEMA,
+    SOLID_STATE_KEYS,
+    ConfigError,
+    PackConfig,
+    load_pack,
+    resolve_pack_path,
+)
+
+#: Table SOC breakpoints are the HPPC levels rounded to this (keeps the core's uniform grid at
+#: 1 % like the OCV's; a level moves by at most 0.5 % SOC).
+TABLE_SOC_STEP = 0.01
+#: The voltage model error written as estimator.voltage_noise_v is never below this (1 mV: the
+#: accuracy class of a cell-monitor IC, LTC6811 datasheet 1.2 mV total error; a noise-free
+#: simulated test must not make the EKF trust the model more than a real monitor allows).
+MIN_VOLTAGE_NOISE_V = 0.001
+
+
+@dataclass
+class Tables:
+    """The fitted model on its own breakpoints: per temperature (rows) and SOC (columns)."""
+
+    soc: np.ndarray
+    temperature_c: np.ndarray
+    r0_ohm: np.ndarray
+    r0_charge_ohm: np.ndarray
+    r_ohm: list[np.ndarray]
+    tau_s: list[np.ndarray]
+
+
+@dataclass
+class FitResult:
+    ocv: OcvResult
+    tests: list[PulseTest]
+    ocv_temperatures_c: np.ndarray
+    ocv_rows_v: np.ndarray
+    tables: Tables
+    rc_branches: int
+    base: str
+    ocv_path: Path
+    voltage_noise_v: float
+    core_rmse_v: dict[str, float] = field(default_factory=dict)
+    core_voltage_v: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ the pack
+
+    def cell_section(self) -> dict:
+        """The fitted ``cell:`` (solid-state keys null: removed from the base's)."""
+        t = self.tables
+        one_t = len(t.temperature_c) == 1
+
+        def table(values: np.ndarray, digits: int = 7) -> dict:
+            rows = [[_num(x, digits) for x in row] for row in values]
+            out: dict = {"soc": [_num(s, 4) for s in t.soc]}
+            if one_t:
+                out["values"] = rows[0]
+            else:
+                out["temperature_c"] = [_num(x, 3) for x in t.temperature_c]
+                out["values"] = rows
+            return out
+
+        model: dict = {"rc_branches": self.rc_branches, "r0_ohm": table(t.r0_ohm),
+                       "r0_charge_ohm": table(t.r0_charge_ohm),
+                       "rc": [{"r_ohm": table(r), "tau_s": table(tau, 5)}
+                              for r, tau in zip(t.r_ohm, t.tau_s, strict=True)]}
+        cell: dict = {k: None for k in SOLID_STATE_KEYS}
+        cell.update({
+            "capacity_ah": _num(self.ocv.capacity_ah, 6),
+            "soc_grid": [_num(s, 4) for s in self.ocv.soc_grid],
+            "temperature_grid_c": [_num(x, 3) for x in self.ocv_temperatures_c],
+            "ocv_v": [[round(float(v), 6) for v in row] for row in self.ocv_rows_v],
+            "contact_resistance_ref_ohm": 0.0,
+            "model": model,
+        })
+        return cell
+
+    def pack_data(self, name: str, out_dir: Path) -> dict:
+        base = self.base
+        base_path = resolve_pack_path(base)
+        if Path(base).suffix in (".yaml", ".yml") or Path(base).exists():
+            base = os.path.relpath(Path(base_path).resolve(), out_dir.resolve())
+        return {
+            "schema": PACK_SCHEMA,
+            "base": base,
+            "name": name,
+            "description": f"cell fitted by bms fit from {self.ocv_path.name} and "
+                           f"{len(self.tests)} HPPC file(s) at "
+                           + ", ".join(f"{t.temperature_c:g}" for t in self.tests) + " C",
+            "cell": self.cell_section(),
+            "charging": None,
+            "estimator": {"voltage_noise_v": _num(self.voltage_noise_v, 4)},
+        }
+
+    def write_pack(self, path: str | Path) -> Path:
+        p = Path(path)
+        data = self.pack_data(p.stem, p.parent)
+        header = [
+            f"# {p.name}: written by bms fit (docs/estimation.md, 'Fitting your own cell').",
+            f"# OCV test: {self.ocv_path.name}; HPPC: "
+            + ", ".join(t.trace.path.name for t in self.tests) + ".",
+            "# Everything not here comes from the base pack. Removed from the base (null): the",
+            "# solid-state description (a cycler test does not measure swelling: pressure is",
+            "# monitored but not fused as SOC) and the CCD charging table (it needs that",
+            "# description). contact_resistance_ref_ohm 0: the fitted R0 holds the contact",
+            "# resistance at the test's pressure. estimator.voltage_noise_v: the RMS voltage",
+            "# error of this model run through the core over the HPPC files (floor 1 mV).",
+            "# Protections and limits are the base's: check them against the cell's datasheet.",
+        ]
+        text = "\n".join(header) + "\n" + yaml.safe_dump(
+            data, sort_keys=False, default_flow_style=None, width=100)
+        p.write_text(text, encoding="utf-8")
+        return p
+
+    # ------------------------------------------------------------------ the report
+
+    def summary(self) -> dict:
+        t = self.tables
+        return {
+            "capacity_ah": self.ocv.capacity_ah,
+            "ocv": {"file": str(self.ocv_path), "method": self.ocv.method,
+                    "temperature_c": self.ocv.temperature_c, "notes": self.ocv.notes,
+                    "soc_grid": self.ocv.soc_grid.tolist(),
+                    "temperature_grid_c": self.ocv_temperatures_c.tolist(),
+                    "ocv_v": self.ocv_rows_v.tolist(),
+                    "half_difference_v": [None if not math.isfinite(x) else x
+                                          for x in self.ocv.half_difference_v]},
+            "rc_branches": self.rc_branches,
+            "pulse_files": [{
+                "file": str(test.trace.path), "temperature_c": test.temperature_c,
+                "temperature_median_c": test.trace.temperature_median_c,
+                "sign": test.trace.sign_note, "soc_start": test.soc0, "notes": test.notes,
+                "core_rmse_mv": 1e3 * self.core_rmse_v.get(str(test.trace.path), math.nan),
+                "levels": [_level_json(lv) for lv in test.levels]} for test in self.tests],
+            "tables": {"soc": t.soc.tolist(), "temperature_c": t.temperature_c.tolist(),
+                       "r0_ohm": t.r0_ohm.tolist(), "r0_charge_ohm": t.r0_charge_ohm.tolist(),
+                       "r_ohm": [r.tolist() for r in t.r_ohm],
+                       "tau_s": [x.tolist() for x in t.tau_s]},
+            "estimator": {"voltage_noise_v": self.voltage_noise_v,
+                          "from": "RMS of the core's open-loop voltage error over the HPPC "
+                                  f"files, at least {MIN_VOLTAGE_NOISE_V * 1e3:g} mV"},
+            "notes": self.notes,
+        }
+
+    def markdown(self) -> str:
+        s = self.summary()
+        out = [f"# bms fit report: {self.ocv_path.name} + {len(self.tests)} HPPC file(s)", "",
+               f"Capacity (charge counted over the OCV test's discharge): "
+               f"**{self.ocv.capacity_ah:.4f} Ah**. Model: OCV + R0 + {self.rc_branches} RC "
+               "branch(es), in the core's discrete form.", "", "## OCV", ""]
+        out += [f"- {n}" for n in self.ocv.notes + [n for n in self.notes if "OCV" in n]]
+        temps = self.ocv_temperatures_c
+        out += ["", "| SOC | " + " | ".join(f"{t:g} C [V]" for t in temps) + " |",
+                "|---:|" + "---:|" * len(temps)]
+        for k in range(0, len(self.ocv.soc_grid), 5):
+            out.append(f"| {self.ocv.soc_grid[k]:.2f} | "
+                       + " | ".join(f"{self.ocv_rows_v[j, k]:.4f}" for j in range(len(temps)))
+                       + " |")
+        out += ["", "(every 5th grid point; the pack and the JSON hold every 1 %)", "",
+                "## Pulse tests", ""]
+        hdr = "| T [C] | SOC | R0 dis [mOhm] | R0 chg [mOhm] | step R0 dis/chg [mOhm] | " + \
+            " | ".join(f"R{j + 1} [mOhm] | tau{j + 1} [s]" for j in range(self.rc_branches)) + \
+            " | RMSE window [mV] | RMSE pulses [mV] |"
+        for f in s["pulse_files"]:
+            out += [f"### {Path(f['file']).name}: {f['temperature_c']:g} C", ""]
+            out += [f"- {n}" for n in f["notes"]] + [f"- current: {f['sign']}",
+                                                    f"- the written pack run through the core "
+                                                    f"(open loop, SOC counted): voltage RMSE "
+                                                    f"**{f['core_rmse_mv']:.2f} mV**", ""]
+            out += [hdr, "|" + "---:|" * (hdr.count("|") - 1)]
+            for lv in f["levels"]:
+                rc = " | ".join(f"{1e3 * r:.2f} | {tau:.1f}"
+                                for r, tau in zip(lv["r_ohm"], lv["tau_s"], strict=True))
+                out.append(f"| {f['temperature_c']:g} | {lv['soc']:.3f} | "
+                           f"{1e3 * lv['r0_ohm']:.2f} | {_mohm(lv['r0_charge_ohm'])} | "
+                           f"{_mohm(lv['r0_step_ohm'])}/{_mohm(lv['r0_step_charge_ohm'])} | "
+                           f"{rc} | {lv['rmse_mv']:.2f} | {lv['pulse_rmse_mv']:.2f} |")
+            out.append("")
+        out += ["## Written", "",
+                f"- cell model tables over SOC {', '.join(f'{x:g}' for x in self.tables.soc)}"
+                f" and temperature {', '.join(f'{x:g}' for x in self.tables.temperature_c)} C",
+                f"- estimator.voltage_noise_v = {self.voltage_noise_v * 1e3:.2f} mV "
+                f"({s['estimator']['from']}); the other estimator settings are the base's",
+                ""]
+        out += [f"- {n}" for n in self.notes if "OCV" not in n]
+        return "\n".join(out) + "\n"
+
+    def write_report(self, directory: str | Path, stem: str = "fit") -> list[Path]:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = [d / f"{stem}_report.json", d / f"{stem}_report.md"]
+        paths[0].write_text(json.dumps(self.summary(), indent=1, default=_json_default) + "\n",
+                            encoding="utf-8")
+        paths[1].write_text(self.markdown(), encoding="utf-8")
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            self.notes.append("no PNG: matplotlib is not installed (pip install 'ssb-bms[plot]')")
+            return paths
+        for test in self.tests:
+            key = str(test.trace.path)
+            if key not in self.core_voltage_v:
+                continue
+            png = d / f"{stem}_{test.trace.path.stem}.png"
+            _plot(test, self.core_voltage_v[key], self.core_rmse_v[key], png, plt)
+            paths.append(png)
+        return paths
+
+
+def _num(x: float, digits: int) -> float:
+    """A plain float with ``digits`` significant digits (readable YAML)."""
+    x = float(x)
+    return float(f"{x:.{digits}g}") if x != 0.0 else 0.0
+
+
+def _mohm(x: float) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{1e3 * x:.2f}"
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _level_json(lv) -> dict:
+    d = dataclasses.asdict(lv)
+    d["rmse_mv"], d["pulse_rmse_mv"] = 1e3 * d.pop("rmse_v"), 1e3 * d.pop("pulse_rmse_v")
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
+
+
+def _plot(test: PulseTest, model_v: np.ndarray, rmse_v: float, png: Path, plt) -> None:
+    tr = test.trace
+    t_h = (tr.time_s - tr.time_s[0]) / 3600.0
+    fig, (ax_v, ax_e) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 1]})
+    ax_v.plot(t_h, tr.voltage_v, label="measured", lw=1.0)
+    ax_v.plot(t_h, model_v, "--", label="model (the pack through the core)", lw=1.0)
+    ax_v.set_ylabel("voltage [V]")
+    ax_v.set_title(f"{tr.path.name}: {test.temperature_c:g} C, RMSE {1e3 * rmse_v:.2f} mV")
+    ax_v.legend(loc="upper right", fontsize="small")
+    ax_e.plot(t_h, 1e3 * (model_v - tr.voltage_v), lw=0.8)
+    ax_e.set_ylabel("model - measured [mV]")
+    ax_e.set_xlabel("time [h]")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- the fit
+
+
+def _tables(tests: list[PulseTest], n_rc: int) -> tuple[Tables, list[str]]:
+    """Per temperature the levels' values over their SOC (rounded to TABLE_SOC_STEP), all
+    temperatures on the union of the SOC breakpoints (linear between, held beyond)."""
+    notes = []
+    by_t: dict[float, list] = {}
+    for test in tests:
+        by_t.setdefault(test.temperature_c, []).extend(test.levels)
+    temps = np.array(sorted(by_t))
+    soc_sets = []
+    per_t = []
+    for t in temps:
+        levels = sorted(by_t[t], key=lambda lv: lv.soc)
+        soc = np.round(np.array([lv.soc for lv in levels]) / TABLE_SOC_STEP) * TABLE_SOC_STEP
+        soc = np.clip(soc, 0.0, 1.0)
+        soc, first = np.unique(soc, return_index=True)
+        levels = [levels[i] for i in first]
+        r0 = np.array([lv.r0_ohm for lv in levels])
+        r0c = np.array([lv.r0_charge_ohm for lv in levels])
+        ok = np.isfinite(r0c)
+        if not ok.any():
+            notes.append(f"{t:g} C: no charge pulses: R0 on charge = R0 on discharge")
+            r0c = r0.copy()
+        elif not ok.all():
+            r0c = np.interp(soc, soc[ok], r0c[ok])
+            notes.append(f"{t:g} C: R0 on charge at SOC "
+                         + ", ".join(f"{s:.2f}" for s in soc[~ok])
+                         + " (no charge pulse there) from the neighbouring levels")
+        rs = [np.array([lv.r_ohm[j] for lv in levels]) for j in range(n_rc)]
+        taus = [np.array([lv.tau_s[j] for lv in levels]) for j in range(n_rc)]
+        soc_sets.append(soc)
+        per_t.append((soc, r0, r0c, rs, taus))
+    soc_all = np.unique(np.concatenate(soc_sets))
+
+    def grid(k: int, j: int | None = None) -> np.ndarray:
+        rows = []
+        for soc, *vals in per_t:
+            v = vals[k] if j is None else vals[k][j]
+            rows.append(np.interp(soc_all, soc, v))
+        return np.array(rows)
+
+    tables = Tables(soc_all, temps, grid(0), grid(1), [grid(2, j) for j in range(n_rc)],
+                    [grid(3, j) for j in range(n_rc)])
+    for name, arr in (("R0", tables.r0_ohm), ("R0 on charge", tables.r0_charge_ohm)):
+        if np.any(arr > 10.0):
+            raise FitError(f"fitted {name} up to {arr.max():.3g} ohm: above 10 ohm, not a cell "
+                           "(wrong current unit or column?)")
+    for r in tables.r_ohm:
+        np.maximum(r, 1e-6, out=r)
+    return tables, notes
+
+
+def _ocv_lookup(result: FitResult, t: float):
+    k = int(np.argmin(np.abs(result.ocv_temperatures_c - t)))
+    row = result.ocv_rows_v[k]
+    grid = result.ocv.soc_grid
+    return lambda soc: np.interp(soc, grid, row)
+
+
+def one_cell_pack(pack: PackConfig) -> PackConfig:
+    """The pack as one stack of one cell with one thermistor (a cycler file's shape)."""
+    stack = dataclasses.replace(pack.stacks[0], cells=1, thermistor_cell_positions=(0.0,))
+    return dataclasses.replace(pack, stacks=(stack,))
+
+
+def run_core_open_loop(pack: PackConfig, trace: Trace, soc0: float) -> np.ndarray:
+    """The pack's model through the real core with every voltage NaN (no EKF update: the
+    prediction alone, SOC counted from ``soc0``): ``voltage_pred_v`` per sample."""
+    core = Core(one_cell_pack(pack), 0)
+    core.reset(soc0)
+    dt = np.diff(trace.time_s, prepend=np.nan)
+    dt[0] = float(np.median(dt[1:]))
+    nan_v = np.array([np.nan])
+    p = np.full(core.params.n_load_cells, np.nan)
+    temps = np.where(np.isfinite(trace.temperature_c), trace.temperature_c,
+                     trace.temperature_median_c)
+    out = np.empty(len(dt))
+    step = core.step
+    for k in range(len(dt)):
+        o = step(dt[k], trace.current_a[k], nan_v, temps[k:k + 1], p)
+        out[k] = o.voltage_pred_v[0]
+    return out
+
+
+def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str = "auto",
+        base: str = "ssb-23", rc_branches: int = 2, columns: dict[str, str] | None = None,
+        verify: bool = True) -> FitResult:
+    """The whole fit (see the module docstring). ``verify``: run the written pack through the
+    core over each pulse file (sets ``core_rmse_v`` and ``voltage_noise_v``)."""
+    if rc_branches not in (1, 2):
+        raise FitError(f"rc_branches {rc_branches}: the core runs 1 or 2 RC branches")
+    if not pulse_paths:
+        raise FitError("no pulse (HPPC) file: give --pulses FILE at least once")
+    resolve_pack_path(base)  # an unknown base is refused before any work
+    ocv_trace = read_trace(ocv_path, current_sign, columns)
+    ocv = fit_ocv(ocv_trace)
+    tests = []
+    for p in pulse_paths:
+        tests.append(prepare(read_trace(p, current_sign, columns), ocv.capacity_ah,
+                             ocv.soc_grid, ocv.ocv_v))
+    points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+    for test in tests:
+        s, v = points.get(test.temperature_c, (np.empty(0), np.empty(0)))
+        points[test.temperature_c] = (np.concatenate([s, test.rest_soc]),
+                                      np.concatenate([v, test.rest_v]))
+    temps, rows, notes = temperature_rows(ocv, points)
+    result = FitResult(ocv, tests, temps, rows, None, rc_branches, base,  # type: ignore[arg-type]
+                       Path(ocv_path), MIN_VOLTAGE_NOISE_V, notes=notes)
+    for test in tests:
+        fit_levels(test, _ocv_lookup(result, test.temperature_c), rc_branches)
+    result.tables, table_notes = _tables(tests, rc_branches)
+    result.notes += table_notes
+    if verify:
+        verify_in_core(result)
+    return result
+
+
+def verify_in_core(result: FitResult) -> None:
+    """Write the pack to a temporary file, load it as the BMS does (so it is also checked by
+    the loader) and run every pulse file through the core; the RMS error over all files is the
+    model error written as voltage_noise_v."""
+    with tempfile.TemporaryDirectory() as d:
+        path = result.write_pack(Path(d) / "fitted.yaml")
+        if not Path(result.base).is_absolute() and (Path(result.base).suffix in (".yaml", ".yml")
+                                                    or Path(result.base).exists()):
+            # a relative base path is relative to the pack file: rewrite it for the temp copy
+            data = yaml.safe_load(path.read_text())
+            data["base"] = str(Path(result.base).resolve())
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+        try:
+            pack = load_pack(path)
+        except ConfigError as exc:
+            raise FitError(f"the fitted pack does not load: {exc}") from None
+    sq, n = 0.0, 0
+    for test in result.tests:
+        v = run_core_open_loop(pack, test.trace, test.soc0)
+        err = v - test.trace.voltage_v
+        ok = np.isfinite(err)
+        key = str(test.trace.path)
+        result.core_voltage_v[key] = v
+        result.core_rmse_v[key] = float(np.sqrt(np.mean(err[ok] ** 2)))
+        sq, n = sq + float(np.sum(err[ok] ** 2)), n + int(ok.sum())
+    result.voltage_noise_v = max(MIN_VOLTAGE_NOISE_V, math.sqrt(sq / max(n, 1)))
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bms fit", description=__doc__.split("\n\n")[0],
+        epilog="examples:\n"
+               "  bms fit --ocv ocv.csv --pulses hppc_25C.csv -o my-cell.yaml\n"
+               "  bms fit --ocv ocv.csv --pulses hppc_0C.csv --pulses hppc_25C.csv "
+               "--current-sign discharge-positive --base ssb-23 -o my-cell.yaml --report fit/\n"
+               "  bms fit ... --columns time=t_s,current=I_A,voltage=U_V,temperature=T_C\n\n"
+               "Cycler columns recognised without --columns: 'Time [s]', 'Current [A]', "
+               "'Voltage [V]', 'Temperature [degC]'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ocv", required=True, type=Path,
+                    help="OCV test: C/20-class discharge and charge from full, or rests")
+    ap.add_argument("--pulses", required=True, type=Path, action="append",
+                    help="HPPC test starting from a relaxed cell (repeat for each temperature)")
+    ap.add_argument("--current-sign", choices=CURRENT_SIGNS, default="auto",
+                    help="the files' current convention (auto: from which way the voltage "
+                         "steps; PyBaMM and many cyclers are discharge-positive)")
+    ap.add_argument("--columns", default=None,
+                    help="column names when not the cycler convention: "
+                         "time=..,current=..,voltage=..,temperature=.. (any subset)")
+    ap.add_argument("--base", default="ssb-23",
+                    help="pack the fitted cell goes into (name or file; default %(default)s)")
+    ap.add_argument("--rc-branches", type=int, choices=(1, 2), default=2,
+                    help="RC branches of the model (default %(default)s)")
+    ap.add_argument("-o", "--out", required=True, type=Path, help="pack file to write (YAML)")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="report directory (default: OUT's directory, files OUT-stem_*)")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("bms fit: not implemented yet (issue 11 item 2, in progress)", file=sys.stderr)
-    return 2
+    args = parser().parse_args(argv)
+    if args.out.suffix not in (".yaml", ".yml"):
+        print(f"bms fit: -o {args.out}: a pack file ends in .yaml", file=sys.stderr)
+        return 2
+    try:
+        result = fit(args.ocv, args.pulses, args.current_sign, args.base, args.rc_branches,
+                     parse_columns(args.columns))
+        result.write_pack(args.out)
+        report_dir = args.report or (args.out.parent if str(args.out.parent) else Path("."))
+        written = result.write_report(report_dir, args.out.stem)
+    except FitError as exc:
+        print(f"bms fit: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bms fit: {exc.filename or args.out}: cannot write ({exc.strerror})",
+              file=sys.stderr)
+        return 2
+    t = result.tables
+    print(f"bms fit: {result.ocv.capacity_ah:.4f} Ah ({result.ocv.method} OCV test "
+          f"{args.ocv.name}), {result.rc_branches} RC branch(es), tables over "
+          f"{len(t.soc)} SOC x {len(t.temperature_c)} temperature(s) "
+          f"({', '.join(f'{x:g}' for x in t.temperature_c)} C)")
+    mid = int(np.argmin(np.abs(t.soc - 0.5)))
+    for k, temp in enumerate(t.temperature_c):
+        rc = ", ".join(f"R{j + 1} {1e3 * t.r_ohm[j][k, mid]:.2f} mOhm tau{j + 1} "
+                       f"{t.tau_s[j][k, mid]:.3g} s" for j in range(result.rc_branches))
+        print(f"  {temp:g} C, SOC {t.soc[mid]:.2f}: R0 {1e3 * t.r0_ohm[k, mid]:.2f} mOhm "
+              f"(charge {1e3 * t.r0_charge_ohm[k, mid]:.2f}), {rc}")
+    for test in result.tests:
+        key = str(test.trace.path)
+        print(f"  {test.trace.path.name}: {len(test.levels)} levels, core voltage RMSE "
+              f"{1e3 * result.core_rmse_v.get(key, math.nan):.2f} mV")
+    print(f"  estimator.voltage_noise_v {1e3 * result.voltage_noise_v:.2f} mV")
+    print(f"  -> {args.out}, " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""R0 and the RC branches from HPPC pulse tests, in the core's own discrete model.
+
+An HPPC test (USABC / INL battery test manuals: FreedomCAR Battery Test Manual for
+Power-Assist HEVs, DOE/ID-11069, 2003; Battery Test Manual for Electric Vehicles,
+INL/EXT-15-34184, 2015) starts from a relaxed cell and repeats, at steps of depth of
+discharge, a pulse profile (a discharge pulse, a rest, a charge pulse, a rest), a
+constant-current discharge segment to the next level and a long rest. Here:
+
+- *pulses* are current runs of at most ``PULSE_MAX_S``, *long rests* rest runs of at least
+  ``fit_ocv.LONG_REST_S``; the test must start with a long rest (a relaxed cell: its SOC is the
+  OCV test's curve inverted at that voltage); SOC is counted from there over the OCV test's
+  capacity, as the core counts it.
+- each level is the window from the end of one long rest to the end of the next (the pulse
+  profile, the discharge segment and the relaxation after it: time constants from a second to
+  tens of minutes are in it). Its parameters are the level's, at the SOC of its first pulse.
+- the window is fitted with the equations the core runs (docs/estimation.md "Predict" and
+  "Measure"; zero-order hold, sample k's current over (t[k-1], t[k]]):
+  v_k = OCV(SOC_k, T) + R0(sign I_k) I_k + sum_j V_j,k,  V_j,k = a V_j,k-1 + R_j (1 - a) I_k,
+  a = exp(-dt_k / tau_j), every V_j = 0 at the relaxed start. For fixed time constants the
+  voltage is linear in R0 (discharge), R0 (charge) and the R_j, so the fit is linear least
+  squares over a grid of tau (one, or pairs for two branches), refined around the best, with
+  every resistance positive: the linear-in-parameters approach of the "tau grid" / distribution
+  of relaxation times fits (e.g. Hu, Li, Peng, J. Power Sources 198 (2012) 359 for the
+  least-squares ECM identification; numpy only, no scipy). Because the fit uses the core's
+  discretisation at the file's own sample interval, R0 is the core's R0 (with 1 s samples
+  part of a fast branch's first second shows up in it); the instantaneous step dV/dI at each
+  pulse edge is reported beside it.
+- the OCV in the fit is the fitted OCV row at the test's temperature (which goes through the
+  test's own relaxed rest voltages).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bms.app.fit_data import FitError, Run, Trace, runs
+from bms.app.fit_ocv import LONG_REST_S, invert
+
+#: A current run of at most this long is a pulse (HPPC pulses are 10-30 s; assumption).
+PULSE_MAX_S = 60.0
+#: Time-constant grid: from this fraction of the sample interval ...
+TAU_MIN_PER_DT = 0.5
+#: ... to this fraction of the window (a time constant longer than half the window is not seen)
+TAU_MAX_PER_WINDOW = 0.5
+TAU_GRID_POINTS = 40
+#: Two branches are at least this far apart in tau (else they are one branch).
+TAU_RATIO_MIN = 2.5
+#: Resistances written are at least this (the loader wants R > 0; 1 uOhm is none).
+R_FLOOR_OHM = 1e-6
+
+
+@dataclass
+class LevelFit:
+    """One HPPC level (a window between long rests) at one temperature."""
+
+    soc: float                  # at the level's first pulse
+    soc_end: float
+    t_start_s: float
+    t_end_s: float
+    r0_ohm: float               # discharge
+    r0_charge_ohm: float        # NaN: no charge pulse at this level
+    r_ohm: list[float]
+    tau_s: list[float]
+    rmse_v: float               # the window
+    pulse_rmse_v: float         # the pulse profile (pulses and the rests between them)
+    r0_step_ohm: float          # instantaneous dV/dI at discharge pulse edges
+    r0_step_charge_ohm: float
+
+
+@dataclass
+class PulseTest:
+    """One HPPC file: its data, levels, relaxed rest points and SOC."""
+
+    trace: Trace
+    temperature_c: float        # the file's median temperature, rounded to 0.5 K
+    soc0: float
+    soc: np.ndarray             # per sample
+    rest_soc: np.ndarray        # relaxed points (end of each long rest)
+    rest_v: np.ndarray
+    windows: list[tuple[int, int]]  # sample index ranges [a, b] (inclusive) of the levels
+    pulses: list[Run]
+    levels: list[LevelFit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def round_temperature(t: float) -> float:
+    """Table temperatures on 0.5 K (the thermistor's resolution class; keeps the core's
+    uniform grid coarse)."""
+    return round(t * 2.0) / 2.0
+
+
+def prepare(trace: Trace, capacity_ah: float, ocv_soc: np.ndarray, ocv_v: np.ndarray
+            ) -> PulseTest:
+    """Find the long rests, pulses and level windows; count SOC from the relaxed start."""
+    rs = runs(trace)
+    if rs[0].kind != 0 or rs[0].duration_s(trace) < LONG_REST_S:
+        raise FitError(f"{trace.path}: the test does not start with a rest of at least "
+                       f"{LONG_REST_S:g} s (the relaxed start gives the SOC of the first pulse)")
+    pulses = [r for r in rs if r.kind != 0 and r.duration_s(trace) <= PULSE_MAX_S]
+    if not pulses:
+        raise FitError(f"{trace.path}: no pulses (current runs of at most {PULSE_MAX_S:g} s): "
+                       "not an HPPC test?")
+    long_rests = [r for r in rs if r.kind == 0 and r.duration_s(trace) >= LONG_REST_S]
+    start = rs[0].stop - 1
+    q = trace.charge_as
+    soc0 = invert(ocv_soc, ocv_v, float(trace.voltage_v[start]))
+    soc = soc0 + (q - q[start]) / (capacity_ah * 3600.0)
+    ends = [r.stop - 1 for r in long_rests]
+    rest_soc, rest_v = soc[ends], trace.voltage_v[ends]
+    bounds = ends + ([len(q) - 1] if ends[-1] < len(q) - 1 else [])
+    windows = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if any(a < p.start <= b for p in pulses):
+            windows.append((a, b))
+    if not windows:
+        raise FitError(f"{trace.path}: no pulse after the first long rest")
+    t = round_temperature(trace.temperature_median_c)
+    test = PulseTest(trace, t, soc0, soc, rest_soc, rest_v, windows, pulses)
+    spread = float(np.nanmax(trace.temperature_c) - np.nanmin(trace.temperature_c))
+    test.notes.append(f"{len(pulses)} pulses in {len(windows)} levels, {len(long_rests)} long "
+                      f"rests; temperature median {trace.temperature_median_c:.2f} C "
+                      f"(spread {spread:.1f} K); SOC at start {soc0:.4f}")
+    if np.min(soc) < -0.02:
+        test.notes.append(f"SOC counted to {np.min(soc):.3f}: the OCV test's capacity is "
+                          "smaller than what this test discharged")
+    return test
+
+
+def filtered(dt: np.ndarray, current: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """The core's RC state per unit resistance for each tau: x_k = a x_(k-1) + (1 - a) I_k,
+    x_0 = 0 (samples x taus)."""
+    a = np.exp(-dt[:, None] / taus[None, :])
+    b = (1.0 - a) * current[:, None]
+    x = np.zeros((len(dt), len(taus)))
+    acc = np.zeros(len(taus))
+    for k in range(1, len(dt)):
+        acc = a[k] * acc + b[k]
+        x[k] = acc
+    return x
+
+
+@dataclass
+class _Best:
+    sse: float = math.inf
+    taus: tuple[float, ...] = ()
+    coef: np.ndarray | None = None
+
+
+def _solve(gram: np.ndarray, rhs: np.ndarray, yy: float, cols: list[int]) -> tuple[float,
+                                                                                 np.ndarray]:
+    g = gram[np.ix_(cols, cols)]
+    r = rhs[cols]
+    try:
+        c = np.linalg.solve(g, r)
+    except np.linalg.LinAlgError:
+        return math.inf, np.zeros(len(cols))
+    return float(yy - 2.0 * c @ r + c @ g @ c), c
+
+
+def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_rc: int,
+            best: _Best) -> _Best:
+    """Least squares for every tau (pair) of the grid; resistances must be > 0."""
+    m = np.hstack([base, x])
+    gram, rhs, yy = m.T @ m, m.T @ y, float(y @ y)
+    nb = base.shape[1]
+    combos = ([(i,) for i in range(len(taus))] if n_rc == 1 else
+              [(i, j) for i in range(len(taus)) for j in range(i + 1, len(taus))
+               if taus[j] >= TAU_RATIO_MIN * taus[i]])
+    for combo in combos:
+        cols = list(range(nb)) + [nb + i for i in combo]
+        sse, c = _solve(gram, rhs, yy, cols)
+        if sse < best.sse and np.all(c > 0.0):
+            best = _Best(sse, tuple(float(taus[i]) for i in combo), c)
+    return best
+
+
+def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int
+               ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
+    """(R0 per base column, R_j, tau_j, model of y) for y = v - OCV over one window."""
+    dis, chg = np.minimum(current, 0.0), np.maximum(current, 0.0)
+    base_cols = [c for c in (dis, chg) if np.any(c != 0.0)]
+    base = np.column_stack(base_cols)
+    span = float(np.sum(dt))
+    dt_med = float(np.median(dt[1:]))
+    taus = np.geomspace(max(TAU_MIN_PER_DT * dt_med, 0.05), max(TAU_MAX_PER_WINDOW * span,
+                                                                   4 * dt_med), TAU_GRID_POINTS)
+    best = _search(base, filtered(dt, current, taus), taus, y, n_rc, _Best())
+    if best.coef is None:
+        raise FitError("no positive resistances fit this window")
+    # refine: a finer grid around each chosen tau (one coarse step either side)
+    step = float(taus[1] / taus[0])
+    fine = np.unique(np.concatenate([t * step ** np.linspace(-1, 1, 9) for t in best.taus]))
+    best = _search(base, filtered(dt, current, fine), fine, y, n_rc, best)
+    x = filtered(dt, current, np.array(best.taus))
+    nb = base.shape[1]
+    r0 = np.full(2, np.nan)
+    j = 0
+    for k, c in enumerate((dis, chg)):
+        if np.any(c != 0.0):
+            r0[k] = best.coef[j]
+            j += 1
+    model = base @ best.coef[:nb] + x @ best.coef[nb:]
+    order = np.argsort(best.taus)
+    return (r0, [float(best.coef[nb + k]) for k in order],
+            [float(best.taus[k]) for k in order], model)
+
+
+def step_resistance(trace: Trace, pulses: list[Run], kind: int) -> float:
+    """Median instantaneous |dV/dI| at the edges of the pulses of one direction."""
+    v, i = trace.voltage_v, trace.current_a
+    vals = []
+    for p in pulses:
+        if p.kind != kind or p.start == 0 or p.stop >= len(v):
+            continue
+        for k in (p.start, p.stop):
+            di = i[k] - i[k - 1]
+            if abs(di) > 0:
+                vals.append((v[k] - v[k - 1]) / di)
+    return float(np.median(vals)) if vals else math.nan
+
+
+def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc: int) -> None:
+    """Fit every level window of ``test`` (``ocv_at``: OCV at this temperature over SOC)."""
+    tr = test.trace
+    dt = tr.dt_s
+    for a, b in test.windows:
+        k = np.arange(a, b + 1)
+        dt_w = dt[k].copy()
+        dt_w[0] = 0.0
+        cur = tr.current_a[k].copy()
+        cur[0] = 0.0  # the relaxed start: every branch at 0
+        y = tr.voltage_v[k] - ocv_at(test.soc[k])
+        try:
+            r0, r, tau, model = fit_window(dt_w, cur, y, n_rc)
+        except FitError:
+            raise FitError(f"{tr.path}: no positive resistances fit the level at "
+                           f"{tr.time_s[a]:g}..{tr.time_s[b]:g} s") from None
+        resid = y - model
+        in_w = [p for p in test.pulses if a < p.start <= b]
+        first, last = in_w[0].start, in_w[-1].stop
+        prof = slice(first - a, min(last - a + int(PULSE_MAX_S), len(k)))
+        test.levels.append(LevelFit(
+            soc=float(test.soc[first]), soc_end=float(test.soc[b]),
+            t_start_s=float(tr.time_s[a]), t_end_s=float(tr.time_s[b]),
+            r0_ohm=float(r0[0]), r0_charge_ohm=float(r0[1]), r_ohm=r, tau_s=tau,
+            rmse_v=float(np.sqrt(np.mean(resid ** 2))),
+            pulse_rmse_v=float(np.sqrt(np.mean(resid[prof] ** 2))),
+            r0_step_ohm=step_resistance(tr, in_w, -1),
+            r0_step_charge_ohm=step_resistance(tr, in_w, +1)))
+
+
+def simulate(dt: np.ndarray, current: np.ndarray, soc: np.ndarray, temperature_c: np.ndarray,
+             ocv_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+             params_at: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+             ) -> np.ndarray:
+    """The core's voltage model in open loop (no EKF update), parameters looked up per sample
+    at the sample's SOC and temperature: the numpy twin of ``Core`` fed NaN voltages."""
+    p = params_at(soc, temperature_c)
+    v = ocv_at(soc, temperature_c) + np.where(current > 0, p["r0_charge"], p["r0"]) * current
+    for r, tau in zip(p["r"], p["tau"], strict=True):
+        a = np.exp(-dt / tau)
+        b = r * (1.0 - a) * current
+        x = np.zeros(len(dt))
+        acc = 0.0
+        for k in range(len(dt)):
+            acc = a[k] * acc + b[k]
+            x[k] = acc
+        v = v + x
+    return v
