@@ -24,6 +24,7 @@ import numpy as np
 
 from bms.balancing import Balancer
 from bms.board_io import BoardIO
+from bms.charging import CcdLimit, CcdWatch, HeldLimit, stack_conditions
 from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, ContactorStateMachine
 from bms.core import Core
 from bms.faults import FaultCode, FaultTable, Severity
@@ -31,7 +32,15 @@ from bms.monitor import MonitorServer
 from bms.protections import PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
 from bms.tickstats import TickStats
-from bms.tuning import DERATING_CODES, GC_EVERY_TICKS, HEARTBEATS_PER_TIMEOUT, WARNING_DERATE
+from bms.tuning import (
+    CCD_CHARGER_RESPONSE_S,
+    CCD_EVENT_DEBOUNCE_S,
+    CCD_EVENT_HYSTERESIS_A,
+    DERATING_CODES,
+    GC_EVERY_TICKS,
+    HEARTBEATS_PER_TIMEOUT,
+    WARNING_DERATE,
+)
 from bms.validation import StackValidator, ValidatedStack
 from boards.config import TIME_EPS_S, BoardProfile, PackConfig, StackConfig, load_board
 from hil.client import BoardClient
@@ -72,6 +81,11 @@ class StackRuntime:
     stack_voltage_v: float = math.nan
     charge_limit_a: float = math.nan
     discharge_limit_a: float = math.nan
+    # Dendrite-safe charging (bms/charging.py): the limit and what it was evaluated at.
+    ccd_limit_a: float = math.inf
+    ccd_pressure_kpa: float = math.nan
+    ccd_temperature_c: float = math.nan
+    ccd_watch: CcdWatch | None = None
 
     @property
     def client(self) -> BoardClient:
@@ -127,6 +141,12 @@ class Controller:
         self._balance_sigma_max = pack.balancing.start_delta_soc
         self.monitor = monitor
         self._row = TickRow([s.board.load_cells for s in self.stacks])
+        # Dendrite-safe charging: None when the pack has no CCD table (bms/charging.py).
+        self.ccd = CcdLimit.from_pack(pack)
+        self._ccd_held = HeldLimit(CCD_CHARGER_RESPONSE_S)
+        if self.ccd is not None:
+            for s in self.stacks:
+                s.ccd_watch = CcdWatch(s.index, CCD_EVENT_DEBOUNCE_S, CCD_EVENT_HYSTERESIS_A)
         self._allocate_pack_arrays()
         self._single_stack = len(self.stacks) == 1
         self._measurement_lost = False
@@ -237,10 +257,10 @@ class Controller:
         t = self.time_s = self._now()
         self._sample(t)
         valid, all_fresh = self._check_freshness(t)
-        charge_a, discharge_a = self._power_limits()
+        charge_a, discharge_a, protect_charge_a = self._power_limits(t)
         current_a = self._pack_current()
         if all_fresh:
-            self._protect(t, current_a, charge_a, discharge_a)
+            self._protect(t, current_a, protect_charge_a, discharge_a)
         c_out, fault_latched = self._contactors(t, valid)
         bal, charge_a, discharge_a, n_active = self._balance_and_derate(
             t, c_out, current_a, fault_latched, charge_a, discharge_a)
@@ -522,8 +542,13 @@ class Controller:
         self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         self._p_imbalance_kpa[k] = o.load_cell_imbalance_kpa
+        if self.ccd is not None:
+            s.ccd_pressure_kpa, s.ccd_temperature_c = stack_conditions(data.pressure_kpa,
+                                                                       data.temperature_c)
+            s.ccd_limit_a = self.ccd.limit_a(s.ccd_pressure_kpa, s.ccd_temperature_c)
         self._row.set_stack(k, data.current_a, data.pressure_kpa, o.pressure_expected_kpa,
-                            o.pressure_residual_kpa)
+                            o.pressure_residual_kpa,
+                            s.ccd_limit_a if self.ccd is not None else math.nan)
 
     # ------------------------------------------------------------------ pack-wide values
 
@@ -556,19 +581,35 @@ class Controller:
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
 
-    def _power_limits(self) -> tuple[float, float]:
-        charge = discharge = math.inf
+    def _power_limits(self, t: float) -> tuple[float, float, float]:
+        """The allowed currents over the stacks: the core's SOF limits, the charge limit also
+        under each stack's dendrite-safe CCD limit (bms/charging.py). Returns (charge,
+        discharge, the charge limit the over-current levels follow: the SOF limit under the
+        highest CCD limit of the last CCD_CHARGER_RESPONSE_S, time for a charger to follow)."""
+        charge = discharge = sof = ccd = math.inf
         seen = False
         for s in self.stacks:
             if s.out is None:
                 continue
             seen = True
-            charge = min(charge, s.charge_limit_a)
+            sof = min(sof, s.charge_limit_a)
+            ccd = min(ccd, s.ccd_limit_a)
             discharge = min(discharge, s.discharge_limit_a)
+            if s.ccd_watch is not None:
+                self._ccd_events(s.ccd_watch.update(t, s.ccd_limit_a, s.charge_limit_a,
+                                                    s.ccd_pressure_kpa, s.ccd_temperature_c))
         if not seen:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
+        charge = min(sof, ccd)
+        protect = min(sof, self._ccd_held.update(t, ccd)) if self.ccd is not None else charge
         return (charge if math.isfinite(charge) else 0.0), \
-            (discharge if math.isfinite(discharge) else 0.0)
+            (discharge if math.isfinite(discharge) else 0.0), \
+            (protect if math.isfinite(protect) else 0.0)
+
+    def _ccd_events(self, events: list[dict[str, Any]]) -> None:
+        if events and self.log:
+            for e in events:
+                self.log.event(e)
 
     def _protection_inputs(self, current_a: float, charge_limit_a: float,
                            discharge_limit_a: float) -> ProtectionInputs:

@@ -60,6 +60,8 @@ def standard_columns(
     cols += [f"t{i + 1:0{w}d}_c" for i in range(n_thermistors)]
     cols += [f"pressure_lc{i + 1:0{w}d}_kpa" for i in range(n_load_cells)]
     cols += per_stack("pressure_expected", "_kpa") + per_stack("pressure_residual", "_kpa")
+    # the stack's dendrite-safe (CCD) charge limit, bms/charging.py; NaN: the pack has none
+    cols += per_stack("ccd_limit", "_a")
     cols += ["charge_limit_a", "discharge_limit_a", "outputs"]
     cols += per_stack("balance_mask", "")
     cols += ["faults_active", "tick_duration_s"]
@@ -78,20 +80,23 @@ class TickRow:
         self.n_stacks = n_st
         # time, state, current, stack and bus voltage (+ each board's current, several stacks)
         self._head = np.full(5 + (n_st if n_st > 1 else 0), np.nan)
-        # pressure expected and residual per stack, limits, outputs, masks, faults, duration
-        self._tail = np.full(3 * n_st + 5, np.nan)
+        # pressure expected and residual and CCD limit per stack, limits, outputs, masks,
+        # faults, duration
+        self._tail = np.full(4 * n_st + 5, np.nan)
         self._no_pressure = [np.full(k, np.nan) for k in load_cells]  # a stack without data
         self.segments: list[np.ndarray] = (
             [self._head] + [np.empty(0)] * 5 + list(self._no_pressure) + [self._tail])
 
     def set_stack(self, k: int, current_a: float, pressure_kpa: np.ndarray,
-                  pressure_expected_kpa: float, pressure_residual_kpa: float) -> None:
+                  pressure_expected_kpa: float, pressure_residual_kpa: float,
+                  ccd_limit_a: float = math.nan) -> None:
         """Stack ``k``'s latest data (kept for later rows until the next call)."""
         if self.n_stacks > 1:
             self._head[5 + k] = current_a
         self.segments[6 + k] = pressure_kpa
         self._tail[k] = pressure_expected_kpa
         self._tail[self.n_stacks + k] = pressure_residual_kpa
+        self._tail[2 * self.n_stacks + k] = ccd_limit_a
 
     def fill(self, time_s: float, state: int, current_a: float, stack_voltage_v: float,
              bus_voltage_v: float, cells: Sequence[np.ndarray], charge_limit_a: float,
@@ -101,7 +106,7 @@ class TickRow:
         arrays, then the thermistor temperatures (in column order)."""
         self._head[:5] = (time_s, state, current_a, stack_voltage_v, bus_voltage_v)
         tail, n_st = self._tail, self.n_stacks
-        k = 2 * n_st
+        k = 3 * n_st
         tail[k:k + 3] = (charge_limit_a, discharge_limit_a, outputs)
         k += 3
         tail[k:k + n_st] = balance_masks

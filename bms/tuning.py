@@ -34,6 +34,20 @@ DERATING_CODES = frozenset({
 #: the pipelined sim clock's tick of delay -- is far from tripping a 1 s watchdog; a beat per
 #: 100 Hz tick would only load the link).
 HEARTBEATS_PER_TIMEOUT = 5
+#: Dendrite-safe charging (bms/charging.py): an event says when the CCD limit becomes the
+#: binding charge limit and when it stops being, each change only after the new condition held
+#: this long (assumption: 1 s, at most one event a second per stack; the limit itself acts
+#: every tick) ...
+CCD_EVENT_DEBOUNCE_S = 1.0
+#: ... and released only once the CCD limit is this far above the SOF limit (assumption: the
+#: LIMIT_RESEND_A step that a board sees anyway).
+CCD_EVENT_HYSTERESIS_A = 0.5
+#: The charge over-current levels follow a lowered CCD limit this late (the highest CCD limit
+#: of this window): a charger needs time to follow a lower allowed current, and the limits
+#: reach the board only in LIMIT_RESEND_A steps. 5 s is the time IEC 61851-1 gives an EV to
+#: follow a lowered charging-current signal; dendrites grow over minutes of plating above the
+#: CCD, not seconds.
+CCD_CHARGER_RESPONSE_S = 5.0
 #: Explicit garbage collection period of Controller.run (the automatic collector is off: an
 #: automatic generation-2 collection inside a tick costs milliseconds; measured with
 #: ``bms bench --tick``).

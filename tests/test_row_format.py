@@ -159,6 +159,7 @@ def test_column_decimals_table() -> None:
     assert dec["cell01_voltage_v"] == 6 and dec["cell01_soc"] == 6
     assert dec["cell01_soc_sigma"] == 6 and dec["cell01_leak_a"] == 4 and dec["t01_c"] == 3
     assert dec["pressure_lc01_kpa"] == 2 and dec["balance_mask"] == 0
+    assert dec["ccd_limit_a"] == 4  # 0.1 mA, as every current
     assert column_decimals("balance_mask_s3") == 0 and column_decimals("whatever") == -1
     assert column_decimals("pressure_rate_kpa_per_s") == -1  # unknown unit: %.10g
     assert all(d >= 0 for d in dec.values()), "every standard column has a resolution"

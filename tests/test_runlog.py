@@ -18,6 +18,7 @@ from bms.runlog import (
     SUMMARY,
     TICKS,
     RunLog,
+    TickRow,
     load_events,
     load_ticks,
     standard_columns,
@@ -36,6 +37,34 @@ def test_standard_columns() -> None:
     assert "cell92_voltage_v" in cols4 and "balance_mask_s4" in cols4
     assert "pressure_expected_s3_kpa" in cols4 and len(set(cols4)) == len(cols4)
     assert "cell001_voltage_v" in standard_columns(128, 1, 1)
+    # the dendrite-safe (CCD) charge limit per stack, before the pack's limits
+    assert cols.index("ccd_limit_a") == cols.index("charge_limit_a") - 1
+    assert [c for c in cols4 if c.startswith("ccd_limit")] == [
+        f"ccd_limit_s{k}_a" for k in range(1, 5)]
+
+
+@pytest.mark.parametrize("load_cells", [[4], [4, 0, 3]], ids=["one stack", "three stacks"])
+def test_tick_row_segments_follow_standard_columns(load_cells: list[int]) -> None:
+    """The controller's TickRow puts each value in its standard_columns column."""
+    n_st, n_cells, n_th = len(load_cells), 5, 2
+    cols = standard_columns(n_cells, n_th, sum(load_cells), n_st)
+    row = TickRow(load_cells)
+    sfx = (lambda k: "") if n_st == 1 else (lambda k: f"_s{k + 1}")
+    for k, m in enumerate(load_cells):
+        row.set_stack(k, 1.0 + k, np.full(m, 1000.0 + k), 1100.0 + k, -5.0 - k, 7.5 + k)
+    cells = [np.full(n_cells, 3.7), np.full(n_cells, 0.5), np.full(n_cells, 0.01),
+             np.full(n_cells, 0.0), np.full(n_th, 25.0)]
+    segs = row.fill(12.5, 2, 3.0, 85.0, 84.9, cells, 9.5, 15.0, 7, np.arange(n_st) + 1.0, 1,
+                    1e-4)
+    values = dict(zip(cols, np.concatenate(segs), strict=True))
+    assert values["time_s"] == 12.5 and values["charge_limit_a"] == 9.5
+    assert values["discharge_limit_a"] == 15.0 and values["outputs"] == 7
+    assert values["faults_active"] == 1 and values["tick_duration_s"] == 1e-4
+    for k in range(n_st):
+        assert values[f"ccd_limit{sfx(k)}_a"] == 7.5 + k
+        assert values[f"pressure_expected{sfx(k)}_kpa"] == 1100.0 + k
+        assert values[f"pressure_residual{sfx(k)}_kpa"] == -5.0 - k
+        assert values[f"balance_mask{sfx(k)}"] == k + 1
 
 
 def test_round_trip(tmp_path: Path) -> None:
