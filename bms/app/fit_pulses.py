@@ -42,6 +42,9 @@ from bms.app.fit_ocv import LONG_REST_S, invert
 
 #: A current run of at most this long is a pulse (HPPC pulses are 10-30 s; assumption).
 PULSE_MAX_S = 60.0
+#: A test whose first rested voltage inverts to within this of SOC 1 starts full (assumption:
+#: 3 % covers an entropic OCV shift of a few mV at another temperature near full).
+FULL_SNAP = 0.03
 #: Time-constant grid: from this fraction of the sample interval ...
 TAU_MIN_PER_DT = 0.5
 #: ... to this fraction of the window (a time constant longer than half the window is not seen)
@@ -108,6 +111,11 @@ def prepare(trace: Trace, capacity_ah: float, ocv_soc: np.ndarray, ocv_v: np.nda
     start = rs[0].stop - 1
     q = trace.charge_as
     soc0 = invert(ocv_soc, ocv_v, float(trace.voltage_v[start]))
+    snapped = soc0 >= 1.0 - FULL_SNAP
+    if snapped:
+        # An HPPC starts from a full cell (the manuals' procedure); near full the inverted
+        # OCV is off by the OCV's temperature shift over its slope, not by charge.
+        soc0 = 1.0
     soc = soc0 + (q - q[start]) / (capacity_ah * 3600.0)
     ends = [r.stop - 1 for r in long_rests]
     rest_soc, rest_v = soc[ends], trace.voltage_v[ends]
@@ -123,7 +131,10 @@ def prepare(trace: Trace, capacity_ah: float, ocv_soc: np.ndarray, ocv_v: np.nda
     spread = float(np.nanmax(trace.temperature_c) - np.nanmin(trace.temperature_c))
     test.notes.append(f"{len(pulses)} pulses in {len(windows)} levels, {len(long_rests)} long "
                       f"rests; temperature median {trace.temperature_median_c:.2f} C "
-                      f"(spread {spread:.1f} K); SOC at start {soc0:.4f}")
+                      f"(spread {spread:.1f} K); SOC at start {soc0:.4f}"
+                      + (" (full: the OCV at the first rest is within "
+                         f"{FULL_SNAP:.0%} of the top)" if snapped else
+                         " (the OCV test's curve at the first rested voltage)"))
     if np.min(soc) < -0.02:
         test.notes.append(f"SOC counted to {np.min(soc):.3f}: the OCV test's capacity is "
                           "smaller than what this test discharged")
@@ -162,8 +173,9 @@ def _solve(gram: np.ndarray, rhs: np.ndarray, yy: float, cols: list[int]) -> tup
 
 
 def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_rc: int,
-            best: _Best) -> _Best:
-    """Least squares for every tau (pair) of the grid; resistances must be > 0."""
+            best: _Best, n_free: int) -> _Best:
+    """Least squares for every tau (pair) of the grid; resistances must be > 0 (the last
+    ``n_free`` base columns, slopes, may have either sign)."""
     m = np.hstack([base, x])
     gram, rhs, yy = m.T @ m, m.T @ y, float(y @ y)
     nb = base.shape[1]
@@ -173,28 +185,37 @@ def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_
     for combo in combos:
         cols = list(range(nb)) + [nb + i for i in combo]
         sse, c = _solve(gram, rhs, yy, cols)
-        if sse < best.sse and np.all(c > 0.0):
+        if sse < best.sse and np.all(np.delete(c, range(nb - n_free, nb)) > 0.0):
             best = _Best(sse, tuple(float(taus[i]) for i in combo), c)
     return best
 
 
-def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int
+def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
+               dsoc: np.ndarray | None = None
                ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
-    """(R0 per base column, R_j, tau_j, model of y) for y = v - OCV over one window."""
+    """(R0 discharge and charge, R_j, tau_j, model of y) for y = v - OCV over one window.
+    ``dsoc``: SOC minus the level's SOC; R0 on discharge may then change linearly with it
+    inside the window (the segment to the next level crosses 10-20 % SOC, where R0 moves;
+    without the slope the slow branch absorbs that drift). The slope is not written: the
+    next level's R0 carries it."""
     dis, chg = np.minimum(current, 0.0), np.maximum(current, 0.0)
     base_cols = [c for c in (dis, chg) if np.any(c != 0.0)]
+    n_free = 0
+    if dsoc is not None:
+        base_cols.append(dis * dsoc)
+        n_free = 1
     base = np.column_stack(base_cols)
     span = float(np.sum(dt))
     dt_med = float(np.median(dt[1:]))
     taus = np.geomspace(max(TAU_MIN_PER_DT * dt_med, 0.05), max(TAU_MAX_PER_WINDOW * span,
                                                                    4 * dt_med), TAU_GRID_POINTS)
-    best = _search(base, filtered(dt, current, taus), taus, y, n_rc, _Best())
+    best = _search(base, filtered(dt, current, taus), taus, y, n_rc, _Best(), n_free)
     if best.coef is None:
         raise FitError("no positive resistances fit this window")
     # refine: a finer grid around each chosen tau (one coarse step either side)
     step = float(taus[1] / taus[0])
     fine = np.unique(np.concatenate([t * step ** np.linspace(-1, 1, 9) for t in best.taus]))
-    best = _search(base, filtered(dt, current, fine), fine, y, n_rc, best)
+    best = _search(base, filtered(dt, current, fine), fine, y, n_rc, best, n_free)
     x = filtered(dt, current, np.array(best.taus))
     nb = base.shape[1]
     r0 = np.full(2, np.nan)
@@ -234,14 +255,14 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
         cur = tr.current_a[k].copy()
         cur[0] = 0.0  # the relaxed start: every branch at 0
         y = tr.voltage_v[k] - ocv_at(test.soc[k])
+        in_w = [p for p in test.pulses if a < p.start <= b]
+        first, last = in_w[0].start, in_w[-1].stop
         try:
-            r0, r, tau, model = fit_window(dt_w, cur, y, n_rc)
+            r0, r, tau, model = fit_window(dt_w, cur, y, n_rc, test.soc[k] - test.soc[first])
         except FitError:
             raise FitError(f"{tr.path}: no positive resistances fit the level at "
                            f"{tr.time_s[a]:g}..{tr.time_s[b]:g} s") from None
         resid = y - model
-        in_w = [p for p in test.pulses if a < p.start <= b]
-        first, last = in_w[0].start, in_w[-1].stop
         prof = slice(first - a, min(last - a + int(PULSE_MAX_S), len(k)))
         test.levels.append(LevelFit(
             soc=float(test.soc[first]), soc_end=float(test.soc[b]),

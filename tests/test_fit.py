@@ -1,0 +1,280 @@
+"""``bms fit`` (bms/app/fit*.py): synthetic cycler files from a known 2-RC cell (the core's own
+discrete equations, seeded noise) -> fit -> the parameters come back within stated tolerances,
+the written pack loads, passes ``bms check`` and runs in the core; the input errors are one
+line and exit code 2. A PyBaMM --quick set is fitted when PyBaMM is installed."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bms.app import check
+from bms.app import fit as fitmod
+from bms.app.fit import fit, one_cell_pack, run_core_open_loop
+from bms.app.fit_data import read_trace
+from bms.core import Core
+from boards.config import load_pack
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPACITY_AH = 5.0
+R0 = 0.020          # discharge, at 25 C, + 0.010 (1 - SOC)
+R0_CHARGE = 0.023
+R1, TAU1 = 0.010, 12.0
+R2, TAU2 = 0.006, 150.0
+COLD_C, COLD_FACTOR = 5.0, 1.8   # every resistance x1.8 at 5 C
+COLD_OCV_SHIFT_V = -0.005        # OCV 5 mV lower at 5 C
+NOISE_V = 0.0003
+
+
+def ocv_true(soc: np.ndarray, temperature_c: float = 25.0) -> np.ndarray:
+    s = np.clip(soc, 0.0, 1.0)
+    v = 3.0 + 0.9 * s + 0.25 * s ** 3 + 0.05 * (1.0 - np.exp(-30.0 * s)) \
+        - 0.05 * np.exp(-20.0 * (1.0 - s))
+    return v + (COLD_OCV_SHIFT_V if temperature_c < 15.0 else 0.0)
+
+
+def simulate(t: np.ndarray, i: np.ndarray, soc0: float, temperature_c: float,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The core's discrete model (sample k's current over (t[k-1], t[k]]); charge-positive
+    current. Returns (voltage with noise, SOC)."""
+    f = COLD_FACTOR if temperature_c < 15.0 else 1.0
+    dt = np.diff(t, prepend=t[0])
+    soc = soc0 + np.cumsum(i * dt) / (CAPACITY_AH * 3600.0)
+    r0 = np.where(i > 0, R0_CHARGE, R0 + 0.010 * (1.0 - soc)) * f
+    v = ocv_true(soc, temperature_c) + r0 * i
+    for r, tau in ((R1 * f, TAU1), (R2 * f, TAU2)):
+        a = np.exp(-dt / tau)
+        x, acc = np.zeros(len(t)), 0.0
+        for k in range(len(t)):
+            acc = a[k] * acc + r * (1.0 - a[k]) * i[k]
+            x[k] = acc
+        v = v + x
+    return v + rng.normal(0.0, NOISE_V, len(t)), soc
+
+
+def write_cycler(path: Path, t, i, v, temp, names=("Time [s]", "Current [A]", "Voltage [V]",
+                                                   "Temperature [degC]"), sign=-1.0) -> Path:
+    """Cycler CSV; ``sign`` -1: discharge-positive like PyBaMM."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for row in zip(t, sign * i, v, temp, strict=True):
+            w.writerow([f"{row[0]:.3f}", f"{row[1]:.6f}", f"{row[2]:.6f}", f"{row[3]:.2f}"])
+    return path
+
+
+def ocv_test(path: Path, rng) -> Path:
+    dt = 20.0
+    parts = [(3600.0, 0.0), (CAPACITY_AH / 0.25 * 3600.0, -0.25), (3600.0, 0.0),
+             (0.98 * CAPACITY_AH / 0.25 * 3600.0, 0.25)]
+    i = np.concatenate([np.full(int(round(d / dt)), c) for d, c in parts])
+    t = np.arange(len(i)) * dt
+    v, _ = simulate(t, i, 1.0, 25.0, rng)
+    return write_cycler(path, t, i, v, np.full(len(t), 25.0))
+
+
+def hppc_test(path: Path, temperature_c: float, rng, levels: int = 4) -> Path:
+    """Relaxed full cell; per level: 1C discharge 10 s, rest 40 s, 0.75C charge 10 s (not at
+    the first level), rest 40 s, C/2 for 0.2 of the capacity, rest 15 min."""
+    seq = [(600, 0.0)]
+    for k in range(levels):
+        seq += [(10, -5.0), (40, 0.0)] + ([(10, 3.75), (40, 0.0)] if k else [])
+        seq += [(int(0.2 * CAPACITY_AH / 2.5 * 3600), -2.5), (900, 0.0)]
+    i = np.concatenate([np.full(n, c) for n, c in seq])
+    t = np.arange(len(i), dtype=float)
+    v, _ = simulate(t, i, 1.0, temperature_c, rng)
+    return write_cycler(path, t, i, v, temperature_c + rng.normal(0, 0.1, len(t)))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fit")
+    rng = np.random.default_rng(11)
+    return {"dir": d, "ocv": ocv_test(d / "ocv.csv", rng),
+            "hppc25": hppc_test(d / "hppc_25C.csv", 25.0, rng),
+            "hppc5": hppc_test(d / "hppc_5C.csv", COLD_C, rng)}
+
+
+@pytest.fixture(scope="module")
+def result(files):
+    return fit(files["ocv"], [files["hppc25"], files["hppc5"]])
+
+
+def test_capacity_and_ocv_recovered(result):
+    assert result.ocv.capacity_ah == pytest.approx(CAPACITY_AH, rel=2e-3)
+    grid = result.ocv.soc_grid
+    warm = result.ocv_rows_v[list(result.ocv_temperatures_c).index(25.0)]
+    cold = result.ocv_rows_v[list(result.ocv_temperatures_c).index(COLD_C)]
+    inner = (grid >= 0.05) & (grid <= 0.95)
+    # the mean of the C/20 branches: the RC and R0 drops cancel, the R0 SOC slope does not
+    assert np.max(np.abs(warm - ocv_true(grid))[inner]) < 0.002
+    assert np.all(np.diff(warm) > 0) and np.all(np.diff(cold) > 0)
+    # the 5 C row carries the rest points' offset (-5 mV) where HPPC levels are (SOC 0.2..1)
+    at_levels = (grid >= 0.25) & (grid <= 0.95)
+    shift = (cold - warm)[at_levels]
+    assert np.all(np.abs(shift - COLD_OCV_SHIFT_V) < 0.0015)
+
+
+def test_parameters_recovered(result):
+    t = result.tables
+    assert list(t.temperature_c) == [COLD_C, 25.0]
+    # the HPPC levels (charge from the pulses moves them below the round numbers)
+    assert list(t.soc) == [0.4, 0.6, 0.8, 1.0]
+    for k, f in ((0, COLD_FACTOR), (1, 1.0)):
+        r0_true = (R0 + 0.010 * (1.0 - t.soc)) * f
+        assert np.max(np.abs(t.r0_ohm[k] / r0_true - 1.0)) < 0.08, t.r0_ohm[k]
+        # no charge pulse at the first level: from its neighbour
+        assert np.max(np.abs(t.r0_charge_ohm[k] / (R0_CHARGE * f) - 1.0)) < 0.08
+        assert np.max(np.abs(t.r_ohm[0][k] / (R1 * f) - 1.0)) < 0.15, t.r_ohm[0][k]
+        assert np.max(np.abs(t.tau_s[0][k] / TAU1 - 1.0)) < 0.2, t.tau_s[0][k]
+        assert np.max(np.abs(t.r_ohm[1][k] / (R2 * f) - 1.0)) < 0.2, t.r_ohm[1][k]
+        assert np.max(np.abs(t.tau_s[1][k] / TAU2 - 1.0)) < 0.25, t.tau_s[1][k]
+    # each level's window is fitted to the noise (0.3 mV) ...
+    for test in result.tests:
+        assert all(lv.rmse_v < 1.5 * NOISE_V for lv in test.levels)
+    # ... and the written pack through the real core reproduces the files within 3 mV: the
+    # tables are linear between levels and held below the lowest (SOC 0.4; the files go on
+    # to 0.2, where the true R0 keeps rising: ~9 mV at the end at 5 C)
+    rmse = np.array(list(result.core_rmse_v.values()))
+    assert np.all(rmse < 0.003)
+    # equal-length files: the written model error is their RMS (floor 1 mV)
+    assert result.voltage_noise_v == pytest.approx(
+        max(fitmod.MIN_VOLTAGE_NOISE_V, float(np.sqrt(np.mean(rmse ** 2)))), rel=1e-6)
+
+
+def test_pack_loads_checks_and_estimates(result, files, capsys):
+    out = files["dir"] / "cell.yaml"
+    result.write_pack(out)
+    pack = load_pack(out)
+    assert pack.cell.capacity_ah == pytest.approx(result.ocv.capacity_ah, rel=1e-6)
+    assert pack.cell.ecm.rc_branches == 2 and not pack.cell.solid_state
+    assert pack.charging is None and pack.fixture.load_cells_xy_mm  # the bench's fixture kept
+    assert pack.cell.contact_resistance_ref_ohm == 0.0
+    assert pack.estimator.voltage_noise_v == pytest.approx(result.voltage_noise_v, rel=1e-3)
+    assert check.main(["--pack", str(out)]) == 0
+    assert "not fused as SOC: the cell has no solid-state description" in capsys.readouterr().out
+    # the EKF started 20 % SOC off converges on the 25 C file
+    tr = read_trace(files["hppc25"])
+    core = Core(one_cell_pack(pack), 0)
+    test = result.tests[0]
+    core.reset(test.soc0 - 0.2)
+    dt = np.diff(tr.time_s, prepend=tr.time_s[0] - 1.0)
+    p = np.full(core.params.n_load_cells, np.nan)
+    for k in range(len(dt)):
+        o = core.step(dt[k], tr.current_a[k], tr.voltage_v[k:k + 1],
+                      tr.temperature_c[k:k + 1], p)
+    assert abs(o.soc[0] - test.soc[-1]) < 0.01
+    # open loop through the core equals the fit's own check
+    v = run_core_open_loop(pack, tr, test.soc0)
+    assert np.sqrt(np.mean((v - tr.voltage_v) ** 2)) == pytest.approx(
+        result.core_rmse_v[str(tr.path)], rel=1e-9)
+
+
+def test_one_branch_and_column_mapping(files, tmp_path):
+    h, d = _read(files["hppc25"])
+    mapped = write_cycler(tmp_path / "mapped.csv", d[:, 0], -d[:, 1], d[:, 2], d[:, 3],
+                          names=("t_s", "I_A", "U_V", "T_C"))
+    cols = fitmod.parse_columns("time=t_s,current=I_A,voltage=U_V,temperature=T_C")
+    # one mapping for every file: the OCV file gets the same names
+    o_h, o_d = _read(files["ocv"])
+    ocv_m = write_cycler(tmp_path / "ocv_m.csv", o_d[:, 0], -o_d[:, 1], o_d[:, 2], o_d[:, 3],
+                         names=("t_s", "I_A", "U_V", "T_C"))
+    res = fit(ocv_m, [mapped], rc_branches=1, columns=cols)
+    assert res.rc_branches == 1 and len(res.tables.r_ohm) == 1
+    out = tmp_path / "one.yaml"
+    res.write_pack(out)
+    pack = load_pack(out)
+    assert pack.cell.ecm.rc_branches == 1
+    # one temperature: the OCV row repeated, the tables without temperature_c
+    assert len(pack.cell.temperature_grid_c) == 2
+    assert any("one temperature only" in n for n in res.notes)
+    # one branch between the two true ones: R1 + part of R2
+    r = float(res.tables.r_ohm[0][0, 2])
+    assert R1 < r < R1 + R2
+
+
+def _read(path: Path) -> tuple[list[str], np.ndarray]:
+    from bms.app.recording import read_csv
+    return read_csv(path)
+
+
+def test_cli_writes_pack_and_report(files, tmp_path, capsys):
+    out = tmp_path / "cli.yaml"
+    rc = fitmod.main(["--ocv", str(files["ocv"]), "--pulses", str(files["hppc25"]),
+                      "--current-sign", "discharge-positive", "-o", str(out),
+                      "--report", str(tmp_path / "rep")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "5.0" in text and "core voltage RMSE" in text
+    assert load_pack(out).cell.ecm.rc_branches == 2
+    rep = tmp_path / "rep"
+    assert (rep / "cli_report.json").exists() and (rep / "cli_report.md").exists()
+    pytest.importorskip("matplotlib")
+    assert (rep / "cli_hppc_25C.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("case", ["columns", "nan", "no_pulses", "no_rest", "short", "sign",
+                                  "bad_columns_spec", "base", "out_suffix"])
+def test_input_errors_are_one_line_exit_2(case, files, tmp_path, capsys):
+    ocv, hppc = files["ocv"], files["hppc25"]
+    h, d = _read(hppc)
+    extra: list[str] = []
+    expect = ""
+    if case == "columns":
+        hppc = write_cycler(tmp_path / "x.csv", d[:, 0], -d[:, 1], d[:, 2], d[:, 3],
+                            names=("Time [s]", "I", "Voltage [V]", "Temperature [degC]"))
+        expect = "no column current 'Current [A]'"
+    elif case == "nan":
+        d[500, 2] = np.nan
+        hppc = write_cycler(tmp_path / "x.csv", d[:, 0], -d[:, 1], d[:, 2], d[:, 3])
+        expect = "voltage is not a number in data row 501"
+    elif case == "no_pulses":
+        hppc = ocv
+        expect = "no pulses"
+    elif case == "no_rest":
+        hppc = write_cycler(tmp_path / "x.csv", d[700:, 0], -d[700:, 1], d[700:, 2],
+                            d[700:, 3])
+        expect = "does not start with a rest"
+    elif case == "short":
+        hppc = write_cycler(tmp_path / "x.csv", d[:5, 0], -d[:5, 1], d[:5, 2], d[:5, 3])
+        expect = "5 samples"
+    elif case == "sign":
+        extra = ["--current-sign", "charge-positive"]
+        expect = "the sign is inverted"
+    elif case == "bad_columns_spec":
+        extra = ["--columns", "volt=U"]
+        expect = "expected KEY=COLUMN"
+    elif case == "base":
+        extra = ["--base", "no-such-pack"]
+        expect = "no-such-pack"
+    out = tmp_path / ("x.txt" if case == "out_suffix" else "x.yaml")
+    if case == "out_suffix":
+        expect = "a pack file ends in .yaml"
+    proc = subprocess.run([sys.executable, "-m", "bms", "fit", "--ocv", str(ocv), "--pulses",
+                           str(hppc), "-o", str(out), *extra], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert expect in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+    assert not out.exists()
+
+
+def test_pybamm_quick_set_fits(tmp_path):
+    """A PyBaMM --quick set (Chen2020, 25 C, 2 levels, 5 min rests) through bms fit."""
+    pytest.importorskip("pybamm")
+    out = tmp_path / "truth"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "pybamm_truth.py"), "--quick",
+                           "-o", str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYBAMM_DISABLE_TELEMETRY": "true"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ocv = next(out.glob("ocv_*.csv"))
+    hppc = [p for p in out.glob("hppc_*.csv") if not p.name.endswith("_truth.csv")]
+    res = fit(ocv, hppc, current_sign="discharge-positive")
+    assert 4.5 < res.ocv.capacity_ah < 5.5
+    assert all(r < 0.015 for r in res.core_rmse_v.values())
