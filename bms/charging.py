@@ -68,28 +68,36 @@ class CcdLimit:
         # "not >=" is also true for NaN
         if not pressure_kpa >= ps[0] or not temperature_c >= ts[0]:
             return 0.0
-        i, fp = _bracket(ps, pressure_kpa)
-        j, ft = _bracket(ts, temperature_c)
         rows = self.ccd_ma_cm2_table
-        lo, hi = rows[j], rows[j + 1] if ft > 0.0 else rows[j]
-        at_lo = lo[i] + fp * (lo[i + 1] - lo[i]) if fp > 0.0 else lo[i]
-        at_hi = hi[i] + fp * (hi[i + 1] - hi[i]) if fp > 0.0 else hi[i]
+        # Bracket each axis: index i and fraction f in [0, 1); beyond the last breakpoint (or
+        # on a one-point axis) the last value holds (f = 0). One function, plain floats: this
+        # runs every tick for every stack (about 1 us).
+        i = len(ps) - 1
+        fp = 0.0
+        if pressure_kpa < ps[i]:
+            i = bisect_right(ps, pressure_kpa) - 1
+            fp = (pressure_kpa - ps[i]) / (ps[i + 1] - ps[i])
+        j = len(ts) - 1
+        lo = hi = rows[j]
+        ft = 0.0
+        if temperature_c < ts[j]:
+            j = bisect_right(ts, temperature_c) - 1
+            ft = (temperature_c - ts[j]) / (ts[j + 1] - ts[j])
+            lo, hi = rows[j], rows[j + 1]
+        if fp > 0.0:
+            at_lo = lo[i] + fp * (lo[i + 1] - lo[i])
+            at_hi = hi[i] + fp * (hi[i + 1] - hi[i])
+        else:
+            at_lo, at_hi = lo[i], hi[i]
         return at_lo + ft * (at_hi - at_lo)
 
     def limit_a(self, pressure_kpa: float, temperature_c: float) -> float:
         """The stack's charge current limit (A): margin x CCD x plating area."""
-        return (self.margin * self.ccd_ma_cm2(pressure_kpa, temperature_c)
-                * self.plating_area_cm2 * 1e-3)
+        return self.ccd_ma_cm2(pressure_kpa, temperature_c) * self._amps_per_ma_cm2
 
-
-def _bracket(axis: tuple[float, ...], x: float) -> tuple[int, float]:
-    """(i, f) with x = axis[i] + f (axis[i+1] - axis[i]), f in [0, 1]; x >= axis[0]. Beyond the
-    last breakpoint (or on a one-point axis) the last value holds: (last, 0)."""
-    last = len(axis) - 1
-    if x >= axis[last]:
-        return last, 0.0
-    i = bisect_right(axis, x) - 1
-    return i, (x - axis[i]) / (axis[i + 1] - axis[i])
+    @property
+    def _amps_per_ma_cm2(self) -> float:
+        return self.margin * self.plating_area_cm2 * 1e-3
 
 
 def stack_conditions(load_cell_kpa: np.ndarray, temperature_c: np.ndarray

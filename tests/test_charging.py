@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from bms.app.check import main as check_main
 from bms.app.emulators import start_emulator
 from bms.charging import CcdLimit, CcdWatch, HeldLimit, stack_conditions
 from bms.controller import Controller
@@ -101,6 +102,22 @@ def test_no_charging_section_or_no_plating_area_means_no_limit(tmp_path: Path) -
     pack = _pack_variant(tmp_path, no_area)
     assert pack.charging is not None and pack.cell.plating_area_cm2 is None
     assert CcdLimit.from_pack(pack) is None
+
+
+def test_bms_check_says_what_the_limit_does(tmp_path: Path, capsys) -> None:
+    assert check_main(["--pack", "ssb-23"]) == 0
+    out = capsys.readouterr().out
+    # the 25 C row at the table's pressures, as CcdLimit evaluates it
+    ccd = CcdLimit.from_pack(PACK)
+    shown = ", ".join(f"{p:g} kPa {ccd.limit_a(p, 25.0):.1f} A" for p in ccd.pressure_kpa)
+    assert f"charging  CCD limit at 25 C (1430 cm2, margin 0.8): {shown}" in out
+    # without load cells the pressure is never known: 0 A, and bms check says so
+    pack = _pack_variant(tmp_path, lambda d: d["fixture"].update(load_cells_xy_mm=[]))
+    check_main(["--pack", str(pack.path)])  # exit 2: emu-23 has 4 load-cell channels
+    assert "no load cells measure the stack pressure: charge limit 0 A" in \
+        capsys.readouterr().out
+    assert CcdLimit.from_pack(pack).limit_a(*stack_conditions(np.empty(0),
+                                                              np.full(6, 25.0))) == 0.0
 
 
 def test_stack_conditions_lowest_load_cell_and_coldest_thermistor() -> None:

@@ -61,6 +61,10 @@ def pressure_summary(pack: PackConfig) -> list[str]:
     elif cell.plating_area_cm2 is None:
         lines.append("charging  CCD table given but the cell has no electrode_area_cm2/"
                      "unit_layers: no CCD limit")
+    elif not fx.load_cells_xy_mm:
+        # bms/charging.py: a CCD that cannot be evaluated allows no charge current
+        lines.append("charging  CCD table given but no load cells measure the stack pressure: "
+                     "charge limit 0 A (leave out the charging section or add load cells)")
     else:
         area = cell.plating_area_cm2
         t = 25.0 if ch.ccd_temperature_c[0] <= 25.0 <= ch.ccd_temperature_c[-1] \
