@@ -16,11 +16,13 @@ import yaml
 
 from bms.app.check import main as check_main
 from bms.app.emulators import start_emulator
+from bms.app.latency import Bench
 from bms.charging import CcdLimit, CcdWatch, HeldLimit, stack_conditions
 from bms.controller import Controller
 from bms.faults import FaultCode
 from bms.runlog import load_events, load_ticks
 from boards.config import load_pack
+from hil.protocol import InjectedFault as Inject
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = load_pack("ssb-23")
@@ -241,3 +243,28 @@ def test_pressure_loss_derates_charging_before_any_pressure_fault(tmp_path: Path
 def _lowest_lc(tk: dict[str, np.ndarray], ts: float) -> float:
     k = int(np.searchsorted(tk["time_s"], ts))
     return min(float(tk[c][k]) for c in tk if c.startswith("pressure_lc"))
+
+
+def test_lost_load_cells_block_charging_with_one_event(tmp_path: Path) -> None:
+    """Through the controller: one load cell open -> the CCD limit uses the other three; all
+    four open -> pressure unknown, CCD limit 0 A (with PRESSURE_SIGNAL_INVALID), one event."""
+    with Bench(PACK, tmp_path / "log") as b:
+        c, s = b.c, b.c.stacks[0]
+        b.close_contactors()
+        b.run_for(1.0)
+        assert s.ccd_limit_a > 11.0  # ~1230 kPa at 50 % SOC, 25 C: above the SOF limit
+        b.inject(Inject.LOADCELL_OPEN, 0)
+        b.run_for(1.0)
+        p = s.data.pressure_kpa
+        assert math.isnan(p[0]) and s.ccd_pressure_kpa == float(np.nanmin(p))
+        assert s.ccd_limit_a == pytest.approx(CcdLimit.from_pack(PACK).limit_a(
+            s.ccd_pressure_kpa, s.ccd_temperature_c))
+        for j in (1, 2, 3):
+            b.inject(Inject.LOADCELL_OPEN, j)
+        b.run_for(2.0)
+        assert math.isnan(s.ccd_pressure_kpa) and s.ccd_limit_a == 0.0
+        assert c.table.get(FaultCode.PRESSURE_SIGNAL_INVALID, stack=0) is not None
+    tk, events = load_ticks(tmp_path / "log"), load_events(tmp_path / "log")
+    assert tk["ccd_limit_a"][-1] == 0.0 and tk["charge_limit_a"][-1] == 0.0
+    unknown = [e for e in events if e.get("event") == "ccd pressure unknown"]
+    assert len(unknown) == 1 and unknown[0]["ccd_limit_a"] == 0.0
