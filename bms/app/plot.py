@@ -2,7 +2,8 @@
 
 Panels (each drawn only if its columns exist; names as in :func:`bms.runlog.standard_columns`):
 cell voltages; SOC with +/- 3 sigma bounds; temperatures; stack pressure (load cells measured,
-expected dashed); current with the charge/discharge limits; contactor state with fault markers
+expected dashed); current with the charge/discharge limits (the stacks' dendrite-safe CCD
+limits dotted); contactor state with fault markers
 from events.jsonl (warning, fault, critical in rising colours).
 
 Uses matplotlib's object API (``Figure`` + Agg canvas), never pyplot, so nothing depends on a
@@ -27,6 +28,7 @@ _CELL_SOC = re.compile(r"^cell(\d+)_soc$")
 _TEMP = re.compile(r"^t\d+_c$")
 _LOADCELL = re.compile(r"^pressure_lc\d+_kpa$")
 _EXPECTED = re.compile(r"^pressure_expected(_s\d+)?_kpa$")
+_CCD = re.compile(r"^ccd_limit(_s\d+)?_a$")
 _SEVERITY_COLOUR = {"warning": "tab:orange", "fault": "tab:red", "critical": "darkred"}
 _STATE_NAMES = ["STANDBY", "PRECHARGE", "CLOSED", "OPENING", "FAULT", "SAFE"]
 
@@ -130,6 +132,9 @@ def _draw_current(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
     if "charge_limit_a" in ticks:
         ax.plot(t, ticks["charge_limit_a"], color="tab:green", linewidth=0.8,
                 label="charge limit")
+    for c in _cols(ticks, _CCD):  # the dendrite-safe part of it (nan: the pack has none)
+        ax.plot(t, ticks[c], color="tab:green", linestyle=":", linewidth=0.8,
+                label=c.removesuffix("_a").replace("_", " "))
     if "discharge_limit_a" in ticks:
         ax.plot(t, -ticks["discharge_limit_a"], color="tab:red", linewidth=0.8,
                 label="-discharge limit")
