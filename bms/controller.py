@@ -31,6 +31,10 @@ from bms.faults import FaultCode, FaultTable, Severity
 from bms.monitor import MonitorServer
 from bms.protections import PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
+from bms.soc_start import Start
+from bms.statefile import SAVE_PERIOD_S, SavedStack, SavedState, StateFileError, StateWriter
+from bms.statefile import encode as encode_state
+from bms.statefile import serialize as serialize_state
 from bms.tickstats import TickStats
 from bms.tuning import (
     CCD_CHARGER_RESPONSE_S,
@@ -86,6 +90,8 @@ class StackRuntime:
     ccd_pressure_kpa: float = math.nan
     ccd_temperature_c: float = math.nan
     ccd_watch: CcdWatch | None = None
+    # Set once the estimator has started from the first measurement (OCV or saved state).
+    estimator_started: bool = False
 
     @property
     def client(self) -> BoardClient:
@@ -103,8 +109,12 @@ class Controller:
         self, pack: PackConfig, ports: list[str], clock: str = "sim",
         log_dir: str | Path | None = None, monitor: MonitorServer | None = None,
         timeout_s: float = 0.25, retries: int = 1, meta: dict[str, Any] | None = None,
-        pipeline: bool | None = None,
+        pipeline: bool | None = None, state_path: str | Path | None = None,
+        saved_state: SavedState | None = None, wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``state_path``: the state file to save to (every SAVE_PERIOD_S of run time
+        and on close); ``saved_state``: what was loaded from it (bms.statefile.load), restored
+        at each stack's first measurement; ``wall_clock``: Unix time (the rest between runs)."""
         if len(ports) != len(pack.stacks):
             raise ValueError(f"pack {pack.name} has {len(pack.stacks)} stack(s): give one port "
                              f"per stack, got {len(ports)}")
@@ -163,6 +173,7 @@ class Controller:
         # Set by open() from the boards' INFO; until then a beat every tick (the safe side).
         self.heartbeat_period_s = 0.0
         self._next_heartbeat_s = -math.inf
+        self._init_state_file(state_path, saved_state, wall_clock)
 
     def _stack_runtime(self, k: int, stack: StackConfig, board: BoardProfile, port: str,
                        timeout_s: float, retries: int) -> StackRuntime:
@@ -217,7 +228,12 @@ class Controller:
         self.heartbeat_period_s = timeout_s / HEARTBEATS_PER_TIMEOUT
 
     def close(self) -> dict[str, Any]:
-        """Open the contactors (best effort), close the ports and the log; the run summary."""
+        """Save the state file (when kept), open the contactors (best effort), close the ports
+        and the log; the run summary."""
+        if self._state_writer is not None:
+            self.save_state("stop")
+            self._state_writer.close()
+            self._state_results()
         for s in self.stacks:
             s.io.close()
         summary = self.summary()
@@ -267,6 +283,8 @@ class Controller:
         self._command(t, c_out, int(c_out.state), bal, charge_a, discharge_a)
         self._record(t, wall0, c_out, current_a, charge_a, discharge_a, bal, n_active)
         self.tick_index += 1
+        if t >= self._next_state_save_s:
+            self.save_state("periodic")
 
     def _sample(self, t: float) -> None:
         """1. Ask every board, then wait on each (they sample in parallel); validate and
@@ -470,6 +488,114 @@ class Controller:
                 return
         time.sleep(remaining)
 
+    # ------------------------------------------------------------------ estimator start, state
+
+    def _init_state_file(self, state_path: str | Path | None, saved: SavedState | None,
+                         wall_clock: Callable[[], float]) -> None:
+        """Keep the state file (bms/statefile.py): latched faults of the saved run come back
+        latched now (their events go out with the first tick); each stack's estimator state
+        is restored at its first measurement (_start_estimator)."""
+        self.state_path = Path(state_path) if state_path is not None else None
+        self._state_writer = StateWriter(self.state_path) if self.state_path else None
+        self._saved = saved
+        self._wall_clock = wall_clock
+        self._next_state_save_s = SAVE_PERIOD_S if self.state_path else math.inf
+        self.state_saves = 0
+        self.state_error: str | None = None
+        self.estimator_starts: list[dict[str, Any]] = []
+        if saved is None:
+            return
+        for s, entry in zip(self.stacks, saved.stacks, strict=True):
+            if entry is not None:
+                self._check_saved_stack(s, entry)
+        if saved.removed_partial and self.log:
+            self.log.event({"type": "state", "event": "partial file removed", "time_s": 0.0,
+                            "path": str(saved.path) + ".tmp"})
+        names = self.table.restore_latched(saved.latched_faults, 0.0)  # checked at load
+        if self.log:
+            self.log.event({"type": "state", "event": "restored", "time_s": 0.0,
+                            "path": str(saved.path), "saved_utc_s": saved.saved_unix_s,
+                            "saved_run_time_s": saved.run_time_s, "reason": saved.reason,
+                            "latched_faults": names})
+
+    def _check_saved_stack(self, s: StackRuntime, entry: SavedStack) -> None:
+        """A saved estimator state must have every quantity of this core, each in its shape
+        (a file of another estimator version or stack layout is refused at start, not in a
+        tick)."""
+        assert self._saved is not None
+        where = f"state file {self._saved.path}: stack {s.config.name}"
+        for name, own in s.core.state_dict().items():
+            if name not in entry.estimator:
+                raise StateFileError(f"{where}: no '{name}' (written by another version)")
+            if np.shape(entry.estimator[name]) != np.shape(own):
+                raise StateFileError(f"{where}: '{name}' has shape "
+                                     f"{np.shape(entry.estimator[name])}, expected "
+                                     f"{np.shape(own)}")
+
+    def _start_estimator(self, s: StackRuntime, data: ValidatedStack, t: float) -> None:
+        """The first measurement of a stack starts its estimator: from its saved state carried
+        over the rest since it was saved, else from the OCV (bms/soc_start.py). One event
+        says how."""
+        s.estimator_started = True
+        core, pack = s.core, self.pack
+        start = Start(core.params, pack.estimator.initial_soc_sigma,
+                      pack.cell.ecm.hysteresis_max_v is not None, pack.cell.capacity_ah)
+        saved = self._saved.stacks[s.index] if self._saved is not None else None
+        args = (data.current_a, data.cell_voltage_v, data.temperature_c, data.pressure_kpa)
+        if saved is not None:
+            core.load_state(saved.estimator)  # shapes checked in _init_state_file
+            rest_s = self._wall_clock() - saved.state_unix_s
+            state = core.state_dict()
+            report = start.restore(state, rest_s, *args)
+        else:
+            state = core.state_dict()
+            report = start.cold_start(state, *args)
+        core.load_state(state)
+        event = report.event(t, s.index)
+        self.estimator_starts.append(event)
+        if self.log:
+            self.log.event(event)
+
+    def save_state(self, reason: str) -> None:
+        """Hand the state to the state file's writer thread (the tick never waits on the
+        disk; bms.statefile.StateWriter). The outcome of earlier writes is logged here: a
+        failure is an event (the first of a run of failures, and the recovery), never an
+        exception into the tick."""
+        assert self._state_writer is not None
+        self._next_state_save_s = self.time_s + SAVE_PERIOD_S
+        self._state_results()
+        now = self._wall_clock()
+        stacks: list[SavedStack | None] = []
+        for s in self.stacks:
+            if s.estimator_started:
+                stacks.append(SavedStack(s.config.name, now, s.core.state_dict()))
+            else:  # never measured this run: keep what was saved (loses nothing)
+                stacks.append(self._saved.stacks[s.index] if self._saved is not None else None)
+        self._state_writer.submit(serialize_state(encode_state(
+            self.pack, stacks, [r.to_dict() for r in self.table.latched()], self.time_s,
+            reason, now)))
+
+    def wait_state_saved(self, timeout_s: float = 10.0) -> None:
+        """Wait for the state file's writes handed over so far, and log their outcome."""
+        if self._state_writer is not None:
+            self._state_writer.flush(timeout_s)
+            self._state_results()
+
+    def _state_results(self) -> None:
+        assert self._state_writer is not None
+        for error in self._state_writer.results():
+            if error is None:
+                if self.state_error is not None and self.log:
+                    self.log.event({"type": "state", "event": "save recovered",
+                                    "time_s": self.time_s})
+                self.state_error = None
+                self.state_saves += 1
+            else:
+                if self.log and error != self.state_error:
+                    self.log.event({"type": "state", "event": "save failed",
+                                    "time_s": self.time_s, "error": error})
+                self.state_error = error
+
     # ------------------------------------------------------------------ boards
 
     def _receive(self, s: StackRuntime, m: Measurement | MeasurementLane, t: float,
@@ -509,6 +635,8 @@ class Controller:
             if 0.0 < board_dt <= 5.0 * dt_s:
                 core_dt = board_dt
         s.last_timestamp_s = timestamp_s
+        if not s.estimator_started:
+            self._start_estimator(s, data, t)
         o = s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v,
                                 data.temperature_c, data.pressure_kpa)
         s.data = data
@@ -642,5 +770,7 @@ class Controller:
                         "lost_reason": s.io.lost_reason, "measurements": s.measurements,
                         "misses": s.io.misses, "link": s.io.counters(),
                         "validation": dict(s.validator.counts)} for s in self.stacks],
+            **({"state_file": {"path": str(self.state_path), "saves": self.state_saves,
+                               "error": self.state_error}} if self.state_path else {}),
         }
 

@@ -316,6 +316,33 @@ class FaultTable:
                              "service": include_critical})
         return ok
 
+    def restore_latched(self, records: list[dict[str, Any]], time_s: float) -> list[str]:
+        """Latched records of an earlier run (``FaultRecord.to_dict``, from a state file) come
+        back latched and inactive: the contactors stay open until an operator reset, which
+        is accepted once the protections no longer see the condition. One "restored" event
+        per record. Returns their names; ValueError naming a record that is not one."""
+        restored: list[FaultRecord] = []
+        for d in records:
+            try:
+                code = FaultCode[d["name"]]
+                sev = Severity.from_label(d["severity"])
+                stack, cell = d.get("stack"), d.get("cell")
+                rec = FaultRecord(
+                    code=code, text=FAULT_INFO[code].text, severity=sev,
+                    first_time_s=float(d["first_time_s"]), last_time_s=float(d["last_time_s"]),
+                    count=int(d["count"]), trigger_value=_json_value(d.get("trigger_value")),
+                    active=False, latched=True,
+                    stack=None if stack is None else int(stack),
+                    cell=None if cell is None else int(cell),
+                    cleared_time_s=d.get("cleared_time_s"))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"latched fault record {d!r} is not one ({exc})") from None
+            restored.append(rec)
+        for rec in restored:
+            self._records[(rec.code, rec.severity, rec.stack, rec.cell)] = rec
+            self._event("restored", rec, time_s, rec.trigger_value)
+        return [r.code.name for r in restored]
+
     # ------------------------------------------------------------------ queries
 
     def _summary_flags(self) -> tuple[bool, bool, list[FaultRecord]]:

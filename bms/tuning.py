@@ -128,6 +128,26 @@ TIMESTAMP_GAP_TICKS = 3.0
 #: mode does not flip on noise at rest.
 REST_CURRENT_A = 0.2
 
+# ---------------------------------------------------------------------- estimator start
+
+# SOC from the OCV at start (bms/soc_start.py, docs/estimation.md "Start"): the SOC sigma of
+# each cell is the voltage uncertainty of a rested cell over the local dOCV/dSOC. Each term is
+# a bound b of a uniformly distributed error (sigma = b / sqrt(3)).
+#: Cell-voltage measurement error: the LTC6811's 1.2 mV maximum total measurement error
+#: (datasheet, the monitor class of the reference board).
+START_VOLTAGE_ERROR_V = 1.2e-3
+#: OCV hysteresis that the cell model does not carry (used only when the pack's model has no
+#: hysteresis; with one, its M(SOC, T) is the bound, the state h being unknown at start).
+#: Assumption: NMC-class cathodes show an OCV hysteresis of the order of 10 mV (Plett's
+#: one-state model, J. Power Sources 134 (2004) 277, is fitted with M of that order).
+START_UNMODELLED_HYSTERESIS_V = 0.010
+#: Relaxation left at a cold start, when the rest time is unknown: at most what the model's RC
+#: branches hold after this current (R_k(SOC, T) x this C-rate x capacity, either sign).
+#: Assumption: C/2, the order of a drive's mean current and above a charge's tapered end.
+START_PRIOR_C_RATE = 0.5
+#: The state file is written this often (of run time) and on stop (issue 11: every minute).
+STATE_SAVE_PERIOD_S = 60.0
+
 # ---------------------------------------------------------------------- board I/O
 
 #: Allowed currents sent to a board are refreshed when they move by more than this (or every

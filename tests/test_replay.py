@@ -50,7 +50,7 @@ def test_replaying_a_run_log_reproduces_the_controllers_estimates(tmp_path, pack
     pack = load_pack(pack_name)
     rec = read_recording(log / "ticks.csv")
     assert rec.n_cells == pack.n_cells and rec.pressure_kpa is not None
-    res = replay(pack, rec, soc0=0.5)  # the controller starts every cell at 0.5
+    res = replay(pack, rec)  # from the first row, as the controller starts (soc_start)
     logged = load_ticks(log)
     w = 3 if pack.n_cells > 99 else 2
     for i in range(pack.n_cells):

@@ -34,6 +34,7 @@ from bms.app.recording import (
     read_recording,
 )
 from bms.core import Core
+from bms.soc_start import Start
 from boards.config import PackConfig, load_pack
 
 #: SOC errors are scored after this long (the estimator's start from a wrong SOC is not the
@@ -111,9 +112,10 @@ def stack_slices(pack: PackConfig, rec: Recording) -> list[StackSlice]:
 
 
 def replay(pack: PackConfig, rec: Recording, soc0: float | None = None) -> ReplayResult:
-    """Run every sample through the core. ``soc0`` None: each stack starts from the OCV of its
-    first sample's voltages at its first temperatures (the core's OCV inversion; sigma the
-    pack's initial_soc_sigma)."""
+    """Run every sample through the core. ``soc0`` None: each stack starts from its first
+    sample as the controller does (bms/soc_start.py: the OCV at the measured temperatures,
+    sigma from the OCV slope at rest; under load the voltage less R0 I, sigma the pack's
+    initial_soc_sigma); a given ``soc0`` starts with the pack's initial_soc_sigma."""
     n_s, n = rec.n_samples, rec.n_cells
     res = ReplayResult(rec.time_s, rec.current_a, *(np.full((n_s, n), np.nan) for _ in range(7)),
                        np.full(n_s, np.inf), np.full(n_s, np.inf), rec.cell_voltage_v)
@@ -136,15 +138,21 @@ def _replay_stack(part: StackSlice, rec: Recording, dt: np.ndarray, soc0: float 
         p_all = np.ascontiguousarray(rec.pressure_kpa[:, part.load_cells])
     else:
         p_all = np.full((rec.n_samples, core.params.n_load_cells), np.nan)  # not measured
-    # From the OCV of the first sample at its measured temperature, unless soc0 is given.
-    core.reset(soc0, None if soc0 is not None else v_all[0],
-               None if soc0 is not None else t_all[0])
-    soc, sig, leak, leak_s = res.soc[:, cells], res.soc_sigma[:, cells], res.leak_a[:, cells], \
-        res.leak_sigma_a[:, cells]
-    cap, r0, vp = res.capacity_ah[:, cells], res.r0_ohm[:, cells], res.voltage_pred_v[:, cells]
     # Each core integrates its own board's current reading, as in the controller.
     current = rec.current_a if part.current is None else np.ascontiguousarray(
         rec.stack_current_a[:, part.current])
+    if soc0 is not None:
+        core.reset(soc0)
+    else:  # the controller's start (bms/soc_start.py) from the first sample
+        pack = part.pack
+        state = core.state_dict()
+        Start(core.params, pack.estimator.initial_soc_sigma,
+              pack.cell.ecm.hysteresis_max_v is not None, pack.cell.capacity_ah).cold_start(
+            state, float(current[0]), v_all[0], t_all[0], p_all[0])
+        core.load_state(state)
+    soc, sig, leak, leak_s = res.soc[:, cells], res.soc_sigma[:, cells], res.leak_a[:, cells], \
+        res.leak_sigma_a[:, cells]
+    cap, r0, vp = res.capacity_ah[:, cells], res.r0_ohm[:, cells], res.voltage_pred_v[:, cells]
     ch, dis = res.charge_limit_a, res.discharge_limit_a
     step = core.step
     for k in range(rec.n_samples):

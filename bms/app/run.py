@@ -20,6 +20,8 @@ from bms.app.monitor import render
 from bms.app.realtime import current_policy, request_realtime
 from bms.controller import Controller
 from bms.monitor import MonitorServer, default_socket_path
+from bms.statefile import SavedState, StateFileError, check_writable
+from bms.statefile import load as load_state_file
 from boards.config import load_pack
 
 
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  bms run --pack ssb-23 --port /dev/ttyACM0 --clock real --duration 600\n"
         "  bms run --pack ssb-4x23 --scenario udds --duration 3600      # 4 emulated boards\n"
-        "  bms run --port /dev/pts/7 --clock sim --log runs/bench1",
+        "  bms run --port /dev/pts/7 --clock sim --log runs/bench1\n"
+        "  bms run --port /dev/ttyACM0 --clock real --state /var/lib/bms/ssb-23.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="ssb-23", help="pack file or built-in name")
     ap.add_argument("--port", action="append", default=[],
@@ -98,7 +101,42 @@ def build_parser() -> argparse.ArgumentParser:
                     help="board reply timeout per attempt, s (default 0.25)")
     ap.add_argument("--quiet", action="store_true", help="no live view on stdout")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--state", type=Path, default=None, metavar="FILE",
+                    help="keep the estimator state (SOC, sigma, SOH, leak) and latched faults "
+                    "in FILE: restored at start (blended with the OCV by the rest time), "
+                    "written every 60 s and on stop, atomically. A file that cannot be read "
+                    "or is of another pack is refused (exit 2), never overwritten")
+    ap.add_argument("--reset-faults", action="store_true",
+                    help="operator reset of latched faults after the first tick (e.g. those "
+                    "restored from --state); refused while a condition is still present")
     return ap
+
+
+def load_state_arg(path: Path | None, pack: Any) -> SavedState | None:
+    """--state FILE: the saved state (None: no file yet, a first run); StateFileError for a
+    file that cannot be read or written, so nothing is ever overwritten unread."""
+    if path is None:
+        return None
+    check_writable(path)
+    return load_state_file(path, pack)
+
+
+class ResetOnce:
+    """--reset-faults: ask the operator reset after the first tick, then ask to close again
+    (a reset never closes by itself)."""
+
+    def __init__(self, view: LiveView, close: bool) -> None:
+        self.view, self.close, self.done = view, close, False
+
+    def __call__(self, controller: Controller) -> None:
+        if not self.done:
+            self.done = True
+            accepted = controller.request_reset()
+            print(f"bms run: operator reset {'accepted' if accepted else 'refused'}",
+                  file=sys.stderr)
+            if accepted and self.close:
+                controller.request_close()
+        self.view(controller)
 
 
 def main(argv: list[str]) -> int:
@@ -113,6 +151,11 @@ def main(argv: list[str]) -> int:
               f"stack (got {len(args.port)})", file=sys.stderr)
         return 2
     clock = args.clock or ("real" if args.port else "sim")
+    try:
+        saved = load_state_arg(args.state, pack)
+    except StateFileError as exc:
+        print(f"bms run: {exc}", file=sys.stderr)
+        return 2
     if args.lockstep and clock != "sim":
         print("bms run: --lockstep applies to the sim clock only", file=sys.stderr)
         return 2
@@ -135,19 +178,28 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    controller = Controller(pack, ports, clock=clock, log_dir=log_dir, monitor=monitor,
-                            timeout_s=args.timeout, pipeline=False if args.lockstep else None,
-                            meta={"command": "run", "scenario": args.scenario,
-                                  "pipelined": clock == "sim" and not args.lockstep,
-                                  "scheduling": current_policy()})
+    try:
+        controller = Controller(
+            pack, ports, clock=clock, log_dir=log_dir, monitor=monitor, timeout_s=args.timeout,
+            pipeline=False if args.lockstep else None,
+            meta={"command": "run", "scenario": args.scenario,
+                  "pipelined": clock == "sim" and not args.lockstep,
+                  "scheduling": current_policy()},
+            state_path=args.state, saved_state=saved)
+    except StateFileError as exc:  # a saved state that does not fit this estimator
+        for emu in emulators:
+            emu.stop()
+        print(f"bms run: {exc}", file=sys.stderr)
+        return 2
     summary: dict[str, Any] = {}
     try:
         controller.open()
         if not args.no_close:
             controller.request_close()
         view = LiveView(enabled=not args.quiet)
+        on_tick = ResetOnce(view, not args.no_close) if args.reset_faults else view
         wall0 = time.perf_counter()
-        controller.run(args.duration, on_tick=view, stop=lambda: stop["flag"])
+        controller.run(args.duration, on_tick=on_tick, stop=lambda: stop["flag"])
         wall = time.perf_counter() - wall0
     finally:
         summary = controller.close()
@@ -189,4 +241,8 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"{b['misses']} missed, crc errors {link.get('crc_errors', 0)}, "
               f"timeouts {link.get('timeouts', 0)}" + (f", LOST ({b['lost_reason']})"
                                                        if b["lost"] else ""))
+    state = summary.get("state_file")
+    if state:
+        print(f"state file {state['path']}: {state['saves']} save(s)"
+              + (f"; LAST SAVE FAILED: {state['error']}" if state["error"] else ""))
     print(f"log: {summary.get('log_dir')}")
