@@ -509,12 +509,12 @@ class Controller:
             if entry is not None:
                 self._check_saved_stack(s, entry)
         if saved.removed_partial and self.log:
-            self.log.event({"type": "state", "event": "partial file removed", "time_s": 0.0,
+            self.log.event({"type": "state_file", "event": "partial file removed", "time_s": 0.0,
                             "path": str(saved.path) + ".tmp"})
         names = self.table.restore_latched(saved.latched_faults, 0.0)  # checked at load
         if self.log:
-            self.log.event({"type": "state", "event": "restored", "time_s": 0.0,
-                            "path": str(saved.path), "saved_utc_s": saved.saved_unix_s,
+            self.log.event({"type": "state_file", "event": "restored", "time_s": 0.0,
+                            "path": str(saved.path), "saved_unix_s": saved.saved_unix_s,
                             "saved_run_time_s": saved.run_time_s, "reason": saved.reason,
                             "latched_faults": names})
 
@@ -586,13 +586,13 @@ class Controller:
         for error in self._state_writer.results():
             if error is None:
                 if self.state_error is not None and self.log:
-                    self.log.event({"type": "state", "event": "save recovered",
+                    self.log.event({"type": "state_file", "event": "save recovered",
                                     "time_s": self.time_s})
                 self.state_error = None
                 self.state_saves += 1
             else:
                 if self.log and error != self.state_error:
-                    self.log.event({"type": "state", "event": "save failed",
+                    self.log.event({"type": "state_file", "event": "save failed",
                                     "time_s": self.time_s, "error": error})
                 self.state_error = error
 

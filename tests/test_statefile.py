@@ -487,7 +487,7 @@ def test_latched_fault_survives_a_restart(tmp_path: Path) -> None:
         assert c.contactors.state == ContactorState.CLOSED
     events = load_events(tmp_path / "log-run2")
     restored = [e for e in events if e.get("event") == "restored"]
-    assert any(e.get("type") == "state" and e["latched_faults"] == ["CELL_LEAK"]
+    assert any(e.get("type") == "state_file" and e["latched_faults"] == ["CELL_LEAK"]
                for e in restored)
     assert any(e.get("type") == "fault" and e["name"] == "CELL_LEAK" and e["cell"] == 7
                for e in restored)
