@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from bms import statefile
-from bms.app.emulators import start_emulator
+from bms.app.emulators import start_emulator, start_emulators
 from bms.contactors import ContactorState
 from bms.controller import Controller
 from bms.core import Core
@@ -509,3 +509,52 @@ def test_save_failure_is_an_event_not_a_crash(tmp_path: Path) -> None:
     assert c.summary()["state_file"]["error"] is not None
     failed = [e for e in load_events(tmp_path / "log-fail") if e.get("event") == "save failed"]
     assert len(failed) == 1 and str(state) in failed[0]["error"]
+
+
+def test_four_stacks_start_save_and_restore(tmp_path: Path) -> None:
+    """ssb-4x23 (four boards, one emulator process): each stack starts from its own first
+    measurement, the file holds all four, and all four come back."""
+    pack = load_pack("ssb-4x23")
+    state = tmp_path / "state.json"
+    for run in (1, 2):
+        emus = start_emulators(pack, clock="sim", seed=2, soc=0.6)
+        try:
+            c = Controller(pack, [e.path for e in emus], clock="sim",
+                           log_dir=tmp_path / f"log{run}", state_path=state,
+                           saved_state=statefile.load(state, pack))
+            c.open()
+            for _ in range(3):
+                c.tick()
+            c.close()
+        finally:
+            for e in emus:
+                e.stop()
+        hows = [e["how"] for e in c.estimator_starts]
+        assert sorted(e["stack"] for e in c.estimator_starts) == [0, 1, 2, 3]
+        assert hows == ["ocv_at_rest" if run == 1 else "restored_at_rest"] * 4
+        assert all(abs(e["soc_mean"] - 0.6) < 0.02 for e in c.estimator_starts)
+    saved = statefile.load(state, pack)
+    assert [s.name for s in saved.stacks] == [s.name for s in pack.stacks]
+
+
+def test_cli_restores_latched_faults_and_resets_them(tmp_path: Path) -> None:
+    """bms run --state with a latched fault in the file: without --reset-faults the pack
+    stays open (FAULT); with it the reset is accepted after the first tick and the pack
+    closes. The file keeps the latch until then."""
+    state = tmp_path / "state.json"
+    table = FaultTable()
+    table.raise_fault(FaultCode.CELL_LEAK, 50.0, Severity.FAULT, 0.4, 0, 7)
+    statefile.write(state, _doc(Core(PACK, 0), [r.to_dict() for r in table.latched()]))
+    out = {}
+    for reset in (False, True):
+        cmd = [sys.executable, "-m", "bms", "run", "--state", str(state), "--quiet",
+               "--no-monitor", "--duration", "3", "--json", "--log",
+               str(tmp_path / f"log-{reset}")] + (["--reset-faults"] if reset else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out[reset] = (json.loads(proc.stdout), proc.stderr)
+        saved = statefile.load(state, PACK)
+        assert [f["name"] for f in saved.latched_faults] == ([] if reset else ["CELL_LEAK"])
+    assert out[False][0]["state"] == "FAULT"
+    assert out[True][0]["state"] == "CLOSED"
+    assert "operator reset accepted" in out[True][1]
