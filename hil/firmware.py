@@ -41,10 +41,13 @@ HARNESS_PATH = BUILD_DIR / "sim" / "fw_harness"
 PROFILE_NAME = "mega2560-ltc6811"
 MCU = "atmega2560"
 F_CPU_HZ = 16_000_000
+# Lockstep: the most MCU time one SAMPLE runs (harness.c MAX_SAMPLE_DT_US); a longer dt_us is
+# cut to it (the S line's sample_dt_clamped counts them). Assumption, see harness.c.
+MAX_SAMPLE_DT_S = 10.0
 
 __all__ = [
     "FirmwareBoard", "FirmwareStats", "build", "missing_tools", "ELF_PATH", "HARNESS_PATH",
-    "PROFILE_NAME", "main",
+    "MAX_SAMPLE_DT_S", "PROFILE_NAME", "main",
 ]
 
 
@@ -254,6 +257,24 @@ class FirmwareBoard:
         finally:
             with self._stats_cv:
                 self._stats_cv.notify_all()
+
+    def rx_counters(self, bytes_in: int = 0, timeout_s: float = 5.0) -> dict[str, int]:
+        """The harness's count of the host's bytes and frames by the firmware codec's verdict
+        (names as :class:`hil.protocol.LinkCounters`), once at least ``bytes_in`` bytes have
+        reached the MCU's UART (the harness reports after each burst it delivered).
+
+        Raises TimeoutError when they do not within ``timeout_s`` (or the harness is gone).
+        """
+        def have() -> bool:
+            return self.stats.latest.get("rx", {}).get("bytes_in", -1) >= bytes_in
+
+        with self._stats_cv:
+            if not self._stats_cv.wait_for(lambda: have() or not self.alive, timeout_s) \
+                    or not have():
+                got = self.stats.latest.get("rx", {}).get("bytes_in")
+                raise TimeoutError(f"firmware harness: {got} host bytes at the UART after "
+                                   f"{timeout_s} s, expected {bytes_in}")
+            return dict(self.stats.latest["rx"])
 
     def final_stats(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """Stop the harness and return its last statistics line (written at exit)."""

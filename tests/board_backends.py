@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import serial
@@ -57,6 +57,18 @@ class Running:
         assert not self.thread.is_alive()
         self.server.close()
 
+    def rx_counters(self, bytes_in: int = 0, timeout_s: float = 5.0) -> dict[str, int]:
+        """The board's decoder counters once it has read at least ``bytes_in`` host bytes."""
+        end = time.monotonic() + timeout_s
+        while True:
+            counters = asdict(self.board.decoder.counters)
+            if counters["bytes_in"] >= bytes_in:
+                return counters
+            if time.monotonic() > end:
+                raise TimeoutError(f"emulator: {counters['bytes_in']} host bytes read after "
+                                   f"{timeout_s} s, expected {bytes_in}")
+            time.sleep(0.002)
+
 
 @dataclass
 class BoardUnderTest:
@@ -71,11 +83,16 @@ class BoardUnderTest:
     timeout_s: float            # client reply timeout: a failure bound only
     retries: int
     stop: Callable[[], None]
-    # How long the replies after broken host input may take (a failure bound only). The simavr
-    # harness's lockstep reads a SAMPLE's dt from the COBS header before any CRC check
-    # (boards/firmware/sim/harness.c, peek_frame): the broken SAMPLE of write_bad_frames reads
-    # as 25.6 s, which the MCU runs (~14 s wall) before the next byte reaches its UART.
-    bad_input_deadline_s: float = 3.0
+    # rx_counters(bytes_in): what the board made of the host's bytes, by the decoding rules
+    # (hil.protocol.LinkCounters names), once it has taken at least bytes_in of them. The
+    # protocol has no message for these: the emulator's are its decoder's, the firmware's the
+    # harness's, which follows the bytes at the MCU's UART with the firmware's own codec.
+    rx_counters: Callable[[int], dict[str, int]]
+    # A pause between the pieces of a split frame that matters: the emulator's server reads
+    # every write at once; the simavr harness polls its pty and runs the MCU in between.
+    split_pause_s: float = 0.01
+    # The longest SAMPLE dt the board runs (None: any u32); the simavr harness bounds it.
+    max_sample_dt_s: float | None = None
 
     def client(self) -> BoardClient:
         return BoardClient(self.path, self.profile, timeout_s=self.timeout_s,
@@ -92,11 +109,11 @@ def start_board(backend: str, clock: str = "sim", seed: int = 3,
     if backend == "emulator":
         emu = Running(seed=seed, clock=clock, initial_soc=initial_soc)
         return BoardUnderTest(backend, emu.path, EMU_PROFILE, BoardKind.EMULATOR,
-                              "emu-23#0", True, 1.0, 2, emu.stop)
+                              "emu-23#0", True, 1.0, 2, emu.stop, emu.rx_counters)
     if backend == "firmware":
         from firmware_tools import require_tools
 
-        from hil.firmware import FirmwareBoard
+        from hil.firmware import MAX_SAMPLE_DT_S, FirmwareBoard
 
         require_tools()
         fw = FirmwareBoard("ssb-23", seed=seed, clock=clock, speed=1.0,
@@ -105,7 +122,8 @@ def start_board(backend: str, clock: str = "sim", seed: int = 3,
         # Lockstep: a reply costs ~10 ms of simulated time; the timeouts only bound a failure.
         return BoardUnderTest(backend, fw.path, fw.profile, BoardKind.SIMULATED_MCU,
                               "m2560-ltc6811", False, 5.0, 0 if clock == "sim" else 1, fw.stop,
-                              bad_input_deadline_s=120.0)
+                              fw.rx_counters, split_pause_s=0.1,
+                              max_sample_dt_s=MAX_SAMPLE_DT_S)
     raise ValueError(f"unknown board backend {backend!r}")
 
 

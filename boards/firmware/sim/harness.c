@@ -8,7 +8,9 @@
  *   P <t_us> <relays> <dcc_hex> <charge_ma> <discharge_ma>
  *                                    plant exchange request (with --plant), every --plant-ms
  *   E <t_us> relays <bits> since_hb_us <us>   relay pins changed
- *   S {json}                         statistics, every simulated second and at exit
+ *   S {json}                         statistics, every simulated second, after host bytes
+ *                                    were delivered and the input queue ran empty, and at exit
+ *                                    ("rx": the host frames by the firmware codec's verdict)
  * stdin (with --plant): one line per P, the plant's sensor values in counts:
  *   23 cell counts (100 uV), 6 thermistor counts (100 uV), 4 HX711 counts, current and bus
  *   counts (sum of 16 10-bit conversions, board profile mega2560-ltc6811).
@@ -16,7 +18,14 @@
  * Clocks: --clock real runs the MCU continuously (throttled to --speed x real time, 0 = free);
  * --clock sim is lockstep: the MCU advances only by the dt_us of each SAMPLE the host sends
  * (plus the time it needs to answer), so runs are deterministic and need no wall-clock slack.
- * All simavr calls happen on this one thread (avr_raise_irq is not thread-safe). */
+ * All simavr calls happen on this one thread (avr_raise_irq is not thread-safe).
+ *
+ * Host input: bytes go to the MCU's UART as they arrive, one per character time, whole frames
+ * or not; nothing waits for a frame to complete. The harness follows them with the firmware's
+ * own frame reader and decoder (src/proto.c: 250-byte bound, oversize dropped up to the next
+ * 0x00, COBS/CRC/length/version/type checked), so it acts only on frames the firmware will
+ * accept: in lockstep only the 0x00 that ends a valid SAMPLE is held back until the MCU has run
+ * that SAMPLE's dt (at most MAX_SAMPLE_DT_US). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +51,7 @@
 #include "sim_irq.h"
 
 #include "parts.h"
+#include "proto.h"
 
 #define N_CELLS 23
 #define N_NTC 6
@@ -49,6 +59,11 @@
 #define TICK_US 100      /* UART pacing and pty polling: one character time at 115200 */
 #define HX_PERIOD_US 12500 /* HX711 at 80 SPS */
 #define QSIZE 65536
+/* Longest MCU time one SAMPLE may ask for. Assumption: 10 x the firmware's 1 s heartbeat
+ * timeout; simavr runs 4-6x real time with the plant, so a 10 s SAMPLE answers in about 2 s of
+ * wall time, inside a host's reply timeout. A longer dt_us runs only this long (counted in the
+ * statistics as sample_dt_clamped). */
+#define MAX_SAMPLE_DT_US 10000000u
 
 static avr_t *avr;
 static ltc_chain_t chain;
@@ -64,7 +79,7 @@ static volatile sig_atomic_t stop_flag;
  * loader, core messages) cannot mix into it. */
 static FILE *out;
 
-/* host -> MCU byte queue (whole frames as they come from the pty) */
+/* host -> MCU byte queue (bytes as they come from the pty; a ring, never more than QSIZE) */
 static uint8_t inq[QSIZE];
 static size_t inq_head, inq_tail;
 static int uart_xon = 1;
@@ -72,16 +87,22 @@ static int uart_xon = 1;
 static uint8_t outq[QSIZE];
 static size_t outq_len;
 
-/* frame parsers for both directions (COBS header peek: type, seq, SAMPLE dt) */
-typedef struct {
-    uint8_t buf[260];
-    size_t n;
-    uint64_t first_cycle;
-} sniff_t;
-static sniff_t sniff_in, sniff_out;
+/* Both directions followed through the firmware's own reader (bounded, resyncs on 0x00). */
+static proto_reader_t rx_reader, tx_reader;
+static uint8_t rx_dec[PROTO_DECODE_BUF], tx_dec[PROTO_DECODE_BUF];
+static uint64_t tx_first_cycle;     /* first byte of the MCU's frame being sent */
+/* The host frame that the next 0x00 in the queue ends: decoded once, when that 0x00 reaches
+ * the queue head (every byte before it is then in rx_reader). */
+static int rx_end_decided;
+static int rx_end_result;           /* enum proto_result, or -1: the 0x00 ends no frame */
+static proto_frame_t rx_end_frame;
+/* Host input by the codec's verdict (names as hil.protocol.LinkCounters). */
+static uint64_t rx_bytes, rx_count[PR_RESULT_COUNT];
+static int rx_dirty;                /* bytes delivered since the last S line */
+static uint32_t sample_dt_clamped;
 
 static uint64_t target_cycle;       /* lockstep: the MCU may run up to here */
-static uint64_t pending_sample_dt;  /* lockstep: dt of a SAMPLE waiting at the queue head */
+static int sample_held;             /* lockstep: a valid SAMPLE's 0x00 waits for target_cycle */
 static int awaiting_replies;
 static uint64_t last_io_cycle;
 static int boot_done;
@@ -125,61 +146,39 @@ static void print_stats(void)
            "\"sample_to_last_byte_max_cycles\":%llu,\"sample_to_first_byte_mean_cycles\":%.0f,"
            "\"sample_to_last_byte_mean_cycles\":%.0f,\"frames_in\":%u,\"frames_out\":%u,"
            "\"last_trip_us\":%lld,\"pec_cmd_errors\":%u,\"pec_data_errors\":%u,"
-           "\"wrcfg\":%u,\"adcv\":%u,\"hx_words\":%u,\"relays\":%u,\"dcc\":%llu}\n",
+           "\"wrcfg\":%u,\"adcv\":%u,\"hx_words\":%u,\"relays\":%u,\"dcc\":%llu,"
+           "\"sample_dt_clamped\":%u,\"rx\":{\"bytes_in\":%llu,\"frames_ok\":%llu,"
+           "\"cobs_errors\":%llu,\"short_errors\":%llu,\"crc_errors\":%llu,"
+           "\"length_errors\":%llu,\"version_errors\":%llu,\"unknown_type\":%llu,"
+           "\"payload_errors\":%llu,\"oversize\":%llu}}\n",
            sim_s, wall, wall > 0 ? sim_s / wall : 0.0, (unsigned long long)avr->cycle, st.n_lat,
            (unsigned long long)st.lat_first_max, (unsigned long long)st.lat_last_max,
            st.n_lat ? (double)st.lat_first_sum / st.n_lat : 0.0,
            st.n_lat ? (double)st.lat_last_sum / st.n_lat : 0.0, st.frames_in, st.frames_out,
            (long long)st.last_trip_us, chain.cmd_pec_errors, chain.data_pec_errors,
            chain.wrcfg_count, chain.adcv_count, hx[0].words_read, relays_state,
-           (unsigned long long)ltc_chain_dcc(&chain));
+           (unsigned long long)ltc_chain_dcc(&chain), sample_dt_clamped,
+           (unsigned long long)rx_bytes, (unsigned long long)rx_count[PR_OK],
+           (unsigned long long)rx_count[PR_COBS], (unsigned long long)rx_count[PR_SHORT],
+           (unsigned long long)rx_count[PR_CRC], (unsigned long long)rx_count[PR_LENGTH],
+           (unsigned long long)rx_count[PR_VERSION], (unsigned long long)rx_count[PR_UNKNOWN_TYPE],
+           (unsigned long long)rx_count[PR_PAYLOAD], (unsigned long long)rx_count[PR_OVERSIZE]);
     fflush(out);
+    rx_dirty = 0;
 }
 
-/* Decode the first 10 bytes of a COBS frame: enough for header + SAMPLE dt. */
-static int peek_frame(const uint8_t *enc, size_t n, uint8_t *type, uint16_t *seq, uint32_t *dt)
+/* SET_OUTPUTS carries the current limits a bench charger/load would obey; the plant's load
+ * needs them, the pins do not show them. Taken only from a frame the firmware acknowledges
+ * (its BAD_VALUE rules: output bits 0..2, mask within the cells, limits >= 0). */
+static void snoop_set_outputs(const proto_frame_t *f)
 {
-    uint8_t dec[16];
-    size_t r = 0, w = 0;
-    while (r < n && w < sizeof dec) {
-        uint8_t code = enc[r++];
-        if (code == 0)
-            return 0;
-        for (uint8_t k = 1; k < code && r < n && w < sizeof dec; k++)
-            dec[w++] = enc[r++];
-        if (code != 0xFF && r < n && w < sizeof dec)
-            dec[w++] = 0;
-    }
-    if (w < 6)
-        return 0;
-    *type = dec[1];
-    *seq = (uint16_t)(dec[2] | (dec[3] << 8));
-    *dt = w >= 10 ? (uint32_t)dec[6] | ((uint32_t)dec[7] << 8) | ((uint32_t)dec[8] << 16) |
-                        ((uint32_t)dec[9] << 24)
-                  : 0;
-    return 1;
-}
-
-static void sniff_set_outputs(const uint8_t *enc, size_t n)
-{
-    /* SET_OUTPUTS carries the current limits a bench charger/load would obey; the plant's
-     * load needs them, the pins do not show them. Decode the whole frame here. */
-    uint8_t dec[32];
-    size_t r = 0, w = 0;
-    while (r < n && w < sizeof dec) {
-        uint8_t code = enc[r++];
-        for (uint8_t k = 1; k < code && r < n && w < sizeof dec; k++)
-            dec[w++] = enc[r++];
-        if (code != 0xFF && r < n && w < sizeof dec)
-            dec[w++] = 0;
-    }
-    if (w < 6 + 14)
+    const uint8_t *p = f->payload;
+    uint32_t mask = get_u32(p + 2);
+    int32_t chg = (int32_t)get_u32(p + 6), dis = (int32_t)get_u32(p + 10);
+    if ((p[0] & ~7u) || (mask >> N_CELLS) || chg < 0 || dis < 0)
         return;
-    const uint8_t *p = dec + 6;
-    charge_ma = (int32_t)((uint32_t)p[6] | ((uint32_t)p[7] << 8) | ((uint32_t)p[8] << 16) |
-                          ((uint32_t)p[9] << 24));
-    discharge_ma = (int32_t)((uint32_t)p[10] | ((uint32_t)p[11] << 8) |
-                             ((uint32_t)p[12] << 16) | ((uint32_t)p[13] << 24));
+    charge_ma = chg;
+    discharge_ma = dis;
     chg_dis_valid = 1;
 }
 
@@ -193,39 +192,34 @@ static void uart_out_cb(struct avr_irq_t *irq, uint32_t value, void *param)
     if (outq_len < QSIZE)
         outq[outq_len++] = b;
     last_io_cycle = avr->cycle;
-    sniff_t *s = &sniff_out;
-    if (b != 0) {
-        if (s->n == 0)
-            s->first_cycle = avr->cycle;
-        if (s->n < sizeof s->buf)
-            s->buf[s->n++] = b;
+    if (b != 0 && tx_reader.n == 0 && !tx_reader.overflow)
+        tx_first_cycle = avr->cycle;
+    if (!proto_reader_push(&tx_reader, b))
         return;
-    }
-    uint8_t type;
-    uint16_t seq;
-    uint32_t dt;
-    if (s->n && peek_frame(s->buf, s->n, &type, &seq, &dt)) {
-        st.frames_out++;
-        boot_done = 1;
-        if (awaiting_replies > 0 && !(type == 0x02 && seq == 0)) /* boot INFO: unsolicited */
-            awaiting_replies--;
-        if (type == 0x11) {
-            unsigned slot = seq % 1024u;
-            if (st.sample_seq[slot] == seq && st.sample_in_cycle[slot]) {
-                uint64_t first = s->first_cycle - st.sample_in_cycle[slot];
-                uint64_t last = avr->cycle - st.sample_in_cycle[slot];
-                if (first > st.lat_first_max)
-                    st.lat_first_max = first;
-                if (last > st.lat_last_max)
-                    st.lat_last_max = last;
-                st.lat_first_sum += first;
-                st.lat_last_sum += last;
-                st.n_lat++;
-                st.sample_in_cycle[slot] = 0;
-            }
+    proto_frame_t f;
+    enum proto_result r = proto_decode(tx_reader.buf, tx_reader.n, tx_dec, &f);
+    tx_reader.n = 0;
+    if (r != PR_OK)
+        return;
+    st.frames_out++;
+    boot_done = 1;
+    if (awaiting_replies > 0 && !(f.type == MSG_INFO && f.seq == 0)) /* boot INFO: unsolicited */
+        awaiting_replies--;
+    if (f.type == MSG_MEASUREMENT) {
+        unsigned slot = f.seq % 1024u;
+        if (st.sample_seq[slot] == f.seq && st.sample_in_cycle[slot]) {
+            uint64_t first = tx_first_cycle - st.sample_in_cycle[slot];
+            uint64_t last = avr->cycle - st.sample_in_cycle[slot];
+            if (first > st.lat_first_max)
+                st.lat_first_max = first;
+            if (last > st.lat_last_max)
+                st.lat_last_max = last;
+            st.lat_first_sum += first;
+            st.lat_last_sum += last;
+            st.n_lat++;
+            st.sample_in_cycle[slot] = 0;
         }
     }
-    s->n = 0;
 }
 
 static void uart_xon_cb(struct avr_irq_t *irq, uint32_t value, void *param)
@@ -252,6 +246,8 @@ static void flush_out(void)
     outq_len = 0;
 }
 
+/* Take what the pty holds, up to the queue's free room; the rest waits in the pty (the host's
+ * write blocks, as with flow control) and is read once bytes have gone to the UART. */
 static void read_pty(void)
 {
     for (;;) {
@@ -267,63 +263,85 @@ static void read_pty(void)
     }
 }
 
-/* Deliver the next byte to the MCU's UART; in lockstep a SAMPLE waits at the queue head until
- * the MCU has run the SAMPLE's dt. */
+/* A complete host frame has reached the MCU (its 0x00 was just delivered). */
+static void host_frame_done(enum proto_result r, const proto_frame_t *f)
+{
+    rx_count[r]++;
+    /* The firmware answers valid frames (HEARTBEAT excepted) and NACKs rules 5..7; frames
+     * failing rules 1..4 are dropped without an answer. */
+    int answered = r == PR_VERSION || r == PR_UNKNOWN_TYPE || r == PR_PAYLOAD ||
+                   (r == PR_OK && f->type != MSG_HEARTBEAT);
+    if (answered)
+        awaiting_replies++;
+    if (r != PR_OK)
+        return;
+    st.frames_in++;
+    if (f->type == MSG_HEARTBEAT)
+        st.last_hb_cycle = avr->cycle;
+    if (f->type == MSG_SAMPLE) {
+        st.sample_in_cycle[f->seq % 1024u] = avr->cycle;
+        st.sample_seq[f->seq % 1024u] = f->seq;
+    }
+    if (f->type == MSG_SET_OUTPUTS)
+        snoop_set_outputs(f);
+}
+
+/* Lockstep: the 0x00 at the queue head ends the frame now in rx_reader; decode it once. A valid
+ * SAMPLE's delimiter is then held until the MCU has run its dt: the MCU acts on a frame only at
+ * its delimiter, so the bytes before it are delivered as they come. */
+static void decide_frame_end(void)
+{
+    rx_end_decided = 1;
+    rx_end_result = -1;
+    if (rx_reader.overflow || rx_reader.n == 0)
+        return; /* end of an oversize run, or an idle delimiter: no frame */
+    rx_end_result = (int)proto_decode(rx_reader.buf, rx_reader.n, rx_dec, &rx_end_frame);
+    if (!lockstep || rx_end_result != PR_OK || rx_end_frame.type != MSG_SAMPLE)
+        return;
+    uint32_t dt = get_u32(rx_end_frame.payload);
+    if (dt > MAX_SAMPLE_DT_US) {
+        dt = MAX_SAMPLE_DT_US;
+        sample_dt_clamped++;
+    }
+    if (dt == 0)
+        return;
+    /* MCU time follows the sum of the dts (the host's sim clock); the time spent answering is
+     * absorbed by the next dt instead of adding up. */
+    uint64_t base = target_cycle ? target_cycle : avr->cycle;
+    target_cycle = base + us_to_cycles(dt);
+    sample_held = 1;
+}
+
+/* Deliver the next queued byte to the MCU's UART (one per call, paced by tick_cb). */
 static void feed_uart(void)
 {
     if (inq_tail == inq_head || !uart_xon)
         return;
-    sniff_t *s = &sniff_in;
-    if (lockstep && s->n == 0 && pending_sample_dt == 0) {
-        /* At a frame start: look ahead for the whole frame to learn its type. */
-        uint8_t tmp[260];
-        size_t n = 0;
-        size_t i = inq_tail;
-        while (i != inq_head && n < sizeof tmp && inq[i % QSIZE] != 0)
-            tmp[n++] = inq[i++ % QSIZE];
-        if (i == inq_head && n < sizeof tmp)
-            return; /* frame not complete yet */
-        uint8_t type;
-        uint16_t seq;
-        uint32_t dt;
-        if (n && peek_frame(tmp, n, &type, &seq, &dt) && type == 0x10 && dt > 0) {
-            /* MCU time follows the sum of the dts (the host's sim clock); the time spent
-             * answering is absorbed by the next dt instead of adding up. */
-            uint64_t base = target_cycle ? target_cycle : avr->cycle;
-            target_cycle = base + us_to_cycles(dt);
-            pending_sample_dt = dt;
-        }
-    }
-    if (pending_sample_dt) {
+    uint8_t b = inq[inq_tail % QSIZE];
+    if (b == 0 && !rx_end_decided)
+        decide_frame_end();
+    if (sample_held) {
         if (avr->cycle < target_cycle)
             return;
-        pending_sample_dt = 0;
+        sample_held = 0;
     }
-    uint8_t b = inq[inq_tail++ % QSIZE];
+    inq_tail++;
     avr_raise_irq(irq_uart_in, b);
     last_io_cycle = avr->cycle;
+    rx_bytes++;
+    rx_dirty = 1;
     if (b != 0) {
-        if (s->n < sizeof s->buf)
-            s->buf[s->n++] = b;
+        uint8_t was_dropping = rx_reader.overflow;
+        proto_reader_push(&rx_reader, b);
+        if (rx_reader.overflow && !was_dropping)
+            rx_count[PR_OVERSIZE]++;
         return;
     }
-    uint8_t type;
-    uint16_t seq;
-    uint32_t dt;
-    if (s->n && peek_frame(s->buf, s->n, &type, &seq, &dt)) {
-        st.frames_in++;
-        if (type != 0x21)
-            awaiting_replies++;
-        if (type == 0x21)
-            st.last_hb_cycle = avr->cycle;
-        if (type == 0x10) {
-            st.sample_in_cycle[seq % 1024u] = avr->cycle;
-            st.sample_seq[seq % 1024u] = seq;
-        }
-        if (type == 0x20)
-            sniff_set_outputs(s->buf, s->n);
-    }
-    s->n = 0;
+    proto_reader_push(&rx_reader, 0); /* ends a frame, an oversize run or nothing */
+    rx_reader.n = 0;
+    rx_end_decided = 0;
+    if (rx_end_result >= 0)
+        host_frame_done((enum proto_result)rx_end_result, &rx_end_frame);
 }
 
 /* ------------------------------------------------------------------ parts at the pins */
@@ -453,22 +471,26 @@ static avr_cycle_count_t tick_cb(struct avr_t *a, avr_cycle_count_t when, void *
     last_tick_cycle = a->cycle;
     feed_uart();
     flush_out();
-    /* pty reads cost a syscall: every 500 us when idle (5 characters at 115200), every tick
-     * while a frame is arriving. */
+    /* pty reads cost a syscall: every 500 us of MCU time (5 characters at 115200) whatever the
+     * queue holds, and every tick once the queue ran dry inside a frame (its rest may come). */
     static uint64_t last_read;
-    if (inq_tail == inq_head && (sniff_in.n || a->cycle - last_read >= us_to_cycles(500))) {
+    int mid_frame = rx_reader.n || rx_reader.overflow;
+    if (a->cycle - last_read >= us_to_cycles(500) || (inq_tail == inq_head && mid_frame)) {
         last_read = a->cycle;
         read_pty();
     }
+    /* Everything the host sent is at the UART: its counters, for whoever waits on them. */
+    if (rx_dirty && inq_tail == inq_head)
+        print_stats();
     if (a->cycle - last_stats_cycle >= a->frequency) {
         last_stats_cycle = a->cycle;
         print_stats();
     }
-    /* One character time while bytes flow; otherwise 500 us (the MCU is busy sampling or
-     * waiting for a SAMPLE's time), up to the lockstep target. */
-    int busy = (inq_tail != inq_head && !pending_sample_dt) || sniff_in.n;
+    /* One character time while bytes flow or a frame is half in; otherwise 500 us (the MCU is
+     * busy sampling or waiting for a SAMPLE's time), up to the lockstep target. */
+    int busy = (inq_tail != inq_head && !sample_held) || mid_frame;
     uint64_t next = us_to_cycles(busy ? TICK_US : 5 * TICK_US);
-    if (pending_sample_dt && target_cycle > a->cycle && target_cycle - a->cycle < next)
+    if (sample_held && target_cycle > a->cycle && target_cycle - a->cycle < next)
         next = target_cycle - a->cycle;
     return when + (next ? next : 1);
 }
@@ -546,14 +568,12 @@ static int should_run(void)
         return 1;
     if (!boot_done)
         return avr->cycle < us_to_cycles(5000000); /* boot: until INFO (bounded) */
-    if (avr->cycle < target_cycle)
-        return 1;
-    if (inq_tail != inq_head && !pending_sample_dt)
-        return 1;
-    if (pending_sample_dt)
+    if (sample_held)
         return 1; /* the MCU must reach the SAMPLE's time */
-    if (sniff_in.n)
-        return 1;
+    if (inq_tail != inq_head)
+        return 1; /* bytes flowing (or the UART's XOFF draining) */
+    /* A frame the host has only partly sent does not run the MCU: lockstep time moves with
+     * bytes, SAMPLE dts and answers only, never with the host's wall-clock pauses. */
     /* Waiting for replies: bounded, a dropped (corrupted) request has none. */
     if (awaiting_replies > 0 && avr->cycle - last_io_cycle < us_to_cycles(50000))
         return 1;
@@ -671,6 +691,8 @@ int main(int argc, char **argv)
     irq_adc0 = avr_io_getirq(avr, AVR_IOCTL_ADC_GETIRQ, ADC_IRQ_ADC0);
     irq_adc1 = avr_io_getirq(avr, AVR_IOCTL_ADC_GETIRQ, ADC_IRQ_ADC1);
 
+    proto_reader_init(&rx_reader);
+    proto_reader_init(&tx_reader);
     ltc_chain_init(&chain, 2);
     for (int i = 0; i < N_LC; i++)
         hx711_init(&hx[i]);
