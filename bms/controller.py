@@ -505,9 +505,10 @@ class Controller:
         self.estimator_starts: list[dict[str, Any]] = []
         if saved is None:
             return
+        fresh: list[str] = []
         for s, entry in zip(self.stacks, saved.stacks, strict=True):
             if entry is not None:
-                self._check_saved_stack(s, entry)
+                fresh += self._check_saved_stack(s, entry)
         if saved.removed_partial and self.log:
             self.log.event({"type": "state_file", "event": "partial file removed", "time_s": 0.0,
                             "path": str(saved.path) + ".tmp"})
@@ -516,21 +517,24 @@ class Controller:
             self.log.event({"type": "state_file", "event": "restored", "time_s": 0.0,
                             "path": str(saved.path), "saved_unix_s": saved.saved_unix_s,
                             "saved_run_time_s": saved.run_time_s, "reason": saved.reason,
-                            "latched_faults": names})
+                            "latched_faults": names, "started_fresh": sorted(set(fresh))})
 
-    def _check_saved_stack(self, s: StackRuntime, entry: SavedStack) -> None:
-        """A saved estimator state must have every quantity of this core, each in its shape
-        (a file of another estimator version or stack layout is refused at start, not in a
-        tick)."""
+    def _check_saved_stack(self, s: StackRuntime, entry: SavedStack) -> list[str]:
+        """A saved estimator state must have each quantity of this core in its shape (another
+        stack layout is refused at start, not in a tick). A quantity the file lacks (written
+        before the estimator had it) starts as in a fresh core: returns their names."""
         assert self._saved is not None
         where = f"state file {self._saved.path}: stack {s.config.name}"
+        missing = []
         for name, own in s.core.state_dict().items():
             if name not in entry.estimator:
-                raise StateFileError(f"{where}: no '{name}' (written by another version)")
-            if np.shape(entry.estimator[name]) != np.shape(own):
+                entry.estimator[name] = own
+                missing.append(name)
+            elif np.shape(entry.estimator[name]) != np.shape(own):
                 raise StateFileError(f"{where}: '{name}' has shape "
                                      f"{np.shape(entry.estimator[name])}, expected "
                                      f"{np.shape(own)}")
+        return missing
 
     def _start_estimator(self, s: StackRuntime, data: ValidatedStack, t: float) -> None:
         """The first measurement of a stack starts its estimator: from its saved state carried

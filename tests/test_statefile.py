@@ -558,3 +558,25 @@ def test_cli_restores_latched_faults_and_resets_them(tmp_path: Path) -> None:
     assert out[False][0]["state"] == "FAULT"
     assert out[True][0]["state"] == "CLOSED"
     assert "operator reset accepted" in out[True][1]
+
+
+def test_state_of_an_older_estimator(tmp_path: Path) -> None:
+    """A quantity the file lacks (saved before the estimator had it) starts fresh, named in
+    the restore event; a quantity of another shape refuses the file (one line)."""
+    core = Core(PACK, 0)
+    path = tmp_path / "state.json"
+    doc = _doc(core)
+    del doc["stacks"][0]["estimator"]["leak_d"]
+    doc["sha256"] = statefile._digest(doc)
+    statefile.write(path, doc)
+    c = Controller(PACK, ["/nonexistent/port"], clock="sim", log_dir=tmp_path / "log",
+                   state_path=path, saved_state=statefile.load(path, PACK))
+    c.log.close()
+    (ev,) = [e for e in load_events(tmp_path / "log") if e.get("type") == "state_file"]
+    assert ev["started_fresh"] == ["leak_d"]
+    doc["stacks"][0]["estimator"]["leak_d"] = [0.0] * (N - 1)
+    doc["sha256"] = statefile._digest(doc)
+    statefile.write(path, doc)
+    with pytest.raises(StateFileError, match=r"'leak_d' has shape \(22,\), expected \(23,\)"):
+        Controller(PACK, ["/nonexistent/port"], clock="sim", state_path=path,
+                   saved_state=statefile.load(path, PACK))
