@@ -278,3 +278,23 @@ def test_pybamm_quick_set_fits(tmp_path):
     res = fit(ocv, hppc, current_sign="discharge-positive")
     assert 4.5 < res.ocv.capacity_ah < 5.5
     assert all(r < 0.015 for r in res.core_rmse_v.values())
+
+
+def test_ocv_from_rests(tmp_path):
+    """A stepped (GITT-like) OCV test: 5 % of the capacity at C/5, then 10 min of rest,
+    down to empty -> 'rests' method, capacity and the OCV at the rest points."""
+    rng = np.random.default_rng(5)
+    seq = [(600, 0.0)]
+    for _ in range(20):
+        seq += [(int(0.05 * CAPACITY_AH / 1.0 * 3600), -1.0), (3000, 0.0)]
+    i = np.concatenate([np.full(n // 10, c) for n, c in seq])
+    t = np.arange(len(i)) * 10.0
+    v, soc = simulate(t, i, 1.0, 25.0, rng)
+    res = fitmod.fit_ocv(read_trace(write_cycler(tmp_path / "gitt.csv", t, i, v,
+                                                 np.full(len(t), 25.0))))
+    assert res.method == "rests"
+    assert res.capacity_ah == pytest.approx(CAPACITY_AH, rel=2e-3)
+    at = np.arange(0.05, 1.0, 0.05)
+    # relaxed points (50 min after each step: the 150 s branch is gone) on a curve that is
+    # linear between them: within 3 mV of the true OCV at the points
+    assert np.max(np.abs(np.interp(at, res.soc_grid, res.ocv_v) - ocv_true(at))) < 0.003
