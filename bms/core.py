@@ -80,6 +80,7 @@ class CoreParams:
     q_rc_v2_per_s: float
     r_voltage_v2: float
     voltage_corr_s: float
+    r_voltage_r0_rel: float
     current_noise_a: float
     gate_sigma: float
     leak_q_soc_per_s: float
@@ -256,6 +257,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         q_soc_per_s=est.soc_process_noise_per_s,
         q_rc_v2_per_s=est.rc_process_noise_v_per_s ** 2,
         r_voltage_v2=est.voltage_noise_v ** 2, voltage_corr_s=tn.voltage_corr_s,
+        r_voltage_r0_rel=est.voltage_noise_r0_rel,
         current_noise_a=est.current_noise_a, gate_sigma=est.innovation_gate_sigma,
         leak_q_soc_per_s=tn.leak_q_soc_per_s, leak_q_a2_per_s=tn.leak_q_a2_per_s,
         leak_r_soc2=tn.leak_r_soc ** 2, leak_alarm_a=est.leak_alarm_a,
@@ -331,8 +333,8 @@ _INT_PARAMS = ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n
 _FLOAT_PARAMS = (
     "soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff", "hyst_rate",
     "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_rc_v2_per_s",
-    "r_voltage_v2", "voltage_corr_s", "current_noise_a", "gate_sigma", "leak_q_soc_per_s",
-    "leak_q_a2_per_s",
+    "r_voltage_v2", "voltage_corr_s", "r_voltage_r0_rel", "current_noise_a", "gate_sigma",
+    "leak_q_soc_per_s", "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
     "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "preload_kpa",
     "stiffness_kpa_per_um", "swell_um_full", "thermal_um_per_k", "fixture_t_ref_c",

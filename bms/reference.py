@@ -222,7 +222,9 @@ class ReferenceCore:
         ph0 = c00 * docv + c01 + c02
         ph1 = c01 * docv + c11 + c12
         ph2 = c02 * docv + c12 + c22
-        rv = p.r_voltage_v2 * max(1.0, p.voltage_corr_s / dt_s)  # as ssb_core.c
+        corr = max(1.0, p.voltage_corr_s / dt_s)  # as ssb_core.c
+        # R_v = (sigma_v^2 + (k R0 I)^2) corr: the resistance's relative error k under load
+        rv = (p.r_voltage_v2 + (p.r_voltage_r0_rel * r0e * current_a) ** 2) * corr
         s = docv * ph0 + ph1 + ph2 + rv + r0e * r0e * p.current_noise_a ** 2
         gated = fin & (nu * nu > p.gate_sigma ** 2 * s)
         gain = np.where(fin & ~gated, 1.0 / s, 0.0)

@@ -393,6 +393,10 @@ class StackConfig:
     thermistor_cell_positions: tuple[float, ...]
 
 
+#: estimator.voltage_noise_r0_rel when a pack does not give it (docs/estimation.md, "Noise").
+DEFAULT_VOLTAGE_NOISE_R0_REL = 0.1
+
+
 @dataclass(frozen=True)
 class EstimatorConfig:
     voltage_noise_v: float
@@ -405,6 +409,9 @@ class EstimatorConfig:
     pressure_noise_kpa: float
     leak_alarm_a: float
     soh_forgetting: float
+    # relative uncertainty k of the model's resistance: R_v = (voltage_noise_v^2 +
+    # (k R0 I)^2) x max(1, voltage_corr_s / dt) (docs/estimation.md, "Noise")
+    voltage_noise_r0_rel: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -831,6 +838,8 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         pressure_noise_kpa=e.number("pressure_noise_kpa", 0.0, 1e5, lo_open=True),
         leak_alarm_a=e.number("leak_alarm_a", 0.0, 1e3, lo_open=True),
         soh_forgetting=e.number("soh_forgetting", 0.9, 1.0),
+        voltage_noise_r0_rel=e.number("voltage_noise_r0_rel", 0.0, 10.0,
+                                      default=DEFAULT_VOLTAGE_NOISE_R0_REL),
     )
     pl = r.sub("power_limits")
     power = PowerLimitConfig(

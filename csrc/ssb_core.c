@@ -154,7 +154,8 @@ int ssb_params_check(const ssb_params_t *prm)
                                prm->soh_min_di_a, prm->soh_r0_p_max, prm->soh_cap_window,
                                prm->r_pressure_kpa2, prm->rate_tau_s, prm->cusum_tau_s,
                                prm->t_derate_band_c};
-    if (!finite_in(prm->voltage_corr_s, 0.0, 1e6) || !finite_in(prm->pressure_corr_s, 0.0, 1e6))
+    if (!finite_in(prm->voltage_corr_s, 0.0, 1e6) || !finite_in(prm->pressure_corr_s, 0.0, 1e6) ||
+        !finite_in(prm->r_voltage_r0_rel, 0.0, 100.0))
         return SSB_ERR_PARAM;
     for (size_t k = 0; k < sizeof positive / sizeof positive[0]; k++) {
         if (!finite_in(positive[k], 1e-300, 1e300))
@@ -540,7 +541,11 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double g2 = prm->gate_sigma * prm->gate_sigma;
     /* the model error is correlated over voltage_corr_s: over a short dt a sample carries
        dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
-    const double rv = prm->r_voltage_v2 * fmax(1.0, prm->voltage_corr_s / dt_s);
+    const double corr = fmax(1.0, prm->voltage_corr_s / dt_s);
+    const double rv = prm->r_voltage_v2 * corr;
+    /* the model's own error under load: a relative error k of the resistance gives k R0 I,
+       correlated like the rest of the model error (docs/estimation.md, "Noise") */
+    const double kr2 = prm->r_voltage_r0_rel * prm->r_voltage_r0_rel * corr;
     const double sig_i2 = prm->current_noise_a * prm->current_noise_a;
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
@@ -568,7 +573,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         const double ph0 = c00 * d + c01 + c02;
         const double ph1 = c01 * d + c11 + c12;
         const double ph2 = c02 * d + c12 + c22;
-        const double sv = d * ph0 + ph1 + ph2 + rv + r0e * r0e * sig_i2;
+        const double sv = d * ph0 + ph1 + ph2 + rv + r0e * r0e * (sig_i2 + kr2 * i_a * i_a);
         const double gated = nu * nu > g2 * sv ? fin : 0.0;
         const double gain = (fin - gated) / sv;
         const double kn = nu * gain;

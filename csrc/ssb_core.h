@@ -97,6 +97,9 @@ typedef struct ssb_params {
     double r_voltage_v2;     /* voltage model error variance of one sample, V^2 */
     double voltage_corr_s;   /* its correlation time: a sample over dt counts as
                                 min(1, dt / voltage_corr_s) of an independent one, s */
+    double r_voltage_r0_rel; /* relative uncertainty k of the model's resistance: the sample's
+                                variance grows by (k R0 I)^2 (R0 with SOH and contact), so
+                                samples under high current count less */
     double current_noise_a;  /* current sensor noise sigma, A */
     double gate_sigma;       /* innovation gate k: reject nu^2 > k^2 S */
 

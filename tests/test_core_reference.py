@@ -131,3 +131,44 @@ def test_exp_is_accurate() -> None:
     x = -np.concatenate([np.linspace(0, 20, 2001), np.geomspace(1e-12, 700, 500)])
     got = np.array([lib.ssb_exp_neg(float(v)) for v in x])
     assert np.max(np.abs(got / np.exp(x) - 1.0)) < 1e-15
+
+
+def _update_gain(core_like, current_a: float, temp_c: float, offset_v: float = 0.005
+                 ) -> float:
+    """dSOC of one update per volt of innovation, at ``current_a`` (C core or reference)."""
+    n = core_like.prm.n_cells if hasattr(core_like, "prm") else core_like.n_cells
+    t = np.full(6, temp_c)
+    p = np.full(4, 1100.0)
+    socs = []
+    for dv in (0.0, offset_v):
+        core_like.reset(np.full(n, 0.52), soc_sigma0=0.005)  # mid segment: one slope
+        step = core_like.step_ekf if hasattr(core_like, "step_ekf") else core_like.ekf_step
+        step(1.0, current_a, np.full(n, np.nan), t, p)  # prediction only: the model voltage
+        v_model = np.array(core_like.voltage_pred_v, dtype=float).copy()
+        core_like.reset(np.full(n, 0.52), soc_sigma0=0.005)  # mid segment: one slope
+        step(1.0, current_a, v_model + dv, t, p)
+        socs.append(float(np.asarray(core_like.soc)[0]))
+    return (socs[1] - socs[0]) / offset_v
+
+
+def test_voltage_weight_falls_with_current_and_cold() -> None:
+    """R_v = (sigma_v^2 + (k R0 I)^2) corr: the same voltage innovation moves SOC less under a
+    high current, and less at 0 C (larger R0) than at 25 C; with k = 0 the gain does not depend
+    on |I| beyond the current sensor's noise. C core and reference agree."""
+    import dataclasses
+
+    pack = load_pack("ssb-23")
+    assert pack.estimator.voltage_noise_r0_rel == 0.1
+    params = make_params(pack, 0, Tuning(pressure_fusion=False))
+    for make in (lambda prm: Core(pack, 0, params=prm), ReferenceCore):
+        core = make(params)
+        g0, g2, g10 = (_update_gain(core, i, 25.0) for i in (0.0, -2.0, -10.0))
+        assert g0 > g2 > g10 > 0.0
+        assert g10 < 0.85 * g0
+        assert _update_gain(core, -10.0, 0.0) < _update_gain(core, -10.0, 25.0)
+        flat = make(dataclasses.replace(params, r_voltage_r0_rel=0.0))
+        f0, f10 = _update_gain(flat, 0.0, 25.0), _update_gain(flat, -10.0, 25.0)
+        assert abs(f10 / f0 - 1.0) < 0.02
+    c, r = Core(pack, 0, params=params), ReferenceCore(params)
+    for i in (0.0, -3.0, 8.0):
+        assert _update_gain(c, i, 5.0) == pytest.approx(_update_gain(r, i, 5.0), rel=1e-9)

@@ -73,6 +73,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->q_rc_v2_per_s = 1e-8;
     p->r_voltage_v2 = 1e-4 / 150.0;
     p->voltage_corr_s = 15.0;
+    p->r_voltage_r0_rel = 0.1;
     p->current_noise_a = 0.05;
     p->gate_sigma = 6.0;
     p->leak_q_soc_per_s = 1e-10;
