@@ -147,9 +147,26 @@ def _uniform_divisions(points: np.ndarray, max_div: int) -> int:
     return den
 
 
+#: R / F = kB / e, V/K (as csrc/ssb_core.c SSB_R_OVER_F_V_PER_K, which the core
+#: uses: the symmetric Butler-Volmer charge-transfer overpotential, Plett, Battery Management
+#: Systems vol. 1, 2015, ch. 3)
+R_OVER_F_V_PER_K = 8.617333262e-5
+KELVIN = 273.15
+
+
+def two_rt_over_f(temp_c: np.ndarray) -> np.ndarray:
+    return 2.0 * R_OVER_F_V_PER_K * (np.asarray(temp_c, dtype=float) + KELVIN)
+
+
+def ct_overpotential(c: np.ndarray, current_a: float, temp_c: np.ndarray) -> np.ndarray:
+    """Symmetric Butler-Volmer charge-transfer overpotential (2 R T / F) asinh(I c), c =
+    1 / (2 I0) per cell; exactly 0 where c = 0 (no charge transfer in the model)."""
+    return np.where(c != 0.0, two_rt_over_f(temp_c) * np.arcsinh(current_a * c), 0.0)
+
+
 #: The columns of the core's parameter grid (csrc/ssb_core.h SSB_TABLE_STRIDE), in order.
 GRID_COLUMNS = ("ocv_v", "r0_discharge_ohm", "r0_charge_ohm", "r1_ohm", "tau1_s", "r2_ohm",
-                "tau2_s", "hysteresis_v")
+                "tau2_s", "hysteresis_v", "ct_inv_2i0_per_a")
 
 
 def _breakpoints(pack: PackConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +177,8 @@ def _breakpoints(pack: PackConfig) -> tuple[np.ndarray, np.ndarray]:
         tables += [t for t in (b.r_ohm, b.tau_s, b.c_f) if t is not None]
     if ecm.hysteresis_max_v is not None:
         tables.append(ecm.hysteresis_max_v)
+    if ecm.exchange_current_a is not None:
+        tables.append(ecm.exchange_current_a)
     socs = [cell.soc_grid] + [t.soc for t in tables if len(t.soc) > 1]
     temps = [cell.temperature_grid_c] + [t.temperature_c for t in tables
                                          if len(t.temperature_c) > 1]
@@ -190,8 +209,12 @@ def resample_table(pack: PackConfig) -> tuple[np.ndarray, float, float, float]:
         r2, tau2 = np.zeros_like(tau1), tau1
     hyst = (ecm.hysteresis_max_v.at(soc_u, t_u) if ecm.hysteresis_max_v is not None
             else np.zeros_like(tau1))
+    # charge transfer as 1 / (2 I0) (0: none), the form the core evaluates; at the grid nodes
+    # the table's I0 exactly, between them the reciprocal is interpolated
+    ct = (0.5 / ecm.exchange_current_a.at(soc_u, t_u) if ecm.exchange_current_a is not None
+          else np.zeros_like(tau1))
     columns = (ocv, ecm.r0_ohm.at(soc_u, t_u), ecm.r0_charge_ohm.at(soc_u, t_u),
-               ecm.rc[0].r_ohm.at(soc_u, t_u), tau1, r2, tau2, hyst)
+               ecm.rc[0].r_ohm.at(soc_u, t_u), tau1, r2, tau2, hyst, ct)
     grid = np.stack(columns, axis=-1)
     assert grid.shape[-1] == TABLE_STRIDE == len(GRID_COLUMNS)
     return grid, 1.0 / n_s, float(tg[0]), float((tg[-1] - tg[0]) / n_t)
@@ -624,5 +647,5 @@ class Core:
         return self._out
 
 
-__all__ = ["Core", "CoreError", "CoreOutput", "CoreParams", "Tuning", "make_params",
-           "resample_table", "temperature_map"]
+__all__ = ["Core", "CoreError", "CoreOutput", "CoreParams", "Tuning", "ct_overpotential",
+           "make_params", "resample_table", "temperature_map", "two_rt_over_f"]

@@ -34,6 +34,8 @@ from bms.core import (
     ST_TEMP_FALLBACK,
     ST_TEMP_INVALID,
     CoreParams,
+    ct_overpotential,
+    two_rt_over_f,
 )
 
 T_INIT_C = 25.0
@@ -191,6 +193,7 @@ class ReferenceCore:
         # R0 of this current's direction (charge: current > 0)
         w["r0"] = w["r0_charge_ohm"] if current_a > 0.0 else w["r0_discharge_ohm"]
         w["soc_pred"] = soc_pred
+        w["eta"] = ct_overpotential(w["ct_inv_2i0_per_a"], current_a, self.cell_temp_c)
         self._w = w
         docv = w["docv"]
         use2 = 1.0 if p.n_rc == 2 else 0.0  # one branch: V2 stays exactly 0
@@ -212,9 +215,11 @@ class ReferenceCore:
         c11 = self.p[3] * a1 * a1 + q_rc
         c12 = self.p[4] * a1 * a2
         c22 = self.p[5] * a2 * a2 + q_rc * use2
-        # measurement: v = OCV(SOC, T) + M h + V1 + V2 + R0 I, H = [dOCV/dSOC, 1, 1]
+        # measurement: v = OCV(SOC, T) + M h + V1 + V2 + R0 I + eta(I), H = [dOCV/dSOC, 1, 1]
+        # (eta depends on I and T, not on the state)
         r0e = self.r0_scale * (w["r0"] + r_contact)
-        h = w["ocv_v"] + w["hysteresis_v"] * self.hyst + v1 + v2 + r0e * current_a
+        op = r0e * current_a + w["eta"]  # instantaneous overpotential
+        h = w["ocv_v"] + w["hysteresis_v"] * self.hyst + v1 + v2 + op
         self.voltage_pred_v = h
         z = np.asarray(v_meas, dtype=float)
         fin = np.isfinite(z)
@@ -223,8 +228,9 @@ class ReferenceCore:
         ph1 = c01 * docv + c11 + c12
         ph2 = c02 * docv + c12 + c22
         corr = max(1.0, p.voltage_corr_s / dt_s)  # as ssb_core.c
-        # R_v = (sigma_v^2 + (k R0 I)^2) corr: the resistance's relative error k under load
-        rv = (p.r_voltage_v2 + (p.r_voltage_r0_rel * r0e * current_a) ** 2) * corr
+        # R_v = (sigma_v^2 + (k (R0 I + eta))^2) corr: the relative error k of the
+        # instantaneous overpotential under load
+        rv = (p.r_voltage_v2 + (p.r_voltage_r0_rel * op) ** 2) * corr
         s = docv * ph0 + ph1 + ph2 + rv + r0e * r0e * p.current_noise_a ** 2
         gated = fin & (nu * nu > p.gate_sigma ** 2 * s)
         gain = np.where(fin & ~gated, 1.0 / s, 0.0)
@@ -260,7 +266,10 @@ class ReferenceCore:
         if self.have_prev and math.isfinite(di) and abs(di) >= p.soh_min_di_a:
             # R0 multiplier theta: dv = theta R0_table dI at a current step
             x = di * (w["r0"] + r_contact)
-            y = v_meas - self.v_prev
+            # the charge-transfer overpotential's step is the model's, not R0's
+            deta = w["eta"] - ct_overpotential(w["ct_inv_2i0_per_a"], self.i_prev,
+                                               self.cell_temp_c)
+            y = v_meas - self.v_prev - deta
             ok = np.isfinite(y)
             g = np.where(ok, self.r0_p * x / (lam + x * self.r0_p * x), 0.0)
             self.r0_scale = self.r0_scale + g * (np.where(ok, y, 0.0) - self.r0_scale * x)
@@ -393,8 +402,9 @@ class ReferenceCore:
             # posterior OCV (linearised from the predicted SOC), hysteresis held over h
             ocv = w["ocv_v"] + d * (self.soc - w["soc_pred"]) + w["hysteresis_v"] * self.hyst
             v0 = ocv + self.v1 * e1 + self.v2 * e2
+            # charge transfer linearised at zero current, R_ct = R T / (F I0) (conservative)
             rc = w["r1_ohm"] * (1.0 - e1) + use2 * w["r2_ohm"] * (1.0 - e2) + \
-                d * h / p.capacity_as
+                d * h / p.capacity_as + two_rt_over_f(self.cell_temp_c) * w["ct_inv_2i0_per_a"]
             reff_c = self.r0_scale * (w["r0_charge_ohm"] + r_contact) + rc
             reff_d = self.r0_scale * (w["r0_discharge_ohm"] + r_contact) + rc
             ic = np.minimum((p.v_max - v0) / reff_c, (1.0 - self.soc) * p.capacity_as / h)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bms.core import GRID_COLUMNS, CoreParams
+from bms.core import GRID_COLUMNS, CoreParams, ct_overpotential
 from bms.tuning import (
     REST_CURRENT_A,
     START_PRIOR_C_RATE,
@@ -236,9 +236,13 @@ class Start:
             r_c = self.contact_resistance_ohm(pressure_kpa)
             key = "r0_charge_ohm" if current_a > 0.0 else "r0_discharge_ohm"
             for _ in range(3):
-                r0 = self._look(np.where(finite, soc, 0.5), temp_c)[key] + r_c
-                soc = self.invert_ocv(v - r0 * current_a, temp_c)
-            extra["r0_drop_v_mean"] = float(np.mean(r0 * current_a))
+                look = self._look(np.where(finite, soc, 0.5), temp_c)
+                r0 = look[key] + r_c
+                # and the charge-transfer overpotential where the model has one
+                drop = r0 * current_a + ct_overpotential(look["ct_inv_2i0_per_a"], current_a,
+                                                         temp_c)
+                soc = self.invert_ocv(v - drop, temp_c)
+            extra["r0_drop_v_mean"] = float(np.mean(drop))
         soc = np.where(finite, soc, 0.5)
         st["soc"][...] = soc
         st["v1"][...] = 0.0

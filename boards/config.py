@@ -305,6 +305,9 @@ class CellEcm:
     rc: tuple[RcBranch, ...]
     hysteresis_max_v: ParamTable | None = None
     hysteresis_rate: float = 0.0
+    # Optional charge-transfer overpotential (symmetric Butler-Volmer):
+    # eta = (2 R T / F) asinh(I / (2 I0)); R0 is then the ohmic part alone.
+    exchange_current_a: ParamTable | None = None
 
 
 #: The second RC branch the first cell format (``r0_ohm``/``r1_ohm``/``c1_f`` lists on the OCV
@@ -584,7 +587,10 @@ def _read_ecm(r: _Reader) -> CellEcm:
         h = m.sub("hysteresis")
         hyst_max = _read_table(h, "max_v", 0.0, 1.0, lo_open=False)
         rate = h.number("rate", 0.0, 1e6, lo_open=True)
-    return CellEcm(n_rc, r0, r0_charge, tuple(branches), hyst_max, rate)
+    i0 = None
+    if m.has("charge_transfer"):
+        i0 = _read_table(m.sub("charge_transfer"), "exchange_current_a", 0.0, 1e6)
+    return CellEcm(n_rc, r0, r0_charge, tuple(branches), hyst_max, rate, i0)
 
 
 def _v1_ecm(soc: np.ndarray, r0: np.ndarray, r1: np.ndarray, c1: np.ndarray,

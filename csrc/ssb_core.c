@@ -39,13 +39,33 @@ enum {
     W_TAU2,
     W_HYST,    /* hysteresis magnitude M */
     W_SOCPRED,
+    W_CT,      /* 1 / (2 I0) of the charge-transfer overpotential, 1/A (0: none) */
+    W_ETA,     /* charge-transfer overpotential at this tick's current, V */
     W_SCRATCH,
     W_ROWS
 };
 /* grid columns (SSB_TABLE_STRIDE) */
-enum { G_OCV = 0, G_R0DIS, G_R0CHG, G_R1, G_TAU1, G_R2, G_TAU2, G_HYST, G_N };
+enum { G_OCV = 0, G_R0DIS, G_R0CHG, G_R1, G_TAU1, G_R2, G_TAU2, G_HYST, G_CT, G_N };
 _Static_assert(G_N == SSB_TABLE_STRIDE, "grid columns and SSB_TABLE_STRIDE differ");
 _Static_assert(W_ROWS == SSB_WORK_ROWS, "SSB_WORK_ROWS (the caller's work size) out of date");
+
+/* R / F = kB / e, V/K (CODATA 2018 exact constants): the symmetric Butler-Volmer
+ * charge-transfer overpotential is eta = (2 R T / F) asinh(I / (2 I0)) (Plett, Battery
+ * Management Systems vol. 1, 2015, ch. 3; Bard and Faulkner, Electrochemical Methods, 2001,
+ * eq. 3.4.11 with alpha = 1/2), its small-current limit R_ct = R T / (F I0). */
+#define SSB_R_OVER_F_V_PER_K 8.617333262e-5
+#define SSB_KELVIN 273.15
+
+static inline double two_rt_over_f(double temp_c)
+{
+    return 2.0 * SSB_R_OVER_F_V_PER_K * (temp_c + SSB_KELVIN);
+}
+
+/* eta at current_a for 1 / (2 I0) = c; exactly 0 without charge transfer (c = 0) */
+static inline double ct_overpotential(double c, double current_a, double temp_c)
+{
+    return c != 0.0 ? two_rt_over_f(temp_c) * asinh(current_a * c) : 0.0;
+}
 
 /* ------------------------------------------------------------------ vectorisable exp */
 
@@ -140,7 +160,8 @@ int ssb_params_check(const ssb_params_t *prm)
         if (!finite_in(g[G_OCV], 1e-12, 1e7) || !finite_in(g[G_R0DIS], 1e-12, 1e7) ||
             !finite_in(g[G_R0CHG], 1e-12, 1e7) || !finite_in(g[G_R1], 1e-12, 1e7) ||
             !finite_in(g[G_TAU1], 1e-12, 1e7) || !finite_in(g[G_R2], 0.0, 1e7) ||
-            !finite_in(g[G_TAU2], 1e-12, 1e7) || !finite_in(g[G_HYST], 0.0, 10.0))
+            !finite_in(g[G_TAU2], 1e-12, 1e7) || !finite_in(g[G_HYST], 0.0, 10.0) ||
+            !finite_in(g[G_CT], 0.0, 1e9))
             return SSB_ERR_PARAM;
     }
     for (int32_t i = 0; i < prm->n_cells && prm->n_sensors > 0; i++) {
@@ -499,6 +520,8 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         w[W_R2 * nn + i] = g[G_R2];
         w[W_TAU2 * nn + i] = g[G_TAU2];
         w[W_HYST * nn + i] = g[G_HYST];
+        w[W_CT * nn + i] = g[G_CT];
+        w[W_ETA * nn + i] = ct_overpotential(g[G_CT], current_a, st->cell_temp_c[i]);
     }
 
     /* pass 2 (vectorised): predict and gated update */
@@ -511,6 +534,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double *SSB_RESTRICT tau2_a = w + W_TAU2 * nn;
     const double *SSB_RESTRICT m_a = w + W_HYST * nn;
     const double *SSB_RESTRICT socp_a = w + W_SOCPRED * nn;
+    const double *SSB_RESTRICT eta_a = w + W_ETA * nn;
     double *SSB_RESTRICT v1_a = st->v1;
     double *SSB_RESTRICT v2_a = st->v2;
     double *SSB_RESTRICT hy_a = st->hyst;
@@ -543,8 +567,9 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
        dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
     const double corr = fmax(1.0, prm->voltage_corr_s / dt_s);
     const double rv = prm->r_voltage_v2 * corr;
-    /* the model's own error under load: a relative error k of the resistance gives k R0 I,
-       correlated like the rest of the model error (docs/estimation.md, "Noise") */
+    /* the model's own error under load: a relative error k of the instantaneous overpotential
+       (R0 I + eta), correlated like the rest of the model error (docs/estimation.md,
+       "Noise") */
     const double kr2 = prm->r_voltage_r0_rel * prm->r_voltage_r0_rel * corr;
     const double sig_i2 = prm->current_noise_a * prm->current_noise_a;
     SSB_IVDEP
@@ -562,7 +587,8 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         double c12 = p12[i] * a1 * a2;
         double c22 = p22[i] * a2 * a2 + q_rc2;
         const double r0e = r0s[i] * (r0_a[i] + r_contact);
-        const double h = ocv_a[i] + m_a[i] * hy + v1 + v2 + r0e * i_a;
+        const double op = r0e * i_a + eta_a[i]; /* instantaneous overpotential */
+        const double h = ocv_a[i] + m_a[i] * hy + v1 + v2 + op;
         vp_a[i] = h;
         hy_a[i] = hy;
         const double d = docv_a[i];
@@ -573,7 +599,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         const double ph0 = c00 * d + c01 + c02;
         const double ph1 = c01 * d + c11 + c12;
         const double ph2 = c02 * d + c12 + c22;
-        const double sv = d * ph0 + ph1 + ph2 + rv + r0e * r0e * (sig_i2 + kr2 * i_a * i_a);
+        const double sv = d * ph0 + ph1 + ph2 + rv + r0e * r0e * sig_i2 + kr2 * op * op;
         const double gated = nu * nu > g2 * sv ? fin : 0.0;
         const double gain = (fin - gated) / sv;
         const double kn = nu * gain;
@@ -632,12 +658,18 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
     double *SSB_RESTRICT r0_out = out->r0_ohm;
     const double lam = prm->soh_lambda, pmax = prm->soh_r0_p_max;
     const double di = current_a - st->i_prev;
-    /* R0 multiplier by RLS on voltage steps at current steps: dv = theta R0_table dI */
+    /* R0 multiplier by RLS on voltage steps at current steps: dv = theta R0_table dI, the
+       step of the charge-transfer overpotential taken out of dv first */
     if (st->have_prev && finite(di) && fabs(di) >= prm->soh_min_di_a) {
+        double *SSB_RESTRICT deta = st->work + W_SCRATCH * nn;
+        const double *SSB_RESTRICT ct_a = st->work + W_CT * nn;
+        const double *SSB_RESTRICT eta_a = st->work + W_ETA * nn;
+        for (int32_t i = 0; i < n; i++) /* scalar: asinh */
+            deta[i] = eta_a[i] - ct_overpotential(ct_a[i], st->i_prev, st->cell_temp_c[i]);
         SSB_IVDEP
         for (int32_t i = 0; i < n; i++) {
             const double x = di * (r0_a[i] + r_contact);
-            const double y = vm[i] - vp[i];
+            const double y = vm[i] - vp[i] - deta[i];
             const int ok = (y - y) == 0.0;
             const double g = ok ? pr[i] * x / (lam + x * pr[i] * x) : 0.0;
             const double yy = ok ? y : 0.0;
@@ -886,8 +918,11 @@ static void power_limits(const ssb_params_t *prm, const ssb_state_t *st, double 
             const double ocv = w[W_OCV * nn + i] + d * (soc[i] - w[W_SOCPRED * nn + i]) +
                                w[W_HYST * nn + i] * hy[i];
             const double v0 = ocv + v1[i] * e1 + v2[i] * e2;
+            /* the charge transfer linearised at zero current, R_ct = R T / (F I0): asinh is
+               sublinear, so this overstates the overpotential and the limits are safe */
             const double rc = w[W_R1 * nn + i] * (1.0 - e1) +
-                              use2 * w[W_R2 * nn + i] * (1.0 - e2) + d * h / q;
+                              use2 * w[W_R2 * nn + i] * (1.0 - e2) + d * h / q +
+                              two_rt_over_f(tc[i]) * w[W_CT * nn + i];
             const double reff_c = r0s[i] * (w[W_R0CHG * nn + i] + r_contact) + rc;
             const double reff_d = r0s[i] * (w[W_R0DIS * nn + i] + r_contact) + rc;
             double ic = (prm->v_max - v0) / reff_c;

@@ -19,10 +19,11 @@
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-#define SSB_WORK_ROWS 12 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+#define SSB_WORK_ROWS 14 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
 /* per grid node: ocv_v, r0_discharge_ohm, r0_charge_ohm, r1_ohm, tau1_s, r2_ohm, tau2_s,
- * hysteresis_v (the OCV hysteresis magnitude M) */
-#define SSB_TABLE_STRIDE 8
+ * hysteresis_v (the OCV hysteresis magnitude M), ct_inv_2i0_per_a (1 / (2 I0) of the
+ * charge-transfer overpotential, 1/A; 0: none) */
+#define SSB_TABLE_STRIDE 9
 
 /* return codes: nothing is written to the state when a call returns an error */
 #define SSB_OK 0
@@ -71,8 +72,10 @@ typedef struct ssb_params {
     /* parameter table on a uniform grid, SOC from 0 to 1 in soc_step, temperature from
      * temp_min_c in temp_step_c; node (t, s) holds SSB_TABLE_STRIDE values at
      * grid[(t * n_soc + s) * SSB_TABLE_STRIDE]: ocv_v, r0_discharge_ohm, r0_charge_ohm,
-     * r1_ohm, tau1_s, r2_ohm, tau2_s, hysteresis_v. R0 on charge is used when the current
-     * is > 0. With n_rc = 1 the r2 column is ignored (V2 stays 0). */
+     * r1_ohm, tau1_s, r2_ohm, tau2_s, hysteresis_v, ct_inv_2i0_per_a. R0 on charge is used
+     * when the current is > 0. With n_rc = 1 the r2 column is ignored (V2 stays 0). The
+     * charge-transfer overpotential (symmetric Butler-Volmer) is
+     * eta = (2 R T / F) asinh(I ct_inv_2i0_per_a), T the cell temperature in K. */
     int32_t n_soc, n_temp;
     double soc_step, temp_min_c, temp_step_c;
     const double *grid;
@@ -97,9 +100,11 @@ typedef struct ssb_params {
     double r_voltage_v2;     /* voltage model error variance of one sample, V^2 */
     double voltage_corr_s;   /* its correlation time: a sample over dt counts as
                                 min(1, dt / voltage_corr_s) of an independent one, s */
-    double r_voltage_r0_rel; /* relative uncertainty k of the model's resistance: the sample's
-                                variance grows by (k R0 I)^2 (R0 with SOH and contact), so
-                                samples under high current count less */
+    double r_voltage_r0_rel; /* relative uncertainty k of the model's instantaneous
+                                overpotential: the sample's variance grows by
+                                (k (R0 I + eta))^2 (R0 with SOH and contact, eta the
+                                charge-transfer overpotential), so samples under high
+                                current count less */
     double current_noise_a;  /* current sensor noise sigma, A */
     double gate_sigma;       /* innovation gate k: reject nu^2 > k^2 S */
 

@@ -173,6 +173,14 @@ def test_child_model_replaces_the_base_model_whole(tmp_path) -> None:
      "cell.model.r0_ohm", "(0.0, 10.0]"),
     ({"rc_branches": 1, "r0_ohm": 0.01, "rc": [{"r_ohm": 0.01, "tau_s": 30}],
       "hysteresis": {"max_v": 0.01}}, "cell.model.hysteresis.rate", "required"),
+    ({"rc_branches": 1, "r0_ohm": 0.01, "rc": [{"r_ohm": 0.01, "tau_s": 30}],
+      "charge_transfer": {"exchange_current_a": 1.0, "exchange_current": 1.0}},
+     "cell.model.charge_transfer.exchange_current", "did you mean 'exchange_current_a'"),
+    ({"rc_branches": 1, "r0_ohm": 0.01, "rc": [{"r_ohm": 0.01, "tau_s": 30}],
+      "charge_transfer": {"exchange_current_a": 0.0}},
+     "cell.model.charge_transfer.exchange_current_a", "(0.0, 1000000.0]"),
+    ({"rc_branches": 1, "r0_ohm": 0.01, "rc": [{"r_ohm": 0.01, "tau_s": 30}],
+      "charge_transfer": 2.0}, "cell.model.charge_transfer", "a mapping"),
 ])
 def test_bad_models_name_the_key(tmp_path, model, key, fragment) -> None:
     data = _ssb23()

@@ -172,3 +172,77 @@ def test_voltage_weight_falls_with_current_and_cold() -> None:
     c, r = Core(pack, 0, params=params), ReferenceCore(params)
     for i in (0.0, -3.0, 8.0):
         assert _update_gain(c, i, 5.0) == pytest.approx(_update_gain(r, i, 5.0), rel=1e-9)
+
+
+CHARGE_TRANSFER_MODEL = {
+    # 2 RC branches, R0 the ohmic part, a Butler-Volmer charge transfer with I0 over SOC and
+    # temperature (per-temperature rows on their own breakpoints)
+    "rc_branches": 2,
+    "r0_ohm": {"temperature_c": [0.0, 25.0], "values": [0.012, 0.006]},
+    "rc": [{"r_ohm": 0.004, "tau_s": 20.0}, {"r_ohm": 0.003, "tau_s": 300.0}],
+    "charge_transfer": {"exchange_current_a": {
+        "soc": [0.1, 0.5, 0.9], "temperature_c": [0.0, 25.0, 40.0],
+        "values": [[0.3, 0.5, 0.4], [1.2, 2.0, 1.5], [2.5, 4.0, 3.0]]}},
+}
+
+
+def test_charge_transfer_model_matches_reference(tmp_path) -> None:
+    """The Butler-Volmer overpotential in predict/measure, the SOH step and the (linearised)
+    power limits: the C core equals the NumPy reference over a long random run."""
+    pack = _model_pack(tmp_path, CHARGE_TRANSFER_MODEL)
+    assert pack.cell.ecm.exchange_current_a is not None
+    _random_run(None, 3000, seed=31, fusion=False, pack=pack)
+
+
+def test_charge_transfer_overpotential_in_the_voltage(tmp_path) -> None:
+    """From rest, one 1 s step at -10 A, 25 C, SOC 0.5 (I0 2 A): the predicted voltage is
+    OCV + R0 I + (2RT/F) asinh(I / 2 I0) + the RC branches' first second; without the
+    charge transfer it lacks exactly that eta (-0.0846 V)."""
+    from bms.core import ct_overpotential
+
+    pack = _model_pack(tmp_path, CHARGE_TRANSFER_MODEL)
+    lin = _model_pack(tmp_path, {k: v for k, v in CHARGE_TRANSFER_MODEL.items()
+                                 if k != "charge_transfer"})
+    preds = []
+    for pk in (pack, lin):
+        core = Core(pk, 0, params=make_params(pk, 0, Tuning(pressure_fusion=False)))
+        core.reset(0.5)
+        core.step(1.0, -10.0, np.full(23, np.nan), np.full(6, 25.0), np.full(4, np.nan))
+        preds.append(core.voltage_pred_v.copy())
+    eta = float(ct_overpotential(np.array([0.25]), -10.0, np.array([25.0]))[0])
+    assert eta == pytest.approx(2 * 8.617333262e-5 * 298.15 * np.arcsinh(-2.5))
+    assert eta == pytest.approx(-0.0846, abs=1e-4)
+    ref = ReferenceCore(make_params(pack, 0, Tuning(pressure_fusion=False)))
+    look = ref.lookup(np.full(23, 0.5 - 10.0 / pack.cell.capacity_ah / 3600.0),
+                      np.full(23, 25.0))  # at the predicted SOC, a hair below 0.5
+    np.testing.assert_allclose(look["ct_inv_2i0_per_a"], 0.25, rtol=1e-3)
+    eta_c = ct_overpotential(look["ct_inv_2i0_per_a"], -10.0, np.full(23, 25.0))
+    np.testing.assert_allclose(preds[0] - preds[1], eta_c, atol=1e-12)
+    rc = -10.0 * (0.004 * (1 - np.exp(-1 / 20.0)) + 0.003 * (1 - np.exp(-1 / 300.0)))
+    r0 = 0.006 + pack.cell.contact_resistance_ref_ohm  # no pressure reading: at p_ref
+    np.testing.assert_allclose(preds[0], look["ocv_v"] - 10.0 * r0 + eta_c + rc, atol=1e-9)
+
+
+def test_start_under_load_removes_the_charge_transfer_overpotential(tmp_path) -> None:
+    """bms/soc_start.py under load inverts v - R0 I - eta (the model's instantaneous drop):
+    cells at SOC 0.3-0.8 read within 0.1 % at -8 A, 0 C (eta alone is -76 mV there)."""
+    from bms.core import ct_overpotential
+    from bms.soc_start import Start
+
+    pack = _model_pack(tmp_path, CHARGE_TRANSFER_MODEL)
+    params = make_params(pack, 0, Tuning(pressure_fusion=False))
+    ref = ReferenceCore(params)
+    soc = np.linspace(0.3, 0.8, 23)
+    temp = np.zeros(23)
+    look = ref.lookup(soc, temp)
+    eta = ct_overpotential(look["ct_inv_2i0_per_a"], -8.0, temp)
+    assert np.all(eta < -0.07)
+    r0 = look["r0_discharge_ohm"] + pack.cell.contact_resistance_ref_ohm
+    v = look["ocv_v"] - 8.0 * r0 + eta
+    core = Core(pack, 0, params=params)
+    state = core.state_dict()
+    report = Start(params, pack.estimator.initial_soc_sigma, False,
+                   pack.cell.capacity_ah).cold_start(state, -8.0, v, np.zeros(6),
+                                                     np.full(4, 1000.0))  # R_contact r_ref
+    assert report.how == "ocv_under_load"
+    np.testing.assert_allclose(state["soc"], soc, atol=1e-3)

@@ -18,7 +18,7 @@ from bms.app import check
 from bms.app import fit as fitmod
 from bms.app.fit import fit, one_cell_pack, run_core_open_loop
 from bms.app.fit_data import read_trace
-from bms.core import Core
+from bms.core import Core, ct_overpotential
 from boards.config import load_pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,14 +40,19 @@ def ocv_true(soc: np.ndarray, temperature_c: float = 25.0) -> np.ndarray:
 
 
 def simulate(t: np.ndarray, i: np.ndarray, soc0: float, temperature_c: float,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+             rng: np.random.Generator, i0_a: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """The core's discrete model (sample k's current over (t[k-1], t[k]]); charge-positive
-    current. Returns (voltage with noise, SOC)."""
+    current. ``i0_a``: with a Butler-Volmer charge transfer of this exchange current (at
+    25 C; / COLD_FACTOR when cold). Returns (voltage with noise, SOC)."""
     f = COLD_FACTOR if temperature_c < 15.0 else 1.0
     dt = np.diff(t, prepend=t[0])
     soc = soc0 + np.cumsum(i * dt) / (CAPACITY_AH * 3600.0)
     r0 = np.where(i > 0, R0_CHARGE, R0 + 0.010 * (1.0 - soc)) * f
     v = ocv_true(soc, temperature_c) + r0 * i
+    if i0_a is not None:
+        v = v + ct_overpotential(np.full(len(t), 0.5 * f / i0_a), i,
+                                 np.full(len(t), temperature_c))
     for r, tau in ((R1 * f, TAU1), (R2 * f, TAU2)):
         a = np.exp(-dt / tau)
         x, acc = np.zeros(len(t)), 0.0
@@ -79,7 +84,8 @@ def ocv_test(path: Path, rng) -> Path:
     return write_cycler(path, t, i, v, np.full(len(t), 25.0))
 
 
-def hppc_test(path: Path, temperature_c: float, rng, levels: int = 4) -> Path:
+def hppc_test(path: Path, temperature_c: float, rng, levels: int = 4,
+              i0_a: float | None = None) -> Path:
     """Relaxed full cell; per level: 1C discharge 10 s, rest 40 s, 0.75C charge 10 s (not at
     the first level), rest 40 s, C/2 for 0.2 of the capacity, rest 15 min."""
     seq = [(600, 0.0)]
@@ -88,7 +94,7 @@ def hppc_test(path: Path, temperature_c: float, rng, levels: int = 4) -> Path:
         seq += [(int(0.2 * CAPACITY_AH / 2.5 * 3600), -2.5), (900, 0.0)]
     i = np.concatenate([np.full(n, c) for n, c in seq])
     t = np.arange(len(i), dtype=float)
-    v, _ = simulate(t, i, 1.0, temperature_c, rng)
+    v, _ = simulate(t, i, 1.0, temperature_c, rng, i0_a)
     return write_cycler(path, t, i, v, temperature_c + rng.normal(0, 0.1, len(t)))
 
 
@@ -298,3 +304,49 @@ def test_ocv_from_rests(tmp_path):
     # relaxed points (50 min after each step: the 150 s branch is gone) on a curve that is
     # linear between them: within 3 mV of the true OCV at the points
     assert np.max(np.abs(np.interp(at, res.soc_grid, res.ocv_v) - ocv_true(at))) < 0.003
+
+
+CT_I0_A = 1.5  # exchange current of the synthetic cell's charge transfer at 25 C
+
+
+def test_charge_transfer_fitted(files, tmp_path):
+    """A cell with a Butler-Volmer overpotential (I0 1.5 A at 25 C, 0.83 A at 5 C; at the 1C
+    pulse eta is 66 % of the ohmic drop): --charge-transfer recovers I0 and the ohmic R0 from
+    the pulses and segment of different current, the pack carries the table, the core runs it
+    (open-loop RMSE near the noise), and the linear model fits the same files worse."""
+    rng = np.random.default_rng(5)
+    hppc = [hppc_test(tmp_path / f"ct_{t:g}C.csv", t, rng, i0_a=CT_I0_A)
+            for t in (25.0, COLD_C)]
+    ct = fit(files["ocv"], hppc, charge_transfer=True)
+    lin = fit(files["ocv"], hppc)
+    t = ct.tables
+    assert t.exchange_current_a is not None and lin.tables.exchange_current_a is None
+    for k, f in ((0, COLD_FACTOR), (1, 1.0)):
+        assert np.max(np.abs(t.exchange_current_a[k] / (CT_I0_A / f) - 1.0)) < 0.2, \
+            t.exchange_current_a[k]
+        r0_true = (R0 + 0.010 * (1.0 - t.soc)) * f
+        assert np.max(np.abs(t.r0_ohm[k] / r0_true - 1.0)) < 0.15, t.r0_ohm[k]
+    for test in ct.tests:  # each level's window to the noise with it, not without
+        assert all(lv.pulse_rmse_v < 1.5 * NOISE_V for lv in test.levels)
+    for test in lin.tests:
+        assert all(lv.pulse_rmse_v > 3.0 * NOISE_V for lv in test.levels)
+    for path in hppc:  # the pack through the core (open loop: table interpolation, SOC)
+        key = str(path)
+        assert ct.core_rmse_v[key] < 0.75 * lin.core_rmse_v[key]
+    pack_path = ct.write_pack(tmp_path / "ct.yaml")
+    pack = load_pack(pack_path)
+    assert pack.cell.ecm.exchange_current_a is not None
+    assert "charge_transfer" in pack_path.read_text()
+    assert "I0 [A]" in ct.markdown()
+
+
+def test_charge_transfer_on_a_linear_cell_stays_linear(result, files):
+    """Files without any nonlinearity: the fitted overpotential is linear over the files'
+    currents (asinh(I / 2 I0) within 2 % of its argument at the 1C pulse) and R0 + R_ct
+    (R_ct = RT / (F I0)) is the linear fit's R0 within 3 %."""
+    ct = fit(files["ocv"], [files["hppc25"], files["hppc5"]], charge_transfer=True)
+    t = ct.tables
+    x = 5.0 / (2.0 * t.exchange_current_a)
+    assert np.all(np.arcsinh(x) / x > 0.98), t.exchange_current_a
+    rct = 8.617333262e-5 * (t.temperature_c[:, None] + 273.15) / t.exchange_current_a
+    assert np.max(np.abs((t.r0_ohm + rct) / result.tables.r0_ohm - 1.0)) < 0.03

@@ -61,6 +61,7 @@ class Tables:
     r0_charge_ohm: np.ndarray
     r_ohm: list[np.ndarray]
     tau_s: list[np.ndarray]
+    exchange_current_a: np.ndarray | None = None  # charge transfer I0 (None: not fitted)
 
 
 @dataclass
@@ -99,6 +100,8 @@ class FitResult:
                        "r0_charge_ohm": table(t.r0_charge_ohm),
                        "rc": [{"r_ohm": table(r), "tau_s": table(tau, 5)}
                               for r, tau in zip(t.r_ohm, t.tau_s, strict=True)]}
+        if t.exchange_current_a is not None:
+            model["charge_transfer"] = {"exchange_current_a": table(t.exchange_current_a, 5)}
         cell: dict = {k: None for k in SOLID_STATE_KEYS}
         cell.update({
             "capacity_ah": _num(self.ocv.capacity_ah, 6),
@@ -170,7 +173,9 @@ class FitResult:
             "tables": {"soc": t.soc.tolist(), "temperature_c": t.temperature_c.tolist(),
                        "r0_ohm": t.r0_ohm.tolist(), "r0_charge_ohm": t.r0_charge_ohm.tolist(),
                        "r_ohm": [r.tolist() for r in t.r_ohm],
-                       "tau_s": [x.tolist() for x in t.tau_s]},
+                       "tau_s": [x.tolist() for x in t.tau_s],
+                       "exchange_current_a": (None if t.exchange_current_a is None
+                                              else t.exchange_current_a.tolist())},
             "estimator": {"voltage_noise_v": self.voltage_noise_v,
                           "from": "RMS of the core's open-loop voltage error over the HPPC "
                                   f"files, at least {MIN_VOLTAGE_NOISE_V * 1e3:g} mV"},
@@ -182,7 +187,10 @@ class FitResult:
         out = [f"# bms fit report: {self.ocv_path.name} + {len(self.tests)} HPPC file(s)", "",
                f"Capacity (charge counted over the OCV test's discharge): "
                f"**{self.ocv.capacity_ah:.4f} Ah**. Model: OCV + R0 + {self.rc_branches} RC "
-               "branch(es), in the core's discrete form.", "", "## OCV", ""]
+               "branch(es)"
+               + (" + a Butler-Volmer charge-transfer overpotential (2RT/F) asinh(I / 2 I0)"
+                  if self.tables.exchange_current_a is not None else "")
+               + ", in the core's discrete form.", "", "## OCV", ""]
         out += [f"- {n}" for n in self.ocv.notes + [n for n in self.notes if "OCV" in n]]
         temps = self.ocv_temperatures_c
         out += ["", "| SOC | " + " | ".join(f"{t:g} C [V]" for t in temps) + " |",
@@ -195,7 +203,7 @@ class FitResult:
                 "## Pulse tests", ""]
         hdr = "| T [C] | SOC | R0 dis [mOhm] | R0 chg [mOhm] | step R0 dis/chg [mOhm] | " + \
             " | ".join(f"R{j + 1} [mOhm] | tau{j + 1} [s]" for j in range(self.rc_branches)) + \
-            " | RMSE window [mV] | RMSE pulses [mV] |"
+            " | I0 [A] | RMSE window [mV] | RMSE pulses [mV] |"
         for f in s["pulse_files"]:
             out += [f"### {Path(f['file']).name}: {f['temperature_c']:g} C", ""]
             out += [f"- {n}" for n in f["notes"]] + [f"- current: {f['sign']}",
@@ -209,7 +217,8 @@ class FitResult:
                 out.append(f"| {f['temperature_c']:g} | {lv['soc']:.3f} | "
                            f"{1e3 * lv['r0_ohm']:.2f} | {_mohm(lv['r0_charge_ohm'])} | "
                            f"{_mohm(lv['r0_step_ohm'])}/{_mohm(lv['r0_step_charge_ohm'])} | "
-                           f"{rc} | {lv['rmse_mv']:.2f} | {lv['pulse_rmse_mv']:.2f} |")
+                           f"{rc} | {_amp(lv['exchange_current_a'])} | {lv['rmse_mv']:.2f} | "
+                           f"{lv['pulse_rmse_mv']:.2f} |")
             out.append("")
         out += ["## Written", "",
                 f"- cell model tables over SOC {', '.join(f'{x:g}' for x in self.tables.soc)}"
@@ -249,6 +258,10 @@ def _num(x: float, digits: int) -> float:
     """A plain float with ``digits`` significant digits (readable YAML)."""
     x = float(x)
     return float(f"{x:.{digits}g}") if x != 0.0 else 0.0
+
+
+def _amp(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
 
 def _mohm(x: float) -> str:
@@ -291,7 +304,8 @@ def _plot(test: PulseTest, model_v: np.ndarray, rmse_v: float, png: Path, plt) -
 # ---------------------------------------------------------------------------- the fit
 
 
-def _tables(tests: list[PulseTest], n_rc: int) -> tuple[Tables, list[str]]:
+def _tables(tests: list[PulseTest], n_rc: int, charge_transfer: bool = False
+            ) -> tuple[Tables, list[str]]:
     """Per temperature the levels' values over their SOC (rounded to TABLE_SOC_STEP), all
     temperatures on the union of the SOC breakpoints (linear between, held beyond)."""
     notes = []
@@ -320,8 +334,13 @@ def _tables(tests: list[PulseTest], n_rc: int) -> tuple[Tables, list[str]]:
                          + " (no charge pulse there) from the neighbouring levels")
         rs = [np.array([lv.r_ohm[j] for lv in levels]) for j in range(n_rc)]
         taus = [np.array([lv.tau_s[j] for lv in levels]) for j in range(n_rc)]
+        i0 = np.array([lv.exchange_current_a for lv in levels])
+        if charge_transfer and not np.all(np.isfinite(i0)):
+            raise FitError(f"{t:g} C: no charge-transfer fit at SOC "
+                           + ", ".join(f"{x:.2f}" for x in soc[~np.isfinite(i0)])
+                           + " (a level without current?)")
         soc_sets.append(soc)
-        per_t.append((soc, r0, r0c, rs, taus))
+        per_t.append((soc, r0, r0c, rs, taus, i0))
     soc_all = np.unique(np.concatenate(soc_sets))
 
     def grid(k: int, j: int | None = None) -> np.ndarray:
@@ -332,7 +351,7 @@ def _tables(tests: list[PulseTest], n_rc: int) -> tuple[Tables, list[str]]:
         return np.array(rows)
 
     tables = Tables(soc_all, temps, grid(0), grid(1), [grid(2, j) for j in range(n_rc)],
-                    [grid(3, j) for j in range(n_rc)])
+                    [grid(3, j) for j in range(n_rc)], grid(4) if charge_transfer else None)
     for name, arr in (("R0", tables.r0_ohm), ("R0 on charge", tables.r0_charge_ohm)):
         if np.any(arr > 10.0):
             raise FitError(f"fitted {name} up to {arr.max():.3g} ohm: above 10 ohm, not a cell "
@@ -376,9 +395,11 @@ def run_core_open_loop(pack: PackConfig, trace: Trace, soc0: float) -> np.ndarra
 
 def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str = "auto",
         base: str = "ssb-23", rc_branches: int = 2, columns: dict[str, str] | None = None,
-        verify: bool = True) -> FitResult:
+        verify: bool = True, charge_transfer: bool = False) -> FitResult:
     """The whole fit (see the module docstring). ``verify``: run the written pack through the
-    core over each pulse file (sets ``core_rmse_v`` and ``voltage_noise_v``)."""
+    core over each pulse file (sets ``core_rmse_v`` and ``voltage_noise_v``).
+    ``charge_transfer``: a Butler-Volmer charge-transfer overpotential in the model, its I0
+    fitted per level (bms.app.fit_pulses.fit_window), R0 then the ohmic part."""
     if rc_branches not in (1, 2):
         raise FitError(f"rc_branches {rc_branches}: the core runs 1 or 2 RC branches")
     if not pulse_paths:
@@ -399,8 +420,8 @@ def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str =
     result = FitResult(ocv, tests, temps, rows, None, rc_branches, base,  # type: ignore[arg-type]
                        Path(ocv_path), MIN_VOLTAGE_NOISE_V, notes=notes)
     for test in tests:
-        fit_levels(test, _ocv_lookup(result, test.temperature_c), rc_branches)
-    result.tables, table_notes = _tables(tests, rc_branches)
+        fit_levels(test, _ocv_lookup(result, test.temperature_c), rc_branches, charge_transfer)
+    result.tables, table_notes = _tables(tests, rc_branches, charge_transfer)
     result.notes += table_notes
     if verify:
         verify_in_core(result)
@@ -463,6 +484,10 @@ def parser() -> argparse.ArgumentParser:
                     help="pack the fitted cell goes into (name or file; default %(default)s)")
     ap.add_argument("--rc-branches", type=int, choices=(1, 2), default=2,
                     help="RC branches of the model (default %(default)s)")
+    ap.add_argument("--charge-transfer", action="store_true",
+                    help="add a Butler-Volmer charge-transfer overpotential "
+                         "(2RT/F) asinh(I / 2 I0), I0 fitted per level from the pulses and "
+                         "segment of different current; R0 is then the ohmic part")
     ap.add_argument("-o", "--out", required=True, type=Path, help="pack file to write (YAML)")
     ap.add_argument("--report", type=Path, default=None,
                     help="report directory (default: OUT's directory, files OUT-stem_*)")
@@ -476,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = fit(args.ocv, args.pulses, args.current_sign, args.base, args.rc_branches,
-                     parse_columns(args.columns))
+                     parse_columns(args.columns), charge_transfer=args.charge_transfer)
         result.write_pack(args.out)
         report_dir = args.report or (args.out.parent if str(args.out.parent) else Path("."))
         written = result.write_report(report_dir, args.out.stem)

@@ -40,6 +40,7 @@ import numpy as np
 
 from bms.app.fit_data import FitError, Run, Trace, runs
 from bms.app.fit_ocv import LONG_REST_S, invert
+from bms.core import ct_overpotential
 
 #: A current run of at most this long is a pulse (HPPC pulses are 10-30 s; assumption).
 PULSE_MAX_S = 60.0
@@ -55,6 +56,12 @@ TAU_GRID_POINTS = 40
 TAU_RATIO_MIN = 2.5
 #: Resistances written are at least this (the loader wants R > 0; 1 uOhm is none).
 R_FLOOR_OHM = 1e-6
+#: Charge-transfer exchange current I0 grid, as multiples of the window's largest |I|: from
+#: strongly nonlinear (I0 = I/50: eta near its Tafel asymptote) to practically linear (I0 =
+#: 100 I: R_ct = RT/(F I0) is then at most the linear R0's share the fit cannot tell from it).
+CT_I0_MIN_PER_IMAX = 0.02
+CT_I0_MAX_PER_IMAX = 100.0
+CT_GRID_POINTS = 48
 
 
 @dataclass
@@ -73,6 +80,7 @@ class LevelFit:
     pulse_rmse_v: float         # the pulse profile (pulses and the rests between them)
     r0_step_ohm: float          # instantaneous dV/dI at discharge pulse edges
     r0_step_charge_ohm: float
+    exchange_current_a: float = math.nan  # charge transfer I0 (NaN: not fitted)
 
 
 @dataclass
@@ -193,20 +201,83 @@ def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_
 
 
 def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
-               dsoc: np.ndarray | None = None, weight: np.ndarray | None = None
-               ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
-    """(R0 discharge and charge, R_j, tau_j, model of y) for y = v - OCV over one window.
-    ``dsoc``: SOC minus the level's SOC; R0 on discharge may then change linearly with it
-    inside the window (the segment to the next level crosses 10-20 % SOC, where R0 moves;
-    without the slope the slow branch absorbs that drift). The slope is not written: the
-    next level's R0 carries it."""
+               dsoc: np.ndarray | None = None, weight: np.ndarray | None = None,
+               ct_temperature_c: np.ndarray | None = None, fixed_i0: float | None = None
+               ) -> tuple[np.ndarray, list[float], list[float], np.ndarray, float]:
+    """As :func:`_fit_linear`, and with ``ct_temperature_c`` (the cell temperature per
+    sample) a charge-transfer overpotential eta = (2 R T / F) asinh(I / (2 I0)) (symmetric
+    Butler-Volmer, the core's) in series: for a fixed I0 the rest is the same linear problem
+    for y - eta, so I0 is searched on a log grid (``CT_*``) with the time constants of the
+    linear fit, the time constants searched again at the best I0, and I0 refined once more.
+    What separates R0 from eta is the window's currents of different size (an HPPC level's
+    C/2-class segment and 1C-class pulses). ``fixed_i0``: this I0, not searched. Returns
+    (..., I0; NaN without charge transfer; inf when the best I0 is the grid's largest, i.e.
+    the window shows no nonlinearity)."""
+    if ct_temperature_c is not None and fixed_i0 is not None:
+        e = ct_overpotential(np.full(len(current), 0.5 / fixed_i0), current, ct_temperature_c)
+        r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight)
+        return r0, r, tau, model + e, fixed_i0
+    r0, r, tau, model = _fit_linear(dt, current, y, n_rc, dsoc, weight)
+    if ct_temperature_c is None:
+        return r0, r, tau, model, math.nan
+    imax = float(np.max(np.abs(current)))
+    if imax <= 0.0:
+        return r0, r, tau, model, math.nan
+    base, n_free = _design(current, dsoc)
+    sw = np.sqrt(np.ones(len(y)) if weight is None else weight)
+
+    def eta(i0: float) -> np.ndarray:
+        return ct_overpotential(np.full(len(current), 0.5 / i0), current, ct_temperature_c)
+
+    def best_i0(grid: np.ndarray, taus: list[float]) -> float:
+        """The I0 of ``grid`` with the least weighted squared error, time constants fixed."""
+        t = np.array(taus)
+        x = filtered(dt, current, t)
+        sse_best, i0_best = math.inf, math.nan
+        for i0 in grid:
+            best = _search(base, x, t, y - eta(float(i0)), n_rc, _Best(), n_free, sw)
+            if best.sse < sse_best:
+                sse_best, i0_best = best.sse, float(i0)
+        return i0_best
+
+    grid = imax * np.geomspace(CT_I0_MIN_PER_IMAX, CT_I0_MAX_PER_IMAX, CT_GRID_POINTS)
+    i0 = best_i0(grid, tau)
+    if not math.isfinite(i0):
+        return r0, r, tau, model, math.nan
+    if i0 >= grid[-1]:  # linear within the grid: not identified here (the caller decides)
+        return r0, r, tau, model, math.inf
+    e = eta(i0)
+    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight)
+    step = float(grid[1] / grid[0])
+    i0 = best_i0(i0 * step ** np.linspace(-1.0, 1.0, 9), tau)
+    e = eta(i0)
+    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight)
+    return r0, r, tau, model + e, i0
+
+
+def _design(current: np.ndarray, dsoc: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """The columns other than the RC branches: R0 on discharge and on charge (where the
+    window has that direction) and R0's slope over SOC; and how many of them (the last) may
+    take either sign."""
     dis, chg = np.minimum(current, 0.0), np.maximum(current, 0.0)
     base_cols = [c for c in (dis, chg) if np.any(c != 0.0)]
     n_free = 0
     if dsoc is not None:
         base_cols.append(dis * dsoc)
         n_free = 1
-    base = np.column_stack(base_cols)
+    return np.column_stack(base_cols), n_free
+
+
+def _fit_linear(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
+                dsoc: np.ndarray | None = None, weight: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
+    """(R0 discharge and charge, R_j, tau_j, model of y) for y = v - OCV over one window.
+    ``dsoc``: SOC minus the level's SOC; R0 on discharge may then change linearly with it
+    inside the window (the segment to the next level crosses 10-20 % SOC, where R0 moves;
+    without the slope the slow branch absorbs that drift). The slope is not written: the
+    next level's R0 carries it."""
+    dis, chg = np.minimum(current, 0.0), np.maximum(current, 0.0)
+    base, n_free = _design(current, dsoc)
     span = float(np.sum(dt))
     dt_med = float(np.median(dt[1:]))
     taus = np.geomspace(max(TAU_MIN_PER_DT * dt_med, 0.05), max(TAU_MAX_PER_WINDOW * span,
@@ -267,10 +338,13 @@ def _weights(k: np.ndarray, first: int, last: int, a: int) -> np.ndarray | None:
     return w
 
 
-def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc: int) -> None:
-    """Fit every level window of ``test`` (``ocv_at``: OCV at this temperature over SOC)."""
+def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc: int,
+               charge_transfer: bool = False) -> None:
+    """Fit every level window of ``test`` (``ocv_at``: OCV at this temperature over SOC);
+    ``charge_transfer``: with a Butler-Volmer overpotential (:func:`fit_window`)."""
     tr = test.trace
     dt = tr.dt_s
+    fits = []
     for a, b in test.windows:
         k = np.arange(a, b + 1)
         dt_w = dt[k].copy()
@@ -280,12 +354,38 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
         y = tr.voltage_v[k] - ocv_at(test.soc[k])
         in_w = [p for p in test.pulses if a < p.start <= b]
         first, last = in_w[0].start, in_w[-1].stop
+        temp = tr.temperature_c[k]
+        temp = np.where(np.isfinite(temp), temp, tr.temperature_median_c)
+        args = (dt_w, cur, y, n_rc, test.soc[k] - test.soc[first],
+                _weights(k, first, last, a), temp if charge_transfer else None)
         try:
-            r0, r, tau, model = fit_window(dt_w, cur, y, n_rc, test.soc[k] - test.soc[first],
-                                           _weights(k, first, last, a))
+            out = fit_window(*args)
         except FitError:
             raise FitError(f"{tr.path}: no positive resistances fit the level at "
                            f"{tr.time_s[a]:g}..{tr.time_s[b]:g} s") from None
+        fits.append((a, b, k, y, in_w, first, last, args, out))
+    if charge_transfer:
+        # A level whose window shows no nonlinearity (the last one, near empty, where the
+        # OCV's knee dominates) takes the I0 of the nearest level that has one, and its R0
+        # and branches are fitted again with it: a table mixing "none" with I0 ~ 0.3 A would
+        # be interpolated through meaningless values between them.
+        known = [(float(test.soc[f[5]]), f[8][4]) for f in fits if math.isfinite(f[8][4])]
+        for n, f in enumerate(fits):
+            if known and math.isinf(f[8][4]):
+                soc_f = float(test.soc[f[5]])
+                i0 = min(known, key=lambda kv: abs(kv[0] - soc_f))[1]
+                try:
+                    fits[n] = f[:8] + (fit_window(*f[7], fixed_i0=i0),)
+                except FitError:
+                    raise FitError(f"{tr.path}: no positive resistances fit the level at "
+                                   f"{tr.time_s[f[0]]:g}..{tr.time_s[f[1]]:g} s with the "
+                                   f"neighbouring levels' I0 {i0:.3g} A") from None
+        if not known:
+            test.notes.append("no level shows a charge-transfer nonlinearity: I0 at the "
+                              "grid's top (practically linear)")
+    for a, b, k, y, in_w, first, last, _, (r0, r, tau, model, i0) in fits:
+        if math.isinf(i0):
+            i0 = float(np.max(np.abs(tr.current_a[k]))) * CT_I0_MAX_PER_IMAX
         resid = y - model
         prof = slice(first - a, min(last - a + int(PULSE_MAX_S), len(k)))
         test.levels.append(LevelFit(
@@ -295,7 +395,7 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
             rmse_v=float(np.sqrt(np.mean(resid ** 2))),
             pulse_rmse_v=float(np.sqrt(np.mean(resid[prof] ** 2))),
             r0_step_ohm=step_resistance(tr, in_w, -1),
-            r0_step_charge_ohm=step_resistance(tr, in_w, +1)))
+            r0_step_charge_ohm=step_resistance(tr, in_w, +1), exchange_current_a=i0))
 
 
 def simulate(dt: np.ndarray, current: np.ndarray, soc: np.ndarray, temperature_c: np.ndarray,

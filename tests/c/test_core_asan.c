@@ -49,6 +49,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
             g[5] = 0.0025 * (1.0 + 0.5 * (2 - t));        /* r2 */
             g[6] = 450.0 * (1.0 + 0.5 * (2 - t));         /* tau2 */
             g[7] = 0.005;                                 /* hysteresis */
+            g[8] = s % 2 ? 0.0 : 0.4;                     /* 1 / (2 I0): BV on some nodes */
         }
     p->grid = f->grid;
     f->i0 = calloc((size_t)n, sizeof(int32_t));
