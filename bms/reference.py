@@ -41,6 +41,25 @@ from bms.core import (
 T_INIT_C = 25.0
 
 
+#: Newton steps of the charge-transfer power-limit refinement (as csrc/ssb_core.c)
+CT_NEWTON_STEPS = 3
+
+
+def ct_limit(x_lin: np.ndarray, a: np.ndarray, r: np.ndarray, k: np.ndarray, c: np.ndarray
+             ) -> np.ndarray:
+    """Largest x with r x + k asinh(c x) = a by Newton steps from x_lin (the linearised
+    solution, below the root: the left side is concave in x > 0, so every step stays below);
+    x_lin <= 0 or c = 0: x_lin."""
+    x = np.array(x_lin, dtype=float)
+    go = (x > 0.0) & (c != 0.0)
+    for _ in range(CT_NEWTON_STEPS):
+        cx = c * x
+        f = r * x + k * np.arcsinh(cx) - a
+        fp = r + k * c / np.sqrt(1.0 + cx * cx)
+        x = np.where(go, x - f / fp, x)
+    return x
+
+
 class ReferenceCore:
     """State and one tick of one stack, in NumPy. Same attribute names as bms.core.Core."""
 
@@ -402,13 +421,21 @@ class ReferenceCore:
             # posterior OCV (linearised from the predicted SOC), hysteresis held over h
             ocv = w["ocv_v"] + d * (self.soc - w["soc_pred"]) + w["hysteresis_v"] * self.hyst
             v0 = ocv + self.v1 * e1 + self.v2 * e2
-            # charge transfer linearised at zero current, R_ct = R T / (F I0) (conservative)
             rc = w["r1_ohm"] * (1.0 - e1) + use2 * w["r2_ohm"] * (1.0 - e2) + \
-                d * h / p.capacity_as + two_rt_over_f(self.cell_temp_c) * w["ct_inv_2i0_per_a"]
+                d * h / p.capacity_as
             reff_c = self.r0_scale * (w["r0_charge_ohm"] + r_contact) + rc
             reff_d = self.r0_scale * (w["r0_discharge_ohm"] + r_contact) + rc
-            ic = np.minimum((p.v_max - v0) / reff_c, (1.0 - self.soc) * p.capacity_as / h)
-            idis = np.minimum((v0 - p.v_min) / reff_d, self.soc * p.capacity_as / h)
+            c = w["ct_inv_2i0_per_a"]
+            if np.any(c != 0.0):
+                # charge transfer: from its zero-current linearisation R_ct = (2RT/F) c (a
+                # safe limit), Newton steps on r x + k asinh(c x) = a (stay below the root)
+                k = two_rt_over_f(self.cell_temp_c)
+                ic = ct_limit((p.v_max - v0) / (reff_c + k * c), p.v_max - v0, reff_c, k, c)
+                idis = ct_limit((v0 - p.v_min) / (reff_d + k * c), v0 - p.v_min, reff_d, k, c)
+            else:
+                ic, idis = (p.v_max - v0) / reff_c, (v0 - p.v_min) / reff_d
+            ic = np.minimum(ic, (1.0 - self.soc) * p.capacity_as / h)
+            idis = np.minimum(idis, self.soc * p.capacity_as / h)
             t = self.cell_temp_c
             band = p.t_derate_band_c
             fc = np.clip((t - p.t_charge_min_c) / band, 0, 1) * np.clip(
