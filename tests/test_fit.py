@@ -338,6 +338,7 @@ def test_charge_transfer_fitted(files, tmp_path):
     assert pack.cell.ecm.exchange_current_a is not None
     assert "charge_transfer" in pack_path.read_text()
     assert "I0 [A]" in ct.markdown()
+    assert "charge transfer I0 1.5" in check.model_summary(pack)  # bms check's model line
 
 
 def test_charge_transfer_on_a_linear_cell_stays_linear(result, files):

@@ -35,8 +35,11 @@ def model_summary(pack: PackConfig) -> str:
     hyst = "no hysteresis" if ecm.hysteresis_max_v is None else (
         f"hysteresis {float(ecm.hysteresis_max_v.at(soc, t)[0, 0]) * 1e3:.1f} mV, "
         f"rate {ecm.hysteresis_rate:g}")
+    ct = "" if ecm.exchange_current_a is None else (
+        f"; charge transfer I0 {float(ecm.exchange_current_a.at(soc, t)[0, 0]):.3g} A "
+        "(Butler-Volmer, R0 the ohmic part)")
     return (f"{ecm.rc_branches} RC branch(es) at 50 % SOC, 25 C: R0 {r0 * 1e3:.2f} mOhm "
-            f"({charge}), {branches}; {hyst}")
+            f"({charge}), {branches}; {hyst}{ct}")
 
 
 def pressure_summary(pack: PackConfig) -> list[str]:
