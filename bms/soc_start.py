@@ -136,13 +136,20 @@ class Start:
         t0, t1 = t[p.temp_idx0], t[p.temp_idx1]
         return t0 + p.temp_w * (t1 - t0), True
 
-    def invert_ocv(self, voltage_v: np.ndarray, temp_c: np.ndarray) -> np.ndarray:
-        """SOC whose OCV at ``temp_c`` is ``voltage_v`` (bisection on [0, 1] as the C core's
-        ssb_state_init: the OCV rises strictly with SOC); NaN where the voltage is NaN."""
+    def invert_ocv(self, voltage_v: np.ndarray, temp_c: np.ndarray, current_a: float = 0.0,
+                   r_extra_ohm: float = 0.0) -> np.ndarray:
+        """SOC whose OCV at ``temp_c`` plus the ohmic drop (R0(SOC, T) of the current's
+        direction + ``r_extra_ohm``) x ``current_a`` is ``voltage_v``: bisection on [0, 1]
+        as the C core's ssb_state_init (OCV + R0 I rises with SOC: dOCV/dSOC dwarfs I dR0/dSOC
+        on any table the OCV inversion is meaningful for); NaN where the voltage is NaN."""
+        key = "r0_charge_ohm" if current_a > 0.0 else "r0_discharge_ohm"
         lo, hi = np.zeros(len(voltage_v)), np.ones(len(voltage_v))
         for _ in range(60):
             mid = 0.5 * (lo + hi)
-            below = self._look(mid, temp_c)["ocv_v"] < voltage_v
+            look = self._look(mid, temp_c)
+            model_v = look["ocv_v"] if current_a == 0.0 else \
+                look["ocv_v"] + (look[key] + r_extra_ohm) * current_a
+            below = model_v < voltage_v
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
         return np.where(np.isfinite(voltage_v), 0.5 * (lo + hi), np.nan)
@@ -230,14 +237,12 @@ class Start:
             pm = np.where(finite, rest, pm)
         else:
             how = "ocv_under_load"
-            # v = OCV + V1 + V2 + R0 I: remove the ohmic drop (R0 of this current's direction
-            # at the SOC the raw voltage gives, then at the corrected one: three passes reach
-            # the fixed point within 1e-7 of SOC on ssb-23) + contact.
+            # v = OCV + V1 + V2 + (R0 + R_contact) I: the SOC whose OCV plus the ohmic drop
+            # (R0 of this current's direction at that SOC and temperature) is the voltage.
             r_c = self.contact_resistance_ohm(pressure_kpa)
+            soc = self.invert_ocv(v, temp_c, current_a, r_c)
             key = "r0_charge_ohm" if current_a > 0.0 else "r0_discharge_ohm"
-            for _ in range(3):
-                r0 = self._look(np.where(finite, soc, 0.5), temp_c)[key] + r_c
-                soc = self.invert_ocv(v - r0 * current_a, temp_c)
+            r0 = self._look(np.where(finite, soc, 0.5), temp_c)[key] + r_c
             extra["r0_drop_v_mean"] = float(np.mean(r0 * current_a))
         soc = np.where(finite, soc, 0.5)
         st["soc"][...] = soc
