@@ -234,6 +234,7 @@ class Controller:
             self.save_state("stop")
             self._state_writer.close()
             self._state_results()
+            self._state_writer, self._next_state_save_s = None, math.inf  # closed: once
         for s in self.stacks:
             s.io.close()
         summary = self.summary()
@@ -586,7 +587,8 @@ class Controller:
             self._state_results()
 
     def _state_results(self) -> None:
-        assert self._state_writer is not None
+        if self._state_writer is None:
+            return
         for error in self._state_writer.results():
             if error is None:
                 if self.state_error is not None and self.log:
