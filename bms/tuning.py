@@ -82,9 +82,30 @@ class Tuning:
     # estimator has one R2/R1 and tau2/tau1 for all cells): inflates the leak filter's noise
     # while the slow branch is polarised (docs/estimation.md).
     leak_v2_rel_sigma: float = 0.3
+    # Per-cell impedance scales (theta0 on R0 + contact, theta_rc on R1/R2) by RLS on
+    # high-passed signals, fed back into the EKF (docs/estimation.md, "SOH"). Variance ceiling
+    # 0.01: prior sigma 10 % (a cell's resistances spread a few % in one lot, contact more;
+    # assumption). High-pass 60 s: longer than the drive cycle's current changes, shorter than
+    # the minutes over which an SOC error moves (assumption). Noise of one high-passed sample
+    # 2 mV (assumption: monitor noise ~1 mV plus fast model error). Scales bounded to 0.5..2
+    # (assumption: beyond, the table is wrong, not the cell's spread).
+    # An update needs excitation: the current 1 A or more away from its 60 s low-pass
+    # (assumption: 0.2 C, far above the shunt noise, 0.05 A).
     soh_min_di_a: float = 1.0
     soh_r0_p_max: float = 0.01
+    soh_hp_tau_s: float = 60.0
+    soh_noise_v: float = 0.002
+    soh_scale_min: float = 0.5
+    soh_scale_max: float = 2.0
+    # The impedance estimator reads the OCV at an SOC counted from the current that follows
+    # the EKF's with a time constant of an hour (assumption: 60x the high-pass, so the EKF's
+    # corrections barely reach it, yet a counting drift of ~1 %/h stays bounded).
+    soh_soc_anchor_s: float = 3600.0
     soh_cap_window: float = 0.1
+    # The leak filter's capacity mismatch d enters the EKF's prediction (Q_i = Q / (1 + d))
+    # once its sigma is below 1 %, a third of its prior (assumption: then it carries
+    # information beyond the lot's spread); clamped to +-3 prior sigmas.
+    cap_fb_d_sigma: float = 0.01
     pressure_corr_s: float = 60.0      # pressure model error (fixture non-linearity) correlation
     rate_tau_s: float = 0.2
     cusum_k_kpa: float = 60.0          # assumption: unmodelled fixture stiffening (~10 % of the
