@@ -385,9 +385,10 @@ class ReferenceCore:
         pld = pld0
         pdd = pdd0 + p.leak_q_d_per_s * dt_s
         # Slow polarisation the model gets wrong per cell moves e like a leak: count it as
-        # measurement noise, (k V2 / dOCV/dSOC)^2.
+        # measurement noise, (k V2 / dOCV/dSOC)^2; and the voltage's SOC is as uncertain as
+        # one voltage sample over the slope, sigma_v^2 / (dOCV/dSOC)^2.
         slope = np.maximum(self._w["docv"], 1e-3)
-        r_v2 = p.leak_v2_rel_sigma ** 2 * self.v2 ** 2 / slope ** 2
+        r_v2 = (p.leak_v2_rel_sigma ** 2 * self.v2 ** 2 + p.r_voltage_v2) / slope ** 2
         gain = np.where(self.status == CELL_OK, 1.0 / (pee + p.leak_r_soc2 + r_v2), 0.0)
         nu = raw - med - e
         self.leak_e = e + pee * gain * nu

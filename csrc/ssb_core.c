@@ -842,6 +842,7 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
     const double qd = prm->leak_q_d_per_s * dt_s;
     const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
     const double k2 = prm->leak_v2_rel_sigma * prm->leak_v2_rel_sigma;
+    const double rv1 = prm->r_voltage_v2;
     const double *SSB_RESTRICT v2_a = st->v2;
     const double *SSB_RESTRICT docv_a = st->work + W_DOCV * nn;
     double *SSB_RESTRICT e_a = st->leak_e;
@@ -872,9 +873,11 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
                            2.0 * b * c * pld0 + c * c * pdd0 + qe;
         const double pll = pll0 + ql, pld = pld0, pdd = pdd0 + qd;
         /* Slow polarisation the model gets wrong per cell (after a fast charge it relaxes
-         * over minutes) moves e like a leak would: count it as measurement noise. */
+         * over minutes) moves e like a leak would: count it as measurement noise; and the
+         * voltage's own SOC is as uncertain as one voltage sample over the OCV slope (large
+         * where the OCV is flat). */
         const double slope = docv_a[i] > 1e-3 ? docv_a[i] : 1e-3;
-        const double r_v2 = k2 * v2_a[i] * v2_a[i] / (slope * slope);
+        const double r_v2 = (k2 * v2_a[i] * v2_a[i] + rv1) / (slope * slope);
         const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (pee + rl + r_v2) : 0.0;
         const double nu = raw[i] - med - e;
         e_a[i] = e + pee * gain * nu;
