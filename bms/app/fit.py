@@ -4,10 +4,12 @@ Inputs: an OCV test (a C/20-class discharge and charge, or rests) and HPPC pulse
 or more temperatures, as cycler CSVs (``Time [s]``, ``Current [A]``, ``Voltage [V]``,
 ``Temperature [degC]``, or mapped with ``--columns``). Each file's current sign is given or
 found from the data (bms.app.recording). Method: bms.app.fit_ocv (OCV, capacity, OCV over
-temperature) and bms.app.fit_pulses (R0 and RC branches per HPPC level, in the core's own
-discrete model). Output: a whole pack (``base:`` the bench's pack, default ssb-23) whose
-``cell:`` is the fit, and a report (JSON, Markdown, a PNG per pulse file) that includes the
-voltage RMSE of the written pack run through the real core (``bms.core.Core``, open loop).
+temperature), bms.app.fit_pulses (R0 and RC branches per HPPC level, in the core's own
+discrete model) and bms.app.fit_hysteresis (the OCV hysteresis, when the data show one: then
+the OCV and the HPPC levels are fitted again with it as a known input). Output: a whole
+pack (``base:`` the bench's pack, default ssb-23) whose ``cell:`` is the fit, and a report
+(JSON, Markdown, a PNG per pulse file) that includes the voltage RMSE of the written pack run
+through the real core (``bms.core.Core``, open loop).
 
 Importable: ``fit(ocv_path, pulse_paths, ...) -> FitResult``; ``FitResult.write_pack(path)``,
 ``FitResult.write_report(directory)``.

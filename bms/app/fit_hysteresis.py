@@ -234,10 +234,11 @@ def assess(discharge: Branch, charge: Branch | None, half_soc: np.ndarray,
         out.notes.append(f"hysteresis written: M {1e3 * table.min():.2f}..{1e3 * table.max():.2f}"
                          f" mV over SOC (10 % breakpoints)")
     else:
-        why = (f"below {1e3 * MIN_HYSTERESIS_V:g} mV" if m_med <= MIN_HYSTERESIS_V
-               else "below 3x its uncertainty")
+        why = [f"{1e3 * MIN_HYSTERESIS_V:g} mV"] if m_med <= MIN_HYSTERESIS_V else []
+        why += [f"3x its uncertainty ({1e3 * 3 * u:.2f} mV)"] if m_med <= 3.0 * u else []
         out.max_v = None
-        out.notes.append(f"no hysteresis written: the median M {1e3 * m_med:.2f} mV is {why}")
+        out.notes.append(f"no hysteresis written: the median M {1e3 * m_med:.2f} mV is not above "
+                         + " nor ".join(why))
         return out
     if found:
         out.notes.append(f"rate gamma {gamma:.3g} (h saturates over {100 / gamma:.2g} % SOC) from "
