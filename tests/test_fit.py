@@ -365,3 +365,19 @@ def test_hysteresis_recovered_and_run_by_the_core(hyst_result, tmp_path):
     assert ecm.hysteresis_rate == pytest.approx(hy.rate, rel=1e-3)
     assert check.main(["--pack", str(out)]) == 0
     assert "OCV hysteresis" in res.markdown() and res.summary()["hysteresis"]["written"]
+
+
+def test_hysteresis_without_a_rest_check(hyst_result):
+    """No HPPC file within REST_CHECK_K of the OCV test: M's uncertainty is 25 % of the
+    polarisation subtracted, and the decision is the stated rule."""
+    import dataclasses
+
+    from bms.app import fit_hysteresis as fh
+    far = [dataclasses.replace(t, temperature_c=t.temperature_c + 10.0)
+           for t in hyst_result.tests]
+    hy = fitmod._assess_hysteresis(dataclasses.replace(hyst_result, tests=far))
+    assert hy.rest_points == 0 and not np.isfinite(hy.rest_median_v)
+    assert hy.uncertainty_v == pytest.approx(
+        fh.POLARISATION_REL_UNCERTAINTY * hy.polarisation_v, rel=1e-12)
+    assert hy.written == (hy.median_v > fh.MIN_HYSTERESIS_V and hy.median_v > 3 * hy.uncertainty_v)
+    assert any("no HPPC file within" in n for n in hy.notes)

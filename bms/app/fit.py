@@ -39,7 +39,7 @@ from bms.app.fit_hysteresis import (
     assess,
     trajectory,
 )
-from bms.app.fit_ocv import OcvResult, fit_ocv, temperature_rows
+from bms.app.fit_ocv import OcvResult, fit_ocv, strictly_increasing, temperature_rows
 from bms.app.fit_pulses import PulseTest, fit_levels, prepare, simulate
 from bms.app.recording import CURRENT_SIGNS
 from bms.core import Core
@@ -440,7 +440,10 @@ def _fit_pass(ocv: OcvResult, traces: list[Trace], rc_branches: int, base: str,
               ocv_path: Path, hyst: HysteresisFit | None) -> FitResult:
     """OCV rows over temperature, every HPPC level and the tables, for one hysteresis (None:
     none)."""
-    tests = [prepare(tr, ocv.capacity_ah, ocv.soc_grid, ocv.ocv_v) for tr in traces]
+    # a test's first rest is a charged cell's (h = START_STATE): its SOC from OCV + M h
+    rested_v = ocv.ocv_v if hyst is None else strictly_increasing(
+        ocv.ocv_v + START_STATE * hyst.at(ocv.soc_grid))
+    tests = [prepare(tr, ocv.capacity_ah, ocv.soc_grid, rested_v) for tr in traces]
     points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for test in tests:
         rest_v = test.rest_v
@@ -465,14 +468,15 @@ def _fit_pass(ocv: OcvResult, traces: list[Trace], rc_branches: int, base: str,
 
 
 def _assess_hysteresis(result: FitResult) -> HysteresisFit:
-    """M and gamma from the OCV test with pass 1's resistances at the temperature nearest the
-    OCV test's (bms.app.fit_hysteresis)."""
+    """M and gamma from the OCV test with pass 1's resistances at the OCV test's temperature
+    (linear between the tables' temperatures, held beyond; bms.app.fit_hysteresis)."""
     ocv, t = result.ocv, result.tables
-    k = int(np.argmin(np.abs(t.temperature_c - ocv.temperature_c)))
-    t_fit = float(t.temperature_c[k])
+    t_fit = float(np.clip(ocv.temperature_c, t.temperature_c[0], t.temperature_c[-1]))
 
     def row(values: np.ndarray, soc: np.ndarray) -> np.ndarray:
-        return np.interp(soc, t.soc, values[k])
+        at_t = np.array([np.interp(t_fit, t.temperature_c, values[:, j])
+                         for j in range(values.shape[1])])
+        return np.interp(soc, t.soc, at_t)
 
     def steady(soc: np.ndarray, i_abs: float) -> tuple[np.ndarray, np.ndarray]:
         rc = sum(row(r, soc) for r in t.r_ohm)
