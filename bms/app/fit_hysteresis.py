@@ -7,7 +7,7 @@ holds at rest. On a slow-rate test's branches h saturates: -1 on the discharge, 
 
 - **M(SOC)**: the branches' half-difference is M + the polarisation at the test current,
   half = M (h_c - h_d) / 2 + (P_c + P_d) / 2, with P = I (R0 + sum R_k) at steady state from
-  the HPPC fit at the temperature nearest the OCV test's (R0 of each branch's direction). So
+  the HPPC fit at the OCV test's temperature (R0 of each branch's direction). So
   M = (half - (P_c + P_d) / 2) / ((h_c - h_d) / 2) where both branches have saturated
   ((h_c - h_d) / 2 >= ``SATURATED``), medians over +-5 % SOC at 10 % breakpoints, >= 0, held
   beyond the ends.
@@ -221,7 +221,7 @@ def assess(discharge: Branch, charge: Branch | None, half_soc: np.ndarray,
     out = HysteresisFit(np.round(grid, 6), table, gamma if found else DEFAULT_RATE, found,
                         m_med, u, pol_med, rest_med, len(m_rest), amp)
     how = (f"M from the C/{_c_rate(i_d, discharge):.0f} branches: half-difference less the "
-           f"polarisation I (R0 + sum R_k) of the HPPC fit at {temperature_c:g} C (median "
+           f"polarisation I (R0 + sum R_k) of the HPPC fit at {temperature_c:.1f} C (median "
            f"{1e3 * pol_med:.2f} mV) over SOC {s[ok][0]:.2f}..{s[ok][-1]:.2f}: median "
            f"{1e3 * m_med:.2f} mV; uncertainty {1e3 * u:.2f} mV (" +
            (f"its difference from the rest check's {1e3 * rest_med:.2f} mV, OCV less the "
