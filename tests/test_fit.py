@@ -381,3 +381,18 @@ def test_hysteresis_without_a_rest_check(hyst_result):
         fh.POLARISATION_REL_UNCERTAINTY * hy.polarisation_v, rel=1e-12)
     assert hy.written == (hy.median_v > fh.MIN_HYSTERESIS_V and hy.median_v > 3 * hy.uncertainty_v)
     assert any("no HPPC file within" in n for n in hy.notes)
+
+
+def test_hysteresis_rate_not_identified_takes_the_default(tmp_path, monkeypatch):
+    """A rate beyond the searched grid (h flips within one 20 s sample of the charge): M is
+    still found, gamma is the stated default and the note says why."""
+    from bms.app import fit_hysteresis as fh
+    monkeypatch.setattr(sys.modules[__name__], "HYST_RATE", 20000.0)
+    rng = np.random.default_rng(13)
+    res = fit(ocv_test(tmp_path / "ocv.csv", rng, hysteresis=True),
+              [hppc_test(tmp_path / "hppc_25C.csv", 25.0, rng, levels=2, hysteresis=True)],
+              verify=False)
+    hy = res.hysteresis
+    assert hy.written and not hy.rate_found and hy.rate == fh.DEFAULT_RATE
+    assert abs(hy.median_v - float(np.median(hyst_true(np.linspace(0.05, 0.95, 91))))) < 0.001
+    assert any("assumed (not identified: the best rate lies on the edge" in n for n in hy.notes)

@@ -184,21 +184,32 @@ def assess(discharge: Branch, charge: Branch | None, half_soc: np.ndarray,
     z = 0.5 * (charge.voltage_v[w] - vd) - 0.5 * (pc + pd)
     # sc is the SOC charged since the charge began (the branch starts at SOC 0, h = -1)
     rate, amp, rate_rms = fit_rate(sc, z) if len(sc) >= 10 else (math.nan, math.nan, math.nan)
-    gamma = rate if math.isfinite(rate) else DEFAULT_RATE
     # -- M where both branches have saturated
     s = half_soc
-    h_c = 1.0 - 2.0 * np.exp(-gamma * s)
-    h_d = -1.0 + (1.0 + START_STATE) * np.exp(-gamma * (1.0 - s))
-    sat = 0.5 * (h_c - h_d)
     p_d, _ = steady_pol(s, i_d)
     _, p_c = steady_pol(s, i_c)
     pol = 0.5 * (p_c + p_d)
-    ok = np.isfinite(half_v) & (sat >= SATURATED) & (s >= SOC_RANGE[0]) & (s <= SOC_RANGE[1])
+
+    def m_at_rate(gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        h_c = 1.0 - 2.0 * np.exp(-gamma * s)
+        h_d = -1.0 + (1.0 + START_STATE) * np.exp(-gamma * (1.0 - s))
+        sat = 0.5 * (h_c - h_d)
+        ok = (np.isfinite(half_v) & (sat >= SATURATED) & (s >= SOC_RANGE[0])
+              & (s <= SOC_RANGE[1]))
+        return (half_v - pol) / sat, ok
+
+    gamma = rate if math.isfinite(rate) else DEFAULT_RATE
+    m_raw, ok = m_at_rate(gamma)
+    m_med = float(np.median(m_raw[ok])) if ok.any() else math.nan
+    found = (math.isfinite(rate) and amp > 0.0
+             and 1.0 / RATE_AMPLITUDE_RATIO <= amp / max(m_med, 1e-12) <= RATE_AMPLITUDE_RATIO)
+    if not found and gamma != DEFAULT_RATE:
+        gamma = DEFAULT_RATE
+        m_raw, ok = m_at_rate(gamma)
     if ok.sum() < 5:
         none.notes.append(f"no hysteresis: the branches overlap on {int(ok.sum())} SOC points "
                           f"inside {SOC_RANGE[0]:g}..{SOC_RANGE[1]:g}")
         return none
-    m_raw = (half_v - pol) / sat
     m_med = float(np.median(m_raw[ok]))
     pol_med = float(np.median(pol[ok]))
     # -- the rest check (voltages only)
@@ -216,11 +227,10 @@ def assess(discharge: Branch, charge: Branch | None, half_soc: np.ndarray,
             table[k] = np.median(m_raw[near])
     have = np.isfinite(table)
     table = np.maximum(np.interp(grid, grid[have], table[have]), 0.0)
-    found = (math.isfinite(rate) and amp > 0.0
-             and 1.0 / RATE_AMPLITUDE_RATIO <= amp / max(m_med, 1e-12) <= RATE_AMPLITUDE_RATIO)
-    out = HysteresisFit(np.round(grid, 6), table, gamma if found else DEFAULT_RATE, found,
-                        m_med, u, pol_med, rest_med, len(m_rest), amp)
-    how = (f"M from the C/{_c_rate(i_d, discharge):.0f} branches: half-difference less the "
+    out = HysteresisFit(np.round(grid, 6), table, gamma, found, m_med, u, pol_med, rest_med,
+                        len(m_rest), amp)
+    hours = float(np.sum(discharge.dt_s)) / 3600.0
+    how = (f"M from the C/{hours:.0f} branches: half-difference less the "
            f"polarisation I (R0 + sum R_k) of the HPPC fit at {temperature_c:.1f} C (median "
            f"{1e3 * pol_med:.2f} mV) over SOC {s[ok][0]:.2f}..{s[ok][-1]:.2f}: median "
            f"{1e3 * m_med:.2f} mV; uncertainty {1e3 * u:.2f} mV (" +
@@ -245,13 +255,13 @@ def assess(discharge: Branch, charge: Branch | None, half_soc: np.ndarray,
                          f"the start of the charge branch (transition amplitude "
                          f"{1e3 * amp:.2f} mV, residual {1e3 * rate_rms:.2f} mV)")
     else:
-        reason = ("the best rate lies on the edge of the searched "
-                  f"{RATE_GRID[0]:g}..{RATE_GRID[-1]:g}" if not math.isfinite(rate) else
-                  f"the transition's amplitude {1e3 * amp:.2f} mV does not match M")
+        if len(sc) < 10:
+            reason = (f"the charge branch's first {RATE_WINDOW_SOC:.0%} has {len(sc)} samples")
+        elif not math.isfinite(rate):
+            reason = ("the best rate lies on the edge of the searched "
+                      f"{RATE_GRID[0]:g}..{RATE_GRID[-1]:g}")
+        else:
+            reason = (f"the transition's amplitude {1e3 * amp:.2f} mV is not within a factor "
+                      f"{RATE_AMPLITUDE_RATIO:g} of M")
         out.notes.append(f"rate gamma {DEFAULT_RATE:g} assumed (not identified: {reason})")
     return out
-
-
-def _c_rate(i_abs: float, branch: Branch) -> float:
-    hours = float(np.sum(branch.dt_s)) / 3600.0
-    return max(hours, 1e-9) if i_abs > 0 else math.nan
