@@ -181,6 +181,22 @@ OUTPUT_REFRESH_S = 5.0
 #: A lost board's port is closed and opened again this often (USB CDC re-enumeration after a
 #: board reset takes about a second on Linux; assumption).
 RECONNECT_PERIOD_S = 2.0
+#: Real clock: a tick waits for the boards' MEASUREMENTs until this fraction of its period
+#: has passed, and for SET_OUTPUTS ACKs until this one, then goes on without them (a miss, a
+#: resend next tick): a silent board costs no more than the tick's own period, never the
+#: client's whole timeout and retries (which made a silent board slow every tick to 0.5 s).
+#: Assumption: half a tick leaves the other half for the tick's own work (~1 ms at 23 cells).
+BOARD_SAMPLE_WAIT_FRACTION = 0.5
+BOARD_ACK_WAIT_FRACTION = 0.8
+
+# ---------------------------------------------------------------------- load-cell baseline
+
+#: The fixture's static load-cell imbalance (assembly tilt, load-cell gain spread) is recorded
+#: over this long at the start of a run, as each load cell's share of the stack mean, and
+#: LOAD_CELL_IMBALANCE then watches the change from it (bms/protections.py LoadCellBaseline).
+#: Assumption: 1 s, ten samples at 10 Hz against ~1 kPa of load-cell noise, and shorter than
+#: the imbalance protection's debounce (2 s for ssb-23), so the static tilt never asserts.
+LOAD_CELL_BASELINE_WINDOW_S = 1.0
 
 # ---------------------------------------------------------------------- contactors
 
