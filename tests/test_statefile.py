@@ -355,15 +355,15 @@ def test_full_disk_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_bad_state_file_and_keeps_it(tmp_path: Path) -> None:
-    """bms run --state on a corrupt file: exit 2, one line, the file untouched (nothing
-    started: the file is read before any emulator or port)."""
+    """bms run --state on a corrupt file: exit 3 (ExitCode.CONFIG), one line, the file untouched
+    (nothing started: the file is read before any emulator or port)."""
     path = tmp_path / "state.json"
     path.write_text('{"format": "ssb-bms-state", "version": 1, "pack"')
     before = path.read_bytes()
     out = subprocess.run([sys.executable, "-m", "bms", "run", "--state", str(path), "--quiet",
                           "--no-monitor", "--duration", "1", "--log", str(tmp_path / "log")],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out
+    assert out.returncode == 3, out
     assert out.stderr.strip().count("\n") == 0 and "corrupt or truncated" in out.stderr
     assert path.read_bytes() == before
 
