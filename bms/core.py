@@ -99,6 +99,7 @@ class CoreParams:
     soh_cap_window: float
     soh_hp_tau_s: float
     soh_noise_v: float
+    soh_q_per_s: float
     soh_scale_min: float
     soh_scale_max: float
     soh_soc_anchor_s: float
@@ -273,7 +274,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         leak_v2_rel_sigma=tn.leak_v2_rel_sigma,
         soh_lambda=est.soh_forgetting, soh_min_di_a=tn.soh_min_di_a,
         soh_r0_p_max=tn.soh_r0_p_max, soh_cap_window=tn.soh_cap_window,
-        soh_hp_tau_s=tn.soh_hp_tau_s, soh_noise_v=tn.soh_noise_v,
+        soh_hp_tau_s=tn.soh_hp_tau_s, soh_noise_v=tn.soh_noise_v, soh_q_per_s=tn.soh_q_per_s,
         soh_scale_min=tn.soh_scale_min, soh_scale_max=tn.soh_scale_max,
         soh_soc_anchor_s=tn.soh_soc_anchor_s,
         cap_fb_d_sigma=tn.cap_fb_d_sigma,
@@ -349,6 +350,7 @@ _FLOAT_PARAMS = (
     "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
     "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "soh_hp_tau_s", "soh_noise_v",
+    "soh_q_per_s",
     "soh_scale_min", "soh_scale_max", "soh_soc_anchor_s", "cap_fb_d_sigma", "preload_kpa",
     "stiffness_kpa_per_um", "swell_um_full", "thermal_um_per_k", "fixture_t_ref_c",
     "r_pressure_kpa2", "pressure_corr_s", "rate_tau_s", "cusum_k_kpa", "cusum_tau_s", "v_max",

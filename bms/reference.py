@@ -288,7 +288,9 @@ class ReferenceCore:
         p, w = self.prm, self._w
         v_meas = np.asarray(v_meas, dtype=float)
         lam, pmax = p.soh_lambda, p.soh_r0_p_max
-        rn = p.soh_noise_v * p.soh_noise_v
+        # correlated model error, as the EKF's R; the scales walk randomly (soh_q_per_s)
+        rn = p.soh_noise_v * p.soh_noise_v * max(1.0, p.voltage_corr_s / dt_s)
+        qd = p.soh_q_per_s * dt_s
         al = dt_s / (p.soh_hp_tau_s + dt_s)
         anchor = not self.have_prev
         imp = self.imp
@@ -323,11 +325,10 @@ class ReferenceCore:
                                 p.soh_scale_max)
         self.rc_scale = np.clip(self.rc_scale + g1 * wgt * err, p.soh_scale_min,
                                 p.soh_scale_max)
-        lk = np.where(ok, lam, 1.0)
-        n00 = np.minimum((a00 - g0 * g0 * wgt) / lk, pmax)
-        n11 = np.minimum((a11 - g1 * g1 * wgt) / lk, pmax)
+        n00 = np.minimum(a00 - g0 * g0 * wgt + qd, pmax)
+        n11 = np.minimum(a11 - g1 * g1 * wgt + qd, pmax)
         lim = np.sqrt(n00 * n11)
-        n01 = np.clip((a01 - g0 * g1 * wgt) / lk, -lim, lim)
+        n01 = np.clip(a01 - g0 * g1 * wgt, -lim, lim)
         self.imp = np.array(imp)
         self.r0_p = n00
         self.imp[IMP_P01], self.imp[IMP_P11] = n01, n11

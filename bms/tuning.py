@@ -86,15 +86,20 @@ class Tuning:
     # high-passed signals, fed back into the EKF (docs/estimation.md, "SOH"). Variance ceiling
     # 0.01: prior sigma 10 % (a cell's resistances spread a few % in one lot, contact more;
     # assumption). High-pass 60 s: longer than the drive cycle's current changes, shorter than
-    # the minutes over which an SOC error moves (assumption). Noise of one high-passed sample
-    # 2 mV (assumption: monitor noise ~1 mV plus fast model error). Scales bounded to 0.5..2
-    # (assumption: beyond, the table is wrong, not the cell's spread).
+    # the minutes over which an SOC error moves (assumption). Model error of the high-passed
+    # voltage 5 mV, correlated over voltage_corr_s as the EKF's (a fitted model's voltage error
+    # is of that order: bms fit's core RMSE 4.2-6.7 mV on PyBaMM HPPC, docs/estimation.md; with
+    # 2 mV the scales followed early transients of PyBaMM cells and the SOC max error grew).
+    # Random walk 1e-8 /s: ~0.6 % per hour (assumption: a cell's impedance moves with ageing
+    # over months, the rest is temperature and SOC, which the tables carry). Scales bounded to
+    # 0.5..2 (assumption: beyond, the table is wrong, not the cell's spread).
     # An update needs excitation: the current 1 A or more away from its 60 s low-pass
     # (assumption: 0.2 C, far above the shunt noise, 0.05 A).
     soh_min_di_a: float = 1.0
     soh_r0_p_max: float = 0.01
     soh_hp_tau_s: float = 60.0
-    soh_noise_v: float = 0.002
+    soh_noise_v: float = 0.005
+    soh_q_per_s: float = 1e-8
     soh_scale_min: float = 0.5
     soh_scale_max: float = 2.0
     # The impedance estimator reads the OCV at an SOC counted from the current that follows

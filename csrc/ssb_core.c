@@ -171,6 +171,7 @@ int ssb_params_check(const ssb_params_t *prm)
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
                                    prm->leak_q_d_per_s, prm->leak_d_sigma0,
                                    prm->leak_v2_rel_sigma, prm->cap_fb_d_sigma,
+                                   prm->soh_q_per_s,
                                    prm->preload_kpa, prm->stiffness_kpa_per_um,
                                    prm->cusum_k_kpa, prm->i_charge_max_a,
                                    prm->i_discharge_max_a};
@@ -692,7 +693,8 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
      * with a valid, ungated voltage and a current that moved
      * away from its low-pass by soh_min_di_a or more (|x0h| >= soh_min_di_a (R0 + Rc): without
      * excitation the high-passed voltage is model error alone, which one tick would otherwise
-     * be fitted to) updates, with forgetting; the covariance ceiling stops wind-up. The EKF
+     * be fitted to) updates. The scales walk randomly (soh_q_per_s) between updates; the
+     * covariance ceiling stops wind-up. The EKF
      * uses both scales from the next tick on. After a reset or a gap (have_prev = 0) the
      * filters restart from the present values and the open-loop voltage from the EKF's. */
     const int32_t n = prm->n_cells;
@@ -720,7 +722,10 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
     const double *SSB_RESTRICT vm = v_meas;
     double *SSB_RESTRICT r0_out = out->r0_ohm;
     const double lam = prm->soh_lambda, pmax = prm->soh_r0_p_max;
-    const double rn = prm->soh_noise_v * prm->soh_noise_v;
+    /* the model error is correlated in time, as in the EKF: per sample it weighs
+       dt / voltage_corr_s of an independent one */
+    const double rn = prm->soh_noise_v * prm->soh_noise_v * fmax(1.0, prm->voltage_corr_s / dt_s);
+    const double qd = prm->soh_q_per_s * dt_s;
     const double lo = prm->soh_scale_min, hi = prm->soh_scale_max;
     const double al = dt_s / (prm->soh_hp_tau_s + dt_s);
     const double aa = dt_s / (prm->soh_soc_anchor_s + dt_s);
@@ -758,15 +763,14 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
         const double err = yh - th0[i] * x0h - th1[i] * x1h;
         th0[i] = clampd(th0[i] + g0 * wgt * err, lo, hi);
         th1[i] = clampd(th1[i] + g1 * wgt * err, lo, hi);
-        const double lk = ok != 0.0 ? lam : 1.0;
-        double n00 = (a00 - g0 * g0 * wgt) / lk;
-        double n11 = (a11 - g1 * g1 * wgt) / lk;
+        double n00 = a00 - g0 * g0 * wgt + qd;
+        double n11 = a11 - g1 * g1 * wgt + qd;
         n00 = n00 < pmax ? n00 : pmax;
         n11 = n11 < pmax ? n11 : pmax;
         const double lim = sqrt(n00 * n11);
         p00[i] = n00;
         p11[i] = n11;
-        p01[i] = clampd((a01 - g0 * g1 * wgt) / lk, -lim, lim);
+        p01[i] = clampd(a01 - g0 * g1 * wgt, -lim, lim);
         lpy[i] = ly + fin * al * (y - ly);
         lpx0[i] = lx0 + al * (x0 - lx0);
         lpx1[i] = lx1 + al * (x1 - lx1);

@@ -126,7 +126,12 @@ typedef struct ssb_params {
      * theta_rc V1 (the fast branch of the nominal table, open loop), both fed back into the
      * EKF */
     double soh_hp_tau_s;   /* high-pass time constant: removes the slow OCV/SOC error, s */
-    double soh_noise_v;    /* noise of one high-passed voltage sample, V */
+    double soh_noise_v;    /* model error of the high-passed voltage, V; correlated over
+                              voltage_corr_s like the EKF's (a sample over dt counts as
+                              min(1, dt / voltage_corr_s) of an independent one) */
+    double soh_q_per_s;    /* random walk of both scales (variance per second): how fast a
+                              cell's impedance may move; replaces forgetting, so the memory
+                              is the same at any sample interval */
     double soh_scale_min, soh_scale_max; /* bounds of both scales */
     double soh_soc_anchor_s;  /* the coulomb-counted SOC of the impedance estimator follows
                                  the EKF's with this time constant (bounds its drift), s */

@@ -87,7 +87,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->soh_r0_p_max = 0.01;
     p->soh_cap_window = 0.1;
     p->soh_hp_tau_s = 60.0;
-    p->soh_noise_v = 0.002;
+    p->soh_noise_v = 0.005;
+    p->soh_q_per_s = 1e-8;
     p->soh_scale_min = 0.5;
     p->soh_scale_max = 2.0;
     p->soh_soc_anchor_s = 3600.0;
