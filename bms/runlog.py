@@ -19,8 +19,9 @@ the folder before it starts emulators; the controller's RunLog claims it again).
 summary.json is written atomically (temp file, fsync, rename) whenever :meth:`RunLog.
 write_summary` is called (``bms run``: every minute of run time) and at close, so a run killed
 or stopped by a full disk keeps its last summary. A failed write removes its temp file (no
-0-byte leftover) and, on ENOSPC, frees ``summary.reserve`` (space set aside at open) and tries
-again once, so the final summary reaches a disk that filled up during the run.
+0-byte leftover); the final one, on ENOSPC, frees ``summary.reserve`` (space set aside at open,
+after ticks.csv and events.jsonl are closed) and tries again once, so the final summary reaches
+a disk that filled up during the run.
 
 Column naming (units in the names): see :func:`standard_columns`. The column set is fixed when
 the log is opened; rows are sequences in that order or mappings by name.
@@ -559,8 +560,9 @@ class RunLog:
                    "final": final}
         text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
         error = self._write_atomic(text.encode())
-        if error is not None and error.startswith("ENOSPC") and self._reserve.exists():
-            # The disk filled during the run: the space set aside at open is for this.
+        if final and error is not None and error.startswith("ENOSPC") and self._reserve.exists():
+            # The disk filled during the run: the space set aside at open is for the final
+            # summary (only then: rows written after a periodic one would eat it again).
             try:
                 self._reserve.unlink()
             except OSError:

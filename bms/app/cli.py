@@ -7,6 +7,7 @@ can be run on its own with ``python -m``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -61,8 +62,12 @@ def _dispatch(args: list[str]) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"bms: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        print(f"bms: unknown command {name!r}"
+              + (f"; did you mean {close[0]!r}?" if close else "")
+              + f"\n  hint: one of {', '.join(COMMANDS)}; `bms --help` says what each does",
+              file=sys.stderr)
+        return ExitCode.USAGE
     target = COMMANDS[name][0]
     if name == "emulate" and "--firmware" in rest:
         # The reference firmware's ELF on a simulated MCU instead of the Python board model.

@@ -51,7 +51,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     pack = load_pack(args.pack)
     if len(pack.stacks) != 1:
-        raise UsageError(f"bms demo runs one stack; pack {pack.name} has {len(pack.stacks)}",
+        raise UsageError(f"--pack {args.pack}: the demo runs one stack; pack {pack.name} has "
+                         f"{len(pack.stacks)}",
                          f"use 'bms run --pack {args.pack}' for multi-stack packs")
     preflight(pack)
     scenario = load_scenario(args.scenario)

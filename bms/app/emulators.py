@@ -17,9 +17,11 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from boards.config import PackConfig
 
@@ -113,7 +115,21 @@ def _spawn(cmd: list[str], n_paths: int, what: str) -> tuple[subprocess.Popen, l
         _, err = proc.communicate()
         text = " ".join(err.decode(errors="replace").split()) or f"exit code {proc.returncode}"
         raise EmulatorStartError(f"emulator for {what} did not start: {text}")
+    # From here on its stderr goes to ours as it comes (e.g. a truth file that stopped on a
+    # full disk): unread, the pipe would fill and the emulator would block on its next line.
+    assert proc.stderr is not None
+    threading.Thread(target=_forward, args=(proc.stderr,), daemon=True,
+                     name=f"emulator-stderr-{proc.pid}").start()
     return proc, paths
+
+
+def _forward(stream: IO[bytes]) -> None:
+    try:
+        for line in iter(stream.readline, b""):
+            sys.stderr.write(line.decode(errors="replace"))
+            sys.stderr.flush()
+    except (OSError, ValueError):  # closed by stop(): nothing more to forward
+        pass
 
 
 def start_emulator(pack: PackConfig, stack_index: int = 0, clock: str = "sim", seed: int = 0,

@@ -120,6 +120,11 @@ def classify(exc: BaseException) -> CliError | None:
     if isinstance(exc, LinkError) or name == "EmulatorStartError":
         text = " ".join(str(exc).split())  # the emulator's stderr may span lines
         cause = exc.__cause__
+        if text.startswith("cannot open ") and "Inappropriate ioctl" in text:
+            return BoardError(f"{text.split(': ')[0]}: not a serial port (Inappropriate ioctl "
+                              "for device)", "--port takes the board's serial device "
+                              "(/dev/ttyACM0, /dev/ttyUSB0) or the pty path `bms emulate` "
+                              "printed")
         if text.startswith("cannot open ") and isinstance(getattr(cause, "errno", None), int):
             # pyserial repeats the port and the errno text twice: the first part is enough
             text = f"{text.split(': ')[0]}: {os.strerror(cause.errno)}"  # type: ignore[union-attr]

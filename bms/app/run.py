@@ -240,7 +240,12 @@ def open_monitor(args: argparse.Namespace) -> MonitorServer | None:
         print(f"bms run: monitor socket {path} is served by {who}; this run serves {own} "
               f"(bms monitor {own})", file=sys.stderr)
         path = own
-    return MonitorServer(path)
+    try:
+        return MonitorServer(path)
+    except OSError as exc:
+        raise OutputError(f"--monitor-socket {path}: cannot be made: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else ""),
+                          "give a path in a folder you can write, or --no-monitor") from None
 
 
 class RunWatch:
@@ -317,9 +322,12 @@ def main(argv: list[str]) -> int:
     saved = load_state_arg(args.state, pack)
     log_dir = args.log or default_log_dir("run")
     claim_log(log_dir)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _run(args, pack, clock, saved, log_dir)
     finally:
+        for sig, handler in handlers.items():  # _run stops on them; a caller gets its own back
+            signal.signal(sig, handler)
         release_log_dir(log_dir)
 
 
