@@ -17,7 +17,8 @@ of interleaving rows in one ticks.csv. Claims in one process are counted (``bms 
 the folder before it starts emulators; the controller's RunLog claims it again).
 
 summary.json is written atomically (temp file, fsync, rename) whenever :meth:`RunLog.
-write_summary` is called (``bms run``: every minute of run time) and at close, so a run killed
+submit_summary` is called (``bms run``: every minute of run time; from a thread, so the tick
+never waits on fsync) and at close, so a run killed
 or stopped by a full disk keeps its last summary. A failed write removes its temp file (no
 0-byte leftover); the final one, on ENOSPC, frees ``summary.reserve`` (space set aside at open,
 after ticks.csv and events.jsonl are closed) and tries again once, so the final summary reaches
@@ -34,6 +35,7 @@ import fcntl
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from operator import is_not
 from pathlib import Path
@@ -435,6 +437,11 @@ class RunLog:
             release_log_dir(self.dir)
             raise
         self._notes: dict[str, Any] = {}
+        self._summary_lock = threading.Lock()
+        self._summary_wake = threading.Event()
+        self._summary_pending: bytes | None = None
+        self._summary_thread: threading.Thread | None = None
+        self._summary_stop = False
         self.summaries_written = 0
         self.summary_error: str | None = None
         self._reserve = self.dir / RESERVE
@@ -576,6 +583,42 @@ class RunLog:
         self.summary_error = error
         return summary
 
+    def submit_summary(self, extra: Mapping[str, Any] | None = None) -> None:
+        """Write summary.json from a background thread (the tick never waits on fsync: up to
+        8 ms here, more on a busy disk). The summary is taken now; a newer one replaces one
+        not yet written. :meth:`close` waits for it before the final summary."""
+        summary = {**self.summary(), **(_json_safe(dict(extra)) if extra else {}),
+                   "final": False}
+        data = (json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n").encode()
+        with self._summary_lock:
+            self._summary_pending = data
+            if self._summary_thread is None:
+                self._summary_thread = threading.Thread(
+                    target=self._summary_writer, daemon=True, name="runlog-summary")
+                self._summary_thread.start()
+        self._summary_wake.set()
+
+    def _summary_writer(self) -> None:
+        while True:
+            self._summary_wake.wait()
+            with self._summary_lock:
+                self._summary_wake.clear()
+                data, self._summary_pending = self._summary_pending, None
+                stop = self._summary_stop
+            if data is not None:
+                error = self._write_atomic(data)
+                self.summary_error = error
+                self.summaries_written += error is None
+            if stop:
+                return
+
+    def _stop_summary_writer(self) -> None:
+        with self._summary_lock:
+            thread, self._summary_stop = self._summary_thread, True
+        if thread is not None:
+            self._summary_wake.set()
+            thread.join(timeout=30.0)
+
     def _write_atomic(self, data: bytes) -> str | None:
         """summary.json through a temp file; None, or the error (the temp file removed)."""
         tmp = self.dir / (SUMMARY + ".tmp")
@@ -603,6 +646,7 @@ class RunLog:
         if self._closed:
             return self.summary()
         self._closed = True
+        self._stop_summary_writer()  # a periodic summary still being written goes first
         self.ticks.close()
         self.events.close()
         summary = self.write_summary(extra, final=True)

@@ -173,6 +173,8 @@ ROWS: list[Row] = [
     Row("board-channel-count", RUN, B, "reports 22 cells, 6 thermistors, 4 load cells",
         "board:channels"),
     Row("board-nack-outputs", RUN, B, "board refused SET_OUTPUTS: NACK STATE", "board:nack"),
+    Row("board-sim-clock", RUN, B, "runs the sim clock; this run uses the real clock: pass "
+        "--clock sim", "board:sim-clock"),
     # ---- the run's own outputs: log folder, monitor socket, disk (exit 5)
     Row("log-is-a-file", ("run", "--no-monitor", "--quiet", "--log", "{d}/a-file"), IO,
         "--log {d}/a-file: cannot be the log folder: File exists"),
@@ -271,8 +273,9 @@ def test_port_mistake_is_one_line_exit_4_and_logged(row: Row, files: Path) -> No
 
 # ------------------------------------------------------------------ fake boards on a pty
 
+# A board on its own timer (no SIM_CLOCK capability): what `bms run --port` expects by default.
 INFO = Info(protocol_version=1, board_kind=1, fw_version=(0, 1, 0), n_cells=23,
-            n_thermistors=6, n_load_cells=4, heartbeat_timeout_ms=1000, capabilities=1,
+            n_thermistors=6, n_load_cells=4, heartbeat_timeout_ms=1000, capabilities=0,
             boot_id=0x1234, board_id="fake-23")
 
 
@@ -303,6 +306,8 @@ class FakeBoard:
                 return encode_frame_reference(INFO, seq, version=2)
             if self.kind == "channels":
                 return encode_frame(Info(**{**_fields(INFO), "n_cells": 22}), seq)
+            if self.kind == "sim-clock":
+                return encode_frame(Info(**{**_fields(INFO), "capabilities": 1}), seq)
             return encode_frame(INFO, seq)
         if isinstance(msg, SetOutputs) and self.kind == "nack":
             return encode_frame(Nack(int(SetOutputs.TYPE), int(NackError.STATE), 0), seq)

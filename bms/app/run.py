@@ -275,7 +275,7 @@ class RunWatch:
                   f"after {dropped} dropped row(s)", file=sys.stderr, flush=True)
         if controller.time_s >= self.next_summary_s:
             self.next_summary_s = controller.time_s + SUMMARY_PERIOD_S
-            log.write_summary({"run": controller.summary()})
+            log.submit_summary({"run": controller.summary()})
 
 
 def final_open(controller: Controller) -> None:
