@@ -197,7 +197,8 @@ ROWS: list[Row] = [
 ]
 
 # Rows documented elsewhere in docs/errors.md with their own tests below (not argv rows).
-PROCESS_ROWS = ["disk-full", "sigterm", "sigkill", "default-monitor-socket-in-use", "debug"]
+PROCESS_ROWS = ["disk-full", "sigterm", "sigkill", "default-monitor-socket-in-use", "debug",
+                "board-lost-mid-run"]
 
 
 def _fill(text: str, ctx: dict[str, str]) -> str:
@@ -505,6 +506,32 @@ def test_full_disk_is_said_summarised_and_never_takes_the_board(tmp_path: Path) 
         assert board["measurements"] == summary["run"]["ticks"]
         assert not (disk / "log" / (SUMMARY + ".tmp")).exists()
         assert "truth file" in res.stderr and "(the board goes on)" in res.stderr
+
+
+def test_a_board_lost_mid_run_ends_it_with_one_line_exit_4(tmp_path: Path) -> None:
+    """The emulator behind `bms run --port` killed while the run goes (a board unplugged):
+    the run ends (the pack's default on_board_lost: stop), prints what it did and then one
+    line naming the board, the port and the time; exit 4; the reason in the log."""
+    from bms.app.emulators import start_emulator
+    from boards.config import load_pack
+
+    emu = start_emulator(load_pack("ssb-23"), 0, "sim")
+    log = tmp_path / "log"
+    try:
+        with _running(["--port", emu.path, "--clock", "sim", "--duration", "3600",
+                       "--no-monitor", "--quiet"], log, 50, dict(os.environ)) as proc:
+            emu.kill()
+            out, err = proc.communicate(timeout=60)
+    finally:
+        emu.stop()
+    assert proc.returncode == ExitCode.BOARD, err
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bms run: board of stack stack-1 on "
+                                                    f"{emu.path} lost at t = "), err
+    assert "final state SAFE" in out and f"log: {log}" in out
+    error = _run_log_error(log)
+    assert error["kind"] == "board" and error["message"] in lines[0]
 
 
 def test_debug_prints_the_traceback_too(tmp_path: Path) -> None:

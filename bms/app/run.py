@@ -342,6 +342,7 @@ def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | No
     controller: Controller | None = None
     monitor: MonitorServer | None = None
     stop: dict[str, Any] = {"signal": None}
+    wall0 = time.perf_counter()
 
     def _stop(signum: int, frame: object) -> None:
         stop["signal"] = signal.Signals(signum).name
@@ -391,7 +392,10 @@ def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | No
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             record_failure(controller, log_dir, exc, meta)
         if controller is not None:
-            controller.close()
+            ran = controller.stats.ticks > 0
+            summary = controller.close()
+            if ran:  # a run that ended on a failure: what it did, before the error line
+                _show(args, summary, log_dir, truth_dir, time.perf_counter() - wall0)
         elif monitor is not None:
             monitor.close()
         for emu in emulators:
@@ -400,8 +404,14 @@ def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | No
     summary = controller.close()
     for emu in emulators:
         emu.stop()
-    summary["wall_s"] = wall
     summary["stop"] = stopped
+    _show(args, summary, log_dir, truth_dir, wall)
+    return exit_code(summary)
+
+
+def _show(args: argparse.Namespace, summary: dict[str, Any], log_dir: Path,
+          truth_dir: Path | None, wall_s: float) -> None:
+    summary["wall_s"] = wall_s
     summary["log_dir"] = str(log_dir)
     if truth_dir is not None:
         summary["truth_dir"] = str(truth_dir)
@@ -409,7 +419,6 @@ def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | No
         print(json.dumps(summary, indent=2, default=str))
     else:
         print_summary(summary)
-    return exit_code(summary)
 
 
 def exit_code(summary: dict[str, Any]) -> int:
