@@ -39,7 +39,7 @@ def _print_sweep(results: list[EvalResult]) -> None:
     print(f"{len(results)} seeds: {n_false} false leak warning episodes on healthy cells; "
           f"SOC RMSE {min(rmse):.2f}..{max(rmse):.2f} % (mean {sum(rmse) / len(rmse):.2f} %), "
           f"max error {max(r.soc_max_err_pct for r in results):.2f} %, coverage "
-          f"{100 * min(r.coverage_3sigma for r in results):.1f}..."
+          f"{100 * min(r.coverage_3sigma for r in results):.1f}.."
           f"{100 * max(r.coverage_3sigma for r in results):.1f} %")
     if results and results[0].short_ohm is not None:
         warn = [r.short_warning_s for r in results]
@@ -47,9 +47,11 @@ def _print_sweep(results: list[EvalResult]) -> None:
         missed = sum(w is None or f is None for w, f in zip(warn, fault, strict=True))
         got_w = [w for w in warn if w is not None]
         got_f = [f for f in fault if f is not None]
-        print(f"short: warning {min(got_w, default=0):.0f}..{max(got_w, default=0):.0f} s, "
-              f"fault {min(got_f, default=0):.0f}..{max(got_f, default=0):.0f} s after "
-              f"injection; {missed} seeds without warning or fault")
+        def span(xs: list[float]) -> str:
+            return f"{min(xs):.0f}..{max(xs):.0f} s" if xs else "-"
+
+        print(f"short: warning {span(got_w)}, fault {span(got_f)} after injection; {missed} "
+              f"seeds without warning or fault")
 
 
 def main(argv: list[str] | None = None) -> int:
