@@ -41,10 +41,10 @@ USAGE = ("usage: bms [--debug] COMMAND [options]   (bms COMMAND --help for each)
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    # `bms --debug COMMAND ...`: tracebacks on the error path (bms/app/errors.py).
-    set_debug(args[:1] == ["--debug"] or os.environ.get("BMS_DEBUG", "") not in ("", "0"))
-    if args[:1] == ["--debug"]:
-        args = args[1:]
+    # `bms --debug COMMAND ...` (or --debug anywhere: no command has an option of that name):
+    # tracebacks on the error path (bms/app/errors.py).
+    set_debug("--debug" in args or os.environ.get("BMS_DEBUG", "") not in ("", "0"))
+    args = [a for a in args if a != "--debug"]
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

@@ -111,10 +111,12 @@ def classify(exc: BaseException) -> CliError | None:
 
     if isinstance(exc, StateFileError):
         return ConfigFileError(str(exc))
-    from hil.emulator.scenario import ScenarioError
+    from hil.emulator.scenario import SCENARIO_DIR, ScenarioError
 
     if isinstance(exc, ScenarioError):
-        return ConfigFileError(f"scenario: {exc}")
+        names = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
+        return ConfigFileError(f"scenario: {exc}",
+                               f"--scenario takes a scenario file or one of {names}")
     from hil.link import LinkError
 
     if isinstance(exc, LinkError) or name == "EmulatorStartError":
