@@ -198,7 +198,7 @@ ROWS: list[Row] = [
 
 # Rows documented elsewhere in docs/errors.md with their own tests below (not argv rows).
 PROCESS_ROWS = ["disk-full", "sigterm", "sigkill", "default-monitor-socket-in-use", "debug",
-                "board-lost-mid-run"]
+                "board-lost-mid-run", "failed-start"]
 
 
 def _fill(text: str, ctx: dict[str, str]) -> str:
@@ -532,6 +532,34 @@ def test_a_board_lost_mid_run_ends_it_with_one_line_exit_4(tmp_path: Path) -> No
     assert "final state SAFE" in out and f"log: {log}" in out
     error = _run_log_error(log)
     assert error["kind"] == "board" and error["message"] in lines[0]
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if text.encode() in (d / "cmdline").read_bytes() and not _gone(int(d.name), 0):
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_failed_start_leaves_no_emulator(tmp_path: Path) -> None:
+    """A run that fails after it started its emulator (here ticks.csv cannot be made: a
+    folder of that name in the log folder) says so in one line, exit 5, and leaves no
+    emulator behind."""
+    log = tmp_path / "log"
+    (log / TICKS).mkdir(parents=True)
+    res = _bms("run", "--no-monitor", "--quiet", "--duration", "5", "--log", str(log))
+    assert res.returncode == ExitCode.IO, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"bms run: {log / TICKS}: Is a directory"
+    assert "emulated board(s); their truth in" in res.stderr  # it had started
+    time.sleep(0.2)
+    assert _processes_naming(str(tmp_path)) == []
 
 
 def test_debug_prints_the_traceback_too(tmp_path: Path) -> None:
