@@ -635,6 +635,13 @@ class Controller:
         for s, entry in zip(self.stacks, saved.stacks, strict=True):
             if entry is not None:
                 fresh += self._check_saved_stack(s, entry)
+                if entry.load_cell_shares is not None:
+                    assert s.baseline is not None  # noqa: S101 (made with the stack)
+                    try:
+                        s.baseline.restore(entry.load_cell_shares)
+                    except ValueError as exc:
+                        raise StateFileError(f"state file {saved.path}: stack "
+                                             f"{s.config.name}: {exc}") from None
         if saved.removed_partial and self.log:
             self.log.event({"type": "state_file", "event": "partial file removed", "time_s": 0.0,
                             "path": str(saved.path) + ".tmp"})
@@ -643,7 +650,10 @@ class Controller:
             self.log.event({"type": "state_file", "event": "restored", "time_s": 0.0,
                             "path": str(saved.path), "saved_unix_s": saved.saved_unix_s,
                             "saved_run_time_s": saved.run_time_s, "reason": saved.reason,
-                            "latched_faults": names, "started_fresh": sorted(set(fresh))})
+                            "latched_faults": names, "started_fresh": sorted(set(fresh)),
+                            "load_cell_baseline_restored": [
+                                s.index for s in self.stacks
+                                if s.baseline is not None and s.baseline.restored]})
 
     def _check_saved_stack(self, s: StackRuntime, entry: SavedStack) -> list[str]:
         """A saved estimator state must have each quantity of this core in its shape (another
@@ -698,7 +708,8 @@ class Controller:
         stacks: list[SavedStack | None] = []
         for s in self.stacks:
             if s.estimator_started:
-                stacks.append(SavedStack(s.config.name, now, s.core.state_dict()))
+                stacks.append(SavedStack(s.config.name, now, s.core.state_dict(),
+                                         s.baseline.shares if s.baseline else None))
             else:  # never measured this run: keep what was saved (loses nothing)
                 stacks.append(self._saved.stacks[s.index] if self._saved is not None else None)
         self._state_writer.submit(serialize_state(encode_state(

@@ -589,6 +589,8 @@ class LoadCellBaseline:
     level) is refused (an event): a stack that already shows a fault-level imbalance is not
     taken for its fixture's normal. Imbalance below it at start is taken as static: a contact
     already partly lost when the run starts is not seen until it changes (docs/safety.md).
+    With a state file (``bms run --state``) the first baseline is kept there and restored by
+    later runs (:meth:`restore`): the first run on a known-good pack is its commissioning.
     """
 
     def __init__(self, stack: int, n_load: int, window_s: float, accept_below_kpa: float
@@ -601,6 +603,17 @@ class LoadCellBaseline:
         self._sum = [0.0] * n_load
         self._count = 0
         self._start_s = math.nan
+        self.restored = False
+
+    def restore(self, shares: list[float]) -> None:
+        """A baseline recorded earlier (the state file): used from the first sample, so this
+        run watches the change since that commissioning, not since its own start."""
+        if len(shares) != len(self._sum):
+            raise ValueError(f"{len(shares)} load-cell shares for a stack of "
+                             f"{len(self._sum)} load cells")
+        self.shares = [float(x) for x in shares]
+        self.refused = False
+        self.restored = True
 
     def imbalance_kpa(self, time_s: float, pressure_kpa: np.ndarray
                       ) -> tuple[float, dict | None]:

@@ -16,7 +16,9 @@ from board_backends import Running
 from bms.controller import Controller
 from bms.faults import FaultCode, Severity
 from bms.protections import LoadCellBaseline
-from boards.config import load_pack
+from bms.statefile import load as load_state
+from boards.config import load_board, load_pack
+from hil.client import BoardClient
 from hil.protocol import InjectedFault
 
 SHARES = np.array([1.04, 0.97, 1.01, 0.98])  # a tilted plate and spread gains (mean 1)
@@ -99,3 +101,40 @@ def test_healthy_stack_raises_no_imbalance_and_a_contact_loss_still_does(
     rec = c.table.get(FaultCode.LOAD_CELL_IMBALANCE, Severity.FAULT, 0)
     assert rec is not None
     assert rec.first_time_s - t_inject <= 2.0 + 2 * 0.1 + 1e-9
+
+
+def test_the_state_file_keeps_the_commissioning_baseline(tmp_path: Path) -> None:
+    """The first run with --state records the baseline into the file; a later run restores it
+    and so sees a change that happened while the BMS was off (a load cell that now reads
+    100 kPa high), which a fresh start would take for the fixture's normal."""
+    pack = load_pack("ssb-23")
+    state = tmp_path / "state.json"
+
+    def run(with_state: bool, offset_kpa: float) -> Controller:
+        emu = Running(seed=0, initial_soc=0.9)
+        if offset_kpa:
+            with BoardClient(emu.path, c_profile, timeout_s=1.0) as probe:
+                probe.inject_fault(int(InjectedFault.LOADCELL_OFFSET), 1, offset_kpa)
+        saved = load_state(state, pack) if with_state else None
+        c = Controller(pack, [emu.path], clock="sim", state_path=state if with_state else None,
+                       saved_state=saved)
+        try:
+            c.open()
+            c.run(6.0)
+        finally:
+            c.close()
+            emu.stop()
+        return c
+
+    c_profile = load_board("emu-23")
+    first = run(True, 0.0)
+    assert first.stacks[0].baseline.shares is not None
+    doc = json.loads(state.read_text())
+    assert doc["stacks"][0]["load_cell_shares"] == pytest.approx(
+        first.stacks[0].baseline.shares)
+    fresh = run(False, 100.0)  # no state: the offset is taken as the fixture's
+    assert fresh.table.get(FaultCode.LOAD_CELL_IMBALANCE, Severity.WARNING, 0) is None
+    kept = run(True, 100.0)    # the commissioning baseline: the offset is a change
+    assert kept.stacks[0].baseline.restored
+    rec = kept.table.get(FaultCode.LOAD_CELL_IMBALANCE, Severity.WARNING, 0)
+    assert rec is not None and rec.first_time_s <= 2.0 + 0.2 + 1e-9
