@@ -112,6 +112,7 @@ class StackRuntime:
     ts_moved_s: float = -math.inf
     stale: bool = False
     board_lost: bool = False  # BOARD_LOST raised (port gone or silent too long)
+    mismatch: bool = False  # BOARD_MEASUREMENT_MISMATCH active
 
     @property
     def client(self) -> BoardClient:
@@ -759,12 +760,17 @@ class Controller:
                 # same board, and the record stays active, so no new event per attempt).
                 self.table.raise_fault(FaultCode.BOARD_MEASUREMENT_MISMATCH, t, None,
                                        float(len(m.cell_raw)), s.index)
+                s.mismatch = True
                 if self.log:
                     self.log.event({"type": "board", "event": "measurement mismatch",
                                     "time_s": t, "stack": s.index, "port": s.io.port,
                                     "detail": str(exc)})
                 s.io.mark_lost(exc, t)
                 return
+        if s.mismatch:  # a matching measurement again (the board was fixed or replaced)
+            s.mismatch = False
+            self.table.clear_fault(FaultCode.BOARD_MEASUREMENT_MISMATCH, t, None, None,
+                                   s.index)
         s.measurements += 1
         status = int(data.status)
         if s.client.take_reset() or (status & _ST_JUST_BOOTED and s.measurements > 1):

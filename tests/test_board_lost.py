@@ -162,6 +162,8 @@ def test_a_measurement_that_does_not_match_the_info_is_one_fault(tmp_path: Path,
         emu.board._measurement = short_by_one  # type: ignore[method-assign]
         try:
             c.run(9.0)
+            emu.board._measurement = real_measurement  # type: ignore[method-assign]
+            c.run(4.0)  # reconnect: the board answers right again
         except SafetyDataLostError as exc:
             stopped = str(exc)
     finally:
@@ -176,8 +178,12 @@ def test_a_measurement_that_does_not_match_the_info_is_one_fault(tmp_path: Path,
         assert stopped is not None and "22 cells" in stopped
         assert summary["time_s"] < 2.0
     else:
-        assert stopped is None and summary["time_s"] == pytest.approx(9.9)
+        assert stopped is None and summary["time_s"] == pytest.approx(13.9)
         assert summary["boards"][0]["reconnects"] >= 3
+        # Fixed: the record clears (its latch stays for the operator reset), data is back.
+        assert len(_fault_events(log, FaultCode.BOARD_MEASUREMENT_MISMATCH, "clear")) == 1
+        assert _fault_events(log, FaultCode.BOARD_RESET) == []
+        assert not summary["boards"][0]["lost"]
 
 
 def test_reserved_output_bits_are_refused(board: BoardUnderTest) -> None:
