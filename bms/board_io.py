@@ -4,9 +4,11 @@ sent, the heartbeat, and the policy for a board that stops answering.
 Policy (docs/architecture.md, "Board loss"): a failed read or write marks the board lost (an
 event in the run log, never an exception into the tick); a lost board gets no requests, and its
 port is closed and opened again every ``RECONNECT_PERIOD_S`` (a USB board re-enumerates after a
-reset). A late answer is a miss and a momentary MEASUREMENT_LATE; only a port that is gone marks
-the board lost, so a silent board on a live port stays asked (in the sim clock its time, and its
-silence, only advance with SAMPLEs) and MEASUREMENT_LOST takes the pack to SAFE.
+reset) when the pack's ``controller.on_board_lost`` is ``reconnect`` (with ``stop`` the
+controller ends the run). A late answer is a miss and a momentary MEASUREMENT_LATE; only a port
+that is gone marks the board lost, so a silent board on a live port stays asked (in the sim
+clock its time, and its silence, only advance with SAMPLEs) and MEASUREMENT_LOST takes the pack
+to SAFE. A reopened port raises BOARD_RESET only when the board's boot id changed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from bms.faults import FaultCode, FaultTable
 from bms.tuning import LIMIT_RESEND_A, OUTPUT_REFRESH_S, RECONNECT_PERIOD_S
 from hil.client import BoardClient, BoardNackError
 from hil.link import BoardLostError, BoardTimeoutError, LinkError, MeasurementLane
-from hil.protocol import Measurement
+from hil.protocol import Measurement, Status
 
 #: What the outputs were last sent as: (outputs, balance mask, charge limit A, discharge limit A).
 SentOutputs = tuple[int, int, float, float]
@@ -34,6 +36,7 @@ class BoardIO:
                  log_event: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.index = index
         self.port = port
+        self.reconnect = True  # False: a lost board stays lost (controller.on_board_lost stop)
         self.client = client
         self.lane = lane
         self._table = table
@@ -47,6 +50,9 @@ class BoardIO:
         self.outputs_pending: SentOutputs | None = None
         self.outputs_sent_s = -math.inf
         self.misses = 0
+        self.reconnects = 0
+        # The board's watchdog had tripped before this run connected (arm()).
+        self.watchdog_tripped_before_run = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -54,6 +60,24 @@ class BoardIO:
         """Handshake (version, board id, channel counts) and all outputs open."""
         self.client.open()
         self.client.set_outputs(0, 0, 0.0, 0.0)
+
+    def arm(self, read_status: bool) -> bool:
+        """After the handshake: read the board's status once (``read_status``: a SAMPLE with
+        dt 0), then beat and open the outputs. A watchdog that tripped before this run
+        connected (a board idle for longer than its timeout, e.g. a real-clock board without
+        DTR reset) is its own safe state, already held: the HEARTBEAT here clears it, so the
+        run starts clean instead of latching BOARD_WATCHDOG_TRIPPED at t = 0. Returns whether
+        it had tripped (the controller logs it). The sim clock skips the read: a sim board's
+        time stands still between runs, so it cannot trip while idle, and an extra SAMPLE
+        would draw the emulator's sensor noise once more (a run's figures would move)."""
+        tripped = False
+        if read_status:
+            m = self.client.sample(0.0)
+            tripped = bool(int(m.status) & int(Status.WATCHDOG_TRIPPED))
+        self.client.heartbeat(0, 0)
+        self.client.set_outputs(0, 0, 0.0, 0.0)
+        self.watchdog_tripped_before_run = tripped
+        return tripped
 
     def close(self) -> None:
         """Open the outputs (best effort: the board's watchdog opens them anyway) and the port."""
@@ -94,30 +118,37 @@ class BoardIO:
             return None
 
     def _reconnect(self, t: float) -> bool:
-        if t < self.next_reconnect_s:
+        if not self.reconnect or t < self.next_reconnect_s:
             return False
         self.next_reconnect_s = t + RECONNECT_PERIOD_S
         try:
             self.client.close()
-            self.client.open()
+            self.client.open()  # a new boot id sets the client's reset flag: BOARD_RESET
+            self.client.heartbeat(0, 0)
         except (LinkError, OSError):
             return False
         self.lost = False
-        self._table.raise_fault(FaultCode.BOARD_RESET, t, None, None, self.index,
-                                momentary=True)
+        self.reconnects += 1
+        self.prefetched = self.ack_seq = None
+        self.outputs_sent = None  # the board may have lost them: send again
+        if self._log_event is not None:
+            self._log_event({"type": "board", "event": "reconnected", "time_s": t,
+                             "stack": self.index, "port": self.port,
+                             "board_reset": self.client.reset_pending})
         return True
 
-    def await_measurement(self, seq: int | None, t: float
-                          ) -> Measurement | MeasurementLane | None:
+    def await_measurement(self, seq: int | None, t: float, timeout_s: float | None = None,
+                          retries: int | None = None) -> Measurement | MeasurementLane | None:
         """The answer to ``seq``: a Measurement, or the lane when the fast lane unpacked it
-        there; None when there is none (a miss; a lost port also marks the board lost)."""
+        there; None when there is none (a miss; a lost port also marks the board lost).
+        ``timeout_s``/``retries``: this wait's bound (default the client's)."""
         if seq is None:
             self.misses += 1
             return None
         try:
             if self.lane is None:
-                return self.client.wait_measurement(seq)
-            return self.client.wait_measurement_into(seq, self.lane)
+                return self.client.wait_measurement(seq, timeout_s, retries)
+            return self.client.wait_measurement_into(seq, self.lane, timeout_s, retries)
         except (LinkError, OSError) as exc:
             self.misses += 1
             self._table.raise_fault(FaultCode.MEASUREMENT_LATE, t, None, None, self.index,
@@ -152,9 +183,13 @@ class BoardIO:
         self.outputs_pending = (outputs, mask, charge_a, discharge_a)
         return seq
 
-    def collect_ack(self, seq: int, t: float) -> None:
+    def collect_ack(self, seq: int, t: float, timeout_s: float | None = None,
+                    retries: int | None = None) -> None:
         try:
-            self.client.wait_ack(seq)
+            if timeout_s is None and retries is None:
+                self.client.wait_ack(seq)
+            else:
+                self.client.wait_ack(seq, timeout_s, retries)
             self.outputs_sent, self.outputs_sent_s = self.outputs_pending, t
         except LinkError as exc:
             if isinstance(exc, (BoardNackError, BoardTimeoutError)):

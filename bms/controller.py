@@ -29,7 +29,7 @@ from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, Con
 from bms.core import Core
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.monitor import MonitorServer
-from bms.protections import PackProtections, ProtectionInputs
+from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
 from bms.soc_start import Start
 from bms.statefile import SAVE_PERIOD_S, SavedStack, SavedState, StateFileError, StateWriter
@@ -37,18 +37,21 @@ from bms.statefile import encode as encode_state
 from bms.statefile import serialize as serialize_state
 from bms.tickstats import TickStats
 from bms.tuning import (
+    BOARD_ACK_WAIT_FRACTION,
+    BOARD_SAMPLE_WAIT_FRACTION,
     CCD_CHARGER_RESPONSE_S,
     CCD_EVENT_DEBOUNCE_S,
     CCD_EVENT_HYSTERESIS_A,
     DERATING_CODES,
     GC_EVERY_TICKS,
     HEARTBEATS_PER_TIMEOUT,
+    LOAD_CELL_BASELINE_WINDOW_S,
     WARNING_DERATE,
 )
 from bms.validation import StackValidator, ValidatedStack
 from boards.config import TIME_EPS_S, BoardProfile, PackConfig, StackConfig, load_board
 from hil.client import BoardClient
-from hil.link import MeasurementLane
+from hil.link import LinkError, MeasurementLane
 from hil.protocol import Measurement, Outputs, Status
 from hil.scaling import Scaler
 
@@ -58,6 +61,16 @@ _ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
 _ST_SENSOR = int(Status.SENSOR_ERROR)
 # The status bits that feed back the output bits (same positions: hil.protocol.Outputs).
 _FEEDBACK_MASK = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
+
+
+class SafetyDataLostError(LinkError):
+    """A board's safety data was lost (port gone, or no fresh data for the pack's
+    ``controller.board_lost_after_s``) and the pack's ``controller.on_board_lost`` is
+    ``stop``: the run ended (contactors commanded open). ``bms run`` exits non-zero."""
+
+
+class WatchdogTooShortError(LinkError):
+    """A board's watchdog timeout (its INFO) is too short for this pack's tick to feed."""
 
 
 @dataclass
@@ -92,6 +105,14 @@ class StackRuntime:
     ccd_watch: CcdWatch | None = None
     # Set once the estimator has started from the first measurement (OCV or saved state).
     estimator_started: bool = False
+    baseline: LoadCellBaseline | None = None
+    # The board's timestamp: its last value and the controller time it last moved (a frozen
+    # timestamp is stale data: BOARD_DATA_STALE).
+    last_ts_ms: int | None = None
+    ts_moved_s: float = -math.inf
+    stale: bool = False
+    board_lost: bool = False  # BOARD_LOST raised (port gone or silent too long)
+    mismatch: bool = False  # BOARD_MEASUREMENT_MISMATCH active
 
     @property
     def client(self) -> BoardClient:
@@ -160,6 +181,10 @@ class Controller:
         self._allocate_pack_arrays()
         self._single_stack = len(self.stacks) == 1
         self._measurement_lost = False
+        self._boards_lost = False
+        # Set when a lost board ends the run (controller.on_board_lost: stop); run() raises
+        # SafetyDataLostError with it after the tick, close() records it in the summary.
+        self.stop_reason: str | None = None
         self._stack_v = self._bus_v = 0.0  # this tick's sums (_contactors -> _record)
         self.tick_index = 0
         self.time_s = 0.0
@@ -179,11 +204,16 @@ class Controller:
                        timeout_s: float, retries: int) -> StackRuntime:
         scaler = Scaler(board)
         validator = StackValidator(self.pack, k, board, self.table, scaler)
-        io = BoardIO(k, port, BoardClient(port, board, timeout_s=timeout_s, retries=retries),
+        # The client refuses a board that runs another clock (INFO SIM_CLOCK) at the handshake.
+        io = BoardIO(k, port, BoardClient(port, board, timeout_s=timeout_s, retries=retries,
+                                          clock=self.clock),
                      self.table, MeasurementLane(validator.wire_vals),
                      self.log.event if self.log else None)
+        io.reconnect = self.pack.controller.on_board_lost == "reconnect"
+        baseline = LoadCellBaseline(k, board.load_cells, LOAD_CELL_BASELINE_WINDOW_S,
+                                    self.pack.protections["load_cell_imbalance_kpa"].fault)
         return StackRuntime(index=k, config=stack, board=board, io=io, scaler=scaler,
-                            validator=validator, core=Core(self.pack, k))
+                            validator=validator, core=Core(self.pack, k), baseline=baseline)
 
     def _allocate_pack_arrays(self) -> None:
         """Pack-wide arrays (stacks concatenated in pack order), filled in place as each
@@ -213,14 +243,32 @@ class Controller:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Handshake with every board (version, board id, channel counts), open the outputs,
-        and pace the heartbeat by the shortest watchdog timeout the boards report."""
+        """Handshake with every board (version, clock, board id, channel counts), then, once
+        all have answered, read each board's status, beat and open its outputs (a watchdog
+        that tripped before this run is an event and is cleared here: BoardIO.arm), and pace
+        the heartbeat by the shortest watchdog timeout the boards report."""
         for s in self.stacks:
             s.io.open()
+        # A second pass: a board's handshake can take seconds (2.5 s on an Arduino port), so
+        # the first board's watchdog would trip while the last one is opened.
+        for s in self.stacks:
+            if s.io.arm(read_status=self.clock == "real") and self.log:
+                self.log.event({"type": "board", "event": "watchdog tripped before this run",
+                                "time_s": self.time_s, "stack": s.index, "port": s.io.port,
+                                "detail": "the board's own safe state (outputs open) held; "
+                                "cleared by the handshake's HEARTBEAT, not a fault of this run"})
         self._pace_heartbeat()
 
     def _pace_heartbeat(self) -> None:
         timeout_s = min(s.io.watchdog_timeout_s() for s in self.stacks)
+        # Beats go out at most once per tick: a timeout under two ticks cannot be fed (one
+        # late tick would trip it).
+        if timeout_s < 2.0 * self.tick_s:
+            s = min(self.stacks, key=lambda s: s.io.watchdog_timeout_s())
+            raise WatchdogTooShortError(
+                f"{s.io.port}: board {s.client.info.board_id!r} reports a watchdog timeout of "
+                f"{timeout_s * 1000:g} ms, shorter than two ticks of {self.tick_s:g} s "
+                f"(controller.tick_s in {self.pack.path}): the heartbeat cannot keep it fed")
         pack_s = self.pack.contactors.heartbeat_timeout_s if self.pack.contactors else None
         if pack_s is not None and abs(timeout_s - pack_s) > 1e-3 and self.log:
             self.log.event({"type": "board", "event": "watchdog differs from pack",
@@ -234,6 +282,7 @@ class Controller:
             self.save_state("stop")
             self._state_writer.close()
             self._state_results()
+            self._state_writer, self._next_state_save_s = None, math.inf  # closed: once
         for s in self.stacks:
             s.io.close()
         summary = self.summary()
@@ -293,7 +342,8 @@ class Controller:
         commands, in _command)."""
         sample_dt = self.tick_s if self.clock == "sim" else 0.0
         seqs = [s.io.take_prefetched_or_request(sample_dt, t) for s in self.stacks]
-        answers = [s.io.await_measurement(seq, t)
+        answers = [s.io.await_measurement(seq, t, *self._wait_bound(s, t,
+                                                                     BOARD_SAMPLE_WAIT_FRACTION))
                    for s, seq in zip(self.stacks, seqs, strict=True)]
         if self.pipeline:
             # All answers are in (usually they were waiting): the next SAMPLEs leave together,
@@ -306,6 +356,20 @@ class Controller:
             if m is not None:
                 self._receive(s, m, t, self.tick_s)
             s.io.collect_pending_ack(t)  # last tick's SET_OUTPUTS (pipelined, _command)
+
+    def _wait_bound(self, s: StackRuntime, t: float, fraction: float
+                    ) -> tuple[float | None, int | None]:
+        """(timeout, retries) of one wait on a board. Real clock: until ``fraction`` of this
+        tick's period, no retry (the next tick's request is the retry), so a silent board
+        never slows the tick rate. Sim clock (no tick rate to keep): the client's timeout,
+        and no retry for a board that missed its last answer, so a silent board costs one
+        timeout per tick, not the retries too."""
+        if self.clock == "real":
+            assert self._t0_wall is not None  # noqa: S101 (set by _now in the real clock)
+            end = self._t0_wall + t + fraction * self.tick_s
+            return min(s.client.timeout_s, max(end - time.monotonic(), 0.0)), 0
+        missed = s.measurements > 0 and t - s.last_valid_s > self.tick_s + TIME_EPS_S
+        return None, (0 if missed else None)
 
     def _check_freshness(self, t: float) -> tuple[bool, bool]:
         """2. Safety data present? Missing for longer than the timeout -> MEASUREMENT_LOST
@@ -326,7 +390,40 @@ class Controller:
             value = max(t - s.last_valid_s for s in self.stacks)
             self.table.raise_fault(FaultCode.MEASUREMENT_LOST, t, None,
                                    value if math.isfinite(value) else None)
+        if not valid or self._boards_lost:
+            self._check_lost(t)
         return valid, all_fresh
+
+    def _check_lost(self, t: float) -> None:
+        """A board whose port is gone, or that sent no fresh data for the pack's
+        ``controller.board_lost_after_s`` (counted from the run's start for one that never
+        answered), is lost: BOARD_LOST. With ``on_board_lost: stop`` the run ends after this
+        tick (its command is already all-open: the data was missing, SAFE), with
+        ``reconnect`` the pack stays in SAFE and BoardIO reopens the port."""
+        cfg = self.pack.controller
+        n_lost = 0
+        for s in self.stacks:
+            silent_s = t - max(s.last_valid_s, 0.0)
+            lost = s.io.lost or silent_s > cfg.board_lost_after_s + TIME_EPS_S
+            if lost and not s.board_lost:
+                why = (s.io.lost_reason if s.io.lost
+                       else f"no fresh data for {silent_s:.2f} s")
+                self.table.raise_fault(FaultCode.BOARD_LOST, t, None, silent_s, s.index)
+                if cfg.on_board_lost == "stop" and self.stop_reason is None:
+                    self.stop_reason = (
+                        f"board of stack {s.config.name} on {s.io.port} lost at t = {t:.1f} s "
+                        f"({why}): safety data lost, the run stops with the contactors "
+                        f"commanded open (pack {self.pack.name}: controller.on_board_lost: "
+                        "stop; 'reconnect' keeps it in SAFE and reopens the port)")
+                    if self.log:
+                        self.log.event({"type": "run", "event": "stopped: board lost",
+                                        "time_s": t, "stack": s.index, "port": s.io.port,
+                                        "reason": self.stop_reason})
+            elif s.board_lost and not lost:
+                self.table.clear_fault(FaultCode.BOARD_LOST, t, None, None, s.index)
+            s.board_lost = lost
+            n_lost += lost
+        self._boards_lost = n_lost > 0
 
     def _protect(self, t: float, current_a: float, charge_a: float, discharge_a: float
                  ) -> None:
@@ -397,7 +494,7 @@ class Controller:
                 # commands reach the plant at the same step either way.)
                 s.io.ack_seq = seq
             else:
-                s.io.collect_ack(seq, t)
+                s.io.collect_ack(seq, t, *self._wait_bound(s, t, BOARD_ACK_WAIT_FRACTION))
         if t >= self._next_heartbeat_s - TIME_EPS_S:
             self._next_heartbeat_s = t + self.heartbeat_period_s
             host_ms = int(t * 1000.0)
@@ -422,12 +519,40 @@ class Controller:
                 self.log.event(e)
             for e in events:
                 self.log.event(e)
+            arrays = (self._cell_v, self._soc, self._soc_sigma, self._leak_a, self._temps)
+            stack_v, bus_v = self._stack_v, self._bus_v
+            if any(s.data is None or s.data.time_s != t for s in self.stacks):
+                arrays, current_a = self._without_stale(t, arrays)
+                stack_v = bus_v = math.nan
             self.log.row_segments(self._row.fill(
-                t, int(c_out.state), current_a, self._stack_v, self._bus_v,
-                (self._cell_v, self._soc, self._soc_sigma, self._leak_a, self._temps),
+                t, int(c_out.state), current_a, stack_v, bus_v, arrays,
                 charge_a, discharge_a, int(c_out.outputs), bal.masks, n_active, duration), t)
         if self.monitor and self.monitor.poll_viewers():
             self.monitor.publish(self.snapshot())
+
+    def _without_stale(self, t: float, arrays: tuple[np.ndarray, ...]
+                       ) -> tuple[tuple[np.ndarray, ...], float]:
+        """The row's arrays with NaN for every stack that sent no fresh data this tick (the
+        last values are kept for control, never logged as this tick's measurement; the
+        events say why: MEASUREMENT_LATE, MEASUREMENT_LOST, BOARD_LOST, BOARD_DATA_STALE),
+        and the current over the fresh boards only. Only on such ticks: copies."""
+        out = tuple(np.array(a, dtype=float, copy=True) for a in arrays)
+        fresh_i = []
+        for s in self.stacks:
+            if s.data is not None and s.data.time_s == t:
+                if math.isfinite(s.data.current_a):
+                    fresh_i.append(s.data.current_a)
+                continue
+            for a in out[:4]:
+                a[s.cells] = np.nan
+            out[4][s.thermistors] = np.nan
+            self._row.set_stack(s.index, math.nan, self._row._no_pressure[s.index],
+                                math.nan, math.nan, math.nan)
+        fresh_i.sort()
+        mid = len(fresh_i) // 2
+        current = (math.nan if not fresh_i else fresh_i[mid] if len(fresh_i) % 2
+                   else 0.5 * (fresh_i[mid - 1] + fresh_i[mid]))
+        return out, current
 
     def snapshot(self) -> dict[str, Any]:
         """The last tick as a JSON-able dict (live view, monitor); built only when asked."""
@@ -464,6 +589,8 @@ class Controller:
                 self.tick()
                 if on_tick is not None:
                     on_tick(self)
+                if self.stop_reason is not None:
+                    raise SafetyDataLostError(self.stop_reason)
                 if self.clock == "real":
                     self._wait_for_deadline(collect=k % GC_EVERY_TICKS == GC_EVERY_TICKS - 1)
                 elif k % GC_EVERY_TICKS == GC_EVERY_TICKS - 1:
@@ -509,6 +636,13 @@ class Controller:
         for s, entry in zip(self.stacks, saved.stacks, strict=True):
             if entry is not None:
                 fresh += self._check_saved_stack(s, entry)
+                if entry.load_cell_shares is not None:
+                    assert s.baseline is not None  # noqa: S101 (made with the stack)
+                    try:
+                        s.baseline.restore(entry.load_cell_shares)
+                    except ValueError as exc:
+                        raise StateFileError(f"state file {saved.path}: stack "
+                                             f"{s.config.name}: {exc}") from None
         if saved.removed_partial and self.log:
             self.log.event({"type": "state_file", "event": "partial file removed", "time_s": 0.0,
                             "path": str(saved.path) + ".tmp"})
@@ -517,7 +651,10 @@ class Controller:
             self.log.event({"type": "state_file", "event": "restored", "time_s": 0.0,
                             "path": str(saved.path), "saved_unix_s": saved.saved_unix_s,
                             "saved_run_time_s": saved.run_time_s, "reason": saved.reason,
-                            "latched_faults": names, "started_fresh": sorted(set(fresh))})
+                            "latched_faults": names, "started_fresh": sorted(set(fresh)),
+                            "load_cell_baseline_restored": [
+                                s.index for s in self.stacks
+                                if s.baseline is not None and s.baseline.restored]})
 
     def _check_saved_stack(self, s: StackRuntime, entry: SavedStack) -> list[str]:
         """A saved estimator state must have each quantity of this core in its shape (another
@@ -572,7 +709,8 @@ class Controller:
         stacks: list[SavedStack | None] = []
         for s in self.stacks:
             if s.estimator_started:
-                stacks.append(SavedStack(s.config.name, now, s.core.state_dict()))
+                stacks.append(SavedStack(s.config.name, now, s.core.state_dict(),
+                                         s.baseline.shares if s.baseline else None))
             else:  # never measured this run: keep what was saved (loses nothing)
                 stacks.append(self._saved.stacks[s.index] if self._saved is not None else None)
         self._state_writer.submit(serialize_state(encode_state(
@@ -586,7 +724,8 @@ class Controller:
             self._state_results()
 
     def _state_results(self) -> None:
-        assert self._state_writer is not None
+        if self._state_writer is None:
+            return
         for error in self._state_writer.results():
             if error is None:
                 if self.state_error is not None and self.log:
@@ -606,15 +745,32 @@ class Controller:
                  dt_s: float) -> None:
         """Validate one board's MEASUREMENT (a message, or the values in its fast lane) and run
         its stack's core."""
+        timestamp_ms = (int(s.validator.wire_vals[0]) if isinstance(m, MeasurementLane)
+                        else m.timestamp_ms)
+        if not self._timestamp_moved(s, timestamp_ms, t):
+            return  # stale: the same sample again for too long, not used (BOARD_DATA_STALE)
         if isinstance(m, MeasurementLane):
             data = s.validator.check_wire(t)
         else:
             try:
                 data = s.validator.check_measurement(t, m, s.scaler.current_a(m),
                                                      s.scaler.bus_voltage_v(m))
-            except ValueError as exc:  # channel counts differ from the board profile
+            except ValueError as exc:  # channel counts differ from the INFO and the profile
+                # One fault that names it (the board is then lost: reconnecting finds the
+                # same board, and the record stays active, so no new event per attempt).
+                self.table.raise_fault(FaultCode.BOARD_MEASUREMENT_MISMATCH, t, None,
+                                       float(len(m.cell_raw)), s.index)
+                s.mismatch = True
+                if self.log:
+                    self.log.event({"type": "board", "event": "measurement mismatch",
+                                    "time_s": t, "stack": s.index, "port": s.io.port,
+                                    "detail": str(exc)})
                 s.io.mark_lost(exc, t)
                 return
+        if s.mismatch:  # a matching measurement again (the board was fixed or replaced)
+            s.mismatch = False
+            self.table.clear_fault(FaultCode.BOARD_MEASUREMENT_MISMATCH, t, None, None,
+                                   s.index)
         s.measurements += 1
         status = int(data.status)
         if s.client.take_reset() or (status & _ST_JUST_BOOTED and s.measurements > 1):
@@ -644,10 +800,31 @@ class Controller:
         o = s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v,
                                 data.temperature_c, data.pressure_kpa)
         s.data = data
-        s.last_valid_s = t
-        self._collect(s, data, o)
+        s.last_valid_s = s.ts_moved_s
+        self._collect(s, data, o, t)
 
-    def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any) -> None:
+    def _timestamp_moved(self, s: StackRuntime, timestamp_ms: int, t: float) -> bool:
+        """False when the board's timestamp has not moved for longer than the measurement
+        timeout: the board repeats an old sample (a sampling loop or firmware hang behind a
+        live UART), so the data is stale, not a measurement: BOARD_DATA_STALE, the sample
+        is dropped and the data counts as missing (MEASUREMENT_LOST, SAFE). A timestamp
+        that repeats for less (a real-clock board sampling slower than the tick, a retried
+        SAMPLE) is used; freshness (last_valid_s) counts from when it last moved."""
+        if timestamp_ms != s.last_ts_ms:
+            s.last_ts_ms, s.ts_moved_s = timestamp_ms, t
+            if s.stale:
+                s.stale = False
+                self.table.clear_fault(FaultCode.BOARD_DATA_STALE, t, None, None, s.index)
+            return True
+        frozen_s = t - s.ts_moved_s
+        if frozen_s > self.pack.controller.measurement_timeout_s + TIME_EPS_S:
+            if not s.stale:
+                s.stale = True
+                self.table.raise_fault(FaultCode.BOARD_DATA_STALE, t, None, frozen_s, s.index)
+            return False
+        return True
+
+    def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any, t: float) -> None:
         """Copy one stack's fresh data and estimates into the pack-wide arrays. With a single
         stack the pack-wide arrays *are* the validator's and the core's buffers (both are
         updated in place every tick): bound once, on the first data, never copied."""
@@ -673,7 +850,12 @@ class Controller:
         self._p_mean_kpa[k] = o.pressure_mean_kpa
         self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa
-        self._p_imbalance_kpa[k] = o.load_cell_imbalance_kpa
+        # The imbalance against the fixture's static one (the core's is the plain max - min).
+        assert s.baseline is not None  # noqa: S101 (made with the stack)
+        imbalance, event = s.baseline.imbalance_kpa(t, data.pressure_kpa)
+        self._p_imbalance_kpa[k] = imbalance
+        if event is not None and self.log:
+            self.log.event(event)
         if self.ccd is not None:
             s.ccd_pressure_kpa, s.ccd_temperature_c = stack_conditions(data.pressure_kpa,
                                                                        data.temperature_c)
@@ -770,8 +952,13 @@ class Controller:
             "missed_deadlines": self.stats.missed_deadlines,
             "tick_latency_ms": self.stats.percentiles_ms(),
             "faults": self.table.summary(),
-            "boards": [{"stack": s.index, "port": s.io.port, "lost": s.io.lost,
-                        "lost_reason": s.io.lost_reason, "measurements": s.measurements,
+            **({"stopped": self.stop_reason} if self.stop_reason else {}),
+            "boards": [{"stack": s.index, "port": s.io.port, "lost": s.io.lost or s.board_lost,
+                        "lost_reason": s.io.lost_reason or (
+                            "no fresh data" if s.board_lost else ""),
+                        "reconnects": s.io.reconnects,
+                        "watchdog_tripped_before_run": s.io.watchdog_tripped_before_run,
+                        "measurements": s.measurements,
                         "misses": s.io.misses, "link": s.io.counters(),
                         "validation": dict(s.validator.counts)} for s in self.stacks],
             **({"state_file": {"path": str(self.state_path), "saves": self.state_saves,

@@ -39,6 +39,10 @@ ST_FUSION_USED, ST_FUSION_GATED, ST_TEMP_FALLBACK = (
 MAX_HORIZONS = _L.SSB_MAX_HORIZONS
 TABLE_STRIDE = _L.SSB_TABLE_STRIDE
 WORK_ROWS = _L.SSB_WORK_ROWS
+#: rows of Core.imp (the impedance estimator's per-cell state, csrc/ssb_core.h SSB_IMP_*)
+IMP_P01, IMP_P11, IMP_V1OL, IMP_SOCOL, IMP_LPY, IMP_LPX0, IMP_LPX1, IMP_ROWS = (
+    _L.SSB_IMP_P01, _L.SSB_IMP_P11, _L.SSB_IMP_V1OL, _L.SSB_IMP_SOCOL, _L.SSB_IMP_LPY,
+    _L.SSB_IMP_LPX0, _L.SSB_IMP_LPX1, _L.SSB_IMP_ROWS)
 ERRORS = {getattr(_L, name): name for name in dir(_L) if name.startswith("SSB_ERR_")}
 
 
@@ -94,6 +98,13 @@ class CoreParams:
     soh_min_di_a: float
     soh_r0_p_max: float
     soh_cap_window: float
+    soh_hp_tau_s: float
+    soh_noise_v: float
+    soh_q_per_s: float
+    soh_scale_min: float
+    soh_scale_max: float
+    soh_soc_anchor_s: float
+    cap_fb_d_sigma: float
     pressure_fusion: int
     preload_kpa: float
     stiffness_kpa_per_um: float
@@ -288,6 +299,10 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         leak_v2_rel_sigma=tn.leak_v2_rel_sigma,
         soh_lambda=est.soh_forgetting, soh_min_di_a=tn.soh_min_di_a,
         soh_r0_p_max=tn.soh_r0_p_max, soh_cap_window=tn.soh_cap_window,
+        soh_hp_tau_s=tn.soh_hp_tau_s, soh_noise_v=tn.soh_noise_v, soh_q_per_s=tn.soh_q_per_s,
+        soh_scale_min=tn.soh_scale_min, soh_scale_max=tn.soh_scale_max,
+        soh_soc_anchor_s=tn.soh_soc_anchor_s,
+        cap_fb_d_sigma=tn.cap_fb_d_sigma,
         pressure_fusion=int(bool(fusion)), preload_kpa=fx.preload_kpa,
         stiffness_kpa_per_um=fx.stiffness_kpa_per_um, swell_um_full=cell.swelling_um_full,
         thermal_um_per_k=fx.thermal_um_per_k, fixture_t_ref_c=fx.reference_temperature_c,
@@ -359,15 +374,17 @@ _FLOAT_PARAMS = (
     "r_voltage_v2", "voltage_corr_s", "r_voltage_r0_rel", "current_noise_a", "gate_sigma",
     "leak_q_soc_per_s", "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
-    "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "preload_kpa",
+    "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "soh_hp_tau_s", "soh_noise_v",
+    "soh_q_per_s",
+    "soh_scale_min", "soh_scale_max", "soh_soc_anchor_s", "cap_fb_d_sigma", "preload_kpa",
     "stiffness_kpa_per_um", "swell_um_full", "thermal_um_per_k", "fixture_t_ref_c",
     "r_pressure_kpa2", "pressure_corr_s", "rate_tau_s", "cusum_k_kpa", "cusum_tau_s", "v_max",
     "v_min",
     "t_charge_min_c", "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a")
-_STATE_ARRAYS = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
-                 "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d", "leak_p", "v_prev",
-                 "work")
+_STATE_ARRAYS = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "rc_scale",
+                 "imp", "cap_ratio", "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d",
+                 "leak_p", "v_prev", "work")
 _STATE_SCALARS = ("i_prev", "window_as", "p_prev", "rate_f", "cusum_pos", "cusum_neg",
                   "have_prev", "have_pressure")
 _OUTPUT_ARRAYS = ("soc_sigma", "voltage_pred_v", "leak_sigma_a", "r0_ohm", "capacity_ah",
@@ -430,6 +447,8 @@ class Core:
         self.cell_temp_c = np.zeros(n)
         self.r0_scale = np.zeros(n)
         self.r0_p = np.zeros(n)
+        self.rc_scale = np.zeros(n)
+        self.imp = np.zeros((IMP_ROWS, n))
         self.cap_ratio = np.zeros(n)
         self.cap_p = np.zeros(n)
         self.soc_window0 = np.zeros(n)

@@ -86,6 +86,9 @@ class FaultCode(IntEnum):
     TIMESTAMP_GAP = 304
     BOARD_RESET = 305
     BOARD_WATCHDOG_TRIPPED = 306
+    BOARD_DATA_STALE = 307
+    BOARD_MEASUREMENT_MISMATCH = 308
+    BOARD_LOST = 309
     # 4xx: contactors.
     PRECHARGE_FAILURE = 401
     CONTACTOR_FEEDBACK_MISMATCH = 402
@@ -159,6 +162,15 @@ FAULT_INFO: dict[FaultCode, FaultInfo] = {
                   "open and latch: the board dropped its outputs"),
         FaultInfo(FaultCode.BOARD_WATCHDOG_TRIPPED, "board watchdog tripped", _F,
                   "open and latch: heartbeats did not reach the board"),
+        FaultInfo(FaultCode.BOARD_DATA_STALE, "board data stale (timestamp frozen)", _F,
+                  "open and latch: the board repeats an old sample (a sampling or firmware "
+                  "hang); its data is not used"),
+        FaultInfo(FaultCode.BOARD_MEASUREMENT_MISMATCH,
+                  "measurement does not match the board's INFO (channel counts)", _F,
+                  "open and latch; the board is lost (controller.on_board_lost)"),
+        FaultInfo(FaultCode.BOARD_LOST, "board lost (port gone or silent)", _W,
+                  "safe state (MEASUREMENT_LOST); the run stops (controller.on_board_lost: "
+                  "stop) or the port is reopened until the board is back (reconnect)"),
         FaultInfo(FaultCode.PRECHARGE_FAILURE, "precharge failed after all retries", _F,
                   "open and latch"),
         FaultInfo(FaultCode.CONTACTOR_FEEDBACK_MISMATCH,

@@ -570,3 +570,93 @@ def _derate(dynamic_limit_a: float, max_static_a: float) -> float:
     if dynamic_limit_a is None or not math.isfinite(dynamic_limit_a):
         return 0.0
     return min(max(max_static_a - dynamic_limit_a, 0.0), max_static_a)
+
+
+class LoadCellBaseline:
+    """The fixture's static load-cell imbalance, so LOAD_CELL_IMBALANCE watches its change.
+
+    A stack's end plate never loads its load cells equally: assembly tilt and the load cells'
+    gain spread give each a fixed share of the force (the emulator's ssb-23 stack reads 90 kPa
+    max - min at 1200 kPa, over the 80 kPa warning, on a healthy pack). Both scale with the
+    force, so the baseline is each load cell's share of the stack mean (``p_j / mean(p)``),
+    averaged over the first ``window_s`` in which every load cell of the stack is valid; from
+    then on the imbalance is max - min of ``p_j / share_j``. The additive part (offsets, a few
+    kPa) then moves the imbalance by its fraction of the pressure change: ~2 kPa for a 5 kPa
+    offset over the stack's 1130-1600 kPa swing. Before the baseline is set, and when it was
+    refused, the imbalance is the plain max - min.
+
+    A baseline whose own imbalance is at or above ``accept_below_kpa`` (the pack's fault
+    level) is refused (an event): a stack that already shows a fault-level imbalance is not
+    taken for its fixture's normal. Imbalance below it at start is taken as static: a contact
+    already partly lost when the run starts is not seen until it changes (docs/safety.md).
+    With a state file (``bms run --state``) the first baseline is kept there and restored by
+    later runs (:meth:`restore`): the first run on a known-good pack is its commissioning.
+    """
+
+    def __init__(self, stack: int, n_load: int, window_s: float, accept_below_kpa: float
+                 ) -> None:
+        self.stack = stack
+        self.window_s = window_s
+        self.accept_below_kpa = accept_below_kpa
+        self.shares: list[float] | None = None
+        self.refused = n_load < 2  # one load cell has no imbalance to correct
+        self._sum = [0.0] * n_load
+        self._count = 0
+        self._start_s = math.nan
+        self.restored = False
+
+    def restore(self, shares: list[float]) -> None:
+        """A baseline recorded earlier (the state file): used from the first sample, so this
+        run watches the change since that commissioning, not since its own start."""
+        if len(shares) != len(self._sum):
+            raise ValueError(f"{len(shares)} load-cell shares for a stack of "
+                             f"{len(self._sum)} load cells")
+        self.shares = [float(x) for x in shares]
+        self.refused = False
+        self.restored = True
+
+    def imbalance_kpa(self, time_s: float, pressure_kpa: np.ndarray
+                      ) -> tuple[float, dict | None]:
+        """This sample's imbalance (NaN: no valid load cell; 0 with one) and, when the baseline
+        was set or refused by this sample, its event."""
+        p = pressure_kpa.tolist()
+        valid = [x for x in p if x == x]
+        if not valid:
+            return math.nan, None
+        if len(valid) < 2:
+            return 0.0, None
+        event = None
+        shares = self.shares
+        if shares is None and not self.refused and len(valid) == len(p):
+            event = self._record(time_s, p)
+            shares = self.shares
+        if shares is None:
+            return max(valid) - min(valid), event
+        corrected = [x / s for x, s in zip(p, shares, strict=True) if x == x]
+        return max(corrected) - min(corrected), event
+
+    def _record(self, time_s: float, p: list[float]) -> dict | None:
+        mean = sum(p) / len(p)
+        if not mean > 0.0:
+            return None
+        if self._count == 0:
+            self._start_s = time_s
+        for j, x in enumerate(p):
+            self._sum[j] += x / mean
+        self._count += 1
+        if time_s - self._start_s < self.window_s - TIME_EPS_S:
+            return None
+        shares = [v / self._count for v in self._sum]
+        raw_kpa = (max(shares) - min(shares)) * mean
+        event = {"type": "load_cell_baseline", "time_s": time_s, "stack": self.stack,
+                 "shares": [round(s, 5) for s in shares], "static_imbalance_kpa": raw_kpa,
+                 "samples": self._count}
+        if raw_kpa >= self.accept_below_kpa:
+            self.refused = True
+            event["event"] = "refused"
+            event["reason"] = (f"static imbalance {raw_kpa:.1f} kPa is at or above the fault "
+                               f"level {self.accept_below_kpa:g} kPa: not a fixture's normal")
+        else:
+            self.shares = shares
+            event["event"] = "set"
+        return event

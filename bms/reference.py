@@ -17,6 +17,14 @@ from bms.core import (
     CELL_OK,
     CELL_REJECTED_NAN,
     GRID_COLUMNS,
+    IMP_LPX0,
+    IMP_LPX1,
+    IMP_LPY,
+    IMP_P01,
+    IMP_P11,
+    IMP_ROWS,
+    IMP_SOCOL,
+    IMP_V1OL,
     OUT_CUSUM,
     OUT_EXPECTED,
     OUT_IMBALANCE,
@@ -58,6 +66,13 @@ def ct_limit(x_lin: np.ndarray, a: np.ndarray, r: np.ndarray, k: np.ndarray, c: 
         fp = r + k * c / np.sqrt(1.0 + cx * cx)
         x = np.where(go, x - f / fp, x)
     return x
+
+
+def d_feedback(p: CoreParams, d: np.ndarray, pdd: np.ndarray) -> np.ndarray:
+    """The capacity mismatch the EKF predicts with: the leak filter's d once its variance is
+    below cap_fb_d_sigma^2 (else 0), clamped to +-3 prior sigmas (ssb_core.c d_feedback)."""
+    dmax = 3.0 * p.leak_d_sigma0
+    return np.where(pdd < p.cap_fb_d_sigma * p.cap_fb_d_sigma, np.clip(d, -dmax, dmax), 0.0)
 
 
 class ReferenceCore:
@@ -162,6 +177,9 @@ class ReferenceCore:
         self.cell_temp_c = np.asarray(t_init, dtype=float).copy()
         self.r0_scale = np.ones(n)
         self.r0_p = np.full(n, p.soh_r0_p_max)
+        self.rc_scale = np.ones(n)
+        self.imp = np.zeros((IMP_ROWS, n))
+        self.imp[IMP_P11] = p.soh_r0_p_max
         self.cap_ratio = np.ones(n)
         self.cap_p = np.full(n, 0.01)
         self.soc_window0 = soc.copy()
@@ -207,7 +225,10 @@ class ReferenceCore:
             self.voltage_pred_v = np.full(p.n_cells, np.nan)
             return ST_CURRENT_INVALID
         eta = p.coulombic_eff if current_a > 0.0 else 1.0
-        soc_pred = self.soc + eta * current_a * dt_s / p.capacity_as
+        # the cell's own capacity: Q cap_ratio / (1 + d), d fed back from the leak filter
+        dfb = d_feedback(p, self.leak_d, self.leak_p[5])
+        dsoc_nom = eta * current_a * dt_s / p.capacity_as
+        soc_pred = self.soc + dsoc_nom * (1.0 + dfb) / self.cap_ratio
         w = self.lookup(soc_pred, self.cell_temp_c)
         # R0 of this current's direction (charge: current > 0)
         w["r0"] = w["r0_charge_ohm"] if current_a > 0.0 else w["r0_discharge_ohm"]
@@ -219,11 +240,12 @@ class ReferenceCore:
         # predict: exact discretisation of dV/dt = -V / tau + I / C for both RC branches
         a1 = np.exp(-dt_s / w["tau1_s"])
         a2 = np.exp(-dt_s / w["tau2_s"])
-        v1 = a1 * self.v1 + w["r1_ohm"] * (1.0 - a1) * current_a
-        v2 = a2 * self.v2 + use2 * w["r2_ohm"] * (1.0 - a2) * current_a
+        w["a1"], w["a2"] = a1, a2
+        # R1 and R2 with the cell's own scale (the impedance estimator in soh)
+        v1 = a1 * self.v1 + self.rc_scale * w["r1_ohm"] * (1.0 - a1) * current_a
+        v2 = a2 * self.v2 + use2 * self.rc_scale * w["r2_ohm"] * (1.0 - a2) * current_a
         # one-state hysteresis (Plett 2004): h moves towards sgn(I) with the SOC throughput
-        dsoc = eta * current_a * dt_s / p.capacity_as
-        a_h = math.exp(-p.hyst_rate * abs(dsoc))
+        a_h = math.exp(-p.hyst_rate * abs(dsoc_nom))
         self.hyst = a_h * self.hyst + (1.0 - a_h) * float(np.sign(current_a))
         q_i = p.current_noise_a * eta * dt_s / p.capacity_as
         q_soc = p.q_soc_per_s * dt_s + q_i * q_i
@@ -278,22 +300,72 @@ class ReferenceCore:
     # ------------------------------------------------------------------ SOH
 
     def soh(self, v_meas: np.ndarray, dt_s: float, current_a: float, r_contact: float) -> None:
+        """Impedance scales theta0 (R0 + contact) and theta_rc (R1, R2) by a two-parameter RLS
+        with forgetting on high-passed signals: y = v - OCV(SOCol) - M h - eta (the
+        charge-transfer overpotential of the table at this current, not scaled) against
+        x0 = (R0 + Rc) I and x1 = V1ol, the fast RC voltage of the nominal table driven by the
+        current alone (open loop); SOCol is counted from the current and follows the EKF's SOC
+        with soh_soc_anchor_s (its fast corrections would pass the high-pass). Updates only
+        with excitation (|x0h| >= soh_min_di_a (R0 + Rc)). High-pass = signal minus its
+        low-pass (soh_hp_tau_s): the
+        slow part (slow branch, SOC error through the OCV, unmodelled hysteresis) drops out;
+        the slow branch, which ramps under a constant current, is not a regressor (ssb_core.c
+        says why) and takes theta_rc. After a reset or gap (have_prev False) the filters
+        restart from the present values and the open-loop voltage from the EKF's. Then the
+        capacity ratio."""
         p, w = self.prm, self._w
         v_meas = np.asarray(v_meas, dtype=float)
-        di = current_a - self.i_prev
-        lam = p.soh_lambda
-        if self.have_prev and math.isfinite(di) and abs(di) >= p.soh_min_di_a:
-            # R0 multiplier theta: dv = theta R0_table dI at a current step
-            x = di * (w["r0"] + r_contact)
-            # the charge-transfer overpotential's step is the model's, not R0's
-            deta = w["eta"] - ct_overpotential(w["ct_inv_2i0_per_a"], self.i_prev,
-                                               self.cell_temp_c)
-            y = v_meas - self.v_prev - deta
-            ok = np.isfinite(y)
-            g = np.where(ok, self.r0_p * x / (lam + x * self.r0_p * x), 0.0)
-            self.r0_scale = self.r0_scale + g * (np.where(ok, y, 0.0) - self.r0_scale * x)
-            pn = np.where(ok, (self.r0_p - g * x * self.r0_p) / lam, self.r0_p)
-            self.r0_p = np.minimum(pn, p.soh_r0_p_max)
+        lam, pmax = p.soh_lambda, p.soh_r0_p_max
+        # correlated model error, as the EKF's R; the scales walk randomly (soh_q_per_s)
+        rn = p.soh_noise_v * p.soh_noise_v * max(1.0, p.voltage_corr_s / dt_s)
+        qd = p.soh_q_per_s * dt_s
+        al = dt_s / (p.soh_hp_tau_s + dt_s)
+        anchor = not self.have_prev
+        imp = self.imp
+        fin = np.isfinite(v_meas)
+        if anchor:
+            socol = self.soc.copy()
+        else:
+            eta = p.coulombic_eff if current_a > 0.0 else 1.0
+            dfb = d_feedback(p, self.leak_d, self.leak_p[5])
+            aa = dt_s / (p.soh_soc_anchor_s + dt_s)
+            socol = imp[IMP_SOCOL] + eta * current_a * dt_s / p.capacity_as * (
+                1.0 + dfb) / self.cap_ratio + aa * (self.soc - imp[IMP_SOCOL])
+        ocv = self.lookup(socol, self.cell_temp_c)["ocv_v"]
+        # the charge-transfer overpotential is the table's, not scaled: out of y before the fit
+        y = np.where(fin, v_meas - ocv - w["hysteresis_v"] * self.hyst - w["eta"], 0.0)
+        x0 = (w["r0"] + r_contact) * current_a
+        if anchor:
+            x1 = self.v1 / self.rc_scale
+            ly, lx0, lx1 = y, x0, x1
+        else:
+            x1 = w["a1"] * imp[IMP_V1OL] + w["r1_ohm"] * (1.0 - w["a1"]) * current_a
+            ly, lx0, lx1 = imp[IMP_LPY], imp[IMP_LPX0], imp[IMP_LPX1]
+        yh, x0h, x1h = y - ly, x0 - lx0, x1 - lx1
+        # only with excitation: the current away from its low-pass by soh_min_di_a
+        excited = np.abs(x0h) >= p.soh_min_di_a * (w["r0"] + r_contact)
+        ok = (self.status == CELL_OK) & excited & (not anchor)
+        a00, a01, a11 = self.r0_p, imp[IMP_P01], imp[IMP_P11]
+        g0 = a00 * x0h + a01 * x1h
+        g1 = a01 * x0h + a11 * x1h
+        wgt = np.where(ok, 1.0, 0.0) / (rn + x0h * g0 + x1h * g1)
+        err = yh - self.r0_scale * x0h - self.rc_scale * x1h
+        self.r0_scale = np.clip(self.r0_scale + g0 * wgt * err, p.soh_scale_min,
+                                p.soh_scale_max)
+        self.rc_scale = np.clip(self.rc_scale + g1 * wgt * err, p.soh_scale_min,
+                                p.soh_scale_max)
+        n00 = np.minimum(a00 - g0 * g0 * wgt + qd, pmax)
+        n11 = np.minimum(a11 - g1 * g1 * wgt + qd, pmax)
+        lim = np.sqrt(n00 * n11)
+        n01 = np.clip(a01 - g0 * g1 * wgt, -lim, lim)
+        self.imp = np.array(imp)
+        self.r0_p = n00
+        self.imp[IMP_P01], self.imp[IMP_P11] = n01, n11
+        self.imp[IMP_LPY] = ly + np.where(fin, 1.0, 0.0) * al * (y - ly)
+        self.imp[IMP_LPX0] = lx0 + al * (x0 - lx0)
+        self.imp[IMP_LPX1] = lx1 + al * (x1 - lx1)
+        self.imp[IMP_V1OL] = x1
+        self.imp[IMP_SOCOL] = socol
         self.v_prev = v_meas.copy()
         self.r0_ohm = self.r0_scale * (w["r0"] + r_contact)
         self.i_prev = current_a
@@ -303,27 +375,34 @@ class ReferenceCore:
         self.window_as += eta * current_a * dt_s
         y = self.window_as / p.capacity_as
         if abs(y) >= p.soh_cap_window:
-            x = self.soc - self.soc_window0
+            # the cell's part of the capacity (d, relative to the stack) is the EKF's; the ratio
+            # is the rest
+            x = (self.soc - self.soc_window0) / (
+                1.0 + d_feedback(p, self.leak_d, self.leak_p[5]))
             ok = np.abs(x - y) < 0.5 * abs(y)
             g = np.where(ok, self.cap_p * x / (lam + x * self.cap_p * x), 0.0)
             self.cap_ratio = self.cap_ratio + g * (y - self.cap_ratio * x)
             self.cap_p = np.where(ok, (self.cap_p - g * x * self.cap_p) / lam, self.cap_p)
             self.soc_window0 = self.soc.copy()
             self.window_as = 0.0
-        self.capacity_ah = self.cap_ratio * (p.capacity_as / 3600.0)
 
     # ------------------------------------------------------------------ leak
 
-    def leak(self, dt_s: float, current_a: float) -> None:
+    def leak(self, v_meas: np.ndarray, dt_s: float, current_a: float) -> None:
         """Per cell, x = [e, I_leak, d]: e = SOC - median SOC of the stack,
         de/dt = (-I_leak + I d) / Q, where d = Q/Q_i - 1 is the cell's capacity mismatch.
         A leak drains at any current; a small cell drifts in proportion to the current, so
         the two separate whenever the current varies, and under a constant current the
         leak's sigma stays large instead of a mismatch being called a leak. e is observed
         from the EKF SOCs; common-mode errors (current offset, hysteresis, temperature)
-        cancel in e."""
-        p = self.prm
-        med = float(np.median(self.soc))
+        cancel in e. e is measured from the SOC the voltage alone gives (predicted SOC +
+        innovation / dOCV/dSOC), not the EKF's posterior, which lags a cell whose capacity it
+        does not know yet (the lag, released at rest, looked like a leak; ssb_core.c)."""
+        p, w = self.prm, self._w
+        v_meas = np.asarray(v_meas, dtype=float)
+        nu_v = np.where(np.isfinite(v_meas), v_meas - self.voltage_pred_v, 0.0)
+        raw = w["soc_pred"] + nu_v / np.where(w["docv"] > 1e-3, w["docv"], 1e-3)
+        med = float(np.median(raw))
         b = dt_s / p.capacity_as
         c = b * current_a
         pee0, pel0, ped0, pll0, pld0, pdd0 = self.leak_p
@@ -336,11 +415,12 @@ class ReferenceCore:
         pld = pld0
         pdd = pdd0 + p.leak_q_d_per_s * dt_s
         # Slow polarisation the model gets wrong per cell moves e like a leak: count it as
-        # measurement noise, (k V2 / dOCV/dSOC)^2.
+        # measurement noise, (k V2 / dOCV/dSOC)^2; and the voltage's SOC is as uncertain as
+        # one voltage sample over the slope, sigma_v^2 / (dOCV/dSOC)^2.
         slope = np.maximum(self._w["docv"], 1e-3)
-        r_v2 = p.leak_v2_rel_sigma ** 2 * self.v2 ** 2 / slope ** 2
+        r_v2 = (p.leak_v2_rel_sigma ** 2 * self.v2 ** 2 + p.r_voltage_v2) / slope ** 2
         gain = np.where(self.status == CELL_OK, 1.0 / (pee + p.leak_r_soc2 + r_v2), 0.0)
-        nu = self.soc - med - e
+        nu = raw - med - e
         self.leak_e = e + pee * gain * nu
         self.leak_a = self.leak_a + pel * gain * nu
         self.leak_d = self.leak_d + ped * gain * nu
@@ -350,6 +430,9 @@ class ReferenceCore:
         self.leak_sigma_a = np.sqrt(self.leak_p[3])
         self.leak_flag = ((self.leak_a - 3.0 * self.leak_sigma_a) > p.leak_alarm_a).astype(
             np.int32)
+        # the capacity the EKF predicts with from the next tick on
+        self.capacity_ah = p.capacity_as / 3600.0 * self.cap_ratio / (
+            1.0 + d_feedback(p, self.leak_d, self.leak_p[5]))
 
     # ------------------------------------------------------------------ pressure
 
@@ -421,8 +504,8 @@ class ReferenceCore:
             # posterior OCV (linearised from the predicted SOC), hysteresis held over h
             ocv = w["ocv_v"] + d * (self.soc - w["soc_pred"]) + w["hysteresis_v"] * self.hyst
             v0 = ocv + self.v1 * e1 + self.v2 * e2
-            rc = w["r1_ohm"] * (1.0 - e1) + use2 * w["r2_ohm"] * (1.0 - e2) + \
-                d * h / p.capacity_as
+            rc = self.rc_scale * (w["r1_ohm"] * (1.0 - e1) + use2 * w["r2_ohm"] * (1.0 - e2)) \
+                + d * h / p.capacity_as
             reff_c = self.r0_scale * (w["r0_charge_ohm"] + r_contact) + rc
             reff_d = self.r0_scale * (w["r0_discharge_ohm"] + r_contact) + rc
             c = w["ct_inv_2i0_per_a"]
@@ -462,10 +545,11 @@ class ReferenceCore:
         flags |= self.pressure(p_kpa, dt_s, ekf_ran)
         if ekf_ran:
             self.soh(v, dt_s, current_a, r_contact)
-            self.leak(dt_s, current_a)
+            self.leak(v, dt_s, current_a)
             self.power_limits(r_contact)
         else:
-            self.capacity_ah = self.cap_ratio * (p.capacity_as / 3600.0)
+            self.capacity_ah = p.capacity_as / 3600.0 * self.cap_ratio / (
+                1.0 + d_feedback(p, self.leak_d, self.leak_p[5]))
             self.r0_ohm = np.full(p.n_cells, np.nan)
             self.voltage_pred_v = np.full(p.n_cells, np.nan)
             self.leak_sigma_a = np.sqrt(self.leak_p[3])

@@ -10,6 +10,20 @@ dropped and counted; the first failure and a later recovery are reported as even
 events file can still be written) and in the summary. A partial write is truncated back to the
 last complete line so that later rows are not glued to a fragment.
 
+Ownership: a run owns its folder while it writes it: ``bms.lock`` in the folder holds an
+exclusive ``flock`` and the owner's pid (the kernel releases it when the process ends, even by
+SIGKILL), so a second run into the same folder is refused naming the first one's pid instead
+of interleaving rows in one ticks.csv. Claims in one process are counted (``bms run`` claims
+the folder before it starts emulators; the controller's RunLog claims it again).
+
+summary.json is written atomically (temp file, fsync, rename) whenever :meth:`RunLog.
+submit_summary` is called (``bms run``: every minute of run time; from a thread, so the tick
+never waits on fsync) and at close, so a run killed
+or stopped by a full disk keeps its last summary. A failed write removes its temp file (no
+0-byte leftover); the final one, on ENOSPC, frees ``summary.reserve`` (space set aside at open,
+after ticks.csv and events.jsonl are closed) and tries again once, so the final summary reaches
+a disk that filled up during the run.
+
 Column naming (units in the names): see :func:`standard_columns`. The column set is fixed when
 the log is opened; rows are sequences in that order or mappings by name.
 """
@@ -17,9 +31,11 @@ the log is opened; rows are sequences in that order or mappings by name.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from operator import is_not
 from pathlib import Path
@@ -30,6 +46,66 @@ import numpy as np
 TICKS = "ticks.csv"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
+LOCK = "bms.lock"
+RESERVE = "summary.reserve"
+#: Space set aside for the final summary.json (a 4-stack run's summary with a few hundred
+#: fault records is ~100 KiB; assumption, measured on ssb-4x23 runs with faults injected).
+RESERVE_BYTES = 256 * 1024
+
+
+class LogDirInUseError(RuntimeError):
+    """Another live process owns the log folder (its pid read from the lock file)."""
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        self.directory, self.pid = directory, pid
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"log folder {directory} is in use by {who} (a run writing it)")
+
+
+# Folder (resolved) -> [lock fd, claims] for the folders this process owns.
+_claims: dict[Path, list[int]] = {}
+
+
+def claim_log_dir(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and own it (see the module doc); LogDirInUseError when a live
+    process owns it, OSError when it cannot be created or locked. Returns the folder."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    key = d.resolve()
+    held = _claims.get(key)
+    if held is not None:
+        held[1] += 1
+        return d
+    # Not inherited by child processes (Python's default): an emulator must not hold it.
+    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        raise LogDirInUseError(d, int(text) if text.isdigit() else None) from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _claims[key] = [fd, 1]
+    return d
+
+
+def release_log_dir(directory: str | Path) -> None:
+    """Drop one claim of :func:`claim_log_dir`; the last one unlocks (the file stays: removing
+    it could let two later runs lock two different files of one name)."""
+    key = Path(directory).resolve()
+    held = _claims.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _claims[key]
+        os.close(held[0])  # closing the last descriptor releases the flock
 
 
 def standard_columns(
@@ -353,8 +429,30 @@ class RunLog:
             raise ValueError("duplicate column names")
         self._index = {c: i for i, c in enumerate(self.columns)}
         self._time_col = self._index.get("time_s")
-        self.ticks = _Sink(self.dir / TICKS)
-        self.events = _Sink(self.dir / EVENTS)
+        claim_log_dir(self.dir)
+        try:
+            self.ticks = _Sink(self.dir / TICKS)
+            self.events = _Sink(self.dir / EVENTS)
+        except OSError:
+            release_log_dir(self.dir)
+            raise
+        self._notes: dict[str, Any] = {}
+        self._summary_lock = threading.Lock()
+        self._summary_wake = threading.Event()
+        self._summary_pending: bytes | None = None
+        self._summary_thread: threading.Thread | None = None
+        self._summary_stop = False
+        self.summaries_written = 0
+        self.summary_error: str | None = None
+        self._reserve = self.dir / RESERVE
+        try:  # best effort: a disk already full at start has no space to set aside
+            with open(self._reserve, "wb") as fh:
+                os.posix_fallocate(fh.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            try:
+                self._reserve.unlink()
+            except OSError:
+                pass
         self.rows = 0
         self.first_time_s: float | None = None
         self.last_time_s: float | None = None
@@ -442,6 +540,10 @@ class RunLog:
             self.event({"type": "log", "event": "rows_recovered", "time_s": t,
                         "dropped_rows": self.ticks.dropped})
 
+    def note(self, key: str, value: Any) -> None:
+        """Keep ``key: value`` in every summary written from now on (e.g. why the run ended)."""
+        self._notes[key] = value
+
     def summary(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
@@ -453,33 +555,106 @@ class RunLog:
             "events_error": self.events.last_error,
             "first_time_s": self.first_time_s,
             "last_time_s": self.last_time_s,
+            **self._notes,
         }
 
-    def close(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write summary.json (atomically: temp file + rename) and close. Returns the summary;
-        ``summary_written`` says whether it reached the disk."""
-        if self._closed:
-            return self.summary()
-        self._closed = True
-        summary = {**self.summary(), **(_json_safe(dict(extra)) if extra else {})}
-        self.ticks.close()
-        self.events.close()
+    def write_summary(self, extra: Mapping[str, Any] | None = None, final: bool = False
+                      ) -> dict[str, Any]:
+        """Write summary.json now (atomically: temp file, fsync, rename); never raises.
+        ``final``: the run's last summary (at close). Returns the summary with
+        ``summary_written`` (and ``summary_error`` when it failed)."""
+        summary = {**self.summary(), **(_json_safe(dict(extra)) if extra else {}),
+                   "final": final}
+        text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
+        error = self._write_atomic(text.encode())
+        if final and error is not None and error.startswith("ENOSPC") and self._reserve.exists():
+            # The disk filled during the run: the space set aside at open is for the final
+            # summary (only then: rows written after a periodic one would eat it again).
+            try:
+                self._reserve.unlink()
+            except OSError:
+                pass
+            error = self._write_atomic(text.encode())
+        summary["summary_written"] = error is None
+        if error is None:
+            self.summaries_written += 1
+        else:
+            summary["summary_error"] = error
+        self.summary_error = error
+        return summary
+
+    def submit_summary(self, extra: Mapping[str, Any] | None = None) -> None:
+        """Write summary.json from a background thread (the tick never waits on fsync: up to
+        8 ms here, more on a busy disk). The summary is taken now; a newer one replaces one
+        not yet written. :meth:`close` waits for it before the final summary."""
+        summary = {**self.summary(), **(_json_safe(dict(extra)) if extra else {}),
+                   "final": False}
+        data = (json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n").encode()
+        with self._summary_lock:
+            self._summary_pending = data
+            if self._summary_thread is None:
+                self._summary_thread = threading.Thread(
+                    target=self._summary_writer, daemon=True, name="runlog-summary")
+                self._summary_thread.start()
+        self._summary_wake.set()
+
+    def _summary_writer(self) -> None:
+        while True:
+            self._summary_wake.wait()
+            with self._summary_lock:
+                self._summary_wake.clear()
+                data, self._summary_pending = self._summary_pending, None
+                stop = self._summary_stop
+            if data is not None:
+                error = self._write_atomic(data)
+                self.summary_error = error
+                self.summaries_written += error is None
+            if stop:
+                return
+
+    def _stop_summary_writer(self) -> None:
+        with self._summary_lock:
+            thread, self._summary_stop = self._summary_thread, True
+        if thread is not None:
+            self._summary_wake.set()
+            thread.join(timeout=30.0)
+
+    def _write_atomic(self, data: bytes) -> str | None:
+        """summary.json through a temp file; None, or the error (the temp file removed)."""
         tmp = self.dir / (SUMMARY + ".tmp")
         try:
-            text = json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                data = text.encode()
                 while data:
                     data = data[os.write(fd, data):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.dir / SUMMARY)
-            summary["summary_written"] = True
+            return None
         except OSError as exc:
-            summary["summary_written"] = False
-            summary["summary_error"] = str(exc)
+            try:
+                if not tmp.is_dir():
+                    tmp.unlink()  # never leave a partial (or 0-byte) temp file behind
+            except OSError:
+                pass
+            return f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror}"
+
+    def close(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write the final summary.json and close; release the folder. Returns the summary;
+        ``summary_written`` says whether it reached the disk."""
+        if self._closed:
+            return self.summary()
+        self._closed = True
+        self._stop_summary_writer()  # a periodic summary still being written goes first
+        self.ticks.close()
+        self.events.close()
+        summary = self.write_summary(extra, final=True)
+        try:
+            self._reserve.unlink()
+        except OSError:
+            pass
+        release_log_dir(self.dir)
         return summary
 
     def __enter__(self) -> RunLog:

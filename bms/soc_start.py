@@ -136,13 +136,23 @@ class Start:
         t0, t1 = t[p.temp_idx0], t[p.temp_idx1]
         return t0 + p.temp_w * (t1 - t0), True
 
-    def invert_ocv(self, voltage_v: np.ndarray, temp_c: np.ndarray) -> np.ndarray:
-        """SOC whose OCV at ``temp_c`` is ``voltage_v`` (bisection on [0, 1] as the C core's
-        ssb_state_init: the OCV rises strictly with SOC); NaN where the voltage is NaN."""
+    def invert_ocv(self, voltage_v: np.ndarray, temp_c: np.ndarray, current_a: float = 0.0,
+                   r_extra_ohm: float = 0.0) -> np.ndarray:
+        """SOC whose OCV at ``temp_c`` plus the ohmic drop (R0(SOC, T) of the current's
+        direction + ``r_extra_ohm``) x ``current_a`` and the charge-transfer overpotential
+        eta(SOC, T, current_a) (0 without one) is ``voltage_v``: bisection on [0, 1] as the C
+        core's ssb_state_init (OCV + R0 I + eta rises with SOC: dOCV/dSOC dwarfs the SOC
+        dependence of the drop on any table the OCV inversion is meaningful for); NaN where
+        the voltage is NaN."""
+        key = "r0_charge_ohm" if current_a > 0.0 else "r0_discharge_ohm"
         lo, hi = np.zeros(len(voltage_v)), np.ones(len(voltage_v))
         for _ in range(60):
             mid = 0.5 * (lo + hi)
-            below = self._look(mid, temp_c)["ocv_v"] < voltage_v
+            look = self._look(mid, temp_c)
+            model_v = look["ocv_v"] if current_a == 0.0 else \
+                look["ocv_v"] + (look[key] + r_extra_ohm) * current_a + ct_overpotential(
+                    look["ct_inv_2i0_per_a"], current_a, temp_c)
+            below = model_v < voltage_v
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
         return np.where(np.isfinite(voltage_v), 0.5 * (lo + hi), np.nan)
@@ -230,18 +240,15 @@ class Start:
             pm = np.where(finite, rest, pm)
         else:
             how = "ocv_under_load"
-            # v = OCV + V1 + V2 + R0 I: remove the ohmic drop (R0 of this current's direction
-            # at the SOC the raw voltage gives, then at the corrected one: three passes reach
-            # the fixed point within 1e-7 of SOC on ssb-23) + contact.
+            # v = OCV + V1 + V2 + (R0 + R_contact) I + eta(I): the SOC whose OCV plus the
+            # ohmic drop (R0 of this current's direction at that SOC and temperature) and the
+            # charge-transfer overpotential is the voltage.
             r_c = self.contact_resistance_ohm(pressure_kpa)
+            soc = self.invert_ocv(v, temp_c, current_a, r_c)
             key = "r0_charge_ohm" if current_a > 0.0 else "r0_discharge_ohm"
-            for _ in range(3):
-                look = self._look(np.where(finite, soc, 0.5), temp_c)
-                r0 = look[key] + r_c
-                # and the charge-transfer overpotential where the model has one
-                drop = r0 * current_a + ct_overpotential(look["ct_inv_2i0_per_a"], current_a,
-                                                         temp_c)
-                soc = self.invert_ocv(v - drop, temp_c)
+            look = self._look(np.where(finite, soc, 0.5), temp_c)
+            drop = (look[key] + r_c) * current_a + ct_overpotential(
+                look["ct_inv_2i0_per_a"], current_a, temp_c)
             extra["r0_drop_v_mean"] = float(np.mean(drop))
         soc = np.where(finite, soc, 0.5)
         st["soc"][...] = soc

@@ -47,11 +47,14 @@ class StateFileError(ValueError):
 
 @dataclass
 class SavedStack:
-    """One stack's estimator state and the wall-clock time (Unix s) it is of."""
+    """One stack's estimator state and the wall-clock time (Unix s) it is of; the fixture's
+    load-cell baseline (each load cell's share of the stack mean, bms/protections.py
+    LoadCellBaseline) once one was recorded (None: not yet, or a file from before it)."""
 
     name: str
     state_unix_s: float
     estimator: dict[str, Any]
+    load_cell_shares: list[float] | None = None
 
 
 @dataclass
@@ -133,7 +136,10 @@ def encode(pack: PackConfig, stacks: list[SavedStack | None], latched_faults: li
         "run_time_s": _plain(run_time_s), "reason": reason,
         "stacks": [None if s is None else {
             "name": s.name, "state_unix_s": s.state_unix_s,
-            "estimator": {k: _plain(v) for k, v in s.estimator.items()}} for s in stacks],
+            "estimator": {k: _plain(v) for k, v in s.estimator.items()},
+            **({} if s.load_cell_shares is None
+               else {"load_cell_shares": [float(x) for x in s.load_cell_shares]})}
+            for s in stacks],
         "latched_faults": latched_faults,
     }
     doc["sha256"] = _digest(doc)
@@ -306,7 +312,13 @@ def _decode(path: Path, doc: dict[str, Any], removed: bool) -> SavedState:
             continue
         est = {k: (_array(k, v) if isinstance(v, list) else _scalar(v))
                for k, v in entry["estimator"].items()}
-        stacks.append(SavedStack(str(entry["name"]), float(entry["state_unix_s"]), est))
+        shares = entry.get("load_cell_shares")
+        if shares is not None:
+            shares = [float(x) for x in shares]
+            if not all(math.isfinite(x) and x > 0.0 for x in shares):
+                raise ValueError(f"load_cell_shares {shares} are not positive numbers")
+        stacks.append(SavedStack(str(entry["name"]), float(entry["state_unix_s"]), est,
+                                 shares))
     faults = doc["latched_faults"]
     if not isinstance(faults, list) or not all(isinstance(f, dict) for f in faults):
         raise TypeError("latched_faults is not a list of records")

@@ -82,9 +82,35 @@ class Tuning:
     # estimator has one R2/R1 and tau2/tau1 for all cells): inflates the leak filter's noise
     # while the slow branch is polarised (docs/estimation.md).
     leak_v2_rel_sigma: float = 0.3
+    # Per-cell impedance scales (theta0 on R0 + contact, theta_rc on R1/R2) by RLS on
+    # high-passed signals, fed back into the EKF (docs/estimation.md, "SOH"). Variance ceiling
+    # 0.01: prior sigma 10 % (a cell's resistances spread a few % in one lot, contact more;
+    # assumption). High-pass 60 s: longer than the drive cycle's current changes, shorter than
+    # the minutes over which an SOC error moves (assumption). Model error of the high-passed
+    # voltage 5 mV, correlated over voltage_corr_s as the EKF's (a fitted model's voltage error
+    # is of that order: bms fit's core RMSE 4.2-6.7 mV on PyBaMM HPPC, docs/estimation.md; with
+    # 2 mV the scales followed early transients of PyBaMM cells and the SOC max error grew).
+    # Random walk 1e-8 /s: ~0.6 % per hour (assumption: a cell's impedance moves with ageing
+    # over months, the rest is temperature and SOC, which the tables carry). Scales bounded to
+    # 0.5..2 (assumption: beyond, the table is wrong, not the cell's spread).
+    # An update needs excitation: the current 1 A or more away from its 60 s low-pass
+    # (assumption: 0.2 C, far above the shunt noise, 0.05 A).
     soh_min_di_a: float = 1.0
     soh_r0_p_max: float = 0.01
+    soh_hp_tau_s: float = 60.0
+    soh_noise_v: float = 0.005
+    soh_q_per_s: float = 1e-8
+    soh_scale_min: float = 0.5
+    soh_scale_max: float = 2.0
+    # The impedance estimator reads the OCV at an SOC counted from the current that follows
+    # the EKF's with a time constant of an hour (assumption: 60x the high-pass, so the EKF's
+    # corrections barely reach it, yet a counting drift of ~1 %/h stays bounded).
+    soh_soc_anchor_s: float = 3600.0
     soh_cap_window: float = 0.1
+    # The leak filter's capacity mismatch d enters the EKF's prediction (Q_i = Q / (1 + d))
+    # once its sigma is below 1 %, a third of its prior (assumption: then it carries
+    # information beyond the lot's spread); clamped to +-3 prior sigmas.
+    cap_fb_d_sigma: float = 0.01
     pressure_corr_s: float = 60.0      # pressure model error (fixture non-linearity) correlation
     rate_tau_s: float = 0.2
     cusum_k_kpa: float = 60.0          # assumption: unmodelled fixture stiffening (~10 % of the
@@ -160,6 +186,22 @@ OUTPUT_REFRESH_S = 5.0
 #: A lost board's port is closed and opened again this often (USB CDC re-enumeration after a
 #: board reset takes about a second on Linux; assumption).
 RECONNECT_PERIOD_S = 2.0
+#: Real clock: a tick waits for the boards' MEASUREMENTs until this fraction of its period
+#: has passed, and for SET_OUTPUTS ACKs until this one, then goes on without them (a miss, a
+#: resend next tick): a silent board costs no more than the tick's own period, never the
+#: client's whole timeout and retries (which made a silent board slow every tick to 0.5 s).
+#: Assumption: half a tick leaves the other half for the tick's own work (~1 ms at 23 cells).
+BOARD_SAMPLE_WAIT_FRACTION = 0.5
+BOARD_ACK_WAIT_FRACTION = 0.8
+
+# ---------------------------------------------------------------------- load-cell baseline
+
+#: The fixture's static load-cell imbalance (assembly tilt, load-cell gain spread) is recorded
+#: over this long at the start of a run, as each load cell's share of the stack mean, and
+#: LOAD_CELL_IMBALANCE then watches the change from it (bms/protections.py LoadCellBaseline).
+#: Assumption: 1 s, ten samples at 10 Hz against ~1 kPa of load-cell noise, and shorter than
+#: the imbalance protection's debounce (2 s for ssb-23), so the static tilt never asserts.
+LOAD_CELL_BASELINE_WINDOW_S = 1.0
 
 # ---------------------------------------------------------------------- contactors
 

@@ -476,6 +476,11 @@ class ChargingConfig:
 class ControllerConfig:
     tick_s: float
     measurement_timeout_s: float
+    #: What a lost board (port gone, or no fresh data for board_lost_after_s) does to a run:
+    #: "stop" ends it (contactors open, a non-zero exit), "reconnect" keeps it in SAFE and
+    #: reopens the port until the board is back.
+    on_board_lost: str = "stop"
+    board_lost_after_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -879,7 +884,12 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
     controller = ControllerConfig(
         tick_s=ct.number("tick_s", 0.001, 10.0),
         measurement_timeout_s=ct.number("measurement_timeout_s", 0.001, 60.0),
+        on_board_lost=ct.string("on_board_lost", "stop", choices=("stop", "reconnect")),
+        board_lost_after_s=ct.number("board_lost_after_s", 0.001, 3600.0, default=2.0),
     )
+    if controller.board_lost_after_s < controller.measurement_timeout_s:
+        raise ct.error("board_lost_after_s", controller.board_lost_after_s,
+                       "at least measurement_timeout_s")
     pack = PackConfig(
         path=path,
         name=r.string("name"),

@@ -41,6 +41,10 @@ enum {
     W_SOCPRED,
     W_CT,      /* 1 / (2 I0) of the charge-transfer overpotential, 1/A (0: none) */
     W_ETA,     /* charge-transfer overpotential at this tick's current, V */
+    W_A1,      /* exp(-dt / tau1) of this tick */
+    W_A2,
+    W_SOCRAW,  /* the SOC the voltage alone gives: predicted SOC + innovation / slope */
+    W_DSOC,    /* this tick's SOC increment of each cell (its own capacity) */
     W_SCRATCH,
     W_ROWS
 };
@@ -173,6 +177,8 @@ int ssb_params_check(const ssb_params_t *prm)
     const double positive[] = {prm->capacity_as, prm->coulombic_eff, prm->contact_p_ref_kpa, prm->r_voltage_v2, prm->gate_sigma,
                                prm->leak_r_soc2, prm->leak_alarm_a, prm->soh_lambda,
                                prm->soh_min_di_a, prm->soh_r0_p_max, prm->soh_cap_window,
+                               prm->soh_hp_tau_s,
+                               prm->soh_noise_v, prm->soh_soc_anchor_s,
                                prm->r_pressure_kpa2, prm->rate_tau_s, prm->cusum_tau_s,
                                prm->t_derate_band_c};
     if (!finite_in(prm->voltage_corr_s, 0.0, 1e6) || !finite_in(prm->pressure_corr_s, 0.0, 1e6) ||
@@ -186,7 +192,8 @@ int ssb_params_check(const ssb_params_t *prm)
                                    prm->q_rc_v2_per_s, prm->current_noise_a,
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
                                    prm->leak_q_d_per_s, prm->leak_d_sigma0,
-                                   prm->leak_v2_rel_sigma,
+                                   prm->leak_v2_rel_sigma, prm->cap_fb_d_sigma,
+                                   prm->soh_q_per_s,
                                    prm->preload_kpa, prm->stiffness_kpa_per_um,
                                    prm->cusum_k_kpa, prm->i_charge_max_a,
                                    prm->i_discharge_max_a};
@@ -194,6 +201,8 @@ int ssb_params_check(const ssb_params_t *prm)
         if (!finite_in(non_negative[k], 0.0, 1e300))
             return SSB_ERR_PARAM;
     }
+    if (!finite_in(prm->soh_scale_min, 1e-3, 1.0) || !finite_in(prm->soh_scale_max, 1.0, 1e3))
+        return SSB_ERR_PARAM;
     if (prm->coulombic_eff > 1.0 || prm->soh_lambda > 1.0 ||
         !finite_in(prm->swell_um_full, -1e6, 1e6) ||
         !finite_in(prm->thermal_um_per_k, -1e6, 1e6) ||
@@ -215,6 +224,7 @@ static int state_ok(const ssb_state_t *st)
     return st != NULL && st->soc != NULL && st->v1 != NULL && st->v2 != NULL &&
            st->hyst != NULL && st->p != NULL &&
            st->cell_temp_c != NULL && st->r0_scale != NULL && st->r0_p != NULL &&
+           st->rc_scale != NULL && st->imp != NULL &&
            st->cap_ratio != NULL && st->cap_p != NULL && st->soc_window0 != NULL &&
            st->leak_e != NULL && st->leak_a != NULL && st->leak_d != NULL &&
            st->leak_p != NULL &&
@@ -281,6 +291,26 @@ static inline void lookup(const ssb_params_t *prm, double soc, double temp_c,
             g[q] = lo + fc * (hi - lo);
         }
     }
+}
+
+/* The OCV column alone, as lookup() computes it (extrapolated beyond the SOC grid). */
+static inline double ocv_at(const ssb_params_t *prm, double soc, double temp_c)
+{
+    const int32_t ns = prm->n_soc;
+    double fs = clampd(soc / prm->soc_step, -1.0, (double)ns);
+    int32_t is = (int32_t)clampd(fs, 0.0, (double)(ns - 2));
+    double f = fs - (double)is;
+    double ft = clampd((temp_c - prm->temp_min_c) / prm->temp_step_c, 0.0,
+                       (double)(prm->n_temp - 1));
+    int32_t it = (int32_t)clampd(ft, 0.0, (double)(prm->n_temp - 2));
+    double gt = ft - (double)it;
+    const double *a = prm->grid + ((size_t)it * (size_t)ns + (size_t)is) * SSB_TABLE_STRIDE;
+    const double *b = a + SSB_TABLE_STRIDE;
+    const double *c = a + (size_t)ns * SSB_TABLE_STRIDE;
+    const double *d = c + SSB_TABLE_STRIDE;
+    double lo = a[G_OCV] + gt * (c[G_OCV] - a[G_OCV]);
+    double hi = b[G_OCV] + gt * (d[G_OCV] - b[G_OCV]);
+    return lo + f * (hi - lo);
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -405,6 +435,16 @@ static double median(double *x, int32_t n)
     return 0.5 * (lower + upper);
 }
 
+/* The capacity mismatch d = Q / Q_i - 1 that the EKF's prediction uses: the leak filter's d
+ * once its variance pdd is below cap_fb_d_sigma^2 (before: 0, the nominal capacity), clamped
+ * to +-3 prior sigmas. The EKF predicts with Q_i = Q cap_ratio / (1 + d). */
+static inline double d_feedback(const ssb_params_t *prm, double d, double pdd)
+{
+    const double dmax = 3.0 * prm->leak_d_sigma0;
+    const double dc = clampd(d, -dmax, dmax);
+    return pdd < prm->cap_fb_d_sigma * prm->cap_fb_d_sigma ? dc : 0.0;
+}
+
 /* ------------------------------------------------------------------ init */
 
 int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
@@ -456,6 +496,10 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
         st->cell_temp_c[i] = t_init;
         st->r0_scale[i] = 1.0;
         st->r0_p[i] = prm->soh_r0_p_max;
+        st->rc_scale[i] = 1.0;
+        for (int r = 0; r < SSB_IMP_ROWS; r++)
+            st->imp[(size_t)r * (size_t)n + i] = 0.0;
+        st->imp[(size_t)SSB_IMP_P11 * (size_t)n + i] = prm->soh_r0_p_max;
         st->cap_ratio[i] = 1.0;
         st->cap_p[i] = 0.01; /* 10 % prior sigma on capacity (assumption) */
         st->soc_window0[i] = s;
@@ -505,10 +549,21 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
     const double dsoc = eta * current_a * dt_s / prm->capacity_as;
 
-    /* pass 1 (scalar): predicted SOC and table look-ups; R0 of this current's direction */
+    /* pass 1 (scalar): predicted SOC with the cell's own capacity (capacity ratio and the
+     * leak filter's capacity mismatch, fed back), table look-ups; R0 of this current's
+     * direction */
     const int charging = current_a > 0.0;
+    {
+        const double *SSB_RESTRICT pdd_a = st->leak_p + 5 * nn;
+        const double *SSB_RESTRICT d_a = st->leak_d;
+        const double *SSB_RESTRICT cr = st->cap_ratio;
+        double *SSB_RESTRICT inc = w + W_DSOC * nn;
+        SSB_IVDEP
+        for (int32_t i = 0; i < n; i++)
+            inc[i] = dsoc * (1.0 + d_feedback(prm, d_a[i], pdd_a[i])) / cr[i];
+    }
     for (int32_t i = 0; i < n; i++) {
-        double s = soc[i] + dsoc, g[SSB_TABLE_STRIDE];
+        double s = soc[i] + w[W_DSOC * nn + i], g[SSB_TABLE_STRIDE];
         w[W_SOCPRED * nn + i] = s;
         lookup(prm, s, st->cell_temp_c[i], g, &w[W_DOCV * nn + i]);
         w[W_OCV * nn + i] = g[G_OCV];
@@ -546,6 +601,9 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     double *SSB_RESTRICT p12 = st->p + 4 * nn;
     double *SSB_RESTRICT p22 = st->p + 5 * nn;
     const double *SSB_RESTRICT r0s = st->r0_scale;
+    const double *SSB_RESTRICT rcs = st->rc_scale;
+    double *SSB_RESTRICT a1_a = w + W_A1 * nn;
+    double *SSB_RESTRICT a2_a = w + W_A2 * nn;
     const double *SSB_RESTRICT vm = v_meas;
     uint32_t *SSB_RESTRICT gcount = st->gated_count;
     int32_t *SSB_RESTRICT stat = status;
@@ -576,8 +634,11 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     for (int32_t i = 0; i < n; i++) {
         const double a1 = exp_neg(-dt_s / tau1_a[i]);
         const double a2 = exp_neg(-dt_s / tau2_a[i]);
-        const double v1 = a1 * v1_a[i] + r1_a[i] * (1.0 - a1) * i_a;
-        const double v2 = a2 * v2_a[i] + use2 * r2_a[i] * (1.0 - a2) * i_a;
+        a1_a[i] = a1;
+        a2_a[i] = a2;
+        /* R1 and R2 with the cell's own scale (impedance estimator, soh_update) */
+        const double v1 = a1 * v1_a[i] + rcs[i] * r1_a[i] * (1.0 - a1) * i_a;
+        const double v2 = a2 * v2_a[i] + use2 * rcs[i] * r2_a[i] * (1.0 - a2) * i_a;
         const double hy = a_h * hy_a[i] + h_in;
         double s = socp_a[i];
         double c00 = p00[i] + q_soc;
@@ -648,86 +709,172 @@ int ssb_ekf_step(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, 
 static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v_meas,
                        double dt_s, double current_a, double r_contact, ssb_output_t *out)
 {
+    /* Impedance scales by a two-parameter RLS with forgetting, per cell:
+     *   y = v - OCV(SOCol) - M h - eta = theta0 (R0 + Rc) I + theta_rc V1ol + slow part
+     * with eta the charge-transfer overpotential of the table at this current (W_ETA, the
+     * EKF's own term, 0 without a charge transfer): it is not scaled, so it is taken out of y
+     * before the fit, else its nonlinear part would be fitted into theta0 (large at low
+     * temperature, where I0 is small);
+     * with V1ol the fast RC voltage of the nominal table driven by the current alone (open
+     * loop, so the regressor does not contain the EKF's own corrections) and SOCol the SOC
+     * counted from the current, which follows the EKF's SOC only slowly (soh_soc_anchor_s):
+     * the EKF's corrections, fast while it converges from a wrong start, would pass the
+     * high-pass, a counted SOC's error moves slowly. The slow part (the
+     * slow branch V2, the SOC error seen through the OCV, unmodelled hysteresis) is removed
+     * from y and both regressors alike by a high-pass (signal minus its low-pass,
+     * soh_hp_tau_s). The slow branch is left out of the regressor: under a constant current it
+     * ramps for minutes, and a ramp's high-pass is a constant that any ramp of the model error
+     * (OCV slope, temperature) would be fitted to; its scale is taken as theta_rc. Every tick
+     * with a valid, ungated voltage and a current that moved
+     * away from its low-pass by soh_min_di_a or more (|x0h| >= soh_min_di_a (R0 + Rc): without
+     * excitation the high-passed voltage is model error alone, which one tick would otherwise
+     * be fitted to) updates. The scales walk randomly (soh_q_per_s) between updates; the
+     * covariance ceiling stops wind-up. The EKF
+     * uses both scales from the next tick on. After a reset or a gap (have_prev = 0) the
+     * filters restart from the present values and the open-loop voltage from the EKF's. */
     const int32_t n = prm->n_cells;
     const size_t nn = (size_t)n;
-    const double *SSB_RESTRICT r0_a = st->work + W_R0 * nn;
-    double *SSB_RESTRICT th = st->r0_scale;
-    double *SSB_RESTRICT pr = st->r0_p;
+    const double *SSB_RESTRICT w = st->work;
+    const double *SSB_RESTRICT r0_a = w + W_R0 * nn;
+    const double *SSB_RESTRICT r1_a = w + W_R1 * nn;
+    const double *SSB_RESTRICT a1_a = w + W_A1 * nn;
+    const double *SSB_RESTRICT m_a = w + W_HYST * nn;
+    const double *SSB_RESTRICT ct_eta = w + W_ETA * nn;
+    const double *SSB_RESTRICT soc = st->soc;
+    const double *SSB_RESTRICT hy = st->hyst;
+    const double *SSB_RESTRICT v1_a = st->v1;
+    double *SSB_RESTRICT th0 = st->r0_scale;
+    double *SSB_RESTRICT th1 = st->rc_scale;
+    double *SSB_RESTRICT p00 = st->r0_p;
+    double *SSB_RESTRICT p01 = st->imp + SSB_IMP_P01 * nn;
+    double *SSB_RESTRICT p11 = st->imp + SSB_IMP_P11 * nn;
+    double *SSB_RESTRICT v1ol = st->imp + SSB_IMP_V1OL * nn;
+    double *SSB_RESTRICT socol = st->imp + SSB_IMP_SOCOL * nn;
+    double *SSB_RESTRICT lpy = st->imp + SSB_IMP_LPY * nn;
+    double *SSB_RESTRICT lpx0 = st->imp + SSB_IMP_LPX0 * nn;
+    double *SSB_RESTRICT lpx1 = st->imp + SSB_IMP_LPX1 * nn;
     double *SSB_RESTRICT vp = st->v_prev;
+    const int32_t *SSB_RESTRICT stat = out->status;
     const double *SSB_RESTRICT vm = v_meas;
     double *SSB_RESTRICT r0_out = out->r0_ohm;
     const double lam = prm->soh_lambda, pmax = prm->soh_r0_p_max;
-    const double di = current_a - st->i_prev;
-    /* R0 multiplier by RLS on voltage steps at current steps: dv = theta R0_table dI, the
-       step of the charge-transfer overpotential taken out of dv first */
-    if (st->have_prev && finite(di) && fabs(di) >= prm->soh_min_di_a) {
-        double *SSB_RESTRICT deta = st->work + W_SCRATCH * nn;
-        const double *SSB_RESTRICT ct_a = st->work + W_CT * nn;
-        const double *SSB_RESTRICT eta_a = st->work + W_ETA * nn;
-        for (int32_t i = 0; i < n; i++) /* scalar: asinh */
-            deta[i] = eta_a[i] - ct_overpotential(ct_a[i], st->i_prev, st->cell_temp_c[i]);
-        SSB_IVDEP
-        for (int32_t i = 0; i < n; i++) {
-            const double x = di * (r0_a[i] + r_contact);
-            const double y = vm[i] - vp[i] - deta[i];
-            const int ok = (y - y) == 0.0;
-            const double g = ok ? pr[i] * x / (lam + x * pr[i] * x) : 0.0;
-            const double yy = ok ? y : 0.0;
-            th[i] += g * (yy - th[i] * x);
-            const double pn = ok ? (pr[i] - g * x * pr[i]) / lam : pr[i];
-            pr[i] = pn < pmax ? pn : pmax;
-        }
+    /* the model error is correlated in time, as in the EKF: per sample it weighs
+       dt / voltage_corr_s of an independent one */
+    const double rn = prm->soh_noise_v * prm->soh_noise_v * fmax(1.0, prm->voltage_corr_s / dt_s);
+    const double qd = prm->soh_q_per_s * dt_s;
+    const double lo = prm->soh_scale_min, hi = prm->soh_scale_max;
+    const double al = dt_s / (prm->soh_hp_tau_s + dt_s);
+    const double aa = dt_s / (prm->soh_soc_anchor_s + dt_s);
+    const double anchor = st->have_prev ? 0.0 : 1.0;
+    const double i_a = current_a;
+    /* pass 1 (scalar, a table look-up): the counted SOC, with the EKF's own prediction step
+     * (the cell's capacity), and its OCV */
+    const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
+    double *SSB_RESTRICT ocv_ol = st->work + W_SCRATCH * nn;
+    const double *SSB_RESTRICT inc = w + W_DSOC * nn;
+    for (int32_t i = 0; i < n; i++) {
+        const double s = anchor != 0.0 ? soc[i] : socol[i] + inc[i] + aa * (soc[i] - socol[i]);
+        socol[i] = s;
+        ocv_ol[i] = ocv_at(prm, s, st->cell_temp_c[i]);
     }
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
-        vp[i] = vm[i];
-        r0_out[i] = th[i] * (r0_a[i] + r_contact);
+        const double z = vm[i];
+        const double fin = (z - z) == 0.0 ? 1.0 : 0.0;
+        const double y = fin != 0.0 ? z - ocv_ol[i] - m_a[i] * hy[i] - ct_eta[i] : 0.0;
+        const double x0 = (r0_a[i] + r_contact) * i_a;
+        const double x1 = anchor != 0.0
+                              ? v1_a[i] / th1[i]
+                              : a1_a[i] * v1ol[i] + r1_a[i] * (1.0 - a1_a[i]) * i_a;
+        const double ly = anchor != 0.0 ? y : lpy[i];
+        const double lx0 = anchor != 0.0 ? x0 : lpx0[i];
+        const double lx1 = anchor != 0.0 ? x1 : lpx1[i];
+        const double yh = y - ly, x0h = x0 - lx0, x1h = x1 - lx1;
+        const int excited = fabs(x0h) >= prm->soh_min_di_a * (r0_a[i] + r_contact);
+        const double ok = (stat[i] == SSB_CELL_OK && excited ? 1.0 : 0.0) * (1.0 - anchor);
+        const double a00 = p00[i], a01 = p01[i], a11 = p11[i];
+        const double g0 = a00 * x0h + a01 * x1h;
+        const double g1 = a01 * x0h + a11 * x1h;
+        const double wgt = ok / (rn + x0h * g0 + x1h * g1);
+        const double err = yh - th0[i] * x0h - th1[i] * x1h;
+        th0[i] = clampd(th0[i] + g0 * wgt * err, lo, hi);
+        th1[i] = clampd(th1[i] + g1 * wgt * err, lo, hi);
+        double n00 = a00 - g0 * g0 * wgt + qd;
+        double n11 = a11 - g1 * g1 * wgt + qd;
+        n00 = n00 < pmax ? n00 : pmax;
+        n11 = n11 < pmax ? n11 : pmax;
+        const double lim = sqrt(n00 * n11);
+        p00[i] = n00;
+        p11[i] = n11;
+        p01[i] = clampd(a01 - g0 * g1 * wgt, -lim, lim);
+        lpy[i] = ly + fin * al * (y - ly);
+        lpx0[i] = lx0 + al * (x0 - lx0);
+        lpx1[i] = lx1 + al * (x1 - lx1);
+        v1ol[i] = x1;
+        vp[i] = z;
+        r0_out[i] = th0[i] * (r0_a[i] + r_contact);
     }
     st->i_prev = current_a;
     st->have_prev = 1;
 
     /* capacity ratio by RLS over windows of soh_cap_window of SOC throughput:
-     * throughput / Q_nominal = ratio * (SOC_now - SOC_window_start); windows whose SOC change
-     * differs from the nominal one by more than half (convergence, big corrections) are
-     * skipped. */
-    const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
+     * throughput / Q_nominal = ratio * (SOC_now - SOC_window_start) / (1 + d_i), d_i the
+     * capacity mismatch the EKF uses (d_feedback: the cell's part, relative to the stack; the
+     * ratio is the rest); windows whose SOC change differs from the nominal one by more than
+     * half (convergence, big corrections) are skipped. */
     st->window_as += eta * current_a * dt_s;
     double *SSB_RESTRICT cr = st->cap_ratio;
     double *SSB_RESTRICT cp = st->cap_p;
     double *SSB_RESTRICT s0 = st->soc_window0;
-    const double *SSB_RESTRICT soc = st->soc;
-    double *SSB_RESTRICT cap_out = out->capacity_ah;
+    const double *SSB_RESTRICT socn = st->soc;
     const double y = st->window_as / prm->capacity_as;
     if (fabs(y) >= prm->soh_cap_window) {
         SSB_IVDEP
         for (int32_t i = 0; i < n; i++) {
-            const double x = soc[i] - s0[i];
+            const double dfb = d_feedback(prm, st->leak_d[i], st->leak_p[5 * nn + i]);
+            const double x = (socn[i] - s0[i]) / (1.0 + dfb);
             const int ok = fabs(x - y) < 0.5 * fabs(y);
             const double g = ok ? cp[i] * x / (lam + x * cp[i] * x) : 0.0;
             cr[i] += g * (y - cr[i] * x);
             cp[i] = ok ? (cp[i] - g * x * cp[i]) / lam : cp[i];
-            s0[i] = soc[i];
+            s0[i] = socn[i];
         }
         st->window_as = 0.0;
     }
-    const double q_ah = prm->capacity_as / 3600.0;
-    for (int32_t i = 0; i < n; i++)
-        cap_out[i] = cr[i] * q_ah;
 }
 
 /* ------------------------------------------------------------------ leak */
 
-static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
-                        double current_a, ssb_output_t *out)
+static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *v_meas,
+                        double dt_s, double current_a, ssb_output_t *out)
 {
     /* Per cell x = [e, l, d]: e = SOC - median SOC, l = leak current (A), d = capacity
      * mismatch (Q/Q_i - 1). de/dt = (-l + I d) / Q: a leak drains at any current, a small
      * cell drifts in proportion to the current. Under a constant current the two are not
-     * separable, and the filter says so (large sigma of l) instead of calling it a leak. */
+     * separable, and the filter says so (large sigma of l) instead of calling it a leak.
+     * e is measured from the SOC the voltage alone gives (predicted SOC + innovation /
+     * dOCV/dSOC), not from the EKF's posterior: the EKF lags a cell whose capacity it does
+     * not know yet (during a fast charge its SOC rises with the nominal capacity and the
+     * voltage pulls it to the truth over minutes), and that lag, released at rest, moved the
+     * posterior's e at zero current like a leak. The voltage has no lag; what differs
+     * between cells in it is the cell (impedances are per cell, soh_update). */
     const int32_t n = prm->n_cells;
     const size_t nn = (size_t)n;
+    double *SSB_RESTRICT raw = st->work + W_SOCRAW * nn;
+    {
+        const double *SSB_RESTRICT socp = st->work + W_SOCPRED * nn;
+        const double *SSB_RESTRICT dv = st->work + W_DOCV * nn;
+        const double *SSB_RESTRICT vpred = out->voltage_pred_v;
+        const double *SSB_RESTRICT vm = v_meas;
+        SSB_IVDEP
+        for (int32_t i = 0; i < n; i++) {
+            const double z = vm[i];
+            const double nu = (z - z) == 0.0 ? z - vpred[i] : 0.0;
+            raw[i] = socp[i] + nu / (dv[i] > 1e-3 ? dv[i] : 1e-3);
+        }
+    }
     double *scratch = st->work + W_SCRATCH * nn;
-    memcpy(scratch, st->soc, sizeof(double) * nn);
+    memcpy(scratch, raw, sizeof(double) * nn);
     const double med = median(scratch, n);
     const double b = dt_s / prm->capacity_as;
     const double c = b * current_a;
@@ -735,7 +882,7 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
     const double qd = prm->leak_q_d_per_s * dt_s;
     const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
     const double k2 = prm->leak_v2_rel_sigma * prm->leak_v2_rel_sigma;
-    const double *SSB_RESTRICT soc = st->soc;
+    const double rv1 = prm->r_voltage_v2;
     const double *SSB_RESTRICT v2_a = st->v2;
     const double *SSB_RESTRICT docv_a = st->work + W_DOCV * nn;
     double *SSB_RESTRICT e_a = st->leak_e;
@@ -750,6 +897,9 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
     const int32_t *SSB_RESTRICT stat = out->status;
     double *SSB_RESTRICT sig = out->leak_sigma_a;
     int32_t *SSB_RESTRICT flag = out->leak_flag;
+    const double *SSB_RESTRICT cr = st->cap_ratio;
+    double *SSB_RESTRICT cap_out = out->capacity_ah;
+    const double q_ah = prm->capacity_as / 3600.0;
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
         const double l = l_a[i], d = d_a[i];
@@ -763,11 +913,13 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
                            2.0 * b * c * pld0 + c * c * pdd0 + qe;
         const double pll = pll0 + ql, pld = pld0, pdd = pdd0 + qd;
         /* Slow polarisation the model gets wrong per cell (after a fast charge it relaxes
-         * over minutes) moves e like a leak would: count it as measurement noise. */
+         * over minutes) moves e like a leak would: count it as measurement noise; and the
+         * voltage's own SOC is as uncertain as one voltage sample over the OCV slope (large
+         * where the OCV is flat). */
         const double slope = docv_a[i] > 1e-3 ? docv_a[i] : 1e-3;
-        const double r_v2 = k2 * v2_a[i] * v2_a[i] / (slope * slope);
+        const double r_v2 = (k2 * v2_a[i] * v2_a[i] + rv1) / (slope * slope);
         const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (pee + rl + r_v2) : 0.0;
-        const double nu = soc[i] - med - e;
+        const double nu = raw[i] - med - e;
         e_a[i] = e + pee * gain * nu;
         l_a[i] = l + pel * gain * nu;
         d_a[i] = d + ped * gain * nu;
@@ -781,6 +933,8 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, double dt_s,
         const double sd = sqrt(npll);
         sig[i] = sd;
         flag[i] = (l_a[i] - 3.0 * sd) > alarm;
+        /* the capacity the EKF predicts with from the next tick on */
+        cap_out[i] = q_ah * cr[i] / (1.0 + d_feedback(prm, d_a[i], pdd_a[i]));
     }
 }
 
@@ -917,7 +1071,7 @@ static inline double ct_limit(double x_lin, double a, double r, double k, double
  * constant at each call site): the model has a charge transfer (0: every cell's c is 0). */
 struct limit_in {
     const double *SSB_RESTRICT w, *SSB_RESTRICT soc, *SSB_RESTRICT v1, *SSB_RESTRICT v2,
-        *SSB_RESTRICT tc, *SSB_RESTRICT r0s, *SSB_RESTRICT hy;
+        *SSB_RESTRICT tc, *SSB_RESTRICT r0s, *SSB_RESTRICT rcs, *SSB_RESTRICT hy;
 };
 
 static inline void cell_limits(const ssb_params_t *prm, const struct limit_in *in,
@@ -935,7 +1089,9 @@ static inline void cell_limits(const ssb_params_t *prm, const struct limit_in *i
     const double ocv = w[W_OCV * nn + i] + d * (soc - w[W_SOCPRED * nn + i]) +
                        w[W_HYST * nn + i] * in->hy[i];
     const double v0 = ocv + in->v1[i] * e1 + in->v2[i] * e2;
-    const double rc = w[W_R1 * nn + i] * (1.0 - e1) + use2 * w[W_R2 * nn + i] * (1.0 - e2) +
+    /* R1 and R2 with the cell's own scale, R0 (+ contact) with its own (soh_update) */
+    const double rc = in->rcs[i] * (w[W_R1 * nn + i] * (1.0 - e1) +
+                                    use2 * w[W_R2 * nn + i] * (1.0 - e2)) +
                       d * h / q;
     const double r_c = in->r0s[i] * (w[W_R0CHG * nn + i] + r_contact) + rc;
     const double r_d = in->r0s[i] * (w[W_R0DIS * nn + i] + r_contact) + rc;
@@ -972,7 +1128,7 @@ static void power_limits(const ssb_params_t *prm, const ssb_state_t *st, double 
     const size_t nn = (size_t)n;
     const double use2 = prm->n_rc == 2 ? 1.0 : 0.0;
     const struct limit_in in = {st->work, st->soc, st->v1, st->v2, st->cell_temp_c,
-                                st->r0_scale, st->hyst};
+                                st->r0_scale, st->rc_scale, st->hyst};
     /* a model with charge transfer takes the scalar path (asinh); without, the vectorised */
     int any_ct = 0;
     for (int32_t i = 0; i < n; i++)
@@ -1020,13 +1176,14 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
     const int32_t n = prm->n_cells;
     if (ekf_ran) {
         soh_update(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out);
-        leak_update(prm, st, dt_s, current_a, out);
+        leak_update(prm, st, m->cell_voltage_v, dt_s, current_a, out);
         power_limits(prm, st, r_contact, out);
     } else {
         /* no current: the state is untouched; publish what is known, no current allowed */
         const double q_ah = prm->capacity_as / 3600.0;
         for (int32_t i = 0; i < n; i++) {
-            out->capacity_ah[i] = st->cap_ratio[i] * q_ah;
+            const double dfb = d_feedback(prm, st->leak_d[i], st->leak_p[5 * (size_t)n + i]);
+            out->capacity_ah[i] = st->cap_ratio[i] * q_ah / (1.0 + dfb);
             out->r0_ohm[i] = NAN;
             out->voltage_pred_v[i] = NAN;
             out->leak_sigma_a[i] = sqrt(st->leak_p[3 * (size_t)n + i]);

@@ -15,11 +15,17 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 2
+#define SSB_CORE_VERSION 4
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-#define SSB_WORK_ROWS 14 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+#define SSB_WORK_ROWS 18 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+/* rows of ssb_state_t.imp (the impedance estimator, n_cells each): RLS covariance entries
+ * P01 and P11 (P00 is r0_p), the open-loop fast RC voltage of the nominal table, the
+ * coulomb-counted SOC it reads the OCV at, and the low-pass states of its three signals (the
+ * high-pass is the signal minus its low-pass) */
+enum { SSB_IMP_P01 = 0, SSB_IMP_P11, SSB_IMP_V1OL, SSB_IMP_SOCOL, SSB_IMP_LPY, SSB_IMP_LPX0,
+       SSB_IMP_LPX1, SSB_IMP_ROWS };
 /* per grid node: ocv_v, r0_discharge_ohm, r0_charge_ohm, r1_ohm, tau1_s, r2_ohm, tau2_s,
  * hysteresis_v (the OCV hysteresis magnitude M), ct_inv_2i0_per_a (1 / (2 I0) of the
  * charge-transfer overpotential, 1/A; 0: none) */
@@ -102,9 +108,9 @@ typedef struct ssb_params {
                                 min(1, dt / voltage_corr_s) of an independent one, s */
     double r_voltage_r0_rel; /* relative uncertainty k of the model's instantaneous
                                 overpotential: the sample's variance grows by
-                                (k (R0 I + eta))^2 (R0 with SOH and contact, eta the
-                                charge-transfer overpotential), so samples under high
-                                current count less */
+                                (k (R0 I + eta))^2 (R0 the EKF's own: r0_scale x
+                                (table R0 + contact); eta the charge-transfer
+                                overpotential), so samples under high current count less */
     double current_noise_a;  /* current sensor noise sigma, A */
     double gate_sigma;       /* innovation gate k: reject nu^2 > k^2 S */
 
@@ -119,10 +125,29 @@ typedef struct ssb_params {
                                  measurement's variance grows by (k V2 / dOCV/dSOC)^2 */
 
     /* SOH: recursive least squares */
-    double soh_lambda;     /* forgetting factor, (0, 1] */
-    double soh_min_di_a;   /* current step that excites the R0 update */
-    double soh_r0_p_max;   /* covariance ceiling (no wind-up) */
+    double soh_lambda;     /* forgetting factor per update, (0, 1] */
+    double soh_min_di_a;   /* excitation: update only while |I - its low-pass| >= this */
+    double soh_r0_p_max;   /* ceiling of the impedance scales' variances (no wind-up) */
     double soh_cap_window; /* SOC throughput (fraction of capacity) per capacity update */
+    /* per-cell impedance scales (theta0 on R0 + contact, theta_rc on R1 and R2) by a
+     * two-parameter RLS on high-passed signals: v - OCV - M h - eta = theta0 (R0 + Rc) I +
+     * theta_rc V1 (the fast branch of the nominal table, open loop; eta the charge-transfer
+     * overpotential of the table, not scaled), both fed back into the EKF and the power
+     * limits */
+    double soh_hp_tau_s;   /* high-pass time constant: removes the slow OCV/SOC error, s */
+    double soh_noise_v;    /* model error of the high-passed voltage, V; correlated over
+                              voltage_corr_s like the EKF's (a sample over dt counts as
+                              min(1, dt / voltage_corr_s) of an independent one) */
+    double soh_q_per_s;    /* random walk of both scales (variance per second): how fast a
+                              cell's impedance may move; replaces forgetting, so the memory
+                              is the same at any sample interval */
+    double soh_scale_min, soh_scale_max; /* bounds of both scales */
+    double soh_soc_anchor_s;  /* the coulomb-counted SOC of the impedance estimator follows
+                                 the EKF's with this time constant (bounds its drift), s */
+    /* per-cell capacity fed into the EKF's prediction: Q_i = Q cap_ratio / (1 + d_i) with d_i
+     * the leak filter's capacity mismatch, once its sigma is below cap_fb_d_sigma (clamped
+     * to +-3 leak_d_sigma0) */
+    double cap_fb_d_sigma;
 
     /* pressure model and monitor */
     int32_t pressure_fusion; /* 1: use the pressure as a measurement of mean SOC */
@@ -148,7 +173,9 @@ typedef struct ssb_state {
     double *p;           /* EKF covariance, 6 per cell, structure of arrays: p[k * n + i],
                             k = 00, 01, 02, 11, 12, 22 */
     double *cell_temp_c;
-    double *r0_scale, *r0_p; /* RLS: R0 multiplier and its variance */
+    double *r0_scale, *r0_p; /* RLS: R0 (+ contact) multiplier theta0 and its variance */
+    double *rc_scale;        /* RLS: R1/R2 multiplier theta_rc */
+    double *imp;             /* impedance estimator, SSB_IMP_ROWS per cell (SoA) */
     double *cap_ratio, *cap_p, *soc_window0; /* RLS: capacity / nominal, variance, window start */
     double *leak_e, *leak_a, *leak_d; /* leak filter: relative SOC, leak A, capacity mismatch */
     double *leak_p; /* its covariance, 6 per cell SoA: ee, el, ed, ll, ld, dd */
@@ -175,7 +202,7 @@ typedef struct ssb_output {
                                residual is the measurement minus this); NaN without current */
     double *leak_sigma_a; /* n_cells */
     double *r0_ohm;       /* n_cells: R0 multiplier x (table R0 + contact) */
-    double *capacity_ah;  /* n_cells */
+    double *capacity_ah;  /* n_cells: the capacity the EKF predicts with */
     int32_t *status;      /* n_cells: SSB_CELL_* */
     int32_t *leak_flag;   /* n_cells: 1 when leak - 3 sigma > leak_alarm_a */
     double *stack;        /* SSB_OUT_N scalars */

@@ -13,6 +13,13 @@ A SAMPLE is retried with ``dt_us = 0``: when only the reply was lost the board h
 advanced its sim clock, and advancing twice would skip plant time silently; the MEASUREMENT's
 timestamp tells the controller what happened either way.
 
+An INFO answers only the HELLO it carries the seq of (or is the boot INFO, seq 0): an INFO with
+another seq is a stale reply (a HELLO of an earlier session) and is dropped, never taken as the
+board's description. When the run's clock is given, the board's clock (INFO capability
+``SIM_CLOCK``) must be the same: a sim-clock board under a real-clock host never advances, and a
+real-clock board under a sim-clock host ignores the SAMPLEs' dt; either is refused at the
+handshake with one line naming both (:class:`ClockMismatchError`).
+
 An INFO with a new ``boot_id`` at any time means the board reset (its contactors are open and
 its state is lost): :attr:`BoardClient.resets` counts it and :meth:`BoardClient.take_reset`
 lets the controller poll for it once.
@@ -34,6 +41,7 @@ from hil.link import (
 from hil.protocol import (
     PROTOCOL_VERSION,
     Ack,
+    Capability,
     DecodedFrame,
     FaultFlags,
     FaultInject,
@@ -52,7 +60,7 @@ from hil.protocol import (
 
 __all__ = [
     "BoardClient", "ClientCounters", "BoardNackError", "ProtocolVersionError",
-    "BoardMismatchError", "LinkError", "BoardLostError", "BoardTimeoutError",
+    "BoardMismatchError", "ClockMismatchError", "LinkError", "BoardLostError", "BoardTimeoutError",
     "DEFAULT_HELLO_WAIT_S", "AUTO_RESET_HELLO_WAIT_S",
 ]
 
@@ -101,6 +109,10 @@ class BoardMismatchError(LinkError):
     """The board's channel counts differ from the board profile's."""
 
 
+class ClockMismatchError(LinkError):
+    """The board runs another clock (sim or real, INFO capability SIM_CLOCK) than the host."""
+
+
 @dataclass(slots=True)
 class ClientCounters:
     """Request/response statistics of one board (decoder counters live in ``link_counters``)."""
@@ -133,9 +145,14 @@ class BoardClient:
 
     def __init__(self, port_or_url: str, profile: BoardProfile | None = None,
                  timeout_s: float = 0.5, retries: int = 2, hello_wait_s: float | None = None,
-                 baudrate: int = 115200, link: SerialLink | None = None) -> None:
+                 baudrate: int = 115200, link: SerialLink | None = None,
+                 clock: str | None = None) -> None:
+        """``clock``: "sim" or "real" to require the board to run that clock (None: any)."""
         if timeout_s <= 0 or retries < 0:
             raise ValueError("timeout_s must be > 0 and retries >= 0")
+        if clock not in (None, "sim", "real"):
+            raise ValueError(f"clock must be 'sim', 'real' or None, got {clock!r}")
+        self.clock = clock
         self.port = port_or_url
         self.profile = profile
         self.timeout_s = timeout_s
@@ -196,14 +213,17 @@ class BoardClient:
             f = self._recv_handshake(link, remaining)
             if f is None:
                 break
-            if isinstance(f.msg, Info):
+            if isinstance(f.msg, Info) and f.seq == 0:
                 return f.msg
-            self.stats.unexpected += 1  # leftovers of a previous session: ignore
-        # 2. Ask. Any INFO answers (the boot INFO may cross our HELLO).
+            self._count_leftover(f)  # leftovers of a previous session: ignore
+        # 2. Ask. The INFO answering one of our HELLOs, or the boot INFO (seq 0, it may cross
+        # our HELLO) answers; an INFO with another seq answers an earlier session: stale.
+        asked: set[int] = set()
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
             seq = link.send(Hello(PROTOCOL_VERSION, PROTOCOL_VERSION))
+            asked.add(seq)
             self.stats.requests += 1
             deadline = time.monotonic() + self.timeout_s
             while (remaining := deadline - time.monotonic()) > 0:
@@ -211,7 +231,7 @@ class BoardClient:
                 if f is None:
                     break
                 m = f.msg
-                if isinstance(m, Info):
+                if isinstance(m, Info) and (f.seq == 0 or f.seq in asked):
                     self.stats.replies += 1
                     return m
                 if isinstance(m, Nack) and f.seq == seq:
@@ -221,11 +241,19 @@ class BoardClient:
                             f"{self.port}: board speaks protocol version {m.detail}; this host "
                             f"speaks {PROTOCOL_VERSION}")
                     raise BoardNackError(self.port, MsgType.HELLO, m)
-                self.stats.unexpected += 1
+                self._count_leftover(f)
             self.stats.timeouts += 1
         raise BoardTimeoutError(
             f"{self.port}: no INFO from the board (waited {self.hello_wait_s:g} s for the boot "
             f"INFO, then {self.retries + 1} HELLO attempts of {self.timeout_s:g} s)")
+
+    def _count_leftover(self, f: DecodedFrame) -> None:
+        """A frame the handshake does not take: a reply with a seq is stale, the rest
+        unexpected."""
+        if f.seq != 0:
+            self.stats.stale_replies += 1
+        else:
+            self.stats.unexpected += 1
 
     def _recv_handshake(self, link: SerialLink, timeout_s: float) -> DecodedFrame | None:
         """Next frame; a frame with another header version names the board's version at once."""
@@ -245,6 +273,12 @@ class BoardClient:
             raise ProtocolVersionError(
                 f"{self.port}: board {info.board_id!r} speaks protocol version "
                 f"{info.protocol_version}; this host speaks {PROTOCOL_VERSION}")
+        if self.clock is not None:
+            board_clock = "sim" if info.capabilities & Capability.SIM_CLOCK else "real"
+            if board_clock != self.clock:
+                raise ClockMismatchError(
+                    f"{self.port}: board {info.board_id!r} runs the {board_clock} clock; this "
+                    f"run uses the {self.clock} clock: pass --clock {board_clock}")
         p = self.profile
         if p is None:
             return
@@ -311,19 +345,22 @@ class BoardClient:
         dt_us = int(round(dt_s * 1e6))
         return self._request(Sample(dt_us))
 
-    def wait_measurement(self, seq: int, timeout_s: float | None = None) -> Measurement:
+    def wait_measurement(self, seq: int, timeout_s: float | None = None,
+                         retries: int | None = None) -> Measurement:
         """Wait for the MEASUREMENT answering the SAMPLE sent with ``seq`` (retrying it)."""
-        m = self._wait(seq, timeout_s, _SAMPLE_RETRY)
+        m = self._wait(seq, timeout_s, _SAMPLE_RETRY, None, retries)
         assert isinstance(m, Measurement)  # noqa: S101 (guaranteed by _REPLY_TYPES)
         return m
 
     def wait_measurement_into(self, seq: int, lane: MeasurementLane,
-                              timeout_s: float | None = None) -> Measurement | MeasurementLane:
+                              timeout_s: float | None = None, retries: int | None = None
+                              ) -> Measurement | MeasurementLane:
         """:meth:`wait_measurement`, with a fast lane: when the answer arrives alone in one
         read (the usual case), its values go straight into ``lane`` and the lane is returned;
         otherwise the Measurement, as wait_measurement. Same timeouts, retries, stale-reply
-        and reset handling either way."""
-        m = self._wait(seq, timeout_s, _SAMPLE_RETRY, lane)
+        and reset handling either way. ``retries``: this wait's retries (default the
+        client's)."""
+        m = self._wait(seq, timeout_s, _SAMPLE_RETRY, lane, retries)
         assert isinstance(m, (Measurement, MeasurementLane))  # noqa: S101 (_REPLY_TYPES)
         return m
 
@@ -346,13 +383,14 @@ class BoardClient:
         self._retry_msgs[seq] = msg
         return seq
 
-    def wait_ack(self, seq: int, timeout_s: float | None = None) -> None:
+    def wait_ack(self, seq: int, timeout_s: float | None = None,
+                 retries: int | None = None) -> None:
         """Wait for the ACK of the request sent with ``seq`` (retrying it); raises
         BoardNackError on NACK."""
         msg = self._retry_msgs.pop(seq, None)
         if msg is None:
             raise LinkError(f"{self.port}: no SET_OUTPUTS pending with seq {seq}")
-        self._wait(seq, timeout_s, msg)
+        self._wait(seq, timeout_s, msg, None, retries)
 
     def heartbeat(self, bms_state: int, host_time_ms: int, defer: bool = False) -> None:
         """Send HEARTBEAT (no reply: beats are not acknowledged). ``defer=True`` queues it to
@@ -393,7 +431,10 @@ class BoardClient:
     def _dispatch(self, seq: int, msg: Message) -> None:
         """Route one received message: a reset INFO, a reply to a pending request, or stale."""
         if isinstance(msg, Info):
-            self._on_info(msg)  # INFO only ever answers HELLO, which open() handles itself
+            if seq == 0:  # a boot INFO: the board reset if its boot_id is new
+                self._on_info(msg)
+            else:  # INFO only answers HELLO, which open() handles itself: a stale reply
+                self.stats.stale_replies += 1
             return
         p = self._pending.get(seq)
         if p is None or p.reply is not None:
@@ -421,21 +462,26 @@ class BoardClient:
         self._info = info
 
     def _wait(self, seq: int, timeout_s: float | None, retry_msg: Message,
-              lane: MeasurementLane | None = None) -> Message | MeasurementLane:
+              lane: MeasurementLane | None = None, retries: int | None = None
+              ) -> Message | MeasurementLane:
+        """``timeout_s`` 0 still reads what has arrived (a bounded wait at a tick's end)."""
         p = self._pending.get(seq)
         if p is None:
             raise LinkError(f"{self.port}: no request pending with seq {seq}")
         link = self._link()
-        per_attempt = self.timeout_s if timeout_s is None else timeout_s
+        per_attempt = self.timeout_s if timeout_s is None else max(timeout_s, 0.0)
+        max_retries = self.retries if retries is None else retries
         try:
             attempt = 0
             while True:
                 deadline = time.monotonic() + per_attempt
+                first = True
                 while p.reply is None:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0.0:
+                    if remaining <= 0.0 and not first:
                         break
-                    f = link.recv(remaining, seq, lane)
+                    first = False
+                    f = link.recv(max(remaining, 0.0), seq, lane)
                     if f is None:
                         break
                     if f is lane:  # the answer, unpacked into the caller's lane
@@ -446,7 +492,7 @@ class BoardClient:
                 if p.reply is not None:
                     break
                 self.stats.timeouts += 1
-                if attempt >= self.retries:
+                if attempt >= max_retries:
                     seqs = ", ".join(map(str, p.seqs))
                     raise BoardTimeoutError(
                         f"{self.port}: no reply to {p.kind.name} (seq {seqs}) after "

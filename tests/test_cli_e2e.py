@@ -1,5 +1,5 @@
 """The ``bms`` command line end to end, as a user runs it: a log that survives SIGKILL, and an
-invalid pack file rejected with one line (exit 2, no traceback)."""
+invalid pack file rejected with one line (exit 3, ExitCode.CONFIG; no traceback)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ BAD_PACKS = {
 
 
 @pytest.mark.parametrize("kind", list(BAD_PACKS))
-def test_invalid_pack_file_one_line_exit_2(tmp_path: Path, kind: str) -> None:
+def test_invalid_pack_file_one_line_exit_3(tmp_path: Path, kind: str) -> None:
     text, key = BAD_PACKS[kind]
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
@@ -110,18 +110,18 @@ def test_invalid_pack_file_one_line_exit_2(tmp_path: Path, kind: str) -> None:
          "--no-monitor", "--quiet", "--log", str(tmp_path / "log")],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     err = res.stderr.strip()
-    assert res.returncode == 2, (res.returncode, err)
+    assert res.returncode == 3, (res.returncode, err)
     assert "Traceback" not in err and "Traceback" not in res.stdout
     assert len(err.splitlines()) == 1, err
     assert str(bad) in err and key in err, err
     assert not (tmp_path / "log").exists()                 # nothing started
 
 
-def test_missing_pack_file_one_line_exit_2(tmp_path: Path) -> None:
+def test_missing_pack_file_one_line_exit_3(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     res = subprocess.run(
         [sys.executable, "-m", "bms", "run", "--pack", str(missing), "--no-monitor",
          "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2, res.stderr
+    assert res.returncode == 3, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "nope.yaml" in res.stderr

@@ -161,7 +161,7 @@ def test_base_cycle_is_rejected(tmp_path) -> None:
 
 def test_cli_check_prints_one_line_error_not_a_traceback(tmp_path, capsys) -> None:
     path = _write_pack(tmp_path, lambda d: d["fixture"].update(preload_kpa=0))
-    assert bms_main(["check", "--pack", str(path)]) == 2
+    assert bms_main(["check", "--pack", str(path)]) == 3  # ExitCode.CONFIG (docs/errors.md)
     err = capsys.readouterr().err
     assert "fixture.preload_kpa" in err and "Traceback" not in err
     assert bms_main(["check", "--pack", "ssb-4x23"]) == 0

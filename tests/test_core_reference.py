@@ -14,8 +14,8 @@ from bms.reference import ReferenceCore
 from boards.config import load_pack
 
 RTOL = 1e-9
-STATE = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "cap_ratio",
-         "cap_p", "leak_e", "leak_a", "leak_d", "leak_p", "gated_count")
+STATE = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "rc_scale", "imp",
+         "cap_ratio", "cap_p", "leak_e", "leak_a", "leak_d", "leak_p", "gated_count")
 OUTPUT = ("soc_sigma", "voltage_pred_v", "leak_sigma_a", "r0_ohm", "capacity_ah", "status",
           "leak_flag", "charge_limit_a", "discharge_limit_a", "stack_out")
 
@@ -192,6 +192,36 @@ def test_charge_transfer_model_matches_reference(tmp_path) -> None:
     pack = _model_pack(tmp_path, CHARGE_TRANSFER_MODEL)
     assert pack.cell.ecm.exchange_current_a is not None
     _random_run(None, 3000, seed=31, fusion=False, pack=pack)
+
+
+def test_impedance_scales_leave_the_charge_transfer_to_the_model(tmp_path) -> None:
+    """Cells that are exactly the charge-transfer model (scales 1; the voltage the model
+    predicts open loop, + 0.5 mV noise) under a drive-like current at 25 C, where R_ct =
+    RT/(F I0) (12.8 mOhm at I0 2 A) is twice R0: the impedance estimator takes eta out of its
+    signal, so after 40 min theta0 is within 2 % of 1 (measured 0.994-0.996) and theta_rc
+    within 10 % (1.055-1.063: the slow branch, not a regressor, drifts into it, as on the
+    emulator), in the C core and the reference. With eta left in the signal theta0 sat at its
+    bound 2.0 and theta_rc at 1.16-1.30 over the same run."""
+    pack = _model_pack(tmp_path, CHARGE_TRANSFER_MODEL)
+    params = make_params(pack, 0, Tuning(pressure_fusion=False))
+    truth = Core(pack, 0, params=params)
+    truth.reset(0.8)
+    cores = [Core(pack, 0, params=params), ReferenceCore(params)]
+    for c in cores:
+        c.reset(0.8)
+    rng = np.random.default_rng(41)
+    t, p, nan_v = np.full(6, 25.0), np.full(4, np.nan), np.full(23, np.nan)
+    current = 0.0
+    for step in range(2400):  # 1 s ticks
+        if step % 10 == 0:
+            current = float(np.clip(rng.normal(-3.0, 5.0), -15.0, 8.0))
+        truth.step(1.0, current, nan_v, t, p)  # prediction only: the model's own voltage
+        v = truth.voltage_pred_v + rng.normal(0.0, 0.0005, 23)
+        cores[0].step(1.0, current, v, t, p)
+        cores[1].tick(1.0, current, v, t, p)
+    for c in cores:
+        assert np.max(np.abs(np.asarray(c.r0_scale) - 1.0)) < 0.02, c.r0_scale
+        assert np.max(np.abs(np.asarray(c.rc_scale) - 1.0)) < 0.10, c.rc_scale
 
 
 def test_charge_transfer_overpotential_in_the_voltage(tmp_path) -> None:

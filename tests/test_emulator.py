@@ -311,7 +311,7 @@ def test_cli_rejects_bad_arguments() -> None:
     assert r.returncode == 2 and "--board 3" in r.stderr
     r = subprocess.run([sys.executable, "-m", "hil.emulator", "--scenario", "nope"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "nope" in r.stderr
+    assert r.returncode == 3 and "nope" in r.stderr  # a scenario file: ExitCode.CONFIG
     four = ["--pack", "ssb-4x23"]
     for args, msg in ((["--board", "1", "--board", "1"], "listed twice"),
                       (["--board", "0", "--board", "1", "--truth", "t.csv"], "--truth-dir"),

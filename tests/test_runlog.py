@@ -210,9 +210,12 @@ def test_summary_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
     run = tmp_path / "run"
     log = RunLog(run, ["time_s"])
     log.row([0.0])
-    (run / (SUMMARY + ".tmp")).symlink_to("/dev/full")
+    # A full disk is survived now (summary.reserve, tests/test_cli_errors.py): a temp path
+    # that cannot be a file makes the write fail for good.
+    (run / (SUMMARY + ".tmp")).mkdir()
     summary = log.close()
     assert summary["summary_written"] is False and summary["rows"] == 1
+    assert "EISDIR" in summary["summary_error"]
 
 
 def test_row_cost(benchmark, tmp_path: Path) -> None:

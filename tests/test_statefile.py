@@ -118,23 +118,23 @@ def test_cold_start_under_load_removes_the_ohmic_drop() -> None:
     """Not at rest: the voltage less R0 I (R0 of the current's direction at the cell's SOC
     and temperature) is inverted, with the pack's sigma. A cell without a voltage: 0.5."""
     core, start = _start()
-    truth = np.full(N, 0.62)
-    for current_a in (-8.0, 6.0):
-        look = lookup(core.params, truth, np.full(N, 25.0))
+    truth = np.linspace(0.03, 0.97, N)
+    for current_a, temp_c in ((-8.0, 25.0), (6.0, 25.0), (-15.0, 0.0), (10.0, 0.0)):
+        look = lookup(core.params, truth, np.full(N, temp_c))
         r0 = look["r0_charge_ohm" if current_a > 0 else "r0_discharge_ohm"]
         v = look["ocv_v"] + r0 * current_a
         v[3] = np.nan
         st = core.state_dict()
-        rep = start.cold_start(st, current_a, v, _therm(25.0), NO_PRESSURE)
+        rep = start.cold_start(st, current_a, v, _therm(temp_c), NO_PRESSURE)
         assert rep.how == "ocv_under_load"
         ok = np.arange(N) != 3
-        np.testing.assert_allclose(st["soc"][ok], truth[ok], atol=1e-6)
+        np.testing.assert_allclose(st["soc"][ok], truth[ok], atol=1e-9)
         assert st["soc"][3] == 0.5
         np.testing.assert_allclose(rep.soc_sigma, SIGMA0)
         assert rep.extra["cells_without_voltage"] == 1
         # the raw voltage would have been several % off
-        raw = start.invert_ocv(look["ocv_v"] + r0 * current_a, np.full(N, 25.0))
-        assert np.abs(raw - truth).min() > 0.02
+        raw = start.invert_ocv(look["ocv_v"] + r0 * current_a, np.full(N, temp_c))
+        assert np.median(np.abs(raw - truth)) > 0.03
 
 
 def _saved_state(core: Core, start: Start, soc: float, sigma: float) -> dict:
@@ -355,15 +355,15 @@ def test_full_disk_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_bad_state_file_and_keeps_it(tmp_path: Path) -> None:
-    """bms run --state on a corrupt file: exit 2, one line, the file untouched (nothing
-    started: the file is read before any emulator or port)."""
+    """bms run --state on a corrupt file: exit 3 (ExitCode.CONFIG), one line, the file untouched
+    (nothing started: the file is read before any emulator or port)."""
     path = tmp_path / "state.json"
     path.write_text('{"format": "ssb-bms-state", "version": 1, "pack"')
     before = path.read_bytes()
     out = subprocess.run([sys.executable, "-m", "bms", "run", "--state", str(path), "--quiet",
                           "--no-monitor", "--duration", "1", "--log", str(tmp_path / "log")],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out
+    assert out.returncode == 3, out
     assert out.stderr.strip().count("\n") == 0 and "corrupt or truncated" in out.stderr
     assert path.read_bytes() == before
 
@@ -556,7 +556,10 @@ def test_cli_restores_latched_faults_and_resets_them(tmp_path: Path) -> None:
         saved = statefile.load(state, PACK)
         assert [f["name"] for f in saved.latched_faults] == ([] if reset else ["CELL_LEAK"])
     assert out[False][0]["state"] == "FAULT"
-    assert out[True][0]["state"] == "CLOSED"
+    # Closed after the reset; at the end of --duration the run opens the contactors through
+    # the state machine before it stops (issue 14: the summary's state is the true one).
+    assert any(e.get("to") == "CLOSED" for e in load_events(tmp_path / "log-True"))
+    assert out[True][0]["state"] == "STANDBY" and out[True][0]["stop"]["by"] == "duration"
     assert "operator reset accepted" in out[True][1]
 
 

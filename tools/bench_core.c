@@ -53,6 +53,8 @@ int main(int argc, char **argv)
     st.cell_temp_c = dalloc(n);
     st.r0_scale = dalloc(n);
     st.r0_p = dalloc(n);
+    st.rc_scale = dalloc(n);
+    st.imp = dalloc(SSB_IMP_ROWS * n);
     st.cap_ratio = dalloc(n);
     st.cap_p = dalloc(n);
     st.soc_window0 = dalloc(n);

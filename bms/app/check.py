@@ -1,13 +1,17 @@
-"""``bms check``: validate a pack file and its board profiles, print what the BMS will use."""
+"""``bms check``: validate a pack file and its board profiles with the checks ``bms run`` makes
+(bms/app/preflight.py), print what the BMS will use; or validate one board profile."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from boards.config import PackConfig, load_board, load_pack
+from bms.app.errors import Parser, UsageError
+from bms.app.preflight import check_stacks, preflight
+from boards.config import BOARD_SCHEMA, BoardProfile, PackConfig, load_board, load_pack
 
 
 def _shown_path(path: Path | str | None) -> str:
@@ -81,16 +85,55 @@ def pressure_summary(pack: PackConfig) -> list[str]:
     return lines
 
 
+def board_summary(board: BoardProfile) -> list[str]:
+    """What the BMS reads from a board profile (``bms check --board``)."""
+    return [
+        f"board     {board.name} ({board.kind}): {board.cells} cell channels, "
+        f"{board.thermistors} NTC, {board.load_cells} load cells, sample period "
+        f"{board.sample_period_s * 1e3:g} ms",
+        f"file      {_shown_path(board.path)}",
+        f"scaling   cell LSB {board.cell_lsb_v * 1e6:g} uV, current LSB "
+        f"{board.current_lsb_a * 1e3:g} mA, bus LSB {board.bus_lsb_v * 1e3:g} mV",
+    ]
+
+
+def _refuse_board_profile_as_pack(name: str) -> None:
+    """A board profile given to --pack: say so (its schema line) instead of 'schema: ...'."""
+    path = Path(name)
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:4096] if path.is_file() \
+            else ""
+    except OSError:
+        return
+    if BOARD_SCHEMA in head:
+        raise UsageError(f"--pack {name}: this is a board profile ({BOARD_SCHEMA})",
+                         f"check it with `bms check --board {name}`")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bms check",
-        description="Validate a pack file (and the board profiles it names) and summarise it.",
-        epilog="examples:\n  bms check --pack ssb-23\n  bms check --pack my-pack.yaml",
+        description="Validate a pack file (and the board profiles its stacks name) with every "
+        "check that `bms run` makes before it opens a port, and summarise it; or validate one "
+        "board profile (--board).",
+        epilog="examples:\n  bms check --pack ssb-23\n  bms check --pack my-pack.yaml\n"
+        "  bms check --board emu-23\n  bms check --board my-board.yaml\n\n"
+        "exit codes: 0 ok, 2 usage, 3 the pack file or a board profile is refused "
+        "(docs/errors.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--pack", default="ssb-23", help="pack file path or built-in name")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--pack", default=None,
+                      help="pack file path or built-in name (default ssb-23)")
+    what.add_argument("--board", default=None, help="board profile path or built-in name")
     args = parser.parse_args(argv)
-    pack = load_pack(args.pack)
+    if args.board is not None:
+        for line in board_summary(load_board(args.board)):
+            print(line)
+        return 0
+    name = args.pack or "ssb-23"
+    _refuse_board_profile_as_pack(name)
+    pack = load_pack(name)
     cell = pack.cell
     print(f"pack      {pack.name}: {pack.description}")
     print(f"file      {_shown_path(pack.path)}")
@@ -104,20 +147,21 @@ def main(argv: list[str]) -> int:
     print("model     " + model_summary(pack))
     for line in pressure_summary(pack):
         print(line)
-    for stack in pack.stacks:
-        board = load_board(stack.board)
-        problems = []
-        if board.cells < stack.cells:
-            problems.append(f"board has {board.cells} cell channels < {stack.cells}")
-        if board.thermistors < len(stack.thermistor_cell_positions):
-            problems.append("fewer thermistor channels than thermistor positions")
-        if board.load_cells != len(pack.fixture.load_cells_xy_mm):
-            problems.append("load-cell channel count differs from fixture.load_cells_xy_mm")
-        status = "ok" if not problems else "; ".join(problems)
-        print(f"stack     {stack.name}: {stack.cells} cells on board {board.name} "
-              f"({board.kind}, {board.thermistors} NTC, {board.load_cells} load cells): {status}")
-        if problems:
-            return 2
+    checks = check_stacks(pack)
+    for stack, c in zip(pack.stacks, checks, strict=True):
+        b = c.board
+        on = (f"board {b.name} ({b.kind}, {b.thermistors} NTC, {b.load_cells} load cells)"
+              if b is not None else f"board {stack.board}")
+        print(f"stack     {stack.name}: {stack.cells} cells on {on}: "
+              + ("ok" if not c.problems else "REFUSED"))
+    problems = [p for c in checks for p in c.problems]
+    if problems:
+        # One line per problem (each names the file and the key); the exit code is the first's.
+        for extra in problems[1:]:
+            print(f"bms check: configuration error: {extra}", file=sys.stderr)
+        raise problems[0]
+    preflight(pack)  # the control path's parts, built as bms run builds them
     print("limits    " + ", ".join(
         f"{name} {p.fault:g}" for name, p in list(pack.protections.items())[:4]) + ", ...")
+    print("ok        bms run accepts this pack")
     return 0

@@ -7,11 +7,12 @@ can be run on its own with ``python -m``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
 
-from boards.config import ConfigError
+from bms.app.errors import ExitCode, report, set_debug
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bms.app.demo",
@@ -31,17 +32,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "with bms fit, replay its drive cycles, score against the truth"),
 }
 
-USAGE = "usage: bms COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n" + "\n".join(
-    f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()
-)
+USAGE = ("usage: bms [--debug] COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n"
+         + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+         + "\n\n--debug: a traceback with each error. Exit codes: 0 ok, 2 usage, 3 pack file / "
+         "board profile / scenario / state file, 4 board, 5 log folder / disk / socket, "
+         "1 internal error (docs/errors.md)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # `bms --debug COMMAND ...` (or --debug anywhere: no command has an option of that name):
+    # tracebacks on the error path (bms/app/errors.py).
+    set_debug("--debug" in args or os.environ.get("BMS_DEBUG", "") not in ("", "0"))
+    args = [a for a in args if a != "--debug"]
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # stdout closed by the reader (`bms check | head`): not an error of ours, no traceback.
         # Point stdout at /dev/null so the interpreter's final flush does not raise again.
@@ -55,8 +62,12 @@ def _dispatch(args: list[str]) -> int:
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"bms: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        print(f"bms: unknown command {name!r}"
+              + (f"; did you mean {close[0]!r}?" if close else "")
+              + f"\n  hint: one of {', '.join(COMMANDS)}; `bms --help` says what each does",
+              file=sys.stderr)
+        return ExitCode.USAGE
     target = COMMANDS[name][0]
     if name == "emulate" and "--firmware" in rest:
         # The reference firmware's ELF on a simulated MCU instead of the Python board model.
@@ -64,10 +75,10 @@ def _dispatch(args: list[str]) -> int:
     module = importlib.import_module(target)
     try:
         return int(module.main(rest) or 0)
-    except ConfigError as exc:
-        # A bad pack file or board profile is the user's input, not a bug: one clear line.
-        print(f"bms {name}: configuration error: {exc}", file=sys.stderr)
-        return 2
+    except (KeyboardInterrupt, BrokenPipeError, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one error path: a line, a code (errors.py)
+        return report(name, exc)
 
 
 if __name__ == "__main__":

@@ -3,23 +3,47 @@ every stack of a pack (each board on its own pty), or one process per board.
 
 Used by ``bms demo``, by ``bms run`` when no ``--port`` is given, and by the end-to-end tests:
 the same program a user would start by hand with ``bms emulate``, on a real pty.
+
+An emulator never outlives the process that started it: the child asks the kernel
+(``prctl(PR_SET_PDEATHSIG, SIGTERM)``, Linux) for a SIGTERM when its parent dies, even by
+SIGKILL, and stops cleanly on it (its truth files closed); a failed start kills it at once.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from boards.config import PackConfig
 
 # How long an emulator may take to print its pty path (Python start-up plus numpy import on a
 # loaded 2-core machine; generous on purpose, it is a failure bound, not a wait).
 START_TIMEOUT_S = 30.0
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+try:  # resolved before any fork: the child only calls it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+    _prctl = None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the child between fork and exec: SIGTERM when the parent dies; if it already has
+    (the race before prctl), now."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class EmulatorStartError(RuntimeError):
@@ -68,8 +92,10 @@ def _command(pack: PackConfig, boards: list[int], clock: str, seed: int,
 
 def _spawn(cmd: list[str], n_paths: int, what: str) -> tuple[subprocess.Popen, list[str]]:
     """Start the emulator program and read the ``n_paths`` pty paths it prints first."""
+    parent = os.getpid()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ), bufsize=0)
+                            stderr=subprocess.PIPE, env=dict(os.environ), bufsize=0,
+                            preexec_fn=lambda: _die_with_parent(parent))
     assert proc.stdout is not None
     # Unbuffered: the lines are read from the pipe as they come (a buffered readline would
     # swallow every line at once, and select would then wait for lines already read).
@@ -87,9 +113,23 @@ def _spawn(cmd: list[str], n_paths: int, what: str) -> tuple[subprocess.Popen, l
     if len(paths) < n_paths or not all(p.startswith("/") for p in paths):
         proc.kill()
         _, err = proc.communicate()
-        raise EmulatorStartError(
-            f"emulator for {what} did not start: {err.decode(errors='replace')}")
+        text = " ".join(err.decode(errors="replace").split()) or f"exit code {proc.returncode}"
+        raise EmulatorStartError(f"emulator for {what} did not start: {text}")
+    # From here on its stderr goes to ours as it comes (e.g. a truth file that stopped on a
+    # full disk): unread, the pipe would fill and the emulator would block on its next line.
+    assert proc.stderr is not None
+    threading.Thread(target=_forward, args=(proc.stderr,), daemon=True,
+                     name=f"emulator-stderr-{proc.pid}").start()
     return proc, paths
+
+
+def _forward(stream: IO[bytes]) -> None:
+    try:
+        for line in iter(stream.readline, b""):
+            sys.stderr.write(line.decode(errors="replace"))
+            sys.stderr.flush()
+    except (OSError, ValueError):  # closed by stop(): nothing more to forward
+        pass
 
 
 def start_emulator(pack: PackConfig, stack_index: int = 0, clock: str = "sim", seed: int = 0,

@@ -66,10 +66,27 @@ def evaluate(log_dir: Path, truth_path: Path, scenario, tick_s: float) -> dict[s
             "open_latency_s": (opened["time_s"] - f.at_s) if opened else None,
         })
     report["detections"] = detections
+    report["warnings"] = warnings_raised(events)
     report["contactor_actions"] = [
         {"time_s": e["time_s"], "from": e["from"], "to": e["to"], "reason": e.get("reason", "")}
         for e in events if e.get("type") == "state"]
     return report
+
+
+def warnings_raised(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every warning the run raised, false or not (name, stack, cell, first time, count), in
+    the order first raised: a report that lists only what an injection explains hides a
+    false alarm that the plot and the events show."""
+    out: dict[tuple, dict[str, Any]] = {}
+    for e in events:
+        if e.get("type") != "fault" or e.get("event") != "raise" or \
+                e.get("severity") != "warning":
+            continue
+        key = (e["name"], e.get("stack"), e.get("cell"))
+        w = out.setdefault(key, {"name": e["name"], "stack": e.get("stack"),
+                                 "cell": e.get("cell"), "first_s": e["time_s"], "count": 0})
+        w["count"] += 1
+    return list(out.values())
 
 
 def soc_error(ticks: dict[str, np.ndarray], truth_path: Path, tick_s: float) -> dict[str, Any]:

@@ -4,10 +4,12 @@ Inputs: an OCV test (a C/20-class discharge and charge, or rests) and HPPC pulse
 or more temperatures, as cycler CSVs (``Time [s]``, ``Current [A]``, ``Voltage [V]``,
 ``Temperature [degC]``, or mapped with ``--columns``). Each file's current sign is given or
 found from the data (bms.app.recording). Method: bms.app.fit_ocv (OCV, capacity, OCV over
-temperature) and bms.app.fit_pulses (R0 and RC branches per HPPC level, in the core's own
-discrete model). Output: a whole pack (``base:`` the bench's pack, default ssb-23) whose
-``cell:`` is the fit, and a report (JSON, Markdown, a PNG per pulse file) that includes the
-voltage RMSE of the written pack run through the real core (``bms.core.Core``, open loop).
+temperature), bms.app.fit_pulses (R0 and RC branches per HPPC level, in the core's own
+discrete model) and bms.app.fit_hysteresis (the OCV hysteresis, when the data show one: then
+the OCV and the HPPC levels are fitted again with it as a known input). Output: a whole
+pack (``base:`` the bench's pack, default ssb-23) whose ``cell:`` is the fit, and a report
+(JSON, Markdown, a PNG per pulse file) that includes the voltage RMSE of the written pack run
+through the real core (``bms.core.Core``, open loop).
 
 Importable: ``fit(ocv_path, pulse_paths, ...) -> FitResult``; ``FitResult.write_pack(path)``,
 ``FitResult.write_report(directory)``.
@@ -29,10 +31,18 @@ import numpy as np
 import yaml
 
 from bms.app.fit_data import FitError, Trace, parse_columns, read_trace
-from bms.app.fit_ocv import OcvResult, fit_ocv, temperature_rows
-from bms.app.fit_pulses import PulseTest, fit_levels, prepare
+from bms.app.fit_hysteresis import (
+    REST_CHECK_K,
+    START_STATE,
+    Branch,
+    HysteresisFit,
+    assess,
+    trajectory,
+)
+from bms.app.fit_ocv import OcvResult, fit_ocv, strictly_increasing, temperature_rows
+from bms.app.fit_pulses import PulseTest, fit_levels, prepare, simulate
 from bms.app.recording import CURRENT_SIGNS
-from bms.core import Core
+from bms.core import Core, ct_overpotential
 from boards.config import (
     PACK_SCHEMA,
     SOLID_STATE_KEYS,
@@ -78,6 +88,7 @@ class FitResult:
     core_rmse_v: dict[str, float] = field(default_factory=dict)
     core_voltage_v: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    hysteresis: HysteresisFit | None = None
 
     # ------------------------------------------------------------------ the pack
 
@@ -102,6 +113,12 @@ class FitResult:
                               for r, tau in zip(t.r_ohm, t.tau_s, strict=True)]}
         if t.exchange_current_a is not None:
             model["charge_transfer"] = {"exchange_current_a": table(t.exchange_current_a, 5)}
+        hy = self.hysteresis
+        if hy is not None and hy.max_v is not None:
+            # one table over SOC for every temperature: M is measured at the OCV test's only
+            model["hysteresis"] = {"max_v": {"soc": [_num(x, 4) for x in hy.soc],
+                                             "values": [_num(x, 4) for x in hy.max_v]},
+                                   "rate": _num(hy.rate, 4)}
         cell: dict = {k: None for k in SOLID_STATE_KEYS}
         cell.update({
             "capacity_ah": _num(self.ocv.capacity_ah, 6),
@@ -176,6 +193,7 @@ class FitResult:
                        "tau_s": [x.tolist() for x in t.tau_s],
                        "exchange_current_a": (None if t.exchange_current_a is None
                                               else t.exchange_current_a.tolist())},
+            "hysteresis": None if self.hysteresis is None else self.hysteresis.summary(),
             "estimator": {"voltage_noise_v": self.voltage_noise_v,
                           "from": "RMS of the core's open-loop voltage error over the HPPC "
                                   f"files, at least {MIN_VOLTAGE_NOISE_V * 1e3:g} mV"},
@@ -199,8 +217,8 @@ class FitResult:
             out.append(f"| {self.ocv.soc_grid[k]:.2f} | "
                        + " | ".join(f"{self.ocv_rows_v[j, k]:.4f}" for j in range(len(temps)))
                        + " |")
-        out += ["", "(every 5th grid point; the pack and the JSON hold every 1 %)", "",
-                "## Pulse tests", ""]
+        out += ["", "(every 5th grid point; the pack and the JSON hold every 1 %)", ""]
+        out += self._hysteresis_markdown() + ["## Pulse tests", ""]
         hdr = "| T [C] | SOC | R0 dis [mOhm] | R0 chg [mOhm] | step R0 dis/chg [mOhm] | " + \
             " | ".join(f"R{j + 1} [mOhm] | tau{j + 1} [s]" for j in range(self.rc_branches)) + \
             " | I0 [A] | RMSE window [mV] | RMSE pulses [mV] |"
@@ -228,6 +246,21 @@ class FitResult:
                 ""]
         out += [f"- {n}" for n in self.notes if "OCV" not in n]
         return "\n".join(out) + "\n"
+
+    def _hysteresis_markdown(self) -> list[str]:
+        hy = self.hysteresis
+        if hy is None:
+            return []
+        out = ["## OCV hysteresis (Plett one-state: OCV + M(SOC) h)", ""]
+        out += [f"- {n}" for n in hy.notes]
+        if hy.max_v is not None:
+            out += ["", "| SOC | " + " | ".join(f"{x:.1f}" for x in hy.soc) + " |",
+                    "|---|" + "---:|" * len(hy.soc),
+                    "| M [mV] | " + " | ".join(f"{1e3 * x:.2f}" for x in hy.max_v) + " |", "",
+                    f"rate gamma = {hy.rate:.4g} per unit SOC "
+                    f"({'fitted' if hy.rate_found else 'assumed'}); every test is taken to "
+                    "start from a charged, rested cell (h = +1)"]
+        return out + [""]
 
     def write_report(self, directory: str | Path, stem: str = "fit") -> list[Path]:
         d = Path(directory)
@@ -374,11 +407,15 @@ def one_cell_pack(pack: PackConfig) -> PackConfig:
     return dataclasses.replace(pack, stacks=(stack,))
 
 
-def run_core_open_loop(pack: PackConfig, trace: Trace, soc0: float) -> np.ndarray:
+def run_core_open_loop(pack: PackConfig, trace: Trace, soc0: float,
+                       hysteresis0: float = START_STATE) -> np.ndarray:
     """The pack's model through the real core with every voltage NaN (no EKF update: the
-    prediction alone, SOC counted from ``soc0``): ``voltage_pred_v`` per sample."""
+    prediction alone, SOC counted from ``soc0``, the hysteresis state from ``hysteresis0``,
+    the fit's assumption for a test's start): ``voltage_pred_v`` per sample."""
     core = Core(one_cell_pack(pack), 0)
     core.reset(soc0)
+    if pack.cell.ecm.hysteresis_max_v is not None:
+        core.hyst[:] = hysteresis0  # the C core reads the array in place
     dt = np.diff(trace.time_s, prepend=np.nan)
     dt[0] = float(np.median(dt[1:]))
     nan_v = np.array([np.nan])
@@ -406,26 +443,105 @@ def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str =
         raise FitError("no pulse (HPPC) file: give --pulses FILE at least once")
     resolve_pack_path(base)  # an unknown base is refused before any work
     ocv_trace = read_trace(ocv_path, current_sign, columns)
-    ocv = fit_ocv(ocv_trace)
-    tests = []
-    for p in pulse_paths:
-        tests.append(prepare(read_trace(p, current_sign, columns), ocv.capacity_ah,
-                             ocv.soc_grid, ocv.ocv_v))
+    traces = [read_trace(p, current_sign, columns) for p in pulse_paths]
+    # pass 1 without hysteresis; its resistances give the polarisation the OCV test's branches
+    # carry, so M (and gamma) can be told from it; pass 2 refits with M h as a known input
+    result = _fit_pass(fit_ocv(ocv_trace), traces, rc_branches, base, Path(ocv_path), None,
+                       charge_transfer)
+    hyst = _assess_hysteresis(result)
+    if hyst.written:
+        result = _fit_pass(fit_ocv(ocv_trace, (hyst.at, hyst.rate)), traces, rc_branches, base,
+                           Path(ocv_path), hyst, charge_transfer)
+    result.hysteresis = hyst
+    if verify:
+        verify_in_core(result)
+    return result
+
+
+def _fit_pass(ocv: OcvResult, traces: list[Trace], rc_branches: int, base: str,
+              ocv_path: Path, hyst: HysteresisFit | None, charge_transfer: bool = False
+              ) -> FitResult:
+    """OCV rows over temperature, every HPPC level and the tables, for one hysteresis (None:
+    none); ``charge_transfer``: as fit()."""
+    # a test's first rest is a charged cell's (h = START_STATE): its SOC from OCV + M h
+    rested_v = ocv.ocv_v if hyst is None else strictly_increasing(
+        ocv.ocv_v + START_STATE * hyst.at(ocv.soc_grid))
+    tests = [prepare(tr, ocv.capacity_ah, ocv.soc_grid, rested_v) for tr in traces]
     points: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for test in tests:
+        rest_v = test.rest_v
+        if hyst is not None:
+            tr = test.trace
+            h = trajectory(tr.current_a * tr.dt_s / (ocv.capacity_ah * 3600.0), tr.current_a,
+                           hyst.rate)
+            test.hysteresis_v = hyst.at(test.soc) * h
+            # a relaxed rest is on OCV + M h: the OCV rows go through the rests less M h
+            rest_v = rest_v - test.hysteresis_v[test.rest_index]
         s, v = points.get(test.temperature_c, (np.empty(0), np.empty(0)))
         points[test.temperature_c] = (np.concatenate([s, test.rest_soc]),
-                                      np.concatenate([v, test.rest_v]))
+                                      np.concatenate([v, rest_v]))
     temps, rows, notes = temperature_rows(ocv, points)
     result = FitResult(ocv, tests, temps, rows, None, rc_branches, base,  # type: ignore[arg-type]
-                       Path(ocv_path), MIN_VOLTAGE_NOISE_V, notes=notes)
+                       ocv_path, MIN_VOLTAGE_NOISE_V, notes=notes, hysteresis=hyst)
     for test in tests:
         fit_levels(test, _ocv_lookup(result, test.temperature_c), rc_branches, charge_transfer)
     result.tables, table_notes = _tables(tests, rc_branches, charge_transfer)
     result.notes += table_notes
-    if verify:
-        verify_in_core(result)
     return result
+
+
+def _assess_hysteresis(result: FitResult) -> HysteresisFit:
+    """M and gamma from the OCV test with pass 1's resistances at the OCV test's temperature
+    (linear between the tables' temperatures, held beyond; bms.app.fit_hysteresis)."""
+    ocv, t = result.ocv, result.tables
+    t_fit = float(np.clip(ocv.temperature_c, t.temperature_c[0], t.temperature_c[-1]))
+
+    def row(values: np.ndarray, soc: np.ndarray) -> np.ndarray:
+        at_t = np.array([np.interp(t_fit, t.temperature_c, values[:, j])
+                         for j in range(values.shape[1])])
+        return np.interp(soc, t.soc, at_t)
+
+    def eta(soc: np.ndarray, current_a: np.ndarray | float) -> np.ndarray:
+        # the charge-transfer overpotential is polarisation too (0 without one): R0 is then
+        # the ohmic part alone
+        if t.exchange_current_a is None:
+            return np.zeros(len(soc))
+        c = 0.5 / row(t.exchange_current_a, soc)
+        return ct_overpotential(c, current_a, np.full(len(soc), t_fit))
+
+    def steady(soc: np.ndarray, i_abs: float) -> tuple[np.ndarray, np.ndarray]:
+        rc = sum(row(r, soc) for r in t.r_ohm)
+        e = eta(soc, i_abs)  # odd in I: the same magnitude on both branches
+        return ((row(t.r0_ohm, soc) + rc) * i_abs + e,
+                (row(t.r0_charge_ohm, soc) + rc) * i_abs + e)
+
+    def params_at(soc: np.ndarray, _temp: np.ndarray) -> dict:
+        return {"r0": row(t.r0_ohm, soc), "r0_charge": row(t.r0_charge_ohm, soc),
+                "r": [row(r, soc) for r in t.r_ohm], "tau": [row(x, soc) for x in t.tau_s]}
+
+    def charge_pol(b: Branch) -> np.ndarray:
+        return simulate(b.dt_s, b.current_a, b.soc, np.full(len(b.soc), t_fit),
+                        lambda s, _t: np.zeros_like(s), params_at) + eta(b.soc, b.current_a)
+
+    def rests(gamma: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        out = []
+        for test in result.tests:
+            if abs(test.temperature_c - ocv.temperature_c) > REST_CHECK_K:
+                continue
+            tr = test.trace
+            h = trajectory(tr.current_a * tr.dt_s / (ocv.capacity_ah * 3600.0), tr.current_a,
+                           gamma)
+            out.append((test.rest_soc, test.rest_v, h[test.rest_index]))
+        return out
+
+    if ocv.discharge is None:
+        hy = HysteresisFit(np.zeros(1), None, 0.0, False, math.nan, math.nan, math.nan,
+                           math.nan, 0, math.nan)
+        hy.notes.append(f"no hysteresis: a {ocv.method} OCV test has no charge and discharge "
+                        "branches to compare (a slow-rate test does)")
+        return hy
+    return assess(ocv.discharge, ocv.charge, ocv.soc_grid, ocv.half_difference_v, t_fit,
+                  steady, charge_pol, rests, lambda s: np.interp(s, ocv.soc_grid, ocv.ocv_v))
 
 
 def verify_in_core(result: FitResult) -> None:
@@ -527,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
         key = str(test.trace.path)
         print(f"  {test.trace.path.name}: {len(test.levels)} levels, core voltage RMSE "
               f"{1e3 * result.core_rmse_v.get(key, math.nan):.2f} mV")
+    hy = result.hysteresis
+    if hy is not None and hy.max_v is not None:
+        print(f"  OCV hysteresis M {1e3 * hy.max_v.min():.2f}..{1e3 * hy.max_v.max():.2f} mV, "
+              f"rate {hy.rate:.3g} ({'fitted' if hy.rate_found else 'assumed'})")
+    elif hy is not None:
+        print(f"  OCV hysteresis: none ({hy.notes[-1]})")
     print(f"  estimator.voltage_noise_v {1e3 * result.voltage_noise_v:.2f} mV")
     print(f"  -> {args.out}, " + ", ".join(str(p) for p in written))
     return 0

@@ -22,11 +22,13 @@ counts charge, sample k's current over its own interval).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bms.app.fit_data import FitError, Trace, runs
+from bms.app.fit_hysteresis import START_STATE, Branch
 
 #: The OCV table's SOC grid: 1 % steps (the loader resamples onto a uniform grid; 1 % keeps
 #: the steep ends of NMC/graphite curves within ~1 mV of linear interpolation, assumption).
@@ -48,6 +50,12 @@ class OcvResult:
     method: str                  # "slow-rate" or "rests"
     half_difference_v: np.ndarray  # (charge - discharge) / 2 on the grid; NaN where one branch
     notes: list[str] = field(default_factory=list)
+    discharge: Branch | None = None  # slow-rate test: the branches' samples
+    charge: Branch | None = None
+
+
+#: The OCV test's hysteresis for the OCV: (M over SOC, rate gamma); see fit_hysteresis.
+Hysteresis = tuple[Callable[[np.ndarray], np.ndarray], float]
 
 
 def soc_grid() -> np.ndarray:
@@ -62,8 +70,10 @@ def strictly_increasing(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_ocv(trace: Trace) -> OcvResult:
-    """OCV(SOC) at the test's temperature and the capacity (see the module docstring)."""
+def fit_ocv(trace: Trace, hysteresis: Hysteresis | None = None) -> OcvResult:
+    """OCV(SOC) at the test's temperature and the capacity (see the module docstring).
+    ``hysteresis`` (M, gamma): the slow-rate branches are corrected for it where h has not
+    saturated (the start of each branch) and the relaxed end points for h there."""
     rs = runs(trace)
     dis = [r for r in rs if r.kind < 0]
     if not dis:
@@ -76,7 +86,7 @@ def fit_ocv(trace: Trace) -> OcvResult:
     longest_q = -float(np.sum(trace.current_a[longest.start:longest.stop]
                               * trace.dt_s[longest.start:longest.stop]))
     if longest_q >= 0.8 * total_dis:
-        return _slow_rate(trace, rs, longest, q)
+        return _slow_rate(trace, rs, longest, q, hysteresis)
     return _rests(trace, rs, q)
 
 
@@ -89,7 +99,12 @@ def _rest_end_voltage(trace: Trace, rs: list, index: int) -> float | None:
         else None
 
 
-def _slow_rate(trace: Trace, rs: list, dis, q: np.ndarray) -> OcvResult:
+def _branch(trace: Trace, k: np.ndarray, soc: np.ndarray) -> Branch:
+    return Branch(soc, trace.voltage_v[k], trace.current_a[k], trace.dt_s[k])
+
+
+def _slow_rate(trace: Trace, rs: list, dis, q: np.ndarray,
+               hysteresis: Hysteresis | None) -> OcvResult:
     grid = soc_grid()
     i_dis = rs.index(dis)
     q0 = q[dis.start - 1] if dis.start > 0 else 0.0
@@ -110,10 +125,17 @@ def _slow_rate(trace: Trace, rs: list, dis, q: np.ndarray) -> OcvResult:
     if after is not None and after.kind == 0 and after.duration_s(trace) >= LONG_REST_S:
         v_bottom = float(trace.voltage_v[after.stop - 1])
     half = np.full_like(grid, np.nan)
+    # h along each branch (Plett's model, from the relaxed charged start and, for the charge,
+    # from the end of the full discharge); without hysteresis M = 0 and nothing changes
+    m = np.zeros_like(grid) if hysteresis is None else hysteresis[0](grid)
+    gamma = 0.0 if hysteresis is None else hysteresis[1]
+    h_d = -1.0 + (1.0 + START_STATE) * np.exp(-gamma * (1.0 - grid))
+    h_c = 1.0 - 2.0 * np.exp(-gamma * grid)
+    branch_d, branch_c = _branch(trace, k, soc_d), None
     if chg is None:
         notes.append("no charge after the discharge: OCV = the discharge branch (it carries "
                      "the IR drop: the OCV is low by R I)")
-        ocv = v_d
+        ocv = v_d - m * h_d
     else:
         qc0 = q[chg.start - 1]
         kc = np.arange(chg.start, chg.stop)
@@ -124,15 +146,18 @@ def _slow_rate(trace: Trace, rs: list, dis, q: np.ndarray) -> OcvResult:
             raise FitError(f"{trace.path}: the charge and discharge branches overlap on "
                            f"{int(both.sum())} SOC points; a slow-rate OCV test charges back "
                            "over most of the window")
+        branch_c = _branch(trace, kc, soc_c)
         half[both] = 0.5 * (v_c[both] - v_d[both])
-        ocv = 0.5 * (v_c + v_d)
-        # one branch only: shifted by the half-difference of the nearest 3 % where both exist
+        ocv = 0.5 * (v_c + v_d) - 0.5 * m * (h_c + h_d)
+        # one branch only: shifted by the polarisation (half-difference less the hysteresis)
+        # of the nearest 3 % where both exist
+        pol = half - 0.5 * m * (h_c - h_d)
         idx = np.flatnonzero(both)
-        lo_h, hi_h = np.mean(half[idx[:3]]), np.mean(half[idx[-3:]])
+        lo_h, hi_h = np.mean(pol[idx[:3]]), np.mean(pol[idx[-3:]])
         top = np.isfinite(v_d) & ~np.isfinite(v_c) & (grid > grid[idx[-1]])
-        ocv[top] = v_d[top] + hi_h
+        ocv[top] = v_d[top] - m[top] * h_d[top] + hi_h
         bot = np.isfinite(v_c) & ~np.isfinite(v_d) & (grid < grid[idx[0]])
-        ocv[bot] = v_c[bot] - lo_h
+        ocv[bot] = v_c[bot] - m[bot] * h_c[bot] - lo_h
         notes.append(f"OCV = mean of the C/{duration_h:.0f} discharge and charge branches over "
                      f"SOC {grid[idx[0]]:.2f}..{grid[idx[-1]]:.2f}; half-difference (IR drop + "
                      f"hysteresis) {1e3 * np.nanmin(half):.1f}..{1e3 * np.nanmax(half):.1f} mV")
@@ -141,16 +166,22 @@ def _slow_rate(trace: Trace, rs: list, dis, q: np.ndarray) -> OcvResult:
                          f"{trace.voltage_v[chg.stop - 1]:.3f} V): the discharge branch + "
                          f"{1e3 * hi_h:.1f} mV")
     if v_top is not None:
-        ocv[-1] = v_top
+        ocv[-1] = v_top - m[-1] * START_STATE
     if v_bottom is not None:
-        ocv[0] = v_bottom
+        ocv[0] = v_bottom - m[0] * h_d[0]
+    if hysteresis is not None:
+        notes.append(f"corrected for the hysteresis (M {1e3 * m.min():.1f}..{1e3 * m.max():.1f} "
+                     f"mV, gamma {gamma:.3g}) where h has not saturated: the first "
+                     f"{300 / max(gamma, 1e-9):.1f} % of each branch and the relaxed end "
+                     f"points (h = {START_STATE:+g} at the charged start, "
+                     f"{h_d[0]:+.2f} after the discharge)")
     notes.append("end points: relaxed voltage " + (f"{v_top:.4f} V at SOC 1" if v_top else
                  "(no rest before the discharge)") + ", " + (f"{v_bottom:.4f} V at SOC 0"
                                                             if v_bottom else
                                                             "no rest after the discharge"))
     ocv = _fill(grid, ocv, trace)
     return OcvResult(grid, strictly_increasing(ocv), trace.temperature_median_c,
-                     cap_as / 3600.0, "slow-rate", half, notes)
+                     cap_as / 3600.0, "slow-rate", half, notes, branch_d, branch_c)
 
 
 def _rests(trace: Trace, rs: list, q: np.ndarray) -> OcvResult:

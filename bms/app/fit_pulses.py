@@ -27,7 +27,8 @@ constant-current discharge segment to the next level and a long rest. Here:
   part of a fast branch's first second shows up in it); the instantaneous step dV/dI at each
   pulse edge is reported beside it.
 - the OCV in the fit is the fitted OCV row at the test's temperature (which goes through the
-  test's own relaxed rest voltages).
+  test's own relaxed rest voltages, less M h there when the cell has hysteresis); the
+  hysteresis M(SOC) h (bms.app.fit_hysteresis, h from the test's start) is a known input.
 """
 
 from __future__ import annotations
@@ -95,8 +96,11 @@ class PulseTest:
     rest_v: np.ndarray
     windows: list[tuple[int, int]]  # sample index ranges [a, b] (inclusive) of the levels
     pulses: list[Run]
+    rest_index: np.ndarray      # sample index of each relaxed point
     levels: list[LevelFit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: M h per sample (the OCV hysteresis, a known input of the level fit); None: none
+    hysteresis_v: np.ndarray | None = None
 
 
 def round_temperature(t: float) -> float:
@@ -136,7 +140,8 @@ def prepare(trace: Trace, capacity_ah: float, ocv_soc: np.ndarray, ocv_v: np.nda
     if not windows:
         raise FitError(f"{trace.path}: no pulse after the first long rest")
     t = round_temperature(trace.temperature_median_c)
-    test = PulseTest(trace, t, soc0, soc, rest_soc, rest_v, windows, pulses)
+    test = PulseTest(trace, t, soc0, soc, rest_soc, rest_v, windows, pulses,
+                     np.array(ends, dtype=int))
     spread = float(np.nanmax(trace.temperature_c) - np.nanmin(trace.temperature_c))
     test.notes.append(f"{len(pulses)} pulses in {len(windows)} levels, {len(long_rests)} long "
                       f"rests; temperature median {trace.temperature_median_c:.2f} C "
@@ -352,6 +357,10 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
         cur = tr.current_a[k].copy()
         cur[0] = 0.0  # the relaxed start: every branch at 0
         y = tr.voltage_v[k] - ocv_at(test.soc[k])
+        if test.hysteresis_v is not None:
+            # a known input (M and gamma from the OCV test): without it R0 on charge takes the
+            # h change over each charge pulse and the rows' rest points would carry -M
+            y = y - test.hysteresis_v[k]
         in_w = [p for p in test.pulses if a < p.start <= b]
         first, last = in_w[0].start, in_w[-1].stop
         temp = tr.temperature_c[k]

@@ -304,7 +304,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bms replay", description=__doc__.split("\n\n")[0],
         epilog="examples:\n"
-               "  bms replay --pack ssb-23 --data run/ticks.csv --truth run/truth.csv -o out.csv\n"
+               "  bms replay --pack ssb-23 --data run/ticks.csv --truth run.truth/truth.csv "
+               "-o out.csv\n"
                "  bms replay --pack my-cell.yaml --data drive_25C.csv --current-sign "
                "discharge-positive --truth drive_25C_truth.csv -o out.csv --plot out.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -59,6 +59,7 @@ _ST_POS, _ST_NEG, _ST_PRE = int(Status.CONTACTOR_POS), int(Status.CONTACTOR_NEG)
 _ST_WD, _ST_BOOT, _ST_BAL = int(Status.WATCHDOG_TRIPPED), int(Status.JUST_BOOTED), int(
     Status.BALANCING)
 _ST_SENSOR, _ST_SIM = int(Status.SENSOR_ERROR), int(Status.SIM_CLOCK)
+_OUTPUT_BITS = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
 
 
 @dataclass
@@ -364,7 +365,10 @@ class EmulatedBoard:
 
     def _set_outputs(self, msg: SetOutputs, seq: int) -> None:
         n = self.profile.cells
-        if msg.charge_limit_ma < 0 or msg.discharge_limit_ma < 0 or msg.balance_mask >> n:
+        # Bits 3-7 of outputs are reserved: a host that sets them means something this board
+        # does not do (the firmware refuses them the same way, boards/firmware/src/app.c).
+        if (msg.outputs & ~_OUTPUT_BITS or msg.charge_limit_ma < 0 or msg.discharge_limit_ma < 0
+                or msg.balance_mask >> n):
             self._nack(MsgType.SET_OUTPUTS, NackError.BAD_VALUE, seq)
             return
         closing = bool(msg.outputs & (Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG

@@ -4,22 +4,40 @@ Prints the pty's path as the first line of stdout (one line per board when sever
 are given: one process serves them all, each on its own pty with its own plant), then serves
 protocol v1 from the plant model until killed (SIGINT/SIGTERM stop it cleanly and close the
 ground-truth files).
+
+Errors are one line on stderr (two with a hint) and an exit code of bms.app.errors.ExitCode
+(repeated here: the emulator imports no bms module; tests/test_cli_errors.py checks that they
+agree): 2 a command-line value, 3 a pack file, board profile or scenario, 5 a file it cannot
+write.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from boards.config import ConfigError, load_board, load_pack
 from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer, serve_boards
 from hil.emulator.scenario import ScenarioError, load_scenario
 
+EXIT_USAGE, EXIT_CONFIG, EXIT_IO = 2, 3, 5
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line naming the option (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message}\n  hint: `{self.prog} --help` lists the options",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="bms emulate",
         description="Emulated board: serves protocol v1 on a pty from a plant model of one "
                     "stack. Prints the pty path as the first line of stdout.",
@@ -66,33 +84,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.firmware:  # only when this module is run directly, not through `bms emulate`
         print("bms emulate: --firmware is served by `bms emulate --firmware` (hil.firmware)",
               file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     boards = args.board if args.board else [0]
     if args.truth is not None and (len(boards) > 1 or args.truth_dir is not None):
         print("bms emulate: --truth names one board's file; with several boards use "
               "--truth-dir", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         pack = load_pack(args.pack)
         for k in boards:
             if not 0 <= k < len(pack.stacks):
-                print(f"bms emulate: --board {k}: the pack has stacks 0.."
+                print(f"bms emulate: --board {k}: pack {pack.name} has stacks 0.."
                       f"{len(pack.stacks) - 1}", file=sys.stderr)
-                return 2
+                return EXIT_USAGE
         if len(set(boards)) != len(boards):
-            print("bms emulate: a board is listed twice", file=sys.stderr)
-            return 2
+            print(f"bms emulate: --board: a board is listed twice ({boards})", file=sys.stderr)
+            return EXIT_USAGE
         profiles = [load_board(args.profile or pack.stacks[k].board) for k in boards]
         scenario = load_scenario(args.scenario) if args.scenario else None
     except (ConfigError, ScenarioError) as exc:
         print(f"bms emulate: {exc}", file=sys.stderr)
-        return 2
-    if args.soc is not None and not 0.0 <= args.soc <= 1.0:
-        print("bms emulate: --soc must be in [0, 1]", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    if args.soc is not None and not 0.0 <= args.soc <= 1.0:  # NaN fails too
+        print(f"bms emulate: --soc {args.soc:g}: allowed 0..1", file=sys.stderr)
+        return EXIT_USAGE
     if args.truth_every < 1:
-        print("bms emulate: --truth-every must be >= 1", file=sys.stderr)
-        return 2
+        print(f"bms emulate: --truth-every {args.truth_every}: allowed >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    if args.temperature is not None and not math.isfinite(args.temperature):
+        print(f"bms emulate: --temperature {args.temperature:g}: allowed a finite number (C)",
+              file=sys.stderr)
+        return EXIT_USAGE
     servers: list[PtyServer] = []
     try:
         for pos, (k, profile) in enumerate(zip(boards, profiles, strict=True)):
@@ -107,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         for srv in servers:
             srv.close()
+        if isinstance(exc, OSError):  # a truth file or a pty that cannot be made
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"bms emulate: {where}{exc.strerror or exc}", file=sys.stderr)
+            return EXIT_IO
+        # the pack and the board profile disagree (channel counts)
         print(f"bms emulate: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     for srv in servers:
         print(srv.path, flush=True)
     for srv in servers:

@@ -3,10 +3,15 @@
 One row per plant step (or every ``every``-th step): time, stack current, bus and stack
 voltage, stack pressure, coolant and ambient temperature, then per cell true SOC, temperature
 and terminal voltage, then per load cell the true local pressure. The BMS never reads this file.
+
+A failed write (a full disk) stops the truth file, never the board: the board is what the BMS
+under test talks to, and the truth is only for scoring it afterwards. The first failure is one
+line on stderr; ``dropped`` counts the rows lost.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TextIO
 
@@ -32,6 +37,8 @@ class TruthWriter:
         self.path = Path(path)
         self.every = every
         self._count = 0
+        self.dropped = 0
+        self.error: str | None = None
         self._fh: TextIO = self.path.open("w", encoding="utf-8", buffering=1)
         self._fh.write(",".join(truth_header(n_cells, n_load_cells)) + "\n")
 
@@ -46,11 +53,23 @@ class TruthWriter:
         parts += [f"{x:.3f}" for x in truth.temperature_c.tolist()]
         parts += [f"{x:.5f}" for x in truth.cell_voltage_v.tolist()]
         parts += [f"{x:.2f}" for x in truth.load_cell_pressure_kpa.tolist()]
-        self._fh.write(",".join(parts) + "\n")
+        if self.error is not None:
+            self.dropped += 1
+            return
+        try:
+            self._fh.write(",".join(parts) + "\n")
+        except OSError as exc:
+            self.dropped += 1
+            self.error = f"{exc.strerror or exc}"
+            print(f"bms emulate: truth file {self.path}: {self.error}; no more truth rows "
+                  "(the board goes on)", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:
+                pass  # the buffered tail of a full disk: counted by the first failure
 
     def __enter__(self) -> TruthWriter:
         return self

@@ -88,6 +88,13 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->soh_min_di_a = 1.0;
     p->soh_r0_p_max = 0.01;
     p->soh_cap_window = 0.1;
+    p->soh_hp_tau_s = 60.0;
+    p->soh_noise_v = 0.005;
+    p->soh_q_per_s = 1e-8;
+    p->soh_scale_min = 0.5;
+    p->soh_scale_max = 2.0;
+    p->soh_soc_anchor_s = 3600.0;
+    p->cap_fb_d_sigma = 0.01;
     p->pressure_fusion = 1;
     p->preload_kpa = 1000.0;
     p->stiffness_kpa_per_um = 0.128;
@@ -121,6 +128,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     s->cell_temp_c = dalloc(nn);
     s->r0_scale = dalloc(nn);
     s->r0_p = dalloc(nn);
+    s->rc_scale = dalloc(nn);
+    s->imp = dalloc(SSB_IMP_ROWS * nn);
     s->cap_ratio = dalloc(nn);
     s->cap_p = dalloc(nn);
     s->soc_window0 = dalloc(nn);
@@ -155,7 +164,7 @@ static void fixture_free(fixture_t *f)
     ssb_state_t *s = &f->st;
     ssb_output_t *o = &f->out;
     void *ptrs[] = {f->grid, f->i0, f->i1, f->tw, s->soc, s->v1, s->v2, s->hyst, s->p, s->cell_temp_c,
-                    s->r0_scale, s->r0_p, s->cap_ratio, s->cap_p, s->soc_window0, s->leak_e,
+                    s->r0_scale, s->r0_p, s->rc_scale, s->imp, s->cap_ratio, s->cap_p, s->soc_window0, s->leak_e,
                     s->leak_a, s->leak_d, s->leak_p, s->v_prev, s->gated_count, s->work, o->soc_sigma,
                     o->voltage_pred_v, o->leak_sigma_a, o->r0_ohm, o->capacity_ah, o->status, o->leak_flag,
                     o->stack, o->charge_limit_a, o->discharge_limit_a, f->v,
@@ -251,6 +260,18 @@ int main(void)
     CHECK(ssb_params_check(&bad) == SSB_ERR_SIZE);
     bad = f.prm;
     bad.capacity_as = NAN;
+    CHECK(ssb_params_check(&bad) == SSB_ERR_PARAM);
+    bad = f.prm;
+    bad.soh_scale_min = 0.0; /* impedance scales need a positive lower bound */
+    CHECK(ssb_params_check(&bad) == SSB_ERR_PARAM);
+    bad = f.prm;
+    bad.soh_scale_max = 0.9; /* the bounds must hold the nominal 1 */
+    CHECK(ssb_params_check(&bad) == SSB_ERR_PARAM);
+    bad = f.prm;
+    bad.soh_hp_tau_s = NAN;
+    CHECK(ssb_params_check(&bad) == SSB_ERR_PARAM);
+    bad = f.prm;
+    bad.cap_fb_d_sigma = -0.01;
     CHECK(ssb_params_check(&bad) == SSB_ERR_PARAM);
     bad = f.prm;
     bad.soc_step = 0.2; /* grid does not span 0..1 */

@@ -227,6 +227,8 @@ static void test_outputs_and_balancing(void)
     CHECK(expect_nack(MSG_SET_OUTPUTS, NACK_BAD_VALUE, 0));
     set_outputs(0x01, 0, -1, 0);
     CHECK(expect_nack(MSG_SET_OUTPUTS, NACK_BAD_VALUE, 0));
+    set_outputs(0xFF, 0, 0, 0); /* reserved output bits 3-7 */
+    CHECK(expect_nack(MSG_SET_OUTPUTS, NACK_BAD_VALUE, 0));
     CHECK(hb.relays == 0x05);
 }
 
