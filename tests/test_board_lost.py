@@ -132,7 +132,9 @@ def test_a_frozen_board_timestamp_is_stale_data(tmp_path: Path) -> None:
     raised = _fault_events(log, FaultCode.BOARD_DATA_STALE)
     assert len(raised) == 1 and raised[0]["severity"] == "fault"
     # within the measurement timeout (0.5 s) plus the board's 0.1 s sample period and a tick
-    assert t_freeze < raised[0]["time_s"] <= t_freeze + 0.5 + 0.25
+    # (0.70 s measured on a quiet machine); real clock: 0.25 s more for a loaded one (seen
+    # 0.80 s with other jobs on both cores)
+    assert t_freeze < raised[0]["time_s"] <= t_freeze + 0.5 + 0.25 + 0.25
     assert summary["state"] != "CLOSED"
     assert _fault_events(log, FaultCode.MEASUREMENT_LOST)
     tk = load_ticks(log / "ticks.csv")

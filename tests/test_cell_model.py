@@ -226,8 +226,20 @@ def test_no_load_cells_turns_the_pressure_features_off(tmp_path, capsys) -> None
     core.reset(0.5)
     out = core.step(0.1, -2.0, np.full(23, 3.76), np.full(6, 25.0), np.zeros(0))
     assert np.isnan(out.pressure_mean_kpa) and np.all(np.isfinite(out.soc))
-    check_main(["--pack", str(path)])
+    # bms check prints what the pack means, then refuses it for a board with load-cell
+    # channels (bms run would: the board's four readings have no place in the model)
+    with pytest.raises(ConfigError, match="0 load cell.*4 load-cell channels"):
+        check_main(["--pack", str(path)])
     assert "pressure  off: fixture.load_cells_xy_mm is []" in capsys.readouterr().out
+    # with a board profile without load-cell channels the pack is accepted as bms run would
+    board = yaml.safe_load((PACK_DIR.parent / "emu-23.yaml").read_text())
+    board.update(name="emu-23-no-load-cells", load_cells=0,
+                 load_cell={k: ([] if isinstance(v, list) else v)
+                            for k, v in board["load_cell"].items()})
+    data["stacks"][0]["board"] = str(_write(tmp_path, board, "board.yaml"))
+    assert check_main(["--pack", str(_write(tmp_path, data))]) == 0
+    out = capsys.readouterr().out
+    assert "0 load cells): ok" in out and "ok        bms run accepts this pack" in out
 
 
 def test_charging_section(tmp_path) -> None:

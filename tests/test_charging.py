@@ -21,7 +21,7 @@ from bms.charging import CcdLimit, CcdWatch, HeldLimit, stack_conditions
 from bms.controller import Controller
 from bms.faults import FaultCode
 from bms.runlog import load_events, load_ticks
-from boards.config import load_pack
+from boards.config import ConfigError, load_pack
 from hil.protocol import InjectedFault as Inject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,8 @@ def test_bms_check_says_what_the_limit_does(tmp_path: Path, capsys) -> None:
     assert f"charging  CCD limit at 25 C (1430 cm2, margin 0.8): {shown}" in out
     # without load cells the pressure is never known: 0 A, and bms check says so
     pack = _pack_variant(tmp_path, lambda d: d["fixture"].update(load_cells_xy_mm=[]))
-    check_main(["--pack", str(pack.path)])  # exit 2: emu-23 has 4 load-cell channels
+    with pytest.raises(ConfigError, match="4 load-cell channels"):  # emu-23 has them
+        check_main(["--pack", str(pack.path)])
     assert "no load cells measure the stack pressure: charge limit 0 A" in \
         capsys.readouterr().out
     assert CcdLimit.from_pack(pack).limit_a(*stack_conditions(np.empty(0),
