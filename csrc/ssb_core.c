@@ -261,34 +261,51 @@ static int call_check(const ssb_params_t *prm, const ssb_state_t *st, const ssb_
 
 /* ------------------------------------------------------------------ table look-up */
 
+/* The grid cell around (soc, temp_c): its four corners (a, b along SOC; c, d one temperature
+ * up), the SOC fraction f (unclamped in [-1/n, ...]: the OCV extrapolates along its end
+ * segment), the same clamped to [0, 1] (the other columns hold their end values) and the
+ * temperature fraction gt (temperature clamped to the grid). One place for lookup() and
+ * ocv_at(). */
+typedef struct {
+    const double *a, *b, *c, *d;
+    double f, fc, gt;
+} grid_cell_t;
+
+static inline grid_cell_t grid_cell(const ssb_params_t *prm, double soc, double temp_c)
+{
+    const int32_t ns = prm->n_soc;
+    /* clamped to [0, ns - 2] before the (truncating) conversion, so no floor() is needed */
+    const double fs = clampd(soc / prm->soc_step, -1.0, (double)ns);
+    const int32_t is = (int32_t)clampd(fs, 0.0, (double)(ns - 2));
+    const double ft = clampd((temp_c - prm->temp_min_c) / prm->temp_step_c, 0.0,
+                             (double)(prm->n_temp - 1));
+    const int32_t it = (int32_t)clampd(ft, 0.0, (double)(prm->n_temp - 2));
+    grid_cell_t gc;
+    gc.a = prm->grid + ((size_t)it * (size_t)ns + (size_t)is) * SSB_TABLE_STRIDE;
+    gc.b = gc.a + SSB_TABLE_STRIDE;
+    gc.c = gc.a + (size_t)ns * SSB_TABLE_STRIDE;
+    gc.d = gc.c + SSB_TABLE_STRIDE;
+    gc.f = fs - (double)is;
+    gc.fc = clampd(gc.f, 0.0, 1.0);
+    gc.gt = ft - (double)it;
+    return gc;
+}
+
 /* Bilinear look-up at (soc, temp_c) of every grid column into g[SSB_TABLE_STRIDE], and the
  * OCV slope. OCV is extrapolated linearly beyond the SOC grid (its end segment), the others
  * are held at the end values; temperature is clamped. */
 static inline void lookup(const ssb_params_t *prm, double soc, double temp_c,
                           double g[SSB_TABLE_STRIDE], double *docv)
 {
-    const int32_t ns = prm->n_soc;
-    /* clamped to [0, ns - 2] before the (truncating) conversion, so no floor() is needed */
-    double fs = clampd(soc / prm->soc_step, -1.0, (double)ns);
-    int32_t is = (int32_t)clampd(fs, 0.0, (double)(ns - 2));
-    double f = fs - (double)is;
-    double fc = clampd(f, 0.0, 1.0);
-    double ft = clampd((temp_c - prm->temp_min_c) / prm->temp_step_c, 0.0,
-                       (double)(prm->n_temp - 1));
-    int32_t it = (int32_t)clampd(ft, 0.0, (double)(prm->n_temp - 2));
-    double gt = ft - (double)it;
-    const double *a = prm->grid + ((size_t)it * (size_t)ns + (size_t)is) * SSB_TABLE_STRIDE;
-    const double *b = a + SSB_TABLE_STRIDE;
-    const double *c = a + (size_t)ns * SSB_TABLE_STRIDE;
-    const double *d = c + SSB_TABLE_STRIDE;
+    const grid_cell_t gc = grid_cell(prm, soc, temp_c);
     for (int q = 0; q < SSB_TABLE_STRIDE; q++) {
-        double lo = a[q] + gt * (c[q] - a[q]);
-        double hi = b[q] + gt * (d[q] - b[q]);
+        double lo = gc.a[q] + gc.gt * (gc.c[q] - gc.a[q]);
+        double hi = gc.b[q] + gc.gt * (gc.d[q] - gc.b[q]);
         if (q == G_OCV) {
-            g[q] = lo + f * (hi - lo);
+            g[q] = lo + gc.f * (hi - lo);
             *docv = (hi - lo) / prm->soc_step;
         } else {
-            g[q] = lo + fc * (hi - lo);
+            g[q] = lo + gc.fc * (hi - lo);
         }
     }
 }
@@ -296,21 +313,10 @@ static inline void lookup(const ssb_params_t *prm, double soc, double temp_c,
 /* The OCV column alone, as lookup() computes it (extrapolated beyond the SOC grid). */
 static inline double ocv_at(const ssb_params_t *prm, double soc, double temp_c)
 {
-    const int32_t ns = prm->n_soc;
-    double fs = clampd(soc / prm->soc_step, -1.0, (double)ns);
-    int32_t is = (int32_t)clampd(fs, 0.0, (double)(ns - 2));
-    double f = fs - (double)is;
-    double ft = clampd((temp_c - prm->temp_min_c) / prm->temp_step_c, 0.0,
-                       (double)(prm->n_temp - 1));
-    int32_t it = (int32_t)clampd(ft, 0.0, (double)(prm->n_temp - 2));
-    double gt = ft - (double)it;
-    const double *a = prm->grid + ((size_t)it * (size_t)ns + (size_t)is) * SSB_TABLE_STRIDE;
-    const double *b = a + SSB_TABLE_STRIDE;
-    const double *c = a + (size_t)ns * SSB_TABLE_STRIDE;
-    const double *d = c + SSB_TABLE_STRIDE;
-    double lo = a[G_OCV] + gt * (c[G_OCV] - a[G_OCV]);
-    double hi = b[G_OCV] + gt * (d[G_OCV] - b[G_OCV]);
-    return lo + f * (hi - lo);
+    const grid_cell_t gc = grid_cell(prm, soc, temp_c);
+    const double lo = gc.a[G_OCV] + gc.gt * (gc.c[G_OCV] - gc.a[G_OCV]);
+    const double hi = gc.b[G_OCV] + gc.gt * (gc.d[G_OCV] - gc.b[G_OCV]);
+    return lo + gc.f * (hi - lo);
 }
 
 /* ------------------------------------------------------------------ helpers */
