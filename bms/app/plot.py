@@ -110,11 +110,18 @@ def _draw_soc(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
     ax.set_ylabel("SOC (%), ±3σ")
 
 
+def _legend_above(ax: Any, ncol: int) -> None:
+    """The panel's legend in the gap above it, not on it: a legend inside covered the start of
+    the traces (the current's 2C charge, the thermistors' rise)."""
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize="x-small", ncol=ncol,
+              frameon=False, borderaxespad=0.1)
+
+
 def _draw_temperature(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
     for c in _cols(ticks, _TEMP):
         ax.plot(t, ticks[c], label=c[:-2], **_THIN)
     ax.set_ylabel("temperature (°C)")
-    ax.legend(loc="upper left", fontsize="x-small", ncol=8)
+    _legend_above(ax, ncol=8)
 
 
 def _draw_pressure(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
@@ -124,7 +131,7 @@ def _draw_pressure(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None
         ax.plot(t, ticks[c], "k--", linewidth=1.0,
                 label=c.removeprefix("pressure_").removesuffix("_kpa"))
     ax.set_ylabel("stack pressure (kPa)")
-    ax.legend(loc="upper left", fontsize="x-small", ncol=6)
+    _legend_above(ax, ncol=6)
 
 
 def _draw_current(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
@@ -140,7 +147,7 @@ def _draw_current(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
                 label="-discharge limit")
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.set_ylabel("current (A), + charge")
-    ax.legend(loc="upper left", fontsize="x-small", ncol=3)
+    _legend_above(ax, ncol=4)
 
 
 def _draw_state(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
@@ -161,6 +168,8 @@ def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
     """Each raised fault: a line across every panel, a marker (and its name) on ``ax``."""
     seen: set[str] = set()
     seen_names: list[float] = []
+    span = float(np.ptp(ax.get_xlim())) or 1.0
+    shift = 0  # names closer than 1 % of the time axis are set side by side, not on each other
     for ev in events:
         if ev.get("type") != "fault" or ev.get("event") != "raise":
             continue
@@ -176,8 +185,10 @@ def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
         ax.plot([ts], [len(_STATE_NAMES) - 1], marker="v", color=colour, linestyle="none",
                 label=label)
         if len(seen_names) < 40:  # keep a long run's figure readable
+            shift = shift + 1 if seen_names and ts - seen_names[-1] < 0.01 * span else 0
             seen_names.append(ts)
             ax.annotate(str(ev.get("name", ev.get("code", ""))), (ts, len(_STATE_NAMES) - 1.4),
+                        xytext=(7 * shift, 0), textcoords="offset points",
                         fontsize="xx-small", rotation=90, va="top", color=colour)
     if seen:
         ax.legend(loc="lower right", fontsize="x-small")
