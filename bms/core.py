@@ -180,6 +180,50 @@ GRID_COLUMNS = ("ocv_v", "r0_discharge_ohm", "r0_charge_ohm", "r1_ohm", "tau1_s"
                 "tau2_s", "hysteresis_v", "ct_inv_2i0_per_a")
 
 
+def grid_lookup(p: CoreParams, soc: np.ndarray, temp_c: np.ndarray) -> dict[str, np.ndarray]:
+    """The core's bilinear look-up of every grid column (GRID_COLUMNS) and dOCV/dSOC, per
+    cell, in NumPy (csrc/ssb_core.c grid_cell/lookup): OCV extrapolates its end SOC segments
+    linearly, the others hold their end values; temperature is clamped. One implementation for
+    the control path's start (bms/soc_start.py) and the NumPy reference (bms/reference.py)."""
+    fs = np.clip(np.asarray(soc, dtype=float) / p.soc_step, -1.0, float(p.n_soc))
+    i_s = np.clip(np.floor(fs), 0, p.n_soc - 2).astype(int)
+    f = fs - i_s
+    fc = np.clip(f, 0.0, 1.0)
+    ft = np.clip((np.asarray(temp_c, dtype=float) - p.temp_min_c) / p.temp_step_c, 0.0,
+                 float(p.n_temp - 1))
+    i_t = np.clip(np.floor(ft), 0, p.n_temp - 2).astype(int)
+    g = (ft - i_t)[:, None]
+    a, b = p.grid[i_t, i_s], p.grid[i_t, i_s + 1]
+    c, d = p.grid[i_t + 1, i_s], p.grid[i_t + 1, i_s + 1]
+    lo = a + g * (c - a)
+    hi = b + g * (d - b)
+    out = {name: lo[:, q] + fc * (hi[:, q] - lo[:, q])
+           for q, name in enumerate(GRID_COLUMNS) if q > 0}
+    out["ocv_v"] = lo[:, 0] + f * (hi[:, 0] - lo[:, 0])
+    out["docv"] = (hi[:, 0] - lo[:, 0]) / p.soc_step
+    return out
+
+
+def fill_thermistors(temperature_c: np.ndarray) -> np.ndarray | None:
+    """Invalid thermistor readings (NaN, below absolute zero) take the nearest valid one (by
+    index; ties: the lower), as the core's tick does; None when none is valid."""
+    t = np.asarray(temperature_c, dtype=float)
+    valid = np.isfinite(t) & (t > -273.15)
+    if not valid.any():
+        return None
+    out = t.copy()
+    k = len(t)
+    for j in np.flatnonzero(~valid):
+        for dist in range(1, k):
+            if j - dist >= 0 and valid[j - dist]:
+                out[j] = t[j - dist]
+                break
+            if j + dist < k and valid[j + dist]:
+                out[j] = t[j + dist]
+                break
+    return out
+
+
 def _breakpoints(pack: PackConfig) -> tuple[np.ndarray, np.ndarray]:
     """Every SOC and temperature breakpoint of the OCV and of the model's tables."""
     cell, ecm = pack.cell, pack.cell.ecm

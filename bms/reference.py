@@ -16,7 +16,6 @@ from bms.core import (
     CELL_NO_CURRENT,
     CELL_OK,
     CELL_REJECTED_NAN,
-    GRID_COLUMNS,
     IMP_LPX0,
     IMP_LPX1,
     IMP_LPY,
@@ -43,6 +42,8 @@ from bms.core import (
     ST_TEMP_INVALID,
     CoreParams,
     ct_overpotential,
+    fill_thermistors,
+    grid_lookup,
     two_rt_over_f,
 )
 
@@ -85,26 +86,8 @@ class ReferenceCore:
     # ------------------------------------------------------------------ model pieces
 
     def lookup(self, soc: np.ndarray, temp_c: np.ndarray) -> dict[str, np.ndarray]:
-        """Bilinear look-up of every grid column (bms.core.GRID_COLUMNS) and docv/dsoc. OCV
-        extrapolates the end SOC segment linearly, the others hold their end values;
-        temperature is clamped."""
-        p = self.prm
-        fs = np.clip(soc / p.soc_step, -1.0, float(p.n_soc))
-        i_s = np.clip(np.floor(fs), 0, p.n_soc - 2).astype(int)
-        f = fs - i_s
-        fc = np.clip(f, 0.0, 1.0)
-        ft = np.clip((temp_c - p.temp_min_c) / p.temp_step_c, 0.0, float(p.n_temp - 1))
-        i_t = np.clip(np.floor(ft), 0, p.n_temp - 2).astype(int)
-        g = (ft - i_t)[:, None]
-        a, b = p.grid[i_t, i_s], p.grid[i_t, i_s + 1]
-        c, d = p.grid[i_t + 1, i_s], p.grid[i_t + 1, i_s + 1]
-        lo = a + g * (c - a)
-        hi = b + g * (d - b)
-        out = {name: lo[:, q] + fc * (hi[:, q] - lo[:, q])
-               for q, name in enumerate(GRID_COLUMNS) if q > 0}
-        out["ocv_v"] = lo[:, 0] + f * (hi[:, 0] - lo[:, 0])
-        out["docv"] = (hi[:, 0] - lo[:, 0]) / p.soc_step
-        return out
+        """Bilinear look-up of every grid column and docv/dsoc (bms.core.grid_lookup)."""
+        return grid_lookup(self.prm, np.asarray(soc, dtype=float), temp_c)
 
     def cell_temperatures(self, t_c: np.ndarray) -> int:
         p = self.prm
@@ -114,19 +97,8 @@ class ReferenceCore:
         valid = np.isfinite(t_c) & (t_c > -273.15)
         if not valid.any():
             return ST_TEMP_INVALID
-        ts = t_c.copy()
-        flags = 0
-        if not valid.all():
-            flags = ST_TEMP_FALLBACK
-            k = len(ts)
-            for j in np.flatnonzero(~valid):
-                for dist in range(1, k):  # nearest valid by index; ties: the lower one
-                    if j - dist >= 0 and valid[j - dist]:
-                        ts[j] = t_c[j - dist]
-                        break
-                    if j + dist < k and valid[j + dist]:
-                        ts[j] = t_c[j + dist]
-                        break
+        ts = fill_thermistors(t_c)
+        flags = 0 if valid.all() else ST_TEMP_FALLBACK
         t0, t1 = ts[p.temp_idx0], ts[p.temp_idx1]
         self.cell_temp_c = t0 + p.temp_w * (t1 - t0)
         return flags

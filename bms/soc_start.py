@@ -2,8 +2,8 @@
 or from a saved state carried over the rest since it was saved (``bms run --state``).
 
 Both work on a core's state dict (``Core.state_dict`` / ``load_state``) and the core's own
-parameter grid through the core's look-up (``lookup``: csrc/ssb_core.c's, mirrored here because
-the control path may not import bms/reference.py; tests/test_statefile.py holds the two equal).
+parameter grid through the core's look-up in NumPy (``bms.core.grid_lookup``, which the NumPy
+reference uses too and tests/test_core_reference.py holds to the C core).
 The equations and the reasons: docs/estimation.md "Start".
 
 Cold start. At rest (|I| < bms.tuning.REST_CURRENT_A) a cell's terminal voltage is its OCV up
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bms.core import GRID_COLUMNS, CoreParams, ct_overpotential
+from bms.core import CoreParams, ct_overpotential, fill_thermistors, grid_lookup
 from bms.tuning import (
     REST_CURRENT_A,
     START_PRIOR_C_RATE,
@@ -47,47 +47,6 @@ State = dict[str, Any]
 _UNIFORM = 1.0 / 3.0
 # dOCV/dSOC below this (V per unit SOC) counts as flat (the sigma is then the pack's bound).
 _MIN_SLOPE_V = 1e-6
-
-
-def lookup(p: CoreParams, soc: np.ndarray, temp_c: np.ndarray) -> dict[str, np.ndarray]:
-    """The core's bilinear look-up of every grid column (bms.core.GRID_COLUMNS) and
-    dOCV/dSOC, per cell: OCV extrapolates its end SOC segments linearly, the others hold their
-    end values; temperature is clamped (csrc/ssb_core.c lookup)."""
-    fs = np.clip(np.asarray(soc, dtype=float) / p.soc_step, -1.0, float(p.n_soc))
-    i_s = np.clip(np.floor(fs), 0, p.n_soc - 2).astype(int)
-    f = fs - i_s
-    fc = np.clip(f, 0.0, 1.0)
-    ft = np.clip((np.asarray(temp_c, dtype=float) - p.temp_min_c) / p.temp_step_c, 0.0,
-                 float(p.n_temp - 1))
-    i_t = np.clip(np.floor(ft), 0, p.n_temp - 2).astype(int)
-    g = (ft - i_t)[:, None]
-    lo = p.grid[i_t, i_s] + g * (p.grid[i_t + 1, i_s] - p.grid[i_t, i_s])
-    hi = p.grid[i_t, i_s + 1] + g * (p.grid[i_t + 1, i_s + 1] - p.grid[i_t, i_s + 1])
-    out = {name: lo[:, q] + fc * (hi[:, q] - lo[:, q])
-           for q, name in enumerate(GRID_COLUMNS) if q > 0}
-    out["ocv_v"] = lo[:, 0] + f * (hi[:, 0] - lo[:, 0])
-    out["docv"] = (hi[:, 0] - lo[:, 0]) / p.soc_step
-    return out
-
-
-def fill_thermistors(temperature_c: np.ndarray) -> np.ndarray | None:
-    """Invalid thermistor readings take the nearest valid one (by index, ties: the lower), as
-    the core's tick does; None when none is valid."""
-    t = np.asarray(temperature_c, dtype=float)
-    valid = np.isfinite(t) & (t > -273.15)
-    if not valid.any():
-        return None
-    out = t.copy()
-    k = len(t)
-    for j in np.flatnonzero(~valid):
-        for dist in range(1, k):
-            if j - dist >= 0 and valid[j - dist]:
-                out[j] = t[j - dist]
-                break
-            if j + dist < k and valid[j + dist]:
-                out[j] = t[j + dist]
-                break
-    return out
 
 
 @dataclass
@@ -121,7 +80,7 @@ class Start:
         self.capacity_ah = capacity_ah
 
     def _look(self, soc: np.ndarray, temp_c: np.ndarray) -> dict[str, np.ndarray]:
-        return lookup(self.params, soc, temp_c)
+        return grid_lookup(self.params, soc, temp_c)
 
     # ------------------------------------------------------------------ shared pieces
 

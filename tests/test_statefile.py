@@ -27,10 +27,10 @@ from bms.app.emulators import start_emulator, start_emulators
 from bms.contactors import ContactorState
 from bms.controller import Controller
 from bms.core import Core
+from bms.core import grid_lookup as lookup
 from bms.faults import FaultCode, FaultTable, Severity
-from bms.reference import ReferenceCore
 from bms.runlog import load_events
-from bms.soc_start import Start, lookup
+from bms.soc_start import Start
 from bms.statefile import SavedStack, StateFileError
 from boards.config import load_pack
 from hil.protocol import InjectedFault
@@ -60,16 +60,24 @@ NO_PRESSURE = np.full(4, np.nan)
 
 
 def test_lookup_is_the_cores() -> None:
-    """The control path's look-up (soc_start.lookup) is the reference's, which the C core is
-    held to (tests/test_core_reference.py), beyond the table ends too."""
+    """The control path's look-up (bms.core.grid_lookup, shared with the NumPy reference that
+    the C core is held to) gives back the pack's own tables: the OCV at its breakpoints, the
+    OCV's end segment beyond the ends, R0 held at the ends."""
     core = Core(PACK, 0)
-    rng = np.random.default_rng(0)
-    soc = rng.uniform(-0.1, 1.1, 500)
-    temp = rng.uniform(-30.0, 70.0, 500)
-    ours, ref = lookup(core.params, soc, temp), ReferenceCore(core.params).lookup(soc, temp)
-    assert ours.keys() == ref.keys()
-    for k in ours:
-        np.testing.assert_allclose(ours[k], ref[k], rtol=0, atol=1e-15, err_msg=k)
+    cell = PACK.cell
+    soc, temps = cell.soc_grid, cell.temperature_grid_c
+    for k, t in enumerate(temps):
+        look = lookup(core.params, soc, np.full(len(soc), t))
+        np.testing.assert_allclose(look["ocv_v"], cell.ocv_v[k], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(look["r0_discharge_ohm"], cell.r0_ohm[k], rtol=1e-12)
+    row = cell.ocv_v[list(temps).index(25.0)]
+    out = lookup(core.params, np.array([-0.05, 1.05]), np.array([25.0, 25.0]))
+    slope_lo = (row[1] - row[0]) / (soc[1] - soc[0])
+    slope_hi = (row[-1] - row[-2]) / (soc[-1] - soc[-2])
+    np.testing.assert_allclose(out["ocv_v"], [row[0] - 0.05 * slope_lo, row[-1] + 0.05 * slope_hi],
+                               rtol=0, atol=1e-9)
+    held = lookup(core.params, np.array([-0.05, 0.0]), np.array([25.0, 25.0]))
+    assert held["r0_discharge_ohm"][0] == held["r0_discharge_ohm"][1]
 
 
 def test_cold_start_inverts_the_ocv_like_the_c_core() -> None:
