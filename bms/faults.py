@@ -45,7 +45,8 @@ class Severity(IntEnum):
 
 
 class FaultCode(IntEnum):
-    """Stable DTC-like numbers: 1xx protections, 2xx sensors, 3xx link/board, 4xx contactors.
+    """Stable DTC-like numbers: 1xx protections, 2xx sensors, 3xx link/board, 4xx contactors,
+    5xx vehicle (CAN).
 
     Numbers never change meaning once released; new codes get new numbers.
     """
@@ -92,6 +93,9 @@ class FaultCode(IntEnum):
     # 4xx: contactors.
     PRECHARGE_FAILURE = 401
     CONTACTOR_FEEDBACK_MISMATCH = 402
+    # 5xx: the vehicle side (CAN, bms/vehicle/).
+    VEHICLE_HEARTBEAT_LOST = 501
+    VEHICLE_FRAME_INVALID = 502
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,13 @@ FAULT_INFO: dict[FaultCode, FaultInfo] = {
         FaultInfo(FaultCode.CONTACTOR_FEEDBACK_MISMATCH,
                   "contactor feedback differs from command (welded or not closing)", _F,
                   "open and latch"),
+        # Default FAULT: the pack's vehicle.on_heartbeat_lost / on_invalid_frames "warn" raises
+        # them as WARNING (event only) instead.
+        FaultInfo(FaultCode.VEHICLE_HEARTBEAT_LOST, "vehicle heartbeat lost (CAN)", _F,
+                  "open and latch (vehicle.on_heartbeat_lost: open; warn: event only)"),
+        FaultInfo(FaultCode.VEHICLE_FRAME_INVALID,
+                  "vehicle frames invalid (counter, checksum or length), repeatedly", _F,
+                  "open and latch (vehicle.on_invalid_frames: open; warn: event only)"),
     )
 }
 

@@ -386,6 +386,9 @@ class FixtureConfig:
     thermal_um_per_k: float
     reference_temperature_c: float
     load_cells_xy_mm: tuple[tuple[float, float], ...]
+    #: The stiffness rises by this fraction over the stack's full swelling stroke (springs and
+    #: pouch stiffen as they compress): k (1 + s dx / dx_full). 0: a linear fixture.
+    stiffening: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -484,6 +487,23 @@ class ControllerConfig:
 
 
 @dataclass(frozen=True)
+class VehicleConfig:
+    """The vehicle side over CAN (bms/vehicle/, docs/can.md); used only with ``bms run --can``.
+    ``on_*``: "open" raises the fault as FAULT (contactors open, latched until a reset),
+    "warn" as WARNING (an event, the pack stays as it is)."""
+
+    #: No valid VCU_Heartbeat for this long: VEHICLE_HEARTBEAT_LOST. Assumption: 5 cycles of
+    #: the 100 ms heartbeat (3-5 cycles is the usual class of automotive timeouts).
+    heartbeat_timeout_s: float = 0.5
+    on_heartbeat_lost: str = "open"
+    #: This many invalid vehicle frames (counter, checksum, length) within invalid_window_s:
+    #: VEHICLE_FRAME_INVALID. Assumption: one bad frame is noise, three in a second is not.
+    invalid_frames: int = 3
+    invalid_window_s: float = 1.0
+    on_invalid_frames: str = "open"
+
+
+@dataclass(frozen=True)
 class PackConfig:
     path: Path
     name: str
@@ -498,6 +518,7 @@ class PackConfig:
     balancing: BalancingConfig | None = None
     controller: ControllerConfig | None = None
     charging: ChargingConfig | None = None
+    vehicle: VehicleConfig = field(default_factory=VehicleConfig)
 
     @property
     def n_cells(self) -> int:
@@ -716,6 +737,7 @@ def _read_fixture(r: _Reader) -> FixtureConfig:
         thermal_um_per_k=r.number("thermal_um_per_k", -1e3, 1e3),
         reference_temperature_c=r.number("reference_temperature_c", -40.0, 80.0),
         load_cells_xy_mm=tuple(xy),
+        stiffening=r.number("stiffening", 0.0, 1.0, default=0.0),
     )
 
 
@@ -904,9 +926,33 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         balancing=balancing,
         controller=controller,
         charging=_read_charging(r),
+        vehicle=_read_vehicle(r, controller),
     )
     r.finish()
     return pack
+
+
+def _read_vehicle(r: _Reader, controller: ControllerConfig) -> VehicleConfig:
+    """The optional ``vehicle:`` section (defaults: VehicleConfig)."""
+    d = VehicleConfig()
+    v = r.sub("vehicle", default={})
+    vehicle = VehicleConfig(
+        heartbeat_timeout_s=v.number("heartbeat_timeout_s", 0.0, 60.0, lo_open=True,
+                                     default=d.heartbeat_timeout_s),
+        on_heartbeat_lost=v.string("on_heartbeat_lost", d.on_heartbeat_lost,
+                                   choices=("open", "warn")),
+        invalid_frames=v.integer("invalid_frames", 1, 1000, default=d.invalid_frames),
+        invalid_window_s=v.number("invalid_window_s", 0.0, 60.0, lo_open=True,
+                                  default=d.invalid_window_s),
+        on_invalid_frames=v.string("on_invalid_frames", d.on_invalid_frames,
+                                   choices=("open", "warn")),
+    )
+    # Frames are read once per tick: a timeout under two ticks would trip on one late tick.
+    if vehicle.heartbeat_timeout_s < 2.0 * controller.tick_s:
+        raise v.error("heartbeat_timeout_s", vehicle.heartbeat_timeout_s,
+                      f"at least two ticks ({2.0 * controller.tick_s:g} s: controller.tick_s "
+                      f"{controller.tick_s:g})")
+    return vehicle
 
 
 def resolve_pack_path(path_or_name: str | Path) -> Path:
