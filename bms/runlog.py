@@ -204,6 +204,13 @@ def stack_snapshot(name: str, lost: bool, data: Any, out: Any, balance_mask: int
         "soc": [] if o is None else np.asarray(o.soc).tolist(),
         "soc_sigma": [] if o is None else np.asarray(o.soc_sigma).tolist(),
         "leak_a": [] if o is None else np.asarray(o.leak_a).tolist(),
+        # The per-cell flags and temperatures the protections act on, and the load cells behind
+        # the mean: what `bms monitor` shows per cell and per stack.
+        "leak_flag": [] if o is None else np.asarray(o.leak_flag).tolist(),
+        "cell_temperature_c": [] if o is None else np.asarray(o.cell_temperature_c).tolist(),
+        "load_cell_kpa": [] if d is None else np.asarray(d.pressure_kpa).tolist(),  # NaN: null
+        "load_cell_imbalance_kpa": (math.nan if o is None
+                                    else float(o.load_cell_imbalance_kpa)),
         "pressure_kpa": math.nan if o is None else float(o.pressure_mean_kpa),
         "pressure_expected_kpa": math.nan if o is None else float(o.pressure_expected_kpa),
         "balance_mask": int(balance_mask),
