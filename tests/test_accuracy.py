@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bms.app.accuracy import AccuracyError, discover, run, starts
+from bms.app.errors import ExitCode, UnreadableFileError
 from boards.config import load_board, load_pack
 from hil.emulator.params import PlantParams
 from hil.emulator.plant import CurrentProfile, Plant
@@ -117,7 +118,7 @@ def test_discover_lists_the_sets_and_refuses_a_folder_without_manifest(truth_dir
     (ts,) = discover(truth_dir)
     assert ts.name == "Plant" and len(ts.drives) == 2 and len(ts.hppc) == 1
     assert all(c.truth.exists() for c in ts.drives)
-    with pytest.raises(AccuracyError, match="manifest.json: not found"):
+    with pytest.raises(UnreadableFileError, match="manifest.json: not found"):
         discover(tmp_path)
     (tmp_path / "manifest.json").write_text('{"files": [{"file": "drive_x.csv", '
                                             '"kind": "drive", "set": "X", '
@@ -147,7 +148,7 @@ def test_cli_writes_the_tables_and_check_reflects_the_targets(truth_dir, tmp_pat
     doc = json.loads((out / "accuracy.json").read_text())
     assert len(doc["results"]) == 4
     missed = any(r["misses"] for r in doc["results"])
-    assert run_.returncode == (1 if missed else 0), run_.stderr
+    assert run_.returncode == (ExitCode.CHECK_FAILED if missed else 0), run_.stderr
     assert "replays meet every target" in run_.stdout
     table = (out / "accuracy.md").read_text().splitlines()
     assert len(table) == 2 + 4 and table[2].startswith("| Plant | 25 | drive_Plant_25C_soc90")

@@ -69,6 +69,39 @@ FILES: dict[str, bytes] = {
 }
 
 
+def _csv(header: str, rows: list[tuple[float, ...]]) -> bytes:
+    return (header + "\n" + "".join(",".join(f"{x:g}" for x in r) + "\n" for r in rows)
+            ).encode()
+
+
+# Data files of bms fit / replay / plot / accuracy: a cycler test (one cell, a 1 A pulse from
+# t = 10 to 20 s, 40 samples), a stack recording (ticks.csv's names, 33 cells), run logs.
+CYCLER = "Time [s],Current [A],Voltage [V],Temperature [degC]"
+_CYC = [(k, 1.0 if 10 <= k < 20 else 0.0, 3.75 if 10 <= k < 20 else 3.7, 25.0)
+        for k in range(40)]
+STACK33 = ",".join(["time_s", "current_a", *(f"cell{k:02d}_voltage_v" for k in range(1, 34)),
+                    "t01_c"])
+FILES.update({
+    "cycler.csv": _csv(CYCLER, _CYC),
+    "cycler-no-current.csv": _csv(CYCLER.replace("Current [A]", "I"), _CYC),
+    "cycler-back.csv": _csv(CYCLER, [*_CYC[:20], (5.0, 1.0, 3.75, 25.0), *_CYC[21:]]),
+    "cycler-short.csv": _csv(CYCLER, _CYC[:5]),
+    "cycler-mv.csv": _csv(CYCLER, [(t, i, 1000 * v, c) for t, i, v, c in _CYC]),
+    "cycler-latin1.csv": (CYCLER + "\n1,0,3.7,25 \xb0C\n").encode("latin-1"),
+    "cycler-no-steps.csv": _csv(CYCLER, [(k, 1.0, 3.7, 25.0) for k in range(40)]),
+    "stack33.csv": _csv(STACK33, [(0.1 * k, 0.0, *[3.7] * 33, 25.0) for k in range(40)]),
+    "no-time.csv": _csv("t,i,v", [(0, 0, 3.7), (1, 0, 3.7)]),
+    "one-row.csv": _csv(CYCLER, _CYC[:1]),
+    "plot-empty/ticks.csv": b"time_s,current_a\n",
+    "plot-back/ticks.csv": _csv("time_s,current_a", [(0, 1), (0.1, 1), (0.2, 1), (0.1, 1)]),
+    "plot-ok/ticks.csv": _csv("time_s,current_a", [(0.1 * k, 1.0) for k in range(20)]),
+    "truth-bad/manifest.json": b"{not json",
+    "truth-ok/manifest.json": (
+        b'{"files": [{"file": "ocv.csv", "kind": "ocv", "set": "Chen2020"}, '
+        b'{"file": "hppc.csv", "kind": "hppc", "set": "Chen2020"}]}'),
+})
+
+
 @dataclass(frozen=True)
 class Row:
     """One user mistake: the command (``{d}`` is the test's folder), the exit code, what the
@@ -84,6 +117,9 @@ class Row:
 
 U, C, B, IO = ExitCode.USAGE, ExitCode.CONFIG, ExitCode.BOARD, ExitCode.IO
 RUN = ("run", "--no-monitor", "--quiet", "--log", "{d}/log")
+FIT = ("fit", "--ocv", "{d}/cycler.csv", "--pulses", "{d}/cycler.csv", "-o", "{d}/fit.yaml")
+REPLAY = ("replay", "--data", "{d}/cycler.csv", "-o", "{d}/r.csv")
+ACCURACY = ("accuracy", "--out", "{d}/acc", "--truth-dir")
 ROWS: list[Row] = [
     # ---- usage: a command-line value or options that contradict each other (exit 2)
     Row("unknown-command", ("frobnicate",), U, "unknown command 'frobnicate'"),
@@ -130,6 +166,23 @@ ROWS: list[Row] = [
         "--truth-every 0: allowed >= 1"),
     Row("emulate-temperature-nan", ("emulate", "--temperature", "nan"), U,
         "--temperature nan: allowed a finite number"),
+    Row("fit-columns-spec", (*FIT, "--columns", "volt=U"), U,
+        "--columns 'volt=U': expected KEY=COLUMN pairs"),
+    Row("fit-out-not-yaml", ("fit", "--ocv", "{d}/cycler.csv", "--pulses", "{d}/cycler.csv",
+                             "-o", "{d}/fit.txt"), U, "-o {d}/fit.txt: a pack file ends in .yaml"),
+    Row("fit-option-missing", ("fit", "--ocv", "{d}/cycler.csv", "-o", "{d}/fit.yaml"), U,
+        "the following arguments are required: --pulses"),
+    Row("replay-soc0", (*REPLAY, "--soc0", "2"), U, "--soc0 2.0: expected a fraction in [0, 1]"),
+    Row("replay-json-without-truth", (*REPLAY, "--json", "{d}/s.json"), U,
+        "--json writes the score against --truth"),
+    Row("replay-settle-nan", (*REPLAY, "--settle-s", "nan"), U,
+        "--settle-s nan: expected a number >= 0"),
+    Row("accuracy-sets-unknown", (*ACCURACY, "{d}/truth-ok", "--sets", "Nope"), U,
+        "--sets: set Nope is not in {d}/truth-ok/manifest.json (it has Chen2020)"),
+    Row("accuracy-soc-errors", (*ACCURACY, "{d}/truth-ok", "--soc-errors", "0.2,x"), U,
+        "--soc-errors '0.2,x': expected comma-separated numbers"),
+    Row("accuracy-soc-errors-range", (*ACCURACY, "{d}/truth-ok", "--soc-errors", "1.5"), U,
+        "--soc-errors 1.5: fractions in (-1, 1)"),
     # ---- a file given to the run: pack file, board profile, scenario, state file (exit 3)
     Row("pack-missing", (*RUN, "--pack", "{d}/nope.yaml"), C, "nope.yaml"),
     Row("pack-value-out-of-range", (*RUN, "--pack", "{d}/range.yaml"), C, "controller.tick_s"),
@@ -161,6 +214,42 @@ ROWS: list[Row] = [
     Row("emulate-profile-unknown", ("emulate", "--profile", "nosuch"), C, "'nosuch'"),
     Row("emulate-thermistor-positions", ("emulate", "--pack", "{d}/two-ntc.yaml"), C,
         "board emu-23 has 6 thermistors, stack stack-1 places 2"),
+    # bms fit / replay / plot / accuracy: a data file that was read but cannot be used
+    Row("fit-column-missing", ("fit", "--ocv", "{d}/cycler-no-current.csv", "--pulses",
+                               "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,
+        "{d}/cycler-no-current.csv: no column current 'Current [A]'; found Time [s], I"),
+    Row("fit-time-backwards", ("fit", "--ocv", "{d}/cycler-back.csv", "--pulses",
+                               "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,
+        "{d}/cycler-back.csv: time does not increase at data row 21 (19 s -> 5 s)"),
+    Row("fit-too-few-samples", ("fit", "--ocv", "{d}/cycler-short.csv", "--pulses",
+                                "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,
+        "{d}/cycler-short.csv: 5 samples; a test has at least 20"),
+    Row("fit-millivolts", ("fit", "--ocv", "{d}/cycler-mv.csv", "--pulses", "{d}/cycler.csv",
+                           "-o", "{d}/fit.yaml"), C,
+        "{d}/cycler-mv.csv: voltage 3700 V in data row 1 is not a cell voltage (0.5..6 V)"),
+    Row("fit-not-utf8", ("fit", "--ocv", "{d}/cycler-latin1.csv", "--pulses", "{d}/cycler.csv",
+                         "-o", "{d}/fit.yaml"), C, "{d}/cycler-latin1.csv: not UTF-8 text"),
+    Row("fit-base-unknown", (*FIT, "--base", "nosuch"), C, "configuration error: nosuch"),
+    Row("replay-no-time-column", ("replay", "--data", "{d}/no-time.csv", "-o", "{d}/r.csv"), C,
+        "{d}/no-time.csv: no time column: expected 'Time [s]'"),
+    Row("replay-time-backwards", ("replay", "--data", "{d}/cycler-back.csv", "-o",
+                                  "{d}/r.csv"), C,
+        "{d}/cycler-back.csv: time does not increase at data row 21 (19 s -> 5 s)"),
+    Row("replay-one-sample", ("replay", "--data", "{d}/one-row.csv", "-o", "{d}/r.csv"), C,
+        "{d}/one-row.csv: fewer than two samples"),
+    Row("replay-sign-unknown", ("replay", "--data", "{d}/cycler-no-steps.csv", "-o",
+                                "{d}/r.csv"), C,
+        "{d}/cycler-no-steps.csv: no current steps to tell the current's sign from"),
+    Row("replay-cells-vs-pack", ("replay", "--data", "{d}/stack33.csv", "-o", "{d}/r.csv"), C,
+        "{d}/stack33.csv: 33 cells is not a stack of pack ssb-23"),
+    Row("replay-pack-missing", (*REPLAY, "--pack", "{d}/nope.yaml"), C,
+        "configuration error: {d}/nope.yaml"),
+    Row("plot-no-rows", ("plot", "{d}/plot-empty"), C,
+        "{d}/plot-empty/ticks.csv: no complete rows with a numeric time_s column"),
+    Row("plot-time-backwards", ("plot", "{d}/plot-back"), C,
+        "{d}/plot-back/ticks.csv: time_s does not increase at data row 4 (0.2 s -> 0.1 s)"),
+    Row("accuracy-manifest-not-json", (*ACCURACY, "{d}/truth-bad"), C,
+        "{d}/truth-bad/manifest.json: not a truth manifest"),
     # ---- a board (or the emulator started for it) failed (exit 4)
     Row("port-missing", (*RUN, "--port", "/dev/ttyACM7"), B,
         "cannot open /dev/ttyACM7: No such file or directory", "proc"),
@@ -194,11 +283,33 @@ ROWS: list[Row] = [
     Row("monitor-socket-in-use", ("run", "--quiet", "--log", "{d}/log", "--monitor-socket",
                                   "{sock}"), IO, "--monitor-socket {sock}: served by bms run "
         "pid {pid}", "busy"),
+    # bms fit / replay / plot / accuracy: a file the system refuses (read or written)
+    Row("fit-data-missing", ("fit", "--ocv", "{d}/nope.csv", "--pulses", "{d}/cycler.csv",
+                             "-o", "{d}/fit.yaml"), IO,
+        "{d}/nope.csv: cannot read (No such file or directory)"),
+    Row("fit-data-is-a-folder", ("fit", "--ocv", "{d}", "--pulses", "{d}/cycler.csv", "-o",
+                                 "{d}/fit.yaml"), IO, "{d}: cannot read (Is a directory)"),
+    Row("fit-out-folder-missing", ("fit", "--ocv", "{d}/cycler.csv", "--pulses",
+                                   "{d}/cycler.csv", "-o", "{d}/no/fit.yaml"), IO,
+        "-o {d}/no/fit.yaml: folder {d}/no does not exist"),
+    Row("replay-data-missing", ("replay", "--data", "{d}/nope.csv", "-o", "{d}/r.csv"), IO,
+        "{d}/nope.csv: cannot read (No such file or directory)"),
+    Row("replay-truth-missing", (*REPLAY, "--truth", "{d}/nope.csv"), IO,
+        "{d}/nope.csv: cannot read (No such file or directory)"),
+    Row("replay-out-not-writable", ("replay", "--data", "{d}/cycler.csv", "-o",
+                                    "/proc/nope/r.csv"), IO,
+        "/proc/nope/r.csv: cannot write (No such file or directory)"),
+    Row("plot-log-missing", ("plot", "{d}/nope"), IO,
+        "{d}/nope/ticks.csv: cannot read (No such file or directory)"),
+    Row("plot-out-not-writable", ("plot", "{d}/plot-ok", "-o", "/proc/nope/run.png"), IO,
+        "/proc/nope/run.png: cannot write (No such file or directory)"),
+    Row("accuracy-truth-dir-missing", (*ACCURACY, "{d}/nope"), IO,
+        "{d}/nope/manifest.json: not found"),
 ]
 
 # Rows documented elsewhere in docs/errors.md with their own tests below (not argv rows).
 PROCESS_ROWS = ["disk-full", "sigterm", "sigkill", "default-monitor-socket-in-use", "debug",
-                "board-lost-mid-run", "failed-start"]
+                "board-lost-mid-run", "failed-start", "internal-error", "internal-error-debug"]
 
 
 def _fill(text: str, ctx: dict[str, str]) -> str:
@@ -220,6 +331,7 @@ def _check_lines(err: str, out: str, code: int, row: Row, ctx: dict[str, str]) -
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     for name, data in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(data)
     return tmp_path
 
@@ -569,6 +681,33 @@ def test_debug_prints_the_traceback_too(tmp_path: Path) -> None:
     assert res.returncode == ExitCode.BOARD
     assert "Traceback (most recent call last)" in res.stderr
     assert res.stderr.strip().splitlines()[-2].startswith("bms run: cannot open /dev/ttyACM7")
+
+
+@pytest.mark.parametrize("command", ["check", "fit", "run"])
+def test_an_internal_error_is_the_bug_line_exit_1(command: str) -> None:
+    """An exception no error path knows (here the product's own self-test switch,
+    BMS_SELFTEST_INTERNAL_ERROR, documented in docs/errors.md): two lines saying it is a bug
+    and how to get the traceback, exit 1; with --debug the traceback first, then the same."""
+    env = dict(os.environ, BMS_SELFTEST_INTERNAL_ERROR="1")
+    res = _bms(command, env=env)
+    assert res.returncode == ExitCode.INTERNAL == 1, res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert res.stderr.splitlines() == [
+        f"bms {command}: internal error: RuntimeError: BMS_SELFTEST_INTERNAL_ERROR is set: the "
+        "exit-1 path's self-test",
+        f"  hint: a bug in bms, not in your input; please report it with the output of "
+        f"`bms --debug {command} ...` (the traceback)"]
+    res = _bms("--debug", command, env=env)
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-3] == ("RuntimeError: BMS_SELFTEST_INTERNAL_ERROR is set: the exit-1 path's "
+                         "self-test")
+    assert lines[-2].startswith(f"bms {command}: internal error: RuntimeError: ")
+    assert lines[-1].endswith("the output of this command (the traceback)")
+    # Off (unset or 0): the command runs as usual.
+    res = _bms("check", env=dict(os.environ, BMS_SELFTEST_INTERNAL_ERROR="0"))
+    assert res.returncode == 0, res.stderr
 
 
 # ------------------------------------------------------------------ the table and the codes

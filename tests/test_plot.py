@@ -68,7 +68,7 @@ def test_cli_main_default_and_explicit_output(tmp_path: Path, capsys) -> None:
 
 
 def test_cli_reports_a_missing_log(tmp_path: Path, capsys) -> None:
-    assert main([str(tmp_path / "nothing")]) == 2
+    assert main([str(tmp_path / "nothing")]) == 5  # a file that cannot be read: I/O
     assert "bms plot:" in capsys.readouterr().err
 
 

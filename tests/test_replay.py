@@ -130,7 +130,7 @@ def test_bad_recordings_are_one_line_errors(tmp_path) -> None:
     assert rec.temperature_c.tolist() == [[10.0], [10.0]]
 
 
-def test_cli_replay_writes_the_csv_and_exits_2_on_a_bad_file(tmp_path) -> None:
+def test_cli_replay_writes_the_csv_and_exits_3_on_a_bad_file(tmp_path) -> None:
     data, ref = _cycler_file(tmp_path, seconds=900.0)
     out = tmp_path / "out.csv"
     run = subprocess.run([sys.executable, "-m", "bms", "replay", "--data", str(data),
@@ -149,7 +149,7 @@ def test_cli_replay_writes_the_csv_and_exits_2_on_a_bad_file(tmp_path) -> None:
     bad.write_text("nothing useful\n")
     run = subprocess.run([sys.executable, "-m", "bms", "replay", "--data", str(bad),
                           "-o", str(out)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2
+    assert run.returncode == 3  # a data file read but unusable (bms/app/errors.py)
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
 
 

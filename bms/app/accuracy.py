@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from bms.app.recording import RecordingError, read_recording
+from bms.app.errors import (
+    CliError,
+    DataFileError,
+    ExitCode,
+    OutputError,
+    Parser,
+    UnreadableFileError,
+    UsageError,
+    report,
+)
+from bms.app.recording import read_recording
 from bms.app.replay import DEFAULT_SETTLE_S, read_truth_soc, replay, score
 from boards.config import ConfigError, PackConfig, load_pack
 
@@ -46,8 +55,8 @@ DEFAULT_SOC_ERRORS = (-0.2, 0.2)
 TRUTH_CURRENT_SIGN = "discharge-positive"
 
 
-class AccuracyError(ValueError):
-    """A truth folder or option the benchmark cannot use (one line for the user)."""
+class AccuracyError(DataFileError):
+    """A truth folder the benchmark cannot use (one line for the user; exit class config)."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +118,12 @@ def discover(truth_dir: Path) -> list[TruthSet]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
     except FileNotFoundError:
-        raise AccuracyError(f"{manifest_path}: not found (make the truth files with "
-                            "tools/pybamm_truth.py -o DIR)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnreadableFileError(f"{manifest_path}: not found (make the truth files with "
+                                  "tools/pybamm_truth.py -o DIR)") from None
+    except OSError as exc:
+        raise UnreadableFileError(f"{manifest_path}: cannot read ({exc.strerror or exc})"
+                                  ) from None
+    except (ValueError, KeyError, TypeError) as exc:
         raise AccuracyError(f"{manifest_path}: not a truth manifest ({exc})") from None
     by_set: dict[str, dict[str, Any]] = {}
     for e in files:
@@ -180,7 +192,7 @@ def run(truth_dir: Path, out_dir: Path, sets: list[str] | None = None,
     if sets:
         unknown = sorted(set(sets) - {t.name for t in truth_sets})
         if unknown:
-            raise AccuracyError(f"set {unknown[0]} is not in {truth_dir / 'manifest.json'} "
+            raise UsageError(f"--sets: set {unknown[0]} is not in {truth_dir / 'manifest.json'} "
                                 f"(it has {', '.join(t.name for t in truth_sets)})")
         truth_sets = [t for t in truth_sets if t.name in sets]
     results = []
@@ -233,11 +245,11 @@ def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise AccuracyError(f"{what} {text!r}: expected comma-separated numbers") from None
+        raise UsageError(f"{what} {text!r}: expected comma-separated numbers") from None
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="bms accuracy", description=__doc__.split("\n\n")[0],
         epilog="examples:\n"
                "  python tools/pybamm_truth.py -o /tmp/truth        # the truth (pip install "
@@ -267,21 +279,28 @@ def parser() -> argparse.ArgumentParser:
                          "%(default)s)")
     ap.add_argument("--pack", default=None,
                     help="score this pack for every set instead of fitting (a baseline)")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--check", action="store_true",
+                    help=f"exit {int(ExitCode.CHECK_FAILED)} when a target is missed")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # The one error path (bms/app/errors.py): a command-line value 2, a truth folder or pack
+    # that cannot be used 3, a file that cannot be read or written 5.
     try:
         if not (math.isfinite(args.settle_s) and args.settle_s >= 0):
-            raise AccuracyError(f"--settle-s {args.settle_s}: expected a number >= 0")
+            raise UsageError(f"--settle-s {args.settle_s}: expected a number >= 0")
         errors = tuple(_floats(args.soc_errors, "--soc-errors"))
         if any(not -1.0 < e < 1.0 for e in errors):
-            raise AccuracyError(f"--soc-errors {args.soc_errors}: fractions in (-1, 1)")
+            raise UsageError(f"--soc-errors {args.soc_errors}: fractions in (-1, 1)")
         temps = _floats(args.temperatures, "--temperatures") if args.temperatures else None
         sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
-        args.out.mkdir(parents=True, exist_ok=True)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--out {args.out}: cannot be made ({exc.strerror or exc})"
+                              ) from exc
         t0 = time.perf_counter()
         results = run(args.truth_dir, args.out, sets, temps, errors, args.settle_s,
                       args.rc_branches, args.base, args.pack,
@@ -292,17 +311,16 @@ def main(argv: list[str] | None = None) -> int:
              "results": [{**dataclasses.asdict(r), "misses": r.misses()} for r in results]},
             indent=2) + "\n")
         (args.out / "accuracy.md").write_text(markdown(results))
-    except (AccuracyError, RecordingError, ConfigError) as exc:
-        print(f"bms accuracy: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"bms accuracy: {exc.filename or args.out}: {exc.strerror}", file=sys.stderr)
-        return 2
+    except (CliError, ConfigError) as exc:
+        return report("accuracy", exc)
+    except OSError as exc:  # the outputs under --out
+        return report("accuracy", OutputError(f"{exc.filename or args.out}: cannot write "
+                                              f"({exc.strerror or exc})"))
     for line in summary_lines(results):
         print(line)
     print(f"({wall:.1f} s) -> {args.out / 'accuracy.md'}, {args.out / 'accuracy.json'}")
     if args.check and any(r.misses() for r in results):
-        return 1
+        return ExitCode.CHECK_FAILED
     return 0
 
 

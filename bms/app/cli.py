@@ -35,8 +35,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USAGE = ("usage: bms [--debug] COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n"
          + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
          + "\n\n--debug: a traceback with each error. Exit codes: 0 ok, 2 usage, 3 pack file / "
-         "board profile / scenario / state file, 4 board, 5 log folder / disk / socket, "
-         "1 internal error (docs/errors.md)")
+         "board profile / scenario / state file / a data file's content, 4 board, 5 a file that "
+         "cannot be read or written (data file, log folder, disk, socket), 6 a --check that "
+         "failed, 1 internal error: a bug (docs/errors.md)")
+
+
+#: Set (to anything but 0), every command fails where it starts with an exception no error
+#: path knows: how the internal-error path (exit 1, the bug line; the traceback with --debug)
+#: is tested on the real entry point (tests/test_cli_errors.py, docs/errors.md).
+SELFTEST_ENV = "BMS_SELFTEST_INTERNAL_ERROR"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +81,8 @@ def _dispatch(args: list[str]) -> int:
         target = "hil.firmware"
     module = importlib.import_module(target)
     try:
+        if os.environ.get(SELFTEST_ENV, "") not in ("", "0"):
+            raise RuntimeError(f"{SELFTEST_ENV} is set: the exit-1 path's self-test")
         return int(module.main(rest) or 0)
     except (KeyboardInterrupt, BrokenPipeError, SystemExit):
         raise

@@ -32,7 +32,9 @@ class ExitCode(enum.IntEnum):
     USAGE = 2      # a command-line value: out of range, not a number, options that conflict
     CONFIG = 3     # a file given to the run: pack file, board profile, scenario, state file
     BOARD = 4      # a board (or the emulator started for it) failed: port, handshake, NACK
-    IO = 5         # the log folder, the monitor socket, the disk: a run's own outputs
+    IO = 5         # a file the system refuses: a data file that cannot be read, an output
+    #                (log folder, monitor socket, -o file) that cannot be written, a full disk
+    CHECK_FAILED = 6   # a check asked for on the command line failed (bms accuracy --check)
     INTERRUPTED = 130  # Ctrl-C outside a run (a run stops cleanly on SIGINT/SIGTERM: 0)
 
 
@@ -62,6 +64,26 @@ class BoardError(CliError):
 
 
 class OutputError(CliError):
+    """The system refused a file: an output that cannot be written, or (as
+    :class:`UnreadableFileError`) an input data file that cannot be read."""
+
+    code, kind = ExitCode.IO, "io"
+
+
+class DataFileError(CliError, ValueError):
+    """A data file given to a command (a recording or cycler test, a truth file, a run log, a
+    truth manifest) that was read but cannot be used: a column missing, time not increasing,
+    too few samples, not a cell voltage. Exit class config: a file the user gave, like a pack
+    file. (A ValueError too: the library callers of recording.py and the fit catch that.)"""
+
+    code, kind = ExitCode.CONFIG, "config"
+
+
+class UnreadableFileError(DataFileError):
+    """A data file the system would not let us read (missing, no permission, a folder where a
+    file is expected): exit class I/O. A :class:`DataFileError` too, so that a caller that
+    handles a data file's mistakes handles this one."""
+
     code, kind = ExitCode.IO, "io"
 
 
@@ -117,6 +139,10 @@ def classify(exc: BaseException) -> CliError | None:
         names = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
         return ConfigFileError(f"scenario: {exc}",
                                f"--scenario takes a scenario file or one of {names}")
+    if name == "EmuUrlError":  # hil/emulator/protocol_emu.py: a bad emu:// port (by name: cheap)
+        cls = ConfigFileError if getattr(exc, "code", None) == ExitCode.CONFIG else UsageError
+        return cls(str(exc), "emu://PACK?stack=K&seed=S&scenario=NAME: the query keys are "
+                   "`bms emulate`'s options without dashes (docs/emulator.md)")
     from hil.link import LinkError
 
     if isinstance(exc, LinkError) or name == "EmulatorStartError":
@@ -149,8 +175,11 @@ def report(command: str, exc: BaseException) -> int:
     if _debug:
         traceback.print_exception(exc, file=sys.stderr)
     if err is None:
-        print(f"bms {command}: internal error: {type(exc).__name__}: {exc}"
-              + ("" if _debug else " (a bug: rerun with --debug for the traceback)"),
+        print(f"bms {command}: internal error: {type(exc).__name__}: "
+              f"{_shorten(' '.join(str(exc).split()))}",
+              file=sys.stderr)
+        print(f"  hint: a bug in bms, not in your input; please report it with the output of "
+              f"{'this command' if _debug else f'`bms --debug {command} ...`'} (the traceback)",
               file=sys.stderr)
         return ExitCode.INTERNAL
     print(f"bms {command}: {err.message}", file=sys.stderr)

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bms.app.errors import CliError, OutputError, Parser, UsageError, report
 from bms.app.fit_data import FitError, Trace, parse_columns, read_trace
 from bms.app.fit_hysteresis import (
     REST_CHECK_K,
@@ -576,7 +576,7 @@ def verify_in_core(result: FitResult) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="bms fit", description=__doc__.split("\n\n")[0],
         epilog="examples:\n"
                "  bms fit --ocv ocv.csv --pulses hppc_25C.csv -o my-cell.yaml\n"
@@ -612,22 +612,25 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.out.suffix not in (".yaml", ".yml"):
-        print(f"bms fit: -o {args.out}: a pack file ends in .yaml", file=sys.stderr)
-        return 2
+    # The one error path (bms/app/errors.py): a command-line value 2, a cycler file that cannot
+    # be used or the --base pack 3, a file that cannot be read or written 5.
     try:
+        if args.out.suffix not in (".yaml", ".yml"):
+            raise UsageError(f"-o {args.out}: a pack file ends in .yaml")
+        folder = args.out.parent if str(args.out.parent) else Path(".")
+        if not folder.is_dir():  # said before the fit, not after minutes of it
+            raise OutputError(f"-o {args.out}: folder {folder} does not exist")
         result = fit(args.ocv, args.pulses, args.current_sign, args.base, args.rc_branches,
                      parse_columns(args.columns), charge_transfer=args.charge_transfer)
-        result.write_pack(args.out)
         report_dir = args.report or (args.out.parent if str(args.out.parent) else Path("."))
-        written = result.write_report(report_dir, args.out.stem)
-    except FitError as exc:
-        print(f"bms fit: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"bms fit: {exc.filename or args.out}: cannot write ({exc.strerror})",
-              file=sys.stderr)
-        return 2
+        try:
+            result.write_pack(args.out)
+            written = result.write_report(report_dir, args.out.stem)
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or args.out}: cannot write "
+                              f"({exc.strerror or exc})") from exc
+    except (CliError, ConfigError) as exc:
+        return report("fit", exc)
     t = result.tables
     print(f"bms fit: {result.ocv.capacity_ah:.4f} Ah ({result.ocv.method} OCV test "
           f"{args.ocv.name}), {result.rc_branches} RC branch(es), tables over "

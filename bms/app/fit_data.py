@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bms.app.errors import DataFileError, UsageError
 from bms.app.recording import (
     CURRENT_SIGNS,
     CYCLER_CURRENT,
@@ -35,7 +36,7 @@ REST_FRACTION = 0.01
 MIN_SAMPLES = 20
 
 
-class FitError(ValueError):
+class FitError(DataFileError):
     """Input the fit cannot use; the message names the file and what is wrong."""
 
 
@@ -80,7 +81,8 @@ class Run:
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:
-    """``time=..,current=..,voltage=..,temperature=..`` (any subset) over the defaults."""
+    """``time=..,current=..,voltage=..,temperature=..`` (any subset) over the defaults; a
+    malformed spec is a UsageError (a command-line value)."""
     columns = dict(DEFAULT_COLUMNS)
     if not spec:
         return columns
@@ -88,7 +90,7 @@ def parse_columns(spec: str | None) -> dict[str, str]:
         key, sep, name = part.partition("=")
         key, name = key.strip(), name.strip()
         if not sep or key not in DEFAULT_COLUMNS or not name:
-            raise FitError(f"--columns {spec!r}: expected KEY=COLUMN pairs separated by commas, "
+            raise UsageError(f"--columns {spec!r}: expected KEY=COLUMN pairs separated by commas, "
                            f"KEY one of {', '.join(DEFAULT_COLUMNS)} (got {part!r})")
         columns[key] = name
     return columns

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bms.app.errors import CliError, DataFileError, OutputError, Parser, UnreadableFileError, report
 from bms.runlog import EVENTS, TICKS, load_events, load_ticks
 
 _CELL_V = re.compile(r"^cell\d+_voltage_v$")
@@ -57,16 +58,32 @@ def plot_run(log_dir: str | Path, out_png: str | Path) -> Path:
         a.grid(True, linewidth=0.3)
     fig.suptitle(f"run log {log_dir.name}")
     out = Path(out_png)
-    fig.savefig(out, dpi=100)
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as exc:
+        raise OutputError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})",
+                          "give -o a PNG path in a folder you can write") from exc
     return out
 
 
 def _load_run(log_dir: Path) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """ticks.csv (must have time_s rows) and events.jsonl (empty if absent)."""
-    ticks = load_ticks(log_dir / TICKS)
-    if "time_s" not in ticks or len(ticks["time_s"]) == 0:
-        raise ValueError(f"{log_dir / TICKS}: no complete rows with a time_s column")
-    events = load_events(log_dir / EVENTS) if (log_dir / EVENTS).exists() else []
+    """ticks.csv (must have time_s rows, in time order) and events.jsonl (empty if absent)."""
+    try:
+        ticks = load_ticks(log_dir / TICKS)
+        events = load_events(log_dir / EVENTS) if (log_dir / EVENTS).exists() else []
+    except OSError as exc:
+        raise UnreadableFileError(
+            f"{exc.filename or log_dir / TICKS}: cannot read ({exc.strerror or exc})",
+            "bms plot takes a run's log folder (the --log DIR of bms run or bms demo)") from exc
+    t = ticks.get("time_s")
+    if t is None or len(t) == 0 or t.dtype.kind != "f":
+        raise DataFileError(f"{log_dir / TICKS}: no complete rows with a numeric time_s column")
+    back = np.flatnonzero(~(np.diff(t) > 0.0))
+    if back.size:
+        k = int(back[0]) + 1
+        raise DataFileError(f"{log_dir / TICKS}: time_s does not increase at data row {k + 1} "
+                            f"({t[k - 1]:g} s -> {t[k]:g} s): rows of two runs in one file, or "
+                            "not a run log")
     return ticks, events
 
 
@@ -195,7 +212,7 @@ def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bms plot", description="Plot a run log (ticks.csv + events.jsonl) to a PNG.",
         epilog="examples:\n"
                "  bms demo --log runs/demo && bms plot runs/demo          # -> runs/demo/run.png\n"
@@ -205,11 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="PNG to write (default: LOG/run.png)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(args.output) if args.output else Path(args.log) / "run.png"
-    try:
+    try:  # the one error path (bms/app/errors.py): a log that cannot be read 5, unusable 3
         path = plot_run(args.log, out)
-    except (OSError, ValueError) as exc:
-        print(f"bms plot: {exc}", file=sys.stderr)
-        return 2
+    except CliError as exc:
+        return report("plot", exc)
     print(path)
     return 0
 

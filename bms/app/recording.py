@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bms.app.errors import DataFileError, UnreadableFileError
+
 CURRENT_SIGNS = ("auto", "charge-positive", "discharge-positive")
 CYCLER_TIME, CYCLER_CURRENT = "Time [s]", "Current [A]"
 CYCLER_VOLTAGE, CYCLER_TEMPERATURE = "Voltage [V]", "Temperature [degC]"
@@ -37,8 +39,9 @@ _STACK_CURRENT = re.compile(r"^current_s(\d+)_a$")
 _SIGN_STEP_FRACTION = 0.2
 
 
-class RecordingError(ValueError):
-    """A recording that cannot be read as one of the formats; the message names the file."""
+class RecordingError(DataFileError):
+    """A recording that cannot be read as one of the formats; the message names the file
+    (exit class config; a file that cannot be read at all is an UnreadableFileError, I/O)."""
 
 
 @dataclass
@@ -90,7 +93,8 @@ def read_recording(path: str | Path, current_sign: str = "auto",
 
 
 def read_csv(p: Path) -> tuple[list[str], np.ndarray]:
-    """(header, float rows) of a numeric CSV; RecordingError naming the file otherwise."""
+    """(header, float rows) of a numeric CSV; RecordingError naming the file otherwise
+    (UnreadableFileError: the system would not let us read it)."""
     try:
         with p.open(encoding="utf-8") as fh:
             header = [h.strip() for h in fh.readline().rstrip("\n").split(",")]
@@ -106,7 +110,7 @@ def read_csv(p: Path) -> tuple[list[str], np.ndarray]:
             fh.readline()
             lines = fh.read().splitlines()
     except OSError as exc:
-        raise RecordingError(f"{p}: cannot read ({exc.strerror})") from None
+        raise UnreadableFileError(f"{p}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise RecordingError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     return header, _parse_tolerant(p, header, lines)

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bms.app.errors import CliError, OutputError, Parser, UsageError, report
 from bms.app.recording import (
     CURRENT_SIGNS,
     Recording,
@@ -35,7 +35,7 @@ from bms.app.recording import (
 )
 from bms.core import Core
 from bms.soc_start import Start
-from boards.config import PackConfig, load_pack
+from boards.config import ConfigError, PackConfig, load_pack
 
 #: SOC errors are scored after this long (the estimator's start from a wrong SOC is not the
 #: accuracy asked for: issue 11's targets count from 10 minutes).
@@ -301,7 +301,7 @@ def plot(res: ReplayResult, path: Path, truth: tuple[np.ndarray, np.ndarray] | N
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="bms replay", description=__doc__.split("\n\n")[0],
         epilog="examples:\n"
                "  bms replay --pack ssb-23 --data run/ticks.csv --truth run.truth/truth.csv "
@@ -330,35 +330,34 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.soc0 is not None and not 0.0 <= args.soc0 <= 1.0:
-        print(f"bms replay: --soc0 {args.soc0}: expected a fraction in [0, 1]", file=sys.stderr)
-        return 2
-    if args.json and not args.truth:
-        print("bms replay: --json writes the score against --truth: give --truth FILE",
-              file=sys.stderr)
-        return 2
-    if not (math.isfinite(args.settle_s) and args.settle_s >= 0):
-        print(f"bms replay: --settle-s {args.settle_s}: expected a number >= 0",
-              file=sys.stderr)
-        return 2
+    # The one error path (bms/app/errors.py): a command-line value 2, the pack or a data file
+    # that cannot be used 3, a file that cannot be read or written 5.
     try:
+        if args.soc0 is not None and not 0.0 <= args.soc0 <= 1.0:
+            raise UsageError(f"--soc0 {args.soc0}: expected a fraction in [0, 1]")
+        if args.json and not args.truth:
+            raise UsageError("--json writes the score against --truth: give --truth FILE")
+        if not (math.isfinite(args.settle_s) and args.settle_s >= 0):
+            raise UsageError(f"--settle-s {args.settle_s}: expected a number >= 0")
+        if args.temperature_c is not None and not math.isfinite(args.temperature_c):
+            raise UsageError(f"--temperature-c {args.temperature_c}: expected a finite number "
+                             "(C)")
         pack = load_pack(args.pack)
         rec = read_recording(args.data, args.current_sign, args.temperature_c)
         res = replay(pack, rec, args.soc0)
         truth = read_truth_soc(args.truth, rec.n_cells) if args.truth else None
         sc = score(res, *truth, settle_s=args.settle_s) if truth else None
-        write_csv(res, args.out)
-        if args.plot:
-            plot(res, args.plot, truth)
-        if sc is not None and args.json:
-            args.json.write_text(json.dumps(dataclasses.asdict(sc), indent=2) + "\n")
-    except RecordingError as exc:
-        print(f"bms replay: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the output side: -o, --plot, --json
-        print(f"bms replay: {exc.filename or args.out}: cannot write ({exc.strerror})",
-              file=sys.stderr)
-        return 2
+        try:  # the output side: -o, --plot, --json
+            write_csv(res, args.out)
+            if args.plot:
+                plot(res, args.plot, truth)
+            if sc is not None and args.json:
+                args.json.write_text(json.dumps(dataclasses.asdict(sc), indent=2) + "\n")
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or args.out}: cannot write "
+                              f"({exc.strerror or exc})") from exc
+    except (CliError, ConfigError) as exc:
+        return report("replay", exc)
     print(f"bms replay: {rec.n_samples} samples x {rec.n_cells} cells of {rec.path.name} "
           f"({rec.kind}; {rec.sign_note}) through pack {pack.name}'s core in "
           f"{res.wall_s:.2f} s ({res.cell_samples_per_s / 1e6:.2f} M cell-samples/s)")
