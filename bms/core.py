@@ -111,6 +111,7 @@ class CoreParams:
     swell_um_full: float
     thermal_um_per_k: float
     fixture_t_ref_c: float
+    fixture_stiffening: float
     r_pressure_kpa2: float
     pressure_corr_s: float
     rate_tau_s: float
@@ -350,6 +351,7 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         pressure_fusion=int(bool(fusion)), preload_kpa=fx.preload_kpa,
         stiffness_kpa_per_um=fx.stiffness_kpa_per_um, swell_um_full=cell.swelling_um_full,
         thermal_um_per_k=fx.thermal_um_per_k, fixture_t_ref_c=fx.reference_temperature_c,
+        fixture_stiffening=fx.stiffening,
         r_pressure_kpa2=est.pressure_noise_kpa ** 2, pressure_corr_s=tn.pressure_corr_s,
         rate_tau_s=tn.rate_tau_s, cusum_k_kpa=tn.cusum_k_kpa, cusum_tau_s=tn.cusum_tau_s,
         horizons_s=tuple(pl.horizons_s),
@@ -422,8 +424,8 @@ _FLOAT_PARAMS = (
     "soh_q_per_s",
     "soh_scale_min", "soh_scale_max", "soh_soc_anchor_s", "cap_fb_d_sigma", "preload_kpa",
     "stiffness_kpa_per_um", "swell_um_full", "thermal_um_per_k", "fixture_t_ref_c",
-    "r_pressure_kpa2", "pressure_corr_s", "rate_tau_s", "cusum_k_kpa", "cusum_tau_s", "v_max",
-    "v_min",
+    "fixture_stiffening", "r_pressure_kpa2", "pressure_corr_s", "rate_tau_s", "cusum_k_kpa",
+    "cusum_tau_s", "v_max", "v_min",
     "t_charge_min_c", "t_charge_max_c", "t_discharge_min_c", "t_discharge_max_c",
     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a")
 _STATE_ARRAYS = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "rc_scale",

@@ -408,19 +408,30 @@ class ReferenceCore:
 
     # ------------------------------------------------------------------ pressure
 
-    def expected_pressure(self) -> float:
-        """preload + stiffness (swell_full sum SOC_i + thermal (T_mean - T_ref))."""
+    def _pressure_dx(self) -> tuple[float, float]:
+        """dx = swell_full sum SOC_i + thermal (T_mean - T_ref) (um) and q = s / dx_full."""
         p = self.prm
         t_mean = float(np.sum(self.cell_temp_c)) / p.n_cells
         dx = p.swell_um_full * float(np.sum(self.soc)) + p.thermal_um_per_k * (
             t_mean - p.fixture_t_ref_c)
-        return p.preload_kpa + p.stiffness_kpa_per_um * dx
+        dx_full = p.swell_um_full * p.n_cells
+        return dx, (p.fixture_stiffening / dx_full if dx_full != 0.0 else 0.0)
+
+    def expected_pressure(self) -> float:
+        """preload + k dx (1 + s dx / dx_full), dx_full = n swell_full (a stiffening fixture)."""
+        dx, q = self._pressure_dx()
+        return self.prm.preload_kpa + self.prm.stiffness_kpa_per_um * dx * (1.0 + q * dx)
+
+    def pressure_slope(self) -> float:
+        """d expected / d dx (kPa/um): the fusion's Jacobian per um of stack growth."""
+        dx, q = self._pressure_dx()
+        return self.prm.stiffness_kpa_per_um * (1.0 + 2.0 * q * dx)
 
     def pressure(self, p_kpa: np.ndarray, dt_s: float, ekf_ran: bool) -> int:
         p, so = self.prm, self.stack_out
         flags = 0
         cnt, mean, pmin, pmax = self.pressure_stats(p_kpa)
-        expected = self.expected_pressure()
+        expected, slope = self.expected_pressure(), self.pressure_slope()
         so[OUT_EXPECTED] = expected
         if cnt == 0:
             flags |= ST_PRESSURE_INVALID
@@ -442,8 +453,8 @@ class ReferenceCore:
             so[OUT_MEAN], so[OUT_RESIDUAL], so[OUT_RATE] = mean, resid, self.rate_f
             so[OUT_IMBALANCE] = imbalance
             if p.pressure_fusion and ekf_ran:
-                # mean pressure as a measurement of every cell's SOC, H_i = k_fix * swell
-                hc = p.stiffness_kpa_per_um * p.swell_um_full
+                # mean pressure as a measurement of every cell's SOC, H_i = slope * swell
+                hc = slope * p.swell_um_full
                 s = hc * hc * float(np.sum(self.p[0])) + p.r_pressure_kpa2 * max(
                     1.0, p.pressure_corr_s / dt_s)
                 nu = mean - expected

@@ -206,7 +206,8 @@ int ssb_params_check(const ssb_params_t *prm)
     if (prm->coulombic_eff > 1.0 || prm->soh_lambda > 1.0 ||
         !finite_in(prm->swell_um_full, -1e6, 1e6) ||
         !finite_in(prm->thermal_um_per_k, -1e6, 1e6) ||
-        !finite_in(prm->fixture_t_ref_c, -273.0, 1e3) || !finite_in(prm->v_min, 0.0, 100.0) ||
+        !finite_in(prm->fixture_t_ref_c, -273.0, 1e3) ||
+        !finite_in(prm->fixture_stiffening, 0.0, 1.0) || !finite_in(prm->v_min, 0.0, 100.0) ||
         !finite_in(prm->v_max, prm->v_min, 100.0))
         return SSB_ERR_PARAM;
     if (!(prm->t_charge_min_c < prm->t_charge_max_c) ||
@@ -946,7 +947,10 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
 
 /* ------------------------------------------------------------------ pressure */
 
-static double expected_pressure(const ssb_params_t *prm, const ssb_state_t *st, double *t_mean)
+/* The expected stack pressure and its slope per um of stack growth (d expected / d dx, for
+ * the fusion's Jacobian) */
+static double expected_pressure(const ssb_params_t *prm, const ssb_state_t *st, double *t_mean,
+                                double *slope_kpa_per_um)
 {
     const int32_t n = prm->n_cells;
     double ssum = 0.0, tsum = 0.0;
@@ -955,12 +959,16 @@ static double expected_pressure(const ssb_params_t *prm, const ssb_state_t *st, 
         tsum += st->cell_temp_c[i];
     }
     *t_mean = tsum / n;
-    /* expected = preload + k (swell sum SOC_i + thermal (T_mean - T_ref)); the thermal
-     * expansion is the whole stack's against the fixture (pack file, fixture.thermal_um_per_k),
-     * counted once. */
+    /* expected = preload + k dx (1 + s dx / dx_full), dx = swell sum SOC_i + thermal (T_mean -
+     * T_ref); the thermal expansion is the whole stack's against the fixture (pack file,
+     * fixture.thermal_um_per_k), counted once; s the fixture's stiffening over the full
+     * stroke (fixture.stiffening). */
     const double dx = prm->swell_um_full * ssum +
                       prm->thermal_um_per_k * (*t_mean - prm->fixture_t_ref_c);
-    return prm->preload_kpa + prm->stiffness_kpa_per_um * dx;
+    const double dx_full = prm->swell_um_full * n;
+    const double q = dx_full != 0.0 ? prm->fixture_stiffening / dx_full : 0.0;
+    *slope_kpa_per_um = prm->stiffness_kpa_per_um * (1.0 + 2.0 * q * dx);
+    return prm->preload_kpa + prm->stiffness_kpa_per_um * dx * (1.0 + q * dx);
 }
 
 static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m,
@@ -969,9 +977,9 @@ static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const
     const int32_t n = prm->n_cells;
     const size_t nn = (size_t)n;
     uint32_t flags = 0u;
-    double mean, pmin, pmax, t_mean;
+    double mean, pmin, pmax, t_mean, slope;
     const int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
-    const double expected = expected_pressure(prm, st, &t_mean);
+    const double expected = expected_pressure(prm, st, &t_mean, &slope);
     double *so = out->stack;
     so[SSB_OUT_PRESSURE_EXPECTED_KPA] = expected;
     if (cnt == 0) {
@@ -1002,10 +1010,11 @@ static uint32_t pressure_monitor(const ssb_params_t *prm, ssb_state_t *st, const
         so[SSB_OUT_PRESSURE_RATE_KPA_PER_S] = st->rate_f;
         so[SSB_OUT_LOAD_CELL_IMBALANCE_KPA] = imbalance;
 
-        /* fusion: mean pressure as a measurement of all SOCs, H_i = stiffness * swell; the
-         * per-cell filters stay independent (cross-covariances dropped; docs/estimation.md) */
+        /* fusion: mean pressure as a measurement of all SOCs, H_i = d expected / d SOC_i =
+         * slope * swell; the per-cell filters stay independent (cross-covariances dropped;
+         * docs/estimation.md) */
         if (prm->pressure_fusion && ekf_ran) {
-            const double hc = prm->stiffness_kpa_per_um * prm->swell_um_full;
+            const double hc = slope * prm->swell_um_full;
             double *SSB_RESTRICT p00 = st->p;
             double *SSB_RESTRICT p01 = st->p + nn;
             double *SSB_RESTRICT p02 = st->p + 2 * nn;

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 4
+#define SSB_CORE_VERSION 5
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
@@ -152,6 +152,10 @@ typedef struct ssb_params {
     /* pressure model and monitor */
     int32_t pressure_fusion; /* 1: use the pressure as a measurement of mean SOC */
     double preload_kpa, stiffness_kpa_per_um, swell_um_full, thermal_um_per_k, fixture_t_ref_c;
+    double fixture_stiffening; /* stiffness rises by this fraction over the stack's full
+                                  swelling stroke: k (1 + s dx / dx_full), dx_full =
+                                  n_cells swell_um_full (springs and pouch stiffen as they
+                                  compress); 0: a linear fixture */
     double r_pressure_kpa2; /* pressure model error variance of one sample, kPa^2 */
     double pressure_corr_s; /* its correlation time (as voltage_corr_s), s */
     double rate_tau_s;      /* low-pass time constant of the rate of change */
