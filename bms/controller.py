@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,11 +49,15 @@ from bms.tuning import (
     WARNING_DERATE,
 )
 from bms.validation import StackValidator, ValidatedStack
+from bms.vehicle.tick import VehicleTick
 from boards.config import TIME_EPS_S, BoardProfile, PackConfig, StackConfig, load_board
 from hil.client import BoardClient
 from hil.link import LinkError, MeasurementLane
 from hil.protocol import Measurement, Outputs, Status
 from hil.scaling import Scaler
+
+if TYPE_CHECKING:  # the link imports python-can and cantools (the optional extra "can")
+    from bms.vehicle.link import VehicleLink
 
 # Status bits as plain ints (IntFlag arithmetic costs microseconds per tick).
 _ST_JUST_BOOTED = int(Status.JUST_BOOTED)
@@ -132,6 +136,7 @@ class Controller:
         timeout_s: float = 0.25, retries: int = 1, meta: dict[str, Any] | None = None,
         pipeline: bool | None = None, state_path: str | Path | None = None,
         saved_state: SavedState | None = None, wall_clock: Callable[[], float] = time.time,
+        vehicle: VehicleLink | None = None,
     ) -> None:
         """``state_path``: the state file to save to (every SAVE_PERIOD_S of run time
         and on close); ``saved_state``: what was loaded from it (bms.statefile.load), restored
@@ -199,6 +204,10 @@ class Controller:
         self.heartbeat_period_s = 0.0
         self._next_heartbeat_s = -math.inf
         self._init_state_file(state_path, saved_state, wall_clock)
+        # The vehicle over CAN (bms/vehicle/, docs/can.md); None: no vehicle side at all.
+        self.vehicle = vehicle
+        if vehicle is not None:
+            vehicle.attach(self.table, self.log.event if self.log else None)
 
     def _stack_runtime(self, k: int, stack: StackConfig, board: BoardProfile, port: str,
                        timeout_s: float, retries: int) -> StackRuntime:
@@ -285,6 +294,8 @@ class Controller:
             self._state_writer, self._next_state_save_s = None, math.inf  # closed: once
         for s in self.stacks:
             s.io.close()
+        if self.vehicle is not None:
+            self.vehicle.close()
         summary = self.summary()
         if self.log:
             summary["log"] = self.log.close(extra={"run": summary})
@@ -326,10 +337,14 @@ class Controller:
         current_a = self._pack_current()
         if all_fresh:
             self._protect(t, current_a, protect_charge_a, discharge_a)
+        if self.vehicle is not None:
+            self._vehicle_requests(t)
         c_out, fault_latched = self._contactors(t, valid)
         bal, charge_a, discharge_a, n_active = self._balance_and_derate(
             t, c_out, current_a, fault_latched, charge_a, discharge_a)
         self._command(t, c_out, int(c_out.state), bal, charge_a, discharge_a)
+        if self.vehicle is not None:
+            self._vehicle_frames(t, c_out, current_a, charge_a, discharge_a)
         self._record(t, wall0, c_out, current_a, charge_a, discharge_a, bal, n_active)
         self.tick_index += 1
         if t >= self._next_state_save_s:
@@ -504,6 +519,33 @@ class Controller:
             t_next = (self.tick_index + 1) * self.tick_s
             for s in self.stacks:
                 s.io.prefetched = s.io.request_sample(self.tick_s, t_next)
+
+    def _vehicle_requests(self, t: float) -> None:
+        """3a. The vehicle's frames (CAN): its requests act before the contactor state machine
+        of this tick, so an open request reaches this tick's command; a lost heartbeat or
+        repeated invalid frames are raised here (bms/vehicle/link.py)."""
+        assert self.vehicle is not None  # noqa: S101 (called only with a link)
+        for request in self.vehicle.receive(t, self.table.fault_latched()):
+            if request == "close":
+                self.request_close()
+            elif request == "open":
+                self.request_open()
+            else:
+                self.request_reset()
+
+    def _vehicle_frames(self, t: float, c_out: ContactorOutput, current_a: float,
+                        charge_a: float, discharge_a: float) -> None:
+        """6a. The BMS's CAN frames due on this tick, after the boards' commands."""
+        assert self.vehicle is not None  # noqa: S101 (called only with a link)
+        table = self.table
+        self.vehicle.send(self.tick_index, VehicleTick(
+            state=int(c_out.state), outputs=int(c_out.outputs), close_wanted=self._close_wanted,
+            fault_latched=table.fault_latched(), critical_latched=table.critical_latched(),
+            warning_active=bool(table.active()), current_a=current_a,
+            pack_voltage_v=self._stack_v, bus_voltage_v=self._bus_v, charge_limit_a=charge_a,
+            discharge_limit_a=discharge_a, cell_voltage_v=self._cell_v, soc=self._soc,
+            stacks=self.stacks, faults=[r for r in table.records() if r.active or r.latched]),
+            t)
 
     def _record(self, t: float, wall0: float, c_out: ContactorOutput, current_a: float,
                 charge_a: float, discharge_a: float, bal: Any, n_active: int) -> None:
@@ -963,5 +1005,6 @@ class Controller:
                         "validation": dict(s.validator.counts)} for s in self.stacks],
             **({"state_file": {"path": str(self.state_path), "saves": self.state_saves,
                                "error": self.state_error}} if self.state_path else {}),
+            **({"vehicle": self.vehicle.summary()} if self.vehicle is not None else {}),
         }
 

@@ -152,9 +152,11 @@ class Codec:
         data[0] = e2e_crc(spec.frame_id, data)
         return bytes(data)
 
-    def decode(self, spec: FrameSpec, data: bytes | bytearray) -> dict[str, Any]:
-        """Physical values by signal name (SNA stays the string "SNA")."""
-        out = spec.message.decode(bytes(data), decode_choices=True, scaling=True,
+    def decode(self, spec: FrameSpec, data: bytes | bytearray, choices: bool = False
+               ) -> dict[str, Any]:
+        """Physical values by signal name; with ``choices`` the DBC's value names as strings
+        (e.g. "SNA", "CLOSED") where it defines them."""
+        out = spec.message.decode(bytes(data), decode_choices=choices, scaling=True,
                                   allow_truncated=False)
         return {k: (str(v) if not isinstance(v, (int, float)) else v) for k, v in out.items()}
 
