@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "monitor": ("bms.app.monitor", "live read-only view of a running BMS"),
     "bench": ("bms.app.bench", "benchmark the estimation core and the control tick"),
     "plot": ("bms.app.plot", "plot a run log to a PNG"),
+    "export": ("bms.app.export", "export a run log to MF4 (asammdf, CANape), Parquet or CSV "
+               "with units and comments"),
     "check": ("bms.app.check", "validate a pack file or board profile and print a summary"),
     "replay": ("bms.app.replay", "run recorded measurements (cycler CSV, ticks.csv) through "
                "the estimation core; score against a truth file"),
