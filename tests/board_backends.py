@@ -3,7 +3,11 @@
 - ``emulator``: the Python emulated board (:class:`hil.emulator.board.EmulatedBoard`) served on
   a real pty (``os.openpty``) by a background thread (:class:`Running`);
 - ``firmware``: the reference firmware's ELF on a simulated ATmega2560 (simavr harness, the plant
-  on its pins, :class:`hil.firmware.FirmwareBoard`), on the pty the harness opens.
+  on its pins, :class:`hil.firmware.FirmwareBoard`), on the pty the harness opens;
+- ``emu``: the same emulated board in the test's own process behind an ``emu://`` URL
+  (hil/emulator/protocol_emu.py; sim clock only: a real-clock case skips). Each open of the URL
+  is a fresh board, so its receive counters are those of the port a test opened
+  (``rx_counters`` is None: read them from ``port.board``).
 
 tests/conftest.py turns these into the parametrised ``board`` / ``board_factory`` fixtures; a
 test that takes one of them runs once per backend (tests/test_board_protocol.py). Shared raw-wire
@@ -19,11 +23,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pytest
 import serial
 
 from boards.config import BoardProfile, load_board, load_pack
 from hil.client import BoardClient
 from hil.emulator.board import BoardOptions, EmulatedBoard, PtyServer
+from hil.emulator.protocol_emu import emu_url, register
 from hil.protocol import (
     BoardKind,
     DecodedFrame,
@@ -35,7 +41,7 @@ from hil.protocol import (
     encode_raw_frame,
 )
 
-BACKENDS = ("emulator", "firmware")
+BACKENDS = ("emulator", "firmware", "emu")
 
 EMU_PACK = load_pack("ssb-23")
 EMU_PROFILE = load_board("emu-23")
@@ -87,7 +93,7 @@ class BoardUnderTest:
     # (hil.protocol.LinkCounters names), once it has taken at least bytes_in of them. The
     # protocol has no message for these: the emulator's are its decoder's, the firmware's the
     # harness's, which follows the bytes at the MCU's UART with the firmware's own codec.
-    rx_counters: Callable[[int], dict[str, int]]
+    rx_counters: Callable[[int], dict[str, int]] | None
     # A pause between the pieces of a split frame that matters: the emulator's server reads
     # every write at once; the simavr harness polls its pty and runs the MCU in between.
     split_pause_s: float = 0.01
@@ -124,6 +130,13 @@ def start_board(backend: str, clock: str = "sim", seed: int = 3,
                               "m2560-ltc6811", False, 5.0, 0 if clock == "sim" else 1, fw.stop,
                               fw.rx_counters, split_pause_s=0.1,
                               max_sample_dt_s=MAX_SAMPLE_DT_S)
+    if backend == "emu":
+        if clock != "sim":
+            pytest.skip("emu:// serves the sim clock only (clock=real is refused)")
+        register()
+        url = emu_url("ssb-23", 0, seed=seed, soc=initial_soc, profile=EMU_PROFILE.name)
+        return BoardUnderTest(backend, url, EMU_PROFILE, BoardKind.EMULATOR, "emu-23#0", True,
+                              1.0, 2, lambda: None, None, split_pause_s=0.0)
     raise ValueError(f"unknown board backend {backend!r}")
 
 

@@ -9,7 +9,8 @@ Boards: ``board`` (started with the defaults: sim clock, seed 3, SOC 0.6) and ``
 (start more, or with other options; all stopped at teardown) are parametrised over the backends
 of tests/board_backends.py: ``emulator`` (the Python emulated board on a pty) and ``firmware``
 (the reference firmware on simavr, marked ``firmware``; skipped with the reason when the AVR
-toolchain or simavr is missing, failed under CI=true). A test taking either runs on each.
+toolchain or simavr is missing, failed under CI=true) and ``emu`` (the emulated board in the
+test's process behind an ``emu://`` URL; sim clock only). A test taking either runs on each.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -19,17 +20,29 @@ from bms.app.emulators import start_emulators
 from bms.app.realtime import current_policy, request_realtime
 from bms.controller import Controller
 from boards.config import PackConfig, load_pack
+from hil.emulator.protocol_emu import emu_url, register
 
 
 def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: str | None,
-                   log: bool = True, tick_s: float | None = None) -> dict[str, Any]:
+                   log: bool = True, tick_s: float | None = None,
+                   transport: str = "pty") -> dict[str, Any]:
     """Run the BMS for ``duration_s`` of controller time; wall time and latency figures.
-    The scheduling policy in force (see bms.app.realtime) is part of the record."""
+    The scheduling policy in force (see bms.app.realtime) is part of the record.
+    ``transport``: ``pty`` (emulator processes, as bms run starts them) or ``emu`` (the
+    same boards in this process, hil/emulator/protocol_emu.py; sim clock only)."""
     if tick_s is not None:
         pack = replace(pack, controller=replace(pack.controller, tick_s=tick_s))
-    emulators = start_emulators(pack, clock=clock, seed=1, scenario=scenario)
+    if transport == "emu":
+        register()
+        emulators = []
+        # seeds as start_emulators gives them: board k gets 1 + k
+        ports = [emu_url(pack.path, k, seed=1 + k, scenario=scenario)
+                 for k in range(len(pack.stacks))]
+    else:
+        emulators = start_emulators(pack, clock=clock, seed=1, scenario=scenario)
+        ports = [e.path for e in emulators]
     with tempfile.TemporaryDirectory(prefix="bms-bench-") as tmp:
-        controller = Controller(pack, [e.path for e in emulators], clock=clock,
+        controller = Controller(pack, ports, clock=clock,
                                 log_dir=Path(tmp) if log else None)
         try:
             controller.open()
@@ -43,7 +56,7 @@ def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: st
                 e.stop()
     ticks = summary["ticks"]
     return {
-        "pack": pack.name, "clock": clock, "n_cells": pack.n_cells,
+        "pack": pack.name, "transport": transport, "clock": clock, "n_cells": pack.n_cells,
         "boards": len(pack.stacks), "tick_s": pack.controller.tick_s, "ticks": ticks,
         "sim_s": summary["time_s"], "wall_s": wall,
         "ticks_per_s": ticks / wall if wall > 0 else float("nan"),
@@ -63,7 +76,8 @@ def main(argv: list[str]) -> int:
         description="Time the whole control tick against emulated boards over ptys.",
         epilog="examples:\n  bms bench --tick                       # both packs, 1 h sim\n"
         "  bms bench --tick --clock real --duration 600 --tick-s 0.01 [--realtime]\n"
-        "  bms bench --tick --pack ssb-23 --duration 600 --json",
+        "  bms bench --tick --pack ssb-23 --duration 600 --json\n"
+        "  bms bench --tick --transport both --repeat 3   # emu:// against ptys",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", action="append", default=[],
                     help="pack(s) to run (default: ssb-23 and ssb-4x23)")
@@ -77,33 +91,65 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--realtime", action="store_true",
                     help="SCHED_FIFO for the controller and its emulators (root or "
                     "CAP_SYS_NICE; see bms/app/realtime.py)")
+    ap.add_argument("--transport", choices=("pty", "emu", "both"), default="pty",
+                    help="pty: emulator processes on ptys (default); emu: the same boards in "
+                    "this process (emu://, sim clock); both: each pack on both, interleaved "
+                    "--repeat times, with the medians and their ratio")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="runs per pack and transport (the record is the median wall time)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.transport != "pty" and args.clock != "sim":
+        ap.error("--transport emu: the in-process board serves the sim clock only")
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: allowed >= 1")
     packs = args.pack or ["ssb-23", "ssb-4x23"]
     duration = args.duration if args.duration is not None else (
         3600.0 if args.clock == "sim" else 60.0)
     if args.realtime:
         print(f"scheduling: {request_realtime()}", flush=True)
+    transports = ("emu", "pty") if args.transport == "both" else (args.transport,)
     records = []
     for name in packs:
-        rec = run_tick_bench(load_pack(name), args.clock, duration, args.scenario,
-                             log=not args.no_log, tick_s=args.tick_s)
-        records.append(rec)
-        if not args.json:
-            lat = rec["tick_latency_ms"]
-            print(f"{rec['pack']:<9} {rec['clock']:<4} {rec['boards']} board(s) "
-                  f"{rec['n_cells']:>3} cells: {rec['ticks']} ticks of {rec['tick_s'] * 1e3:g} ms "
-                  f"in {rec['wall_s']:.2f} s wall = {rec['ticks_per_s']:.0f} ticks/s, "
-                  f"{rec['us_per_tick']:.0f} us/tick, {rec['x_real_time']:.0f}x real time; "
-                  f"tick latency p50 {lat.get('p50', float('nan')):.3f} ms, "
-                  f"p99 {lat.get('p99', float('nan')):.3f} ms, max "
-                  f"{lat.get('max', float('nan')):.3f} ms; missed deadlines "
-                  f"{rec['missed_deadlines']}"
-                  + (f"; {rec['scheduling']}" if rec["scheduling"].startswith("SCHED") else ""),
-                  flush=True)
+        pack = load_pack(name)
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
+        for _ in range(args.repeat):  # interleaved: a slow minute of the machine hits both
+            for transport in transports:
+                runs[transport].append(run_tick_bench(
+                    pack, args.clock, duration, args.scenario, log=not args.no_log,
+                    tick_s=args.tick_s, transport=transport))
+        medians = {}
+        for transport, recs in runs.items():
+            walls = sorted(r["wall_s"] for r in recs)
+            rec = min(recs, key=lambda r: abs(r["wall_s"] - statistics.median(walls)))
+            rec["wall_s_runs"] = [round(w, 3) for w in walls]
+            medians[transport] = rec
+            records.append(rec)
+            if not args.json:
+                _print(rec)
+        if len(medians) == 2 and not args.json:
+            print(f"{pack.name:<9} pty / emu wall time (medians of {args.repeat}): "
+                  f"{medians['pty']['wall_s'] / medians['emu']['wall_s']:.2f}", flush=True)
     if args.json:
         print(json.dumps(records, indent=2))
     return 0
+
+
+def _print(rec: dict[str, Any]) -> None:
+    lat = rec["tick_latency_ms"]
+    runs = rec.get("wall_s_runs", [])
+    print(f"{rec['pack']:<9} {rec['transport']:<3} {rec['clock']:<4} {rec['boards']} board(s) "
+          f"{rec['n_cells']:>3} cells: {rec['ticks']} ticks of {rec['tick_s'] * 1e3:g} ms "
+          f"in {rec['wall_s']:.2f} s wall"
+          + (f" (median of {', '.join(f'{w:.2f}' for w in runs)})" if len(runs) > 1 else "")
+          + f" = {rec['ticks_per_s']:.0f} ticks/s, "
+          f"{rec['us_per_tick']:.0f} us/tick, {rec['x_real_time']:.0f}x real time; "
+          f"tick latency p50 {lat.get('p50', float('nan')):.3f} ms, "
+          f"p99 {lat.get('p99', float('nan')):.3f} ms, max "
+          f"{lat.get('max', float('nan')):.3f} ms; missed deadlines "
+          f"{rec['missed_deadlines']}"
+          + (f"; {rec['scheduling']}" if rec["scheduling"].startswith("SCHED") else ""),
+          flush=True)
 
 
 if __name__ == "__main__":

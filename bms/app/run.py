@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from bms.app.emulators import EmulatorProcess, start_emulators
 from bms.app.errors import (
@@ -38,7 +39,11 @@ from bms.runlog import LogDirInUseError, RunLog, claim_log_dir, release_log_dir
 from bms.statefile import SavedState, check_writable
 from bms.statefile import load as load_state_file
 from boards.config import load_pack
+from hil.emulator.protocol_emu import SCHEME as EMU_SCHEME
+from hil.emulator.protocol_emu import parse_emu_url, register
 from hil.emulator.scenario import load_scenario
+
+register()  # `--port emu://PACK?stack=K&...`: an emulated board in this process
 
 
 class LiveView:
@@ -173,6 +178,42 @@ class ResetOnce:
 SUMMARY_PERIOD_S = 60.0
 
 
+def is_emu(port: str) -> bool:
+    """An in-process emulated board (hil/emulator/protocol_emu.py)."""
+    return port.lower().startswith(EMU_SCHEME + "://")
+
+
+def run_clock(args: argparse.Namespace) -> str:
+    """--clock, or its default: real for ports (a bench), sim for emulated boards (started
+    here, or emu:// ports)."""
+    if args.clock:
+        return args.clock
+    return "real" if args.port and not all(is_emu(p) for p in args.port) else "sim"
+
+
+def with_truth_dir(port: str, truth_dir: Path) -> str:
+    """An emu:// port without a truth option writes its truth into ``truth_dir`` (where the
+    emulators bms run starts write theirs: beside the log folder, never in it)."""
+    opts = parse_emu_url(port)
+    if opts.truth_path is not None:
+        return port
+    sep = "&" if urlsplit(port).query else "?"
+    return f"{port}{sep}{urlencode({'truth-dir': str(truth_dir)})}"
+
+
+def emu_scenario(ports: list[str]) -> str | None:
+    """The scenario the emu:// ports run (as --scenario names it for the emulators bms run
+    starts): one name, or the names joined by ',' when the stacks differ; None: none."""
+    names = []
+    for port in ports:
+        if is_emu(port):
+            query = dict(parse_qsl(urlsplit(port).query))
+            names.append(query.get("scenario") or "")
+    if not any(names):
+        return None
+    return names[0] if len(set(names)) == 1 else ",".join(names)
+
+
 def check_usage(args: argparse.Namespace, pack: Any) -> None:
     """Options that contradict each other or the pack: UsageError (exit 2)."""
     if args.port:
@@ -187,7 +228,14 @@ def check_usage(args: argparse.Namespace, pack: Any) -> None:
                              f"per stack, in pack order (got {len(args.port)})")
         if len(set(args.port)) != len(args.port):
             raise UsageError(f"--port: the same port is given twice ({', '.join(args.port)})")
-    clock = args.clock or ("real" if args.port else "sim")
+    clock = run_clock(args)
+    emu = [p for p in args.port if is_emu(p)]
+    for port in emu:
+        parse_emu_url(port)  # EmuUrlError: one line naming the part of the URL (exit 2 or 3)
+    if emu and clock != "sim":
+        raise UsageError(f"--clock {clock}: {EMU_SCHEME}:// ports serve the sim clock only",
+                         "drop --clock real, or run `bms emulate --clock real` and give its "
+                         "pty")
     if args.lockstep and clock != "sim":
         raise UsageError("--lockstep applies to the sim clock only",
                          "drop --lockstep, or pass --clock sim")
@@ -318,7 +366,7 @@ def main(argv: list[str]) -> int:
     preflight(pack)  # every check bms check makes: before any port or emulator
     if args.scenario:
         load_scenario(args.scenario)
-    clock = args.clock or ("real" if args.port else "sim")
+    clock = run_clock(args)
     saved = load_state_arg(args.state, pack)
     log_dir = args.log or default_log_dir("run")
     claim_log(log_dir)
@@ -333,7 +381,7 @@ def main(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | None,
          log_dir: Path) -> int:
-    meta = {"command": "run", "scenario": args.scenario,
+    meta = {"command": "run", "scenario": args.scenario or emu_scenario(args.port),
             "pipelined": clock == "sim" and not args.lockstep, "scheduling": current_policy()}
     if args.realtime:
         print(f"bms run: scheduling {request_realtime()}", file=sys.stderr)
@@ -359,6 +407,12 @@ def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | No
             ports = [e.path for e in emulators]
             print(f"bms run: {len(emulators)} emulated board(s); their truth in {truth_dir}",
                   file=sys.stderr)
+        elif any(is_emu(p) for p in ports):
+            truth_dir = args.truth_dir or log_dir.with_name(log_dir.name + ".truth")
+            truth_dir.mkdir(parents=True, exist_ok=True)
+            ports = [with_truth_dir(p, truth_dir) if is_emu(p) else p for p in ports]
+            print(f"bms run: {sum(map(is_emu, ports))} in-process emulated board(s) "
+                  f"({EMU_SCHEME}://); their truth in {truth_dir}", file=sys.stderr)
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         controller = Controller(

@@ -36,8 +36,10 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+def build_parser(parser_class: type[argparse.ArgumentParser] = _Parser
+                 ) -> argparse.ArgumentParser:
+    """``parser_class``: how a bad value is reported (the emu:// URL handler raises instead)."""
+    ap = parser_class(
         prog="bms emulate",
         description="Emulated board: serves protocol v1 on a pty from a plant model of one "
                     "stack. Prints the pty path as the first line of stdout.",
@@ -79,53 +81,84 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class OptionError(Exception):
+    """A bad option value: ``key`` names the option without dashes, ``code`` is the exit class.
+    ``bms emulate`` prints ``--key value: reason`` (``plain``: the reason alone, it names the
+    file and key itself); the in-process ``emu://`` URL (hil/emulator/protocol_emu.py) names
+    the same option as ``key=value``."""
+
+    def __init__(self, key: str, value: object, reason: str, code: int,
+                 plain: bool = False) -> None:
+        super().__init__(reason)
+        self.key, self.value, self.reason, self.code = key, value, reason, code
+        self.plain = plain  # the reason names the file and key itself (a ConfigError)
+
+    def cli_text(self) -> str:
+        if self.plain:
+            return self.reason
+        return f"--{self.key} {self.value}: {self.reason}" if self.value is not None else \
+            f"--{self.key}: {self.reason}"
+
+
+def board_options(args: argparse.Namespace) -> list[BoardOptions]:
+    """The parsed command line -> one BoardOptions per ``--board`` (pack, profiles and
+    scenario loaded, values checked); OptionError for a bad one. Shared by ``bms emulate`` and
+    the ``emu://`` URL handler, so both take the same options with the same checks."""
+    boards = args.board if args.board else [0]
+    if args.truth is not None and (len(boards) > 1 or args.truth_dir is not None):
+        raise OptionError("truth", None, "names one board's file; with several boards use "
+                          "--truth-dir", EXIT_USAGE)
+    key, value = "pack", args.pack
+    try:
+        pack = load_pack(args.pack)
+        key, value = "profile", args.profile
+        for k in boards:
+            if not 0 <= k < len(pack.stacks):
+                raise OptionError("board", k, f"pack {pack.name} has stacks 0.."
+                                  f"{len(pack.stacks) - 1}", EXIT_USAGE)
+        if len(set(boards)) != len(boards):
+            raise OptionError("board", None, f"a board is listed twice ({boards})", EXIT_USAGE)
+        profiles = [load_board(args.profile or pack.stacks[k].board) for k in boards]
+        key, value = "scenario", args.scenario
+        scenario = load_scenario(args.scenario) if args.scenario else None
+    except (ConfigError, ScenarioError) as exc:
+        raise OptionError(key, value, str(exc), EXIT_CONFIG, plain=True) from None
+    if args.soc is not None and not 0.0 <= args.soc <= 1.0:  # NaN fails too
+        raise OptionError("soc", f"{args.soc:g}", "allowed 0..1", EXIT_USAGE)
+    if args.truth_every < 1:
+        raise OptionError("truth-every", args.truth_every, "allowed >= 1", EXIT_USAGE)
+    if args.temperature is not None and not math.isfinite(args.temperature):
+        raise OptionError("temperature", f"{args.temperature:g}", "allowed a finite number (C)",
+                          EXIT_USAGE)
+    out = []
+    for pos, (k, profile) in enumerate(zip(boards, profiles, strict=True)):
+        truth = args.truth if args.truth is not None else (
+            args.truth_dir / f"truth-stack{k + 1}.csv" if args.truth_dir else None)
+        out.append(BoardOptions(
+            pack=pack, stack_index=k, board=profile, clock=args.clock,
+            seed=args.seed + pos, scenario=scenario, truth_path=truth,
+            truth_every=args.truth_every, initial_soc=args.soc,
+            temperature_c=args.temperature))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.firmware:  # only when this module is run directly, not through `bms emulate`
         print("bms emulate: --firmware is served by `bms emulate --firmware` (hil.firmware)",
               file=sys.stderr)
         return EXIT_USAGE
-    boards = args.board if args.board else [0]
-    if args.truth is not None and (len(boards) > 1 or args.truth_dir is not None):
-        print("bms emulate: --truth names one board's file; with several boards use "
-              "--truth-dir", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        pack = load_pack(args.pack)
-        for k in boards:
-            if not 0 <= k < len(pack.stacks):
-                print(f"bms emulate: --board {k}: pack {pack.name} has stacks 0.."
-                      f"{len(pack.stacks) - 1}", file=sys.stderr)
-                return EXIT_USAGE
-        if len(set(boards)) != len(boards):
-            print(f"bms emulate: --board: a board is listed twice ({boards})", file=sys.stderr)
-            return EXIT_USAGE
-        profiles = [load_board(args.profile or pack.stacks[k].board) for k in boards]
-        scenario = load_scenario(args.scenario) if args.scenario else None
-    except (ConfigError, ScenarioError) as exc:
-        print(f"bms emulate: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.soc is not None and not 0.0 <= args.soc <= 1.0:  # NaN fails too
-        print(f"bms emulate: --soc {args.soc:g}: allowed 0..1", file=sys.stderr)
-        return EXIT_USAGE
-    if args.truth_every < 1:
-        print(f"bms emulate: --truth-every {args.truth_every}: allowed >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    if args.temperature is not None and not math.isfinite(args.temperature):
-        print(f"bms emulate: --temperature {args.temperature:g}: allowed a finite number (C)",
-              file=sys.stderr)
-        return EXIT_USAGE
+        options = board_options(args)
+    except OptionError as exc:
+        print(f"bms emulate: {exc.cli_text()}", file=sys.stderr)
+        return exc.code
+    pack = options[0].pack
+    scenario = options[0].scenario
     servers: list[PtyServer] = []
     try:
-        for pos, (k, profile) in enumerate(zip(boards, profiles, strict=True)):
-            truth = args.truth if args.truth is not None else (
-                args.truth_dir / f"truth-stack{k + 1}.csv" if args.truth_dir else None)
-            board = EmulatedBoard(BoardOptions(
-                pack=pack, stack_index=k, board=profile, clock=args.clock,
-                seed=args.seed + pos, scenario=scenario, truth_path=truth,
-                truth_every=args.truth_every, initial_soc=args.soc,
-                temperature_c=args.temperature))
-            servers.append(PtyServer(board))
+        for opts in options:
+            servers.append(PtyServer(EmulatedBoard(opts)))
     except (ValueError, OSError) as exc:
         for srv in servers:
             srv.close()
