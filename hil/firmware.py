@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import boards
-from boards.config import BoardProfile, PackConfig, load_board, load_pack
+from boards.config import BoardProfile, ConfigError, PackConfig, load_board, load_pack
+from hil.emulator.cli import EXIT_CONFIG, EXIT_IO, EXIT_USAGE
+from hil.emulator.cli import _Parser as OneLineParser
 
 FIRMWARE_DIR = Path(boards.__file__).resolve().parent / "firmware"
 BUILD_DIR = FIRMWARE_DIR / "build"
@@ -44,11 +47,28 @@ F_CPU_HZ = 16_000_000
 # Lockstep: the most MCU time one SAMPLE runs (harness.c MAX_SAMPLE_DT_US); a longer dt_us is
 # cut to it (the S line's sample_dt_clamped counts them). Assumption, see harness.c.
 MAX_SAMPLE_DT_S = 10.0
+#: bms/app/errors.py's ExitCode.BOARD (this layer may not import bms; tests/test_cli_errors.py
+#: checks that they agree): the emulated board could not be built or did not start.
+EXIT_BOARD = 4
 
 __all__ = [
     "FirmwareBoard", "FirmwareStats", "build", "missing_tools", "ELF_PATH", "HARNESS_PATH",
-    "MAX_SAMPLE_DT_S", "PROFILE_NAME", "main",
+    "MAX_SAMPLE_DT_S", "PROFILE_NAME", "FirmwareStartError", "EXIT_BOARD", "main",
 ]
+
+
+class FirmwareStartError(RuntimeError):
+    """The firmware or its harness could not be built, or the harness did not start (the
+    first line says why; ``detail``: make's or the harness's whole output)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def missing_tools(fuzz: bool = False) -> list[str]:
@@ -81,12 +101,14 @@ def missing_tools(fuzz: bool = False) -> list[str]:
 def build(*targets: str) -> str:
     """``make -C boards/firmware TARGETS`` (default: firmware and harness); returns its output.
 
-    Raises RuntimeError with make's output when the build fails.
+    Raises FirmwareStartError (make's last line; its whole output as ``detail``) when the
+    build fails.
     """
     cmd = ["make", "-C", str(FIRMWARE_DIR), *(targets or ("firmware", "harness"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+        why = _last_line(proc.stderr or proc.stdout)
+        raise FirmwareStartError(f"{' '.join(cmd)} failed: {why}", f"{proc.stdout}\n{proc.stderr}")
     return proc.stdout
 
 
@@ -110,7 +132,8 @@ class FirmwareBoard:
     def __init__(self, pack: str | Path | PackConfig = "ssb-23", stack_index: int = 0,
                  seed: int = 0, clock: str = "sim", speed: float = 1.0, plant: bool = True,
                  plant_period_ms: float = 10.0, initial_soc: float = 0.5,
-                 temperature_c: float = 25.0, load: Any = None, rebuild: bool = True) -> None:
+                 temperature_c: float = 25.0, load: Any = None, rebuild: bool = True,
+                 elf: str | Path | None = None) -> None:
         if clock not in ("sim", "real"):
             raise ValueError(f"clock must be 'sim' or 'real', got {clock!r}")
         self.pack = pack if isinstance(pack, PackConfig) else load_pack(pack)
@@ -125,6 +148,8 @@ class FirmwareBoard:
         self.temperature_c = temperature_c
         self.load = load
         self.rebuild = rebuild
+        # None: boards/firmware's own build (made by start()); a path: that ELF as it is
+        self.elf = Path(elf) if elf is not None else None
         self.stats = FirmwareStats()
         self.plant: Any = None
         self.path = ""
@@ -138,9 +163,14 @@ class FirmwareBoard:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> str:
-        """Build if needed, start the harness, return the pty path."""
-        if self.rebuild or not (ELF_PATH.exists() and HARNESS_PATH.exists()):
+        """Build if needed, start the harness, return the pty path (FirmwareStartError: the
+        build failed or the harness did not start)."""
+        if self.elf is None and (self.rebuild or not (ELF_PATH.exists()
+                                                      and HARNESS_PATH.exists())):
             build()
+        elif self.elf is not None and (self.rebuild or not HARNESS_PATH.exists()):
+            build("harness")
+        elf = self.elf if self.elf is not None else ELF_PATH
         if self.use_plant:
             from hil.emulator.plant import Plant
 
@@ -148,7 +178,7 @@ class FirmwareBoard:
                                initial_soc=self.initial_soc, temperature_c=self.temperature_c)
             if self.load is not None:
                 self.plant.set_load(self.load)
-        cmd = [str(HARNESS_PATH), "--elf", str(ELF_PATH), "--mcu", MCU, "--freq", str(F_CPU_HZ),
+        cmd = [str(HARNESS_PATH), "--elf", str(elf), "--mcu", MCU, "--freq", str(F_CPU_HZ),
                "--clock", self.clock, "--speed", repr(float(self.speed))]
         if self.use_plant:
             cmd += ["--plant", "--plant-ms", repr(float(self.plant_period_ms))]
@@ -162,7 +192,8 @@ class FirmwareBoard:
             self._proc.wait(timeout=5)
             err = self.stderr_text()
             self.stop()
-            raise RuntimeError(f"firmware harness did not start: {line!r} {err}")
+            raise FirmwareStartError(f"the simavr harness did not start: {_last_line(err)}",
+                                     f"{line}\n{err}")
         self.path = line.split(maxsplit=1)[1].strip()
         self._thread = threading.Thread(target=self._bridge, name="fw-plant-bridge", daemon=True)
         self._thread.start()
@@ -290,10 +321,18 @@ class FirmwareBoard:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    """``bms emulate --firmware``: the pty path on stdout, then serve until Ctrl-C. Every
+    mistake is one line (bms/app/errors.py's classes: 2 usage, 3 pack, 4 the emulated board
+    could not be built or did not start, 5 a file that cannot be read)."""
+    ap = OneLineParser(
         prog="bms emulate --firmware",
         description="Serve the reference firmware on a simulated ATmega2560 (simavr) with the "
-                    "stack plant on its pins; prints the serial port path first.")
+                    "stack plant on its pins; prints the serial port path first.",
+        epilog="examples:\n"
+               "  bms emulate --firmware                 # builds boards/firmware, sim clock\n"
+               "  bms emulate --firmware --clock real    # for bms run --clock real\n"
+               "  bms emulate --firmware --elf my.elf    # another build of the firmware",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--firmware", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pack", default="ssb-23", help="pack file or built-in name (ssb-23)")
     ap.add_argument("--board", type=int, default=0, metavar="N", help="stack index (default 0)")
@@ -304,18 +343,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="plant seed (default 0)")
     ap.add_argument("--soc", type=float, default=0.5, help="initial mean SOC 0..1")
     ap.add_argument("--no-plant", action="store_true", help="fixed sensor values, no plant")
+    ap.add_argument("--elf", type=Path, default=None,
+                    help="run this firmware ELF as it is (default: build boards/firmware and "
+                         "run its build/firmware.elf)")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    prog = "bms emulate --firmware"
+
+    def fail(code: int, message: str, hint: str | None = None) -> int:
+        print(f"{prog}: {message}" + (f"\n  hint: {hint}" if hint else ""), file=sys.stderr)
+        return code
+
+    if not 0.0 <= args.soc <= 1.0:  # NaN fails too
+        return fail(EXIT_USAGE, f"--soc {args.soc:g}: allowed 0..1")
+    if not (math.isfinite(args.speed) and args.speed >= 0.0):
+        return fail(EXIT_USAGE, f"--speed {args.speed:g}: allowed a finite number >= 0 "
+                                "(0: as fast as simavr goes)")
+    try:
+        pack = load_pack(args.pack)
+    except ConfigError as exc:
+        return fail(EXIT_CONFIG, str(exc))
+    if not 0 <= args.board < len(pack.stacks):
+        return fail(EXIT_USAGE, f"--board {args.board}: pack {pack.name} has stacks "
+                                f"0..{len(pack.stacks) - 1}")
+    if args.elf is not None and not args.elf.is_file():
+        why = "a folder" if args.elf.is_dir() else "No such file or directory"
+        return fail(EXIT_IO, f"--elf {args.elf}: cannot read ({why})",
+                    "give the firmware's ELF (make -C boards/firmware firmware builds "
+                    "build/firmware.elf)")
     missing = missing_tools()
     if missing:
-        print(f"bms emulate --firmware: missing Debian packages: {' '.join(missing)} "
-              "(run tools/install-sysdeps.sh as root)", file=sys.stderr)
-        return 2
-    board = FirmwareBoard(args.pack, args.board, seed=args.seed, clock=args.clock,
-                          speed=args.speed, plant=not args.no_plant, initial_soc=args.soc)
-    board.start()
+        return fail(EXIT_BOARD, "cannot build the firmware and its simavr harness: missing "
+                                f"Debian packages: {' '.join(missing)}",
+                    "run tools/install-sysdeps.sh as root (or apt-get install "
+                    f"{' '.join(missing)})")
+    board = FirmwareBoard(pack, args.board, seed=args.seed, clock=args.clock,
+                          speed=args.speed, plant=not args.no_plant, initial_soc=args.soc,
+                          elf=args.elf)
+    try:
+        board.start()
+    except FirmwareStartError as exc:
+        return fail(EXIT_BOARD, str(exc), "`make -C boards/firmware firmware harness` shows "
+                    "the whole output" if str(exc).startswith("make ") else
+                    f"is {args.elf or ELF_PATH} a firmware ELF for the {MCU} (`make -C "
+                    "boards/firmware firmware` builds one)?")
     print(board.path, flush=True)
-    print(f"bms emulate --firmware: {ELF_PATH.name} on simulated {MCU} @ {F_CPU_HZ // 10**6} MHz,"
-          f" clock {args.clock}, profile {PROFILE_NAME}; Ctrl-C to stop", file=sys.stderr)
+    print(f"bms emulate --firmware: {(args.elf or ELF_PATH).name} on simulated {MCU} @ "
+          f"{F_CPU_HZ // 10**6} MHz, clock {args.clock}, profile {PROFILE_NAME}; Ctrl-C to stop",
+          file=sys.stderr)
     try:
         while board.alive:
             with board._stats_cv:

@@ -239,6 +239,14 @@ ROWS: list[Row] = [
                                 "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,
         "{d}/cycler-short.csv: 5 samples; a test has at least 20"),
     Row("fit-millivolts", ("fit", "--ocv", "{d}/cycler-mv.csv", "--pulses", "{d}/cycler.csv",
+    Row("fw-soc", ("emulate", "--firmware", "--soc", "2"), U,
+        "bms emulate --firmware: --soc 2: allowed 0..1"),
+    Row("fw-speed", ("emulate", "--firmware", "--speed", "nan"), U,
+        "--speed nan: allowed a finite number >= 0"),
+    Row("fw-board-index", ("emulate", "--firmware", "--board", "7"), U,
+        "--board 7: pack ssb-23 has stacks 0..0"),
+    Row("fw-clock-unknown", ("emulate", "--firmware", "--clock", "fast"), U,
+        "argument --clock: invalid choice: 'fast'"),
                            "-o", "{d}/fit.yaml"), C,
         "{d}/cycler-mv.csv: voltage 3700 V in data row 1 is not a cell voltage (0.5..6 V)"),
     Row("fit-not-utf8", ("fit", "--ocv", "{d}/cycler-latin1.csv", "--pulses", "{d}/cycler.csv",
@@ -270,6 +278,8 @@ ROWS: list[Row] = [
     Row("port-not-serial", (*RUN, "--port", "{d}/a-file"), B, "not a serial port", "proc"),
     Row("board-silent", RUN, B, "no INFO from the board", "board:silent"),
     Row("board-without-info", RUN, B, "no INFO from the board", "board:no-info"),
+    Row("fw-pack-missing", ("emulate", "--firmware", "--pack", "{d}/nope.yaml"), C,
+        "bms emulate --firmware: {d}/nope.yaml: <file>"),
     Row("board-protocol-version", RUN, B, "speaks protocol version 2; this host speaks 1",
         "board:version"),
     Row("board-frame-version", RUN, B, "sends protocol version 2 frames", "board:frames-v2"),
@@ -320,6 +330,12 @@ ROWS: list[Row] = [
     Row("accuracy-truth-dir-missing", (*ACCURACY, "{d}/nope"), IO,
         "{d}/nope/manifest.json: not found"),
 ]
+    # bms emulate --firmware: the simulated MCU cannot be built or did not start
+    Row("fw-tools-missing", ("emulate", "--firmware"), B, "bms emulate --firmware: cannot build "
+        "the firmware and its simavr harness: missing Debian packages: make gcc-avr", "no-tools"),
+    Row("fw-elf-not-elf", ("emulate", "--firmware", "--elf", "{d}/a-file"), B,
+        "bms emulate --firmware: the simavr harness did not start: fw_harness: cannot read "
+        "{d}/a-file"),
 
 # Rows documented elsewhere in docs/errors.md with their own tests below (not argv rows).
 PROCESS_ROWS = ["disk-full", "sigterm", "sigkill", "default-monitor-socket-in-use", "debug",
@@ -339,6 +355,8 @@ def _check_lines(err: str, out: str, code: int, row: Row, ctx: dict[str, str]) -
     assert lines[0].startswith(("bms ", "bms:")), err
     assert len(lines) == 1 or lines[1].startswith("  hint: "), err
     assert _fill(row.says, ctx) in lines[0], (row.says, err)
+    Row("fw-elf-missing", ("emulate", "--firmware", "--elf", "{d}/nope.elf"), IO,
+        "bms emulate --firmware: --elf {d}/nope.elf: cannot read (No such file or directory)"),
     assert code == row.code, (code, err)
 
 
@@ -428,6 +446,7 @@ class FakeBoard:
             if self.kind == "no-info":
                 return encode_frame(Ack(int(Hello.TYPE)), seq)
             if self.kind == "version":
+NO_TOOLS_ROWS = [r for r in ROWS if r.how == "no-tools"]
                 return encode_frame(Info(**{**_fields(INFO), "protocol_version": 2}), seq)
             if self.kind == "frames-v2":
                 return encode_frame_reference(INFO, seq, version=2)
@@ -468,6 +487,16 @@ def _fields(msg: Info) -> dict:
 
 
 @pytest.mark.parametrize("row", BOARD_ROWS, ids=[r.id for r in BOARD_ROWS])
+@pytest.mark.parametrize("row", NO_TOOLS_ROWS, ids=[r.id for r in NO_TOOLS_ROWS])
+def test_firmware_without_its_toolchain_is_one_line_exit_4(row: Row, tmp_path: Path) -> None:
+    """`bms emulate --firmware` on a machine without make, avr-gcc, gcc, pkg-config (here: a
+    PATH where none of them is): the packages to install, exit 4, no harness started."""
+    res = _bms(*row.argv, env=dict(os.environ, PATH=str(tmp_path)))
+    _check_lines(res.stderr, res.stdout, res.returncode, row, {})
+    assert "pkg-config gcc" in res.stderr and "tools/install-sysdeps.sh" in res.stderr
+    assert res.stdout == ""  # no pty path: nothing was served
+
+
 def test_board_failure_is_one_line_exit_4_and_logged(row: Row, tmp_path: Path) -> None:
     board = FakeBoard(row.how.split(":", 1)[1])
     try:
@@ -749,3 +778,5 @@ def test_every_row_is_in_the_table_with_its_exit_code() -> None:
     assert not missing, missing
     for r in ROWS:
         assert table[r.id][-1] == str(int(r.code)), (r.id, table[r.id])
+    from hil import firmware
+    assert firmware.EXIT_BOARD == ExitCode.BOARD
