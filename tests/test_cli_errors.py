@@ -100,6 +100,15 @@ FILES.update({
         b'{"files": [{"file": "ocv.csv", "kind": "ocv", "set": "Chen2020"}, '
         b'{"file": "hppc.csv", "kind": "hppc", "set": "Chen2020"}]}'),
 })
+# Run folders of bms export: a good one, an empty ticks.csv, a header only, a CSV that is not a
+# run log, a state code that is not a whole number.
+FILES.update({
+    "export-ok/ticks.csv": _csv("time_s,state,current_a", [(0.1 * k, 2, 1.5) for k in range(5)]),
+    "export-empty/ticks.csv": b"",
+    "export-header/ticks.csv": b"time_s,state,current_a\n",
+    "export-notlog/ticks.csv": _csv("t,i,v", [(0, 0, 3.7), (1, 0, 3.7)]),
+    "export-code/ticks.csv": _csv("time_s,state", [(0.0, 2), (0.1, 2.5)]),
+})
 
 
 @dataclass(frozen=True)
@@ -239,14 +248,6 @@ ROWS: list[Row] = [
                                 "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,
         "{d}/cycler-short.csv: 5 samples; a test has at least 20"),
     Row("fit-millivolts", ("fit", "--ocv", "{d}/cycler-mv.csv", "--pulses", "{d}/cycler.csv",
-    Row("fw-soc", ("emulate", "--firmware", "--soc", "2"), U,
-        "bms emulate --firmware: --soc 2: allowed 0..1"),
-    Row("fw-speed", ("emulate", "--firmware", "--speed", "nan"), U,
-        "--speed nan: allowed a finite number >= 0"),
-    Row("fw-board-index", ("emulate", "--firmware", "--board", "7"), U,
-        "--board 7: pack ssb-23 has stacks 0..0"),
-    Row("fw-clock-unknown", ("emulate", "--firmware", "--clock", "fast"), U,
-        "argument --clock: invalid choice: 'fast'"),
                            "-o", "{d}/fit.yaml"), C,
         "{d}/cycler-mv.csv: voltage 3700 V in data row 1 is not a cell voltage (0.5..6 V)"),
     Row("fit-not-utf8", ("fit", "--ocv", "{d}/cycler-latin1.csv", "--pulses", "{d}/cycler.csv",
@@ -278,8 +279,6 @@ ROWS: list[Row] = [
     Row("port-not-serial", (*RUN, "--port", "{d}/a-file"), B, "not a serial port", "proc"),
     Row("board-silent", RUN, B, "no INFO from the board", "board:silent"),
     Row("board-without-info", RUN, B, "no INFO from the board", "board:no-info"),
-    Row("fw-pack-missing", ("emulate", "--firmware", "--pack", "{d}/nope.yaml"), C,
-        "bms emulate --firmware: {d}/nope.yaml: <file>"),
     Row("board-protocol-version", RUN, B, "speaks protocol version 2; this host speaks 1",
         "board:version"),
     Row("board-frame-version", RUN, B, "sends protocol version 2 frames", "board:frames-v2"),
@@ -329,17 +328,39 @@ ROWS: list[Row] = [
         "/proc/nope/run.png: cannot write (No such file or directory)"),
     Row("accuracy-truth-dir-missing", (*ACCURACY, "{d}/nope"), IO,
         "{d}/nope/manifest.json: not found"),
+    # ---- bms export: a command-line value (2), a folder that is not a usable run (3), an
+    # input it cannot read or an output it cannot write (5)
+    Row("export-format-unknown", ("export", "{d}/export-ok", "--to", "xls"), U,
+        "argument --to: invalid choice: 'xls'"),
+    Row("export-channels-no-match", ("export", "{d}/export-ok", "--to", "csv", "--channels",
+                                     "cell*"), U, "--channels 'cell*': matches no column"),
+    Row("export-out-is-the-log", ("export", "{d}/export-ok", "--to", "csv", "-o",
+                                  "{d}/export-ok/ticks.csv"), U, "is the run's own log"),
+    Row("export-chunk-rows-zero", ("export", "{d}/export-ok", "--to", "mf4", "--chunk-rows",
+                                   "0"), U, "argument --chunk-rows: '0' is not >= 1"),
+    Row("export-not-a-run", ("export", "{d}", "--to", "mf4"), C,
+        "{d}: not a run folder (no ticks.csv)"),
+    Row("export-empty", ("export", "{d}/export-empty", "--to", "mf4"), C,
+        "{d}/export-empty/ticks.csv: empty (no header line): the run wrote nothing"),
+    Row("export-header-only", ("export", "{d}/export-header", "--to", "parquet"), C,
+        "{d}/export-header/ticks.csv: no complete rows (header only)"),
+    Row("export-not-a-log", ("export", "{d}/export-notlog", "--to", "mf4"), C,
+        "the header's first column is 't', not time_s"),
+    Row("export-code-not-whole", ("export", "{d}/export-code", "--to", "parquet"), C,
+        "column state at time_s 0.1: 2.5 is not a whole number in 0..255 (a code"),
+    Row("export-run-missing", ("export", "{d}/nope", "--to", "mf4"), IO,
+        "{d}/nope: cannot read (No such file or directory)"),
+    Row("export-out-folder-missing", ("export", "{d}/export-ok", "--to", "mf4", "-o",
+                                      "/proc/nope/run.mf4"), IO,
+        "-o /proc/nope/run.mf4: folder /proc/nope does not exist"),
+    Row("export-out-is-a-folder", ("export", "{d}/export-ok", "--to", "parquet", "-o", "{d}"),
+        IO, "-o {d}: cannot write (Is a directory)"),
 ]
-    # bms emulate --firmware: the simulated MCU cannot be built or did not start
-    Row("fw-tools-missing", ("emulate", "--firmware"), B, "bms emulate --firmware: cannot build "
-        "the firmware and its simavr harness: missing Debian packages: make gcc-avr", "no-tools"),
-    Row("fw-elf-not-elf", ("emulate", "--firmware", "--elf", "{d}/a-file"), B,
-        "bms emulate --firmware: the simavr harness did not start: fw_harness: cannot read "
-        "{d}/a-file"),
 
 # Rows documented elsewhere in docs/errors.md with their own tests below (not argv rows).
 PROCESS_ROWS = ["disk-full", "sigterm", "sigkill", "default-monitor-socket-in-use", "debug",
-                "board-lost-mid-run", "failed-start", "internal-error", "internal-error-debug"]
+                "board-lost-mid-run", "failed-start", "internal-error", "internal-error-debug",
+                "export-disk-full"]
 
 
 def _fill(text: str, ctx: dict[str, str]) -> str:
@@ -355,8 +376,6 @@ def _check_lines(err: str, out: str, code: int, row: Row, ctx: dict[str, str]) -
     assert lines[0].startswith(("bms ", "bms:")), err
     assert len(lines) == 1 or lines[1].startswith("  hint: "), err
     assert _fill(row.says, ctx) in lines[0], (row.says, err)
-    Row("fw-elf-missing", ("emulate", "--firmware", "--elf", "{d}/nope.elf"), IO,
-        "bms emulate --firmware: --elf {d}/nope.elf: cannot read (No such file or directory)"),
     assert code == row.code, (code, err)
 
 
@@ -446,7 +465,6 @@ class FakeBoard:
             if self.kind == "no-info":
                 return encode_frame(Ack(int(Hello.TYPE)), seq)
             if self.kind == "version":
-NO_TOOLS_ROWS = [r for r in ROWS if r.how == "no-tools"]
                 return encode_frame(Info(**{**_fields(INFO), "protocol_version": 2}), seq)
             if self.kind == "frames-v2":
                 return encode_frame_reference(INFO, seq, version=2)
@@ -487,16 +505,6 @@ def _fields(msg: Info) -> dict:
 
 
 @pytest.mark.parametrize("row", BOARD_ROWS, ids=[r.id for r in BOARD_ROWS])
-@pytest.mark.parametrize("row", NO_TOOLS_ROWS, ids=[r.id for r in NO_TOOLS_ROWS])
-def test_firmware_without_its_toolchain_is_one_line_exit_4(row: Row, tmp_path: Path) -> None:
-    """`bms emulate --firmware` on a machine without make, avr-gcc, gcc, pkg-config (here: a
-    PATH where none of them is): the packages to install, exit 4, no harness started."""
-    res = _bms(*row.argv, env=dict(os.environ, PATH=str(tmp_path)))
-    _check_lines(res.stderr, res.stdout, res.returncode, row, {})
-    assert "pkg-config gcc" in res.stderr and "tools/install-sysdeps.sh" in res.stderr
-    assert res.stdout == ""  # no pty path: nothing was served
-
-
 def test_board_failure_is_one_line_exit_4_and_logged(row: Row, tmp_path: Path) -> None:
     board = FakeBoard(row.how.split(":", 1)[1])
     try:
@@ -663,6 +671,30 @@ def test_full_disk_is_said_summarised_and_never_takes_the_board(tmp_path: Path) 
         assert "truth file" in res.stderr and "(the board goes on)" in res.stderr
 
 
+def test_export_to_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, capsys) -> None:
+    """bms export of a 1.5 MB run to a 256 KiB tmpfs, in each format: one line naming the file
+    and the full disk, exit 5, and no partial output (nor asammdf's temporary file) left."""
+    pytest.importorskip("asammdf")
+    run = tmp_path / "run"
+    run.mkdir()
+    cols = ["time_s", *(f"cell{k:02d}_voltage_v" for k in range(1, 41))]
+    import numpy as np
+
+    noise = np.random.default_rng(1).uniform(3.6, 3.8, (4000, 40))  # compresses poorly
+    (run / TICKS).write_text(",".join(cols) + "\n" + "".join(
+        f"{0.1 * k:.1f}," + ",".join(f"{v:.6f}" for v in row) + "\n"
+        for k, row in enumerate(noise)))
+    with _small_tmpfs(tmp_path / "disk", "256k") as disk:
+        for fmt in ("mf4", "parquet", "csv"):
+            code = _call(["export", str(run), "--to", fmt, "-o", str(disk / f"x.{fmt}")])
+            out, err = capsys.readouterr()
+            row = Row("export-disk-full", (), IO,
+                      f"bms export: {disk}/x.{fmt}: cannot write (No space left on device); "
+                      "the partial output was removed")
+            _check_lines(err, out, code, row, {})
+            assert list(disk.iterdir()) == [], fmt
+
+
 def test_a_board_lost_mid_run_ends_it_with_one_line_exit_4(tmp_path: Path) -> None:
     """The emulator behind `bms run --port` killed while the run goes (a board unplugged):
     the run ends (the pack's default on_board_lost: stop), prints what it did and then one
@@ -778,5 +810,3 @@ def test_every_row_is_in_the_table_with_its_exit_code() -> None:
     assert not missing, missing
     for r in ROWS:
         assert table[r.id][-1] == str(int(r.code)), (r.id, table[r.id])
-    from hil import firmware
-    assert firmware.EXIT_BOARD == ExitCode.BOARD

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bms.app.errors import CliError, ConfigFileError, OutputError, Parser, UsageError, report
+from bms.app.errors import CliError, DataFileError, OutputError, Parser, UsageError, report
 from bms.app.export.channels import Channel, describe
 from bms.app.export.info import RunInfo
 from bms.app.export.reader import (
@@ -71,20 +71,20 @@ def default_output(run: RunFolder, fmt: str) -> Path:
     return run.path / f"run.{fmt}"
 
 
+_OUT_HINT = "give -o a file in a folder you can write"
+
+
 def _writable(out: Path, run: RunFolder) -> None:
     if out.resolve() == run.ticks.resolve() or out.resolve() == (run.path / "events.jsonl"
                                                                  ).resolve():
         raise UsageError(f"-o {out}: is the run's own log; give another file")
     if out.is_dir():
-        raise OutputError(f"-o {out}: is a folder; give a file name",
-                          f"e.g. -o {out / 'run.mf4'}")
+        raise OutputError(f"-o {out}: cannot write (Is a directory)", _OUT_HINT)
     parent = out.parent
     if not parent.is_dir():
-        raise OutputError(f"-o {out}: cannot be written: folder {parent} does not exist",
-                          "give -o a file in a folder that exists")
+        raise OutputError(f"-o {out}: folder {parent} does not exist", _OUT_HINT)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"-o {out}: cannot be written: Permission denied ({parent})",
-                          "give -o a file in a folder you can write")
+        raise OutputError(f"-o {out}: cannot write (Permission denied: {parent})", _OUT_HINT)
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
@@ -176,22 +176,23 @@ def _float(text: bytes) -> float | None:
         return None
 
 
-def _no_rows(run: RunFolder, ticks: TickLines) -> ConfigFileError:
+def _no_rows(run: RunFolder, ticks: TickLines) -> DataFileError:
     s = ticks.stats
     why = ("header only" if s.lines == 0 and not s.torn else
            f"{_plural(s.skipped, 'line')} skipped, none complete")
-    return ConfigFileError(f"{run.ticks}: no complete rows ({why}): nothing to export",
+    return DataFileError(f"{run.ticks}: no complete rows ({why}): nothing to export",
                            "the run stopped before its first tick was logged")
 
 
 def _output_error(out: Path, exc: OSError) -> OutputError:
     why = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC or "No space left" in why:
-        return OutputError(f"{out}: No space left on device; the partial output was removed",
-                           "free space on that disk or give -o a file on another one")
-    where = f" ({exc.filename})" if exc.filename else ""
-    return OutputError(f"{out}: cannot be written: {why}{where}",
-                       "give -o a file in a folder you can write")
+        return OutputError(f"{out}: cannot write (No space left on device); the partial "
+                           "output was removed",
+                           "free space on that disk, or give -o a file on another one")
+    where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(out) else ""
+    return OutputError(f"{out}: cannot write ({why}{where}); the partial output was removed",
+                       _OUT_HINT)
 
 
 def _plural(n: int, what: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-from bms.app.errors import ConfigFileError
+from bms.app.errors import DataFileError
 from bms.app.export.channels import Channel
 from bms.app.export.reader import LineStats
 
@@ -109,8 +109,8 @@ class ChunkParser:
         ok = nan | ((col == np.floor(col)) & (col >= info.min) & (col <= info.max))
         if not ok.all():
             k = int(np.flatnonzero(~ok)[0])
-            raise ConfigFileError(
-                f"{self.path}: column {ch.name} at time_s {time_s[k]:.6g}: {col[k]!r} is not "
-                f"a whole number in {info.min}..{info.max} ({ch.comment})")
+            raise DataFileError(
+                f"{self.path}: column {ch.name} at time_s {time_s[k]:.6g}: {col[k]:.10g} is not "
+                f"a whole number in {info.min}..{info.max} (a code, a bit mask or a count)")
         values = np.where(nan, 0.0, col).astype(ch.dtype)
         return values, (nan if nan.any() else None)

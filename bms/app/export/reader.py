@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bms.app.errors import ConfigFileError, OutputError
+from bms.app.errors import DataFileError, UnreadableFileError
 from bms.runlog import EVENTS, SUMMARY, TICKS
 
 #: Rows per chunk: ~7 MB of ticks.csv text for ssb-4x23's 438 columns, ~3.5 MB as float64;
@@ -26,6 +26,8 @@ CHUNK_ROWS = 2000
 #: Events per chunk (an event line is ~100-300 bytes).
 EVENT_CHUNK = 5000
 _TAIL = 1 << 16  # bytes read back from the end to find the last newline
+_HINT = ("bms export takes a run's log folder (the --log DIR of bms run or bms demo), or its "
+         "ticks.csv")
 
 
 @dataclass
@@ -67,19 +69,14 @@ def open_run(path: str | Path) -> RunFolder:
     when it is missing (exit 5) or not a run (exit 3)."""
     p = Path(path)
     if not p.exists():
-        raise OutputError(f"{p}: no such folder",
-                          "give the folder a run wrote (bms run --log DIR, bms demo --log DIR)")
+        raise UnreadableFileError(f"{p}: cannot read (No such file or directory)", _HINT)
     if p.is_file() and p.name == TICKS:
         p = p.parent
     if not p.is_dir():
-        raise ConfigFileError(f"{p}: not a run folder (a file)",
-                              "give the folder a run wrote (bms run --log DIR, bms demo --log "
-                              "DIR), or its ticks.csv")
+        raise DataFileError(f"{p}: not a run folder (a file)", _HINT)
     ticks = p / TICKS
     if not ticks.is_file():
-        raise ConfigFileError(f"{p}: not a run folder (no {TICKS})",
-                              "give the folder a run wrote (bms run --log DIR, bms demo --log "
-                              "DIR)")
+        raise DataFileError(f"{p}: not a run folder (no {TICKS})", _HINT)
     events = p / EVENTS
     return RunFolder(p, ticks, events if events.is_file() else None, _summary(p / SUMMARY))
 
@@ -96,7 +93,7 @@ def _open(path: Path) -> BinaryIO:
     try:
         return open(path, "rb")  # noqa: SIM115 - the caller closes it
     except OSError as exc:
-        raise OutputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        raise UnreadableFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _complete_end(fh: BinaryIO) -> tuple[int, bool]:
@@ -134,24 +131,24 @@ class TickLines:
             header = self._fh.readline() if self._end > 0 else b""
         except OSError as exc:
             self._fh.close()
-            raise OutputError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+            raise UnreadableFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
         if not header:
             self._fh.close()
-            raise ConfigFileError(f"{path}: empty (no header line): the run wrote nothing")
+            raise DataFileError(f"{path}: empty (no header line): the run wrote nothing")
         try:
             names = header.decode("utf-8").rstrip("\n").split(",")
         except UnicodeDecodeError:
             self._fh.close()
-            raise ConfigFileError(f"{path}: not a run log (the header is not UTF-8 text)"
+            raise DataFileError(f"{path}: not a run log (the header is not UTF-8 text)"
                                   ) from None
         if names[0] != "time_s":
             self._fh.close()
-            raise ConfigFileError(f"{path}: not a run log: the header's first column is "
+            raise DataFileError(f"{path}: not a run log: the header's first column is "
                                   f"{names[0][:40]!r}, not time_s")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             self._fh.close()
-            raise ConfigFileError(f"{path}: not a run log: column {dup[0]!r} appears twice")
+            raise DataFileError(f"{path}: not a run log: column {dup[0]!r} appears twice")
         self.columns = names
         self._pos = len(header)
         self._line_no = 1
