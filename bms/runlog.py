@@ -199,8 +199,9 @@ def stack_snapshot(name: str, lost: bool, data: Any, out: Any, balance_mask: int
     return {
         "name": name,
         "lost": lost,
-        "cell_voltage_v": [] if d is None else np.nan_to_num(d.cell_voltage_v).tolist(),
-        "temperature_c": [] if d is None else np.nan_to_num(d.temperature_c).tolist(),
+        # A channel validation rejected is NaN here, null on the socket: never a reading of 0.
+        "cell_voltage_v": [] if d is None else np.asarray(d.cell_voltage_v).tolist(),
+        "temperature_c": [] if d is None else np.asarray(d.temperature_c).tolist(),
         "soc": [] if o is None else np.asarray(o.soc).tolist(),
         "soc_sigma": [] if o is None else np.asarray(o.soc_sigma).tolist(),
         "leak_a": [] if o is None else np.asarray(o.leak_a).tolist(),

@@ -110,7 +110,7 @@ def test_bms_monitor_cli_shows_snapshots_and_says_when_nothing_runs(tmp_path: Pa
     missing = subprocess.run(
         [sys.executable, "-m", "bms", "monitor", str(tmp_path / "none.sock")],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert missing.returncode == 1 and "no BMS is running" in missing.stderr
+    assert missing.returncode == 5 and "no BMS is running there" in missing.stderr
 
     server = MonitorServer(tmp_path / "bms.sock")
     proc = subprocess.Popen(
@@ -136,7 +136,8 @@ def test_bms_monitor_cli_shows_snapshots_and_says_when_nothing_runs(tmp_path: Pa
         publisher.join()
         server.close()
     assert proc.returncode == 0, err
-    assert out.count("state=CLOSED") == 2
+    heads = [line for line in out.splitlines() if line.startswith("t ")]  # a frame's first line
+    assert len(heads) == 2 and all("  CLOSED  " in line for line in heads)
 
 
 def test_bms_run_lockstep_and_realtime_flags(tmp_path: Path) -> None:
