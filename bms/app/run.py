@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from bms.app.can_bus import check_log_path, open_bus, open_log, parse_spec
 from bms.app.emulators import EmulatorProcess, start_emulators
 from bms.app.errors import (
+    ConfigFileError,
     ExitCode,
     OutputError,
     Parser,
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  bms run --pack ssb-23 --port /dev/ttyACM0 --clock real --duration 600\n"
         "  bms run --pack ssb-4x23 --scenario udds --duration 3600      # 4 emulated boards\n"
         "  bms run --port /dev/pts/7 --clock sim --log runs/bench1\n"
-        "  bms run --port /dev/ttyACM0 --clock real --state /var/lib/bms/ssb-23.json\n\n"
+        "  bms run --port /dev/ttyACM0 --clock real --state /var/lib/bms/ssb-23.json\n"
+        "  bms run --pack ssb-4x23 --clock real --can socketcan:can0 --can-log runs/can.blf\n"
+        "  bms run --clock real --can serial:/dev/pts/9    # then: bms vcu serial:/dev/pts/10\n\n"
         "exit codes: 0 ok, 2 usage, 3 pack file / board profile / scenario / state file, "
         "4 board,\n5 log folder / disk / monitor socket (also: rows or the summary lost), "
         "1 internal error;\nbms --debug run ... prints the traceback (docs/errors.md)",
@@ -140,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "in FILE: restored at start (blended with the OCV by the rest time), "
                     "written every 60 s and on stop, atomically. A file that cannot be read "
                     "or is of another pack is refused (exit 2), never overwritten")
+    ap.add_argument("--can", default=None, metavar="INTERFACE:CHANNEL",
+                    help="talk to the vehicle over CAN (python-can backend by name: socketcan, "
+                    "pcan, kvaser, slcan, serial, virtual, ...): the frames of "
+                    "bms/vehicle/ssb_bms.dbc on their cycles; the vehicle's requests close, "
+                    "open and reset (bms run then asks nothing itself); a lost heartbeat "
+                    "opens (pack vehicle: section; docs/can.md)")
+    ap.add_argument("--can-log", type=Path, default=None, metavar="FILE",
+                    help="log every CAN frame sent and received: .blf, .asc (Vector) or .mf4 "
+                    "(ASAM MDF4, asammdf)")
     ap.add_argument("--reset-faults", action="store_true",
                     help="operator reset of latched faults after the first tick (e.g. those "
                     "restored from --state); refused while a condition is still present")
@@ -236,6 +249,11 @@ def check_usage(args: argparse.Namespace, pack: Any) -> None:
         raise UsageError(f"--clock {clock}: {EMU_SCHEME}:// ports serve the sim clock only",
                          "drop --clock real, or run `bms emulate --clock real` and give its "
                          "pty")
+    if args.can_log is not None and not args.can:
+        raise UsageError("--can-log needs --can INTERFACE:CHANNEL")
+    if args.can:
+        parse_spec(args.can, "--can")
+        check_log_path(args.can_log)
     if args.lockstep and clock != "sim":
         raise UsageError("--lockstep applies to the sim clock only",
                          "drop --lockstep, or pass --clock sim")
@@ -369,18 +387,41 @@ def main(argv: list[str]) -> int:
     clock = run_clock(args)
     saved = load_state_arg(args.state, pack)
     log_dir = args.log or default_log_dir("run")
-    claim_log(log_dir)
+    bus = open_bus(args.can) if args.can else None  # before the log: a wrong bus starts nothing
+    try:
+        claim_log(log_dir)
+    except BaseException:
+        if bus is not None:
+            bus.shutdown()
+        raise
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _run(args, pack, clock, saved, log_dir)
+        return _run(args, pack, clock, saved, log_dir, bus)
     finally:
         for sig, handler in handlers.items():  # _run stops on them; a caller gets its own back
             signal.signal(sig, handler)
+        if bus is not None:
+            bus.shutdown()
         release_log_dir(log_dir)
 
 
+def vehicle_link(args: argparse.Namespace, pack: Any, bus: Any) -> Any:
+    """The vehicle link on the bus (--can), with the CAN log (--can-log); a DBC that does not
+    fit this pack is a configuration error naming the frame."""
+    from bms.vehicle.codec import DbcError
+    from bms.vehicle.link import VehicleLink, VehicleLinkError
+
+    try:
+        link = VehicleLink(bus, pack)
+    except (DbcError, VehicleLinkError) as exc:
+        raise ConfigFileError(str(exc)) from None
+    if args.can_log is not None:
+        link.can_log = open_log(args.can_log)
+    return link
+
+
 def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | None,
-         log_dir: Path) -> int:
+         log_dir: Path, bus: Any = None) -> int:
     meta = {"command": "run", "scenario": args.scenario or emu_scenario(args.port),
             "pipelined": clock == "sim" and not args.lockstep, "scheduling": current_policy()}
     if args.realtime:
@@ -415,13 +456,14 @@ def _run(args: argparse.Namespace, pack: Any, clock: str, saved: SavedState | No
                   f"({EMU_SCHEME}://); their truth in {truth_dir}", file=sys.stderr)
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
+        vehicle = vehicle_link(args, pack, bus) if bus is not None else None
         controller = Controller(
             pack, ports, clock=clock, log_dir=log_dir, monitor=monitor, timeout_s=args.timeout,
             pipeline=False if args.lockstep else None,
             meta={**meta, **({"truth_dir": str(truth_dir)} if truth_dir else {})},
-            state_path=args.state, saved_state=saved)
+            state_path=args.state, saved_state=saved, vehicle=vehicle)
         controller.open()
-        if not args.no_close:
+        if not args.no_close and vehicle is None:  # with --can the vehicle asks
             controller.request_close()
         view = LiveView(enabled=not args.quiet)
         on_tick = ResetOnce(view, not args.no_close) if args.reset_faults else view
@@ -515,6 +557,14 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"{b['misses']} missed, crc errors {link.get('crc_errors', 0)}, "
               f"timeouts {link.get('timeouts', 0)}" + (f", LOST ({b['lost_reason']})"
                                                        if b["lost"] else ""))
+    v = summary.get("vehicle")
+    if v:
+        print(f"vehicle CAN {v['channel']}: {v['rx_frames']} frames in, {v['tx_frames']} out; "
+              f"requests {v['requests']} (refused {v['requests_refused']}); invalid: length "
+              f"{v['bad_length']}, checksum {v['bad_checksum']}, counter "
+              f"{v['bad_counter'] + v['repeated_counter']}; unknown IDs {v['unknown_id']}; "
+              f"bus errors {v['bus_errors']}"
+              + ("; HEARTBEAT LOST" if v["heartbeat_lost"] else ""))
     state = summary.get("state_file")
     if state:
         print(f"state file {state['path']}: {state['saves']} save(s)"

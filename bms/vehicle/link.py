@@ -185,7 +185,13 @@ class VehicleLink:
             if msg is None:
                 break
             self.counts["rx_frames"] += 1
-            self._log_frame(t, msg)
+            if self.can_log is not None:
+                # The backend's receive time when it is one (socketcan, virtual: Unix time);
+                # else (serial carries the sender's counter) the time the tick read it.
+                now = self.wall_clock()
+                if abs(msg.timestamp - now) > 3600.0:
+                    msg.timestamp = now
+                self._log_frame(t, msg)
             value = self._check(t, msg)
             if value is not None:
                 request = value
@@ -302,8 +308,10 @@ class VehicleLink:
                 counter = self._tx_counter.get(spec.frame_id, -1) + 1
                 counter %= COUNTER_MODULO
                 data = self.codec.encode(spec, counter, item.build(v, page))
+                # Timestamp 0 on the wire: some backends carry it (serial: u32 ms, which a
+                # Unix time overflows); the log gets the time it was sent.
                 msg = can.Message(arbitration_id=spec.frame_id, data=data, is_extended_id=False,
-                                  timestamp=self.wall_clock(), is_rx=False)
+                                  timestamp=0.0, is_rx=False)
                 try:
                     self.bus.send(msg, timeout=0.0)
                 except Exception as exc:  # noqa: BLE001 - any backend failure: counted
@@ -311,7 +319,9 @@ class VehicleLink:
                     return
                 self._tx_counter[spec.frame_id] = counter
                 self.counts["tx_frames"] += 1
-                self._log_frame(t, msg)
+                if self.can_log is not None:
+                    msg.timestamp = self.wall_clock()
+                    self._log_frame(t, msg)
         self._bus_ok(t)
 
     # The frames' values (physical units of the DBC; NaN -> SNA).
