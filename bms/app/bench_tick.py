@@ -47,9 +47,10 @@ def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: st
         try:
             controller.open()
             controller.request_close()
-            wall0 = time.perf_counter()
+            wall0, cpu0 = time.perf_counter(), time.process_time()
             controller.run(duration_s)
             wall = time.perf_counter() - wall0
+            cpu = time.process_time() - cpu0
         finally:
             summary = controller.close()
             for e in emulators:
@@ -59,6 +60,9 @@ def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: st
         "pack": pack.name, "transport": transport, "clock": clock, "n_cells": pack.n_cells,
         "boards": len(pack.stacks), "tick_s": pack.controller.tick_s, "ticks": ticks,
         "sim_s": summary["time_s"], "wall_s": wall,
+        # this process's CPU: the controller (and with emu the boards too; not the pty
+        # emulator's process). On a shared machine wall time also counts other jobs.
+        "cpu_s": cpu,
         "ticks_per_s": ticks / wall if wall > 0 else float("nan"),
         "x_real_time": summary["time_s"] / wall if wall > 0 else float("nan"),
         "us_per_tick": 1e6 * wall / ticks if ticks else float("nan"),
@@ -142,7 +146,7 @@ def _print(rec: dict[str, Any]) -> None:
           f"{rec['n_cells']:>3} cells: {rec['ticks']} ticks of {rec['tick_s'] * 1e3:g} ms "
           f"in {rec['wall_s']:.2f} s wall"
           + (f" (median of {', '.join(f'{w:.2f}' for w in runs)})" if len(runs) > 1 else "")
-          + f" = {rec['ticks_per_s']:.0f} ticks/s, "
+          + f", {rec['cpu_s']:.2f} s CPU here = {rec['ticks_per_s']:.0f} ticks/s, "
           f"{rec['us_per_tick']:.0f} us/tick, {rec['x_real_time']:.0f}x real time; "
           f"tick latency p50 {lat.get('p50', float('nan')):.3f} ms, "
           f"p99 {lat.get('p99', float('nan')):.3f} ms, max "

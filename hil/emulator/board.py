@@ -21,7 +21,7 @@ import numpy as np
 
 from boards.config import TIME_EPS_S, BoardProfile, PackConfig, load_board
 from hil.emulator.faults import LINK_CODES, FaultError, InjectedFault, LinkFaults, apply_link_fault
-from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, PlantTruth, SensorCounts
+from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, SensorCounts
 from hil.emulator.scenario import Scenario, ScenarioRunner
 from hil.emulator.truth import TruthWriter
 from hil.protocol import (
@@ -83,7 +83,7 @@ class _Speculation:
     t0_s: float
     snapshot: PlantSnapshot
     counts: SensorCounts
-    truth_rows: list[PlantTruth] | None
+    truth_rows: list[list[float]] | None
 
 
 @dataclass
@@ -140,7 +140,7 @@ class EmulatedBoard:
         self.outbox: list[bytes] = []
         self._spec: _Speculation | None = None
         self._last_dt_us = 0
-        self._truth_rows: list[PlantTruth] | None = None
+        self._truth_rows: list[list[float]] | None = None
         self._send(self._info(), 0)  # boot INFO, seq 0
 
     # ------------------------------------------------------------------ state
@@ -199,9 +199,9 @@ class EmulatedBoard:
             self._check_watchdog()
             if self.truth is not None:
                 if self._truth_rows is not None:
-                    self._truth_rows.append(self.plant.truth())
+                    self._truth_rows.append(self.plant.truth_row())
                 else:
-                    self.truth.write(self.plant.truth())
+                    self.truth.write_row(self.plant.truth_row())
         if self.runner is not None and self.runner.errors:
             self.counters.scenario_errors.extend(self.runner.errors)
             self.runner.errors.clear()
@@ -252,7 +252,7 @@ class EmulatedBoard:
         self.counters.speculation_hits += 1
         if self.truth is not None and spec.truth_rows:
             for row in spec.truth_rows:
-                self.truth.write(row)
+                self.truth.write_row(row)
         self._last_counts = spec.counts
 
     def tick_real(self) -> None:

@@ -702,6 +702,17 @@ class Plant:
             rc_voltage_v=self._x[:2].T.copy(),
         )
 
+    def truth_row(self) -> list[float]:
+        """The truth file's row (hil/emulator/truth.py ``truth_header``) as plain floats: the
+        fields of :meth:`truth` the file keeps, without building the whole PlantTruth (its
+        copies cost about as much as the rest of a step; a board writes one row per step)."""
+        n = self.n
+        temp = self._temp
+        return [self.t_s, self.current_a, self.bus_v, float(self.cell_v.sum()),
+                self.pressure_kpa, float(temp[n + 2]), self.ambient_effective_c,
+                *self.soc.tolist(), *temp[:n].tolist(), *self.cell_v.tolist(),
+                *self._lc_kpa.tolist()]
+
     def sensor_counts(self) -> SensorCounts:
         """Raw counts as the board's ADCs read them now: noise, offsets, quantisation, sensor
         faults (sensors.py). Draws from the plant's noise generator (deterministic per seed

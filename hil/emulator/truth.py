@@ -41,23 +41,26 @@ class TruthWriter:
         self.error: str | None = None
         self._fh: TextIO = self.path.open("w", encoding="utf-8", buffering=1)
         self._fh.write(",".join(truth_header(n_cells, n_load_cells)) + "\n")
+        # One %-format for the row (the same text as format() per field, in one call)
+        self._fmt = ",".join(["%.3f"] + ["%.6g"] * 6 + ["%.6f"] * n_cells + ["%.3f"] * n_cells
+                             + ["%.5f"] * n_cells + ["%.2f"] * n_load_cells) + "\n"
 
     def write(self, truth: PlantTruth) -> None:
+        head = [truth.t_s, truth.current_a, truth.bus_voltage_v, truth.stack_voltage_v,
+                truth.pressure_kpa, truth.coolant_temperature_c, truth.ambient_temperature_c]
+        self.write_row(head + truth.soc.tolist() + truth.temperature_c.tolist()
+                       + truth.cell_voltage_v.tolist() + truth.load_cell_pressure_kpa.tolist())
+
+    def write_row(self, row: list[float]) -> None:
+        """One row in ``truth_header`` order (:meth:`Plant.truth_row`)."""
         self._count += 1
         if (self._count - 1) % self.every:
             return
-        head = (truth.t_s, truth.current_a, truth.bus_voltage_v, truth.stack_voltage_v,
-                truth.pressure_kpa, truth.coolant_temperature_c, truth.ambient_temperature_c)
-        parts = [f"{truth.t_s:.3f}"] + [f"{x:.6g}" for x in head[1:]]
-        parts += [f"{x:.6f}" for x in truth.soc.tolist()]
-        parts += [f"{x:.3f}" for x in truth.temperature_c.tolist()]
-        parts += [f"{x:.5f}" for x in truth.cell_voltage_v.tolist()]
-        parts += [f"{x:.2f}" for x in truth.load_cell_pressure_kpa.tolist()]
         if self.error is not None:
             self.dropped += 1
             return
         try:
-            self._fh.write(",".join(parts) + "\n")
+            self._fh.write(self._fmt % tuple(row))
         except OSError as exc:
             self.dropped += 1
             self.error = f"{exc.strerror or exc}"
