@@ -16,7 +16,7 @@ import gc
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,14 @@ from bms.monitor import MonitorServer
 from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
 from bms.soc_start import Start
-from bms.statefile import SAVE_PERIOD_S, SavedStack, SavedState, StateFileError, StateWriter
+from bms.statefile import (
+    SAVE_PERIOD_S,
+    SavedStack,
+    SavedState,
+    StackCommissioning,
+    StateFileError,
+    StateWriter,
+)
 from bms.statefile import encode as encode_state
 from bms.statefile import serialize as serialize_state
 from bms.tickstats import TickStats
@@ -685,6 +692,9 @@ class Controller:
                     except ValueError as exc:
                         raise StateFileError(f"state file {saved.path}: stack "
                                              f"{s.config.name}: {exc}") from None
+        for s, c in zip(self.stacks, saved.commissioning, strict=False):
+            if c is not None:
+                self._apply_commissioning(s, c, saved.path)
         if saved.removed_partial and self.log:
             self.log.event({"type": "state_file", "event": "partial file removed", "time_s": 0.0,
                             "path": str(saved.path) + ".tmp"})
@@ -697,6 +707,31 @@ class Controller:
                             "load_cell_baseline_restored": [
                                 s.index for s in self.stacks
                                 if s.baseline is not None and s.baseline.restored]})
+
+    def _apply_commissioning(self, s: StackRuntime, c: StackCommissioning, path: Path) -> None:
+        """What ``bms commission`` recorded for this stack (bms/app/commission.py): its
+        load-cell baseline in place of the one a run records at its start, its own preload
+        and stiffness in the core's pressure model; one event (what ``bms commission`` reads
+        back as the model a recorded run was made with)."""
+        if c.load_cell_shares is not None:
+            assert s.baseline is not None  # noqa: S101 (made with the stack)
+            try:
+                s.baseline.restore(c.load_cell_shares, c.load_cell_offsets_kpa)
+            except ValueError as exc:
+                raise StateFileError(f"state file {path}: stack {s.config.name} "
+                                     f"commissioning: {exc}") from None
+        prm = s.core.params
+        if c.preload_kpa is not None or c.stiffness_kpa_per_um is not None:
+            prm = replace(prm, preload_kpa=c.preload_kpa or prm.preload_kpa,
+                          stiffness_kpa_per_um=c.stiffness_kpa_per_um or prm.stiffness_kpa_per_um)
+            s.core = Core(self.pack, s.index, params=prm)  # before the first tick: no state yet
+        if self.log:
+            self.log.event({"type": "commissioning", "event": "applied", "time_s": 0.0,
+                            "stack": s.index, "recorded_utc": c.recorded_utc,
+                            "source": c.source, "preload_kpa": prm.preload_kpa,
+                            "stiffness_kpa_per_um": prm.stiffness_kpa_per_um,
+                            "load_cell_shares": c.load_cell_shares,
+                            "load_cell_offsets_kpa": c.load_cell_offsets_kpa})
 
     def _check_saved_stack(self, s: StackRuntime, entry: SavedStack) -> list[str]:
         """A saved estimator state must have each quantity of this core in its shape (another
@@ -757,7 +792,7 @@ class Controller:
                 stacks.append(self._saved.stacks[s.index] if self._saved is not None else None)
         self._state_writer.submit(serialize_state(encode_state(
             self.pack, stacks, [r.to_dict() for r in self.table.latched()], self.time_s,
-            reason, now)))
+            reason, now, self._saved.commissioning if self._saved is not None else None)))
 
     def wait_state_saved(self, timeout_s: float = 10.0) -> None:
         """Wait for the state file's writes handed over so far, and log their outcome."""

@@ -599,19 +599,26 @@ class LoadCellBaseline:
         self.window_s = window_s
         self.accept_below_kpa = accept_below_kpa
         self.shares: list[float] | None = None
+        self.offsets_kpa: list[float] | None = None
         self.refused = n_load < 2  # one load cell has no imbalance to correct
         self._sum = [0.0] * n_load
         self._count = 0
         self._start_s = math.nan
         self.restored = False
 
-    def restore(self, shares: list[float]) -> None:
-        """A baseline recorded earlier (the state file): used from the first sample, so this
-        run watches the change since that commissioning, not since its own start."""
+    def restore(self, shares: list[float], offsets_kpa: list[float] | None = None) -> None:
+        """A baseline recorded earlier (the state file; ``offsets_kpa`` from ``bms
+        commission`` over a pressure swing, p_j = share_j mean + offset_j): used from the first
+        sample, so this run watches the change since that commissioning, not since its own
+        start."""
         if len(shares) != len(self._sum):
             raise ValueError(f"{len(shares)} load-cell shares for a stack of "
                              f"{len(self._sum)} load cells")
+        if offsets_kpa is not None and len(offsets_kpa) != len(shares):
+            raise ValueError(f"{len(offsets_kpa)} load-cell offsets for a stack of "
+                             f"{len(shares)} load cells")
         self.shares = [float(x) for x in shares]
+        self.offsets_kpa = None if offsets_kpa is None else [float(x) for x in offsets_kpa]
         self.refused = False
         self.restored = True
 
@@ -632,7 +639,11 @@ class LoadCellBaseline:
             shares = self.shares
         if shares is None:
             return max(valid) - min(valid), event
-        corrected = [x / s for x, s in zip(p, shares, strict=True) if x == x]
+        if self.offsets_kpa is None:
+            corrected = [x / s for x, s in zip(p, shares, strict=True) if x == x]
+        else:
+            corrected = [(x - b) / s for x, s, b in zip(p, shares, self.offsets_kpa, strict=True)
+                         if x == x]
         return max(corrected) - min(corrected), event
 
     def _record(self, time_s: float, p: list[float]) -> dict | None:

@@ -58,6 +58,55 @@ class SavedStack:
 
 
 @dataclass
+class StackCommissioning:
+    """What ``bms commission`` recorded for one stack (bms/app/commission.py): the fixture's
+    static load-cell imbalance as each load cell's share of the stack mean and its offset
+    (p_j = share_j mean + offset_j; None: not recorded) and the stack's own pressure model
+    (preload and stiffness in place of the pack file's; None: the pack's). It stays in the
+    file until the next ``bms commission`` replaces it; runs only carry it over."""
+
+    name: str
+    recorded_utc: str
+    source: str
+    load_cell_shares: list[float] | None = None
+    load_cell_offsets_kpa: list[float] | None = None
+    preload_kpa: float | None = None
+    stiffness_kpa_per_um: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StackCommissioning:
+        """StackCommissioning from its JSON object; ValueError/TypeError/KeyError for one
+        that is not."""
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"commissioning has unknown key(s) {sorted(unknown)}")
+        c = cls(name=str(d["name"]), recorded_utc=str(d["recorded_utc"]), source=str(d["source"]))
+        for key in ("load_cell_shares", "load_cell_offsets_kpa"):
+            if d.get(key) is not None:
+                vals = [float(_scalar(x)) for x in d[key]]
+                if not all(math.isfinite(x) for x in vals):
+                    raise ValueError(f"commissioning {key} {vals} are not numbers")
+                setattr(c, key, vals)
+        if c.load_cell_shares is not None and not all(x > 0.0 for x in c.load_cell_shares):
+            raise ValueError(f"commissioning load_cell_shares {c.load_cell_shares} are not "
+                             f"positive")
+        if (c.load_cell_offsets_kpa is not None and c.load_cell_shares is not None
+                and len(c.load_cell_offsets_kpa) != len(c.load_cell_shares)):
+            raise ValueError("commissioning load_cell_offsets_kpa and load_cell_shares differ "
+                             "in length")
+        for key in ("preload_kpa", "stiffness_kpa_per_um"):
+            if d.get(key) is not None:
+                v = float(_scalar(d[key]))
+                if not (math.isfinite(v) and v > 0.0):
+                    raise ValueError(f"commissioning {key} {v} is not a positive number")
+                setattr(c, key, v)
+        return c
+
+
+@dataclass
 class SavedState:
     path: Path
     pack: str
@@ -68,6 +117,9 @@ class SavedState:
     latched_faults: list[dict[str, Any]] = field(default_factory=list)
     #: A FILE.tmp of an interrupted write was found and removed.
     removed_partial: bool = False
+    #: Per stack (pack order) what ``bms commission`` recorded; None: nothing (or an older
+    #: file). Empty: no commissioning in the file.
+    commissioning: list[StackCommissioning | None] = field(default_factory=list)
 
 
 def tmp_path(path: Path) -> Path:
@@ -127,8 +179,10 @@ def _describe(shape: dict[str, Any]) -> str:
 
 
 def encode(pack: PackConfig, stacks: list[SavedStack | None], latched_faults: list[dict],
-           run_time_s: float, reason: str, saved_unix_s: float) -> dict[str, Any]:
-    """The document for ``pack`` (stacks in pack order; None: a stack with no state)."""
+           run_time_s: float, reason: str, saved_unix_s: float,
+           commissioning: list[StackCommissioning | None] | None = None) -> dict[str, Any]:
+    """The document for ``pack`` (stacks in pack order; None: a stack with no state;
+    ``commissioning``: what ``bms commission`` recorded, per stack, carried over)."""
     doc: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, **_pack_shape(pack),
         "saved_unix_s": saved_unix_s,
@@ -142,6 +196,8 @@ def encode(pack: PackConfig, stacks: list[SavedStack | None], latched_faults: li
             for s in stacks],
         "latched_faults": latched_faults,
     }
+    if commissioning and any(c is not None for c in commissioning):
+        doc["commissioning"] = [None if c is None else c.to_dict() for c in commissioning]
     doc["sha256"] = _digest(doc)
     return doc
 
@@ -323,6 +379,13 @@ def _decode(path: Path, doc: dict[str, Any], removed: bool) -> SavedState:
     if not isinstance(faults, list) or not all(isinstance(f, dict) for f in faults):
         raise TypeError("latched_faults is not a list of records")
     FaultTable().restore_latched(faults, 0.0)  # every record must be one (ValueError)
+    commissioning: list[StackCommissioning | None] = []
+    raw = doc.get("commissioning")
+    if raw is not None:
+        if not isinstance(raw, list) or len(raw) != len(stacks):
+            raise ValueError("commissioning is not a list of one entry per stack")
+        commissioning = [None if c is None else StackCommissioning.from_dict(c) for c in raw]
     return SavedState(path=path, pack=str(doc["pack"]), saved_unix_s=float(doc["saved_unix_s"]),
                       run_time_s=_scalar(doc["run_time_s"]), reason=str(doc["reason"]),
-                      stacks=stacks, latched_faults=faults, removed_partial=removed)
+                      stacks=stacks, latched_faults=faults, removed_partial=removed,
+                      commissioning=commissioning)

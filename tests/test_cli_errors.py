@@ -100,6 +100,21 @@ FILES.update({
         b'{"files": [{"file": "ocv.csv", "kind": "ocv", "set": "Chen2020"}, '
         b'{"file": "hppc.csv", "kind": "hppc", "set": "Chen2020"}]}'),
 })
+# Run logs of ssb-23 for bms commission (the columns it reads): 3 rows; a load cell 200 kPa
+# above the others (at the imbalance fault level); a residual of +150 kPa (the preload 150 kPa
+# off the pack's); a run of another pack.
+RUN23 = ("time_s,pressure_lc01_kpa,pressure_lc02_kpa,pressure_lc03_kpa,pressure_lc04_kpa,"
+         "pressure_expected_kpa,pressure_residual_kpa")
+FILES.update({
+    "run-short/ticks.csv": _csv(RUN23, [(0.1 * k, *[1200.0] * 4, 1200.0, 0.0) for k in range(3)]),
+    "run-tilt/ticks.csv": _csv(RUN23, [(0.1 * k, 1150.0, 1150.0, 1150.0, 1350.0, 1200.0, 0.0)
+                                       for k in range(30)]),
+    "run-off/ticks.csv": _csv(RUN23, [(0.1 * k, *[1350.0] * 4, 1200.0, 150.0)
+                                      for k in range(30)]),
+    "run-other/ticks.csv": _csv(RUN23, [(0.1 * k, *[1200.0] * 4, 1200.0, 0.0)
+                                        for k in range(30)]),
+    "run-other/events.jsonl": b'{"type": "meta", "pack": "ssb-4x23"}\n',
+})
 # Run folders of bms export: a good one, an empty ticks.csv, a header only, a CSV that is not a
 # run log, a state code that is not a whole number.
 FILES.update({
@@ -129,7 +144,25 @@ RUN = ("run", "--no-monitor", "--quiet", "--log", "{d}/log")
 FIT = ("fit", "--ocv", "{d}/cycler.csv", "--pulses", "{d}/cycler.csv", "-o", "{d}/fit.yaml")
 REPLAY = ("replay", "--data", "{d}/cycler.csv", "-o", "{d}/r.csv")
 ACCURACY = ("accuracy", "--out", "{d}/acc", "--truth-dir")
+COMMISSION = ("commission", "--state", "{d}/commissioned.json", "--from-run")
 ROWS: list[Row] = [
+    # ---- bms commission (bms/app/commission.py): usage 2, state file or run log 3, I/O 5
+    Row("commission-state-missing", ("commission", "--from-run", "{d}/run-off"), U,
+        "the following arguments are required: --state"),
+    Row("commission-port-with-from-run", (*COMMISSION, "{d}/run-off", "--port", "/dev/null"), U,
+        "--port is for a live commissioning; --from-run {d}/run-off reads a recorded run"),
+    Row("commission-run-missing", (*COMMISSION, "{d}/nope"), IO,
+        "run log {d}/nope: no ticks.csv"),
+    Row("commission-state-corrupt", ("commission", "--state", "{d}/state.json", "--from-run",
+                                     "{d}/run-off"), C, "state file {d}/state.json: corrupt"),
+    Row("commission-other-pack", (*COMMISSION, "{d}/run-other"), C,
+        "run log {d}/run-other: a run of pack 'ssb-4x23', not 'ssb-23'"),
+    Row("commission-too-short", (*COMMISSION, "{d}/run-short"), C,
+        "run log {d}/run-short: stack stack-1: 3 rows with every load cell valid, at least 10"),
+    Row("commission-tilt", (*COMMISSION, "{d}/run-tilt"), C,
+        "static load-cell imbalance 200.0 kPa is at or above the imbalance fault level 150"),
+    Row("commission-preload-off", (*COMMISSION, "{d}/run-off"), C,
+        "stack stack-1: preload 1150 kPa is +150 kPa off the pack file's 1000 kPa"),
     # ---- usage: a command-line value or options that contradict each other (exit 2)
     Row("unknown-command", ("frobnicate",), U, "unknown command 'frobnicate'"),
     Row("duration-nan", (*RUN, "--duration", "nan"), U, "'nan' is not a finite number of s"),

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bms.app.export", "export a run log to MF4 (asammdf, CANape), Parquet or CSV "
                "with units and comments"),
     "check": ("bms.app.check", "validate a pack file or board profile and print a summary"),
+    "commission": ("bms.app.commission", "record each stack's fixture baseline (load-cell "
+                   "shares and offsets, preload, stiffness) into a state file for bms run"),
     "replay": ("bms.app.replay", "run recorded measurements (cycler CSV, ticks.csv) through "
                "the estimation core; score against a truth file"),
     "fit": ("bms.app.fit", "fit a cell model (OCV, R0, RC branches) from cycler OCV and HPPC "
@@ -37,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USAGE = ("usage: bms [--debug] COMMAND [options]   (bms COMMAND --help for each)\n\ncommands:\n"
-         + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+         + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
          + "\n\n--debug: a traceback with each error. Exit codes: 0 ok, 2 usage, 3 pack file / "
          "board profile / scenario / state file / a data file's content, 4 board, 5 a file that "
          "cannot be read or written (data file, log folder, disk, socket), 6 a --check that "
