@@ -275,3 +275,32 @@ def test_a_failing_bus_is_counted_and_the_bms_keeps_controlling(tmp_path: Path) 
     events = [json.loads(x) for x in (tmp_path / "log" / "events.jsonl").read_text()
               .splitlines()]
     assert len([e for e in events if e.get("event") == "bus error"]) == 1
+
+
+@pytest.mark.parametrize("suffix", [".mf4", ".asc"])
+def test_can_log_opens_in_python_can_and_asammdf(tmp_path: Path, suffix: str) -> None:
+    r = Rig(tmp_path)
+    path = tmp_path / f"can{suffix}"
+    r.link.can_log = can.Logger(str(path))
+    try:
+        r.tick(request="close")
+        for _ in range(11):
+            r.tick()
+    finally:
+        r.close()  # stops (flushes) the log
+    counts = r.link.counts
+    reader = can.MF4Reader if suffix == ".mf4" else can.ASCReader
+    logged = list(reader(str(path)))
+    assert len(logged) == counts["rx_frames"] + counts["tx_frames"]
+    by_name: dict[str, int] = {}
+    for m in logged:
+        name = DB.get_message_by_frame_id(m.arbitration_id).name
+        DB.decode_message(m.arbitration_id, bytes(m.data))  # every frame decodes
+        by_name[name] = by_name.get(name, 0) + 1
+    assert by_name["VCU_Heartbeat"] == 12 and by_name["BMS_Status"] == 12
+    if suffix == ".mf4":
+        import asammdf
+
+        with asammdf.MDF(str(path)) as mdf:
+            ids = mdf.get("CAN_DataFrame.ID").samples
+            assert len(ids) == len(logged)

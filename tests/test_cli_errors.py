@@ -66,6 +66,8 @@ FILES: dict[str, bytes] = {
         cells=22, board="emu-23", pos="[0.0, 4.2, 8.4, 12.6, 16.8, 21.0]")).encode(),
     "state.json": b'{"format": "ssb-bms-state", "version": 1, "pack"',
     "a-file": b"not a folder\n",
+    "vehicle-typo.yaml": (PACK_HEAD + "vehicle:\n  heartbeat_timeout: 1.0\n").encode(),
+    "vehicle-short.yaml": (PACK_HEAD + "vehicle:\n  heartbeat_timeout_s: 0.1\n").encode(),
 }
 
 
@@ -306,6 +308,25 @@ ROWS: list[Row] = [
         "{d}/plot-back/ticks.csv: time_s does not increase at data row 4 (0.2 s -> 0.1 s)"),
     Row("accuracy-manifest-not-json", (*ACCURACY, "{d}/truth-bad"), C,
         "{d}/truth-bad/manifest.json: not a truth manifest"),
+    # ---- CAN (bms run --can, bms vcu): usage 2, the pack's vehicle section 3, a bus 4
+    Row("can-no-channel", (*RUN, "--can", "virtual"), U,
+        "--can virtual: expected INTERFACE:CHANNEL"),
+    Row("can-interface-unknown", (*RUN, "--can", "vcan:0"), U,
+        "--can vcan:0: unknown python-can interface 'vcan'; did you mean 'pcan'?"),
+    Row("can-log-format", (*RUN, "--can", "virtual:x", "--can-log", "{d}/can.txt"), U,
+        "--can-log {d}/can.txt: unknown log format '.txt'; allowed: .blf, .asc, .mf4"),
+    Row("can-log-without-can", (*RUN, "--can-log", "{d}/can.blf"), U,
+        "--can-log needs --can INTERFACE:CHANNEL"),
+    Row("vcu-interface-unknown", ("vcu", "nosuch:0"), U,
+        "channel nosuch:0: unknown python-can interface 'nosuch'"),
+    Row("pack-vehicle-typo", (*RUN, "--pack", "{d}/vehicle-typo.yaml"), C,
+        "vehicle.heartbeat_timeout: unknown key; did you mean 'heartbeat_timeout_s'?"),
+    Row("pack-vehicle-timeout-short", (*RUN, "--pack", "{d}/vehicle-short.yaml"), C,
+        "vehicle.heartbeat_timeout_s: 0.1 is invalid; allowed: at least two ticks"),
+    Row("can-cannot-open", (*RUN, "--can", "serial:{d}/nope"), B,
+        "--can serial:{d}/nope: cannot open: [Errno 2] could not open port {d}/nope"),
+    Row("vcu-cannot-open", ("vcu", "serial:{d}/nope"), B,
+        "channel serial:{d}/nope: cannot open: [Errno 2] could not open port"),
     # ---- a board (or the emulator started for it) failed (exit 4)
     Row("port-missing", (*RUN, "--port", "/dev/ttyACM7"), B,
         "cannot open /dev/ttyACM7: No such file or directory", "proc"),

@@ -191,6 +191,9 @@ class VehicleLink:
                 now = self.wall_clock()
                 if abs(msg.timestamp - now) > 3600.0:
                     msg.timestamp = now
+                # One bus per log: the backend's channel name (virtual: any text, which
+                # the MF4 writer parses for a number) is not logged; TX frames have none.
+                msg.channel = None
                 self._log_frame(t, msg)
             value = self._check(t, msg)
             if value is not None:
