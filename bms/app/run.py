@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  bms run --pack ssb-23 --port /dev/ttyACM0 --clock real --duration 600\n"
         "  bms run --pack ssb-4x23 --scenario udds --duration 3600      # 4 emulated boards\n"
         "  bms run --port /dev/pts/7 --clock sim --log runs/bench1\n"
+        "  bms run --port 'emu://ssb-23?stack=0&seed=1&scenario=udds' --duration 3600\n"
         "  bms run --port /dev/ttyACM0 --clock real --state /var/lib/bms/ssb-23.json\n"
         "  bms run --pack ssb-4x23 --clock real --can socketcan:can0 --can-log runs/can.blf\n"
         "  bms run --clock real --can serial:/dev/pts/9    # then: bms vcu serial:/dev/pts/10\n\n"
@@ -103,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="ssb-23", help="pack file or built-in name")
     ap.add_argument("--port", action="append", default=[],
-                    help="serial device or pyserial URL, once per stack in pack order")
+                    help="serial device or pyserial URL, once per stack in pack order; "
+                    "emu://PACK?stack=K&seed=S&scenario=NAME is an emulated board inside this "
+                    "process (sim clock; the keys are bms emulate's options, docs/emulator.md)")
     ap.add_argument("--clock", choices=("sim", "real"), default=None,
                     help="sim: advance boards by each tick (emulators only); real: wall-clock "
-                    "deadlines (default: real with --port, sim without)")
+                    "deadlines (default: real with --port, sim without or with emu:// ports)")
     ap.add_argument("--realtime", action="store_true",
                     help="SCHED_FIFO for the controller and the emulators it starts (needs root "
                     "or CAP_SYS_NICE; refused otherwise and said so): fewer missed deadlines in "
