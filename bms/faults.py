@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
 
-from boards.config import PROTECTION_NAMES
+from boards.config import PROTECTION_NAMES, PROTECTIONS
 
 
 class Severity(IntEnum):
@@ -195,6 +195,32 @@ PROTECTION_CODES: dict[str, FaultCode] = dict(
     zip(PROTECTION_NAMES, (FaultCode(101 + i) for i in range(len(PROTECTION_NAMES))), strict=True)
 )
 
+#: What a record's ``cell`` indexes within its stack, by code (a cell, a thermistor or a load
+#: cell); a code not listed has no channel (its record is a stack's or the pack's).
+CHANNEL_KIND: dict[FaultCode, str] = {
+    **{PROTECTION_CODES[name]: kind for name, kind in PROTECTIONS
+       if kind in ("cell", "thermistor")},
+    FaultCode.CELL_VOLTAGE_OPEN_WIRE: "cell",
+    FaultCode.CELL_VOLTAGE_IMPLAUSIBLE: "cell",
+    FaultCode.ESTIMATE_INVALID: "cell",  # cell_leak_a's (the residual's has no channel)
+    FaultCode.THERMISTOR_OPEN: "thermistor",
+    FaultCode.THERMISTOR_SHORT: "thermistor",
+    FaultCode.THERMISTOR_IMPLAUSIBLE: "thermistor",
+    FaultCode.LOAD_CELL_OPEN: "load cell",
+    FaultCode.LOAD_CELL_STUCK: "load cell",
+}
+
+
+def fault_where(code: FaultCode, stack: int | None, cell: int | None) -> str:
+    """Where a fault is, counted as people count (from 1): "stack 1 cell 8", "stack 1
+    thermistor 3", "stack 2", "" (the pack). Every report prints this; events.jsonl and
+    summary.json carry it as ``where`` beside the 0-based indices ``stack`` and ``cell``."""
+    parts = [] if stack is None else [f"stack {stack + 1}"]
+    if cell is not None:
+        parts.append(f"{CHANNEL_KIND.get(code, 'channel')} {cell + 1}")
+    return " ".join(parts)
+
+
 #: Protection name -> the sensor code to raise when that protection's input is NaN.
 SENSOR_CODE_FOR_PROTECTION: dict[str, FaultCode] = {
     "cell_overvoltage_v": FaultCode.CELL_VOLTAGE_IMPLAUSIBLE,
@@ -249,6 +275,7 @@ class FaultRecord:
         d["name"] = self.code.name
         d["severity"] = self.severity.label
         d["trigger_value"] = _json_value(self.trigger_value)
+        d["where"] = fault_where(self.code, self.stack, self.cell)
         return d
 
 
@@ -424,6 +451,8 @@ class FaultTable:
         self._events.append({
             "type": "fault", "event": kind, "time_s": time_s, "code": int(rec.code),
             "name": rec.code.name, "text": rec.text, "severity": rec.severity.label,
-            "stack": rec.stack, "cell": rec.cell, "value": _json_value(value),
+            "stack": rec.stack, "cell": rec.cell, "where": fault_where(rec.code, rec.stack,
+                                                                       rec.cell),
+            "value": _json_value(value),
             "count": rec.count, "latched": rec.latched,
         })

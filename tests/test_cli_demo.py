@@ -48,6 +48,11 @@ def test_bms_demo_reports_soc_error_detection_and_contactor_actions(tmp_path: Pa
     raised = {e["name"] for e in load_events(log) if e.get("type") == "fault"
               and e.get("event") == "raise" and e.get("severity") == "warning"}
     assert set(names) == raised and "STACK_PRESSURE_RATE" in names
+    # The report says where as events.jsonl's `where` says it (1-based, issue 14): one text.
+    for e in load_events(log):
+        if e.get("type") == "fault" and e.get("event") == "raise" and \
+                e.get("severity") == "warning":
+            assert f"  {e['name']:<28} {e['where']:<16} first at" in listed, (e, listed)
     # The fixture's static load-cell tilt is the baseline, not a warning (issue 14).
     first_imbalance = min((e["time_s"] for e in load_events(log)
                            if e.get("name") == "LOAD_CELL_IMBALANCE"), default=None)

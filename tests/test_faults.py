@@ -12,6 +12,7 @@ from bms.faults import (
     FaultCode,
     FaultTable,
     Severity,
+    fault_where,
 )
 from boards.config import PROTECTION_NAMES
 
@@ -107,3 +108,21 @@ def test_records_are_separate_per_channel_and_severity() -> None:
     assert not table.get(FaultCode.CELL_LEAK, Severity.WARNING, 0, 1).latched
     assert len(table.active()) == 4 and len(table.latched()) == 1
     assert table.warning_active()
+
+
+def test_where_counts_from_one_and_names_the_channel_kind() -> None:
+    """events.jsonl and summary.json keep 0-based `stack` and `cell`; `where` says the same as
+    people count, naming what `cell` indexes (issue 14: the report said "ch 8" for "cell": 7)."""
+    table = FaultTable()
+    table.raise_fault(FaultCode.CELL_LEAK, 1.0, Severity.WARNING, 0.1, 0, 7)
+    table.raise_fault(FaultCode.CELL_OVERTEMPERATURE_CHARGE, 1.0, Severity.FAULT, 61.0, 1, 2)
+    table.raise_fault(FaultCode.LOAD_CELL_STUCK, 1.0, None, 900.0, 0, 3)
+    table.raise_fault(FaultCode.STACK_PRESSURE_LOW, 1.0, Severity.FAULT, 500.0, 1)
+    table.raise_fault(FaultCode.CHARGE_OVERCURRENT, 1.0, Severity.FAULT, 30.0)
+    events = table.drain_events()
+    assert [(e["stack"], e["cell"], e["where"]) for e in events] == [
+        (0, 7, "stack 1 cell 8"), (1, 2, "stack 2 thermistor 3"), (0, 3, "stack 1 load cell 4"),
+        (1, None, "stack 2"), (None, None, "")]
+    assert [d["where"] for d in sorted(table.summary(), key=lambda d: d["code"])] == [
+        "stack 2 thermistor 3", "", "stack 2", "stack 1 cell 8", "stack 1 load cell 4"]
+    assert json.loads(json.dumps(events[0]))["where"] == fault_where(FaultCode.CELL_LEAK, 0, 7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from bms.app.plot import main, plot_run
 from bms.faults import FaultCode, FaultTable, Severity
-from bms.runlog import RunLog, standard_columns
+from bms.runlog import RunLog, load_ticks, standard_columns
 
 
 def _make_log(directory: Path, n: int = 300) -> Path:
@@ -84,3 +85,31 @@ def test_plot_rejects_an_empty_log(tmp_path: Path) -> None:
     RunLog(tmp_path / "run", ["time_s"]).close()
     with pytest.raises(ValueError):
         plot_run(tmp_path / "run", tmp_path / "e.png")
+
+
+def _fault(name: str, code: int, stack: int, cell: int | None) -> dict:
+    return {"type": "fault", "event": "raise", "time_s": 1.0, "code": code, "name": name,
+            "severity": "warning", "stack": stack, "cell": cell}
+
+
+def test_cells_named_by_faults_and_the_extremes_are_marked(tmp_path: Path) -> None:
+    """The voltage and SOC panels colour and label the cells the faults name (numbered from
+    1 across the pack, as ticks.csv numbers them) and the lowest and highest cell; a thermistor
+    fault's channel is not a cell. The figure draws with them."""
+    from bms.app.plot import _marked_cells
+
+    run = _make_log(tmp_path / "run", n=50)
+    ticks = load_ticks(run)
+    events = [_fault("CELL_LEAK", 114, 0, 7), _fault("THERMISTOR_OPEN", 203, 0, 2)]
+    marked = _marked_cells(ticks, events)
+    volts = {i: ticks[f"cell{i:02d}_voltage_v"] for i in range(1, 24)}
+    lowest = min(volts, key=lambda i: volts[i].min())
+    highest = max(volts, key=lambda i: volts[i].max())
+    assert lowest <= 3 and highest >= 21  # 3.7 V + 1 mV per cell + 2 mV noise
+    assert marked == {8: "CELL_LEAK", lowest: "lowest V", highest: "highest V"}
+    # a pack of four stacks of 23 (the run's meta event names it): stack 2's cell 1 is cell 24
+    meta = {"type": "meta", "pack": "ssb-4x23"}
+    assert list(_marked_cells(ticks, [meta, _fault("CELL_UNDERVOLTAGE", 102, 1, 0)]))[0] == 24
+    with (run / "events.jsonl").open("a") as fh:
+        fh.write(json.dumps(events[0]) + "\n")
+    _decode(plot_run(run, tmp_path / "marked.png"))

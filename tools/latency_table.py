@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bms.app.latency import markdown_table, run_scenario, scenarios
+from bms.faults import FaultCode, fault_where
 from boards.config import load_pack
 
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(f"{r.name}: raise {r.latency_raise_s:.2f} s, open {r.latency_open_s:.2f} s "
                   f"(bound {r.bound_s:.2f}), from injection {r.latency_from_inject_s:.2f} s, "
-                  f"{r.code} stack {r.raise_stack} ch {r.raise_cell}, reset refused "
+                  f"{r.code} {fault_where(FaultCode[r.code], r.raise_stack, r.raise_cell)}, "
+                  f"reset refused "
                   f"{r.reset_refused}, accepted {r.reset_accepted} -> {r.state_after_reset}, "
                   f"still active {r.still_active_after_recovery}, before {r.other_faults_before}, "
                   f"wall {r.wall_s:.1f} s", file=sys.stderr)

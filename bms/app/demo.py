@@ -145,9 +145,7 @@ def print_report(report: dict[str, Any], summary: dict[str, Any], log_dir: Path,
     warnings = report.get("warnings") or []
     print("warnings raised (every one, false or not):" + ("" if warnings else " none"))
     for w in warnings:
-        where = "" if w["stack"] is None else f"stack {w['stack'] + 1}"
-        where += "" if w["cell"] is None else f" ch {w['cell'] + 1}"
-        print(f"  {w['name']:<28} {where:<14} first at {w['first_s']:7.1f} s, "
+        print(f"  {w['name']:<28} {w['where']:<16} first at {w['first_s']:7.1f} s, "
               f"{w['count']} time(s)")
     print("contactor actions:")
     for a in report["contactor_actions"]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bms.faults import FaultCode, fault_where
 from bms.runlog import load_events, load_ticks
 
 # Faults the scenario injects -> the BMS codes that count as detecting them.
@@ -84,9 +85,18 @@ def warnings_raised(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         key = (e["name"], e.get("stack"), e.get("cell"))
         w = out.setdefault(key, {"name": e["name"], "stack": e.get("stack"),
-                                 "cell": e.get("cell"), "first_s": e["time_s"], "count": 0})
+                                 "cell": e.get("cell"), "where": _where(e),
+                                 "first_s": e["time_s"], "count": 0})
         w["count"] += 1
     return list(out.values())
+
+
+def _where(event: dict[str, Any]) -> str:
+    """The event's own ``where`` (1-based, as every report prints it); for a log written
+    before events carried it, the same text from its code and 0-based indices."""
+    if "where" in event:
+        return str(event["where"])
+    return fault_where(FaultCode(event["code"]), event.get("stack"), event.get("cell"))
 
 
 def soc_error(ticks: dict[str, np.ndarray], truth_path: Path, tick_s: float) -> dict[str, Any]:

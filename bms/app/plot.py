@@ -1,7 +1,9 @@
 """``bms plot LOG -o run.png``: one figure, one time axis, everything a run log holds.
 
 Panels (each drawn only if its columns exist; names as in :func:`bms.runlog.standard_columns`):
-cell voltages; SOC with +/- 3 sigma bounds; temperatures; stack pressure (load cells measured,
+cell voltages and SOC (with +/- 3 sigma bounds) of every cell in grey, the cells the faults name
+and the lowest and highest cell coloured and labelled ("cell 8 CELL_LEAK", numbered from 1 as
+ticks.csv numbers them); temperatures; stack pressure (load cells measured,
 expected dashed); current with the charge/discharge limits (the stacks' dendrite-safe CCD
 limits dotted); contactor state with fault markers
 from events.jsonl (warning, fault, critical in rising colours).
@@ -22,9 +24,12 @@ from typing import Any
 import numpy as np
 
 from bms.app.errors import CliError, DataFileError, OutputError, Parser, UnreadableFileError, report
+from bms.faults import CHANNEL_KIND, FaultCode, fault_where
 from bms.runlog import EVENTS, TICKS, load_events, load_ticks
+from boards.config import ConfigError, load_pack
 
 _CELL_V = re.compile(r"^cell\d+_voltage_v$")
+_CELL_V_NUM = re.compile(r"^cell(\d+)_voltage_v$")
 _CELL_SOC = re.compile(r"^cell(\d+)_soc$")
 _TEMP = re.compile(r"^t\d+_c$")
 _LOADCELL = re.compile(r"^pressure_lc\d+_kpa$")
@@ -50,8 +55,12 @@ def plot_run(log_dir: str | Path, out_png: str | Path) -> Path:
     fig = Figure(figsize=(12, 2.2 * len(panels) + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    marked = _marked_cells(ticks, events)
     for name, ax in zip(panels, axes, strict=True):
-        _DRAW[name](ax, t, ticks)
+        if name in ("voltage", "soc"):
+            _DRAW_CELLS[name](ax, t, ticks, marked)
+        else:
+            _DRAW[name](ax, t, ticks)
     _mark_faults(axes[-1], axes, events)  # the "state" panel is always the last
     axes[-1].set_xlabel("time (s)")
     for a in axes:
@@ -105,26 +114,97 @@ def _panels(ticks: dict[str, np.ndarray]) -> list[str]:
 
 
 _THIN = {"linewidth": 0.7}
+#: The other cells: thin and grey, under the marked ones (23 or 92 coloured traces and a colour
+#: cycle of 10 say nothing about which cell is which).
+_OTHER = {"linewidth": 0.5, "color": "0.65", "alpha": 0.6}
+_MARK_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown")
 
 
-def _draw_voltage(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
-    for c in _cols(ticks, _CELL_V):
-        ax.plot(t, ticks[c], **_THIN)
+def _marked_cells(ticks: dict[str, np.ndarray], events: list[dict[str, Any]]
+                  ) -> dict[int, str]:
+    """The cells the voltage and SOC panels colour and label (1-based pack-wide number ->
+    why): each cell a fault event names (its name), then the lowest and the highest cell
+    voltage of the run; at most len(_MARK_COLOURS)."""
+    marked: dict[int, str] = {}
+    offsets = _stack_offsets(events)
+    for ev in events:
+        if ev.get("type") != "fault" or ev.get("event") != "raise" or ev.get("cell") is None:
+            continue
+        if CHANNEL_KIND.get(_code(ev)) != "cell":
+            continue
+        stack = int(ev.get("stack") or 0)
+        if stack >= len(offsets):
+            continue
+        number = offsets[stack] + int(ev["cell"]) + 1
+        marked.setdefault(number, str(ev.get("name", "fault")))
+    volts = _cols(ticks, _CELL_V)
+    if volts:
+        with np.errstate(all="ignore"):
+            lows = [np.nanmin(ticks[c]) if np.isfinite(ticks[c]).any() else np.inf
+                    for c in volts]
+            highs = [np.nanmax(ticks[c]) if np.isfinite(ticks[c]).any() else -np.inf
+                     for c in volts]
+        for k, why in ((int(np.argmin(lows)), "lowest V"), (int(np.argmax(highs)), "highest V")):
+            number = int(_CELL_V_NUM.match(volts[k]).group(1))  # type: ignore[union-attr]
+            marked.setdefault(number, why)
+    return dict(list(marked.items())[:len(_MARK_COLOURS)])
+
+
+def _code(ev: dict[str, Any]) -> FaultCode | None:
+    try:
+        return FaultCode(int(ev.get("code", -1)))
+    except ValueError:
+        return None
+
+
+def _stack_offsets(events: list[dict[str, Any]]) -> list[int]:
+    """Each stack's first pack-wide cell index (ticks.csv numbers the cells across the pack;
+    events count within a stack), from the pack file the run's meta event names; one stack
+    when it cannot be read."""
+    meta = next((e for e in events if e.get("type") == "meta"), {})
+    try:
+        pack = load_pack(meta.get("pack_file") or meta["pack"])
+    except (KeyError, TypeError, ConfigError):
+        return [0]
+    return [int(x) for x in np.cumsum([0] + [s.cells for s in pack.stacks])[:-1]]
+
+
+def _cell_traces(ticks: dict[str, np.ndarray], pattern: re.Pattern[str]
+                 ) -> list[tuple[int, str]]:
+    return sorted((int(m.group(1)), c) for c in ticks
+                  if (m := pattern.match(c)) and ticks[c].dtype.kind == "f")
+
+
+def _draw_cells(ax: Any, t: np.ndarray, traces: list[tuple[int, np.ndarray]],
+                marked: dict[int, str], sigma: dict[int, np.ndarray] | None = None) -> None:
+    """Every cell grey, then the marked ones in their colours with a label each ("cell 8
+    CELL_LEAK"), the same colour for the same cell in every panel."""
+    others = [(n, y) for n, y in traces if n not in marked]
+    for k, (_, y) in enumerate(others):
+        ax.plot(t, y, **_OTHER, label=f"other cells ({len(others)})" if k == 0 else None)
+    for colour, (number, why) in zip(_MARK_COLOURS, marked.items(), strict=False):
+        y = dict(traces).get(number)
+        if y is None:
+            continue
+        ax.plot(t, y, color=colour, linewidth=0.9, label=f"cell {number} {why}")
+        if sigma is not None and number in sigma:
+            ax.fill_between(t, y - 3 * sigma[number], y + 3 * sigma[number], color=colour,
+                            alpha=0.15, linewidth=0)
+    _legend_above(ax, ncol=len(marked) + 1)
+
+
+def _draw_voltage(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray],
+                  marked: dict[int, str]) -> None:
+    _draw_cells(ax, t, [(n, ticks[c]) for n, c in _cell_traces(ticks, _CELL_V_NUM)], marked)
     ax.set_ylabel("cell voltage (V)")
 
 
-def _draw_soc(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
-    for c in ticks:
-        m = _CELL_SOC.match(c)
-        if not m:
-            continue
-        soc = ticks[c]
-        line = ax.plot(t, soc * 100.0, **_THIN)[0]
-        sigma = ticks.get(f"cell{m.group(1)}_soc_sigma")
-        if sigma is not None:
-            ax.fill_between(t, (soc - 3 * sigma) * 100.0, (soc + 3 * sigma) * 100.0,
-                            color=line.get_color(), alpha=0.12, linewidth=0)
-    ax.set_ylabel("SOC (%), ±3σ")
+def _draw_soc(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray],
+              marked: dict[int, str]) -> None:
+    columns = _cell_traces(ticks, _CELL_SOC)
+    sigma = {n: 100.0 * ticks[c + "_sigma"] for n, c in columns if c + "_sigma" in ticks}
+    _draw_cells(ax, t, [(n, 100.0 * ticks[c]) for n, c in columns], marked, sigma)
+    ax.set_ylabel("SOC (%), ±3σ (marked cells)")
 
 
 def _legend_above(ax: Any, ncol: int) -> None:
@@ -176,9 +256,11 @@ def _draw_state(ax: Any, t: np.ndarray, ticks: dict[str, np.ndarray]) -> None:
 
 
 _DRAW: dict[str, Callable[[Any, np.ndarray, dict[str, np.ndarray]], None]] = {
-    "voltage": _draw_voltage, "soc": _draw_soc, "temperature": _draw_temperature,
-    "pressure": _draw_pressure, "current": _draw_current, "state": _draw_state,
+    "temperature": _draw_temperature, "pressure": _draw_pressure, "current": _draw_current,
+    "state": _draw_state,
 }
+_DRAW_CELLS: dict[str, Callable[[Any, np.ndarray, dict[str, np.ndarray], dict[int, str]],
+                                None]] = {"voltage": _draw_voltage, "soc": _draw_soc}
 
 
 def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
@@ -204,7 +286,11 @@ def _mark_faults(ax: Any, axes: Any, events: list[dict[str, Any]]) -> None:
         if len(seen_names) < 40:  # keep a long run's figure readable
             shift = shift + 1 if seen_names and ts - seen_names[-1] < 0.01 * span else 0
             seen_names.append(ts)
-            ax.annotate(str(ev.get("name", ev.get("code", ""))), (ts, len(_STATE_NAMES) - 1.4),
+            code = _code(ev)
+            where = ev.get("where") or ("" if code is None else  # a log from before `where`
+                                        fault_where(code, ev.get("stack"), ev.get("cell")))
+            text = " ".join(str(x) for x in (ev.get("name", ev.get("code", "")), where) if x)
+            ax.annotate(text, (ts, len(_STATE_NAMES) - 1.4),
                         xytext=(7 * shift, 0), textcoords="offset points",
                         fontsize="xx-small", rotation=90, va="top", color=colour)
     if seen:

@@ -547,8 +547,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if faults:
         print("faults (first time, count, severity, trigger value):")
         for f in faults[:20]:
-            where = "" if f["stack"] is None else f" stack {f['stack'] + 1}"
-            where += "" if f["cell"] is None else f" ch {f['cell'] + 1}"
+            where = f" {f['where']}" if f.get("where") else ""
             value = "" if f["trigger_value"] is None else f" value {f['trigger_value']:.4g}"
             print(f"  {f['code']} {f['name']:<28} {f['first_time_s']:9.1f} s  x{f['count']:<4}"
                   f"{f['severity']:<9}{where}{value}")
