@@ -151,7 +151,7 @@ def test_ssb_23_in_80x24_shows_absolute_values_and_bounds(snaps) -> None:
     bounds = [x for row in _stack_rows(screen, "stack-1", "3sig%", 2) for x in row]
     assert bounds == [f"{300 * x:.2f}" for x in st["soc_sigma"]]
     leaks = [x for row in _stack_rows(screen, "stack-1", "leakmA", 2) for x in row]
-    assert leaks == [f"{1000 * x:.0f}" for x in st["leak_a"]]
+    assert leaks == [str(round(1000 * x)) for x in st["leak_a"]]
 
 
 def test_a_larger_terminal_shows_more(snaps) -> None:

@@ -349,7 +349,7 @@ def _cell(row: str, i: int, st: _Stack, w: int, vmin: float, vspan: float, smin:
             return [(f"{'--':>{w}}", "dim")]
         return [(f"{t:>{w}.1f}" if w >= 6 else f"{round(t):>{w}d}", style)]
     leak = st.leak_ma[i]
-    return [(f"{leak:>{w}.0f}" if math.isfinite(leak) else f"{'--':>{w}}",
+    return [(f"{round(leak):>{w}d}" if math.isfinite(leak) else f"{'--':>{w}}",  # never "-0"
              "bold red" if st.leak[i] else "")]
 
 
