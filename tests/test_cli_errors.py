@@ -409,6 +409,11 @@ ROWS: list[Row] = [
         "-o /proc/nope/run.mf4: folder /proc/nope does not exist"),
     Row("export-out-is-a-folder", ("export", "{d}/export-ok", "--to", "parquet", "-o", "{d}"),
         IO, "-o {d}: cannot write (Is a directory)"),
+    # ---- bms monitor (the cases with sockets and a running BMS: tests/test_monitor_cli.py)
+    Row("monitor-no-bms", ("monitor", "{d}/none.sock"), IO,
+        "{d}/none.sock: no BMS is running there (no such socket)"),
+    Row("monitor-not-a-socket", ("monitor", "{d}/a-file"), IO, "{d}/a-file: not a socket"),
+    Row("monitor-size", ("monitor", "--size", "10x5"), U, "argument --size: '10x5': at least"),
 ]
 
 # Rows documented elsewhere in docs/errors.md with their own tests below (not argv rows).

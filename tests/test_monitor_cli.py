@@ -265,6 +265,7 @@ def _read_pty(master: int, until: bytes, timeout_s: float) -> bytes:
 
 def test_end_to_end_against_a_running_bms(tmp_path: Path) -> None:
     sock = tmp_path / "bms.sock"
+    # The sim clock: a snapshot per tick, thousands a second; the viewers draw the newest.
     run = _bms("run", "--pack", "ssb-4x23", "--duration", "100000", "--quiet",
                "--log", str(tmp_path / "log"), "--monitor-socket", str(sock))
     watchers: list[subprocess.Popen] = []
