@@ -6,7 +6,7 @@ anything: read-only by construction, not by a permission check. The socket lives
 created with mode 0700 and the socket itself is chmod 0600, so only the same user can connect.
 A slow or stuck viewer is dropped rather than allowed to stall the tick loop.
 
-``bms monitor [SOCKET]`` (bms/app/monitor.py) connects and redraws a compact table per snapshot.
+``bms monitor [SOCKET]`` (bms/app/monitor.py) connects and shows every cell of every stack in place.
 """
 
 from __future__ import annotations

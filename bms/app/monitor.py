@@ -47,8 +47,8 @@ def connect(path: str | Path) -> socket.socket:
     """A connection to the BMS at ``path`` whose sending side is already shut: this viewer
     cannot write to the BMS. Raises :class:`OutputError` (exit 5) with the reason."""
     path = Path(path)
-    hint = ("start the BMS (`bms run`, `bms demo`), or give the socket that `bms run` printed: "
-            "bms monitor PATH")
+    hint = ("start the BMS with `bms run` (it serves the socket unless --no-monitor), or give "
+            "the socket that `bms run` printed: bms monitor PATH")
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -368,7 +368,7 @@ def view(stream: Stream, show: Callable[[list], None], size: Callable[[], tuple[
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(
         prog="bms monitor",
-        description="Attach read-only to a running BMS (bms run / bms demo) and show every cell "
+        description="Attach read-only to a running BMS (bms run) and show every cell "
         "of every stack live: voltage, SOC with its 3-sigma bound, temperature, balancing, leak; "
         "stack pressures, state, contactors, limits, faults. The channel is a Unix socket only "
         "the same user can open; this viewer shuts its sending side on connect and cannot "
