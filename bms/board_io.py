@@ -9,11 +9,19 @@ controller ends the run). A late answer is a miss and a momentary MEASUREMENT_LA
 that is gone marks the board lost, so a silent board on a live port stays asked (in the sim
 clock its time, and its silence, only advance with SAMPLEs) and MEASUREMENT_LOST takes the pack
 to SAFE. A reopened port raises BOARD_RESET only when the board's boot id changed.
+
+In the real clock an attempt runs on a thread of its own (``reconnect_in_background``): its
+handshake waits for a board that may not answer (about 0.55 s: the boot INFO, two HELLOs),
+which in the tick stalled every stack's tick by that long. The tick starts an attempt when one
+is due and takes the board back at the first tick after it succeeded; the client is not touched
+by the tick meanwhile (a lost board gets no requests). The sim clock keeps the attempt in the
+tick: there it costs no wall deadline, and a thread would make the run depend on wall time.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +45,9 @@ class BoardIO:
         self.index = index
         self.port = port
         self.reconnect = True  # False: a lost board stays lost (controller.on_board_lost stop)
+        self.reconnect_in_background = False  # True in the real clock (module docstring)
+        self._attempt: threading.Thread | None = None
+        self._attempt_ok = False
         self.client = client
         self.lane = lane
         self._table = table
@@ -81,6 +92,9 @@ class BoardIO:
 
     def close(self) -> None:
         """Open the outputs (best effort: the board's watchdog opens them anyway) and the port."""
+        if self._attempt is not None:
+            self._attempt.join()  # a reconnect under way: bounded by the client's timeouts
+            self._attempt = None
         if not self.lost:
             try:
                 self.client.set_outputs(0, 0, 0.0, 0.0)
@@ -93,6 +107,8 @@ class BoardIO:
         return self.client.info.heartbeat_timeout_ms / 1000.0
 
     def counters(self) -> dict[str, int]:
+        if self._attempt is not None:  # the client is the attempt's until it ends
+            return {}
         try:
             return self.client.counters
         except LinkError:
@@ -118,15 +134,40 @@ class BoardIO:
             return None
 
     def _reconnect(self, t: float) -> bool:
-        if not self.reconnect or t < self.next_reconnect_s:
+        """True when the board is back at ``t`` (an attempt due now succeeded, or, in the
+        background, one that ended since the last tick did)."""
+        if not self.reconnect:
+            return False
+        if self._attempt is not None:
+            if self._attempt.is_alive():
+                return False
+            self._attempt = None
+            return self._attempt_ok and self._reconnected(t)
+        if t < self.next_reconnect_s:
             return False
         self.next_reconnect_s = t + RECONNECT_PERIOD_S
+        if self.reconnect_in_background:
+            self._attempt_ok = False
+            self._attempt = threading.Thread(target=self._try_reopen, daemon=True,
+                                             name=f"reconnect-stack{self.index + 1}")
+            self._attempt.start()
+            return False
+        self._try_reopen()
+        return self._attempt_ok and self._reconnected(t)
+
+    def _try_reopen(self) -> None:
+        """Close the port, open it again (the handshake) and beat once; the outcome in
+        ``_attempt_ok``. Runs on the attempt's thread in the real clock."""
         try:
             self.client.close()
             self.client.open()  # a new boot id sets the client's reset flag: BOARD_RESET
             self.client.heartbeat(0, 0)
         except (LinkError, OSError):
-            return False
+            self._attempt_ok = False
+            return
+        self._attempt_ok = True
+
+    def _reconnected(self, t: float) -> bool:
         self.lost = False
         self.reconnects += 1
         self.prefetched = self.ack_seq = None

@@ -226,6 +226,7 @@ class Controller:
                      self.table, MeasurementLane(validator.wire_vals),
                      self.log.event if self.log else None)
         io.reconnect = self.pack.controller.on_board_lost == "reconnect"
+        io.reconnect_in_background = self.clock == "real"  # an attempt must not stall the tick
         baseline = LoadCellBaseline(k, board.load_cells, LOAD_CELL_BASELINE_WINDOW_S,
                                     self.pack.protections["load_cell_imbalance_kpa"].fault)
         return StackRuntime(index=k, config=stack, board=board, io=io, scaler=scaler,

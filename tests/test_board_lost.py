@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import tty
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,50 @@ def test_pack_policy_is_validated(tmp_path: Path) -> None:
     assert load_pack("ssb-23").controller.on_board_lost == "stop"
     assert math.isclose(load_pack("ssb-4x23").controller.board_lost_after_s, 2.0)
 
+
+
+def test_a_reconnect_attempt_does_not_stall_the_real_clock_tick(tmp_path: Path) -> None:
+    """Policy reconnect, real clock: the port (a symlink, as udev's /dev/serial/by-id names
+    are) comes back first on a board that does not answer (in its bootloader, say), then on a
+    working one. Each attempt's handshake waits for the silent board (about 0.55 s: the boot
+    INFO, two HELLOs); run in the tick it stalled the tick by that long (about 5 missed
+    deadlines per attempt at 10 Hz). Now the attempt runs beside the tick: the other stacks'
+    tick rate holds, and the board comes back when a board answers."""
+    emu = Running(seed=5, clock="real")
+    port = tmp_path / "board"
+    port.symlink_to(emu.path)
+    master, slave = os.openpty()  # a board that never answers
+    tty.setraw(slave)
+    log = tmp_path / "log"
+    c = Controller(_pack(tmp_path, "reconnect"), [str(port)], clock="real", log_dir=log)
+    back = None
+    try:
+        c.open()
+        c.request_close()
+        c.run(1.0)
+        port.unlink()
+        port.symlink_to(os.ttyname(slave))
+        emu.stop()  # the board is gone: its open port fails, the next opens find the silent one
+        missed_before = c.stats.missed_deadlines
+        c.run(5.0)  # lost; reconnect attempts every RECONNECT_PERIOD_S (2 s) on the silent one
+        missed_silent = c.stats.missed_deadlines - missed_before
+        worst_ms = c.stats.percentiles_ms()["max"]
+        back = Running(seed=6, clock="real")
+        port.unlink()
+        port.symlink_to(back.path)
+        c.run(3.0)
+    finally:
+        summary = c.close()
+        os.close(master)
+        os.close(slave)
+        if back is not None:
+            back.stop()
+    print(f"reconnect attempts on a silent board: {missed_silent} missed deadline(s) in 50 "
+          f"ticks, worst tick {worst_ms:.1f} ms")
+    assert missed_silent <= 1, f"{missed_silent} missed deadlines: the attempt stalled the tick"
+    assert worst_ms < 0.5 * 1e3 * c.tick_s, worst_ms
+    assert summary["boards"][0]["reconnects"] == 1 and not summary["boards"][0]["lost"]
+    reconnected = [e for e in _events(log) if e.get("event") == "reconnected"]
+    assert len(reconnected) == 1 and reconnected[0]["time_s"] > 6.0
+    tk = load_ticks(log / "ticks.csv")
+    assert np.isfinite(tk["cell01_voltage_v"][-1])  # data is back
