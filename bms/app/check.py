@@ -59,9 +59,11 @@ def pressure_summary(pack: PackConfig) -> list[str]:
                      "as SOC: the cell has no solid-state description (swelling)")
     else:
         fusion = "fused as a SOC measurement" if pack.estimator.pressure_fusion else "not fused"
+        full_kpa = swell_stack_um * fx.stiffness_kpa_per_um * (1.0 + fx.stiffening)
+        stiff = f" (stiffening {fx.stiffening:g})" if fx.stiffening else ""
         lines.append(f"fixture   preload {fx.preload_kpa:g} kPa, +{swell_stack_um:.0f} um and "
-                     f"+{swell_stack_um * fx.stiffness_kpa_per_um:.0f} kPa per stack at full "
-                     f"charge; {len(fx.load_cells_xy_mm)} load cells, {fusion}")
+                     f"+{full_kpa:.0f} kPa per stack at full charge{stiff}; "
+                     f"{len(fx.load_cells_xy_mm)} load cells, {fusion}")
     ch = pack.charging
     if ch is None:
         lines.append("charging  no CCD limit (no charging section)")
