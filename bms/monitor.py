@@ -83,9 +83,15 @@ class MonitorServer:
         self._accept()
         if not self._viewers:
             return
-        # Strict JSON (NaN -> null) so any viewer's parser reads it, not only Python's.
-        line = (json.dumps(_json_safe(snapshot), separators=(",", ":"), allow_nan=False,
-                           default=_jsonable) + "\n").encode()
+        # Strict JSON (NaN -> null) so any viewer's parser reads it, not only Python's. The
+        # walk that nulls NaN costs as much as the encoding itself: only when there is one.
+        try:
+            text = json.dumps(snapshot, separators=(",", ":"), allow_nan=False,
+                              default=_jsonable)
+        except ValueError:
+            text = json.dumps(_json_safe(snapshot), separators=(",", ":"), allow_nan=False,
+                              default=_jsonable)
+        line = (text + "\n").encode()
         alive = []
         for conn, backlog in self._viewers:
             backlog += line
