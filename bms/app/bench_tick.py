@@ -127,6 +127,7 @@ def main(argv: list[str]) -> int:
             walls = sorted(r["wall_s"] for r in recs)
             rec = min(recs, key=lambda r: abs(r["wall_s"] - statistics.median(walls)))
             rec["wall_s_runs"] = [round(w, 3) for w in walls]
+            rec["cpu_s_runs"] = [round(r["cpu_s"], 3) for r in recs]
             medians[transport] = rec
             records.append(rec)
             if not args.json:
