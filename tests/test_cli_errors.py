@@ -392,6 +392,9 @@ ROWS: list[Row] = [
                                   "{d}/export-ok/ticks.csv"), U, "is the run's own log"),
     Row("export-chunk-rows-zero", ("export", "{d}/export-ok", "--to", "mf4", "--chunk-rows",
                                    "0"), U, "argument --chunk-rows: '0' is not >= 1"),
+    Row("export-mf4-master-only", ("export", "{d}/export-ok", "--to", "mf4", "--channels",
+                                   "time_s"), U, "--channels time_s: selects only time_s, the "
+        "MF4 file's master"),
     Row("export-not-a-run", ("export", "{d}", "--to", "mf4"), C,
         "{d}: not a run folder (no ticks.csv)"),
     Row("export-empty", ("export", "{d}/export-empty", "--to", "mf4"), C,

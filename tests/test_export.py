@@ -47,18 +47,11 @@ def _copy(run: Path, dst: Path) -> Path:
     return dst
 
 
-def _csv_decimals(run: Path, column: str) -> int:
-    """Most decimals any field of ``column`` has in ticks.csv (the log's fixed point)."""
-    lines = (run / TICKS).read_text().splitlines()
-    k = lines[0].split(",").index(column)
-    return max(len(f.split(",")[k].partition(".")[2]) for f in lines[1:])
-
-
 def test_mf4_reads_back_with_units_comments_states_and_events(run_dir: Path,
                                                               tmp_path: Path) -> None:
     ticks = load_ticks(run_dir)
     out = tmp_path / "run.mf4"
-    res = export_run(run_dir, "mf4", out, chunk_rows=16)  # several chunks: append + extend
+    res = export_run(run_dir, "mf4", out, chunk_rows=7)  # several chunks: append + extend
     assert res.files == [out] and res.info.rows == len(ticks["time_s"]) > 50
     assert res.channels == len(ticks) == 438
     mdf = asammdf.MDF(out)
@@ -82,6 +75,7 @@ def test_mf4_reads_back_with_units_comments_states_and_events(run_dir: Path,
         assert mdf.groups[0].channels[0].name == "time_s"
         # the events: one text sample per events.jsonl line, at its time
         events = load_events(run_dir)
+        assert len(events) > 7  # the events too came in several chunks
         ev = mdf.get("event")
         assert [json.loads(s) for s in ev.samples] == events
         assert list(ev.timestamps[1:]) == [e["time_s"] for e in events[1:]]
@@ -113,9 +107,8 @@ def test_parquet_schema_units_values_row_groups_and_events(run_dir: Path,
         assert meta[b"unit"].decode() == unit_of(name), name
         assert meta[b"comment"].decode() == describe(name).comment
         col = table.column(name).to_numpy(zero_copy_only=False).astype(float)
-        # equal to the CSV within its decimals: the parse is exact, so equal outright
-        np.testing.assert_allclose(col, ticks[name], rtol=0,
-                                   atol=0.5 * 10.0 ** -_csv_decimals(run_dir, name))
+        # the CSV's values to its last decimal (pyarrow's parse is correctly rounded, as
+        # Python's float() in load_ticks, so they are equal outright)
         np.testing.assert_array_equal(col, ticks[name])
     assert str(schema.field("state").type) == "uint8"
     assert json.loads(schema.field("state").metadata[b"value_texts"])["2"] == "CLOSED"
@@ -228,6 +221,13 @@ def test_malformed_lines_are_skipped_and_named(run_dir: Path, tmp_path: Path,
         assert len(mdf.get("current_a").samples) == len(lines) - 3
     finally:
         mdf.close()
+
+
+def test_mf4_needs_a_channel_besides_its_master(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main([str(run_dir), "--to", "mf4", "--channels", "time_s", "-o",
+                 str(tmp_path / "t.mf4")]) == 2
+    assert "selects only time_s, the MF4 file's master" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_reader_chunks_are_never_larger_than_the_chunk_size(run_dir: Path) -> None:

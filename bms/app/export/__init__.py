@@ -92,8 +92,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
                ) -> ExportResult:
     """Export the run in ``run_dir`` to ``fmt`` (one of :data:`FORMATS`) at ``out`` (default
     RUN_DIR/run.FMT), the columns matching ``channels`` (globs; all by default), reading
-    ``chunk_rows`` lines at a time. Raises :class:`~bms.app.errors.CliError` on bad input or
-    an output that cannot be written (nothing is left behind then)."""
+    ``chunk_rows`` lines (of ticks.csv, and of events.jsonl) at a time. Raises
+    :class:`~bms.app.errors.CliError` on bad input or an output that cannot be written (nothing
+    is left behind then)."""
     if fmt not in FORMATS:
         raise UsageError(f"--to {fmt!r}: not one of {', '.join(FORMATS)}")
     t0 = time.perf_counter()
@@ -102,6 +103,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
     _writable(out_path, run)
     with TickLines(run.ticks, chunk_rows) as ticks:
         names = select_channels(ticks.columns, channels)
+        if fmt == "mf4" and len(names) == 1:
+            raise UsageError(f"--channels {' '.join(channels or ())}: selects only time_s, the "
+                             "MF4 file's master; select a channel besides it")
         chans = [describe(n) for n in names]
         info = RunInfo(run, read_meta(run.events), ticks=ticks.stats)
         writer = None
@@ -110,7 +114,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
             if writer is None:
                 raise _no_rows(run, ticks)
             if run.events is not None:
-                info.n_events = writer.write_events(event_chunks(run.events, info.events))
+                info.n_events = writer.write_events(
+                    event_chunks(run.events, info.events, chunk_rows))
             files = writer.close(info)
         except OSError as exc:
             if writer is not None:
