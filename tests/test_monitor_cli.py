@@ -300,7 +300,8 @@ def test_end_to_end_against_a_running_bms(tmp_path: Path) -> None:
         assert b"\x1b[?1049l" in _read_pty(master, b"\x1b[?1049l", 10)
         os.close(master)
         # Viewers watching when the BMS stops: one line each, exit 5.
-        watchers = [_bms("monitor", str(sock), "--plain", "--size", "80x24")]
+        watchers = [_bms("monitor", str(sock), "--plain", "--size", "80x24"),
+                    _bms("monitor", str(sock), "--json")]
         tty, master = _pty_monitor(str(sock))
         watchers.append(tty)
         _read_pty(master, b"stack-4", 30)
@@ -309,6 +310,14 @@ def test_end_to_end_against_a_running_bms(tmp_path: Path) -> None:
         out, err = watchers[0].communicate(timeout=30)
         _one_line(err.decode(), MONITOR_ROWS["monitor-bms-stopped"][0])
         assert watchers[0].returncode == ExitCode.IO and b"stack-4" in out
+        out, err = watchers[1].communicate(timeout=30)
+        _one_line(err.decode(), MONITOR_ROWS["monitor-bms-stopped"][0])
+        n_lines = out.count(b"\n")  # every line the BMS sent, and the count says so
+        assert watchers[1].returncode == ExitCode.IO and n_lines > 0
+        assert f"after {n_lines} snapshot(s)" in err.decode()
+        # (unread, its pipe fills and the BMS drops it as too slow, maybe mid-line: the
+        # complete lines are JSON)
+        assert all(json.loads(line)["stacks"] for line in out.split(b"\n")[:-1][-3:])
         assert tty.wait(30) == ExitCode.IO
         tail = _read_pty(master, b"dropped this viewer as too slow)", 10)
         os.close(master)

@@ -110,6 +110,7 @@ class Stream:
                                   "--timeout S waits longer")
             return None
         self.last_rx = now
+        self.lines += chunk.count(b"\n")
         return chunk
 
     def newest(self, chunk: bytes) -> bytes | None:
@@ -122,7 +123,6 @@ class Stream:
                 raise OutputError(f"{self.path}: not a BMS monitor stream (no line end in "
                                   f"{len(data)} bytes)")
             return None
-        self.lines += chunk.count(b"\n")  # the tail before it holds none
         start = data.rfind(b"\n", 0, end) + 1
         self._tail = data[end + 1:]
         return data[start:end]
