@@ -224,6 +224,14 @@ ROWS: list[Row] = [
         "--truth-every 0: allowed >= 1"),
     Row("emulate-temperature-nan", ("emulate", "--temperature", "nan"), U,
         "--temperature nan: allowed a finite number"),
+    Row("fw-soc", ("emulate", "--firmware", "--soc", "2"), U,
+        "bms emulate --firmware: --soc 2: allowed 0..1"),
+    Row("fw-speed", ("emulate", "--firmware", "--speed", "nan"), U,
+        "--speed nan: allowed a finite number >= 0"),
+    Row("fw-board-index", ("emulate", "--firmware", "--board", "7"), U,
+        "--board 7: pack ssb-23 has stacks 0..0"),
+    Row("fw-clock-unknown", ("emulate", "--firmware", "--clock", "fast"), U,
+        "argument --clock: invalid choice: 'fast'"),
     Row("fit-columns-spec", (*FIT, "--columns", "volt=U"), U,
         "--columns 'volt=U': expected KEY=COLUMN pairs"),
     Row("fit-out-not-yaml", ("fit", "--ocv", "{d}/cycler.csv", "--pulses", "{d}/cycler.csv",
@@ -272,6 +280,8 @@ ROWS: list[Row] = [
     Row("emulate-profile-unknown", ("emulate", "--profile", "nosuch"), C, "'nosuch'"),
     Row("emulate-thermistor-positions", ("emulate", "--pack", "{d}/two-ntc.yaml"), C,
         "board emu-23 has 6 thermistors, stack stack-1 places 2"),
+    Row("fw-pack-missing", ("emulate", "--firmware", "--pack", "{d}/nope.yaml"), C,
+        "bms emulate --firmware: {d}/nope.yaml: <file>"),
     # bms fit / replay / plot / accuracy: a data file that was read but cannot be used
     Row("fit-column-missing", ("fit", "--ocv", "{d}/cycler-no-current.csv", "--pulses",
                                "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,
@@ -412,6 +422,14 @@ ROWS: list[Row] = [
         "-o /proc/nope/run.mf4: folder /proc/nope does not exist"),
     Row("export-out-is-a-folder", ("export", "{d}/export-ok", "--to", "parquet", "-o", "{d}"),
         IO, "-o {d}: cannot write (Is a directory)"),
+    # bms emulate --firmware: the simulated MCU cannot be built or did not start
+    Row("fw-tools-missing", ("emulate", "--firmware"), B, "bms emulate --firmware: cannot build "
+        "the firmware and its simavr harness: missing Debian packages: make gcc-avr", "no-tools"),
+    Row("fw-elf-not-elf", ("emulate", "--firmware", "--elf", "{d}/a-file"), B,
+        "bms emulate --firmware: the simavr harness did not start: fw_harness: cannot read "
+        "{d}/a-file"),
+    Row("fw-elf-missing", ("emulate", "--firmware", "--elf", "{d}/nope.elf"), IO,
+        "bms emulate --firmware: --elf {d}/nope.elf: cannot read (No such file or directory)"),
     # ---- bms monitor (the cases with sockets and a running BMS: tests/test_monitor_cli.py)
     Row("monitor-no-bms", ("monitor", "{d}/none.sock"), IO,
         "{d}/none.sock: no BMS is running there (no such socket)"),
@@ -459,6 +477,7 @@ def _call(argv: list[str]) -> int:
 CALL_ROWS = [r for r in ROWS if r.how == "call"]
 PROC_ROWS = [r for r in ROWS if r.how == "proc"]
 BOARD_ROWS = [r for r in ROWS if r.how.startswith("board:")]
+NO_TOOLS_ROWS = [r for r in ROWS if r.how == "no-tools"]
 
 
 @pytest.mark.parametrize("row", CALL_ROWS, ids=[r.id for r in CALL_ROWS])
@@ -565,6 +584,15 @@ class FakeBoard:
 def _fields(msg: Info) -> dict:
     return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
 
+
+@pytest.mark.parametrize("row", NO_TOOLS_ROWS, ids=[r.id for r in NO_TOOLS_ROWS])
+def test_firmware_without_its_toolchain_is_one_line_exit_4(row: Row, tmp_path: Path) -> None:
+    """`bms emulate --firmware` on a machine without make, avr-gcc, gcc, pkg-config (here: a
+    PATH where none of them is): the packages to install, exit 4, no harness started."""
+    res = _bms(*row.argv, env=dict(os.environ, PATH=str(tmp_path)))
+    _check_lines(res.stderr, res.stdout, res.returncode, row, {})
+    assert "pkg-config gcc" in res.stderr and "tools/install-sysdeps.sh" in res.stderr
+    assert res.stdout == ""  # no pty path: nothing was served
 
 @pytest.mark.parametrize("row", BOARD_ROWS, ids=[r.id for r in BOARD_ROWS])
 def test_board_failure_is_one_line_exit_4_and_logged(row: Row, tmp_path: Path) -> None:
@@ -872,3 +900,5 @@ def test_every_row_is_in_the_table_with_its_exit_code() -> None:
     assert not missing, missing
     for r in ROWS:
         assert table[r.id][-1] == str(int(r.code)), (r.id, table[r.id])
+    from hil import firmware
+    assert firmware.EXIT_BOARD == ExitCode.BOARD
