@@ -250,3 +250,13 @@ def test_a_quiet_bms_shows_its_age(snaps) -> None:
         frame(snaps["ssb-4x23"], 80, 24)
     # Cheap enough for a 4 Hz redraw with room to spare (about 1 ms on this machine).
     assert (time.perf_counter() - start) / 20 < 0.05
+
+
+def test_contactor_outputs_by_name(snaps) -> None:
+    snap = snaps["ssb-4x23"]
+    head = plain(frame(snap, 80, 24)[0]).splitlines()[0]
+    assert snap["outputs"] == 0 and "contactors open" in head  # the faults opened them
+    for outputs, words in ((3, "closed POS+NEG"), (4, "closed PRECHARGE"),
+                           (6, "closed NEG+PRECHARGE")):
+        head = plain(frame(dict(snap, outputs=outputs), 80, 24)[0]).splitlines()[0]
+        assert words in head

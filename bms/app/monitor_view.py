@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hil.protocol import Outputs
+
 Segment = tuple[str, str]
 Line = list[Segment]
 
@@ -40,8 +42,9 @@ WIDE_BOUND_PCT = 5.0
 
 STATE_STYLE = {"CLOSED": "bold green", "PRECHARGE": "bold yellow", "OPENING": "bold yellow",
                "STANDBY": "bold", "FAULT": "bold white on red", "SAFE": "bold white on red"}
-#: SET_OUTPUTS bits (hil.protocol.Outputs; docs/protocol.md) by display name.
-OUTPUT_NAMES = ((1, "POS"), (2, "NEG"), (4, "PRECHARGE"))
+#: SET_OUTPUTS bits by display name, from their one definition (hil.protocol.Outputs;
+#: docs/protocol.md): POS, NEG, PRECHARGE.
+OUTPUT_NAMES = tuple((int(bit), str(bit.name).removeprefix("CONTACTOR_")) for bit in Outputs)
 
 
 @dataclass(frozen=True)
