@@ -11,6 +11,7 @@ rows are in tests/test_cli_errors.py (docs/errors.md); the protocol and abuse se
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,18 @@ def test_the_board_answers_inside_the_write() -> None:
             m = c.wait_measurement(seq)
             assert isinstance(m, Measurement) and m.timestamp_ms == 500
             assert m.status & Status.JUST_BOOTED and m.status & Status.SIM_CLOCK
+
+
+def test_tick_bench_over_both_transports(capsys: pytest.CaptureFixture[str]) -> None:
+    """bms bench --tick --transport both: the same controller over emu:// and over a pty, with
+    the ratio of the wall times (the figures of docs/architecture.md come from it)."""
+    from bms.app.bench_tick import main as tick_main
+
+    assert tick_main(["--pack", "ssb-23", "--transport", "both", "--duration", "5",
+                      "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["transport"] for r in records] == ["emu", "pty"]
+    for r in records:
+        assert r["ticks"] >= 50 and r["cpu_s"] > 0 and len(r["cpu_s_runs"]) == 1
+    with pytest.raises(SystemExit):  # the in-process board refuses the real clock
+        tick_main(["--transport", "emu", "--clock", "real"])
