@@ -339,6 +339,8 @@ class Controller:
         """One control cycle: the steps of docs/architecture.md, in the safety order."""
         wall0 = time.perf_counter()
         t = self.time_s = self._now()
+        if self.vehicle is not None and self._last is not None:
+            self._vehicle_frames()
         self._sample(t)
         valid, all_fresh = self._check_freshness(t)
         charge_a, discharge_a, protect_charge_a = self._power_limits(t)
@@ -351,8 +353,6 @@ class Controller:
         bal, charge_a, discharge_a, n_active = self._balance_and_derate(
             t, c_out, current_a, fault_latched, charge_a, discharge_a)
         self._command(t, c_out, int(c_out.state), bal, charge_a, discharge_a)
-        if self.vehicle is not None:
-            self._vehicle_frames(t, c_out, current_a, charge_a, discharge_a)
         self._record(t, wall0, c_out, current_a, charge_a, discharge_a, bal, n_active)
         self.tick_index += 1
         if t >= self._next_state_save_s:
@@ -541,10 +541,13 @@ class Controller:
             else:
                 self.request_reset()
 
-    def _vehicle_frames(self, t: float, c_out: ContactorOutput, current_a: float,
-                        charge_a: float, discharge_a: float) -> None:
-        """6a. The BMS's CAN frames due on this tick, after the boards' commands."""
-        assert self.vehicle is not None  # noqa: S101 (called only with a link)
+    def _vehicle_frames(self) -> None:
+        """0. The BMS's CAN frames due on this tick, first thing on its deadline, with the
+        last tick's values: their period is the tick's, not the tick's deadline plus its
+        varying work (measured: docs/can.md). A command changed in tick k shows on CAN at the
+        start of tick k + 1."""
+        assert self.vehicle is not None and self._last is not None  # noqa: S101
+        t, c_out, current_a, charge_a, discharge_a, _ = self._last
         table = self.table
         self.vehicle.send(self.tick_index, VehicleTick(
             state=int(c_out.state), outputs=int(c_out.outputs), close_wanted=self._close_wanted,
@@ -553,7 +556,7 @@ class Controller:
             pack_voltage_v=self._stack_v, bus_voltage_v=self._bus_v, charge_limit_a=charge_a,
             discharge_limit_a=discharge_a, cell_voltage_v=self._cell_v, soc=self._soc,
             stacks=self.stacks, faults=[r for r in table.records() if r.active or r.latched]),
-            t)
+            self.time_s)
 
     def _record(self, t: float, wall0: float, c_out: ContactorOutput, current_a: float,
                 charge_a: float, discharge_a: float, bal: Any, n_active: int) -> None:

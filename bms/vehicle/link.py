@@ -135,6 +135,8 @@ class VehicleLink:
                     f"{pack.path})")
             pages, build = self._builder(spec, n_cells, n_stacks, n_horizons)
             out.append(_Scheduled(spec, int(round(ticks)), pages, build))
+        # The short cycles first: a late frame costs them a larger share of their period.
+        out.sort(key=lambda item: item.cycle_ticks)
         return out
 
     def _builder(self, spec: FrameSpec, n_cells: int, n_stacks: int, n_horizons: int
