@@ -237,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Export a run log (ticks.csv, events.jsonl, summary.json) to ASAM MDF4 "
                     "(asammdf, CANape), Parquet (pyarrow, pandas) or a cleaned CSV: every "
                     "channel with its unit and comment, the events, the run's properties. "
-                    "Streams the run (memory does not grow with its length); a run killed "
-                    "mid-row or still running exports its complete lines.",
+                    "Reads the run in chunks, never whole; a run killed mid-row or still "
+                    "running exports its complete lines.",
         epilog="examples:\n"
                "  bms export runs/demo --to mf4                      # -> runs/demo/run.mf4\n"
                "  bms export runs/r1 --to parquet -o r1.parquet      # + r1.events.parquet\n"
