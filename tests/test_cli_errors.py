@@ -249,6 +249,14 @@ ROWS: list[Row] = [
         "--soc-errors '0.2,x': expected comma-separated numbers"),
     Row("accuracy-soc-errors-range", (*ACCURACY, "{d}/truth-ok", "--soc-errors", "1.5"), U,
         "--soc-errors 1.5: fractions in (-1, 1)"),
+    Row("bench-budget-nan", ("bench", "--budget-s", "nan"), U,
+        "bms bench: argument --budget-s: 'nan' is not a finite number of seconds > 0"),
+    Row("bench-sizes-text", ("bench", "--sizes", "23,x"), U,
+        "bms bench: argument --sizes: '23,x' is not comma-separated cell counts >= 1"),
+    Row("bench-tick-duration-negative", ("bench", "--tick", "--duration", "-1"), U,
+        "bms bench --tick: argument --duration: '-1' is not a finite number of seconds > 0"),
+    Row("bench-tick-tick-s-zero", ("bench", "--tick", "--tick-s", "0"), U,
+        "bms bench --tick: argument --tick-s: '0' is not a finite number of seconds > 0"),
     # ---- a file given to the run: pack file, board profile, scenario, state file (exit 3)
     Row("pack-missing", (*RUN, "--pack", "{d}/nope.yaml"), C, "nope.yaml"),
     Row("pack-value-out-of-range", (*RUN, "--pack", "{d}/range.yaml"), C, "controller.tick_s"),
@@ -282,6 +290,8 @@ ROWS: list[Row] = [
         "board emu-23 has 6 thermistors, stack stack-1 places 2"),
     Row("fw-pack-missing", ("emulate", "--firmware", "--pack", "{d}/nope.yaml"), C,
         "bms emulate --firmware: {d}/nope.yaml: <file>"),
+    Row("bench-tick-pack-unknown", ("bench", "--tick", "--pack", "nosuch", "--duration", "1"),
+        C, "bms bench: configuration error: nosuch: <pack>: 'nosuch' is invalid"),
     # bms fit / replay / plot / accuracy: a data file that was read but cannot be used
     Row("fit-column-missing", ("fit", "--ocv", "{d}/cycler-no-current.csv", "--pulses",
                                "{d}/cycler.csv", "-o", "{d}/fit.yaml"), C,

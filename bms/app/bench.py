@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bms.app.errors import Parser, positive_seconds
 from bms.core import Core, CoreParams, make_params
 from bms.reference import ReferenceCore
 from boards.config import load_pack
@@ -237,21 +238,33 @@ def ratios(records: list[dict]) -> list[str]:
     return lines
 
 
+def _cell_counts(text: str) -> tuple[int, ...]:
+    """argparse type of --sizes: comma-separated whole numbers >= 1."""
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated cell counts >= 1")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--tick" in argv:  # the whole control tick against emulated boards: bms/app/bench_tick.py
         from bms.app.bench_tick import main as tick_main
 
         return tick_main([a for a in argv if a != "--tick"])
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="bms bench", description=__doc__.splitlines()[0],
         epilog="examples:\n  bms bench\n  bms bench --json --sizes 23,2000\n"
         "  bms bench --tick            # whole control tick (see bms bench --tick --help)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print the records as JSON")
-    ap.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
-                    default=SIZES, help="comma-separated cell counts")
-    ap.add_argument("--budget-s", type=float, default=1.0, help="time per measurement")
+    ap.add_argument("--sizes", type=_cell_counts, default=SIZES,
+                    help="comma-separated cell counts")
+    ap.add_argument("--budget-s", type=positive_seconds, default=1.0,
+                    help="time per measurement")
     ap.add_argument("--no-filterpy", action="store_true",
                     help="skip the FilterPy reference (slow at large N)")
     ap.add_argument("--tick", action="store_true",

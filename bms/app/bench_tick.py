@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bms.app.emulators import start_emulators
+from bms.app.errors import Parser, positive_seconds
 from bms.app.realtime import current_policy, request_realtime
 from bms.controller import Controller
 from boards.config import PackConfig, load_pack
@@ -75,7 +76,7 @@ def run_tick_bench(pack: PackConfig, clock: str, duration_s: float, scenario: st
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="bms bench --tick",
         description="Time the whole control tick against emulated boards over ptys.",
         epilog="examples:\n  bms bench --tick                       # both packs, 1 h sim\n"
@@ -86,9 +87,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--pack", action="append", default=[],
                     help="pack(s) to run (default: ssb-23 and ssb-4x23)")
     ap.add_argument("--clock", choices=("sim", "real"), default="sim")
-    ap.add_argument("--duration", type=float, default=None,
+    ap.add_argument("--duration", type=positive_seconds, default=None,
                     help="controller seconds (default: 3600 sim, 60 real)")
-    ap.add_argument("--tick-s", type=float, default=None,
+    ap.add_argument("--tick-s", type=positive_seconds, default=None,
                     help="override the pack's tick (e.g. 0.01 for 100 Hz)")
     ap.add_argument("--scenario", default="udds", help="emulator scenario (default udds)")
     ap.add_argument("--no-log", action="store_true", help="run without the run log")
