@@ -1,8 +1,10 @@
 """The vehicle side across processes (issue 12 item 1): ``bms run --can`` (a self-started
 emulated board, real clock) in one process and ``bms vcu`` in another, on a transport that
 needs no root and no kernel module: python-can's ``serial`` backend on two ptys linked by
-tools/can_pty_relay.py (loopback inside this machine, no network address). Where a ``vcan0``
-exists the same test runs on ``socketcan`` too (python-can's way: one test, every backend).
+tools/can_pty_relay.py (loopback inside this machine, no network address), and the same with
+python-can's ``slcan`` backend (the Lawicel ASCII protocol of USB-CAN adapters) on both ends.
+Where a ``vcan0`` exists the same test runs on ``socketcan`` too (python-can's way: one test,
+every backend).
 The VCU's frames are checked and decoded here by cantools from the DBC (tests/can_vcu.py), not
 by the project's code; the CAN log of the run is read back by python-can's BLF reader.
 
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.slow  # real clock, three processes: about 10-15 s
 HAS_VCAN = Path("/sys/class/net/vcan0").exists()
 
 
-@pytest.fixture(params=["serial", "socketcan"])
+@pytest.fixture(params=["serial", "slcan", "socketcan"])
 def channels(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """The BMS's and the VCU's INTERFACE:CHANNEL."""
     if request.param == "socketcan":
@@ -44,8 +46,8 @@ def channels(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
                         "and the vcan kernel module)")
         yield "socketcan:vcan0", "socketcan:vcan0"
         return
-    with PtyRelay() as relay:
-        yield f"serial:{relay.paths[0]}", f"serial:{relay.paths[1]}"
+    with PtyRelay() as relay:  # serial: python-can's own framing; slcan: the Lawicel ASCII
+        yield f"{request.param}:{relay.paths[0]}", f"{request.param}:{relay.paths[1]}"
         assert relay.bytes_dropped == 0
 
 
