@@ -124,3 +124,19 @@ def test_a_dbc_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
         Codec(junk)
     with pytest.raises(DbcError, match="no frame BMS_Nope"):
         Codec().frame("BMS_Nope")
+
+
+def test_a_dbc_whose_signals_this_bms_does_not_fill_is_refused_at_start(tmp_path: Path) -> None:
+    import can
+
+    from bms.vehicle.link import VehicleLink, VehicleLinkError
+
+    bad = tmp_path / "renamed.dbc"
+    bad.write_text(DBC_PATH.read_text().replace(" PackVoltage ", " PackVolts "))
+    bus = can.Bus(interface="virtual", channel=f"dbc-{tmp_path.name}")
+    try:
+        with pytest.raises(VehicleLinkError, match=r"frame BMS_Pack page 0: its signals are "
+                                                   r"not the ones this BMS fills"):
+            VehicleLink(bus, PACKS[1], codec=Codec(bad))
+    finally:
+        bus.shutdown()

@@ -257,6 +257,11 @@ def check_usage(args: argparse.Namespace, pack: Any) -> None:
     if args.can:
         parse_spec(args.can, "--can")
         check_log_path(args.can_log)
+        if (args.clock or ("real" if args.port else "sim")) != "real":
+            # The vehicle's heartbeat and cycles run on wall time; a sim-clock run goes
+            # hundreds of times faster and would see the vehicle lost at once.
+            raise UsageError("--can needs --clock real (the vehicle runs on wall time)",
+                             "add --clock real (emulated boards follow it)")
     if args.lockstep and clock != "sim":
         raise UsageError("--lockstep applies to the sim clock only",
                          "drop --lockstep, or pass --clock sim")

@@ -27,9 +27,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import can
+import cantools
 import numpy as np
 
 from bms.contactors import CONTACTOR_NEG, CONTACTOR_POS, PRECHARGE
@@ -112,6 +114,7 @@ class VehicleLink:
                        "bad_checksum": 0, "bad_counter": 0, "repeated_counter": 0,
                        "error_frames": 0, "bus_errors": 0, "log_errors": 0,
                        "requests": 0, "requests_refused": 0, "heartbeats": 0}
+        self._check_frames()
 
     def attach(self, table: FaultTable, event: Callable[[dict[str, Any]], None] | None) -> None:
         """The controller's fault table and run-log event sink."""
@@ -163,6 +166,31 @@ class VehicleLink:
             return pages, self._cells_builder(spec, kind, layout, n_cells)
         raise VehicleLinkError(f"{self.codec.path}: frame {name} is sent by BMS but this "
                                "version does not fill it")
+
+    def _check_frames(self) -> None:
+        """Encode every page once with no data (all SNA) and decode a request: a DBC whose
+        signals are not the ones this code fills is refused here, naming the frame, not in
+        a tick."""
+        stacks = [SimpleNamespace(data=None, out=None, stack_voltage_v=math.nan,
+                                  cells=slice(0, 0)) for _ in self.pack.stacks]
+        nan = np.full(len(self._cell_of), np.nan)
+        v = VehicleTick(state=0, outputs=0, close_wanted=False, fault_latched=False,
+                        critical_latched=False, warning_active=False, current_a=math.nan,
+                        pack_voltage_v=math.nan, bus_voltage_v=math.nan,
+                        charge_limit_a=math.nan, discharge_limit_a=math.nan,
+                        cell_voltage_v=nan, soc=nan, stacks=stacks, faults=[])
+        for item in self._schedule:
+            for page in range(item.pages):
+                try:
+                    self.codec.encode(item.spec, 0, item.build(v, page))
+                except (KeyError, ValueError, cantools.database.Error) as exc:
+                    raise VehicleLinkError(f"{self.codec.path}: frame {item.spec.name} page "
+                                           f"{page}: its signals are not the ones this BMS "
+                                           f"fills ({type(exc).__name__}: {exc})") from None
+        names = {s.name for s in self._request_spec.message.signals}
+        if "StateRequest" not in names:
+            raise VehicleLinkError(f"{self.codec.path}: frame VCU_Request has no signal "
+                                   "StateRequest")
 
     def _fits(self, spec: FrameSpec, need: int, have: int, what: str) -> int:
         if need > have:
