@@ -37,7 +37,7 @@ def _run(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
-@pytest.mark.parametrize(("pack", "duration_s"), [("ssb-23", 240.0), ("ssb-4x23", 60.0)])
+@pytest.mark.parametrize(("pack", "duration_s"), [("ssb-23", 150.0), ("ssb-4x23", 60.0)])
 def test_bms_run_over_emu_is_the_pty_run(pack: str, duration_s: float, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     seed = 4
@@ -133,3 +133,39 @@ def test_tick_bench_over_both_transports(capsys: pytest.CaptureFixture[str]) -> 
         assert r["ticks"] >= 50 and r["cpu_s"] > 0 and len(r["cpu_s_runs"]) == 1
     with pytest.raises(SystemExit):  # the in-process board refuses the real clock
         tick_main(["--transport", "emu", "--clock", "real"])
+
+
+LINK_FAULTS = """schema: ssb-bms/scenario/1
+name: link-faults
+initial: {soc: 0.8, temperature_c: 25.0}
+segments:
+  - {kind: drive, csv: udds-current.csv}
+faults:
+  - {at_s: 20, fault: LINK_DROP, value: 0.3}
+  - {at_s: 21, fault: LINK_DROP, clear: true}
+  - {at_s: 30, fault: LINK_SILENCE, value: 0.15}
+  - {at_s: 40, fault: REBOOT}
+  - {at_s: 50, fault: LINK_CORRUPT, value: 0.004}
+  - {at_s: 52, fault: LINK_CORRUPT, clear: true}
+"""
+
+
+@pytest.mark.slow
+def test_link_faults_give_the_same_run_over_emu_and_pty(tmp_path: Path) -> None:
+    """Dropped, silent, rebooted and corrupted replies: the host's timeouts and retries, the
+    board's reset and the CRC errors land on the same ticks either way (a reply that never
+    comes costs the timeout in wall time on both)."""
+    scenario = tmp_path / "link-faults.yaml"
+    scenario.write_text(LINK_FAULTS)
+    common = [*RUN, "--duration", "55"]
+    pty_log, emu_log = tmp_path / "pty", tmp_path / "emu"
+    assert _run([*common, "--scenario", str(scenario), "--seed", "2", "--log", str(pty_log)]) == 0
+    assert _run([*common, "--port", emu_url("ssb-23", 0, seed=2, scenario=scenario),
+                 "--log", str(emu_log)]) == 0
+    res = subprocess.run([sys.executable, str(COMPARE), str(pty_log), str(emu_log)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("identical"), res.stdout
+    summary = json.loads((emu_log / "summary.json").read_text())
+    board = summary["run"]["boards"][0] if "run" in summary else summary["boards"][0]
+    link = board["link"]
+    assert link["crc_errors"] + link.get("cobs_errors", 0) > 0 and link["timeouts"] > 0, link
