@@ -18,6 +18,7 @@ import pytest
 asammdf = pytest.importorskip("asammdf")
 pq = pytest.importorskip("pyarrow.parquet")
 
+import bms.app.export.parquet as parquet_export  # noqa: E402
 from bms.app.export import export_run, main  # noqa: E402
 from bms.app.export.channels import STATE_TEXTS, describe, is_described, unit_of  # noqa: E402
 from bms.app.export.reader import TickLines  # noqa: E402
@@ -92,10 +93,12 @@ def test_mf4_reads_back_with_units_comments_states_and_events(run_dir: Path,
         mdf.close()
 
 
-def test_parquet_schema_units_values_row_groups_and_events(run_dir: Path,
-                                                           tmp_path: Path) -> None:
+def test_parquet_schema_units_values_row_groups_and_events(run_dir: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
     ticks = load_ticks(run_dir)
     out = tmp_path / "r.parquet"
+    # row groups of 48 rows' values (438 columns), read in chunks of 16: 3 chunks per group
+    monkeypatch.setattr(parquet_export, "ROW_GROUP_BYTES", 48 * 438 * 8)
     res = export_run(run_dir, "parquet", out, chunk_rows=16)
     assert res.files == [out, tmp_path / "r.events.parquet"]
     f = pq.ParquetFile(out)
@@ -116,10 +119,10 @@ def test_parquet_schema_units_values_row_groups_and_events(run_dir: Path,
     assert run_meta["pack"] == "ssb-4x23" and run_meta["clock"] == "sim"
     export = json.loads(f.metadata.metadata[b"ssb_bms.export"])
     assert export["rows"] == str(len(ticks["time_s"]))
-    # one row group per chunk: the writer got the run 16 rows at a time, never whole
+    # buffered chunks make the row groups: 48 rows each, the rest in the last
     sizes = [f.metadata.row_group(k).num_rows for k in range(f.metadata.num_row_groups)]
     n = len(ticks["time_s"])
-    assert sizes == [16] * (n // 16) + ([n % 16] if n % 16 else [])
+    assert sizes == [48] * (n // 48) + ([n % 48] if n % 48 else [])
     events = pq.read_table(tmp_path / "r.events.parquet").to_pylist()
     assert [json.loads(e["event"]) for e in events] == load_events(run_dir)
     assert [e["type"] for e in events] == [e["type"] for e in load_events(run_dir)]
