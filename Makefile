@@ -22,7 +22,7 @@ sysdeps:
 $(STAMP): pyproject.toml setup.py $(CSRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test,bench,plot,can,export,monitor]'
+	$(PIP) install --quiet -e '.[test,bench,plot,can,export,monitor,campaign]'
 	touch $(STAMP)
 
 venv: $(STAMP)
