@@ -19,6 +19,8 @@ from bms.core import make_params
 from bms.protections import LoadCellBaseline
 from bms.reference import ReferenceCore
 from bms.runlog import load_events, load_ticks
+from bms.statefile import StackCommissioning, StateFileError, _digest, encode, write
+from bms.statefile import load as load_state
 from boards.config import load_board, load_pack
 from hil.emulator.plant import Plant
 
@@ -183,3 +185,37 @@ def test_expected_pressure_follows_the_stiffening_fixture(seed: int) -> None:
         worst_linear = max(worst_linear, truth.pressure_kpa - linear.expected_pressure())
     print(f"seed {seed}: worst |model - plant| {worst_new:.1f} kPa, linear {worst_linear:.1f}")
     assert worst_new < 20.0 < 50.0 < worst_linear
+
+
+def test_state_file_keeps_the_commissioning_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    """encode/write/load round trip of the commissioning record; a non-positive share or a
+    record per stack that does not match the pack is a one-line StateFileError (the file is
+    refused, as any state file that cannot be used)."""
+    pack = load_pack("ssb-23")
+    rec = StackCommissioning(name="stack-1", recorded_utc="2026-12-07T18:00:00+00:00",
+                             source="runs/x", load_cell_shares=[1.03, 0.97, 1.01, 0.99],
+                             load_cell_offsets_kpa=[1.0, -1.0, 0.5, -0.5], preload_kpa=1004.0,
+                             stiffness_kpa_per_um=0.126)
+    path = tmp_path / "s.json"
+    write(path, encode(pack, [None], [], 0.0, "commission", 1.8e9, [rec]))
+    got = load_state(path, pack)
+    assert got is not None and got.commissioning == [rec]
+    older = tmp_path / "older.json"  # a file written before commissioning existed
+    write(older, encode(pack, [None], [], 0.0, "stop", 1.8e9))
+    assert load_state(older, pack).commissioning == []
+
+    def tampered(**change: object) -> Path:
+        doc = json.loads(path.read_text())
+        doc.pop("sha256")
+        doc["commissioning"][0].update(change)
+        bad = tmp_path / "bad.json"
+        doc["sha256"] = _digest(doc)
+        bad.write_text(json.dumps(doc))
+        return bad
+
+    with pytest.raises(StateFileError, match="load_cell_shares .* are not positive"):
+        load_state(tampered(load_cell_shares=[1.0, -0.1, 1.0, 1.1]), pack)
+    with pytest.raises(StateFileError, match="unknown key"):
+        load_state(tampered(preload=1.0), pack)
+    with pytest.raises(StateFileError, match="preload_kpa -5.0 is not a positive number"):
+        load_state(tampered(preload_kpa=-5.0), pack)

@@ -145,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--state", type=Path, default=None, metavar="FILE",
                     help="keep the estimator state (SOC, sigma, SOH, leak) and latched faults "
                     "in FILE: restored at start (blended with the OCV by the rest time), "
-                    "written every 60 s and on stop, atomically. A file that cannot be read "
-                    "or is of another pack is refused (exit 2), never overwritten")
+                    "written every 60 s and on stop, atomically; with the fixture baseline "
+                    "`bms commission` recorded in it, used from the first tick. A file that "
+                    "cannot be read or is of another pack is refused (exit 3), never "
+                    "overwritten")
     ap.add_argument("--can", default=None, metavar="INTERFACE:CHANNEL",
                     help="talk to the vehicle over CAN (python-can backend by name: socketcan, "
                     "pcan, kvaser, slcan, serial, virtual, ...): the frames of "
