@@ -47,6 +47,7 @@ class Player:
         self.status: list[tuple[float, dict]] = []
         self.last_beat = 0.0
         self.record = False
+        self.steady_wall = (0.0, 0.0)
 
     def step(self, until: float) -> None:
         """Send on the 100 ms cycle and receive until monotonic time ``until``."""
@@ -117,7 +118,8 @@ def main() -> int:
         run = subprocess.Popen(
             [sys.executable, "-m", "bms", "run", "--pack", args.pack, "--clock", "real",
              "--duration", str(total), "--can", f"serial:{relay_paths[0]}", "--no-monitor",
-             "--quiet", "--json", "--log", str(log)], cwd=ROOT, stdout=subprocess.PIPE,
+             "--quiet", "--json", "--log", str(log), "--can-log", str(args.out / "can.blf")],
+            cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         bus = open_bus(f"serial:{relay_paths[1]}", "channel")
         p = Player(bus)
@@ -125,8 +127,10 @@ def main() -> int:
             p.wait_status(_closed, 120.0)
             print(f"closed; steady part {args.duration:g} s", file=sys.stderr, flush=True)
             p.record = True
+            w0 = time.time()
             p.step(time.monotonic() + args.duration)
             p.record = False
+            p.steady_wall = (w0, time.time())
             open_e2e, loss_e2e = [], []
             for k in range(args.trials):
                 p.request = 2
@@ -157,26 +161,25 @@ def main() -> int:
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=10)
     summary = json.loads(out[out.index("{"):])
-    report = analyse(p, log, summary, open_e2e, loss_e2e)
+    report = analyse(p, log, summary, open_e2e, loss_e2e, args.out / "can.blf")
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
 
 
-def analyse(p: Player, log: Path, summary: dict, open_e2e: list[float],
-            loss_e2e: list[float]) -> dict:
-    codec = p.v.codec
-    frames = {}
-    for (fid, _page), ts in sorted(p.rx.items()):
+def periods(codec: object, rx: dict[tuple[int, int], list[float]]) -> dict:
+    """Per frame: the period error |period - cycle| / cycle over its pages."""
+    frames: dict = {}
+    for (fid, _page), ts in sorted(rx.items()):
         spec = codec.by_id[fid]
         if len(ts) < 3:
             continue
-        periods = np.diff(np.asarray(ts))
-        err = np.abs(periods - spec.cycle_s)
+        dts = np.diff(np.asarray(ts))
+        err = np.abs(dts - spec.cycle_s)
         row = frames.setdefault(spec.name, {"cycle_ms": spec.cycle_s * 1000, "pages": 0,
                                             "periods": 0, "err": []})
         row["pages"] += 1
-        row["periods"] += len(periods)
+        row["periods"] += len(dts)
         row["err"].append(err / spec.cycle_s)
     for row in frames.values():
         e = np.concatenate(row.pop("err"))
@@ -184,6 +187,33 @@ def analyse(p: Player, log: Path, summary: dict, open_e2e: list[float],
         row["jitter_p99_pct"] = round(float(np.percentile(e, 99)) * 100, 2)
         row["jitter_max_pct"] = round(float(e.max()) * 100, 2)
         row["within_10pct"] = round(float(np.mean(e <= 0.10)), 5)
+    return frames
+
+
+def sent_times(codec: object, blf: Path, t_from: float, t_to: float
+               ) -> dict[tuple[int, int], list[float]]:
+    """The BMS's own send times (its CAN log) of the steady part, by frame and page."""
+    import can
+
+    out: dict[tuple[int, int], list[float]] = {}
+    for msg in can.BLFReader(str(blf)):
+        if msg.is_rx or not t_from <= msg.timestamp <= t_to:
+            continue
+        spec = codec.by_id.get(msg.arbitration_id)  # type: ignore[attr-defined]
+        if spec is None or spec.message.senders != ["BMS"]:
+            continue
+        page = 0
+        if spec.mux_signal:
+            page = int(codec.decode(spec, msg.data)[spec.mux_signal])  # type: ignore[attr-defined]
+        out.setdefault((msg.arbitration_id, page), []).append(msg.timestamp)
+    return out
+
+
+def analyse(p: Player, log: Path, summary: dict, open_e2e: list[float],
+            loss_e2e: list[float], blf: Path) -> dict:
+    codec = p.v.codec
+    frames = periods(codec, p.rx)
+    sent = periods(codec, sent_times(codec, blf, p.steady_wall[0], p.steady_wall[1]))
     events = [json.loads(x) for x in (log / "events.jsonl").read_text().splitlines()]
     tick_s = load_pack(summary["pack"]).controller.tick_s
     closed_bits = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG)
@@ -204,7 +234,7 @@ def analyse(p: Player, log: Path, summary: dict, open_e2e: list[float],
         "pack": summary["pack"], "ticks": summary["ticks"],
         "missed_deadlines": summary["missed_deadlines"],
         "tick_latency_ms": summary["tick_latency_ms"], "vehicle": summary.get("vehicle"),
-        "vcu_counts": p.v.counts, "frames": frames,
+        "vcu_counts": p.v.counts, "frames_at_receiver": frames, "frames_at_sender": sent,
         "open_request_ticks_after_receipt": open_ticks,
         "open_request_e2e_ms": [round(x * 1000, 1) for x in open_e2e],
         "heartbeat_lost_silence_s": [round(e["value"], 3) for e in lost],
