@@ -128,6 +128,14 @@ FILES.update({
 })
 
 
+# bms campaign specs: an unknown top-level key (seed for seeds), an unknown emulator fault.
+_CAMPAIGN = b"schema: ssb-bms/campaign/1\nduration_s: 20\nscenarios: [udds]\n"
+FILES.update({
+    "campaign-typo.yaml": _CAMPAIGN + b"seed: [1]\n",
+    "campaign-fault.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n  - {name: x, fault: VTAP_OPN}\n",
+})
+
+
 @dataclass(frozen=True)
 class Row:
     """One user mistake: the command (``{d}`` is the test's folder), the exit code, what the
@@ -257,6 +265,23 @@ ROWS: list[Row] = [
         "bms bench --tick: argument --duration: '-1' is not a finite number of seconds > 0"),
     Row("bench-tick-tick-s-zero", ("bench", "--tick", "--tick-s", "0"), U,
         "bms bench --tick: argument --tick-s: '0' is not a finite number of seconds > 0"),
+    Row("campaign-workers-zero", ("campaign", "reliability", "--workers", "0"), U,
+        "bms campaign: argument --workers: '0' is not a whole number >= 1"),
+    Row("campaign-executor-unknown", ("campaign", "reliability", "--executor", "ray"), U,
+        "--executor ray: not one of local, dask, dask://HOST:PORT"),
+    Row("campaign-executor-no-port", ("campaign", "reliability", "--executor", "dask://host"),
+        U, "--executor dask://host: give the scheduler as dask://HOST:PORT"),
+    Row("campaign-unknown", ("campaign", "nosuch"), C,
+        "nosuch: <spec>: no such file and not a built-in campaign; built-ins: estimation, "
+        "faults, reliability"),
+    Row("campaign-key-typo", ("campaign", "{d}/campaign-typo.yaml"), C,
+        "campaign-typo.yaml: seed: unknown key; did you mean 'seeds'?"),
+    Row("campaign-fault-unknown", ("campaign", "{d}/campaign-fault.yaml"), C,
+        "faults[0].fault: 'VTAP_OPN' is not an emulator fault; did you mean 'VTAP_OPEN'?"),
+    Row("campaign-spec-missing", ("campaign", "{d}/nope.yaml"), IO,
+        "{d}/nope.yaml: cannot be read: No such file or directory"),
+    Row("campaign-out-unwritable", ("campaign", "reliability", "--out", "{d}/cycler.csv/x"),
+        IO, "--out {d}/cycler.csv/x: cannot be written"),
     # ---- a file given to the run: pack file, board profile, scenario, state file (exit 3)
     Row("pack-missing", (*RUN, "--pack", "{d}/nope.yaml"), C, "nope.yaml"),
     Row("pack-value-out-of-range", (*RUN, "--pack", "{d}/range.yaml"), C, "controller.tick_s"),

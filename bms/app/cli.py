@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "files into a pack file, with a fit report"),
     "vcu": ("bms.app.vcu", "play the vehicle controller on CAN against bms run --can "
             "(requests, heartbeat, the BMS's frames decoded from the DBC)"),
+    "campaign": ("bms.app.campaign.cli", "fault matrices and Monte-Carlo sweeps of emulated "
+                 "packs on a local pool or Dask: one table and a report"),
     "accuracy": ("bms.app.accuracy", "SOC accuracy benchmark on PyBaMM truth: fit each cell "
                  "with bms fit, replay its drive cycles, score against the truth"),
 }

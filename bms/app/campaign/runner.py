@@ -1,0 +1,305 @@
+"""One campaign run: an emulated pack over ``emu://`` ports in the sim clock, through the real
+controller, codec and client, scored from its own log and the emulator's truth.
+
+:func:`run_task` is what an executor runs: it starts ``python -m bms.app.campaign.runner`` as a
+child process (a run that hangs is killed at its timeout, one that crashes, even in C, takes
+only its child down) and returns the result row; :func:`execute` is the child's work.
+
+The run: the scenario file with the run's fault injections and ambient temperature added
+(written into the run's folder), one ``emu://`` URL per stack (seed = the run's plant seed +
+stack, as ``bms run --seed``), the controller asked to close at the start and run for
+``duration_s``, then opened as ``bms run`` ends (a welded contactor shows there; the final
+state is the one before). An initial SOC error: once a stack's estimator has started (its first
+measurement), it is restarted at the scenario's initial SOC + the error, with the pack's
+``initial_soc_sigma`` (a wrong saved state, or no OCV start); ``null`` keeps the controller's
+own cold start from the OCV.
+
+Scoring (bms.app.evaluate, as ``bms demo``): SOC RMSE, max error and 3-sigma coverage after
+evaluate.CONVERGENCE_S (stack 0's cells against its truth), each injected fault detected or not
+by one of its expected codes (cell codes must name the injected cell), by which code, its
+latency from the injection; the other codes raised after it (its consequences); every warning
+and fault of a healthy run, and those of a faulted run before its injection (false alarms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bms.app.campaign.spec import NO_FAULT, FaultSpec, RunSpec
+
+RESULT_MARK = "CAMPAIGN-RESULT "
+
+#: The BMS codes that count as detecting each emulator fault when the spec names none
+#: (bms.app.evaluate.DETECTED_BY for the faults ``bms demo`` scores, and the link, board,
+#: current and contactor faults that the controller diagnoses: docs/safety.md).
+DEFAULT_EXPECT: dict[str, tuple[str, ...]] = {
+    "LOADCELL_OFFSET": ("LOAD_CELL_IMBALANCE",),
+    "CURRENT_OFFSET": ("CURRENT_SENSOR",),
+    "COOLANT_LOSS": ("CELL_OVERTEMPERATURE_DISCHARGE", "CELL_OVERTEMPERATURE_CHARGE"),
+    "CELL_HEAT": ("CELL_OVERTEMPERATURE_DISCHARGE", "CELL_OVERTEMPERATURE_CHARGE"),
+    "AMBIENT_TEMP": ("CELL_OVERTEMPERATURE_DISCHARGE", "CELL_OVERTEMPERATURE_CHARGE",
+                     "CELL_UNDERTEMPERATURE_DISCHARGE", "CELL_UNDERTEMPERATURE_CHARGE"),
+    "VTAP_OFFSET": ("CELL_OVERVOLTAGE", "CELL_UNDERVOLTAGE", "CELL_VOLTAGE_IMPLAUSIBLE"),
+    "LINK_DROP": ("MEASUREMENT_LATE", "MEASUREMENT_LOST", "BOARD_LOST"),
+    "LINK_CORRUPT": ("MEASUREMENT_LATE", "MEASUREMENT_LOST", "BOARD_LOST"),
+    "LINK_SILENCE": ("MEASUREMENT_LOST",),
+    "REBOOT": ("BOARD_RESET",),
+    "PRECHARGE_FAIL": ("PRECHARGE_FAILURE",),
+    "CONTACTOR_WELD": ("CONTACTOR_FEEDBACK_MISMATCH",),
+    "LOAD_CURRENT": ("CHARGE_OVERCURRENT", "DISCHARGE_OVERCURRENT"),
+}
+# Faults whose codes name the injected cell (temperature codes name a thermistor, pressure
+# codes none): a raise on another cell does not count.
+_CELL_FAULTS = {"CELL_SOFT_SHORT", "VTAP_OPEN", "VTAP_OFFSET"}
+
+
+def expected_codes(fault: FaultSpec) -> tuple[str, ...]:
+    from bms.app.evaluate import DETECTED_BY
+    return fault.expect or DETECTED_BY.get(fault.fault) or DEFAULT_EXPECT.get(fault.fault, ())
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_task(run: dict[str, Any], key: str, out_dir: str, timeout_s: float,
+             keep_logs: bool) -> dict[str, Any]:
+    """Run one campaign run in a child process (what an executor's worker calls): the result
+    row, with status ``ok``, ``error`` (its message and traceback) or ``timeout`` (killed)."""
+    run_dir = Path(out_dir) / "runs" / key
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a run interrupted before: start it over
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
+    wall0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "bms.app.campaign.runner", str(run_dir / "run.json")]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    row: dict[str, Any]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                              check=False)
+        line = next((ln for ln in reversed(proc.stdout.splitlines())
+                     if ln.startswith(RESULT_MARK)), None)
+        if line is not None:
+            row = json.loads(line[len(RESULT_MARK):])
+        else:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-20:]
+            row = _failed(run, "error", f"the run's process ended with code {proc.returncode} "
+                          "and no result", "\n".join(tail))
+    except subprocess.TimeoutExpired:
+        row = _failed(run, "timeout", f"no result after {timeout_s:g} s wall: killed", "")
+    row["wall_s"] = time.perf_counter() - wall0
+    row["key"] = key
+    if not keep_logs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
+def _failed(run: dict[str, Any], status: str, error: str, tb: str) -> dict[str, Any]:
+    return {**describe(run), "status": status, "error": error, "traceback": tb}
+
+
+def describe(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's axes as table columns."""
+    fault = run.get("fault")
+    return {"scenario": Path(run["scenario"]).stem, "seed": run["seed"],
+            "fault": fault["name"] if fault else NO_FAULT,
+            "injected": fault["fault"] if fault else "",
+            "soc_error": run["soc_error"], "ambient_c": run["ambient_c"],
+            "duration_s": run["duration_s"], "pack": Path(run["pack"]).stem,
+            "overrides": run["overrides"]}
+
+
+def run_from_dict(d: dict[str, Any]) -> RunSpec:
+    fault = d.get("fault")
+    f = None if fault is None else FaultSpec(**{**fault, "targets": tuple(fault["targets"]),
+                                                "expect": tuple(fault["expect"])})
+    return RunSpec(**{**d, "fault": f})
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def write_scenario(run: RunSpec, run_dir: Path) -> Path:
+    """The run's scenario: its file with the run's injections and ambient added."""
+    data = yaml.safe_load(Path(run.scenario).read_text(encoding="utf-8"))
+    base = Path(run.scenario).parent
+    for seg in data.get("segments", []):
+        if isinstance(seg, dict) and "csv" in seg and (base / seg["csv"]).exists():
+            seg["csv"] = str((base / seg["csv"]).resolve())  # beside the original file
+    faults = list(data.get("faults") or [])
+    f = run.fault
+    if f is not None:
+        for t in f.targets:
+            faults.append({"at_s": f.at_s, "fault": f.fault, "target": t, "value": f.value})
+            if f.clear_at_s is not None:
+                faults.append({"at_s": f.clear_at_s, "fault": f.fault, "target": t,
+                               "clear": True})
+    data["faults"] = faults
+    data["ambient"] = [{"at_s": 0.0, "temperature_c": run.ambient_c}]
+    data.setdefault("initial", {})["temperature_c"] = run.ambient_c
+    data["name"] = f"{data.get('name', 'scenario')}+{run.fault_name}"
+    path = run_dir / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def pack_file(run: RunSpec, run_dir: Path) -> str:
+    """The pack: its name or file, or a file of the overrides over it."""
+    overrides = json.loads(run.overrides)
+    if not overrides:
+        return run.pack
+    path = run_dir / "pack.yaml"
+    path.write_text(yaml.safe_dump({"base": run.pack, **overrides}, sort_keys=False),
+                    encoding="utf-8")
+    return str(path)
+
+
+class _SocStart:
+    """on_tick: restart each stack's estimator at true SOC + error once it has started."""
+
+    def __init__(self, soc_error: float | None, true_soc: float, sigma: float) -> None:
+        self.error, self.true_soc, self.sigma = soc_error, true_soc, sigma
+        self.done: set[int] = set()
+
+    def __call__(self, c: Any) -> None:
+        if self.error is None:
+            return
+        for s in c.stacks:
+            if s.estimator_started and s.index not in self.done:
+                self.done.add(s.index)
+                soc0 = min(1.0, max(0.0, self.true_soc + self.error))
+                s.core.reset(soc0, soc_sigma0=self.sigma)
+
+
+def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """The child's work: run, then score. Raises on a run that cannot be made or fails."""
+    from bms.app.evaluate import evaluate
+    from bms.app.run import final_open
+    from bms.controller import Controller, SafetyDataLostError
+    from boards.config import load_pack
+    from hil.emulator.protocol_emu import emu_url, register
+    from hil.emulator.scenario import load_scenario
+
+    register()
+    pack_ref = pack_file(run, run_dir)
+    pack = load_pack(pack_ref)
+    scenario_path = write_scenario(run, run_dir)
+    scenario = load_scenario(scenario_path)
+    tick_s = pack.controller.tick_s
+    every = max(1, int(round(1.0 / tick_s)))
+    seed = run.plant_seed
+    urls = [emu_url(pack_ref, k, seed=seed + k, scenario=str(scenario_path),
+                    truth=str(run_dir / f"truth_{k}.csv"), truth_every=every)
+            for k in range(len(pack.stacks))]
+    log_dir = run_dir / "log"
+    c = Controller(pack, urls, clock="sim", log_dir=log_dir,
+                   meta={"command": "campaign", "run": run.as_dict()})
+    boards: list[Any] = []
+    start = _SocStart(run.soc_error, scenario.initial_soc if scenario.initial_soc is not None
+                      else 0.5, pack.estimator.initial_soc_sigma)
+    try:
+        c.open()
+        boards = [_emulated_board(s) for s in c.stacks]
+        c.request_close()
+        try:
+            c.run(run.duration_s, on_tick=start)
+            state = c.contactors.state.name
+            final_open(c)  # as bms run ends: a welded contactor shows here
+        except SafetyDataLostError:
+            # the pack's on_board_lost: stop, the BMS's own decision (contactors commanded
+            # open): the run's outcome, scored like any other
+            state = "STOPPED"
+    finally:
+        summary = c.close()
+    summary["state"] = state
+    errors = [e for b in boards if b is not None for e in b.counters.scenario_errors]
+    if errors:
+        raise RuntimeError(f"the emulator refused the scenario: {errors[0]}")
+    report = evaluate(log_dir, run_dir / "truth_0.csv", scenario, tick_s)
+    return score(run, report, summary, log_dir)
+
+
+def _emulated_board(stack: Any) -> Any:
+    """The EmulatedBoard behind an emu:// port (its scenario errors are read after the run)."""
+    ser = getattr(getattr(stack.io.client, "link", None), "_ser", None)
+    return getattr(ser, "board", None)
+
+
+def score(run: RunSpec, report: dict[str, Any], summary: dict[str, Any],
+          log_dir: Path) -> dict[str, Any]:
+    from bms.runlog import load_events
+
+    soc = report.get("soc") or {}
+    row: dict[str, Any] = {**describe(run.as_dict()), "status": "ok", "error": "",
+                           "traceback": "", "plant_seed": run.plant_seed,
+                           "sim_s": summary["time_s"], "final_state": summary["state"],
+                           "soc_rmse_pct": soc.get("rmse_pct"),
+                           "soc_max_err_pct": soc.get("max_abs_pct"),
+                           "soc_cover_3sigma_pct": soc.get("within_3sigma_pct")}
+    expect = set(expected_codes(run.fault)) if run.fault else set()
+    f = run.fault
+    raised = [e for e in load_events(log_dir)
+              if e.get("type") == "fault" and e.get("event") == "raise"]
+    hits = []
+    if f is not None:
+        cells = set(f.targets) if f.fault in _CELL_FAULTS else None
+        hits = [e for e in raised if e.get("name") in expect and e["time_s"] >= f.at_s - 1e-9
+                and (cells is None or e.get("cell") is None or e.get("cell") in cells)]
+    first = min(hits, key=lambda e: e["time_s"], default=None)
+    severe = min((e for e in hits if e.get("severity") in ("fault", "critical")),
+                 key=lambda e: e["time_s"], default=None)
+    row.update({
+        "expected": ",".join(sorted(expect)),
+        "detected": None if f is None else first is not None,
+        "detected_by": first["name"] if first else "",
+        "detect_severity": first["severity"] if first else "",
+        "latency_s": (first["time_s"] - f.at_s) if first and f else None,
+        "fault_latency_s": (severe["time_s"] - f.at_s) if severe and f else None,
+        "bound_s": f.bound_s if f else None,
+    })
+    # False alarms: every raise of a healthy run, and those of a faulted run before its
+    # injection; after it, other codes are the fault's consequences (listed, not counted).
+    false = [e for e in raised if f is None or e["time_s"] < f.at_s - 1e-9]
+    after = sorted({e["name"] for e in raised if f is not None
+                    and e["time_s"] >= f.at_s - 1e-9 and e.get("name") not in expect})
+    warn = Counter(e["name"] for e in false if e.get("severity") == "warning")
+    flt = Counter(e["name"] for e in false if e.get("severity") in ("fault", "critical"))
+    row.update({"false_warnings": sum(warn.values()), "false_faults": sum(flt.values()),
+                "false_warning_codes": json.dumps(dict(sorted(warn.items()))),
+                "false_fault_codes": json.dumps(dict(sorted(flt.items()))),
+                "also_raised": ",".join(after)})
+    return row
+
+
+def main(argv: list[str]) -> int:
+    run_json = Path(argv[0])
+    d = json.loads(run_json.read_text(encoding="utf-8"))
+    run = run_from_dict(d)
+    try:
+        row = execute(run, run_json.parent)
+    except Exception as exc:  # noqa: BLE001 - a run's failure is its result, recorded
+        row = _failed(d, "error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    sys.stdout.write(RESULT_MARK + json.dumps(row, default=_plain) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _plain(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

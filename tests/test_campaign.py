@@ -1,0 +1,112 @@
+"""bms campaign (issue 13): the spec, and a small campaign on the local pool with a run that
+crashes for real (a fault value the emulator refuses at run time), one that hangs (the board
+silent for an hour: every tick waits its reply timeout) and is killed at the run's timeout,
+and resume (a campaign started again runs only the runs without a result)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bms.app.campaign.engine import result_path, run_campaign
+from bms.app.campaign.executors import LocalPool
+from bms.app.campaign.report import write_report, write_table
+from bms.app.campaign.spec import SpecError, builtin_names, load_spec
+
+SPEC = """\
+schema: ssb-bms/campaign/1
+name: robust
+duration_s: 20
+timeout_s: {timeout}
+scenarios: [udds]
+seeds: [1]
+faults:
+  - none
+  - {{name: tap-open, fault: VTAP_OPEN, target: 5, at_s: 10, bound_s: 0.2}}
+  - {{name: bad-short, fault: CELL_SOFT_SHORT, target: 7, value: 0.0, at_s: 5}}
+  - {{name: silent, fault: LINK_SILENCE, value: 3600, at_s: 2}}
+"""
+
+
+def _spec(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_spec_runs_keys_and_seeds(tmp_path: Path) -> None:
+    cross = load_spec(_spec(tmp_path, SPEC.format(timeout=60)))
+    assert [r.fault_name for r in cross.runs] == ["none", "tap-open", "bad-short", "silent"]
+    # An explicit list names the same runs (same keys) in another order, with the same plant
+    # seeds: a run's result does not depend on its place in the campaign.
+    listed = load_spec(_spec(tmp_path, SPEC.format(timeout=60) + "runs:\n"
+                             "  - {fault: silent}\n  - {fault: none, seed: 1}\n", "l.yaml"))
+    by_key = {r.key: r for r in cross.runs}
+    assert [r.key in by_key for r in listed.runs] == [True, True]
+    assert listed.runs[0].plant_seed == by_key[listed.runs[0].key].plant_seed
+    # The healthy and the faulted run of one seed have the same plant; another seed another.
+    assert len({r.plant_seed for r in cross.runs}) == 1
+    other = load_spec(_spec(tmp_path, SPEC.format(timeout=60).replace("seeds: [1]",
+                                                                       "seeds: [2]"), "o.yaml"))
+    assert other.runs[0].plant_seed != cross.runs[0].plant_seed
+    assert sorted(builtin_names()) == ["estimation", "faults", "reliability"]
+    for name in builtin_names():
+        assert len(load_spec(name, quick=True).runs) < len(load_spec(name).runs)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (("seeds: [1]", "seed: [1]"), "seed: unknown key; did you mean 'seeds'?"),
+    (("fault: VTAP_OPEN", "fault: VTAP_OPN"), "'VTAP_OPN' is not an emulator fault; did you "
+                                              "mean 'VTAP_OPEN'?"),
+    (("target: 5, at_s: 10", "target: 5, at: 10"), "faults[1].at: unknown key; did you mean "
+                                                    "'at_s'?"),
+    (("duration_s: 20", "duration_s: -1"), "duration_s: -1 is not a number in"),
+    (("at_s: 10", "at_s: 99"), "faults[1].at_s: 99 is not a number in [0, 20]"),
+    (("scenarios: [udds]", "scenarios: [nosuch]"), "'nosuch': no such file and not a shipped"),
+])
+def test_spec_errors_name_the_key(tmp_path: Path, edit: tuple[str, str], says: str) -> None:
+    text = SPEC.format(timeout=60).replace(*edit)
+    with pytest.raises(SpecError) as err:
+        load_spec(_spec(tmp_path, text))
+    assert says in str(err.value)
+
+
+def test_crash_and_timeout_recorded_and_resume_skips_done(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, SPEC.format(timeout=6)))
+    out = tmp_path / "out"
+    pool = LocalPool(2)
+    try:
+        first = run_campaign(spec, out, pool, progress=None)
+    finally:
+        pool.shutdown()
+    rows = {r["fault"]: r for r in first.rows}
+    assert (first.ran, first.skipped) == (4, 0)
+    assert rows["none"]["status"] == "ok" and rows["none"]["false_faults"] == 0
+    assert rows["tap-open"]["status"] == "ok" and rows["tap-open"]["detected"] is True
+    assert rows["tap-open"]["detected_by"] == "CELL_VOLTAGE_OPEN_WIRE"
+    assert 0.0 <= rows["tap-open"]["latency_s"] <= 0.2
+    bad = rows["bad-short"]
+    assert bad["status"] == "error" and "CELL_SOFT_SHORT: value 0.0 outside" in bad["error"]
+    assert "Traceback" in bad["traceback"]
+    assert rows["silent"]["status"] == "timeout" and "after 6 s wall" in rows["silent"]["error"]
+    assert not any((out / "runs").iterdir())  # logs not kept without keep_logs
+    write_table(first.rows, out)
+    s = write_report(spec.name, first.rows, {"tap-open": 10.0}, out, first.wall_s, 2)
+    assert (s["errors"], s["timeouts"]) == (1, 1)
+    table = pq.read_table(out / "results.parquet")
+    assert table.num_rows == 4 and "Failed runs" in (out / "report.md").read_text()
+
+    # Started again: nothing runs. One result removed (an interrupted run): only it runs.
+    result_path(out, spec.runs[1].key).unlink()
+    pool = LocalPool(2)
+    try:
+        again = run_campaign(spec, out, pool, progress=None, keep_logs=True)
+    finally:
+        pool.shutdown()
+    assert (again.ran, again.skipped) == (1, 3)
+    kept = out / "runs" / spec.runs[1].key
+    assert (kept / "log" / "ticks.csv").exists() and (kept / "truth_0.csv").exists()
+    assert json.loads(result_path(out, spec.runs[1].key).read_text())["detected"] is True
