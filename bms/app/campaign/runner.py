@@ -75,13 +75,25 @@ def expected_codes(fault: FaultSpec) -> tuple[str, ...]:
 def run_task(run: dict[str, Any], key: str, out_dir: str, timeout_s: float,
              keep_logs: bool) -> dict[str, Any]:
     """Run one campaign run in a child process (what an executor's worker calls): the result
-    row, with status ``ok``, ``error`` (its message and traceback) or ``timeout`` (killed)."""
-    run_dir = Path(out_dir) / "runs" / key
+    row, with status ``ok``, ``error`` (its message and traceback) or ``timeout`` (killed).
+    Never raises: a worker that cannot even start the run (its folder, its process) records
+    that as the run's error, and the campaign goes on."""
+    wall0 = time.perf_counter()
+    try:
+        row = _run_child(run, key, Path(out_dir) / "runs" / key, timeout_s, keep_logs)
+    except Exception as exc:  # noqa: BLE001 - recorded as the run's result
+        row = _failed(run, "error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    row["wall_s"] = time.perf_counter() - wall0
+    row["key"] = key
+    return row
+
+
+def _run_child(run: dict[str, Any], key: str, run_dir: Path, timeout_s: float,
+               keep_logs: bool) -> dict[str, Any]:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a run interrupted before: start it over
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
-    wall0 = time.perf_counter()
     cmd = [sys.executable, "-m", "bms.app.campaign.runner", str(run_dir / "run.json")]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     row: dict[str, Any]
@@ -98,8 +110,6 @@ def run_task(run: dict[str, Any], key: str, out_dir: str, timeout_s: float,
                           "and no result", "\n".join(tail))
     except subprocess.TimeoutExpired:
         row = _failed(run, "timeout", f"no result after {timeout_s:g} s wall: killed", "")
-    row["wall_s"] = time.perf_counter() - wall0
-    row["key"] = key
     if not keep_logs:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
