@@ -3,8 +3,11 @@
 One JSON document: a format name and version, the pack (name, cell and stack counts), the
 wall-clock time and run time of the save, per stack its estimator state (``Core.state_dict``:
 SOC, covariance, RC and hysteresis states, SOH, leak filter, ...) and the wall-clock time that
-state is of, the latched fault records, and a SHA-256 over all of it (a flipped bit in a number
-is caught, not restored). NaN (e.g. no previous sample yet) is written as null.
+state is of, the latched fault records, optionally what ``bms commission`` recorded per stack
+(:class:`StackCommissioning`: the fixture's load-cell baseline and the stack's own pressure
+model; runs carry it over, only the next ``bms commission`` replaces it), and a SHA-256 over
+all of it (a flipped bit in a number is caught, not restored). NaN (e.g. no previous sample
+yet) is written as null.
 
 Written atomically: the document goes to ``FILE.tmp`` in the same folder, is fsynced, then
 renamed over FILE (``os.replace``) and the folder fsynced, so FILE is always the old or the new
