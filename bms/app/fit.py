@@ -43,6 +43,7 @@ from bms.app.fit_ocv import OcvResult, fit_ocv, strictly_increasing, temperature
 from bms.app.fit_pulses import PulseTest, fit_levels, prepare, simulate
 from bms.app.recording import CURRENT_SIGNS
 from bms.core import Core, ct_overpotential
+from bms.tuning import REST_CURRENT_A
 from boards.config import (
     PACK_SCHEMA,
     SOLID_STATE_KEYS,
@@ -59,6 +60,9 @@ TABLE_SOC_STEP = 0.01
 #: accuracy class of a cell-monitor IC, LTC6811 datasheet 1.2 mV total error; a noise-free
 #: simulated test must not make the EKF trust the model more than a real monitor allows).
 MIN_VOLTAGE_NOISE_V = 0.001
+#: The voltage noise written is the model's error at rest: samples with |I| below this (the
+#: control path's rest threshold, bms.tuning.REST_CURRENT_A).
+NOISE_REST_CURRENT_A = REST_CURRENT_A
 
 
 @dataclass
@@ -86,6 +90,10 @@ class FitResult:
     ocv_path: Path
     voltage_noise_v: float
     core_rmse_v: dict[str, float] = field(default_factory=dict)
+    # the core's open-loop error at rest per HPPC file, and the voltage noise written per test
+    # temperature (RMS over that temperature's files at rest, at least MIN_VOLTAGE_NOISE_V)
+    core_rest_rmse_v: dict[str, float] = field(default_factory=dict)
+    voltage_noise_by_temperature_v: dict[float, float] = field(default_factory=dict)
     core_voltage_v: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     hysteresis: HysteresisFit | None = None
@@ -144,8 +152,21 @@ class FitResult:
                            + ", ".join(f"{t.temperature_c:g}" for t in self.tests) + " C",
             "cell": self.cell_section(),
             "charging": None,
-            "estimator": {"voltage_noise_v": _num(self.voltage_noise_v, 4)},
+            "estimator": self.estimator_section(),
         }
+
+    def estimator_section(self) -> dict:
+        """estimator.voltage_noise_v: the model's own voltage error at rest per test
+        temperature (a table over temperature with two or more), and voltage_noise_r0_rel 0
+        (docs/estimation.md, "Fitting your own cell": the pack.)"""
+        by_t = self.voltage_noise_by_temperature_v
+        if len(by_t) >= 2:
+            temps = sorted(by_t)
+            vn: float | dict = {"temperature_c": [_num(t, 2) for t in temps],
+                       "values": [_num(by_t[t], 5) for t in temps]}
+        else:
+            vn = _num(self.voltage_noise_v, 5)
+        return {"voltage_noise_v": vn, "voltage_noise_r0_rel": 0.0}
 
     def write_pack(self, path: str | Path) -> Path:
         p = Path(path)
@@ -159,7 +180,9 @@ class FitResult:
             "# monitored but not fused as SOC) and the CCD charging table (it needs that",
             "# description). contact_resistance_ref_ohm 0: the fitted R0 holds the contact",
             "# resistance at the test's pressure. estimator.voltage_noise_v: the RMS voltage",
-            "# error of this model run through the core over the HPPC files (floor 1 mV).",
+            "# error of this model run through the core over the HPPC files at rest (|I| <",
+            "# 0.2 A), per test temperature (floor 1 mV); voltage_noise_r0_rel 0 (no extra",
+            "# error under load; docs/estimation.md).",
             "# Protections and limits are the base's: check them against the cell's datasheet.",
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(
@@ -195,8 +218,14 @@ class FitResult:
                                               else t.exchange_current_a.tolist())},
             "hysteresis": None if self.hysteresis is None else self.hysteresis.summary(),
             "estimator": {"voltage_noise_v": self.voltage_noise_v,
+                          "voltage_noise_by_temperature_v": {
+                              f"{t:g}": v for t, v in
+                              sorted(self.voltage_noise_by_temperature_v.items())},
+                          "voltage_noise_r0_rel": 0.0,
                           "from": "RMS of the core's open-loop voltage error over the HPPC "
-                                  f"files, at least {MIN_VOLTAGE_NOISE_V * 1e3:g} mV"},
+                                  f"files at rest (|I| < {NOISE_REST_CURRENT_A:g} A), per "
+                                  "test temperature, at least "
+                                  f"{MIN_VOLTAGE_NOISE_V * 1e3:g} mV"},
             "notes": self.notes,
         }
 
@@ -241,8 +270,11 @@ class FitResult:
         out += ["## Written", "",
                 f"- cell model tables over SOC {', '.join(f'{x:g}' for x in self.tables.soc)}"
                 f" and temperature {', '.join(f'{x:g}' for x in self.tables.temperature_c)} C",
-                f"- estimator.voltage_noise_v = {self.voltage_noise_v * 1e3:.2f} mV "
-                f"({s['estimator']['from']}); the other estimator settings are the base's",
+                "- estimator.voltage_noise_v = " + ", ".join(
+                    f"{v * 1e3:.2f} mV at {t:g} C" for t, v in
+                    sorted(self.voltage_noise_by_temperature_v.items()))
+                + f" ({s['estimator']['from']}), voltage_noise_r0_rel 0; the other estimator "
+                "settings are the base's",
                 ""]
         out += [f"- {n}" for n in self.notes if "OCV" not in n]
         return "\n".join(out) + "\n"
@@ -560,7 +592,7 @@ def verify_in_core(result: FitResult) -> None:
             pack = load_pack(path)
         except ConfigError as exc:
             raise FitError(f"the fitted pack does not load: {exc}") from None
-    sq, n = 0.0, 0
+    rest_sq: dict[float, list[float]] = {}
     for test in result.tests:
         v = run_core_open_loop(pack, test.trace, test.soc0)
         err = v - test.trace.voltage_v
@@ -568,8 +600,21 @@ def verify_in_core(result: FitResult) -> None:
         key = str(test.trace.path)
         result.core_voltage_v[key] = v
         result.core_rmse_v[key] = float(np.sqrt(np.mean(err[ok] ** 2)))
-        sq, n = sq + float(np.sum(err[ok] ** 2)), n + int(ok.sum())
-    result.voltage_noise_v = max(MIN_VOLTAGE_NOISE_V, math.sqrt(sq / max(n, 1)))
+        # At rest the error is the OCV's and the slow relaxation's, what moves the SOC
+        # estimate; under load the HPPC's pulse edges add short transients (k = 0.05-0.07 of
+        # the overpotential on PyBaMM files) that the drive's SOC does not follow
+        # (docs/estimation.md, "the pack")
+        rest = ok & (np.abs(test.trace.current_a) < NOISE_REST_CURRENT_A)
+        acc = rest_sq.setdefault(float(test.temperature_c), [0.0, 0.0])
+        acc[0] += float(np.sum(err[rest] ** 2))
+        acc[1] += int(rest.sum())
+        result.core_rest_rmse_v[key] = (float(np.sqrt(np.mean(err[rest] ** 2)))
+                                        if rest.any() else math.nan)
+    result.voltage_noise_by_temperature_v = {
+        t: max(MIN_VOLTAGE_NOISE_V, math.sqrt(a[0] / a[1]) if a[1] else MIN_VOLTAGE_NOISE_V)
+        for t, a in sorted(rest_sq.items())}
+    result.voltage_noise_v = max(result.voltage_noise_by_temperature_v.values(),
+                                 default=MIN_VOLTAGE_NOISE_V)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -649,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
               f"rate {hy.rate:.3g} ({'fitted' if hy.rate_found else 'assumed'})")
     elif hy is not None:
         print(f"  OCV hysteresis: none ({hy.notes[-1]})")
-    print(f"  estimator.voltage_noise_v {1e3 * result.voltage_noise_v:.2f} mV")
+    print("  estimator.voltage_noise_v (at rest) " + ", ".join(
+        f"{1e3 * v:.2f} mV at {t:g} C"
+        for t, v in sorted(result.voltage_noise_by_temperature_v.items())))
     print(f"  -> {args.out}, " + ", ".join(str(p) for p in written))
     return 0
 
