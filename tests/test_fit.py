@@ -192,6 +192,9 @@ def test_pack_loads_checks_and_estimates(result, files, capsys):
     vt = pack.estimator.voltage_noise_table
     assert vt is not None and pack.estimator.voltage_noise_r0_rel == 0.0
     assert vt.temperature_c.tolist() == pytest.approx(sorted(result.voltage_noise_by_temperature_v))
+    # the SOC random walk: the base's (ssb-23: 1e-6 /s at 8 mV) x (voltage noise / 8 mV)^2
+    assert pack.estimator.soc_process_noise_per_s == pytest.approx(
+        1e-6 * (result.voltage_noise_v / 0.008) ** 2, rel=2e-3)
     assert check.main(["--pack", str(out)]) == 0
     assert "not fused as SOC: the cell has no solid-state description" in capsys.readouterr().out
     # the EKF started 20 % SOC off converges on the 25 C file

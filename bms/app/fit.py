@@ -94,6 +94,9 @@ class FitResult:
     # temperature (RMS over that temperature's files at rest, at least MIN_VOLTAGE_NOISE_V)
     core_rest_rmse_v: dict[str, float] = field(default_factory=dict)
     voltage_noise_by_temperature_v: dict[float, float] = field(default_factory=dict)
+    # the SOC random walk written: the base's, scaled by (voltage_noise_v / the base's)^2
+    soc_process_noise_per_s: float | None = None
+    base_noise: tuple[float, float] | None = None  # the base's (voltage_noise_v, q_soc)
     core_voltage_v: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     hysteresis: HysteresisFit | None = None
@@ -162,11 +165,14 @@ class FitResult:
         by_t = self.voltage_noise_by_temperature_v
         if len(by_t) >= 2:
             temps = sorted(by_t)
-            vn: float | dict = {"temperature_c": [_num(t, 2) for t in temps],
+            vn: float | dict = {"temperature_c": [round(float(t), 3) for t in temps],
                        "values": [_num(by_t[t], 5) for t in temps]}
         else:
             vn = _num(self.voltage_noise_v, 5)
-        return {"voltage_noise_v": vn, "voltage_noise_r0_rel": 0.0}
+        out: dict = {"voltage_noise_v": vn, "voltage_noise_r0_rel": 0.0}
+        if self.soc_process_noise_per_s is not None:
+            out["soc_process_noise_per_s"] = float(f"{self.soc_process_noise_per_s:.3g}")
+        return out
 
     def write_pack(self, path: str | Path) -> Path:
         p = Path(path)
@@ -182,7 +188,8 @@ class FitResult:
             "# resistance at the test's pressure. estimator.voltage_noise_v: the RMS voltage",
             "# error of this model run through the core over the HPPC files at rest (|I| <",
             "# 0.2 A), per test temperature (floor 1 mV); voltage_noise_r0_rel 0 (no extra",
-            "# error under load; docs/estimation.md).",
+            "# error under load); soc_process_noise_per_s: the base's, scaled by the square",
+            "# of the largest voltage_noise_v over the base's (docs/estimation.md).",
             "# Protections and limits are the base's: check them against the cell's datasheet.",
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(
@@ -222,6 +229,8 @@ class FitResult:
                               f"{t:g}": v for t, v in
                               sorted(self.voltage_noise_by_temperature_v.items())},
                           "voltage_noise_r0_rel": 0.0,
+                          "soc_process_noise_per_s": self.soc_process_noise_per_s,
+                          "base_voltage_noise_v_and_soc_process_noise_per_s": self.base_noise,
                           "from": "RMS of the core's open-loop voltage error over the HPPC "
                                   f"files at rest (|I| < {NOISE_REST_CURRENT_A:g} A), per "
                                   "test temperature, at least "
@@ -273,8 +282,12 @@ class FitResult:
                 "- estimator.voltage_noise_v = " + ", ".join(
                     f"{v * 1e3:.2f} mV at {t:g} C" for t, v in
                     sorted(self.voltage_noise_by_temperature_v.items()))
-                + f" ({s['estimator']['from']}), voltage_noise_r0_rel 0; the other estimator "
-                "settings are the base's",
+                + f" ({s['estimator']['from']}), voltage_noise_r0_rel 0; "
+                + ("" if self.soc_process_noise_per_s is None or self.base_noise is None else
+                   f"soc_process_noise_per_s {self.soc_process_noise_per_s:.3g} /s (the "
+                   f"base's {self.base_noise[1]:.3g} /s x ({self.voltage_noise_v * 1e3:.2f} / "
+                   f"{self.base_noise[0] * 1e3:.2f} mV)^2); ")
+                + "the other estimator settings are the base's",
                 ""]
         out += [f"- {n}" for n in self.notes if "OCV" not in n]
         return "\n".join(out) + "\n"
@@ -615,6 +628,18 @@ def verify_in_core(result: FitResult) -> None:
         for t, a in sorted(rest_sq.items())}
     result.voltage_noise_v = max(result.voltage_noise_by_temperature_v.values(),
                                  default=MIN_VOLTAGE_NOISE_V)
+    # The SOC random walk keeps the SOC sigma from shrinking below what the model's voltage
+    # error allows: its steady state under the voltage updates is sigma^2 = sqrt(q R dt) /
+    # dOCV/dSOC with R ~ voltage_noise_v^2, so q ~ voltage_noise_v^2 keeps the SOC sigma
+    # proportional to the model error. The base's pair (ssb-23: 1e-6 /s at 8 mV, set against
+    # the emulator plant for an honest bound) gives the ratio; none of the scored data does.
+    try:
+        base_est = load_pack(result.base).estimator
+    except ConfigError as exc:
+        raise FitError(f"the base pack does not load: {exc}") from None
+    result.base_noise = (base_est.voltage_noise_v, base_est.soc_process_noise_per_s)
+    result.soc_process_noise_per_s = (base_est.soc_process_noise_per_s
+                                      * (result.voltage_noise_v / base_est.voltage_noise_v) ** 2)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -697,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     print("  estimator.voltage_noise_v (at rest) " + ", ".join(
         f"{1e3 * v:.2f} mV at {t:g} C"
         for t, v in sorted(result.voltage_noise_by_temperature_v.items())))
+    if result.soc_process_noise_per_s is not None:
+        print(f"  estimator.soc_process_noise_per_s {result.soc_process_noise_per_s:.3g} /s")
     print(f"  -> {args.out}, " + ", ".join(str(p) for p in written))
     return 0
 
