@@ -187,11 +187,18 @@ def test_pack_loads_checks_and_estimates(result, files, capsys):
     assert pack.cell.ecm.rc_branches == 2 and not pack.cell.solid_state
     assert pack.charging is None and pack.fixture.load_cells_xy_mm  # the bench's fixture kept
     assert pack.cell.contact_resistance_ref_ohm == 0.0
-    assert pack.estimator.voltage_noise_v == pytest.approx(result.voltage_noise_v, rel=1e-3)
-    # per temperature as a table into the core's grid (two files: two temperatures)
+    # per HPPC level and temperature as a table into the core's grid (two files: two
+    # temperatures); the pack's scalar is its largest value, each level's at least the floor
+    # and at most its file's largest error
     vt = pack.estimator.voltage_noise_table
     assert vt is not None and pack.estimator.voltage_noise_r0_rel == 0.0
+    socs, temps, values = result.voltage_noise_table
     assert vt.temperature_c.tolist() == pytest.approx(sorted(result.voltage_noise_by_temperature_v))
+    assert vt.soc.tolist() == pytest.approx(socs.tolist())
+    assert len(socs) >= len(result.tests[0].levels)
+    assert pack.estimator.voltage_noise_v == pytest.approx(values.max(), rel=1e-3)
+    assert np.all(values >= fitmod.MIN_VOLTAGE_NOISE_V)
+    assert np.all(values <= max(result.voltage_noise_by_temperature_v.values()) * 3)
     # the SOC random walk: the base's (ssb-23: 1e-6 /s at 8 mV) x (voltage noise / 8 mV)^2
     assert pack.estimator.soc_process_noise_per_s == pytest.approx(
         1e-6 * (result.voltage_noise_v / 0.008) ** 2, rel=2e-3)

@@ -94,6 +94,9 @@ class FitResult:
     # temperature (RMS over that temperature's files at rest, at least MIN_VOLTAGE_NOISE_V)
     core_rest_rmse_v: dict[str, float] = field(default_factory=dict)
     voltage_noise_by_temperature_v: dict[float, float] = field(default_factory=dict)
+    # ... and per HPPC level (its SOC rounded to TABLE_SOC_STEP) and temperature, the table
+    # written: (soc breakpoints, temperatures, values (n_t, n_soc))
+    voltage_noise_table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     # the SOC random walk written: the base's, scaled by (voltage_noise_v / the base's)^2
     soc_process_noise_per_s: float | None = None
     base_noise: tuple[float, float] | None = None  # the base's (voltage_noise_v, q_soc)
@@ -158,17 +161,25 @@ class FitResult:
             "estimator": self.estimator_section(),
         }
 
+    def _noise_range(self) -> str:
+        if self.voltage_noise_table is None:
+            return f"{self.voltage_noise_v * 1e3:.2f} mV"
+        v = self.voltage_noise_table[2]
+        return f"{v.min() * 1e3:.2f}..{v.max() * 1e3:.2f} mV"
+
     def estimator_section(self) -> dict:
-        """estimator.voltage_noise_v: the model's own voltage error at rest per test
-        temperature (a table over temperature with two or more), and voltage_noise_r0_rel 0
-        (docs/estimation.md, "Fitting your own cell": the pack.)"""
-        by_t = self.voltage_noise_by_temperature_v
-        if len(by_t) >= 2:
-            temps = sorted(by_t)
-            vn: float | dict = {"temperature_c": [round(float(t), 3) for t in temps],
-                       "values": [_num(by_t[t], 5) for t in temps]}
-        else:
-            vn = _num(self.voltage_noise_v, 5)
+        """estimator.voltage_noise_v: the model's own voltage error at rest per HPPC level
+        and test temperature (a table over SOC and temperature), voltage_noise_r0_rel 0 and
+        the scaled SOC random walk (docs/estimation.md, "Fitting your own cell": the pack)."""
+        vn: float | dict = _num(self.voltage_noise_v, 5)
+        if self.voltage_noise_table is not None:
+            socs, temps, values = self.voltage_noise_table
+            vn = {"soc": [round(float(x), 4) for x in socs]}
+            if len(temps) > 1:
+                vn["temperature_c"] = [round(float(t), 3) for t in temps]
+                vn["values"] = [[_num(x, 5) for x in row] for row in values]
+            else:
+                vn["values"] = [_num(x, 5) for x in values[0]]
         out: dict = {"voltage_noise_v": vn, "voltage_noise_r0_rel": 0.0}
         if self.soc_process_noise_per_s is not None:
             out["soc_process_noise_per_s"] = float(f"{self.soc_process_noise_per_s:.3g}")
@@ -187,9 +198,10 @@ class FitResult:
             "# description). contact_resistance_ref_ohm 0: the fitted R0 holds the contact",
             "# resistance at the test's pressure. estimator.voltage_noise_v: the RMS voltage",
             "# error of this model run through the core over the HPPC files at rest (|I| <",
-            "# 0.2 A), per test temperature (floor 1 mV); voltage_noise_r0_rel 0 (no extra",
-            "# error under load); soc_process_noise_per_s: the base's, scaled by the square",
-            "# of the largest voltage_noise_v over the base's (docs/estimation.md).",
+            "# 0.2 A), per HPPC level and test temperature (floor 1 mV); voltage_noise_r0_rel",
+            "# 0 (no extra error under load); soc_process_noise_per_s: the base's, scaled by",
+            "# the square of the largest per-temperature RMS over the base's voltage_noise_v",
+            "# (docs/estimation.md).",
             "# Protections and limits are the base's: check them against the cell's datasheet.",
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(
@@ -225,6 +237,10 @@ class FitResult:
                                               else t.exchange_current_a.tolist())},
             "hysteresis": None if self.hysteresis is None else self.hysteresis.summary(),
             "estimator": {"voltage_noise_v": self.voltage_noise_v,
+                          "voltage_noise_table": None if self.voltage_noise_table is None else {
+                              "soc": self.voltage_noise_table[0].tolist(),
+                              "temperature_c": self.voltage_noise_table[1].tolist(),
+                              "values_v": self.voltage_noise_table[2].tolist()},
                           "voltage_noise_by_temperature_v": {
                               f"{t:g}": v for t, v in
                               sorted(self.voltage_noise_by_temperature_v.items())},
@@ -279,7 +295,8 @@ class FitResult:
         out += ["## Written", "",
                 f"- cell model tables over SOC {', '.join(f'{x:g}' for x in self.tables.soc)}"
                 f" and temperature {', '.join(f'{x:g}' for x in self.tables.temperature_c)} C",
-                "- estimator.voltage_noise_v = " + ", ".join(
+                "- estimator.voltage_noise_v: a table over the HPPC levels' SOC and the test "
+                "temperatures, " + self._noise_range() + "; per temperature " + ", ".join(
                     f"{v * 1e3:.2f} mV at {t:g} C" for t, v in
                     sorted(self.voltage_noise_by_temperature_v.items()))
                 + f" ({s['estimator']['from']}), voltage_noise_r0_rel 0; "
@@ -606,6 +623,7 @@ def verify_in_core(result: FitResult) -> None:
         except ConfigError as exc:
             raise FitError(f"the fitted pack does not load: {exc}") from None
     rest_sq: dict[float, list[float]] = {}
+    by_level: dict[float, dict[float, float]] = {}
     for test in result.tests:
         v = run_core_open_loop(pack, test.trace, test.soc0)
         err = v - test.trace.voltage_v
@@ -623,11 +641,31 @@ def verify_in_core(result: FitResult) -> None:
         acc[1] += int(rest.sum())
         result.core_rest_rmse_v[key] = (float(np.sqrt(np.mean(err[rest] ** 2)))
                                         if rest.any() else math.nan)
+        # per level (its window: the end of one long rest to the end of the next): the
+        # model's error is not the same at every SOC (PyBaMM Chen2020 at 25 C: 1.0 mV at most
+        # levels, 6.7 mV at the full one), and one value per temperature would be too wide at
+        # most SOCs and too narrow at a few
+        t_s = test.trace.time_s
+        levels = by_level.setdefault(float(test.temperature_c), {})
+        for lv in test.levels:
+            w = rest & (t_s > lv.t_start_s) & (t_s <= lv.t_end_s)
+            if w.any():
+                soc = round(lv.soc / TABLE_SOC_STEP) * TABLE_SOC_STEP
+                levels.setdefault(soc, max(MIN_VOLTAGE_NOISE_V,
+                                           float(np.sqrt(np.mean(err[w] ** 2)))))
     result.voltage_noise_by_temperature_v = {
         t: max(MIN_VOLTAGE_NOISE_V, math.sqrt(a[0] / a[1]) if a[1] else MIN_VOLTAGE_NOISE_V)
         for t, a in sorted(rest_sq.items())}
     result.voltage_noise_v = max(result.voltage_noise_by_temperature_v.values(),
                                  default=MIN_VOLTAGE_NOISE_V)
+    by_level = {t: lv for t, lv in by_level.items() if lv}
+    if by_level:
+        temps = np.array(sorted(by_level))
+        socs = np.array(sorted({s for lv in by_level.values() for s in lv}))
+        values = np.array([np.interp(socs, sorted(by_level[t]),
+                                     [by_level[t][x] for x in sorted(by_level[t])])
+                           for t in temps])
+        result.voltage_noise_table = (socs, temps, values)
     # The SOC random walk keeps the SOC sigma from shrinking below what the model's voltage
     # error allows: its steady state under the voltage updates is sigma^2 = sqrt(q R dt) /
     # dOCV/dSOC with R ~ voltage_noise_v^2, so q ~ voltage_noise_v^2 keeps the SOC sigma
@@ -719,9 +757,10 @@ def main(argv: list[str] | None = None) -> int:
               f"rate {hy.rate:.3g} ({'fitted' if hy.rate_found else 'assumed'})")
     elif hy is not None:
         print(f"  OCV hysteresis: none ({hy.notes[-1]})")
-    print("  estimator.voltage_noise_v (at rest) " + ", ".join(
+    print(f"  estimator.voltage_noise_v {result._noise_range()} over SOC and temperature "
+          "(at rest per temperature: " + ", ".join(
         f"{1e3 * v:.2f} mV at {t:g} C"
-        for t, v in sorted(result.voltage_noise_by_temperature_v.items())))
+        for t, v in sorted(result.voltage_noise_by_temperature_v.items())) + ")")
     if result.soc_process_noise_per_s is not None:
         print(f"  estimator.soc_process_noise_per_s {result.soc_process_noise_per_s:.3g} /s")
     print(f"  -> {args.out}, " + ", ".join(str(p) for p in written))
