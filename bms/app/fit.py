@@ -40,7 +40,7 @@ from bms.app.fit_hysteresis import (
     trajectory,
 )
 from bms.app.fit_ocv import OcvResult, fit_ocv, strictly_increasing, temperature_rows
-from bms.app.fit_pulses import PulseTest, fit_levels, prepare, simulate
+from bms.app.fit_pulses import PULSE_MAX_S, PulseTest, fit_levels, prepare, simulate
 from bms.app.recording import CURRENT_SIGNS
 from bms.core import Core, ct_overpotential
 from bms.tuning import REST_CURRENT_A
@@ -198,10 +198,10 @@ class FitResult:
             "# description). contact_resistance_ref_ohm 0: the fitted R0 holds the contact",
             "# resistance at the test's pressure. estimator.voltage_noise_v: the RMS voltage",
             "# error of this model run through the core over the HPPC files at rest (|I| <",
-            "# 0.2 A), per HPPC level and test temperature (floor 1 mV); voltage_noise_r0_rel",
-            "# 0 (no extra error under load); soc_process_noise_per_s: the base's, scaled by",
-            "# the square of the largest per-temperature RMS over the base's voltage_noise_v",
-            "# (docs/estimation.md).",
+            "# 0.2 A) in the first 60 s after current, per HPPC level and test temperature",
+            "# (floor 1 mV); voltage_noise_r0_rel 0 (no extra error under load);",
+            "# soc_process_noise_per_s: the base's, scaled by the square of the largest",
+            "# per-temperature RMS at rest over the base's voltage_noise_v (docs/estimation.md).",
             "# Protections and limits are the base's: check them against the cell's datasheet.",
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(
@@ -248,8 +248,10 @@ class FitResult:
                           "soc_process_noise_per_s": self.soc_process_noise_per_s,
                           "base_voltage_noise_v_and_soc_process_noise_per_s": self.base_noise,
                           "from": "RMS of the core's open-loop voltage error over the HPPC "
-                                  f"files at rest (|I| < {NOISE_REST_CURRENT_A:g} A), per "
-                                  "test temperature, at least "
+                                  f"files at rest (|I| < {NOISE_REST_CURRENT_A:g} A): the "
+                                  f"table in the first {PULSE_MAX_S:g} s after current per "
+                                  "level and temperature, the SOC random walk's scale per "
+                                  "temperature over every rest sample, at least "
                                   f"{MIN_VOLTAGE_NOISE_V * 1e3:g} mV"},
             "notes": self.notes,
         }
@@ -642,13 +644,18 @@ def verify_in_core(result: FitResult) -> None:
         result.core_rest_rmse_v[key] = (float(np.sqrt(np.mean(err[rest] ** 2)))
                                         if rest.any() else math.nan)
         # per level (its window: the end of one long rest to the end of the next): the
-        # model's error is not the same at every SOC (PyBaMM Chen2020 at 25 C: 1.0 mV at most
-        # levels, 6.7 mV at the full one), and one value per temperature would be too wide at
-        # most SOCs and too narrow at a few
+        # model's error is not the same at every SOC (PyBaMM Chen2020 at 25 C: 1.0-8.3 mV,
+        # 20.8 mV at the full level), and one value per temperature would be too wide at
+        # most SOCs and too narrow at a few. Per level the rest samples in the relaxation after
+        # current only (within PULSE_MAX_S of the last sample under load, the fit's
+        # pulse-profile horizon): the relaxed end of a long rest is where the OCV was fitted
+        # and the error is smallest, and an operating cell seldom rests that long
         t_s = test.trace.time_s
+        last_load = np.maximum.accumulate(np.where(rest, -np.inf, t_s))
+        relax = rest & (t_s - last_load <= PULSE_MAX_S)
         levels = by_level.setdefault(float(test.temperature_c), {})
         for lv in test.levels:
-            w = rest & (t_s > lv.t_start_s) & (t_s <= lv.t_end_s)
+            w = relax & (t_s > lv.t_start_s) & (t_s <= lv.t_end_s)
             if w.any():
                 soc = round(lv.soc / TABLE_SOC_STEP) * TABLE_SOC_STEP
                 levels.setdefault(soc, max(MIN_VOLTAGE_NOISE_V,
