@@ -178,7 +178,7 @@ def ct_overpotential(c: np.ndarray, current_a: float, temp_c: np.ndarray) -> np.
 
 #: The columns of the core's parameter grid (csrc/ssb_core.h SSB_TABLE_STRIDE), in order.
 GRID_COLUMNS = ("ocv_v", "r0_discharge_ohm", "r0_charge_ohm", "r1_ohm", "tau1_s", "r2_ohm",
-                "tau2_s", "hysteresis_v", "ct_inv_2i0_per_a")
+                "tau2_s", "hysteresis_v", "ct_inv_2i0_per_a", "voltage_noise_v2")
 
 
 def grid_lookup(p: CoreParams, soc: np.ndarray, temp_c: np.ndarray) -> dict[str, np.ndarray]:
@@ -235,6 +235,8 @@ def _breakpoints(pack: PackConfig) -> tuple[np.ndarray, np.ndarray]:
         tables.append(ecm.hysteresis_max_v)
     if ecm.exchange_current_a is not None:
         tables.append(ecm.exchange_current_a)
+    if pack.estimator.voltage_noise_table is not None:
+        tables.append(pack.estimator.voltage_noise_table)
     socs = [cell.soc_grid] + [t.soc for t in tables if len(t.soc) > 1]
     temps = [cell.temperature_grid_c] + [t.temperature_c for t in tables
                                          if len(t.temperature_c) > 1]
@@ -269,8 +271,13 @@ def resample_table(pack: PackConfig) -> tuple[np.ndarray, float, float, float]:
     # the table's I0 exactly, between them the reciprocal is interpolated
     ct = (0.5 / ecm.exchange_current_a.at(soc_u, t_u) if ecm.exchange_current_a is not None
           else np.zeros_like(tau1))
+    # the EKF's voltage model error as a variance (pack estimator.voltage_noise_v: a number,
+    # or a table over temperature and/or SOC, e.g. bms fit's residual per test temperature)
+    vn = pack.estimator.voltage_noise_table
+    vn2 = (vn.at(soc_u, t_u) ** 2 if vn is not None
+           else np.full_like(tau1, pack.estimator.voltage_noise_v ** 2))
     columns = (ocv, ecm.r0_ohm.at(soc_u, t_u), ecm.r0_charge_ohm.at(soc_u, t_u),
-               ecm.rc[0].r_ohm.at(soc_u, t_u), tau1, r2, tau2, hyst, ct)
+               ecm.rc[0].r_ohm.at(soc_u, t_u), tau1, r2, tau2, hyst, ct, vn2)
     grid = np.stack(columns, axis=-1)
     assert grid.shape[-1] == TABLE_STRIDE == len(GRID_COLUMNS)
     return grid, 1.0 / n_s, float(tg[0]), float((tg[-1] - tg[0]) / n_t)

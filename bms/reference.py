@@ -243,7 +243,8 @@ class ReferenceCore:
         corr = max(1.0, p.voltage_corr_s / dt_s)  # as ssb_core.c
         # R_v = (sigma_v^2 + (k (R0 I + eta))^2) corr: the relative error k of the
         # instantaneous overpotential under load
-        rv = (p.r_voltage_v2 + (p.r_voltage_r0_rel * op) ** 2) * corr
+        # (sigma_v^2 the grid's voltage_noise_v2 at the cell's SOC and temperature)
+        rv = (w["voltage_noise_v2"] + (p.r_voltage_r0_rel * op) ** 2) * corr
         s = docv * ph0 + ph1 + ph2 + rv + r0e * r0e * p.current_noise_a ** 2
         gated = fin & (nu * nu > p.gate_sigma ** 2 * s)
         gain = np.where(fin & ~gated, 1.0 / s, 0.0)

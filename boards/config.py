@@ -418,6 +418,10 @@ class EstimatorConfig:
     # relative uncertainty k of the model's resistance: R_v = (voltage_noise_v^2 +
     # (k R0 I)^2) x max(1, voltage_corr_s / dt) (docs/estimation.md, "Noise")
     voltage_noise_r0_rel: float = 0.0
+    # voltage_noise_v given as a table (over temperature and/or SOC; bms fit writes the
+    # model's own error per test temperature): the EKF's R at each cell's SOC and temperature;
+    # voltage_noise_v is then the table's largest value (the leak filter's, conservative)
+    voltage_noise_table: ParamTable | None = None
 
 
 @dataclass(frozen=True)
@@ -860,8 +864,13 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
     fixture = _read_fixture(r.sub("fixture"))
     stacks = _read_stacks(r)
     e = r.sub("estimator")
+    vn_table = _read_table(e, "voltage_noise_v", 0.0, 1.0)
+    if vn_table is None or vn_table.activation_energy_ev is not None:
+        raise e.error("voltage_noise_v", e.raw("voltage_noise_v"), "a number (V) or a table "
+                      "{temperature_c: [...], values: [...]} (and/or soc), no Arrhenius form")
+    vn_const = vn_table.values.size == 1
     estimator = EstimatorConfig(
-        voltage_noise_v=e.number("voltage_noise_v", 0.0, 1.0, lo_open=True),
+        voltage_noise_v=float(np.max(vn_table.values)),
         current_noise_a=e.number("current_noise_a", 0.0, 100.0),
         soc_process_noise_per_s=e.number("soc_process_noise_per_s", 0.0, 1.0),
         rc_process_noise_v_per_s=e.number("rc_process_noise_v_per_s", 0.0, 1.0),
@@ -873,6 +882,7 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         soh_forgetting=e.number("soh_forgetting", 0.9, 1.0),
         voltage_noise_r0_rel=e.number("voltage_noise_r0_rel", 0.0, 10.0,
                                       default=DEFAULT_VOLTAGE_NOISE_R0_REL),
+        voltage_noise_table=None if vn_const else vn_table,
     )
     pl = r.sub("power_limits")
     power = PowerLimitConfig(

@@ -45,11 +45,12 @@ enum {
     W_A2,
     W_SOCRAW,  /* the SOC the voltage alone gives: predicted SOC + innovation / slope */
     W_DSOC,    /* this tick's SOC increment of each cell (its own capacity) */
+    W_VN2,     /* voltage model error variance of one sample at the cell's SOC and T, V^2 */
     W_SCRATCH,
     W_ROWS
 };
 /* grid columns (SSB_TABLE_STRIDE) */
-enum { G_OCV = 0, G_R0DIS, G_R0CHG, G_R1, G_TAU1, G_R2, G_TAU2, G_HYST, G_CT, G_N };
+enum { G_OCV = 0, G_R0DIS, G_R0CHG, G_R1, G_TAU1, G_R2, G_TAU2, G_HYST, G_CT, G_VN2, G_N };
 _Static_assert(G_N == SSB_TABLE_STRIDE, "grid columns and SSB_TABLE_STRIDE differ");
 _Static_assert(W_ROWS == SSB_WORK_ROWS, "SSB_WORK_ROWS (the caller's work size) out of date");
 
@@ -165,7 +166,7 @@ int ssb_params_check(const ssb_params_t *prm)
             !finite_in(g[G_R0CHG], 1e-12, 1e7) || !finite_in(g[G_R1], 1e-12, 1e7) ||
             !finite_in(g[G_TAU1], 1e-12, 1e7) || !finite_in(g[G_R2], 0.0, 1e7) ||
             !finite_in(g[G_TAU2], 1e-12, 1e7) || !finite_in(g[G_HYST], 0.0, 10.0) ||
-            !finite_in(g[G_CT], 0.0, 1e9))
+            !finite_in(g[G_CT], 0.0, 1e9) || !finite_in(g[G_VN2], 1e-18, 1.0))
             return SSB_ERR_PARAM;
     }
     for (int32_t i = 0; i < prm->n_cells && prm->n_sensors > 0; i++) {
@@ -583,6 +584,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         w[W_TAU2 * nn + i] = g[G_TAU2];
         w[W_HYST * nn + i] = g[G_HYST];
         w[W_CT * nn + i] = g[G_CT];
+        w[W_VN2 * nn + i] = g[G_VN2];
         w[W_ETA * nn + i] = ct_overpotential(g[G_CT], current_a, st->cell_temp_c[i]);
     }
 
@@ -597,6 +599,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double *SSB_RESTRICT m_a = w + W_HYST * nn;
     const double *SSB_RESTRICT socp_a = w + W_SOCPRED * nn;
     const double *SSB_RESTRICT eta_a = w + W_ETA * nn;
+    const double *SSB_RESTRICT vn2_a = w + W_VN2 * nn;
     double *SSB_RESTRICT v1_a = st->v1;
     double *SSB_RESTRICT v2_a = st->v2;
     double *SSB_RESTRICT hy_a = st->hyst;
@@ -631,7 +634,6 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     /* the model error is correlated over voltage_corr_s: over a short dt a sample carries
        dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
     const double corr = fmax(1.0, prm->voltage_corr_s / dt_s);
-    const double rv = prm->r_voltage_v2 * corr;
     /* the model's own error under load: a relative error k of the instantaneous overpotential
        (R0 I + eta), correlated like the rest of the model error (docs/estimation.md,
        "Noise") */
@@ -667,7 +669,9 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         const double ph0 = c00 * d + c01 + c02;
         const double ph1 = c01 * d + c11 + c12;
         const double ph2 = c02 * d + c12 + c22;
-        const double sv = d * ph0 + ph1 + ph2 + rv + r0e * r0e * sig_i2 + kr2 * op * op;
+        /* the model's voltage error at this cell's SOC and temperature (grid column) */
+        const double sv = d * ph0 + ph1 + ph2 + vn2_a[i] * corr + r0e * r0e * sig_i2 +
+                          kr2 * op * op;
         const double gated = nu * nu > g2 * sv ? fin : 0.0;
         const double gain = (fin - gated) / sv;
         const double kn = nu * gain;

@@ -19,7 +19,7 @@
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-#define SSB_WORK_ROWS 18 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+#define SSB_WORK_ROWS 19 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
 /* rows of ssb_state_t.imp (the impedance estimator, n_cells each): RLS covariance entries
  * P01 and P11 (P00 is r0_p), the open-loop fast RC voltage of the nominal table, the
  * coulomb-counted SOC it reads the OCV at, and the low-pass states of its three signals (the
@@ -29,7 +29,7 @@ enum { SSB_IMP_P01 = 0, SSB_IMP_P11, SSB_IMP_V1OL, SSB_IMP_SOCOL, SSB_IMP_LPY, S
 /* per grid node: ocv_v, r0_discharge_ohm, r0_charge_ohm, r1_ohm, tau1_s, r2_ohm, tau2_s,
  * hysteresis_v (the OCV hysteresis magnitude M), ct_inv_2i0_per_a (1 / (2 I0) of the
  * charge-transfer overpotential, 1/A; 0: none) */
-#define SSB_TABLE_STRIDE 9
+#define SSB_TABLE_STRIDE 10
 
 /* return codes: nothing is written to the state when a call returns an error */
 #define SSB_OK 0
@@ -78,7 +78,9 @@ typedef struct ssb_params {
     /* parameter table on a uniform grid, SOC from 0 to 1 in soc_step, temperature from
      * temp_min_c in temp_step_c; node (t, s) holds SSB_TABLE_STRIDE values at
      * grid[(t * n_soc + s) * SSB_TABLE_STRIDE]: ocv_v, r0_discharge_ohm, r0_charge_ohm,
-     * r1_ohm, tau1_s, r2_ohm, tau2_s, hysteresis_v, ct_inv_2i0_per_a. R0 on charge is used
+     * r1_ohm, tau1_s, r2_ohm, tau2_s, hysteresis_v, ct_inv_2i0_per_a, voltage_noise_v2 (the
+     * model's voltage error variance of one sample, V^2: the EKF's R before the correlation
+     * and load terms; a pack without a table has voltage_noise_v^2 everywhere). R0 on charge is used
      * when the current is > 0. With n_rc = 1 the r2 column is ignored (V2 stays 0). The
      * charge-transfer overpotential (symmetric Butler-Volmer) is
      * eta = (2 R T / F) asinh(I ct_inv_2i0_per_a), T the cell temperature in K. */

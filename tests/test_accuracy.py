@@ -162,9 +162,10 @@ def test_fitted_from_the_plants_lab_tests_then_scored_on_its_drive(truth_dir, tm
     """The whole benchmark path: bms fit on the plant's own OCV and HPPC files (its second RC
     branch and spread are not the fitted model's), the drives replayed and scored. The plant's
     OCV hysteresis (M 10 mV, gamma 50) is found by the fit: M 7.9-10.3 mV over SOC (median
-    9.1, the rests 9.6), gamma 53; scored: SOC RMSE 0.06-0.49 %, max 1.03 %, coverage 100 %
-    (fitted without it: 0.25-0.64 %, max 0.94 %, 100 %; the OCV starts 0.37 / 0.60 % off
-    where the hysteresis state is unknown to a model without it)."""
+    9.1, the rests 9.6), gamma 53; scored with the noise the fit writes: SOC RMSE 0.03-0.06 %,
+    max 0.15 %, coverage 100 % (with the base's noise 0.06-0.49 %, max 1.03 %; fitted without
+    the hysteresis then 0.25-0.64 %, max 0.94 %: the OCV starts 0.37 / 0.60 % off where the
+    hysteresis state is unknown to a model without it)."""
     results = run(truth_dir, tmp_path, settle_s=600.0, log=lambda _: None)
     assert (tmp_path / "fit" / "Plant" / "Plant.yaml").is_file()
     hy = json.loads((tmp_path / "fit" / "Plant" / "fit_report.json").read_text())["hysteresis"]

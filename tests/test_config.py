@@ -96,6 +96,13 @@ def _write_pack(tmp_path: Path, mutate) -> Path:
         (lambda d: d["estimator"].update(pressure_fusion="yes"),
          "estimator.pressure_fusion", "true or false"),
         (lambda d: d.update(schema="other/9"), "schema", "ssb-bms/pack/1"),
+        (lambda d: d["estimator"].update(voltage_noise_v={"values": 0.002,
+                                                          "activation_energy_ev": 0.3,
+                                                          "reference_temperature_c": 25.0}),
+         "estimator.voltage_noise_v", "no Arrhenius form"),
+        (lambda d: d["estimator"].update(voltage_noise_v={"temperature_c": [0, 25],
+                                                          "values": [0.002, -1]}),
+         "estimator.voltage_noise_v.values[1]", "(0.0"),
     ],
 )
 def test_invalid_pack_names_file_key_value_and_allowed(tmp_path, mutate, key, fragment) -> None:
@@ -166,3 +173,16 @@ def test_cli_check_prints_one_line_error_not_a_traceback(tmp_path, capsys) -> No
     assert "fixture.preload_kpa" in err and "Traceback" not in err
     assert bms_main(["check", "--pack", "ssb-4x23"]) == 0
     assert "92 in 4 stack(s)" in capsys.readouterr().out
+
+
+def test_voltage_noise_table_over_temperature(tmp_path) -> None:
+    """estimator.voltage_noise_v as a table over temperature (what bms fit writes): the table
+    goes to the core's grid, the scalar is its largest value (the leak filter's)."""
+    path = _write_pack(tmp_path, lambda d: d["estimator"].update(
+        voltage_noise_v={"temperature_c": [0.0, 25.0], "values": [0.003, 0.001]}))
+    est = load_pack(path).estimator
+    assert est.voltage_noise_v == 0.003
+    assert est.voltage_noise_table is not None
+    assert est.voltage_noise_table.at(np.array([0.5]), np.array([12.5]))[0, 0] == \
+        pytest.approx(0.002)
+    assert load_pack("ssb-23").estimator.voltage_noise_table is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bms.core import Core, Tuning, make_params
+from bms.core import GRID_COLUMNS, Core, Tuning, make_params
 from bms.reference import ReferenceCore
 from boards.config import load_pack
 
@@ -302,3 +302,37 @@ def test_power_limit_solves_the_charge_transfer() -> None:
     assert np.all(x <= hi * (1 + 1e-12)) and np.all(x >= lin)
     assert np.max(1.0 - x / lo) < 1e-3
     assert np.max(x / lin) > 3.0
+
+
+def test_voltage_noise_table_over_temperature() -> None:
+    """estimator.voltage_noise_v as a table over temperature (bms fit writes one): the grid's
+    voltage_noise_v2 column is the EKF's R per cell, so where the model error is larger (here
+    0 C) the same innovation moves SOC less; a constant table is the scalar exactly. C core and
+    reference agree."""
+    import dataclasses
+
+    from boards.config import ParamTable
+
+    base = load_pack("ssb-23")
+    table = ParamTable(np.array([0.5]), np.array([0.0, 25.0]), np.array([[0.006], [0.002]]))
+    pack = dataclasses.replace(base, estimator=dataclasses.replace(
+        base.estimator, voltage_noise_v=0.006, voltage_noise_table=table,
+        voltage_noise_r0_rel=0.0))
+    params = make_params(pack, 0, Tuning(pressure_fusion=False))
+    col = {name: k for k, name in enumerate(GRID_COLUMNS)}["voltage_noise_v2"]
+    assert params.grid[0, :, col] == pytest.approx(0.006 ** 2)
+    assert params.grid[-1, :, col] == pytest.approx(0.002 ** 2)
+    c, r = Core(pack, 0, params=params), ReferenceCore(params)
+    two_mv = make_params(dataclasses.replace(pack, estimator=dataclasses.replace(
+        pack.estimator, voltage_noise_v=0.002, voltage_noise_table=None)), 0,
+        Tuning(pressure_fusion=False))
+    for core, flat_core in ((c, Core(pack, 0, params=two_mv)), (r, ReferenceCore(two_mv))):
+        # at 25 C the table is 2 mV: the same gain; at 0 C 6 mV: a smaller one
+        assert _update_gain(core, 0.0, 25.0) == pytest.approx(
+            _update_gain(flat_core, 0.0, 25.0), rel=1e-12)
+        assert _update_gain(core, 0.0, 0.0) < 0.7 * _update_gain(flat_core, 0.0, 0.0)
+    for t in (0.0, 12.5, 25.0):
+        assert _update_gain(c, -3.0, t) == pytest.approx(_update_gain(r, -3.0, t), rel=1e-9)
+    # the scalar form: a constant column, the same gain as before the table existed
+    flat = make_params(base, 0, Tuning(pressure_fusion=False))
+    assert np.all(flat.grid[..., col] == base.estimator.voltage_noise_v ** 2)

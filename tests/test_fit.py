@@ -167,9 +167,16 @@ def test_parameters_recovered(result):
     # to 0.2, where the true R0 keeps rising: ~9 mV at the end at 5 C)
     rmse = np.array(list(result.core_rmse_v.values()))
     assert np.all(rmse < 0.003)
-    # equal-length files: the written model error is their RMS (floor 1 mV)
-    assert result.voltage_noise_v == pytest.approx(
-        max(fitmod.MIN_VOLTAGE_NOISE_V, float(np.sqrt(np.mean(rmse ** 2)))), rel=1e-6)
+    # the written model error: per test temperature the core's RMS error at rest (|I| <
+    # 0.2 A; one file per temperature here), floor 1 mV; the scalar is the largest
+    by_t = result.voltage_noise_by_temperature_v
+    assert sorted(by_t) == sorted(t.temperature_c for t in result.tests)
+    for test in result.tests:
+        rest = float(result.core_rest_rmse_v[str(test.trace.path)])
+        assert rest <= result.core_rmse_v[str(test.trace.path)] + 1e-12
+        assert by_t[test.temperature_c] == pytest.approx(
+            max(fitmod.MIN_VOLTAGE_NOISE_V, rest), rel=1e-9)
+    assert result.voltage_noise_v == max(by_t.values())
 
 
 def test_pack_loads_checks_and_estimates(result, files, capsys):
@@ -180,7 +187,21 @@ def test_pack_loads_checks_and_estimates(result, files, capsys):
     assert pack.cell.ecm.rc_branches == 2 and not pack.cell.solid_state
     assert pack.charging is None and pack.fixture.load_cells_xy_mm  # the bench's fixture kept
     assert pack.cell.contact_resistance_ref_ohm == 0.0
-    assert pack.estimator.voltage_noise_v == pytest.approx(result.voltage_noise_v, rel=1e-3)
+    # per HPPC level and temperature as a table into the core's grid (two files: two
+    # temperatures); the pack's scalar is its largest value, each level's at least the floor
+    # and at most its file's largest error
+    vt = pack.estimator.voltage_noise_table
+    assert vt is not None and pack.estimator.voltage_noise_r0_rel == 0.0
+    socs, temps, values = result.voltage_noise_table
+    assert vt.temperature_c.tolist() == pytest.approx(sorted(result.voltage_noise_by_temperature_v))
+    assert vt.soc.tolist() == pytest.approx(socs.tolist())
+    assert len(socs) >= len(result.tests[0].levels)
+    assert pack.estimator.voltage_noise_v == pytest.approx(values.max(), rel=1e-3)
+    assert np.all(values >= fitmod.MIN_VOLTAGE_NOISE_V)
+    assert np.all(values <= max(result.voltage_noise_by_temperature_v.values()) * 3)
+    # the SOC random walk: the base's (ssb-23: 1e-6 /s at 8 mV) x (voltage noise / 8 mV)^2
+    assert pack.estimator.soc_process_noise_per_s == pytest.approx(
+        1e-6 * (result.voltage_noise_v / 0.008) ** 2, rel=2e-3)
     assert check.main(["--pack", str(out)]) == 0
     assert "not fused as SOC: the cell has no solid-state description" in capsys.readouterr().out
     # the EKF started 20 % SOC off converges on the 25 C file

@@ -50,6 +50,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
             g[6] = 450.0 * (1.0 + 0.5 * (2 - t));         /* tau2 */
             g[7] = 0.005;                                 /* hysteresis */
             g[8] = s % 2 ? 0.0 : 0.4;                     /* 1 / (2 I0): BV on some nodes */
+            g[9] = (2.0 + t) * 1e-6;                      /* voltage noise variance, V^2 */
         }
     p->grid = f->grid;
     f->i0 = calloc((size_t)n, sizeof(int32_t));
