@@ -71,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode != 0 or not summary_path.is_file():
         print(f"soak: bms run exited {proc.returncode}: {err.strip()[-500:]}", file=sys.stderr)
         return 2
-    run = json.loads(summary_path.read_text())["run"]
+    summary = json.loads(summary_path.read_text())
+    run = summary["run"]
+    stop = summary.get("stop", {})
+    if stop.get("by") != "duration":
+        print(f"soak: the run stopped by {stop.get('by')} at {stop.get('at_s')} s, not at "
+              f"--duration: no soak figures", file=sys.stderr)
+        return 2
     warnings = [f for f in run["faults"] if f["severity"] == "warning"]
     faults = [f for f in run["faults"] if f["severity"] != "warning"]
     settled = [kb for t, kb in samples if t >= args.settle]
