@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 5
+#define SSB_CORE_VERSION 6
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
