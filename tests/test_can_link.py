@@ -307,3 +307,90 @@ def test_can_log_opens_in_python_can_and_asammdf(tmp_path: Path, suffix: str) ->
         with asammdf.MDF(str(path)) as mdf:
             ids = mdf.get("CAN_DataFrame.ID").samples
             assert len(ids) == len(logged)
+
+
+def test_a_stalled_serial_adapter_does_not_stop_the_tick(tmp_path: Path) -> None:
+    """python-can's serial backend on a pty nobody reads (an adapter that hangs): once the
+    pty's buffer is full a send fails within the write timeout instead of blocking, and the
+    link counts it while the BMS keeps ticking."""
+    import os
+    import threading
+    import time
+    import tty
+
+    from bms.app.can_bus import SERIAL_WRITE_TIMEOUT_S, open_bus
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    emu = Running(seed=3)
+    bus = open_bus(f"serial:{os.ttyname(slave)}")
+    link = VehicleLink(bus, PACK)
+    c = Controller(PACK, [emu.path], clock="sim", log_dir=tmp_path / "log", vehicle=link)
+    durations: list[float] = []
+
+    def ticks() -> None:
+        for _ in range(150):  # ~15 frames a tick: the pty's buffer fills within 100 ticks
+            t0 = time.perf_counter()
+            c.tick()
+            durations.append(time.perf_counter() - t0)
+
+    try:
+        c.open()
+        worker = threading.Thread(target=ticks, daemon=True)
+        worker.start()
+        worker.join(timeout=60.0)
+        blocked = worker.is_alive()
+        if blocked:  # closing the pty's other side ends the blocked write (EIO)
+            os.close(master)
+            worker.join(timeout=10.0)
+    finally:
+        summary = c.close()
+        bus.shutdown()
+        emu.stop()
+        if not blocked:
+            os.close(master)
+        os.close(slave)
+    assert not blocked, f"a send blocked the tick after {len(durations)} ticks"
+    slowest = max(durations)
+    assert summary["ticks"] == 150 and summary["boards"][0]["measurements"] == 150
+    assert summary["vehicle"]["bus_errors"] > 0  # the sends that timed out
+    assert slowest < 0.5 + SERIAL_WRITE_TIMEOUT_S  # never blocked (sim ticks take ms)
+
+
+def test_bms_vcu_stops_its_heartbeat_and_requests_open_on_time(capsys) -> None:  # noqa: ANN001
+    """bms vcu on a virtual bus (real clock, 1.5 s): its frames decoded here by cantools."""
+    import threading
+    import time
+
+    from bms.app import vcu as vcu_cli
+
+    channel = f"vcu-{uuid.uuid4().hex}"
+    listener = can.Bus(interface="virtual", channel=channel)
+    argv = [f"virtual:{channel}", "--duration", "1.5", "--stop-heartbeat-after", "0.5",
+            "--open-after", "1.0", "--json"]
+    t0 = time.monotonic()
+    worker = threading.Thread(target=vcu_cli.main, args=(argv,), daemon=True)
+    worker.start()
+    got = []
+    while worker.is_alive():
+        msg = listener.recv(timeout=0.05)
+        if msg is not None:
+            got.append((time.monotonic() - t0, msg))
+        if time.monotonic() - t0 > 5:
+            break
+    worker.join(timeout=5)
+    listener.shutdown()
+    t_first = got[0][0]  # the VCU's own start (after it has loaded the DBC)
+    got = [(t - t_first, m) for t, m in got]
+    beats = [t for t, m in got if m.arbitration_id == DB.get_message_by_name(
+        "VCU_Heartbeat").frame_id]
+    requests = [(t, DB.decode_message(m.arbitration_id, bytes(m.data))["StateRequest"])
+                for t, m in got if m.arbitration_id == DB.get_message_by_name(
+                    "VCU_Request").frame_id]
+    for _, m in got:
+        assert m.data[0] == frame_crc(m.arbitration_id, m.data)
+    assert 4 <= len(beats) <= 7 and max(beats) < 0.65  # every 100 ms until 0.5 s, then none
+    assert len(requests) >= 12
+    assert all(str(r) == "Close" for t, r in requests if t < 0.9)
+    assert all(str(r) == "Open" for t, r in requests if t > 1.1)
+    assert '"vcu"' in capsys.readouterr().err  # the summary line

@@ -26,6 +26,11 @@ BACKEND_OPTIONS: dict[str, dict[str, Any]] = {
 #: CAN log formats by suffix (python-can's writers): Vector BLF and ASC (CANalyzer, CANape),
 #: ASAM MDF4 (asammdf, CANape).
 LOG_SUFFIXES = (".blf", ".asc", ".mf4")
+#: Longest a send may wait on a byte-stream port whose reader stalled (``serial``): pyserial
+#: waits forever by default, which would stop the control tick; python-can turns the timeout
+#: into CanTimeoutError, which the link counts (and it stops that tick's sending). Assumption:
+#: 10 ms is a tenth of the 0.1 s tick, far above a frame's 19 bytes at any baud rate in use.
+SERIAL_WRITE_TIMEOUT_S = 0.010
 
 
 def parse_spec(spec: str, option: str) -> tuple[str, str]:
@@ -50,8 +55,11 @@ def open_bus(spec: str, option: str = "--can") -> Any:
     import can
 
     try:
-        return can.Bus(interface=interface, channel=channel,
-                       **BACKEND_OPTIONS.get(interface, {}))
+        bus = can.Bus(interface=interface, channel=channel, **BACKEND_OPTIONS.get(interface, {}))
+        port = getattr(bus, "_ser", None) if interface == "serial" else None
+        if port is not None:  # python-can keeps its pyserial port there (4.6)
+            port.write_timeout = SERIAL_WRITE_TIMEOUT_S
+        return bus
     except (can.CanError, OSError, ValueError, ImportError, TypeError) as exc:
         why = " ".join(str(exc).split()) or type(exc).__name__
         raise BoardError(f"{option} {spec}: cannot open: {why}",

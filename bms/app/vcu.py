@@ -15,6 +15,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -145,7 +146,10 @@ def main(argv: list[str]) -> int:
     def _stop(signum: int, frame: object) -> None:
         stop["signal"] = signal.Signals(signum).name
 
-    handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Signals reach the main thread only (a caller may run this in a thread of its own).
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = ({sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if main_thread else {})
     try:
         return _play(args, bus, stop)
     finally:
