@@ -104,7 +104,13 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="steady part, s")
     ap.add_argument("--trials", type=int, default=5, help="open and heartbeat-loss trials")
     ap.add_argument("--out", type=Path, default=Path("runs/can-timing"))
+    ap.add_argument("--link-cost", action="store_true",
+                    help="only the link's own CPU time per tick (send + receive, virtual bus, "
+                    "1000 ticks of the pack's frames), no run")
     args = ap.parse_args()
+    if args.link_cost:
+        print(json.dumps(link_cost(args.pack), indent=2))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "log"
     total = args.duration + 60.0 + args.trials * 25.0
@@ -165,6 +171,55 @@ def main() -> int:
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
+
+
+def link_cost(pack_name: str, n_ticks: int = 1000) -> dict:
+    """CPU time of VehicleLink.send + receive per tick on a virtual bus, with every frame of
+    the pack (values made up: the encoding cost does not depend on them)."""
+    from types import SimpleNamespace
+
+    import can
+
+    from bms.vehicle.link import VehicleLink
+    from bms.vehicle.tick import VehicleTick
+
+    pack = load_pack(pack_name)
+    channel = f"cost-{time.monotonic_ns()}"
+    bus, rx = (can.Bus(interface="virtual", channel=channel) for _ in range(2))
+    link = VehicleLink(bus, pack)
+    h = len(pack.power_limits.horizons_s)
+    stacks, c0 = [], 0
+    for st in pack.stacks:
+        out = SimpleNamespace(charge_limit_a=np.full(h, 5.0), discharge_limit_a=np.full(h, 7.0),
+                              capacity_ah=np.full(st.cells, pack.cell.capacity_ah),
+                              cell_temperature_c=np.full(st.cells, 25.0),
+                              pressure_mean_kpa=1000.0)
+        data = SimpleNamespace(temperature_c=np.full(len(st.thermistor_cell_positions), 25.0),
+                               pressure_kpa=np.full(4, 1000.0))
+        stacks.append(SimpleNamespace(data=data, out=out, stack_voltage_v=85.0,
+                                      cells=slice(c0, c0 + st.cells)))
+        c0 += st.cells
+    v = VehicleTick(state=2, outputs=3, close_wanted=True, fault_latched=False,
+                    critical_latched=False, warning_active=False, current_a=-3.0,
+                    pack_voltage_v=340.0, bus_voltage_v=339.0, charge_limit_a=5.0,
+                    discharge_limit_a=7.0, cell_voltage_v=np.full(c0, 3.7),
+                    soc=np.full(c0, 0.5), stacks=stacks, faults=[])
+    ms = []
+    for k in range(n_ticks):
+        t0 = time.perf_counter()
+        link.send(k, v, k * 0.1)
+        link.receive(k * 0.1, False)
+        ms.append((time.perf_counter() - t0) * 1000.0)
+        while rx.recv(0.0) is not None:
+            pass
+    bus.shutdown()
+    rx.shutdown()
+    a = np.asarray(ms)
+    return {"pack": pack_name, "ticks": n_ticks, "frames": link.counts["tx_frames"],
+            "ms_per_tick": {"mean": round(float(a.mean()), 3),
+                            "p50": round(float(np.percentile(a, 50)), 3),
+                            "p99": round(float(np.percentile(a, 99)), 3),
+                            "max": round(float(a.max()), 3)}}
 
 
 def periods(codec: object, rx: dict[tuple[int, int], list[float]]) -> dict:
