@@ -259,7 +259,7 @@ def check_usage(args: argparse.Namespace, pack: Any) -> None:
     if args.can:
         parse_spec(args.can, "--can")
         check_log_path(args.can_log)
-        if (args.clock or ("real" if args.port else "sim")) != "real":
+        if clock != "real":
             # The vehicle's heartbeat and cycles run on wall time; a sim-clock run goes
             # hundreds of times faster and would see the vehicle lost at once.
             raise UsageError("--can needs --clock real (the vehicle runs on wall time)",
