@@ -118,15 +118,7 @@ class Balancer:
         ``temperature_c``: (n_thermistors,) pack-wide; ``state``: ContactorState number;
         ``fault_active``: FaultTable.fault_latched()."""
         cfg = self.config
-        reason = ""
-        if not cfg.enabled:
-            reason = "disabled"
-        elif state not in STATES_ALLOWED:
-            reason = "state"
-        elif state == 2 and not (math.isfinite(current_a) and current_a >= -self.rest_current_a):
-            reason = "discharging"
-        elif fault_active:
-            reason = "fault"
+        reason = self.idle_reason(state, current_a, fault_active)
         if reason:
             return self._nothing(reason)
 
@@ -180,6 +172,25 @@ class Balancer:
         bleed = v0 / cfg.bleed_resistance_ohm
         power_w = float(np.dot(bleed, v0))
         return BalanceDecision(masks, selected.copy(), bleed, "balancing", power_w)
+
+    def idle_reason(self, state: int, current_a: float, fault_active: bool) -> str:
+        """Why no cell may bleed this tick whatever the SOCs ("" when the gates are open):
+        the first check of :meth:`update`, also asked by the controller so that it prepares
+        the SOC input only on a tick that reads it."""
+        if not self.config.enabled:
+            return "disabled"
+        if state not in STATES_ALLOWED:
+            return "state"
+        if state == 2 and not (math.isfinite(current_a) and current_a >= -self.rest_current_a):
+            return "discharging"
+        if fault_active:
+            return "fault"
+        return ""
+
+    @property
+    def reads_soc(self) -> bool:
+        """True when :meth:`update` decides on the ``soc`` argument (mode ``soc``)."""
+        return self.config.mode == "soc"
 
     def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:
         if not keep_selection:

@@ -487,10 +487,15 @@ class Controller:
         an estimate still converging (sigma above start_delta_soc) counts as no data, so no
         charge is burnt on an estimation error. Returns (decision, limits, active faults)."""
         soc_bal, known = self._soc_balancing, self._soc_known
-        np.less_equal(self._soc_sigma, self._balance_sigma_max, out=known)  # NaN: no data
-        soc_bal.fill(np.nan)
-        np.copyto(soc_bal, self._soc, where=known)
-        bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, int(c_out.state),
+        state = int(c_out.state)
+        # The SOC input costs three numpy calls: made only on a tick whose decision reads it
+        # (most ticks are gated: discharging, a fault, another state).
+        if self.balancer.reads_soc and not self.balancer.idle_reason(state, current_a,
+                                                                     fault_latched):
+            np.less_equal(self._soc_sigma, self._balance_sigma_max, out=known)  # NaN: no data
+            soc_bal.fill(np.nan)
+            np.copyto(soc_bal, self._soc, where=known)
+        bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, state,
                                    current_a, fault_latched)
         active = self.table.active()
         if active and any(r.code in DERATING_CODES for r in active):
