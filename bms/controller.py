@@ -934,7 +934,8 @@ class Controller:
         s.charge_limit_a = min(o.charge_limit_a.tolist())  # a few horizons: no numpy call
         s.discharge_limit_a = min(o.discharge_limit_a.tolist())
         self._p_mean_kpa[k] = o.pressure_mean_kpa
-        self._p_rate_kpa_per_s[k] = o.pressure_rate_kpa_per_s
+        self._p_rate_kpa_per_s[k] = rate = o.pressure_rate_kpa_per_s
+        self._p_rate_abs[k] = abs(rate)  # the protection's input (a numpy call per tick less)
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         # The imbalance against the fixture's static one (the core's is the plain max - min).
         assert s.baseline is not None  # noqa: S101 (made with the stack)
@@ -1019,7 +1020,6 @@ class Controller:
         leak_low = self._leak_low_a
         np.multiply(self._leak_sigma_a, -3.0, out=leak_low)
         leak_low += self._leak_a
-        np.abs(self._p_rate_kpa_per_s, out=self._p_rate_abs)
         # One object, refreshed in place (its arrays are the pack-wide buffers; with a single
         # stack they are bound to the validator's and core's once, on the first data).
         p = self._prot_in
