@@ -194,6 +194,7 @@ class Controller:
         self._single_stack = len(self.stacks) == 1
         self._measurement_lost = False
         self._boards_lost = False
+        self._all_fresh = False  # every board answered this tick (_check_freshness)
         # Set when a lost board ends the run (controller.on_board_lost: stop); run() raises
         # SafetyDataLostError with it after the tick, close() records it in the summary.
         self.stop_reason: str | None = None
@@ -415,6 +416,7 @@ class Controller:
                                    value if math.isfinite(value) else None)
         if not valid or self._boards_lost:
             self._check_lost(t)
+        self._all_fresh = all_fresh  # the row's test too (_record): no board data moves after
         return valid, all_fresh
 
     def _check_lost(self, t: float) -> None:
@@ -579,7 +581,7 @@ class Controller:
                 self.log.event(e)
             arrays = (self._cell_v, self._soc, self._soc_sigma, self._leak_a, self._temps)
             stack_v, bus_v = self._stack_v, self._bus_v
-            if any(s.data is None or s.data.time_s != t for s in self.stacks):
+            if not self._all_fresh:
                 arrays, current_a = self._without_stale(t, arrays)
                 stack_v = bus_v = math.nan
             self.log.row_segments(self._row.fill(
