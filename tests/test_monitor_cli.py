@@ -329,12 +329,19 @@ def test_end_to_end_against_a_running_bms(tmp_path: Path) -> None:
         tty, master = _pty_monitor(str(sock))
         watchers.append(tty)
         _read_pty(master, b"stack-4", 30)
+        # Each viewer connected (its first output read) before the BMS stops: on a loaded
+        # machine a viewer started late finds no socket (another row: monitor-no-socket).
+        head0 = _read_pty(watchers[0].stdout.fileno(), b"stack-4", 30)
+        head1 = _read_pty(watchers[1].stdout.fileno(), b"\n", 30)
+        assert b"stack-4" in head0 and b"\n" in head1
         run.send_signal(signal.SIGTERM)
         run.communicate(timeout=60)
         out, err = watchers[0].communicate(timeout=30)
+        out = head0 + out
         _one_line(err.decode(), MONITOR_ROWS["monitor-bms-stopped"][0])
         assert watchers[0].returncode == ExitCode.IO and b"stack-4" in out
         out, err = watchers[1].communicate(timeout=30)
+        out = head1 + out
         _one_line(err.decode(), MONITOR_ROWS["monitor-bms-stopped"][0])
         n_lines = out.count(b"\n")  # every line the BMS sent, and the count says so
         assert watchers[1].returncode == ExitCode.IO and n_lines > 0
