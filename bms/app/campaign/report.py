@@ -174,6 +174,7 @@ def plots(s: dict[str, Any], out_dir: Path) -> list[str]:
         a1.invert_yaxis()
         lat = [f["latency_s"] or [math.nan] for f in s["faults"].values()]
         a2.boxplot(lat, orientation="horizontal", tick_labels=names)
+        a2.set_xscale("symlog", linthresh=1.0)  # 0.1 s steps and 20-min ramps on one axis
         a2.set_xlabel("latency from injection (s)")
         a2.invert_yaxis()
         fig.tight_layout()
