@@ -142,8 +142,8 @@ def run_from_dict(d: dict[str, Any]) -> RunSpec:
 
 def write_scenario(run: RunSpec, run_dir: Path) -> Path:
     """The run's scenario: its file with the run's injections and ambient added."""
-    data = yaml.safe_load(Path(run.scenario).read_text(encoding="utf-8"))
-    base = Path(run.scenario).parent
+    data = yaml.safe_load(run.scenario_path.read_text(encoding="utf-8"))
+    base = run.scenario_path.parent
     for seg in data.get("segments", []):
         if isinstance(seg, dict) and "csv" in seg and (base / seg["csv"]).exists():
             seg["csv"] = str((base / seg["csv"]).resolve())  # beside the original file

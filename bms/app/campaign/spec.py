@@ -83,7 +83,7 @@ class RunSpec:
 
     pack: str                         # built-in name or absolute pack file path
     overrides: str                    # canonical JSON of the pack keys over it ("{}": none)
-    scenario: str                     # absolute scenario file path
+    scenario: str                     # shipped scenario name, or absolute file path
     seed: int                         # the spec's seed
     fault: FaultSpec | None
     soc_error: float | None
@@ -100,11 +100,17 @@ class RunSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
+    def scenario_path(self) -> Path:
+        """The scenario file (a shipped one is kept by name: resolved on this install)."""
+        from hil.emulator.scenario import resolve_scenario_path
+        return resolve_scenario_path(self.scenario)
+
+    @property
     def plant_seed(self) -> int:
         """The emulator's seed: numpy SeedSequence of the spec's seed, spawned by the plant's
         own spec (pack, scenario, ambient), not by the fault: the healthy and the faulted run
         of one seed get the same cells. Independent of the order and the executor."""
-        plant = json.dumps([self.pack, Path(self.scenario).name, self.ambient_c])
+        plant = json.dumps([self.pack, self.scenario_path.name, self.ambient_c])
         words = tuple(int.from_bytes(hashlib.sha256(plant.encode()).digest()[i:i + 4], "little")
                       for i in range(0, 16, 4))
         ss = np.random.SeedSequence(self.seed, spawn_key=words)
@@ -267,6 +273,9 @@ def _scenario(path: Path, base: Path, key: str, value: Any) -> str:
         raise SpecError(path, key, f"{value!r}: no such file and not a shipped scenario "
                         f"({names})")
     load_scenario(p)  # ScenarioError names the scenario file and its key (exit 3)
+    if p.resolve().parent == SCENARIO_DIR.resolve():
+        # a shipped scenario by name: the same key on every install (and on remote workers)
+        return p.stem
     return str(p.resolve())
 
 
