@@ -138,3 +138,31 @@ faults:
     assert (out / "detection.png").stat().st_size > 0
     assert len(pq.read_table(out / "results.parquet")) == 2
     assert len((out / "results.csv").read_text().splitlines()) == 3
+
+
+def test_fault_on_one_stack_of_a_four_stack_pack(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, """\
+schema: ssb-bms/campaign/1
+name: pack4
+pack: ssb-4x23
+duration_s: 15
+scenarios: [udds]
+seeds: [1]
+faults:
+  - {name: reboot-3, fault: REBOOT, at_s: 5, stack: 2}
+  - {name: reboot-8, fault: REBOOT, at_s: 5, stack: 7}
+"""))
+    out = tmp_path / "out"
+    pool = LocalPool(2)
+    try:
+        rows = {r["fault"]: r for r in run_campaign(spec, out, pool, progress=None,
+                                                     keep_logs=True).rows}
+    finally:
+        pool.shutdown()
+    assert rows["reboot-3"]["detected_by"] == "BOARD_RESET"
+    log = out / "runs" / spec.runs[0].key / "log"
+    from bms.runlog import load_events
+    resets = {e.get("stack") for e in load_events(log) if e.get("name") == "BOARD_RESET"}
+    assert resets == {2}  # the other three boards ran the scenario without it
+    assert rows["reboot-8"]["status"] == "error"
+    assert "stack 7 is not a stack of pack ssb-4x23 (0..3)" in rows["reboot-8"]["error"]

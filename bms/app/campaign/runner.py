@@ -14,16 +14,18 @@ measurement), it is restarted at the scenario's initial SOC + the error, with th
 ``initial_soc_sigma`` (a wrong saved state, or no OCV start); ``null`` keeps the controller's
 own cold start from the OCV.
 
-Scoring (bms.app.evaluate, as ``bms demo``): SOC RMSE, max error and 3-sigma coverage after
-evaluate.CONVERGENCE_S (stack 0's cells against its truth), each injected fault detected or not
-by one of its expected codes (cell codes must name the injected cell), by which code, its
-latency from the injection; the other codes raised after it (its consequences); every warning
-and fault of a healthy run, and those of a faulted run before its injection (false alarms).
+Scoring (bms.app.evaluate's soc_error and DETECTED_BY, as ``bms demo``): SOC RMSE, max error
+and 3-sigma coverage after evaluate.CONVERGENCE_S (each stack's cells against its own truth
+file, pooled); each injected fault detected or not by one of its expected codes (cell codes
+must name the injected cell, a fault on one stack that stack), by which code, its latency from
+the injection; the other codes raised after it (its consequences); every warning and fault of
+a healthy run, and those of a faulted run before its injection (false alarms).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -140,15 +142,17 @@ def run_from_dict(d: dict[str, Any]) -> RunSpec:
 # --------------------------------------------------------------------------- child side
 
 
-def write_scenario(run: RunSpec, run_dir: Path) -> Path:
-    """The run's scenario: its file with the run's injections and ambient added."""
+def write_scenario(run: RunSpec, run_dir: Path, with_fault: bool = True,
+                   name: str = "scenario.yaml") -> Path:
+    """The run's scenario: its file with the run's injections (unless ``with_fault`` is false:
+    the stacks the fault is not on) and ambient added."""
     data = yaml.safe_load(run.scenario_path.read_text(encoding="utf-8"))
     base = run.scenario_path.parent
     for seg in data.get("segments", []):
         if isinstance(seg, dict) and "csv" in seg and (base / seg["csv"]).exists():
             seg["csv"] = str((base / seg["csv"]).resolve())  # beside the original file
     faults = list(data.get("faults") or [])
-    f = run.fault
+    f = run.fault if with_fault else None
     if f is not None:
         for t in f.targets:
             faults.append({"at_s": f.at_s, "fault": f.fault, "target": t, "value": f.value})
@@ -159,7 +163,7 @@ def write_scenario(run: RunSpec, run_dir: Path) -> Path:
     data["ambient"] = [{"at_s": 0.0, "temperature_c": run.ambient_c}]
     data.setdefault("initial", {})["temperature_c"] = run.ambient_c
     data["name"] = f"{data.get('name', 'scenario')}+{run.fault_name}"
-    path = run_dir / "scenario.yaml"
+    path = run_dir / name
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 
@@ -194,7 +198,6 @@ class _SocStart:
 
 def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     """The child's work: run, then score. Raises on a run that cannot be made or fails."""
-    from bms.app.evaluate import evaluate
     from bms.app.run import final_open
     from bms.controller import Controller, SafetyDataLostError
     from boards.config import load_pack
@@ -209,18 +212,29 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     tick_s = pack.controller.tick_s
     every = max(1, int(round(1.0 / tick_s)))
     seed = run.plant_seed
-    urls = [emu_url(pack_ref, k, seed=seed + k, scenario=str(scenario_path),
+    f = run.fault
+    if f is not None and f.stack is not None and not f.stack < len(pack.stacks):
+        raise ValueError(f"fault {f.name}: stack {f.stack} is not a stack of pack {pack.name} "
+                         f"(0..{len(pack.stacks) - 1})")
+    healthy_path = scenario_path
+    if f is not None and f.stack is not None and len(pack.stacks) > 1:
+        healthy_path = write_scenario(run, run_dir, with_fault=False, name="scenario-other.yaml")
+    urls = [emu_url(pack_ref, k, seed=seed + k,
+                    scenario=str(scenario_path if f is None or f.stack in (None, k)
+                                 else healthy_path),
                     truth=str(run_dir / f"truth_{k}.csv"), truth_every=every)
             for k in range(len(pack.stacks))]
     log_dir = run_dir / "log"
     c = Controller(pack, urls, clock="sim", log_dir=log_dir,
                    meta={"command": "campaign", "run": run.as_dict()})
     boards: list[Any] = []
+    cells: list[slice] = []
     start = _SocStart(run.soc_error, scenario.initial_soc if scenario.initial_soc is not None
                       else 0.5, pack.estimator.initial_soc_sigma)
     try:
         c.open()
         boards = [_emulated_board(s) for s in c.stacks]
+        cells = [s.cells for s in c.stacks]
         c.request_close()
         try:
             c.run(run.duration_s, on_tick=start)
@@ -236,8 +250,35 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     errors = [e for b in boards if b is not None for e in b.counters.scenario_errors]
     if errors:
         raise RuntimeError(f"the emulator refused the scenario: {errors[0]}")
-    report = evaluate(log_dir, run_dir / "truth_0.csv", scenario, tick_s)
+    report = {"soc": soc_all_stacks(log_dir, run_dir, cells, tick_s)}
     return score(run, report, summary, log_dir)
+
+
+def soc_all_stacks(log_dir: Path, run_dir: Path, cells: list[slice],
+                   tick_s: float) -> dict[str, Any]:
+    """bms.app.evaluate.soc_error per stack (its cells' columns against its own truth file),
+    pooled over every cell-sample of the pack."""
+    from bms.app.evaluate import soc_error
+    from bms.runlog import load_ticks
+
+    ticks = load_ticks(log_dir)
+    soc_cols = sorted(c for c in ticks if c.endswith("_soc"))
+    parts = []
+    for k, sl in enumerate(cells):
+        own = {"time_s": ticks["time_s"]} if ticks else {}
+        for c in soc_cols[sl]:
+            own[c] = ticks[c]
+            own[c.replace("_soc", "_soc_sigma")] = ticks[c.replace("_soc", "_soc_sigma")]
+        part = soc_error(own, run_dir / f"truth_{k}.csv", tick_s) if ticks else {}
+        if part:
+            parts.append(part)
+    if not parts:
+        return {}
+    n = sum(p["samples"] for p in parts)
+    return {"rmse_pct": math.sqrt(sum(p["rmse_pct"] ** 2 * p["samples"] for p in parts) / n),
+            "max_abs_pct": max(p["max_abs_pct"] for p in parts),
+            "within_3sigma_pct": sum(p["within_3sigma_pct"] * p["samples"] for p in parts) / n,
+            "samples": n}
 
 
 def _emulated_board(stack: Any) -> Any:
@@ -265,7 +306,8 @@ def score(run: RunSpec, report: dict[str, Any], summary: dict[str, Any],
     if f is not None:
         cells = set(f.targets) if f.fault in _CELL_FAULTS else None
         hits = [e for e in raised if e.get("name") in expect and e["time_s"] >= f.at_s - 1e-9
-                and (cells is None or e.get("cell") is None or e.get("cell") in cells)]
+                and (cells is None or e.get("cell") is None or e.get("cell") in cells)
+                and (f.stack is None or e.get("stack") is None or e.get("stack") == f.stack)]
     first = min(hits, key=lambda e: e["time_s"], default=None)
     severe = min((e for e in hits if e.get("severity") in ("fault", "critical")),
                  key=lambda e: e["time_s"], default=None)

@@ -15,6 +15,7 @@ Format (docs/campaign.md)::
     faults:                          # "none": a healthy run
       - none
       - {name: leak, fault: CELL_SOFT_SHORT, target: 7, value: 10.0, at_s: 20}
+      # stack: K (0-based) injects on that stack's board only; default every stack
     runs: cross                      # the cross product, or a list of explicit runs
 
 An explicit run names one value of each axis (``{scenario: udds, seed: 1, fault: leak,
@@ -47,8 +48,8 @@ SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NO_FAULT = "none"
 _TOP_KEYS = ("schema", "name", "description", "pack", "overrides", "duration_s", "timeout_s",
              "scenarios", "seeds", "soc_errors", "ambient_c", "faults", "runs", "quick")
-_FAULT_KEYS = ("name", "fault", "target", "targets", "value", "at_s", "clear_at_s", "expect",
-               "bound_s")
+_FAULT_KEYS = ("name", "fault", "target", "targets", "stack", "value", "at_s", "clear_at_s",
+               "expect", "bound_s")
 _RUN_KEYS = ("scenario", "seed", "fault", "soc_error", "ambient_c")
 # Bounds: a campaign run is a simulated pack, not a soak (bms run does those).
 MAX_DURATION_S = 7 * 86400.0
@@ -75,6 +76,7 @@ class FaultSpec:
     clear_at_s: float | None = None
     expect: tuple[str, ...] = ()      # FaultCode names that count as detecting it
     bound_s: float | None = None      # the latency it must stay within (optional)
+    stack: int | None = None          # the stack (board) it is injected on; None: every one
 
 
 @dataclass(frozen=True)
@@ -336,8 +338,11 @@ def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | N
     bound = value.get("bound_s")
     if bound is not None:
         bound = _number(path, f"{key}.bound_s", bound, 0.0, MAX_DURATION_S)
+    stack = value.get("stack")
+    if stack is not None:
+        stack = _int(path, f"{key}.stack", stack, 0, 255)  # the pack's count: checked at run
     return FaultSpec(name=name, fault=code.upper(), targets=targets, value=float(v), at_s=at_s,
-                     clear_at_s=clear, expect=tuple(expect), bound_s=bound)
+                     clear_at_s=clear, expect=tuple(expect), bound_s=bound, stack=stack)
 
 
 def _runs(path: Path, spec: CampaignSpec, value: Any) -> list[RunSpec]:
