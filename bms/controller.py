@@ -27,6 +27,7 @@ from bms.board_io import BoardIO
 from bms.charging import CcdLimit, CcdWatch, HeldLimit, stack_conditions
 from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, ContactorStateMachine
 from bms.core import Core
+from bms.current_check import CurrentPlausibility
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.monitor import MonitorServer
 from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
@@ -49,6 +50,7 @@ from bms.tuning import (
     CCD_CHARGER_RESPONSE_S,
     CCD_EVENT_DEBOUNCE_S,
     CCD_EVENT_HYSTERESIS_A,
+    CURRENT_CHECK,
     DERATING_CODES,
     GC_EVERY_TICKS,
     HEARTBEATS_PER_TIMEOUT,
@@ -124,6 +126,8 @@ class StackRuntime:
     stale: bool = False
     board_lost: bool = False  # BOARD_LOST raised (port gone or silent too long)
     mismatch: bool = False  # BOARD_MEASUREMENT_MISMATCH active
+    # Measured minus predicted cell voltage of the last core step (the current check's input).
+    innovation_v: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     @property
     def client(self) -> BoardClient:
@@ -177,6 +181,7 @@ class Controller:
                        for k, (stack, board, port)
                        in enumerate(zip(pack.stacks, boards, ports, strict=True))]
         self.protections = PackProtections(pack)
+        self.current_check = CurrentPlausibility(len(self.stacks), CURRENT_CHECK)
         self.contactors = ContactorStateMachine(pack.contactors)
         self.balancer = Balancer(
             pack.balancing, [s.cells for s in pack.stacks],
@@ -348,6 +353,7 @@ class Controller:
         current_a = self._pack_current()
         if all_fresh:
             self._protect(t, current_a, protect_charge_a, discharge_a)
+            self._check_current(t)
         if self.vehicle is not None:
             self._vehicle_requests(t)
         c_out, fault_latched = self._contactors(t, valid)
@@ -456,6 +462,23 @@ class Controller:
         board must not look like NaN sensors; its absence is MEASUREMENT_LOST)."""
         self.protections.step(t, self._protection_inputs(current_a, charge_a, discharge_a),
                               self.table)
+
+    def _check_current(self, t: float) -> None:
+        """3b. Current-sensor plausibility (bms/current_check.py): no current path means the
+        outputs commanded open last tick and, with feedback, reported open (a welded
+        contactor conducts)."""
+        fb = self._feedback_bits()
+        no_path = self.contactors.outputs == 0 and not fb
+        was = [self.current_check.reason(s.index) for s in self.stacks]
+        self.current_check.step(t, [s.data.current_a if s.data is not None else math.nan
+                                    for s in self.stacks], no_path, self.table)
+        if self.log:
+            for s, before in zip(self.stacks, was, strict=True):
+                why = self.current_check.reason(s.index)
+                if why and not before:
+                    self.log.event({"type": "current_check", "event": "offset suspected",
+                                    "time_s": t, "stack": s.index, "reason": why,
+                                    "cusum_v_s": self.current_check.cusum_v_s(s.index)})
 
     def _contactors(self, t: float, valid: bool) -> tuple[ContactorOutput, bool]:
         """4. The contactor state machine on this tick's faults and voltages; the faults it
@@ -889,6 +912,10 @@ class Controller:
                                 data.temperature_c, data.pressure_kpa)
         s.data = data
         s.last_valid_s = s.ts_moved_s
+        if s.innovation_v.shape != o.voltage_pred_v.shape:
+            s.innovation_v = np.empty_like(o.voltage_pred_v)
+        np.subtract(data.cell_voltage_v, o.voltage_pred_v, out=s.innovation_v)
+        self.current_check.innovation(s.index, t, s.innovation_v, o.soc_sigma)
         self._collect(s, data, o, t)
 
     def _timestamp_moved(self, s: StackRuntime, timestamp_ms: int, t: float) -> bool:

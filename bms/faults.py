@@ -79,6 +79,7 @@ class FaultCode(IntEnum):
     BUS_VOLTAGE_SENSOR = 210
     MONITOR_READ_ERROR = 211
     ESTIMATE_INVALID = 212
+    CURRENT_SENSOR_OFFSET = 213
     # 3xx: link and board.
     MEASUREMENT_LOST = 301
     MEASUREMENT_LATE = 302
@@ -158,6 +159,11 @@ FAULT_INFO: dict[FaultCode, FaultInfo] = {
                   "event; the affected channels read invalid"),
         FaultInfo(FaultCode.ESTIMATE_INVALID, "estimate invalid (core returned NaN)", _W,
                   "event + derate"),
+        FaultInfo(FaultCode.CURRENT_SENSOR_OFFSET,
+                  "current sensor offset (reads current with no path, biased innovations, "
+                  "or disagrees with the boards in series)", _W,
+                  "event + derate; contactors stay: the cell voltage and temperature "
+                  "protections read their own sensors"),
         FaultInfo(FaultCode.MEASUREMENT_LOST, "measurement lost (timeout)", _W,
                   "safe state: all open until valid data is back"),
         FaultInfo(FaultCode.MEASUREMENT_LATE, "measurement late", _W, "event"),

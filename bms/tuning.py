@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bms.current_check import CurrentCheckConfig
 from bms.faults import FaultCode
 
 # ---------------------------------------------------------------------- controller (tick)
@@ -28,6 +29,9 @@ DERATING_CODES = frozenset({
     FaultCode.CELL_OVERTEMPERATURE_CHARGE, FaultCode.CELL_OVERTEMPERATURE_DISCHARGE,
     FaultCode.CELL_UNDERTEMPERATURE_CHARGE, FaultCode.CELL_UNDERTEMPERATURE_DISCHARGE,
     FaultCode.CHARGE_OVERCURRENT, FaultCode.DISCHARGE_OVERCURRENT,
+    # A biased current sensor: the over-current levels compare a reading that is off by the
+    # offset, so the allowed currents keep a margin (assumption: the same factor).
+    FaultCode.CURRENT_SENSOR_OFFSET,
 })
 #: HEARTBEAT period: five beats per board watchdog timeout (read from the board's INFO), at
 #: most one per tick (assumption: at 10 Hz every other tick, so one lost or late beat -- also
@@ -202,6 +206,39 @@ BOARD_ACK_WAIT_FRACTION = 0.8
 #: Assumption: 1 s, ten samples at 10 Hz against ~1 kPa of load-cell noise, and shorter than
 #: the imbalance protection's debounce (2 s for ssb-23), so the static tilt never asserts.
 LOAD_CELL_BASELINE_WINDOW_S = 1.0
+
+# ---------------------------------------------------------------------- current plausibility
+
+#: CURRENT_SENSOR_OFFSET (bms/current_check.py, docs/safety.md "Current-sensor offset").
+CURRENT_CHECK = CurrentCheckConfig(
+    # With every contactor open no current flows: a reading above 0.5 A is an offset. 1 % of
+    # the reference board's +-50 A range (boards/mega2560-ltc6811.yaml: shunt + AMC1301-class
+    # amplifier; such chains are specified at 0.5-1 % of full scale over temperature,
+    # assumption for this chain), 10x the estimator's current_noise_a (0.05 A).
+    rest_threshold_a=0.5,
+    # 1 s: above the ~10-20 ms a contactor takes to open and the one-tick-old measurement of
+    # the pipelined sim clock (assumption).
+    rest_debounce_s=1.0,
+    # The stack's median innovation is allowed 5 mV: above the core's fitted model error on
+    # foreign truth (bms fit on PyBaMM Chen2020: 2.3-3.8 mV RMSE per temperature,
+    # docs/estimation.md) and the emulator's (0.5-1.4 mV); measured on healthy ssb-23 runs:
+    # |median| below 2 mV once converged (docs/safety.md).
+    cusum_allowance_v=0.005,
+    # 0.05 V s: 10 s of a median innovation 10 mV (the +5 A offset's lasting bias on ssb-23),
+    # ~2 s of its first 30 mV (measured, docs/safety.md); a healthy median stays under the
+    # allowance (assumption: the margin against false alarms, checked by the campaigns).
+    cusum_limit_v_s=0.05,
+    # Only a converged estimate (stack mean SOC sigma <= 3 %): a cold start or a state far
+    # from the truth has a common-mode innovation of its own (assumption; the pack's
+    # initial_soc_sigma is 15 %).
+    sigma_gate=0.03,
+    # Stacks in series carry one current: two boards further apart than twice the 0.5 A
+    # accuracy above disagree (assumption) ...
+    disagree_a=1.0,
+    # ... for 1 s (the boards sample within a tick of each other; a UDDS step moves the
+    # current by a few A per 0.1 s, assumption).
+    disagree_debounce_s=1.0,
+)
 
 # ---------------------------------------------------------------------- contactors
 

@@ -123,18 +123,19 @@ scenarios: [udds]
 seeds: [1]
 faults:
   - {name: reboot, fault: REBOOT, at_s: 5, bound_s: 0.2}
-  - {name: offset, fault: CURRENT_OFFSET, value: 5.0, at_s: 5}
+  - {name: coolant, fault: COOLANT_LOSS, at_s: 5}
 """)
     out = tmp_path / "out"
     code = bms_main(["campaign", str(spec), "--workers", "2", "--out", str(out), "--quiet",
                      "--check"])
     printed = capsys.readouterr().out
-    # A current-sensor offset is not diagnosed (docs/safety.md "Campaigns"): --check says so.
+    # A coolant loss raises no over-temperature in 10 s (docs/safety.md "Campaigns"): --check
+    # says so.
     assert code == 6, printed
     assert "2 runs (2 now, 0 done before): 2 ok" in printed and "faults missed 1" in printed
     report = (out / "report.md").read_text()
     assert "| reboot | REBOOT | 1 | 1/1 | BOARD_RESET |" in report
-    assert "| offset | CURRENT_OFFSET | 1 | 0/1 | - |" in report
+    assert "| coolant | COOLANT_LOSS | 1 | 0/1 | - |" in report
     assert (out / "detection.png").stat().st_size > 0
     assert len(pq.read_table(out / "results.parquet")) == 2
     assert len((out / "results.csv").read_text().splitlines()) == 3

@@ -1,0 +1,146 @@
+"""Current-sensor plausibility: an offset on a board's current sensor (docs/safety.md).
+
+The range check of the validator (bms/validation.py) sees a current sensor that reads out of
+range or NaN; an offset of a few amperes stays in range and was seen by nothing: the EKF
+integrates it into every cell's SOC (the bms campaign ``faults`` case CURRENT_OFFSET +5 A: SOC
+RMSE 7.4 %, nothing raised). Three signals, cheapest first, each raising
+CURRENT_SENSOR_OFFSET (a warning) on the stack whose board reads wrong:
+
+- **No current path**: the contactor state machine's outputs are all open, so the true current
+  is zero; a board that reads more than ``rest_threshold_a`` for ``rest_debounce_s`` is
+  offset.
+- **Common-mode innovation** (contactors closed or open): each stack's EKF predicts its cells'
+  voltages from the current its board measured. A biased current shifts every cell's
+  prediction the same way (its R0 drop at once, then the integrated SOC), while a cell fault
+  moves one cell: the stack's *median* innovation (measured minus predicted voltage) is the
+  common-mode signal, and a two-sided CUSUM with an allowance above the fitted model error
+  integrates it. It runs only while the stack's estimate has converged (mean SOC sigma at or
+  below ``sigma_gate``): a converging estimate (a cold start, a restored state far from the
+  truth) has a large common-mode innovation of its own.
+- **Stacks in series** carry one current: with several boards, a board whose reading is
+  further than ``disagree_a`` from the others' median for ``disagree_debounce_s`` is offset
+  (two boards: both are named, neither can be told from the other).
+
+Pure logic on the tick's ``time_s``; the controller feeds it and owns the fault table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bms.faults import FaultCode, FaultTable
+
+_CODE = FaultCode.CURRENT_SENSOR_OFFSET
+
+
+@dataclass(frozen=True)
+class CurrentCheckConfig:
+    """The check's tunables (values and sources: bms/tuning.py)."""
+
+    rest_threshold_a: float
+    rest_debounce_s: float
+    cusum_allowance_v: float
+    cusum_limit_v_s: float
+    sigma_gate: float
+    disagree_a: float
+    disagree_debounce_s: float
+
+
+@dataclass
+class _StackState:
+    cusum_pos_v_s: float = 0.0   # integrated (median innovation - allowance), >= 0
+    cusum_neg_v_s: float = 0.0   # integrated (-median innovation - allowance), >= 0
+    last_t_s: float | None = None
+    rest_since_s: float | None = None      # |I| past the rest threshold since
+    disagree_since_s: float | None = None  # off the other boards' median since
+    raised: bool = False
+    why: str = ""
+
+
+class CurrentPlausibility:
+    """One instance per pack; ``n_stacks`` boards, each with its own current sensor."""
+
+    def __init__(self, n_stacks: int, config: CurrentCheckConfig) -> None:
+        self.config = config
+        self._st = [_StackState() for _ in range(n_stacks)]
+
+    def cusum_v_s(self, stack: int) -> float:
+        """The larger side of the stack's CUSUM (V s; the run log's column)."""
+        s = self._st[stack]
+        return max(s.cusum_pos_v_s, s.cusum_neg_v_s)
+
+    def innovation(self, stack: int, t: float, innovation_v: np.ndarray, soc_sigma: np.ndarray
+                   ) -> None:
+        """One stack's fresh estimate: its cells' innovations (measured - predicted voltage,
+        NaN where a cell had none) and SOC sigmas."""
+        c = self.config
+        s = self._st[stack]
+        dt = 0.0 if s.last_t_s is None else t - s.last_t_s
+        s.last_t_s = t
+        finite = innovation_v[np.isfinite(innovation_v)]
+        sigma = float(np.nanmean(soc_sigma)) if soc_sigma.size else math.nan
+        if finite.size < 3 or not sigma <= c.sigma_gate:
+            # Too few cells to tell common mode from one cell, or an estimate still
+            # converging: the CUSUM restarts from zero when the estimate is trusted again.
+            s.cusum_pos_v_s = s.cusum_neg_v_s = 0.0
+            return
+        med = float(np.median(finite))
+        # Capped at twice the limit: a repaired sensor clears within limit / allowance seconds.
+        cap = 2.0 * c.cusum_limit_v_s
+        s.cusum_pos_v_s = min(cap, max(0.0, s.cusum_pos_v_s + (med - c.cusum_allowance_v) * dt))
+        s.cusum_neg_v_s = min(cap, max(0.0, s.cusum_neg_v_s + (-med - c.cusum_allowance_v) * dt))
+
+    def step(self, t: float, currents_a: list[float], no_current_path: bool,
+             table: FaultTable) -> None:
+        """After every stack's ``innovation``: decide and raise. ``currents_a``: each board's
+        reading this tick (NaN: none); ``no_current_path``: every contactor commanded open
+        (and, where there is feedback, reported open) for this whole tick."""
+        c = self.config
+        finite = sorted(i for i in currents_a if math.isfinite(i))
+        median = (math.nan if not finite else finite[len(finite) // 2] if len(finite) % 2
+                  else 0.5 * (finite[len(finite) // 2 - 1] + finite[len(finite) // 2]))
+        for k, (s, i_a) in enumerate(zip(self._st, currents_a, strict=True)):
+            why = ""
+            value = math.nan
+            # 1. at rest: the true current is zero
+            if no_current_path and math.isfinite(i_a) and abs(i_a) > c.rest_threshold_a:
+                if s.rest_since_s is None:
+                    s.rest_since_s = t
+                if t - s.rest_since_s >= c.rest_debounce_s - 1e-9:
+                    why, value = "current with contactors open", i_a
+            else:
+                s.rest_since_s = None
+            # 2. the common-mode innovation
+            if not why and max(s.cusum_pos_v_s, s.cusum_neg_v_s) > c.cusum_limit_v_s:
+                why = "common-mode voltage innovation"
+                value = s.cusum_pos_v_s if s.cusum_pos_v_s > s.cusum_neg_v_s \
+                    else -s.cusum_neg_v_s
+            # 3. stacks in series: one current
+            if len(finite) >= 2 and math.isfinite(i_a):
+                others = [x for j, x in enumerate(currents_a) if j != k and math.isfinite(x)]
+                ref = median if len(finite) >= 3 else others[0]
+                if abs(i_a - ref) > c.disagree_a:
+                    if s.disagree_since_s is None:
+                        s.disagree_since_s = t
+                    if not why and t - s.disagree_since_s >= c.disagree_debounce_s - 1e-9:
+                        why, value = "boards in series disagree", i_a - ref
+                else:
+                    s.disagree_since_s = None
+            else:
+                s.disagree_since_s = None
+            if why and not s.raised:
+                table.raise_fault(_CODE, t, None, value, k)
+                s.raised, s.why = True, why
+            elif not why and s.raised:
+                table.clear_fault(_CODE, t, None, value, k)
+                s.raised, s.why = False, ""
+
+    def reason(self, stack: int) -> str:
+        """Why the stack's record is raised ('' when it is not)."""
+        return self._st[stack].why
+
+
+__all__ = ["CurrentCheckConfig", "CurrentPlausibility"]
