@@ -467,18 +467,15 @@ class Controller:
         """3b. Current-sensor plausibility (bms/current_check.py): no current path means the
         outputs commanded open last tick and, with feedback, reported open (a welded
         contactor conducts)."""
-        fb = self._feedback_bits()
-        no_path = self.contactors.outputs == 0 and not fb
-        was = [self.current_check.reason(s.index) for s in self.stacks]
-        self.current_check.step(t, [s.data.current_a if s.data is not None else math.nan
-                                    for s in self.stacks], no_path, self.table)
-        if self.log:
-            for s, before in zip(self.stacks, was, strict=True):
-                why = self.current_check.reason(s.index)
-                if why and not before:
-                    self.log.event({"type": "current_check", "event": "offset suspected",
-                                    "time_s": t, "stack": s.index, "reason": why,
-                                    "cusum_v_s": self.current_check.cusum_v_s(s.index)})
+        no_path = self.contactors.outputs == 0 and not self._feedback_bits()
+        raised = self.current_check.step(t, [s.data.current_a if s.data is not None
+                                             else math.nan for s in self.stacks],
+                                         no_path, self.table)
+        if raised and self.log:
+            for k in raised:
+                self.log.event({"type": "current_check", "event": "offset suspected",
+                                "time_s": t, "stack": k, "reason": self.current_check.reason(k),
+                                "cusum_v_s": self.current_check.cusum_v_s(k)})
 
     def _contactors(self, t: float, valid: bool) -> tuple[ContactorOutput, bool]:
         """4. The contactor state machine on this tick's faults and voltages; the faults it

@@ -80,25 +80,31 @@ class CurrentPlausibility:
         s = self._st[stack]
         dt = 0.0 if s.last_t_s is None else t - s.last_t_s
         s.last_t_s = t
-        finite = innovation_v[np.isfinite(innovation_v)]
-        sigma = float(np.nanmean(soc_sigma)) if soc_sigma.size else math.nan
-        if finite.size < 3 or not sigma <= c.sigma_gate:
+        # Lists, not numpy reductions: ~5 us a stack against ~70 for nanmean + median on 23
+        # values (timeit); a NaN sigma (no estimate) keeps the gate shut.
+        vals = [x for x in innovation_v.tolist() if x == x]
+        sig = soc_sigma.tolist()
+        n = len(vals)
+        if n < 3 or not sum(sig) <= c.sigma_gate * len(sig):
             # Too few cells to tell common mode from one cell, or an estimate still
             # converging: the CUSUM restarts from zero when the estimate is trusted again.
             s.cusum_pos_v_s = s.cusum_neg_v_s = 0.0
             return
-        med = float(np.median(finite))
+        vals.sort()
+        med = vals[n // 2] if n % 2 else 0.5 * (vals[n // 2 - 1] + vals[n // 2])
         # Capped at twice the limit: a repaired sensor clears within limit / allowance seconds.
         cap = 2.0 * c.cusum_limit_v_s
         s.cusum_pos_v_s = min(cap, max(0.0, s.cusum_pos_v_s + (med - c.cusum_allowance_v) * dt))
         s.cusum_neg_v_s = min(cap, max(0.0, s.cusum_neg_v_s + (-med - c.cusum_allowance_v) * dt))
 
     def step(self, t: float, currents_a: list[float], no_current_path: bool,
-             table: FaultTable) -> None:
+             table: FaultTable) -> list[int]:
         """After every stack's ``innovation``: decide and raise. ``currents_a``: each board's
         reading this tick (NaN: none); ``no_current_path``: every contactor commanded open
-        (and, where there is feedback, reported open) for this whole tick."""
+        (and, where there is feedback, reported open) for this whole tick. Returns the stacks
+        raised on this tick (``reason`` says why)."""
         c = self.config
+        raised: list[int] = []
         finite = sorted(i for i in currents_a if math.isfinite(i))
         median = (math.nan if not finite else finite[len(finite) // 2] if len(finite) % 2
                   else 0.5 * (finite[len(finite) // 2 - 1] + finite[len(finite) // 2]))
@@ -134,9 +140,11 @@ class CurrentPlausibility:
             if why and not s.raised:
                 table.raise_fault(_CODE, t, None, value, k)
                 s.raised, s.why = True, why
+                raised.append(k)
             elif not why and s.raised:
                 table.clear_fault(_CODE, t, None, value, k)
                 s.raised, s.why = False, ""
+        return raised
 
     def reason(self, stack: int) -> str:
         """Why the stack's record is raised ('' when it is not)."""
