@@ -85,6 +85,8 @@ def test_offset_with_contactors_open_is_a_current_without_a_path(tmp_path: Path)
 def test_healthy_run_with_the_check_on_raises_nothing(tmp_path: Path) -> None:
     c = _run(tmp_path, None, 0.0, 60.0, close=True)
     assert not _offset_records(c)
+    # the CUSUM ran (the estimate converged: the gate was open), it did not just sit at 0
+    assert float(np.mean(c.stacks[0].out.soc_sigma)) <= CURRENT_CHECK.sigma_gate
     assert c.current_check.cusum_v_s(0) < 0.2 * CURRENT_CHECK.cusum_limit_v_s
     assert c.contactors.state.name == "CLOSED"
 
