@@ -640,6 +640,10 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double q_rc2 = q_rc * use2;
     /* hysteresis: h moves towards sgn(I) by 1 - exp(-gamma |dSOC|) (Plett 2004) with the
        cell's own current and nominal-capacity SOC step; at zero current it stays */
+    /* the loop reads locals only (a load through prm inside it stops the vectoriser) */
+    const double ce = prm->coulombic_eff;
+    const double h_dt = prm->hyst_rate * dt_s / prm->capacity_as;
+    const double hyst_on = prm->hyst_rate != 0.0 ? 1.0 : 0.0;
     const double g2 = prm->gate_sigma * prm->gate_sigma;
     /* the model error is correlated over voltage_corr_s: over a short dt a sample carries
        dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
@@ -652,8 +656,8 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
         const double i_a = current_a - bl_a[i];
-        const double eta_i = i_a > 0.0 ? prm->coulombic_eff : 1.0;
-        const double a_h = exp_neg(-prm->hyst_rate * fabs(eta_i * i_a * dt_s / prm->capacity_as));
+        const double eta_i = i_a > 0.0 ? ce : 1.0;
+        const double a_h = hyst_on != 0.0 ? exp_neg(-h_dt * fabs(eta_i * i_a)) : 1.0;
         const double h_in = (1.0 - a_h) * (i_a > 0.0 ? 1.0 : (i_a < 0.0 ? -1.0 : 0.0));
         const double a1 = exp_neg(-dt_s / tau1_a[i]);
         const double a2 = exp_neg(-dt_s / tau2_a[i]);
