@@ -176,7 +176,8 @@ class Controller:
             sum(b.load_cells for b in boards), len(pack.stacks))
         self.log = RunLog(log_dir, self.columns, meta={
             "pack": pack.name, "pack_file": str(pack.path), "ports": ports, "clock": clock,
-            "tick_s": self.tick_s, **(meta or {})}) if log_dir else None
+            "tick_s": self.tick_s, "pipelined": self.pipeline,
+            **(meta or {})}) if log_dir else None
         self.stacks = [self._stack_runtime(k, stack, board, port, timeout_s, retries)
                        for k, (stack, board, port)
                        in enumerate(zip(pack.stacks, boards, ports, strict=True))]
@@ -262,6 +263,10 @@ class Controller:
             stack_pressure_kpa=self._p_mean_kpa, pressure_rate_kpa_per_s=self._p_rate_abs,
             pressure_residual_kpa=self._p_cusum_kpa,
             load_cell_imbalance_kpa=self._p_imbalance_kpa, cell_leak_a=self._leak_low_a)
+        # The bleed currents commanded in the last tick and the one before (A, per cell): the
+        # estimator subtracts from each cell's current the bleed that flowed over the interval
+        # it predicts (_bleed_flowing).
+        self._bleed_cmd_1, self._bleed_cmd_2 = np.zeros(n), np.zeros(n)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -360,6 +365,8 @@ class Controller:
         bal, charge_a, discharge_a, n_active = self._balance_and_derate(
             t, c_out, current_a, fault_latched, charge_a, discharge_a)
         self._command(t, c_out, int(c_out.state), bal, charge_a, discharge_a)
+        self._bleed_cmd_1, self._bleed_cmd_2 = self._bleed_cmd_2, self._bleed_cmd_1
+        np.copyto(self._bleed_cmd_1, bal.bleed_current_a)
         self._record(t, wall0, c_out, current_a, charge_a, discharge_a, bal, n_active)
         self.tick_index += 1
         if t >= self._next_state_save_s:
@@ -386,6 +393,14 @@ class Controller:
             if m is not None:
                 self._receive(s, m, t, self.tick_s)
             s.io.collect_pending_ack(t)  # last tick's SET_OUTPUTS (pipelined, _command)
+
+    def _bleed_flowing(self) -> np.ndarray:
+        """The bleed per cell that flowed over the interval this tick's MEASUREMENT ends
+        (t - tick, t]. Lockstep and the real clock: the command of the last tick (it reached
+        the board before its step to t). Pipelined: the command of the tick before that (the
+        board read it after its step to the last tick's time, docs/architecture.md "Sim clock
+        timing")."""
+        return self._bleed_cmd_2 if self.pipeline else self._bleed_cmd_1
 
     def _wait_bound(self, s: StackRuntime, t: float, fraction: float
                     ) -> tuple[float | None, int | None]:
@@ -906,7 +921,8 @@ class Controller:
         if not s.estimator_started:
             self._start_estimator(s, data, t)
         o = s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v,
-                                data.temperature_c, data.pressure_kpa)
+                                data.temperature_c, data.pressure_kpa,
+                                self._bleed_flowing()[s.cells])
         s.data = data
         s.last_valid_s = s.ts_moved_s
         if s.innovation_v.shape != o.voltage_pred_v.shape:

@@ -170,7 +170,8 @@ def two_rt_over_f(temp_c: np.ndarray) -> np.ndarray:
     return 2.0 * R_OVER_F_V_PER_K * (np.asarray(temp_c, dtype=float) + KELVIN)
 
 
-def ct_overpotential(c: np.ndarray, current_a: float, temp_c: np.ndarray) -> np.ndarray:
+def ct_overpotential(c: np.ndarray, current_a: float | np.ndarray, temp_c: np.ndarray
+                     ) -> np.ndarray:
     """Symmetric Butler-Volmer charge-transfer overpotential (2 R T / F) asinh(I c), c =
     1 / (2 I0) per cell; exactly 0 where c = 0 (no charge transfer in the model)."""
     return np.where(c != 0.0, two_rt_over_f(temp_c) * np.arcsinh(current_a * c), 0.0)
@@ -527,6 +528,11 @@ class Core:
         meas = self._ffi.new("ssb_meas_t *")
         self._own_in = (self._buf(self._v_in), self._buf(self._t_in), self._buf(self._p_in))
         meas.cell_voltage_v, meas.temperature_c, meas.pressure_kpa = self._own_in
+        # The balancing bleed per cell (A), always the Core's own buffer: zeros unless a step
+        # is given one.
+        self._bleed_in = np.zeros(self.n_cells)
+        self._bleed_set = False
+        meas.bleed_a = self._buf(self._bleed_in)
         # Caller arrays the C core reads in place (see _load), held so their identity is sound.
         self._bound: tuple[np.ndarray | None, ...] = (None, None, None)
         self._bound_ptrs: tuple = ()
@@ -664,13 +670,30 @@ class Core:
         if p.n_load_cells:
             self._p_in[:] = pressure_kpa
 
+    def _load_bleed(self, bleed_a: np.ndarray | None) -> None:
+        if bleed_a is None:
+            if self._bleed_set:
+                self._bleed_in.fill(0.0)
+                self._bleed_set = False
+            return
+        if np.shape(bleed_a) != (self.n_cells,):
+            raise ValueError(f"bleed_a has shape {np.shape(bleed_a)}; the stack has "
+                             f"{self.n_cells} cells")
+        self._bleed_in[:] = bleed_a
+        self._bleed_set = True
+
     def step(self, dt_s: float, current_a: float, cell_voltage_v: np.ndarray,
-             temperature_c: np.ndarray, pressure_kpa: np.ndarray) -> CoreOutput:
+             temperature_c: np.ndarray, pressure_kpa: np.ndarray,
+             bleed_a: np.ndarray | None = None) -> CoreOutput:
         """One tick: EKF, SOH, leak, pressure monitor and fusion, power limits.
 
+        ``bleed_a``: the balancing bleed current out of each cell over this tick's interval
+        (A, >= 0; None: none). A cell's current is ``current_a - bleed_a``.
         NaN/Inf are allowed in every measurement (rejected per cell / sensor, never enter the
-        state). Raises CoreError for dt_s not finite or <= 0 (nothing changes then)."""
+        state; a NaN bleed counts as 0). Raises CoreError for dt_s not finite or <= 0
+        (nothing changes then)."""
         self._load(cell_voltage_v, temperature_c, pressure_kpa)
+        self._load_bleed(bleed_a)
         rc = self._tick(self._prm, self._st, self._meas, float(dt_s), float(current_a),
                         self._out)
         if rc != 0:
@@ -678,9 +701,11 @@ class Core:
         return self.output()
 
     def step_ekf(self, dt_s: float, current_a: float, cell_voltage_v: np.ndarray,
-                 temperature_c: np.ndarray, pressure_kpa: np.ndarray) -> None:
+                 temperature_c: np.ndarray, pressure_kpa: np.ndarray,
+                 bleed_a: np.ndarray | None = None) -> None:
         """The EKF alone (benchmarks, tests): SOC, sigma and status only."""
         self._load(cell_voltage_v, temperature_c, pressure_kpa)
+        self._load_bleed(bleed_a)
         rc = self._ekf(self._prm, self._st, self._meas, float(dt_s), float(current_a),
                        self._out)
         if rc != 0:

@@ -81,6 +81,7 @@ class ReferenceCore:
 
     def __init__(self, params: CoreParams) -> None:
         self.prm = params
+        self.bleed_a = np.zeros(params.n_cells)  # this tick's bleed per cell, A (tick)
         self.reset()
 
     # ------------------------------------------------------------------ model pieces
@@ -187,25 +188,37 @@ class ReferenceCore:
 
     # ------------------------------------------------------------------ EKF
 
+    def _set_bleed(self, bleed_a: np.ndarray | None) -> None:
+        """This tick's bleed per cell (None: none; NaN/Inf count as 0), as ssb_core.c."""
+        if bleed_a is None:
+            self.bleed_a = np.zeros(self.prm.n_cells)
+        else:
+            b = np.asarray(bleed_a, dtype=float)
+            self.bleed_a = np.where(np.isfinite(b), b, 0.0)
+
     def ekf(self, v_meas: np.ndarray, dt_s: float, current_a: float, r_contact: float) -> int:
-        """Per-cell EKF on x = [SOC, V1, V2]: predict over dt with the tick's current, then a
-        gated scalar update with the cell voltage. Returns stack status bits."""
+        """Per-cell EKF on x = [SOC, V1, V2]: predict over dt with each cell's current (the
+        tick's minus its bleed, ``self.bleed_a``), then a gated scalar update with the cell
+        voltage. Returns stack status bits."""
         p = self.prm
         if not math.isfinite(current_a):
             self.status[:] = CELL_NO_CURRENT
             self.soc_sigma = np.sqrt(self.p[0])
             self.voltage_pred_v = np.full(p.n_cells, np.nan)
             return ST_CURRENT_INVALID
-        eta = p.coulombic_eff if current_a > 0.0 else 1.0
+        eta = p.coulombic_eff if current_a > 0.0 else 1.0  # of the sensor's noise
+        ic = current_a - self.bleed_a  # each cell's current
+        eta_c = np.where(ic > 0.0, p.coulombic_eff, 1.0)
         # the cell's own capacity: Q cap_ratio / (1 + d), d fed back from the leak filter
         dfb = d_feedback(p, self.leak_d, self.leak_p[5])
-        dsoc_nom = eta * current_a * dt_s / p.capacity_as
+        dsoc_nom = eta_c * ic * dt_s / p.capacity_as
         soc_pred = self.soc + dsoc_nom * (1.0 + dfb) / self.cap_ratio
         w = self.lookup(soc_pred, self.cell_temp_c)
-        # R0 of this current's direction (charge: current > 0)
-        w["r0"] = w["r0_charge_ohm"] if current_a > 0.0 else w["r0_discharge_ohm"]
+        # R0 of the cell current's direction (charge: current > 0)
+        w["r0"] = np.where(ic > 0.0, w["r0_charge_ohm"], w["r0_discharge_ohm"])
         w["soc_pred"] = soc_pred
-        w["eta"] = ct_overpotential(w["ct_inv_2i0_per_a"], current_a, self.cell_temp_c)
+        w["dsoc"] = dsoc_nom * (1.0 + dfb) / self.cap_ratio
+        w["eta"] = ct_overpotential(w["ct_inv_2i0_per_a"], ic, self.cell_temp_c)
         self._w = w
         docv = w["docv"]
         use2 = 1.0 if p.n_rc == 2 else 0.0  # one branch: V2 stays exactly 0
@@ -214,11 +227,11 @@ class ReferenceCore:
         a2 = np.exp(-dt_s / w["tau2_s"])
         w["a1"], w["a2"] = a1, a2
         # R1 and R2 with the cell's own scale (the impedance estimator in soh)
-        v1 = a1 * self.v1 + self.rc_scale * w["r1_ohm"] * (1.0 - a1) * current_a
-        v2 = a2 * self.v2 + use2 * self.rc_scale * w["r2_ohm"] * (1.0 - a2) * current_a
+        v1 = a1 * self.v1 + self.rc_scale * w["r1_ohm"] * (1.0 - a1) * ic
+        v2 = a2 * self.v2 + use2 * self.rc_scale * w["r2_ohm"] * (1.0 - a2) * ic
         # one-state hysteresis (Plett 2004): h moves towards sgn(I) with the SOC throughput
-        a_h = math.exp(-p.hyst_rate * abs(dsoc_nom))
-        self.hyst = a_h * self.hyst + (1.0 - a_h) * float(np.sign(current_a))
+        a_h = np.exp(-p.hyst_rate * np.abs(dsoc_nom))
+        self.hyst = a_h * self.hyst + (1.0 - a_h) * np.sign(ic)
         q_i = p.current_noise_a * eta * dt_s / p.capacity_as
         q_soc = p.q_soc_per_s * dt_s + q_i * q_i
         q_rc = p.q_rc_v2_per_s * dt_s
@@ -231,7 +244,7 @@ class ReferenceCore:
         # measurement: v = OCV(SOC, T) + M h + V1 + V2 + R0 I + eta(I), H = [dOCV/dSOC, 1, 1]
         # (eta depends on I and T, not on the state)
         r0e = self.r0_scale * (w["r0"] + r_contact)
-        op = r0e * current_a + w["eta"]  # instantaneous overpotential
+        op = r0e * ic + w["eta"]  # instantaneous overpotential
         h = w["ocv_v"] + w["hysteresis_v"] * self.hyst + v1 + v2 + op
         self.voltage_pred_v = h
         z = np.asarray(v_meas, dtype=float)
@@ -262,9 +275,10 @@ class ReferenceCore:
         return 0
 
     def ekf_step(self, dt_s: float, current_a: float, v: np.ndarray, t_c: np.ndarray,
-                 p_kpa: np.ndarray) -> None:
+                 p_kpa: np.ndarray, bleed_a: np.ndarray | None = None) -> None:
         if not (math.isfinite(dt_s) and dt_s > 0.0):
             raise ValueError("dt_s must be finite and > 0")
+        self._set_bleed(bleed_a)
         flags = self.cell_temperatures(t_c)
         cnt, mean, _, _ = self.pressure_stats(p_kpa)
         flags |= self.ekf(v, dt_s, current_a, self.contact_resistance(cnt, mean))
@@ -296,23 +310,21 @@ class ReferenceCore:
         anchor = not self.have_prev
         imp = self.imp
         fin = np.isfinite(v_meas)
+        ic = current_a - self.bleed_a  # each cell's current (ekf)
         if anchor:
             socol = self.soc.copy()
         else:
-            eta = p.coulombic_eff if current_a > 0.0 else 1.0
-            dfb = d_feedback(p, self.leak_d, self.leak_p[5])
             aa = dt_s / (p.soh_soc_anchor_s + dt_s)
-            socol = imp[IMP_SOCOL] + eta * current_a * dt_s / p.capacity_as * (
-                1.0 + dfb) / self.cap_ratio + aa * (self.soc - imp[IMP_SOCOL])
+            socol = imp[IMP_SOCOL] + w["dsoc"] + aa * (self.soc - imp[IMP_SOCOL])
         ocv = self.lookup(socol, self.cell_temp_c)["ocv_v"]
         # the charge-transfer overpotential is the table's, not scaled: out of y before the fit
         y = np.where(fin, v_meas - ocv - w["hysteresis_v"] * self.hyst - w["eta"], 0.0)
-        x0 = (w["r0"] + r_contact) * current_a
+        x0 = (w["r0"] + r_contact) * ic
         if anchor:
             x1 = self.v1 / self.rc_scale
             ly, lx0, lx1 = y, x0, x1
         else:
-            x1 = w["a1"] * imp[IMP_V1OL] + w["r1_ohm"] * (1.0 - w["a1"]) * current_a
+            x1 = w["a1"] * imp[IMP_V1OL] + w["r1_ohm"] * (1.0 - w["a1"]) * ic
             ly, lx0, lx1 = imp[IMP_LPY], imp[IMP_LPX0], imp[IMP_LPX1]
         yh, x0h, x1h = y - ly, x0 - lx0, x1 - lx1
         # only with excitation: the current away from its low-pass by soh_min_di_a
@@ -377,9 +389,11 @@ class ReferenceCore:
         raw = w["soc_pred"] + nu_v / np.where(w["docv"] > 1e-3, w["docv"], 1e-3)
         med = float(np.median(raw))
         b = dt_s / p.capacity_as
-        c = b * current_a
+        c = b * (current_a - self.bleed_a)  # each cell's current
+        # the bleed moves a cell against the median, which moves by the median bleed
+        med_bleed = float(np.median(self.bleed_a)) if np.any(self.bleed_a != 0.0) else 0.0
         pee0, pel0, ped0, pll0, pld0, pdd0 = self.leak_p
-        e = self.leak_e - b * self.leak_a + c * self.leak_d
+        e = self.leak_e - b * (self.leak_a + self.bleed_a - med_bleed) + c * self.leak_d
         pel = pel0 - b * pll0 + c * pld0
         ped = ped0 - b * pld0 + c * pdd0
         pee = (pee0 - 2.0 * b * pel0 + 2.0 * c * ped0 + b * b * pll0 - 2.0 * b * c * pld0
@@ -517,9 +531,10 @@ class ReferenceCore:
     # ------------------------------------------------------------------ tick
 
     def tick(self, dt_s: float, current_a: float, v: np.ndarray, t_c: np.ndarray,
-             p_kpa: np.ndarray) -> None:
+             p_kpa: np.ndarray, bleed_a: np.ndarray | None = None) -> None:
         if not (math.isfinite(dt_s) and dt_s > 0.0):
             raise ValueError("dt_s must be finite and > 0")
+        self._set_bleed(bleed_a)
         p = self.prm
         flags = self.cell_temperatures(t_c)
         cnt, mean, _, _ = self.pressure_stats(p_kpa)

@@ -46,6 +46,7 @@ enum {
     W_SOCRAW,  /* the SOC the voltage alone gives: predicted SOC + innovation / slope */
     W_DSOC,    /* this tick's SOC increment of each cell (its own capacity) */
     W_VN2,     /* voltage model error variance of one sample at the cell's SOC and T, V^2 */
+    W_BLEED,   /* this tick's bleed current of each cell, A (ssb_meas_t.bleed_a, NaN -> 0) */
     W_SCRATCH,
     W_ROWS
 };
@@ -539,8 +540,9 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
 
 /* The EKF over all cells; returns stack status bits. Temperatures must be current. */
 static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double *v_meas,
-                         double dt_s, double current_a, double r_contact, int32_t *status,
-                         double *soc_sigma, double *v_pred)
+                         const double *bleed_a, double dt_s, double current_a,
+                         double r_contact, int32_t *status, double *soc_sigma,
+                         double *v_pred)
 {
     const int32_t n = prm->n_cells;
     const size_t nn = (size_t)n;
@@ -554,30 +556,40 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         }
         return SSB_ST_CURRENT_INVALID;
     }
+    /* each cell's current: the stack's minus its bleed (the balancer's resistor draws from
+     * that cell alone); the coulombic efficiency, R0 and the hysteresis follow its sign */
+    double *SSB_RESTRICT bl = w + W_BLEED * nn;
+    for (int32_t i = 0; i < n; i++) {
+        const double b = bleed_a != NULL ? bleed_a[i] : 0.0;
+        bl[i] = (b - b) == 0.0 ? b : 0.0;
+    }
     const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
-    const double dsoc = eta * current_a * dt_s / prm->capacity_as;
 
     /* pass 1 (scalar): predicted SOC with the cell's own capacity (capacity ratio and the
-     * leak filter's capacity mismatch, fed back), table look-ups; R0 of this current's
+     * leak filter's capacity mismatch, fed back), table look-ups; R0 of the cell current's
      * direction */
-    const int charging = current_a > 0.0;
     {
         const double *SSB_RESTRICT pdd_a = st->leak_p + 5 * nn;
         const double *SSB_RESTRICT d_a = st->leak_d;
         const double *SSB_RESTRICT cr = st->cap_ratio;
         double *SSB_RESTRICT inc = w + W_DSOC * nn;
         SSB_IVDEP
-        for (int32_t i = 0; i < n; i++)
+        for (int32_t i = 0; i < n; i++) {
+            const double ic = current_a - bl[i];
+            const double eta_i = ic > 0.0 ? prm->coulombic_eff : 1.0;
+            const double dsoc = eta_i * ic * dt_s / prm->capacity_as;
             inc[i] = dsoc * (1.0 + d_feedback(prm, d_a[i], pdd_a[i])) / cr[i];
+        }
     }
     for (int32_t i = 0; i < n; i++) {
+        const double ic = current_a - bl[i];
         double s = soc[i] + w[W_DSOC * nn + i], g[SSB_TABLE_STRIDE];
         w[W_SOCPRED * nn + i] = s;
         lookup(prm, s, st->cell_temp_c[i], g, &w[W_DOCV * nn + i]);
         w[W_OCV * nn + i] = g[G_OCV];
         w[W_R0CHG * nn + i] = g[G_R0CHG];
         w[W_R0DIS * nn + i] = g[G_R0DIS];
-        w[W_R0 * nn + i] = charging ? g[G_R0CHG] : g[G_R0DIS];
+        w[W_R0 * nn + i] = ic > 0.0 ? g[G_R0CHG] : g[G_R0DIS];
         w[W_R1 * nn + i] = g[G_R1];
         w[W_TAU1 * nn + i] = g[G_TAU1];
         w[W_R2 * nn + i] = g[G_R2];
@@ -585,7 +597,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         w[W_HYST * nn + i] = g[G_HYST];
         w[W_CT * nn + i] = g[G_CT];
         w[W_VN2 * nn + i] = g[G_VN2];
-        w[W_ETA * nn + i] = ct_overpotential(g[G_CT], current_a, st->cell_temp_c[i]);
+        w[W_ETA * nn + i] = ct_overpotential(g[G_CT], ic, st->cell_temp_c[i]);
     }
 
     /* pass 2 (vectorised): predict and gated update */
@@ -618,7 +630,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     uint32_t *SSB_RESTRICT gcount = st->gated_count;
     int32_t *SSB_RESTRICT stat = status;
     double *SSB_RESTRICT sig = soc_sigma;
-    const double i_a = current_a;
+    const double *SSB_RESTRICT bl_a = bl;
     const double q_soc = prm->q_soc_per_s * dt_s +
                          (prm->current_noise_a * eta * dt_s / prm->capacity_as) *
                              (prm->current_noise_a * eta * dt_s / prm->capacity_as);
@@ -626,10 +638,12 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     /* one branch: V2 stays exactly 0 (no gain, no noise, no input) */
     const double use2 = prm->n_rc == 2 ? 1.0 : 0.0;
     const double q_rc2 = q_rc * use2;
-    /* hysteresis: h moves towards sgn(I) by 1 - exp(-gamma |dSOC|) (Plett 2004); at zero
-       current it stays */
-    const double a_h = exp_neg(-prm->hyst_rate * fabs(dsoc));
-    const double h_in = (1.0 - a_h) * (current_a > 0.0 ? 1.0 : (current_a < 0.0 ? -1.0 : 0.0));
+    /* hysteresis: h moves towards sgn(I) by 1 - exp(-gamma |dSOC|) (Plett 2004) with the
+       cell's own current and nominal-capacity SOC step; at zero current it stays */
+    /* the loop reads locals only (a load through prm inside it stops the vectoriser) */
+    const double ce = prm->coulombic_eff;
+    const double h_dt = prm->hyst_rate * dt_s / prm->capacity_as;
+    const double hyst_on = prm->hyst_rate != 0.0 ? 1.0 : 0.0;
     const double g2 = prm->gate_sigma * prm->gate_sigma;
     /* the model error is correlated over voltage_corr_s: over a short dt a sample carries
        dt / voltage_corr_s of an independent sample's information (docs/estimation.md) */
@@ -641,6 +655,10 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     const double sig_i2 = prm->current_noise_a * prm->current_noise_a;
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
+        const double i_a = current_a - bl_a[i];
+        const double eta_i = i_a > 0.0 ? ce : 1.0;
+        const double a_h = hyst_on != 0.0 ? exp_neg(-h_dt * fabs(eta_i * i_a)) : 1.0;
+        const double h_in = (1.0 - a_h) * (i_a > 0.0 ? 1.0 : (i_a < 0.0 ? -1.0 : 0.0));
         const double a1 = exp_neg(-dt_s / tau1_a[i]);
         const double a2 = exp_neg(-dt_s / tau2_a[i]);
         a1_a[i] = a1;
@@ -709,8 +727,8 @@ int ssb_ekf_step(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, 
     double mean, pmin, pmax;
     int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
     double r_contact = contact_resistance(prm, st, cnt, mean);
-    flags |= ekf_core(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out->status,
-                      out->soc_sigma, out->voltage_pred_v);
+    flags |= ekf_core(prm, st, m->cell_voltage_v, m->bleed_a, dt_s, current_a, r_contact,
+                      out->status, out->soc_sigma, out->voltage_pred_v);
     out->stack[SSB_OUT_STACK_STATUS] = (double)flags;
     return SSB_OK;
 }
@@ -777,7 +795,7 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
     const double al = dt_s / (prm->soh_hp_tau_s + dt_s);
     const double aa = dt_s / (prm->soh_soc_anchor_s + dt_s);
     const double anchor = st->have_prev ? 0.0 : 1.0;
-    const double i_a = current_a;
+    const double *SSB_RESTRICT bl = w + W_BLEED * nn;
     /* pass 1 (scalar, a table look-up): the counted SOC, with the EKF's own prediction step
      * (the cell's capacity), and its OCV */
     const double eta = current_a > 0.0 ? prm->coulombic_eff : 1.0;
@@ -793,6 +811,7 @@ static void soh_update(const ssb_params_t *prm, ssb_state_t *st, const double *v
         const double z = vm[i];
         const double fin = (z - z) == 0.0 ? 1.0 : 0.0;
         const double y = fin != 0.0 ? z - ocv_ol[i] - m_a[i] * hy[i] - ct_eta[i] : 0.0;
+        const double i_a = current_a - bl[i]; /* the cell's current (ekf_core) */
         const double x0 = (r0_a[i] + r_contact) * i_a;
         const double x1 = anchor != 0.0
                               ? v1_a[i] / th1[i]
@@ -888,7 +907,17 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
     memcpy(scratch, raw, sizeof(double) * nn);
     const double med = median(scratch, n);
     const double b = dt_s / prm->capacity_as;
-    const double c = b * current_a;
+    /* the bleed moves a cell's SOC against the median's, which moves by the median bleed
+     * (all cells but the lowest bleed when one is low) */
+    const double *SSB_RESTRICT bl = st->work + W_BLEED * nn;
+    int32_t any_bleed = 0;
+    for (int32_t i = 0; i < n; i++)
+        any_bleed |= bl[i] != 0.0;
+    double med_bleed = 0.0;
+    if (any_bleed) {
+        memcpy(scratch, bl, sizeof(double) * nn);
+        med_bleed = median(scratch, n);
+    }
     const double qe = prm->leak_q_soc_per_s * dt_s, ql = prm->leak_q_a2_per_s * dt_s;
     const double qd = prm->leak_q_d_per_s * dt_s;
     const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
@@ -914,7 +943,8 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
     SSB_IVDEP
     for (int32_t i = 0; i < n; i++) {
         const double l = l_a[i], d = d_a[i];
-        const double e = e_a[i] - b * l + c * d;
+        const double c = b * (current_a - bl[i]); /* the cell's current (ekf_core) */
+        const double e = e_a[i] - b * (l + bl[i] - med_bleed) + c * d;
         const double pee0 = pee_a[i], pel0 = pel_a[i], ped0 = ped_a[i];
         const double pll0 = pll_a[i], pld0 = pld_a[i], pdd0 = pdd_a[i];
         /* P = F P F' + Q with F = [[1, -b, c], [0, 1, 0], [0, 0, 1]] */
@@ -1188,8 +1218,8 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
     double mean, pmin, pmax;
     const int32_t cnt = pressure_stats(prm, m->pressure_kpa, &mean, &pmin, &pmax);
     const double r_contact = contact_resistance(prm, st, cnt, mean);
-    flags |= ekf_core(prm, st, m->cell_voltage_v, dt_s, current_a, r_contact, out->status,
-                      out->soc_sigma, out->voltage_pred_v);
+    flags |= ekf_core(prm, st, m->cell_voltage_v, m->bleed_a, dt_s, current_a, r_contact,
+                      out->status, out->soc_sigma, out->voltage_pred_v);
     const int ekf_ran = (flags & SSB_ST_CURRENT_INVALID) == 0u;
     flags |= pressure_monitor(prm, st, m, dt_s, ekf_ran, out);
     const int32_t n = prm->n_cells;

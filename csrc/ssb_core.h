@@ -15,11 +15,11 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 6
+#define SSB_CORE_VERSION 7
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-#define SSB_WORK_ROWS 19 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+#define SSB_WORK_ROWS 20 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
 /* rows of ssb_state_t.imp (the impedance estimator, n_cells each): RLS covariance entries
  * P01 and P11 (P00 is r0_p), the open-loop fast RC voltage of the nominal table, the
  * coulomb-counted SOC it reads the OCV at, and the low-pass states of its three signals (the
@@ -200,6 +200,11 @@ typedef struct ssb_meas {
     const double *cell_voltage_v; /* n_cells */
     const double *temperature_c;  /* n_sensors */
     const double *pressure_kpa;   /* n_load_cells */
+    /* n_cells, A, or NULL (none): the balancing bleed current that flowed out of each cell
+     * over this tick's interval (>= 0 while bleeding; NaN/Inf count as 0). A cell's current
+     * is the stack current minus its bleed: the EKF, the impedance estimator and the leak
+     * filter's prediction use it, so a bled cell's charge loss is not taken for a leak. */
+    const double *bleed_a;
 } ssb_meas_t;
 
 typedef struct ssb_output {

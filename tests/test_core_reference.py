@@ -31,8 +31,22 @@ def _assert_close(name: str, c: np.ndarray, r: np.ndarray, step: int) -> None:
         f"step {step}: {name} max rel err {np.max(err / np.maximum(scale, 1e-300))}")
 
 
+def _random_bleed(rng: np.random.Generator, n: int) -> np.ndarray | None:
+    """A balancer's bleed (A, per cell): none, a few cells, all but the lowest (the median
+    moves), with a stray NaN (counts as 0)."""
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        return None
+    bleed = np.zeros(n)
+    on = rng.random(n) < (0.15 if kind == 1 else 0.9)
+    bleed[on] = rng.uniform(0.05, 0.3, int(on.sum()))
+    if kind == 3:
+        bleed[rng.integers(0, n)] = np.nan
+    return bleed
+
+
 def _random_run(n_cells: int | None, steps: int, seed: int, fusion: bool,
-                tick: bool = True, pack=None) -> None:
+                tick: bool = True, pack=None, bleed: bool = False) -> None:
     pack = pack or load_pack("ssb-23")
     params = make_params(pack, 0, Tuning(pressure_fusion=fusion), n_cells=n_cells)
     core, ref = Core(pack, 0, params=params), ReferenceCore(params)
@@ -42,11 +56,15 @@ def _random_run(n_cells: int | None, steps: int, seed: int, fusion: bool,
     core.reset(soc0)
     ref.reset(soc0)
     current = 0.0
+    bl = None
     for step in range(steps):
         # a drive-like current (steps and ramps, + = charge), cells near their OCV, sensors
         # with dropouts, outliers and temperature swings over the table's range and beyond
         if rng.random() < 0.2:
             current = float(rng.normal(-2.0, 6.0))
+            if bleed and rng.random() < 0.3:  # at rest: a bled cell's current changes sign
+                current = float(rng.uniform(-0.1, 0.1))
+        bl = _random_bleed(rng, n) if bleed and step % 50 == 0 else (bl if bleed else None)
         cur = float("nan") if rng.random() < 0.005 else current
         v = ref.lookup(np.clip(ref.soc, 0, 1), ref.cell_temp_c)["ocv_v"] + rng.normal(0, 0.02, n) \
             + 0.01 * current
@@ -61,12 +79,12 @@ def _random_run(n_cells: int | None, steps: int, seed: int, fusion: bool,
             p[:] = np.nan
         dt = float(rng.choice([0.1, 0.1, 0.1, 0.05, 1.0]))
         if tick:
-            core.step(dt, cur, v, t, p)
-            ref.tick(dt, cur, v, t, p)
+            core.step(dt, cur, v, t, p, bl)
+            ref.tick(dt, cur, v, t, p, bl)
             names = STATE + OUTPUT
         else:
-            core.step_ekf(dt, cur, v, t, p)
-            ref.ekf_step(dt, cur, v, t, p)
+            core.step_ekf(dt, cur, v, t, p, bl)
+            ref.ekf_step(dt, cur, v, t, p, bl)
             names = ("soc", "v1", "v2", "p", "cell_temp_c", "soc_sigma", "status",
                      "gated_count")
         for name in names:
@@ -86,6 +104,38 @@ def test_large_stack_matches_reference() -> None:
     # odd and even sizes (the median takes both middle values when n is even)
     _random_run(257, 300, seed=7, fusion=True)
     _random_run(1000, 200, seed=8, fusion=False)
+
+
+@pytest.mark.parametrize("tick", [True, False])
+def test_bleed_matches_reference(tick: bool) -> None:
+    """Per-cell bleed currents (balancing: a cell's current is the stack's minus its bleed),
+    at rest too, where a bled cell discharges while the stack charges slightly."""
+    _random_run(None, 2000, seed=41, fusion=False, tick=tick, bleed=True)
+    _random_run(64, 300, seed=42, fusion=True, bleed=True)  # even n: median of two
+
+
+def test_bleed_enters_the_cell_current() -> None:
+    """A bleed of 0.2 A from cell 3 at zero stack current: its SOC falls by 0.2 A x dt /
+    Q; the others do not move; no bleed leaves the state as the zero bleed does."""
+    pack = load_pack("ssb-23")
+    cores = [Core(pack, 0) for _ in range(3)]
+    for c in cores:
+        c.reset(0.5)
+    n = cores[0].n_cells
+    bleed = np.zeros(n)
+    bleed[3] = 0.2
+    nan_v = np.full(n, np.nan)  # prediction only
+    t, p = np.full(cores[0].params.n_sensors, 25.0), np.full(cores[0].params.n_load_cells,
+                                                            np.nan)
+    cores[0].step(10.0, 0.0, nan_v, t, p, bleed)
+    cores[1].step(10.0, 0.0, nan_v, t, p)
+    cores[2].step(10.0, 0.0, nan_v, t, p, np.zeros(n))
+    dsoc = cores[0].soc - cores[1].soc
+    assert dsoc[3] == pytest.approx(-0.2 * 10.0 / cores[0].params.capacity_as, rel=1e-9)
+    assert np.all(dsoc[np.arange(n) != 3] == 0.0)
+    assert np.array_equal(cores[1].soc, cores[2].soc)
+    with pytest.raises(ValueError, match="bleed_a"):
+        cores[0].step(1.0, 0.0, nan_v, t, p, np.zeros(n - 1))
 
 
 ONE_RC_HYSTERESIS_MODEL = {
@@ -117,6 +167,7 @@ def test_one_rc_hysteresis_charge_r0_model_matches_reference(tmp_path) -> None:
     pack = _model_pack(tmp_path, ONE_RC_HYSTERESIS_MODEL)
     assert pack.cell.ecm.rc_branches == 1 and pack.cell.ecm.hysteresis_rate == 30.0
     _random_run(None, 3000, seed=21, fusion=True, pack=pack)
+    _random_run(None, 500, seed=22, fusion=True, pack=pack, bleed=True)  # per-cell h, R0
     core = Core(pack)
     core.reset(0.5)
     for _ in range(100):
@@ -192,6 +243,7 @@ def test_charge_transfer_model_matches_reference(tmp_path) -> None:
     pack = _model_pack(tmp_path, CHARGE_TRANSFER_MODEL)
     assert pack.cell.ecm.exchange_current_a is not None
     _random_run(None, 3000, seed=31, fusion=False, pack=pack)
+    _random_run(None, 500, seed=32, fusion=False, pack=pack, bleed=True)
 
 
 def test_impedance_scales_leave_the_charge_transfer_to_the_model(tmp_path) -> None:

@@ -85,7 +85,7 @@ int main(int argc, char **argv)
         t[j] = BP_T;
     for (int j = 0; j < BP_M; j++)
         p[j] = BP_P;
-    ssb_meas_t m = {v, t, p};
+    ssb_meas_t m = {v, t, p, NULL};
     if (ssb_state_init(&prm, &st, soc0, NULL, NULL, 0.15, 0.02, 0.1) != SSB_OK) {
         fprintf(stderr, "init failed\n");
         return 1;

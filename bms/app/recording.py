@@ -17,6 +17,7 @@ when the (charge-positive) current rises, whatever the cell (dV = R dI with R > 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -34,6 +35,7 @@ _CELL_V = re.compile(r"^cell(\d+)_voltage_v$")
 _THERM = re.compile(r"^t(\d+)_c$")
 _LOAD_CELL = re.compile(r"^pressure_lc(\d+)_kpa$")
 _STACK_CURRENT = re.compile(r"^current_s(\d+)_a$")
+_BALANCE_MASK = re.compile(r"^balance_mask(?:_s(\d+))?$")
 # Current steps that count for the sign check: larger than this fraction of the largest step
 # (noise on a constant current must not decide it).
 _SIGN_STEP_FRACTION = 0.2
@@ -59,6 +61,13 @@ class Recording:
     sign_note: str = ""
     #: (N, stacks): each board's own current, where a pack log has them (``current_sN_a``)
     stack_current_a: np.ndarray | None = None
+    #: (N, stacks): the bleed mask each stack's board was commanded in that row's tick
+    #: (``balance_mask`` / ``balance_mask_sN`` of a run log); None: not in the file
+    balance_mask: np.ndarray | None = None
+    #: ticks from a row's command to the plant interval it acts on: 2 in the pipelined sim
+    #: clock, else 1 (the run's events.jsonl meta ``pipelined``; bms.controller
+    #: Controller._bleed_flowing)
+    command_lag_ticks: int = 1
 
     @property
     def n_samples(self) -> int:
@@ -89,7 +98,20 @@ def read_recording(path: str | Path, current_sign: str = "auto",
             + (", ..." if len(header) > 8 else ""))
     _check_time(rec)
     apply_current_sign(rec, current_sign)
+    if rec.balance_mask is not None:
+        rec.command_lag_ticks = _command_lag(p)
     return rec
+
+
+def _command_lag(p: Path) -> int:
+    """2 when the run beside ``p`` (its events.jsonl meta) ran pipelined, else 1."""
+    events = p.parent / "events.jsonl"
+    try:
+        with events.open(encoding="utf-8") as fh:
+            meta = json.loads(fh.readline())
+    except (OSError, ValueError):
+        return 1
+    return 2 if isinstance(meta, dict) and meta.get("pipelined") is True else 1
 
 
 def read_csv(p: Path) -> tuple[list[str], np.ndarray]:
@@ -170,10 +192,13 @@ def _stack(p: Path, header: list[str], data: np.ndarray) -> Recording:
     if not therms:
         raise RecordingError(f"{p}: no tNN_c thermistor columns")
     loads, currents = _numbered(header, _LOAD_CELL), _numbered(header, _STACK_CURRENT)
+    masks = sorted((int(m.group(1) or 1), i) for i, h in enumerate(header)
+                   if (m := _BALANCE_MASK.match(h)))
     return Recording(p, "stack", data[:, header.index("time_s")],
                      data[:, header.index("current_a")], data[:, cells], data[:, therms],
                      data[:, loads] if loads else None,
-                     stack_current_a=data[:, currents] if currents else None)
+                     stack_current_a=data[:, currents] if currents else None,
+                     balance_mask=data[:, [i for _, i in masks]] if masks else None)
 
 
 def _check_time(rec: Recording) -> None:

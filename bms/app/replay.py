@@ -81,6 +81,7 @@ class StackSlice:
     thermistors: slice
     load_cells: slice | None  # None: no pressure in the recording for this stack
     current: int | None = None  # column of Recording.stack_current_a (None: the pack current)
+    stack: int = 0  # column of Recording.balance_mask
 
 
 def stack_slices(pack: PackConfig, rec: Recording) -> list[StackSlice]:
@@ -97,7 +98,7 @@ def stack_slices(pack: PackConfig, rec: Recording) -> list[StackSlice]:
             own = (k if rec.stack_current_a is not None
                    and rec.stack_current_a.shape[1] == len(pack.stacks) else None)
             out.append(StackSlice(dataclasses.replace(pack, stacks=(s,)),
-                                  slice(c0, c0 + s.cells), slice(t0, t0 + n_t), loads, own))
+                                  slice(c0, c0 + s.cells), slice(t0, t0 + n_t), loads, own, k))
             c0, t0 = c0 + s.cells, t0 + n_t
         return out
     n, n_t = rec.n_cells, rec.temperature_c.shape[1]
@@ -128,6 +129,24 @@ def replay(pack: PackConfig, rec: Recording, soc0: float | None = None) -> Repla
     return res
 
 
+def _bleed(part: StackSlice, rec: Recording, v_all: np.ndarray) -> np.ndarray | None:
+    """(N, cells) balancing bleed per row, as the controller gave its core
+    (Controller._bleed_flowing): the mask of the row ``command_lag_ticks`` before, each
+    bleeding cell at its voltage of that row over the bleed resistance (bms/balancing.py).
+    None without masks in the recording or balancing in the pack."""
+    bal = part.pack.balancing
+    masks = rec.balance_mask
+    if masks is None or bal is None or part.stack >= masks.shape[1]:
+        return None
+    mask = np.nan_to_num(masks[:, part.stack]).astype(np.uint64)
+    bits = (mask[:, None] >> np.arange(v_all.shape[1], dtype=np.uint64)) & np.uint64(1)
+    now = np.where(bits.astype(bool), v_all, 0.0) / bal.bleed_resistance_ohm
+    lag = rec.command_lag_ticks
+    out = np.zeros_like(now)
+    out[lag:] = now[:-lag]
+    return np.nan_to_num(out)
+
+
 def _replay_stack(part: StackSlice, rec: Recording, dt: np.ndarray, soc0: float | None,
                   res: ReplayResult) -> None:
     core = Core(part.pack, 0)
@@ -155,8 +174,10 @@ def _replay_stack(part: StackSlice, rec: Recording, dt: np.ndarray, soc0: float 
     cap, r0, vp = res.capacity_ah[:, cells], res.r0_ohm[:, cells], res.voltage_pred_v[:, cells]
     ch, dis = res.charge_limit_a, res.discharge_limit_a
     step = core.step
+    bleed_all = _bleed(part, rec, v_all)
     for k in range(rec.n_samples):
-        o = step(dt[k], current[k], v_all[k], t_all[k], p_all[k])
+        o = step(dt[k], current[k], v_all[k], t_all[k], p_all[k],
+                 None if bleed_all is None else bleed_all[k])
         soc[k], sig[k], leak[k], leak_s[k], cap[k], r0[k], vp[k] = (
             o.soc, o.soc_sigma, o.leak_a, o.leak_sigma_a, o.capacity_ah, o.r0_ohm,
             o.voltage_pred_v)

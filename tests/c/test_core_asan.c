@@ -18,7 +18,7 @@ typedef struct {
     ssb_state_t st;
     ssb_output_t out;
     ssb_meas_t m;
-    double *grid, *tw, *v, *t, *p;
+    double *grid, *tw, *v, *t, *p, *bleed;
     int32_t *i0, *i1;
 } fixture_t;
 
@@ -158,6 +158,7 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     f->m.cell_voltage_v = f->v;
     f->m.temperature_c = f->t;
     f->m.pressure_kpa = f->p;
+    f->bleed = dalloc(nn); /* f->m.bleed_a stays NULL (none) until run_random sets it */
 }
 
 static void fixture_free(fixture_t *f)
@@ -169,7 +170,7 @@ static void fixture_free(fixture_t *f)
                     s->leak_a, s->leak_d, s->leak_p, s->v_prev, s->gated_count, s->work, o->soc_sigma,
                     o->voltage_pred_v, o->leak_sigma_a, o->r0_ohm, o->capacity_ah, o->status, o->leak_flag,
                     o->stack, o->charge_limit_a, o->discharge_limit_a, f->v,
-                    f->t, f->p};
+                    f->t, f->p, f->bleed};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
         free(ptrs[i]);
 }
@@ -208,6 +209,12 @@ static void run_random(int32_t n, int32_t k, int32_t mlc, int steps)
                 f.t[j] = NAN;
         for (int32_t j = 0; j < mlc; j++)
             f.p[j] = urand() < 0.1 ? NAN : 800.0 + 800.0 * urand();
+        /* the balancing bleed: none (NULL) on a third of the ticks, else some cells, a NaN */
+        f.m.bleed_a = step % 3 == 0 ? NULL : f.bleed;
+        for (int32_t i = 0; i < n; i++) {
+            double r = urand();
+            f.bleed[i] = r < 0.01 ? NAN : (r < 0.5 ? 0.2 * r : 0.0);
+        }
         int rc = (step % 2) ? ssb_tick(&f.prm, &f.st, &f.m, 0.1, cur, &f.out)
                             : ssb_ekf_step(&f.prm, &f.st, &f.m, 0.1, cur, &f.out);
         CHECK(rc == SSB_OK);
