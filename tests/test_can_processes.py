@@ -85,7 +85,9 @@ def test_bms_run_obeys_bms_vcu_in_another_process(channels: tuple[str, str],
             _wait("the BMS closed on the VCU's request", closed, 40.0)
             vcu.send_signal(signal.SIGTERM)  # the vehicle goes away: no more heartbeats
             vcu.wait(timeout=10)
-            time.sleep(1.5)  # heartbeat timeout 0.5 s and a margin for a loaded machine
+            events = tmp_path / "log" / "events.jsonl"
+            _wait("the BMS raised the vehicle's loss",
+                  lambda: "VEHICLE_HEARTBEAT_LOST" in events.read_text(), 30.0)
             run.send_signal(signal.SIGTERM)
             out, err = run.communicate(timeout=30)
         finally:
