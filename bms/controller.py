@@ -32,7 +32,7 @@ from bms.faults import FaultCode, FaultTable, Severity
 from bms.monitor import MonitorServer
 from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
-from bms.soc_start import Start
+from bms.soc_start import Start, StartReport
 from bms.statefile import (
     SAVE_PERIOD_S,
     SavedStack,
@@ -147,11 +147,14 @@ class Controller:
         timeout_s: float = 0.25, retries: int = 1, meta: dict[str, Any] | None = None,
         pipeline: bool | None = None, state_path: str | Path | None = None,
         saved_state: SavedState | None = None, wall_clock: Callable[[], float] = time.time,
-        vehicle: VehicleLink | None = None,
+        vehicle: VehicleLink | None = None, initial_soc: float | None = None,
     ) -> None:
         """``state_path``: the state file to save to (every SAVE_PERIOD_S of run time
         and on close); ``saved_state``: what was loaded from it (bms.statefile.load), restored
-        at each stack's first measurement; ``wall_clock``: Unix time (the rest between runs)."""
+        at each stack's first measurement; ``wall_clock``: Unix time (the rest between runs).
+        ``initial_soc``: start every stack's estimator at this SOC (0..1, every cell) with the
+        pack's ``initial_soc_sigma`` at its first measurement, instead of from the OCV: a
+        known (or deliberately wrong) start for campaigns and tests; not with a saved state."""
         if len(ports) != len(pack.stacks):
             raise ValueError(f"pack {pack.name} has {len(pack.stacks)} stack(s): give one port "
                              f"per stack, got {len(ports)}")
@@ -217,6 +220,11 @@ class Controller:
         # Set by open() from the boards' INFO; until then a beat every tick (the safe side).
         self.heartbeat_period_s = 0.0
         self._next_heartbeat_s = -math.inf
+        if initial_soc is not None and (saved_state is not None
+                                        or not 0.0 <= float(initial_soc) <= 1.0):
+            raise ValueError(f"initial_soc {initial_soc!r}: a SOC in [0, 1], and not with a "
+                             "saved state")
+        self.initial_soc = initial_soc
         self._init_state_file(state_path, saved_state, wall_clock)
         # The vehicle over CAN (bms/vehicle/, docs/can.md); None: no vehicle side at all.
         self.vehicle = vehicle
@@ -797,16 +805,22 @@ class Controller:
         return missing
 
     def _start_estimator(self, s: StackRuntime, data: ValidatedStack, t: float) -> None:
-        """The first measurement of a stack starts its estimator: from its saved state carried
-        over the rest since it was saved, else from the OCV (bms/soc_start.py). One event
-        says how."""
+        """The first measurement of a stack starts its estimator: at ``initial_soc`` when
+        given, from its saved state carried over the rest since it was saved, else from the
+        OCV (bms/soc_start.py). One event says how ("given", "restored", "ocv_...")."""
         s.estimator_started = True
         core, pack = s.core, self.pack
         start = Start(core.params, pack.estimator.initial_soc_sigma,
                       pack.cell.ecm.hysteresis_max_v is not None, pack.cell.capacity_ah)
         saved = self._saved.stacks[s.index] if self._saved is not None else None
         args = (data.current_a, data.cell_voltage_v, data.temperature_c, data.pressure_kpa)
-        if saved is not None:
+        if self.initial_soc is not None:
+            core.reset(self.initial_soc, temperature_c=data.temperature_c,
+                       soc_sigma0=pack.estimator.initial_soc_sigma)
+            report = StartReport("given", data.current_a, core.soc.copy(),
+                                 core.soc_sigma.copy())
+            state = core.state_dict()
+        elif saved is not None:
             core.load_state(saved.estimator)  # shapes checked in _init_state_file
             rest_s = self._wall_clock() - saved.state_unix_s
             state = core.state_dict()

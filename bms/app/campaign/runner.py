@@ -9,10 +9,10 @@ The run: the scenario file with the run's fault injections and ambient temperatu
 (written into the run's folder), one ``emu://`` URL per stack (seed = the run's plant seed +
 stack, as ``bms run --seed``), the controller asked to close at the start and run for
 ``duration_s``, then opened as ``bms run`` ends (a welded contactor shows there; the final
-state is the one before). An initial SOC error: once a stack's estimator has started (its first
-measurement), it is restarted at the scenario's initial SOC + the error, with the pack's
-``initial_soc_sigma`` (a wrong saved state, or no OCV start); ``null`` keeps the controller's
-own cold start from the OCV.
+state is the one before). An initial SOC error: each stack's estimator starts at its first
+measurement at the scenario's initial SOC + the error, with the pack's ``initial_soc_sigma``
+(``Controller(initial_soc=...)``: a wrong saved state, or no OCV start); ``null`` keeps the
+controller's own cold start from the OCV.
 
 Scoring (bms.app.evaluate's soc_error and DETECTED_BY, as ``bms demo``): SOC RMSE, max error
 and 3-sigma coverage after evaluate.CONVERGENCE_S (each stack's cells against its own truth
@@ -179,21 +179,13 @@ def pack_file(run: RunSpec, run_dir: Path) -> str:
     return str(path)
 
 
-class _SocStart:
-    """on_tick: restart each stack's estimator at true SOC + error once it has started."""
-
-    def __init__(self, soc_error: float | None, true_soc: float, sigma: float) -> None:
-        self.error, self.true_soc, self.sigma = soc_error, true_soc, sigma
-        self.done: set[int] = set()
-
-    def __call__(self, c: Any) -> None:
-        if self.error is None:
-            return
-        for s in c.stacks:
-            if s.estimator_started and s.index not in self.done:
-                self.done.add(s.index)
-                soc0 = min(1.0, max(0.0, self.true_soc + self.error))
-                s.core.reset(soc0, soc_sigma0=self.sigma)
+def initial_soc(soc_error: float | None, scenario_soc: float | None) -> float | None:
+    """The estimator's start (Controller initial_soc): the scenario's initial SOC (0.5 when
+    it gives none) + the run's error, clipped to [0, 1]; None (an error of null): the
+    controller's own OCV cold start."""
+    if soc_error is None:
+        return None
+    return min(1.0, max(0.0, (0.5 if scenario_soc is None else scenario_soc) + soc_error))
 
 
 def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
@@ -201,7 +193,7 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     from bms.app.run import final_open
     from bms.controller import Controller, SafetyDataLostError
     from boards.config import load_pack
-    from hil.emulator.protocol_emu import emu_url, register
+    from hil.emulator.protocol_emu import emu_url, emulated_board, register
     from hil.emulator.scenario import load_scenario
 
     register()
@@ -226,18 +218,17 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
             for k in range(len(pack.stacks))]
     log_dir = run_dir / "log"
     c = Controller(pack, urls, clock="sim", log_dir=log_dir,
-                   meta={"command": "campaign", "run": run.as_dict()})
+                   meta={"command": "campaign", "run": run.as_dict()},
+                   initial_soc=initial_soc(run.soc_error, scenario.initial_soc))
     boards: list[Any] = []
     cells: list[slice] = []
-    start = _SocStart(run.soc_error, scenario.initial_soc if scenario.initial_soc is not None
-                      else 0.5, pack.estimator.initial_soc_sigma)
     try:
         c.open()
-        boards = [_emulated_board(s) for s in c.stacks]
+        boards = [emulated_board(s.client) for s in c.stacks]
         cells = [s.cells for s in c.stacks]
         c.request_close()
         try:
-            c.run(run.duration_s, on_tick=start)
+            c.run(run.duration_s)
             state = c.contactors.state.name
             final_open(c)  # as bms run ends: a welded contactor shows here
         except SafetyDataLostError:
@@ -279,12 +270,6 @@ def soc_all_stacks(log_dir: Path, run_dir: Path, cells: list[slice],
             "max_abs_pct": max(p["max_abs_pct"] for p in parts),
             "within_3sigma_pct": sum(p["within_3sigma_pct"] * p["samples"] for p in parts) / n,
             "samples": n}
-
-
-def _emulated_board(stack: Any) -> Any:
-    """The EmulatedBoard behind an emu:// port (its scenario errors are read after the run)."""
-    ser = getattr(getattr(stack.io.client, "link", None), "_ser", None)
-    return getattr(ser, "board", None)
 
 
 def score(run: RunSpec, report: dict[str, Any], summary: dict[str, Any],
