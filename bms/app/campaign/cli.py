@@ -21,17 +21,8 @@ from bms.app.errors import (
     OutputError,
     Parser,
     UsageError,
+    positive_int,
 )
-
-
-def _workers(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--executor", default="local",
                     help="local (default: a pool of --workers processes), dask (a local Dask "
                     "cluster on 127.0.0.1) or dask://HOST:PORT (an existing cluster)")
-    ap.add_argument("--workers", type=_workers, default=None,
+    ap.add_argument("--workers", type=positive_int, default=None,
                     help="runs at once (default: the CPU count)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default runs/campaign-NAME); a folder with results "
