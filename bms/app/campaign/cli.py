@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     write_table(outcome.rows, out_dir)
     inject_at = {f.name: f.at_s for f in spec.faults if f is not None}
     s = write_report(spec.name, outcome.rows, inject_at, out_dir, outcome.wall_s,
-                     executor.workers)
+                     executor.workers, spec.tables)
     missed = sum(f["runs"] - f["detected"] for f in s["faults"].values())
     print(f"campaign {spec.name}: {s['runs']} runs ({outcome.ran} now, {outcome.skipped} done "
           f"before): {s['ok']} ok, {s['errors']} failed, {s['timeouts']} timed out; "

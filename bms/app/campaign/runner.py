@@ -124,9 +124,10 @@ def _failed(run: dict[str, Any], status: str, error: str, tb: str) -> dict[str, 
 def describe(run: dict[str, Any]) -> dict[str, Any]:
     """The run's axes as table columns."""
     fault = run.get("fault")
-    return {"scenario": Path(run["scenario"]).stem, "seed": run["seed"],
+    bench = fault.get("bench") if fault else None
+    return {"scenario": "bench" if bench else Path(run["scenario"]).stem, "seed": run["seed"],
             "fault": fault["name"] if fault else NO_FAULT,
-            "injected": fault["fault"] if fault else "",
+            "injected": (f"bench: {bench}" if bench else fault["fault"]) if fault else "",
             "soc_error": run["soc_error"], "ambient_c": run["ambient_c"],
             "duration_s": run["duration_s"], "pack": Path(run["pack"]).stem,
             "overrides": run["overrides"]}
@@ -190,6 +191,8 @@ def initial_soc(soc_error: float | None, scenario_soc: float | None) -> float | 
 
 def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     """The child's work: run, then score. Raises on a run that cannot be made or fails."""
+    if run.fault is not None and run.fault.bench:
+        return execute_bench(run, run_dir)
     from bms.app.run import final_open
     from bms.controller import Controller, SafetyDataLostError
     from boards.config import load_pack
@@ -243,6 +246,53 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
         raise RuntimeError(f"the emulator refused the scenario: {errors[0]}")
     report = {"soc": soc_all_stacks(log_dir, run_dir, cells, tick_s)}
     return score(run, report, summary, log_dir)
+
+
+def execute_bench(run: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """A bench case (bms.app.latency.run_scenario over emu:// boards, seeded with the spec's
+    seed, as the bench always was): its Result as the row, its open command's
+    latency against the bound (debounce + 2 ticks, + the plant's own delay) as the run's
+    latency (from the crossing for a ramp, the injection for a step) and the raise as the
+    fault latency; the whole Result in the ``bench`` column (the report's latency table).
+    A case that cannot reach its state (ScenarioError) fails the run, recorded."""
+    from dataclasses import asdict
+
+    from bms.app.latency import run_scenario, scenarios
+    from boards.config import load_pack
+
+    assert run.fault is not None and run.fault.bench
+    pack = load_pack(pack_file(run, run_dir))
+    sc = next(s for s in scenarios(pack) if s.name == run.fault.bench)
+    r = run_scenario(sc, pack, run_dir / "bench", seed=run.seed, transport="emu")
+    events = [e for e in load_events_safe(Path(r.log_dir))
+              if e.get("type") == "fault" and e.get("event") == "raise"]
+    before = [e for e in events if e["time_s"] < r.t_inject_s + 1e-9]
+    warn = Counter(e["name"] for e in before if e.get("severity") == "warning")
+    flt = Counter(e["name"] for e in before if e.get("severity") in ("fault", "critical"))
+    open_s = None if math.isnan(r.latency_open_s) else r.latency_open_s
+    return {**describe(run.as_dict()), "status": "ok", "error": "", "traceback": "",
+            "plant_seed": run.seed, "sim_s": _bench_end_s(Path(r.log_dir)),
+            "final_state": r.state_after_reset, "soc_rmse_pct": None, "soc_max_err_pct": None,
+            "soc_cover_3sigma_pct": None, "expected": r.code, "detected": True,
+            "detected_by": r.code, "detect_severity": sc.severity.name.lower(),
+            "latency_s": open_s, "fault_latency_s": r.latency_raise_s, "bound_s": r.bound_s,
+            "also_raised": ",".join(c for c in r.opened_by if c != r.code),
+            "false_warnings": sum(warn.values()), "false_faults": sum(flt.values()),
+            "false_warning_codes": json.dumps(dict(sorted(warn.items()))),
+            "false_fault_codes": json.dumps(dict(sorted(flt.items()))),
+            "bench": json.dumps(asdict(r), default=_plain)}
+
+
+def load_events_safe(log_dir: Path) -> list[dict[str, Any]]:
+    from bms.runlog import load_events
+    return load_events(log_dir) if (log_dir / "events.jsonl").exists() else []
+
+
+def _bench_end_s(log_dir: Path) -> float:
+    """The bench's simulated time: its last logged tick."""
+    from bms.runlog import load_ticks
+    t = load_ticks(log_dir).get("time_s")
+    return float(t[-1]) if t is not None and len(t) else 0.0
 
 
 def soc_all_stacks(log_dir: Path, run_dir: Path, cells: list[slice],

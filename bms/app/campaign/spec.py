@@ -47,9 +47,12 @@ SPEC_SCHEMA = "ssb-bms/campaign/1"
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NO_FAULT = "none"
 _TOP_KEYS = ("schema", "name", "description", "pack", "overrides", "duration_s", "timeout_s",
-             "scenarios", "seeds", "soc_errors", "ambient_c", "faults", "runs", "quick")
+             "scenarios", "seeds", "soc_errors", "ambient_c", "faults", "runs", "tables",
+             "quick")
 _FAULT_KEYS = ("name", "fault", "target", "targets", "stack", "value", "at_s", "clear_at_s",
-               "expect", "bound_s")
+               "expect", "bound_s", "bench")
+#: Extra report tables a spec may ask for (``tables:``; bms.app.campaign.report).
+TABLES = ("per_seed",)
 _RUN_KEYS = ("scenario", "seed", "fault", "soc_error", "ambient_c")
 # Bounds: a campaign run is a simulated pack, not a soak (bms run does those).
 MAX_DURATION_S = 7 * 86400.0
@@ -77,6 +80,9 @@ class FaultSpec:
     expect: tuple[str, ...] = ()      # FaultCode names that count as detecting it
     bound_s: float | None = None      # the latency it must stay within (optional)
     stack: int | None = None          # the stack (board) it is injected on; None: every one
+    # A scripted bench case instead of an injection: a scenario of bms.app.latency (close,
+    # inject between ticks, reset refused, recover, reset, re-close), by name; fault is "".
+    bench: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,13 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """The run's identity: a hash of its spec (the results file's name)."""
-        text = json.dumps(self.as_dict(), sort_keys=True, default=str)
+        """The run's identity: a hash of its spec (the results file's name). A fault's
+        ``bench`` counts only when set: the keys of the runs without one stay what they were
+        (a campaign resumes across the version that added it)."""
+        d = self.as_dict()
+        if d["fault"] is not None and d["fault"].get("bench") is None:
+            del d["fault"]["bench"]
+        text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -138,6 +149,7 @@ class CampaignSpec:
     faults: tuple[FaultSpec | None, ...]
     runs: tuple[RunSpec, ...] = field(default=())
     description: str = ""
+    tables: tuple[str, ...] = ()      # extra report tables (TABLES)
 
 
 def _unknown(path: Path, where: str, key: str, allowed: tuple[str, ...]) -> SpecError:
@@ -234,6 +246,8 @@ def _build(path: Path, data: dict[str, Any]) -> CampaignSpec:
                     for i, t in enumerate(_list(path, "ambient_c", data.get("ambient_c", [25]))))
     faults = tuple(_fault(path, f"faults[{i}]", f, duration_s)
                    for i, f in enumerate(_list(path, "faults", data.get("faults", [NO_FAULT]))))
+    _check_bench(path, pack, faults)
+    tables = _tables(path, data.get("tables", []))
     names = [f.name if f else NO_FAULT for f in faults]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -242,7 +256,7 @@ def _build(path: Path, data: dict[str, Any]) -> CampaignSpec:
         name=str(data.get("name", path.stem)), path=path, pack=pack, overrides=overrides,
         duration_s=duration_s, timeout_s=timeout_s, scenarios=scenarios, seeds=seeds,
         soc_errors=soc_errors, ambient_c=ambient, faults=faults,
-        description=str(data.get("description", "")))
+        description=str(data.get("description", "")), tables=tables)
     runs = _runs(path, spec, data.get("runs", "cross"))
     if len(runs) > MAX_RUNS:
         raise SpecError(path, "runs", f"{len(runs)} runs; at most {MAX_RUNS}")
@@ -281,6 +295,34 @@ def _scenario(path: Path, base: Path, key: str, value: Any) -> str:
     return str(p.resolve())
 
 
+def _tables(path: Path, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise SpecError(path, "tables", f"{value!r} is not a list (of {', '.join(TABLES)})")
+    for i, t in enumerate(value):
+        if t not in TABLES:
+            close = difflib.get_close_matches(str(t), TABLES, n=1)
+            raise SpecError(path, f"tables[{i}]", f"{t!r} is not a report table"
+                            + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f" (one of {', '.join(TABLES)})")
+    return tuple(value)
+
+
+def _check_bench(path: Path, pack: str, faults: tuple[FaultSpec | None, ...]) -> None:
+    """A bench case names a scenario of bms.app.latency for this pack."""
+    cases = [(i, f.bench) for i, f in enumerate(faults) if f is not None and f.bench]
+    if not cases:
+        return
+    from bms.app.latency import scenarios
+    from boards.config import load_pack
+    names = [sc.name for sc in scenarios(load_pack(pack))]
+    for i, name in cases:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            raise SpecError(path, f"faults[{i}].bench", f"{name!r} is not a bench case of "
+                            "bms.app.latency" + (f"; did you mean {close[0]!r}?" if close
+                                                 else "") + f" (one of {', '.join(names)})")
+
+
 def _seeds(path: Path, value: Any) -> tuple[int, ...]:
     if isinstance(value, dict):
         _check_keys(path, "seeds.", value, ("first", "count"))
@@ -304,6 +346,15 @@ def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | N
     if not isinstance(name, str) or not name or name == NO_FAULT:
         raise SpecError(path, f"{key}.name", f"{name!r}: give each fault a name (not "
                         f"{NO_FAULT!r})")
+    if "bench" in value:
+        bench = value["bench"]
+        if not isinstance(bench, str) or not bench:
+            raise SpecError(path, f"{key}.bench", f"{bench!r} is not a bench case name")
+        extra = [k for k in value if k not in ("name", "bench")]
+        if extra:
+            raise SpecError(path, f"{key}.{extra[0]}", "a bench case takes only name and "
+                            "bench (the case scripts its own injection, bound and timing)")
+        return FaultSpec(name=name, fault="", bench=bench)
     code = value.get("fault")
     allowed = [c.name for c in InjectedFault if c != InjectedFault.CLEAR_ALL]
     if not isinstance(code, str) or code.upper() not in allowed:
