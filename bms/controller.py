@@ -29,6 +29,7 @@ from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, Con
 from bms.core import Core
 from bms.current_check import CurrentPlausibility
 from bms.faults import FaultCode, FaultTable, Severity
+from bms.link_quality import LinkQuality
 from bms.monitor import MonitorServer
 from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
@@ -43,6 +44,7 @@ from bms.statefile import (
 )
 from bms.statefile import encode as encode_state
 from bms.statefile import serialize as serialize_state
+from bms.thermal_check import CoolingCheck
 from bms.tickstats import TickStats
 from bms.tuning import (
     BOARD_ACK_WAIT_FRACTION,
@@ -54,7 +56,9 @@ from bms.tuning import (
     DERATING_CODES,
     GC_EVERY_TICKS,
     HEARTBEATS_PER_TIMEOUT,
+    LINK_QUALITY,
     LOAD_CELL_BASELINE_WINDOW_S,
+    THERMAL_CHECK,
     WARNING_DERATE,
 )
 from bms.validation import StackValidator, ValidatedStack
@@ -186,6 +190,9 @@ class Controller:
                        in enumerate(zip(pack.stacks, boards, ports, strict=True))]
         self.protections = PackProtections(pack)
         self.current_check = CurrentPlausibility(len(self.stacks), CURRENT_CHECK)
+        # None when the pack's cell gives no cooling_w_per_k (bms/thermal_check.py).
+        self.cooling_check = CoolingCheck.from_pack(pack, THERMAL_CHECK)
+        self.link_quality = LinkQuality(len(self.stacks), LINK_QUALITY)
         self.contactors = ContactorStateMachine(pack.contactors)
         self.balancer = Balancer(
             pack.balancing, [s.cells for s in pack.stacks],
@@ -367,6 +374,9 @@ class Controller:
         if all_fresh:
             self._protect(t, current_a, protect_charge_a, discharge_a)
             self._check_current(t)
+            if self.cooling_check is not None:
+                self._check_cooling(t)
+        self._check_link(t)
         if self.vehicle is not None:
             self._vehicle_requests(t)
         c_out, fault_latched = self._contactors(t, valid)
@@ -499,6 +509,38 @@ class Controller:
                 self.log.event({"type": "current_check", "event": "offset suspected",
                                 "time_s": t, "stack": k, "reason": self.current_check.reason(k),
                                 "cusum_v_s": self.current_check.cusum_v_s(k)})
+
+    def _check_cooling(self, t: float) -> None:
+        """3c. Cooling plausibility (bms/thermal_check.py): each stack's temperature against
+        its heat and the pack's nominal cooling."""
+        cc = self.cooling_check
+        assert cc is not None  # noqa: S101 (called only with a check)
+        for s in self.stacks:
+            d, o = s.data, s.out
+            if d is not None and o is not None:
+                cc.observe(s.index, t, d.current_a, s.stack_voltage_v / s.config.cells, o.soc,
+                           o.soc_sigma, o.leak_a, d.temperature_c)
+        raised = cc.step(t, self.table)
+        if raised and self.log:
+            for k in raised:
+                self.log.event({"type": "thermal_check", "event": "cooling degraded",
+                                "time_s": t, "stack": k, "residual_k": cc.residual_k(k),
+                                "model_c": cc.model_c(k), "cusum_k_s": cc.cusum_k_s(k),
+                                "heat_w_per_cell": cc.heat_w(k)})
+
+    def _check_link(self, t: float) -> None:
+        """3d. Link quality (bms/link_quality.py): frames each board's decoder dropped."""
+        counts: list[int | None] = []
+        for s in self.stacks:
+            link = s.client.link
+            counts.append(None if link is None else link.counters.errors)
+        raised = self.link_quality.step(t, counts, self.table)
+        if raised and self.log:
+            for k in raised:
+                self.log.event({"type": "link_quality", "event": "frame errors",
+                                "time_s": t, "stack": k,
+                                "in_window": self.link_quality.in_window(k),
+                                "total": self.link_quality.total(k)})
 
     def _contactors(self, t: float, valid: bool) -> tuple[ContactorOutput, bool]:
         """4. The contactor state machine on this tick's faults and voltages; the faults it

@@ -16,6 +16,7 @@ Format (docs/campaign.md)::
       - none
       - {name: leak, fault: CELL_SOFT_SHORT, target: 7, value: 10.0, at_s: 20}
       # stack: K (0-based) injects on that stack's board only; default every stack
+      # scenario: NAME runs that fault on its own scenario instead of the spec's scenarios
     runs: cross                      # the cross product, or a list of explicit runs
 
 An explicit run names one value of each axis (``{scenario: udds, seed: 1, fault: leak,
@@ -50,7 +51,7 @@ _TOP_KEYS = ("schema", "name", "description", "pack", "overrides", "duration_s",
              "scenarios", "seeds", "soc_errors", "ambient_c", "faults", "runs", "tables",
              "quick")
 _FAULT_KEYS = ("name", "fault", "target", "targets", "stack", "value", "at_s", "clear_at_s",
-               "expect", "bound_s", "bench")
+               "expect", "bound_s", "bench", "scenario")
 #: Extra report tables a spec may ask for (``tables:``; bms.app.campaign.report).
 TABLES = ("per_seed",)
 _RUN_KEYS = ("scenario", "seed", "fault", "soc_error", "ambient_c")
@@ -83,6 +84,9 @@ class FaultSpec:
     # A scripted bench case instead of an injection: a scenario of bms.app.latency (close,
     # inject between ticks, reset refused, recover, reset, re-close), by name; fault is "".
     bench: str | None = None
+    # The scenario this fault runs on instead of the spec's scenarios (a fault that needs its
+    # own load to have a physical effect, e.g. a coolant loss under a fast charge).
+    scenario: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,12 @@ class RunSpec:
     @property
     def key(self) -> str:
         """The run's identity: a hash of its spec (the results file's name). A fault's
-        ``bench`` counts only when set: the keys of the runs without one stay what they were
-        (a campaign resumes across the version that added it)."""
+        ``bench`` and ``scenario`` count only when set: the keys of the runs without them stay
+        what they were (a campaign resumes across the version that added them)."""
         d = self.as_dict()
-        if d["fault"] is not None and d["fault"].get("bench") is None:
-            del d["fault"]["bench"]
+        for opt in ("bench", "scenario"):
+            if d["fault"] is not None and d["fault"].get(opt) is None:
+                del d["fault"][opt]
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -244,7 +249,7 @@ def _build(path: Path, data: dict[str, Any]) -> CampaignSpec:
                                                    data.get("soc_errors", [None]))))
     ambient = tuple(_number(path, f"ambient_c[{i}]", t, -40.0, 80.0)
                     for i, t in enumerate(_list(path, "ambient_c", data.get("ambient_c", [25]))))
-    faults = tuple(_fault(path, f"faults[{i}]", f, duration_s)
+    faults = tuple(_fault(path, base, f"faults[{i}]", f, duration_s)
                    for i, f in enumerate(_list(path, "faults", data.get("faults", [NO_FAULT]))))
     _check_bench(path, pack, faults)
     tables = _tables(path, data.get("tables", []))
@@ -336,7 +341,8 @@ def _seeds(path: Path, value: Any) -> tuple[int, ...]:
     return seeds
 
 
-def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | None:
+def _fault(path: Path, base: Path, key: str, value: Any, duration_s: float
+           ) -> FaultSpec | None:
     if value == NO_FAULT or value is None:
         return None
     if not isinstance(value, dict):
@@ -392,8 +398,12 @@ def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | N
     stack = value.get("stack")
     if stack is not None:
         stack = _int(path, f"{key}.stack", stack, 0, 255)  # the pack's count: checked at run
+    scenario = value.get("scenario")
+    if scenario is not None:
+        scenario = _scenario(path, base, f"{key}.scenario", scenario)
     return FaultSpec(name=name, fault=code.upper(), targets=targets, value=float(v), at_s=at_s,
-                     clear_at_s=clear, expect=tuple(expect), bound_s=bound, stack=stack)
+                     clear_at_s=clear, expect=tuple(expect), bound_s=bound, stack=stack,
+                     scenario=scenario)
 
 
 def _runs(path: Path, spec: CampaignSpec, value: Any) -> list[RunSpec]:
@@ -401,11 +411,16 @@ def _runs(path: Path, spec: CampaignSpec, value: Any) -> list[RunSpec]:
 
     def make(scenario: str, seed: int, fault: FaultSpec | None, err: float | None,
              amb: float) -> RunSpec:
+        if fault is not None and fault.scenario is not None:
+            scenario = fault.scenario  # the fault's own load
         return RunSpec(pack=spec.pack, overrides=overrides, scenario=scenario, seed=seed,
                        fault=fault, soc_error=err, ambient_c=amb, duration_s=spec.duration_s)
 
     if value == "cross":
+        # A fault with its own scenario runs once per seed (with the first of the spec's
+        # scenarios standing for all of them), not once per scenario.
         return [make(sc, seed, f, e, a) for sc in spec.scenarios for f in spec.faults
+                if f is None or f.scenario is None or sc == spec.scenarios[0]
                 for a in spec.ambient_c for e in spec.soc_errors for seed in spec.seeds]
     if not isinstance(value, list) or not value:
         raise SpecError(path, "runs", f"{value!r}: 'cross' or a non-empty list of runs")
