@@ -138,6 +138,8 @@ FILES.update({
     "campaign-bench-key.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n"
                                b"  - {name: x, bench: board reset, at_s: 5}\n",
     "campaign-table.yaml": _CAMPAIGN + b"seeds: [1]\ntables: [per-seed]\n",
+    "campaign-fault-scenario.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n"
+                                    b"  - {name: x, fault: COOLANT_LOSS, scenario: fast-chrage}\n",
 })
 
 
@@ -288,6 +290,8 @@ ROWS: list[Row] = [
         "'board reset'?"),
     Row("campaign-bench-with-injection", ("campaign", "{d}/campaign-bench-key.yaml"), C,
         "faults[0].at_s: a bench case takes only name and bench"),
+    Row("campaign-fault-scenario-unknown", ("campaign", "{d}/campaign-fault-scenario.yaml"), C,
+        "faults[0].scenario: 'fast-chrage': no such file and not a shipped scenario"),
     Row("campaign-table-unknown", ("campaign", "{d}/campaign-table.yaml"), C,
         "tables[0]: 'per-seed' is not a report table; did you mean 'per_seed'?"),
     Row("campaign-spec-missing", ("campaign", "{d}/nope.yaml"), IO,
