@@ -18,7 +18,9 @@ tests/test_board_lane.py holds the two to the same bytes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from hil.emulator.loads import CcCvCharge, ConstantCurrent, CurrentProfile, Rest
 from hil.emulator.plant_c import c_error
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 # whose demand needs this step's v_open / r_eff) in the C call; any other Load subclass takes
 # the general path.
 _FAST_LOADS = frozenset({Rest, ConstantCurrent, CurrentProfile, CcCvCharge})
+_BLOCK = 256  # CurrentProfile demands computed at once (TickLane.profile_demand)
 _STAGES = {1: "ssb_plant_begin", 2: "ssb_plant_finish", 3: "ssb_plant_sense"}
 
 
@@ -65,6 +68,43 @@ class TickLane:
         self.unpack, self.buffer = ffi.unpack, ffi.buffer
         n, k, m = plant.n, plant.k, plant.m
         self.lc = slice(n + k, n + k + m) if m else None
+        # CurrentProfile demands ahead: (load, load_t0, dt, plant times, demands)
+        self._block: tuple[Any, float, float, list[float], list[float]] | None = None
+        self._block_i = 0
+
+    def profile_demand(self, load: CurrentProfile, t_s: float, load_t0_s: float) -> float:
+        """``load.demand_a(t_s - load_t0_s, ...)``, from a block computed ahead: one scalar
+        np.interp costs ~15 us on a 1,370-point drive cycle, a block of 256 about as much.
+        The block holds the plant times the next ticks will have if dt stays (t += dt, as
+        the step adds it; np.cumsum adds in the same order) and the demands there (np.interp's
+        one loop for scalars and arrays: the same value per point); a tick at any other time,
+        another load or segment start, or past the profile's end asks the load itself."""
+        blk = self._block
+        i = self._block_i
+        if (blk is not None and i < len(blk[3]) and blk[3][i] == t_s and blk[0] is load
+                and blk[1] == load_t0_s):
+            self._block_i = i + 1
+            return blk[4][i]
+        dt_s = self.board._last_dt_us * 1e-6
+        if not dt_s > 0.0:
+            self._block = None
+            return load.demand_a(t_s - load_t0_s, self.engine.v_open, self.engine.r_eff)
+        steps = np.full(_BLOCK, dt_s)
+        steps[0] = t_s
+        times = np.cumsum(steps)
+        t_rel = times - load_t0_s
+        if load.loop:
+            x = load.time_s[0] + np.fmod(t_rel, load.duration_s)
+        else:
+            x = load.time_s[0] + t_rel
+            x = x[:int(np.searchsorted(x, load.time_s[-1], side="right"))]
+        if not len(x):  # past the end: the load sets done
+            self._block = None
+            return load.demand_a(t_s - load_t0_s, self.engine.v_open, self.engine.r_eff)
+        demands = load.scale * np.interp(x, load.time_s, load.current_a)
+        self._block = (load, load_t0_s, dt_s, times[:len(x)].tolist(), demands.tolist())
+        self._block_i = 1
+        return self._block[4][0]
 
     def feed(self, data: bytes, status: int) -> bool:
         """Serve ``data`` as one tick: True when done (reply in the outbox, counters as the
@@ -96,6 +136,10 @@ class TickLane:
                         load.cv_cell_v, load.current_a, load.cutoff_a)
                     b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
                                                              o.discharge_limit_a)
+                elif cls is CurrentProfile:
+                    demand = self.profile_demand(load, plant.t_s, plant._load_t0)
+                    if load.respect_limits:
+                        demand = min(max(demand, -o.discharge_limit_a), o.charge_limit_a)
                 elif cls in _FAST_LOADS:
                     c = self.engine
                     demand = load.demand_a(plant.t_s - plant._load_t0, c.v_open, c.r_eff)
