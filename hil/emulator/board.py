@@ -272,6 +272,8 @@ class EmulatedBoard:
     def feed(self, data: bytes) -> None:
         """Bytes from the host; replies are appended to ``outbox``. The usual tick (a SAMPLE,
         or a HEARTBEAT and a SAMPLE) goes through the fast lane when nothing unusual is on."""
+        # (a lane tick leaves _last_counts as it was: in the sim clock it is only read right
+        # after a SAMPLE on the general path or a committed speculation has set it)
         lane, link = self._lane, self.link
         if (lane is not None and self._spec is None and not link.drop_probability
                 and not link.corrupt_probability and self.decoder.idle
