@@ -73,8 +73,8 @@ class TickLane:
         self._block_i = 0
 
     def profile_demand(self, load: CurrentProfile, t_s: float, load_t0_s: float) -> float:
-        """``load.demand_a(t_s - load_t0_s, ...)``, from a block computed ahead: one scalar
-        np.interp costs ~15 us on a 1,370-point drive cycle, a block of 256 about as much.
+        """``load.demand_a(t_s - load_t0_s, ...)``, from a block computed ahead: one call
+        costs ~2.3 us on the udds scenario's 2,740-point profile, a block of 256 ~12 us.
         The block holds the plant times the next ticks will have if dt stays (t += dt, as
         the step adds it; np.cumsum adds in the same order) and the demands there (np.interp's
         one loop for scalars and arrays: the same value per point); a tick at any other time,
