@@ -46,6 +46,9 @@ class TickLane:
         assert c is not None  # noqa: S101 (the caller checked the engine)
         self.engine = c
         ffi, lib = c.ffi, c.lib
+        if not hasattr(lib, "ssb_board_tick"):
+            raise RuntimeError("hil.emulator._plant was built before csrc/ssb_board.c: rebuild "
+                               "it (python setup.py build_ext --inplace)")
         self.tick = lib.ssb_board_tick
         self.fallback, self.unencodable = lib.SSB_BOARD_FALLBACK, lib.SSB_BOARD_UNENCODABLE
         self.bus_open, self.bus_pre, self.bus_closed, self.bus_cv = (
