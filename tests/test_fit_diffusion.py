@@ -77,3 +77,14 @@ def test_pack_slow_branch_is_c_times_slope(tmp_path):
                        c * diffusion_slope(res.ocv.soc_grid, row), rtol=1e-9)
     out = res.write_pack(tmp_path / "cell.yaml")
     assert load_pack(out).cell.ecm.rc_branches == 2
+
+
+def test_one_slow_time_constant_per_file(tmp_path):
+    from tests.test_fit import hppc_test, ocv_test
+
+    rng = np.random.default_rng(6)
+    res = fit(ocv_test(tmp_path / "ocv.csv", rng), [hppc_test(tmp_path / "h.csv", 25.0, rng,
+                                                               levels=3)],
+              diffusion_slope=True, verify=False)
+    taus = {lv.tau_s[1] for lv in res.tests[0].levels}
+    assert len(taus) == 1 and any("tau2" in n for n in res.tests[0].notes)

@@ -63,15 +63,17 @@ R_FLOOR_OHM = 1e-6
 CT_I0_MIN_PER_IMAX = 0.02
 CT_I0_MAX_PER_IMAX = 100.0
 CT_GRID_POINTS = 48
-#: With two branches the slow one's resistance follows the local OCV slope: R2(SOC) = c x
-#: dOCV/dSOC (SOC), c fitted per level. Why: the slow branch is mostly solid diffusion, whose
-#: voltage is the surface-to-bulk concentration difference seen through the electrode's open-
-#: circuit curve, so it scales with that curve's slope (the "surface SOC" of Plett, Battery
-#: Management Systems vol. 1, 2015, ch. 3.10; Chen2020's graphite steps make the slope change
-#: 4x between the HPPC's 10 % levels: 0.93 V at SOC 0.8, 0.22 at 0.9). The fit stays linear
-#: (the slow branch's input is dOCV/dSOC x I); the pack gets R2 on the OCV's 1 % grid.
-#: `bms fit --diffusion-slope` (off by default: a cell whose slow branch is not diffusion,
-#: or an ECM-like cell, keeps a constant R2 per level).
+#: ``bms fit --diffusion-slope`` (two branches; off by default: a cell whose slow branch is
+#: not diffusion, or an ECM-like cell such as the emulator's plant, keeps a constant R2 per
+#: level). The slow branch's resistance follows the local OCV slope, R2(SOC) = c x dOCV/dSOC,
+#: c fitted per level. Why: the slow branch is mostly solid diffusion, whose voltage is the
+#: surface-to-bulk concentration difference seen through the electrodes' open-circuit curves
+#: (single-particle picture), so it scales with their slope; the full cell's slope stands
+#: for both electrodes' (assumption). Chen2020's graphite steps make the slope change 4x
+#: between the HPPC's 10 % levels (0.93 V at SOC 0.8, 0.22 at 0.9), which a table over the
+#: levels cannot follow. The fit stays linear (the slow branch's input is dOCV/dSOC x I);
+#: its tau is one per file (a diffusion time R^2/D does not depend on SOC): the levels'
+#: median, each level refitted with it. The pack gets R2 on the OCV's 1 % grid.
 #: The slope is the OCV row's central difference averaged over +-this much SOC (the surface
 #: concentration runs a few % of SOC ahead of the bulk under a drive; assumption), at least
 #: MIN_DIFFUSION_SLOPE_V (a flat stretch keeps some diffusion voltage; assumption).
@@ -214,11 +216,12 @@ def _solve(gram: np.ndarray, rhs: np.ndarray, yy: float, cols: list[int]) -> tup
 
 
 def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_rc: int,
-            best: _Best, n_free: int, sw: np.ndarray, x_slow: np.ndarray | None = None
-            ) -> _Best:
+            best: _Best, n_free: int, sw: np.ndarray, x_slow: np.ndarray | None = None,
+            slow_index: int | None = None) -> _Best:
     """Least squares for every tau (pair) of the grid; resistances must be > 0 (the last
     ``n_free`` base columns, slopes, may have either sign). ``x_slow``: the slow branch's
-    columns (the filtered slope-scaled current) when it follows the OCV slope."""
+    columns (the filtered slope-scaled current) when it follows the OCV slope; ``slow_index``:
+    the slow branch's tau is that one of ``taus`` (fixed), only the fast one is searched."""
     nt = len(taus)
     slow_off = 0
     if x_slow is not None and n_rc == 2:
@@ -230,7 +233,8 @@ def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_
     nb = base.shape[1]
     combos = ([(i,) for i in range(len(taus))] if n_rc == 1 else
               [(i, j) for i in range(len(taus)) for j in range(i + 1, len(taus))
-               if taus[j] >= TAU_RATIO_MIN * taus[i]])
+               if taus[j] >= TAU_RATIO_MIN * taus[i]
+               and (slow_index is None or j == slow_index)])
     for combo in combos:
         cols = list(range(nb)) + [nb + i + (slow_off if n > 0 else 0)
                                   for n, i in enumerate(combo)]
@@ -243,7 +247,7 @@ def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_
 def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
                dsoc: np.ndarray | None = None, weight: np.ndarray | None = None,
                ct_temperature_c: np.ndarray | None = None, fixed_i0: float | None = None,
-               slope: np.ndarray | None = None
+               slope: np.ndarray | None = None, slow_tau: float | None = None
                ) -> tuple[np.ndarray, list[float], list[float], np.ndarray, float]:
     """As :func:`_fit_linear`, and with ``ct_temperature_c`` (the cell temperature per
     sample) a charge-transfer overpotential eta = (2 R T / F) asinh(I / (2 I0)) (symmetric
@@ -254,12 +258,13 @@ def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
     C/2-class segment and 1C-class pulses). ``fixed_i0``: this I0, not searched. Returns
     (..., I0; NaN without charge transfer; inf when the best I0 is the grid's largest, i.e.
     the window shows no nonlinearity). ``slope``: dOCV/dSOC per sample, the slow branch's
-    resistance then c x slope (returned as c; ``fit_levels(diffusion_slope=True)``)."""
+    resistance then c x slope (returned as c; ``fit_levels(diffusion_slope=True)``);
+    ``slow_tau``: the slow branch's time constant, fixed."""
     if ct_temperature_c is not None and fixed_i0 is not None:
         e = ct_overpotential(np.full(len(current), 0.5 / fixed_i0), current, ct_temperature_c)
-        r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope)
+        r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope, slow_tau)
         return r0, r, tau, model + e, fixed_i0
-    r0, r, tau, model = _fit_linear(dt, current, y, n_rc, dsoc, weight, slope)
+    r0, r, tau, model = _fit_linear(dt, current, y, n_rc, dsoc, weight, slope, slow_tau)
     if ct_temperature_c is None:
         return r0, r, tau, model, math.nan
     imax = float(np.max(np.abs(current)))
@@ -290,11 +295,11 @@ def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
     if i0 >= grid[-1]:  # linear within the grid: not identified here (the caller decides)
         return r0, r, tau, model, math.inf
     e = eta(i0)
-    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope)
+    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope, slow_tau)
     step = float(grid[1] / grid[0])
     i0 = best_i0(i0 * step ** np.linspace(-1.0, 1.0, 9), tau)
     e = eta(i0)
-    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope)
+    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope, slow_tau)
     return r0, r, tau, model + e, i0
 
 
@@ -313,16 +318,17 @@ def _design(current: np.ndarray, dsoc: np.ndarray | None) -> tuple[np.ndarray, i
 
 def _fit_linear(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
                 dsoc: np.ndarray | None = None, weight: np.ndarray | None = None,
-                slope: np.ndarray | None = None
+                slope: np.ndarray | None = None, slow_tau: float | None = None
                 ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
     """(R0 discharge and charge, R_j, tau_j, model of y) for y = v - OCV over one window.
     ``dsoc``: SOC minus the level's SOC; R0 on discharge may then change linearly with it
     inside the window (the segment to the next level crosses 10-20 % SOC, where R0 moves;
     without the slope the slow branch absorbs that drift). The slope is not written: the
     next level's R0 carries it. ``slope`` (two branches): dOCV/dSOC per sample; the slow
-    branch's input is then slope x I and its returned R is the coefficient c."""
+    branch's input is then slope x I and its returned R is the coefficient c. ``slow_tau``
+    (two branches): the slow branch's tau fixed, the fast one searched."""
     if n_rc != 2:
-        slope = None
+        slope, slow_tau = None, None
     dis, chg = np.minimum(current, 0.0), np.maximum(current, 0.0)
     base, n_free = _design(current, dsoc)
     span = float(np.sum(dt))
@@ -330,18 +336,28 @@ def _fit_linear(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
     taus = np.geomspace(max(TAU_MIN_PER_DT * dt_med, 0.05), max(TAU_MAX_PER_WINDOW * span,
                                                                    4 * dt_med), TAU_GRID_POINTS)
     sw = np.sqrt(np.ones(len(y)) if weight is None else weight)
+    step = float(taus[1] / taus[0])
+
     def slow(t: np.ndarray) -> np.ndarray | None:
         return None if slope is None else filtered(dt, current * slope, t)
 
+    def with_fixed(t: np.ndarray) -> tuple[np.ndarray, int | None]:
+        if slow_tau is None:
+            return t, None
+        t = np.unique(np.append(t[t * TAU_RATIO_MIN <= slow_tau], slow_tau))
+        return t, int(np.flatnonzero(t == slow_tau)[0])
+
+    taus, si = with_fixed(taus)
     best = _search(base, filtered(dt, current, taus), taus, y, n_rc, _Best(), n_free, sw,
-                   slow(taus))
+                   slow(taus), si)
     if best.coef is None:
         raise FitError("no positive resistances fit this window")
     # refine: a finer grid around each chosen tau (one coarse step either side)
-    step = float(taus[1] / taus[0])
-    fine = np.unique(np.concatenate([t * step ** np.linspace(-1, 1, 9) for t in best.taus]))
+    free = best.taus if slow_tau is None else best.taus[:1]
+    fine = np.unique(np.concatenate([t * step ** np.linspace(-1, 1, 9) for t in free]))
+    fine, si = with_fixed(fine)
     best = _search(base, filtered(dt, current, fine), fine, y, n_rc, best, n_free, sw,
-                   slow(fine))
+                   slow(fine), si)
     x = filtered(dt, current, np.array(best.taus))
     if slope is not None:
         x[:, 1] = filtered(dt, current * slope, np.array(best.taus[1:]))[:, 0]
@@ -397,7 +413,7 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
     """Fit every level window of ``test`` (``ocv_at``: OCV at this temperature over SOC);
     ``charge_transfer``: with a Butler-Volmer overpotential (:func:`fit_window`);
     ``slow_follows_slope`` (two branches): the slow branch's R = c x dOCV/dSOC, c per level
-    (:func:`diffusion_slope`)."""
+    (:func:`diffusion_slope`), its tau one per file (the levels' median)."""
     tr = test.trace
     dt = tr.dt_s
     fits = []
@@ -448,6 +464,18 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
         if not known:
             test.notes.append("no level shows a charge-transfer nonlinearity: I0 at the "
                               "grid's top (practically linear)")
+    if follow:
+        # Diffusion's time constant (particle radius^2 / diffusivity) does not depend on SOC,
+        # its voltage does (through the slope): one tau2 per file (temperature), the levels'
+        # median, every level refitted with it (I0 kept). Per level the pair was ill-posed:
+        # PyBaMM Mohtat2020 at 0 C gave tau2 30-320 s between neighbouring levels.
+        tau2 = float(np.exp(np.median(np.log([f[8][2][1] for f in fits]))))
+        for n, f in enumerate(fits):
+            i0 = f[8][4] if math.isfinite(f[8][4]) else None
+            fits[n] = f[:8] + (fit_window(*f[7][:7], fixed_i0=i0, slope=f[7][8],
+                                          slow_tau=tau2),)
+        test.notes.append(f"slow branch (diffusion): tau2 {tau2:.1f} s at every level (the "
+                          "levels' median), R2 = c x dOCV/dSOC with c per level")
     for a, b, k, y, in_w, first, last, _, (r0, r, tau, model, i0) in fits:
         if math.isinf(i0):
             i0 = float(np.max(np.abs(tr.current_a[k]))) * CT_I0_MAX_PER_IMAX
