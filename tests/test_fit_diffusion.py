@@ -1,7 +1,8 @@
 """``bms fit --diffusion-slope`` (bms/app/fit_pulses.py): the slow RC branch's resistance as
 c x dOCV/dSOC. A window from a known cell whose slow branch follows the slope gives c back
 (the fit stays linear in it), the constant-R2 fit of the same window is measurably worse, and
-the written pack's slow-branch table is c x the smoothed slope on the OCV's 1 % grid."""
+the written pack's slow-branch table is c x the smoothed slope on the OCV's 1 % grid, with one
+slow time constant per file; ``bms fit --diffusion-slope`` writes such a pack."""
 
 from __future__ import annotations
 
@@ -77,14 +78,22 @@ def test_pack_slow_branch_is_c_times_slope(tmp_path):
                        c * diffusion_slope(res.ocv.soc_grid, row), rtol=1e-9)
     out = res.write_pack(tmp_path / "cell.yaml")
     assert load_pack(out).cell.ecm.rc_branches == 2
+    # one slow time constant per file (the levels' median)
+    assert len({x.tau_s[1] for x in lv}) == 1 and any("tau2" in n for n in res.tests[0].notes)
 
 
-def test_one_slow_time_constant_per_file(tmp_path):
+def test_cli_flag_writes_the_diffusion_pack(tmp_path, capsys):
+    from bms.app import fit as fitmod
     from tests.test_fit import hppc_test, ocv_test
 
-    rng = np.random.default_rng(6)
-    res = fit(ocv_test(tmp_path / "ocv.csv", rng), [hppc_test(tmp_path / "h.csv", 25.0, rng,
-                                                               levels=3)],
-              diffusion_slope=True, verify=False)
-    taus = {lv.tau_s[1] for lv in res.tests[0].levels}
-    assert len(taus) == 1 and any("tau2" in n for n in res.tests[0].notes)
+    rng = np.random.default_rng(7)
+    ocv = ocv_test(tmp_path / "ocv.csv", rng)
+    hppc = hppc_test(tmp_path / "h.csv", 25.0, rng, levels=2)
+    out = tmp_path / "d.yaml"
+    rc = fitmod.main(["--ocv", str(ocv), "--pulses", str(hppc), "--current-sign",
+                      "discharge-positive", "--diffusion-slope", "-o", str(out),
+                      "--report", str(tmp_path / "rep")])
+    assert rc == 0, capsys.readouterr().out
+    assert "slow branch (diffusion)" in (tmp_path / "rep" / "d_report.md").read_text()
+    r2 = load_pack(out).cell.ecm
+    assert r2.rc_branches == 2
