@@ -76,6 +76,10 @@ if TYPE_CHECKING:  # the link imports python-can and cantools (the optional extr
 _ST_JUST_BOOTED = int(Status.JUST_BOOTED)
 _ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
 _ST_SENSOR = int(Status.SENSOR_ERROR)
+# Sensor faults that make a stack's heat estimate (bms/thermal_check.py) untrustworthy.
+_HEAT_INPUT_CODES = frozenset({
+    FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, FaultCode.CELL_VOLTAGE_OPEN_WIRE,
+    FaultCode.CURRENT_SENSOR, FaultCode.CURRENT_SENSOR_OFFSET})
 # The status bits that feed back the output bits (same positions: hil.protocol.Outputs).
 _FEEDBACK_MASK = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
 
@@ -515,11 +519,15 @@ class Controller:
         its heat and the pack's nominal cooling."""
         cc = self.cooling_check
         assert cc is not None  # noqa: S101 (called only with a check)
+        # A stack whose voltage or current sensors are in fault has an untrustworthy heat (a
+        # tap offset, a biased shunt): the check restarts there instead of raising.
+        suspect = {r.stack for r in self.table.active() if r.code in _HEAT_INPUT_CODES}
         for s in self.stacks:
             d, o = s.data, s.out
             if d is not None and o is not None:
                 cc.observe(s.index, t, d.current_a, s.stack_voltage_v / s.config.cells, o.soc,
-                           o.soc_sigma, o.leak_a, d.temperature_c)
+                           o.soc_sigma, self._leak_low_a[s.cells], d.temperature_c,
+                           inputs_ok=s.index not in suspect)
         raised = cc.step(t, self.table)
         if raised and self.log:
             for k in raised:
