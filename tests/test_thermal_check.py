@@ -134,3 +134,16 @@ def test_an_unconverged_estimate_a_missing_thermistor_or_a_sensor_fault_hold_the
 def test_a_pack_without_a_cooling_section_has_no_check() -> None:
     pack = dataclasses.replace(load_pack("ssb-23"), cooling=None)
     assert CoolingCheck.from_pack(pack, THERMAL_CHECK) is None
+
+
+def test_the_faults_campaign_runs_the_coolant_loss_on_its_own_load() -> None:
+    from bms.app.campaign.runner import expected_codes
+    from bms.app.campaign.spec import load_spec
+
+    spec = load_spec("faults")
+    runs = [r for r in spec.runs if r.fault is not None and r.fault.name == "coolant-loss"]
+    # once per seed on the fast charge, not once per scenario; the other cases on udds
+    assert len(runs) == 10 and {r.scenario for r in runs} == {"fast-charge"}
+    assert len(spec.runs) == 220
+    assert {r.scenario for r in spec.runs if r not in runs} == {"udds"}
+    assert expected_codes(runs[0].fault)[0] == "COOLING_DEGRADED"
