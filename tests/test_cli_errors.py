@@ -454,7 +454,8 @@ ROWS: list[Row] = [
     Row("export-out-is-the-log", ("export", "{d}/export-ok", "--to", "csv", "-o",
                                   "{d}/export-ok/ticks.csv"), U, "is the run's own log"),
     Row("export-chunk-rows-zero", ("export", "{d}/export-ok", "--to", "mf4", "--chunk-rows",
-                                   "0"), U, "argument --chunk-rows: '0' is not a whole number >= 1"),
+                                   "0"), U,
+        "argument --chunk-rows: '0' is not a whole number >= 1"),
     Row("export-mf4-master-only", ("export", "{d}/export-ok", "--to", "mf4", "--channels",
                                    "time_s"), U, "--channels time_s: selects only time_s, the "
         "MF4 file's master"),
