@@ -134,6 +134,7 @@ class StackRuntime:
     chain: StackStep | None = None
     chain_tried: bool = False
     bleed_ptrs: tuple = ()  # the chain's pointers into the two pack-wide bleed arrays
+    chain_shares: list[float] | None = None  # the load-cell baseline the chain corrects by
 
     @property
     def client(self) -> BoardClient:
@@ -944,6 +945,10 @@ class Controller:
         core_dt = self._core_dt(s, timestamp_ms, dt_s)
         bleed = s.bleed_ptrs[0] if self._bleed_flowing() is self._bleed_arrays[0] \
             else s.bleed_ptrs[1]
+        b = s.baseline
+        if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
+            chain.bind_baseline(b.shares, b.offsets_kpa)
+            s.chain_shares = b.shares
         r = chain.step(current_a, core_dt, bleed)
         data = v.after_front_end(t, current_a, sc.bus_voltage_from_raw(bus_raw), timestamp_ms,
                                  status, r.fe_summary)
@@ -956,7 +961,8 @@ class Controller:
         s.last_valid_s = s.ts_moved_s
         self.current_check.innovation_stats(s.index, t, r.innovation_n, r.innovation_median_v,
                                             r.soc_sigma_sum, s.core.n_cells)
-        self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a)
+        self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
+                      r)
 
     def _status_bits(self, s: StackRuntime, status: int, t: float) -> None:
         """A measurement was accepted: the mismatch cleared, the board's status bits (reset,
@@ -1015,11 +1021,13 @@ class Controller:
         return True
 
     def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any, t: float,
-                 stack_voltage_v: float, charge_limit_a: float, discharge_limit_a: float
-                 ) -> None:
+                 stack_voltage_v: float, charge_limit_a: float, discharge_limit_a: float,
+                 chained: Any = None) -> None:
         """Copy one stack's fresh data and estimates into the pack-wide arrays. With a single
         stack the pack-wide arrays *are* the validator's and the core's buffers (both are
-        updated in place every tick): bound once, on the first data, never copied."""
+        updated in place every tick): bound once, on the first data, never copied.
+        ``chained``: the stack chain's result (bms/stack_step.py), whose figures replace the
+        Python's here (None: computed here)."""
         cells, k = s.cells, s.index
         v = data.cell_voltage_v
         if self._single_stack:
@@ -1045,13 +1053,20 @@ class Controller:
         self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         # The imbalance against the fixture's static one (the core's is the plain max - min).
         assert s.baseline is not None  # noqa: S101 (made with the stack)
-        imbalance, event = s.baseline.imbalance_kpa(t, data.pressure_kpa)
-        self._p_imbalance_kpa[k] = imbalance
-        if event is not None and self.log:
-            self.log.event(event)
+        if chained is not None and s.chain_shares is not None:  # the baseline is known
+            self._p_imbalance_kpa[k] = chained.imbalance_kpa
+        else:
+            imbalance, event = s.baseline.imbalance_kpa(t, data.pressure_kpa)
+            self._p_imbalance_kpa[k] = imbalance
+            if event is not None and self.log:
+                self.log.event(event)
         if self.ccd is not None:
-            s.ccd_pressure_kpa, s.ccd_temperature_c = stack_conditions(data.pressure_kpa,
-                                                                       data.temperature_c)
+            if chained is not None:
+                s.ccd_pressure_kpa = chained.min_pressure_kpa
+                s.ccd_temperature_c = chained.min_temperature_c
+            else:
+                s.ccd_pressure_kpa, s.ccd_temperature_c = stack_conditions(
+                    data.pressure_kpa, data.temperature_c)
             s.ccd_limit_a = self.ccd.limit_a(s.ccd_pressure_kpa, s.ccd_temperature_c)
         self._row.set_stack(k, data.current_a, data.pressure_kpa, o.pressure_expected_kpa,
                             o.pressure_residual_kpa,

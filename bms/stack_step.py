@@ -1,12 +1,14 @@
 """One stack's receive chain in one C call (csrc/ssb_stack.c): the measurement front end on the
 counts the fast lane unpacked, the core tick with this tick's bleed, and the figures the
 controller reads every tick (stack voltage, the tightest power limits, the innovation's median
-and the SOC sigmas' sum for the current check).
+and the SOC sigmas' sum for the current check, the coldest thermistor and lowest load cell for
+the CCD limit, the load-cell imbalance once the fixture baseline is known).
 
 It replaces, on the controller's hot path, ``StackValidator.check_wire`` (whose Python
 remainder, ``after_front_end``, still runs: the diagnosis when something is wrong, the scalar
-and timestamp checks), ``Core.step`` and the sums of ``Controller._collect`` and
-``CurrentPlausibility.innovation``; those stay the reference, and a run through either path
+and timestamp checks), ``Core.step`` and the sums of ``Controller._collect``,
+``CurrentPlausibility.innovation``, ``charging.stack_conditions`` and, with a baseline,
+``LoadCellBaseline.imbalance_kpa``; those stay the reference, and a run through either path
 writes the same log (tests/test_stack_step.py). The buffers are the validator's and the core's
 own, bound once: nothing is copied but the stack's slice of the bleed.
 """
@@ -53,6 +55,27 @@ class StackStep:
         self._validator = validator
         self._offset = bleed_offset
         self._ffi = ffi
+        self._baseline: tuple[np.ndarray, ...] = ()
+        sk.lc_share = sk.lc_offset_kpa = ffi.NULL
+
+    def bind_baseline(self, shares: list[float] | None, offsets_kpa: list[float] | None
+                      ) -> None:
+        """The load cells' fixture baseline (LoadCellBaseline.shares and .offsets_kpa) the
+        step's imbalance is corrected by from now on; None: not known (no imbalance)."""
+        ffi, sk = self._ffi, self._sk
+        if shares is None:
+            self._baseline = ()
+            sk.lc_share = sk.lc_offset_kpa = ffi.NULL
+            return
+        n = self._validator.load_cells.stop - self._validator.load_cells.start
+        if len(shares) != n or (offsets_kpa is not None and len(offsets_kpa) != n):
+            raise ValueError(f"baseline of {len(shares)} load cells for a board of {n}")
+        arrays = tuple(np.array(a, dtype=np.float64) for a in (shares, offsets_kpa)
+                       if a is not None)
+        self._baseline = arrays  # held: the struct points into them
+        sk.lc_share = ffi.from_buffer("double[]", arrays[0])
+        sk.lc_offset_kpa = (ffi.from_buffer("double[]", arrays[1]) if len(arrays) > 1
+                            else ffi.NULL)
 
     def bleed_pointer(self, pack_bleed_a: np.ndarray) -> Any:
         """A pointer to this stack's cells in a pack-wide bleed array (made once per array

@@ -40,6 +40,40 @@ static double py_min(const double *v, size_t n)
     return m;
 }
 
+/* bms.charging._lowest: the smallest value below +inf (NaN never is), else NaN. */
+static double lowest(const double *v, size_t n)
+{
+    double low = INFINITY;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < low)
+            low = v[i];
+    return low != INFINITY ? low : NAN;
+}
+
+/* LoadCellBaseline.imbalance_kpa once the baseline is known (see ssb_stack.h). */
+static double imbalance(const double *p, size_t n, const double *share, const double *offset)
+{
+    size_t valid = 0;
+    double hi = 0.0, lo = 0.0;
+    for (size_t j = 0; j < n; j++) {
+        if (p[j] != p[j])
+            continue;
+        double x = offset ? (p[j] - offset[j]) / share[j] : p[j] / share[j];
+        if (valid == 0) {
+            hi = lo = x;
+        } else { /* Python's max and min: replaced by a strictly larger (smaller) value */
+            if (x > hi)
+                hi = x;
+            if (x < lo)
+                lo = x;
+        }
+        valid++;
+    }
+    if (valid == 0)
+        return NAN;
+    return valid < 2 ? 0.0 : hi - lo;
+}
+
 int ssb_stack_step(const ssb_stack_t *sk, double current_a, double last_i, int have_last_raw,
                    double dt_s, const double *bleed_a, ssb_stack_result_t *r)
 {
@@ -84,6 +118,12 @@ int ssb_stack_step(const ssb_stack_t *sk, double current_a, double last_i, int h
     r->soc_sigma_sum = sig_sum;
     r->innovation_n = (int32_t)k;
     r->innovation_median_v = k ? median_sorted(sk->scratch, k) : NAN;
+    const ssb_fe_config_t *fc = sk->fe_cfg;
+    const double *temps = sk->clean + fc->n_cells, *press = temps + fc->n_thermistors;
+    r->min_pressure_kpa = lowest(press, fc->n_load_cells);
+    r->min_temperature_c = lowest(temps, fc->n_thermistors);
+    r->imbalance_kpa = sk->lc_share
+        ? imbalance(press, fc->n_load_cells, sk->lc_share, sk->lc_offset_kpa) : NAN;
     size_t nh = (size_t)sk->prm->n_horizons;
     r->charge_limit_a = py_min(sk->out->charge_limit_a, nh);
     r->discharge_limit_a = py_min(sk->out->discharge_limit_a, nh);

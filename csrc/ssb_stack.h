@@ -41,6 +41,11 @@ typedef struct {
     double *innovation_v; /* n_cells: clean cell voltage - the core's prediction */
     double *scratch;      /* n_cells: work space for the median */
     double current_plausible_a; /* |current| above it: not a measurement (NaN to the core) */
+    /* The load cells' fixture baseline (bms.protections.LoadCellBaseline), or NULL while it
+     * is not known (then the caller computes the imbalance): each load cell's share of the
+     * stack mean and, or NULL, its offset (kPa). */
+    const double *lc_share;
+    const double *lc_offset_kpa;
 } ssb_stack_t;
 
 /* What one step reports. */
@@ -55,6 +60,13 @@ typedef struct {
     double discharge_limit_a;
     double innovation_median_v; /* median of the non-NaN innovations (NaN: none) */
     double soc_sigma_sum;       /* sum of the SOC sigmas in cell order */
+    /* bms.charging.stack_conditions: the lowest valid load-cell pressure and the coldest valid
+     * thermistor (NaN: none valid) */
+    double min_pressure_kpa;
+    double min_temperature_c;
+    /* LoadCellBaseline.imbalance_kpa with lc_share: max - min of (p - offset) / share over
+     * the valid load cells, 0 with one, NaN with none; NaN without lc_share */
+    double imbalance_kpa;
 } ssb_stack_result_t;
 
 /* One MEASUREMENT of one stack: front end (last_i and have_last_raw are its state from the

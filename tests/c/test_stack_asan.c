@@ -20,6 +20,7 @@ typedef struct {
     rig_t r;
     ssb_stack_t sk;
     double *innovation, *scratch, *bleed; /* n cells each */
+    double *share, *offset;               /* load cells each */
 } chain_t;
 
 static void chain_init(chain_t *c, int32_t n, size_t extra_fe_cells, int32_t k, int32_t mlc)
@@ -40,9 +41,15 @@ static void chain_init(chain_t *c, int32_t n, size_t extra_fe_cells, int32_t k, 
     c->innovation = dalloc((size_t)n);
     c->scratch = dalloc((size_t)n);
     c->bleed = dalloc((size_t)n);
+    c->share = mlc > 0 ? dalloc((size_t)mlc) : NULL;
+    c->offset = mlc > 0 ? dalloc((size_t)mlc) : NULL;
+    for (int32_t j = 0; j < mlc; j++) {
+        c->share[j] = 0.9 + 0.05 * j;
+        c->offset[j] = 3.0 - j;
+    }
     c->sk = (ssb_stack_t){&c->r.cfg, &c->r.st, c->r.raw, c->r.values, c->r.clean, c->r.bad,
                           c->r.stuck, c->r.jump, &c->f.prm, &c->f.st, &c->f.m, &c->f.out,
-                          c->f.bleed, c->innovation, c->scratch, 300.0};
+                          c->f.bleed, c->innovation, c->scratch, 300.0, NULL, NULL};
 }
 
 static void chain_free(chain_t *c)
@@ -50,6 +57,8 @@ static void chain_free(chain_t *c)
     free(c->innovation);
     free(c->scratch);
     free(c->bleed);
+    free(c->share);
+    free(c->offset);
     rig_free(&c->r);
     fixture_free(&c->f);
 }
@@ -92,6 +101,31 @@ static void check_figures(const chain_t *c, const ssb_stack_result_t *res, doubl
     if (c->f.out.charge_limit_a[1] < lo)
         lo = c->f.out.charge_limit_a[1];
     CHECK(res->charge_limit_a == lo || (isnan(lo) && isnan(res->charge_limit_a)));
+    /* the coldest thermistor, the lowest load cell, the imbalance against the baseline */
+    const ssb_fe_config_t *fc = &c->r.cfg;
+    const double *temps = c->r.clean + fc->n_cells, *press = temps + fc->n_thermistors;
+    double lt = INFINITY, lp = INFINITY, hi = -INFINITY, lw = INFINITY;
+    size_t valid = 0;
+    for (size_t j = 0; j < fc->n_thermistors; j++)
+        lt = temps[j] < lt ? temps[j] : lt;
+    for (size_t j = 0; j < fc->n_load_cells; j++) {
+        lp = press[j] < lp ? press[j] : lp;
+        if (isnan(press[j]) || !c->sk.lc_share)
+            continue;
+        double x = press[j];
+        if (c->sk.lc_offset_kpa)
+            x -= c->sk.lc_offset_kpa[j];
+        x /= c->sk.lc_share[j];
+        hi = x > hi ? x : hi;
+        lw = x < lw ? x : lw;
+        valid++;
+    }
+    CHECK(isinf(lt) ? isnan(res->min_temperature_c) : res->min_temperature_c == lt);
+    CHECK(isinf(lp) ? isnan(res->min_pressure_kpa) : res->min_pressure_kpa == lp);
+    if (!c->sk.lc_share || valid == 0)
+        CHECK(isnan(res->imbalance_kpa));
+    else
+        CHECK(res->imbalance_kpa == (valid < 2 ? 0.0 : hi - lw));
     free(vals);
 }
 
@@ -113,6 +147,9 @@ static void run_chain(int32_t n, size_t extra, int32_t k, int32_t mlc, int steps
         }
         if (s % 37 == 3)
             c.r.raw[0] = INT64_MAX;
+        /* the baseline: unknown, shares alone, shares and offsets */
+        c.sk.lc_share = (s % 3 && mlc > 0) ? c.share : NULL;
+        c.sk.lc_offset_kpa = (s % 3 == 2 && mlc > 0) ? c.offset : NULL;
         double cur = (urand() - 0.5) * 100.0;
         if (s % 23 == 4)
             cur = NAN;
