@@ -9,6 +9,8 @@ tests/c/: a real C build per case, run from pytest so that ``make test`` covers 
 - stack: tests/c/test_stack_asan.c (ssb_stack_step over the core's and the front end's
   fixtures: error paths, 1..40 and 100 cells, random counts, currents and bleeds, every figure
   against a plain recomputation);
+- balance: tests/c/test_balance_asan.c (ssb_balance: error paths that write nothing, 1..6
+  stacks of 1..32 cells, NaN/Inf inputs, each decision's invariants);
 - wire: tests/c/test_wire_asan.c (ssb_wire over the firmware's proto.c: random damaged streams
   against the firmware's byte-at-a-time reader, exact-size buffers, every payload length);
 - plant: tests/c/test_plant_asan.c (error paths and that they write nothing, 1..40 and 150
@@ -29,6 +31,7 @@ CASES = {
     "protect+format": (["ssb_protect.c", "ssb_format.c"], "test_protect_asan.c"),
     "frontend": (["ssb_frontend.c"], "test_frontend_asan.c"),
     "stack": (["ssb_core.c", "ssb_frontend.c", "ssb_stack.c"], "test_stack_asan.c"),
+    "balance": (["ssb_balance.c"], "test_balance_asan.c"),
     "plant": (["ssb_plant.c"], "test_plant_asan.c"),
     "wire": (["ssb_wire.c", "../boards/firmware/src/proto.c"], "test_wire_asan.c"),
 }
