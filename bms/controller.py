@@ -627,9 +627,9 @@ class Controller:
             if not self._all_fresh:
                 arrays, current_a = self._without_stale(t, arrays)
                 stack_v = bus_v = math.nan
-            self.log.row_segments(self._row.fill(
-                t, int(c_out.state), current_a, stack_v, bus_v, arrays,
-                charge_a, discharge_a, int(c_out.outputs), bal.masks, n_active, duration), t)
+            self.log.row_tick(self._row, t, int(c_out.state), current_a, stack_v, bus_v,
+                              arrays, charge_a, discharge_a, int(c_out.outputs), bal.masks,
+                              n_active, duration)
         if self.monitor and self.monitor.poll_viewers():
             self.monitor.publish(self.snapshot())
 

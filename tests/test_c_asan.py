@@ -2,7 +2,8 @@
 tests/c/: a real C build per case, run from pytest so that ``make test`` covers it.
 
 - core: tests/c/test_core_asan.c (every error path, NaN/Inf inputs, sizes 1..257);
-- protect + format: tests/c/test_protect_asan.c (error paths, a full transition buffer,
+- protect + format: tests/c/test_protect_asan.c (error paths, a full transition buffer, the
+  tick row filled and formatted in one call (ssb_format_tick, 0..40 stacks),
   NaN/Inf, sizes 1..300, long random runs, exact-size buffers);
 - frontend: tests/c/test_frontend_asan.c (error paths, exact-size heap buffers, 1..40 cells,
   sentinels and int64 extremes, NaN/Inf currents);
