@@ -931,6 +931,19 @@ class Controller:
             return  # the reference front end, or a core that copies its inputs: the calls
         s.bleed_ptrs = tuple(s.chain.bleed_pointer(a) for a in self._bleed_arrays)
         s.innovation_v = s.chain.innovation_v
+        # The chain writes this stack's data into the pack-wide arrays itself (_collect then
+        # copies nothing); with one stack those arrays are the validator's and core's own.
+        cells = {} if self._single_stack else {
+            "cell_v": self._cell_v, "soc": self._soc, "soc_sigma": self._soc_sigma,
+            "leak_a": self._leak_a, "leak_sigma_a": self._leak_sigma_a}
+        no_temps = self._single_stack or s.thermistors.stop == s.thermistors.start
+        s.chain.bind_pack(cells, s.cells.start, None if no_temps else self._temps,
+                          s.thermistors.start,
+                          {"p_mean_kpa": self._p_mean_kpa,
+                           "p_rate_kpa_per_s": self._p_rate_kpa_per_s,
+                           "p_rate_abs_kpa_per_s": self._p_rate_abs,
+                           "p_cusum_kpa": self._p_cusum_kpa,
+                           "p_imbalance_kpa": self._p_imbalance_kpa}, s.index)
 
     def _receive_chain(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float) -> None:
         """:meth:`_receive` of a fast-lane measurement: front end, core and the stack's
@@ -1035,7 +1048,7 @@ class Controller:
                 self._cell_v, self._temps = v, data.temperature_c
                 self._soc, self._soc_sigma = o.soc, o.soc_sigma
                 self._leak_a, self._leak_sigma_a = o.leak_a, o.leak_sigma_a
-        else:
+        elif chained is None:  # (else the chain copied them: StackStep.bind_pack)
             self._cell_v[cells] = v
             self._temps[s.thermistors] = data.temperature_c
             self._soc[cells] = o.soc
@@ -1047,15 +1060,14 @@ class Controller:
         total = stack_voltage_v
         s.stack_voltage_v = total if total == total else float(np.nansum(v))
         s.charge_limit_a, s.discharge_limit_a = charge_limit_a, discharge_limit_a
-        self._p_mean_kpa[k] = o.pressure_mean_kpa
-        self._p_rate_kpa_per_s[k] = rate = o.pressure_rate_kpa_per_s
-        self._p_rate_abs[k] = abs(rate)  # the protection's input (a numpy call per tick less)
-        self._p_cusum_kpa[k] = o.pressure_cusum_kpa
+        if chained is None:  # (the chain wrote these)
+            self._p_mean_kpa[k] = o.pressure_mean_kpa
+            self._p_rate_kpa_per_s[k] = rate = o.pressure_rate_kpa_per_s
+            self._p_rate_abs[k] = abs(rate)  # the protection's input (a numpy call less)
+            self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         # The imbalance against the fixture's static one (the core's is the plain max - min).
         assert s.baseline is not None  # noqa: S101 (made with the stack)
-        if chained is not None and s.chain_shares is not None:  # the baseline is known
-            self._p_imbalance_kpa[k] = chained.imbalance_kpa
-        else:
+        if chained is None or s.chain_shares is None:  # (else the chain wrote it too)
             imbalance, event = s.baseline.imbalance_kpa(t, data.pressure_kpa)
             self._p_imbalance_kpa[k] = imbalance
             if event is not None and self.log:

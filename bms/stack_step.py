@@ -77,6 +77,31 @@ class StackStep:
         sk.lc_offset_kpa = (ffi.from_buffer("double[]", arrays[1]) if len(arrays) > 1
                             else ffi.NULL)
 
+    def bind_pack(self, cells: dict[str, np.ndarray], cell_start: int,
+                  temperature_c: np.ndarray | None, thermistor_start: int,
+                  per_stack: dict[str, np.ndarray], stack: int) -> None:
+        """Where each step copies its data in the caller's pack-wide arrays (ssb_stack.h's
+        ``pack_*`` fields by name, without the prefix): ``cells`` from ``cell_start``,
+        ``temperature_c`` from ``thermistor_start`` (None: not copied), ``per_stack`` at
+        ``stack``. The arrays must outlive the chain (held here)."""
+        ffi, sk = self._ffi, self._sk
+        keep = []
+
+        def at(a: np.ndarray, i: int) -> Any:
+            if not (a.dtype == np.float64 and a.ndim == 1 and a.flags.c_contiguous
+                    and 0 <= i < len(a)):
+                raise ValueError("pack arrays must be 1-d contiguous float64 arrays")
+            keep.append(a)
+            return ffi.from_buffer("double[]", a[i:])
+
+        for name, a in cells.items():
+            setattr(sk, f"pack_{name}", at(a, cell_start))
+        if temperature_c is not None and len(temperature_c):
+            sk.pack_temperature_c = at(temperature_c, thermistor_start)
+        for name, a in per_stack.items():
+            setattr(sk, f"pack_{name}", at(a, stack))
+        self._pack_keep = keep
+
     def bleed_pointer(self, pack_bleed_a: np.ndarray) -> Any:
         """A pointer to this stack's cells in a pack-wide bleed array (made once per array
         by the caller: the array must live as long as the pointer is used)."""

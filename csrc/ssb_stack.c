@@ -74,6 +74,36 @@ static double imbalance(const double *p, size_t n, const double *share, const do
     return valid < 2 ? 0.0 : hi - lo;
 }
 
+static void copy(double *dst, const double *src, size_t n)
+{
+    if (dst && n)
+        memcpy(dst, src, n * sizeof *dst);
+}
+
+static void put(double *dst, double value)
+{
+    if (dst)
+        *dst = value;
+}
+
+/* The step's data into the caller's pack-wide arrays (those given). */
+static void copy_out(const ssb_stack_t *sk, size_t n, double imbalance_kpa)
+{
+    copy(sk->pack_cell_v, sk->meas->cell_voltage_v, n);
+    copy(sk->pack_soc, sk->st->soc, n);
+    copy(sk->pack_soc_sigma, sk->out->soc_sigma, n);
+    copy(sk->pack_leak_a, sk->st->leak_a, n);
+    copy(sk->pack_leak_sigma_a, sk->out->leak_sigma_a, n);
+    copy(sk->pack_temperature_c, sk->clean + sk->fe_cfg->n_cells, sk->fe_cfg->n_thermistors);
+    const double *so = sk->out->stack;
+    put(sk->pack_p_mean_kpa, so[SSB_OUT_PRESSURE_MEAN_KPA]);
+    put(sk->pack_p_rate_kpa_per_s, so[SSB_OUT_PRESSURE_RATE_KPA_PER_S]);
+    put(sk->pack_p_rate_abs_kpa_per_s, fabs(so[SSB_OUT_PRESSURE_RATE_KPA_PER_S]));
+    put(sk->pack_p_cusum_kpa, so[SSB_OUT_PRESSURE_CUSUM_KPA]);
+    if (sk->lc_share)
+        put(sk->pack_p_imbalance_kpa, imbalance_kpa);
+}
+
 int ssb_stack_step(const ssb_stack_t *sk, double current_a, double last_i, int have_last_raw,
                    double dt_s, const double *bleed_a, ssb_stack_result_t *r)
 {
@@ -124,6 +154,7 @@ int ssb_stack_step(const ssb_stack_t *sk, double current_a, double last_i, int h
     r->min_temperature_c = lowest(temps, fc->n_thermistors);
     r->imbalance_kpa = sk->lc_share
         ? imbalance(press, fc->n_load_cells, sk->lc_share, sk->lc_offset_kpa) : NAN;
+    copy_out(sk, n, r->imbalance_kpa);
     size_t nh = (size_t)sk->prm->n_horizons;
     r->charge_limit_a = py_min(sk->out->charge_limit_a, nh);
     r->discharge_limit_a = py_min(sk->out->discharge_limit_a, nh);

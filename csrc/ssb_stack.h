@@ -46,6 +46,15 @@ typedef struct {
      * stack mean and, or NULL, its offset (kPa). */
     const double *lc_share;
     const double *lc_offset_kpa;
+    /* Where the step's data go in the controller's pack-wide arrays, each at this stack's
+     * place, or NULL (not copied): per cell (n_cells) the clean voltages, the core's SOC, SOC
+     * sigma, leak and leak sigma; per thermistor (the front end's) the clean temperatures;
+     * one value each: the core's mean pressure, its rate, |rate|, the CUSUM and (only with
+     * lc_share) the imbalance. */
+    double *pack_cell_v, *pack_soc, *pack_soc_sigma, *pack_leak_a, *pack_leak_sigma_a;
+    double *pack_temperature_c;
+    double *pack_p_mean_kpa, *pack_p_rate_kpa_per_s, *pack_p_rate_abs_kpa_per_s;
+    double *pack_p_cusum_kpa, *pack_p_imbalance_kpa;
 } ssb_stack_t;
 
 /* What one step reports. */

@@ -49,7 +49,8 @@ static void chain_init(chain_t *c, int32_t n, size_t extra_fe_cells, int32_t k, 
     }
     c->sk = (ssb_stack_t){&c->r.cfg, &c->r.st, c->r.raw, c->r.values, c->r.clean, c->r.bad,
                           c->r.stuck, c->r.jump, &c->f.prm, &c->f.st, &c->f.m, &c->f.out,
-                          c->f.bleed, c->innovation, c->scratch, 300.0, NULL, NULL};
+                          c->f.bleed, c->innovation, c->scratch, 300.0, NULL, NULL,
+                          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 }
 
 static void chain_free(chain_t *c)
@@ -135,7 +136,25 @@ static void run_chain(int32_t n, size_t extra, int32_t k, int32_t mlc, int steps
     chain_init(&c, n, extra, k, mlc);
     size_t nc = (size_t)n + extra, nch = nc + (size_t)k + (size_t)mlc;
     ssb_stack_result_t res;
+    /* the pack-wide destinations, exactly this stack's size (one value each per stack) */
+    double *pc[5], *pt = k > 0 ? dalloc((size_t)k) : NULL, *ps[5];
+    for (int j = 0; j < 5; j++) {
+        pc[j] = dalloc((size_t)n);
+        ps[j] = dalloc(1);
+    }
     for (int s = 0; s < steps; s++) {
+        int to_pack = s % 2;
+        double **cells_dst[] = {&c.sk.pack_cell_v, &c.sk.pack_soc, &c.sk.pack_soc_sigma,
+                                &c.sk.pack_leak_a, &c.sk.pack_leak_sigma_a};
+        double **scal_dst[] = {&c.sk.pack_p_mean_kpa, &c.sk.pack_p_rate_kpa_per_s,
+                               &c.sk.pack_p_rate_abs_kpa_per_s, &c.sk.pack_p_cusum_kpa,
+                               &c.sk.pack_p_imbalance_kpa};
+        for (int j = 0; j < 5; j++) {
+            *cells_dst[j] = to_pack ? pc[j] : NULL;
+            *scal_dst[j] = to_pack ? ps[j] : NULL;
+            ps[j][0] = -7.0;
+        }
+        c.sk.pack_temperature_c = to_pack ? pt : NULL;
         for (size_t i = 0; i < nch; i++) {
             double u = urand();
             if (i < nc)
@@ -165,7 +184,25 @@ static void run_chain(int32_t n, size_t extra, int32_t k, int32_t mlc, int steps
                              &res) == 0);
         CHECK(res.fe_rc == 0 && res.core_rc == 0);
         check_figures(&c, &res, cur);
+        if (to_pack) {
+            const double *src[] = {c.r.clean, c.f.st.soc, c.f.out.soc_sigma, c.f.st.leak_a,
+                                   c.f.out.leak_sigma_a};
+            for (int j = 0; j < 5; j++)
+                CHECK(memcmp(pc[j], src[j], (size_t)n * sizeof(double)) == 0);
+            if (k > 0)
+                CHECK(memcmp(pt, c.r.clean + nc, (size_t)k * sizeof(double)) == 0);
+            const double *so = c.f.out.stack;
+            CHECK(ps[0][0] == so[SSB_OUT_PRESSURE_MEAN_KPA] || isnan(ps[0][0]));
+            CHECK(ps[2][0] == fabs(so[SSB_OUT_PRESSURE_RATE_KPA_PER_S]) || isnan(ps[2][0]));
+            CHECK(c.sk.lc_share ? (ps[4][0] == res.imbalance_kpa || isnan(ps[4][0]))
+                                : ps[4][0] == -7.0);
+        }
     }
+    for (int j = 0; j < 5; j++) {
+        free(pc[j]);
+        free(ps[j]);
+    }
+    free(pt);
     chain_free(&c);
 }
 
