@@ -21,7 +21,9 @@ CURRENT_SENSOR_OFFSET (a warning) on the stack whose board reads wrong:
   further than ``disagree_a`` from the others' median for ``disagree_debounce_s`` is offset
   (two boards: both are named, neither can be told from the other).
 
-Pure logic on the tick's ``time_s``; the controller feeds it and owns the fault table.
+Pure logic on the tick's ``time_s``; the controller feeds it and owns the fault table. The CUSUM
+and the per-tick decision run in C (csrc/ssb_current.c, ``engine="c"``, the default); the Python
+here is the reference (``engine="reference"``, tests/test_current_check_c.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ import numpy as np
 from bms.faults import FaultCode, FaultTable
 
 _CODE = FaultCode.CURRENT_SENSOR_OFFSET
+ENGINES = ("c", "reference")
+# csrc/ssb_current.h SSB_CC_* -> the record's reason
+_WHY = ("", "current with contactors open", "common-mode voltage innovation",
+        "boards in series disagree")
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,49 @@ class _StackState:
 class CurrentPlausibility:
     """One instance per pack; ``n_stacks`` boards, each with its own current sensor."""
 
-    def __init__(self, n_stacks: int, config: CurrentCheckConfig) -> None:
+    def __init__(self, n_stacks: int, config: CurrentCheckConfig, engine: str = "c") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not one of {', '.join(ENGINES)}")
+        self.engine = engine
         self.config = config
         self._st = [_StackState() for _ in range(n_stacks)]
+        self._c: tuple | None = None
+        if engine == "c":
+            self._init_c(n_stacks)
+
+    def _init_c(self, n: int) -> None:
+        """The C engine's config and state arrays (csrc/ssb_current.h), made once; its state
+        lives there, not in ``_st``."""
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi, lib = _core.ffi, _core.lib
+        c, cfg = ffi.new("ssb_cc_config_t *"), self.config
+        for name in ("rest_threshold_a", "rest_debounce_s", "cusum_allowance_v",
+                     "cusum_limit_v_s", "sigma_gate", "disagree_a", "disagree_debounce_s"):
+            setattr(c, name, getattr(cfg, name))
+        self._cusum_pos, self._cusum_neg = np.zeros(n), np.zeros(n)
+        self._times = np.full((3, n), np.nan)  # last_t, rest_since, disagree_since
+        self._raised = np.zeros(n, dtype=np.uint8)
+        self._why = np.zeros(n, dtype=np.int32)
+        self._scratch, self._currents = np.zeros(n), np.zeros(n)
+        self._change, self._value = np.zeros(n, dtype=np.int8), np.zeros(n)
+        s = ffi.new("ssb_cc_state_t *")
+        buf = ffi.from_buffer
+        s.cusum_pos_v_s, s.cusum_neg_v_s = buf("double[]", self._cusum_pos), buf(
+            "double[]", self._cusum_neg)
+        s.last_t_s, s.rest_since_s, s.disagree_since_s = (buf("double[]", row)
+                                                          for row in self._times)
+        s.raised, s.why = buf("uint8_t[]", self._raised), buf("int32_t[]", self._why)
+        s.scratch = buf("double[]", self._scratch)
+        self._c_keep = (s, [buf("double[]", row) for row in self._times])
+        self._c = (lib.ssb_cc_innovation, lib.ssb_cc_step, c, s,
+                   buf("double[]", self._currents), buf("int8_t[]", self._change),
+                   buf("double[]", self._value))
 
     def cusum_v_s(self, stack: int) -> float:
         """The larger side of the stack's CUSUM (V s; the current_check event carries it)."""
+        if self._c is not None:
+            return max(float(self._cusum_pos[stack]), float(self._cusum_neg[stack]))
         s = self._st[stack]
         return max(s.cusum_pos_v_s, s.cusum_neg_v_s)
 
@@ -92,6 +135,9 @@ class CurrentPlausibility:
                          sigma_sum: float, n_cells: int) -> None:
         """:meth:`innovation` from its figures: how many cells have an innovation, their
         median, the sum of the cells' SOC sigmas (in cell order) and the cell count."""
+        if self._c is not None:
+            self._c[0](self._c[2], self._c[3], stack, t, n_valid, median_v, sigma_sum, n_cells)
+            return
         c = self.config
         s = self._st[stack]
         dt = 0.0 if s.last_t_s is None else t - s.last_t_s
@@ -113,6 +159,8 @@ class CurrentPlausibility:
         reading this tick (NaN: none); ``no_current_path``: every contactor commanded open
         (and, where there is feedback, reported open) for this whole tick. Returns the stacks
         raised on this tick (``reason`` says why)."""
+        if self._c is not None:
+            return self._step_c(t, currents_a, no_current_path, table)
         c = self.config
         raised: list[int] = []
         finite = sorted(i for i in currents_a if math.isfinite(i))
@@ -156,8 +204,31 @@ class CurrentPlausibility:
                 s.raised, s.why = False, ""
         return raised
 
+    def _step_c(self, t: float, currents_a: list[float], no_current_path: bool,
+                table: FaultTable) -> list[int]:
+        """:meth:`step` with the decision in C; the records raised and cleared here, in stack
+        order, as the reference does."""
+        _, step, c, s, cur, change, value = self._c  # type: ignore[misc]
+        if len(currents_a) != len(self._currents):
+            raise ValueError(f"{len(currents_a)} currents for {len(self._currents)} stacks")
+        buf = self._currents
+        for k, i_a in enumerate(currents_a):
+            buf[k] = i_a
+        if not step(c, s, len(buf), t, cur, bool(no_current_path), change, value):
+            return []
+        raised: list[int] = []
+        for k, ch in enumerate(self._change.tolist()):
+            if ch > 0:
+                table.raise_fault(_CODE, t, None, float(self._value[k]), k)
+                raised.append(k)
+            elif ch < 0:
+                table.clear_fault(_CODE, t, None, float(self._value[k]), k)
+        return raised
+
     def reason(self, stack: int) -> str:
         """Why the stack's record is raised ('' when it is not)."""
+        if self._c is not None:
+            return _WHY[int(self._why[stack])]
         return self._st[stack].why
 
 
