@@ -37,7 +37,7 @@ from bms.faults import FaultCode, FaultTable
 
 _CODE = FaultCode.CURRENT_SENSOR_OFFSET
 ENGINES = ("c", "reference")
-# csrc/ssb_current.h SSB_CC_* -> the record's reason
+# The record's reasons, indexed as csrc/ssb_current.h's SSB_CC_* (both engines use them)
 _WHY = ("", "current with contactors open", "common-mode voltage innovation",
         "boards in series disagree")
 
@@ -174,12 +174,12 @@ class CurrentPlausibility:
                 if s.rest_since_s is None:
                     s.rest_since_s = t
                 if t - s.rest_since_s >= c.rest_debounce_s - 1e-9:
-                    why, value = "current with contactors open", i_a
+                    why, value = _WHY[1], i_a
             else:
                 s.rest_since_s = None
             # 2. the common-mode innovation
             if not why and max(s.cusum_pos_v_s, s.cusum_neg_v_s) > c.cusum_limit_v_s:
-                why = "common-mode voltage innovation"
+                why = _WHY[2]
                 value = s.cusum_pos_v_s if s.cusum_pos_v_s > s.cusum_neg_v_s \
                     else -s.cusum_neg_v_s
             # 3. stacks in series: one current
@@ -190,7 +190,7 @@ class CurrentPlausibility:
                     if s.disagree_since_s is None:
                         s.disagree_since_s = t
                     if not why and t - s.disagree_since_s >= c.disagree_debounce_s - 1e-9:
-                        why, value = "boards in series disagree", i_a - ref
+                        why, value = _WHY[3], i_a - ref
                 else:
                     s.disagree_since_s = None
             else:
