@@ -244,9 +244,9 @@ int main(void)
     chain_free(&c);
     /* sizes, front ends with spare cell channels, the qsort median */
     for (int32_t n = 1; n <= 40; n++)
-        run_chain(n, (size_t)(n % 3 == 0), n % 7, n % 5, 60);
-    run_chain(100, 0, 4, 3, 60);
-    run_chain(23, 1, 6, 4, 1500);
+        run_chain(n, (size_t)(n % 3 == 0), n % 7, n % 5, 40);
+    run_chain(100, 0, 4, 3, 40);
+    run_chain(23, 1, 6, 4, 600);
     printf("ok\n");
     return 0;
 }
