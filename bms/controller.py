@@ -29,10 +29,11 @@ from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, Con
 from bms.core import Core
 from bms.current_check import CurrentPlausibility
 from bms.faults import FaultCode, FaultTable, Severity
+from bms.link_quality import LinkQuality
 from bms.monitor import MonitorServer
 from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
-from bms.soc_start import Start
+from bms.soc_start import Start, StartReport
 from bms.stack_step import StackStep
 from bms.statefile import (
     SAVE_PERIOD_S,
@@ -44,6 +45,7 @@ from bms.statefile import (
 )
 from bms.statefile import encode as encode_state
 from bms.statefile import serialize as serialize_state
+from bms.thermal_check import CoolingCheck
 from bms.tickstats import TickStats
 from bms.tuning import (
     BOARD_ACK_WAIT_FRACTION,
@@ -55,7 +57,9 @@ from bms.tuning import (
     DERATING_CODES,
     GC_EVERY_TICKS,
     HEARTBEATS_PER_TIMEOUT,
+    LINK_QUALITY,
     LOAD_CELL_BASELINE_WINDOW_S,
+    THERMAL_CHECK,
     WARNING_DERATE,
 )
 from bms.validation import StackValidator, ValidatedStack
@@ -73,6 +77,10 @@ if TYPE_CHECKING:  # the link imports python-can and cantools (the optional extr
 _ST_JUST_BOOTED = int(Status.JUST_BOOTED)
 _ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
 _ST_SENSOR = int(Status.SENSOR_ERROR)
+# Sensor faults that make a stack's heat estimate (bms/thermal_check.py) untrustworthy.
+_HEAT_INPUT_CODES = frozenset({
+    FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, FaultCode.CELL_VOLTAGE_OPEN_WIRE,
+    FaultCode.CURRENT_SENSOR, FaultCode.CURRENT_SENSOR_OFFSET})
 # The status bits that feed back the output bits (same positions: hil.protocol.Outputs).
 _FEEDBACK_MASK = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
 
@@ -154,11 +162,14 @@ class Controller:
         timeout_s: float = 0.25, retries: int = 1, meta: dict[str, Any] | None = None,
         pipeline: bool | None = None, state_path: str | Path | None = None,
         saved_state: SavedState | None = None, wall_clock: Callable[[], float] = time.time,
-        vehicle: VehicleLink | None = None,
+        vehicle: VehicleLink | None = None, initial_soc: float | None = None,
     ) -> None:
         """``state_path``: the state file to save to (every SAVE_PERIOD_S of run time
         and on close); ``saved_state``: what was loaded from it (bms.statefile.load), restored
-        at each stack's first measurement; ``wall_clock``: Unix time (the rest between runs)."""
+        at each stack's first measurement; ``wall_clock``: Unix time (the rest between runs).
+        ``initial_soc``: start every stack's estimator at this SOC (0..1, every cell) with the
+        pack's ``initial_soc_sigma`` at its first measurement, instead of from the OCV: a
+        known (or deliberately wrong) start for campaigns and tests; not with a saved state."""
         if len(ports) != len(pack.stacks):
             raise ValueError(f"pack {pack.name} has {len(pack.stacks)} stack(s): give one port "
                              f"per stack, got {len(ports)}")
@@ -190,6 +201,9 @@ class Controller:
                        in enumerate(zip(pack.stacks, boards, ports, strict=True))]
         self.protections = PackProtections(pack)
         self.current_check = CurrentPlausibility(len(self.stacks), CURRENT_CHECK)
+        # None when the pack's cell gives no cooling_w_per_k (bms/thermal_check.py).
+        self.cooling_check = CoolingCheck.from_pack(pack, THERMAL_CHECK)
+        self.link_quality = LinkQuality(len(self.stacks), LINK_QUALITY)
         self.contactors = ContactorStateMachine(pack.contactors)
         self.balancer = Balancer(
             pack.balancing, [s.cells for s in pack.stacks],
@@ -224,6 +238,11 @@ class Controller:
         # Set by open() from the boards' INFO; until then a beat every tick (the safe side).
         self.heartbeat_period_s = 0.0
         self._next_heartbeat_s = -math.inf
+        if initial_soc is not None and (saved_state is not None
+                                        or not 0.0 <= float(initial_soc) <= 1.0):
+            raise ValueError(f"initial_soc {initial_soc!r}: a SOC in [0, 1], and not with a "
+                             "saved state")
+        self.initial_soc = initial_soc
         self._init_state_file(state_path, saved_state, wall_clock)
         # The vehicle over CAN (bms/vehicle/, docs/can.md); None: no vehicle side at all.
         self.vehicle = vehicle
@@ -367,6 +386,9 @@ class Controller:
         if all_fresh:
             self._protect(t, current_a, protect_charge_a, discharge_a)
             self._check_current(t)
+            if self.cooling_check is not None:
+                self._check_cooling(t)
+        self._check_link(t)
         if self.vehicle is not None:
             self._vehicle_requests(t)
         c_out, fault_latched = self._contactors(t, valid)
@@ -499,6 +521,42 @@ class Controller:
                 self.log.event({"type": "current_check", "event": "offset suspected",
                                 "time_s": t, "stack": k, "reason": self.current_check.reason(k),
                                 "cusum_v_s": self.current_check.cusum_v_s(k)})
+
+    def _check_cooling(self, t: float) -> None:
+        """3c. Cooling plausibility (bms/thermal_check.py): each stack's temperature against
+        its heat and the pack's nominal cooling."""
+        cc = self.cooling_check
+        assert cc is not None  # noqa: S101 (called only with a check)
+        # A stack whose voltage or current sensors are in fault has an untrustworthy heat (a
+        # tap offset, a biased shunt): the check restarts there instead of raising.
+        suspect = {r.stack for r in self.table.active() if r.code in _HEAT_INPUT_CODES}
+        for s in self.stacks:
+            d, o = s.data, s.out
+            if d is not None and o is not None:
+                cc.observe(s.index, t, d.current_a, s.stack_voltage_v / s.config.cells, o.soc,
+                           o.soc_sigma, self._leak_low_a[s.cells], d.temperature_c,
+                           inputs_ok=s.index not in suspect)
+        raised = cc.step(t, self.table)
+        if raised and self.log:
+            for k in raised:
+                self.log.event({"type": "thermal_check", "event": "cooling degraded",
+                                "time_s": t, "stack": k, "residual_k": cc.residual_k(k),
+                                "model_c": cc.model_c(k), "cusum_k_s": cc.cusum_k_s(k),
+                                "heat_w_per_cell": cc.heat_w(k)})
+
+    def _check_link(self, t: float) -> None:
+        """3d. Link quality (bms/link_quality.py): frames each board's decoder dropped."""
+        counts: list[int | None] = []
+        for s in self.stacks:
+            link = s.client.link
+            counts.append(None if link is None else link.counters.errors)
+        raised = self.link_quality.step(t, counts, self.table)
+        if raised and self.log:
+            for k in raised:
+                self.log.event({"type": "link_quality", "event": "frame errors",
+                                "time_s": t, "stack": k,
+                                "in_window": self.link_quality.in_window(k),
+                                "total": self.link_quality.total(k)})
 
     def _contactors(self, t: float, valid: bool) -> tuple[ContactorOutput, bool]:
         """4. The contactor state machine on this tick's faults and voltages; the faults it
@@ -805,16 +863,22 @@ class Controller:
         return missing
 
     def _start_estimator(self, s: StackRuntime, data: ValidatedStack, t: float) -> None:
-        """The first measurement of a stack starts its estimator: from its saved state carried
-        over the rest since it was saved, else from the OCV (bms/soc_start.py). One event
-        says how."""
+        """The first measurement of a stack starts its estimator: at ``initial_soc`` when
+        given, from its saved state carried over the rest since it was saved, else from the
+        OCV (bms/soc_start.py). One event says how ("given", "restored", "ocv_...")."""
         s.estimator_started = True
         core, pack = s.core, self.pack
         start = Start(core.params, pack.estimator.initial_soc_sigma,
                       pack.cell.ecm.hysteresis_max_v is not None, pack.cell.capacity_ah)
         saved = self._saved.stacks[s.index] if self._saved is not None else None
         args = (data.current_a, data.cell_voltage_v, data.temperature_c, data.pressure_kpa)
-        if saved is not None:
+        if self.initial_soc is not None:
+            core.reset(self.initial_soc, temperature_c=data.temperature_c,
+                       soc_sigma0=pack.estimator.initial_soc_sigma)
+            report = StartReport("given", data.current_a, core.soc.copy(),
+                                 core.soc_sigma.copy())
+            state = core.state_dict()
+        elif saved is not None:
             core.load_state(saved.estimator)  # shapes checked in _init_state_file
             rest_s = self._wall_clock() - saved.state_unix_s
             state = core.state_dict()

@@ -46,7 +46,7 @@ class Severity(IntEnum):
 
 class FaultCode(IntEnum):
     """Stable DTC-like numbers: 1xx protections, 2xx sensors, 3xx link/board, 4xx contactors,
-    5xx vehicle (CAN).
+    5xx vehicle (CAN), 6xx thermal management.
 
     Numbers never change meaning once released; new codes get new numbers.
     """
@@ -91,12 +91,15 @@ class FaultCode(IntEnum):
     BOARD_DATA_STALE = 307
     BOARD_MEASUREMENT_MISMATCH = 308
     BOARD_LOST = 309
+    LINK_FRAME_ERRORS = 310
     # 4xx: contactors.
     PRECHARGE_FAILURE = 401
     CONTACTOR_FEEDBACK_MISMATCH = 402
     # 5xx: the vehicle side (CAN, bms/vehicle/).
     VEHICLE_HEARTBEAT_LOST = 501
     VEHICLE_FRAME_INVALID = 502
+    # 6xx: thermal management (bms/thermal_check.py).
+    COOLING_DEGRADED = 601
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,12 @@ FAULT_INFO: dict[FaultCode, FaultInfo] = {
         FaultInfo(FaultCode.BOARD_LOST, "board lost (port gone or silent)", _W,
                   "safe state (MEASUREMENT_LOST); the run stops (controller.on_board_lost: "
                   "stop) or the port is reopened until the board is back (reconnect)"),
+        # One row per check: debounce, source and assumption in bms/tuning.py
+        # (LINK_QUALITY: 3 bad frames from one board within 10 s, assumption).
+        FaultInfo(FaultCode.LINK_FRAME_ERRORS,
+                  "board link frame errors (CRC or framing), repeatedly", _W,
+                  "event: the frames were dropped and retried; the data that arrived is "
+                  "checked, a lost one is MEASUREMENT_LATE / MEASUREMENT_LOST"),
         FaultInfo(FaultCode.PRECHARGE_FAILURE, "precharge failed after all retries", _F,
                   "open and latch"),
         FaultInfo(FaultCode.CONTACTOR_FEEDBACK_MISMATCH,
@@ -193,6 +202,12 @@ FAULT_INFO: dict[FaultCode, FaultInfo] = {
         FaultInfo(FaultCode.VEHICLE_FRAME_INVALID,
                   "vehicle frames invalid (counter, checksum or length), repeatedly", _F,
                   "open and latch (vehicle.on_invalid_frames: open; warn: event only)"),
+        # THERMAL_CHECK (bms/tuning.py): a CUSUM of measured minus modelled stack temperature,
+        # 0.3 K allowance, 20 K s limit (assumption; the model: bms/thermal_check.py).
+        FaultInfo(FaultCode.COOLING_DEGRADED,
+                  "stack warmer than its heat and nominal cooling explain (cooling degraded)",
+                  _W, "event + derate: less current, less heat; the temperature protections "
+                  "still open at their limits"),
     )
 }
 

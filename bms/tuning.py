@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from bms.current_check import CurrentCheckConfig
 from bms.faults import FaultCode
+from bms.link_quality import LinkQualityConfig
+from bms.thermal_check import ThermalCheckConfig
 
 # ---------------------------------------------------------------------- controller (tick)
 
@@ -32,6 +34,8 @@ DERATING_CODES = frozenset({
     # A biased current sensor: the over-current levels compare a reading that is off by the
     # offset, so the allowed currents keep a margin (assumption: the same factor).
     FaultCode.CURRENT_SENSOR_OFFSET,
+    # Cooling that cannot reject the heat: half the current is a quarter of the I^2 R heat.
+    FaultCode.COOLING_DEGRADED,
 })
 #: HEARTBEAT period: five beats per board watchdog timeout (read from the board's INFO), at
 #: most one per tick (assumption: at 10 Hz every other tick, so one lost or late beat -- also
@@ -239,6 +243,35 @@ CURRENT_CHECK = CurrentCheckConfig(
     # current by a few A per 0.1 s, assumption).
     disagree_debounce_s=1.0,
 )
+
+# ---------------------------------------------------------------------- cooling plausibility
+
+#: COOLING_DEGRADED (bms/thermal_check.py, docs/safety.md "Degraded cooling").
+THERMAL_CHECK = ThermalCheckConfig(
+    # The model steps once a second: the stack's thermal time constant is minutes (ssb-23:
+    # 70 J/K over 0.30 W/K, 230 s); the heat is integrated every tick in between.
+    period_s=1.0,
+    # The stack may run 0.3 K warmer than the model before anything is integrated: above the
+    # model's error on healthy runs (measured on ssb-23 over emu://, docs/safety.md "Degraded
+    # cooling": at most +0.1 K over 2C charges, 3C discharges, UDDS, CC-CV and the demo) and
+    # the mean of six NTCs' noise (assumption).
+    allowance_k=0.3,
+    # 20 K s: a minute at 0.33 K over the allowance (assumption; a cooling loss moves the
+    # stack's temperature over minutes, so a minute of evidence costs little latency).
+    limit_k_s=20.0,
+    # The heat uses the OCV at the estimated SOC: only a converged estimate (the current
+    # check's gate, bms/tuning.py CURRENT_CHECK).
+    sigma_gate=0.03,
+)
+
+# ---------------------------------------------------------------------- link quality
+
+#: LINK_FRAME_ERRORS (bms/link_quality.py, docs/safety.md "Link frame errors"): 3 frames of
+#: one board dropped (CRC, COBS, length) within 10 s. Assumption: a healthy UART link drops
+#: none in hours of running (0 in every fault-free campaign run, docs/safety.md), one noise
+#: hit stays an event-free count, and 3 in 10 s is a rate ~1 in 30 frames at 10 Hz, as
+#: VEHICLE_FRAME_INVALID counts 3 bad frames in its window.
+LINK_QUALITY = LinkQualityConfig(errors=3, window_s=10.0)
 
 # ---------------------------------------------------------------------- contactors
 

@@ -480,6 +480,19 @@ class ChargingConfig:
 
 
 @dataclass(frozen=True)
+class CoolingConfig:
+    """Each stack's cooling at its nominal coolant flow: the BMS's thermal model of a stack
+    (bms/thermal_check.py), cells and the coolant in the stack's cold plate."""
+
+    cell_to_coolant_w_per_k: float        # per cell
+    coolant_heat_capacity_j_per_k: float  # per stack
+    coolant_flow_w_per_k: float           # per stack: mass flow x cp, to the inlet
+    end_plates_heat_capacity_j_per_k: float  # per stack, both plates
+    cells_to_end_plates_w_per_k: float       # per stack
+    end_plates_to_ambient_w_per_k: float     # per stack
+
+
+@dataclass(frozen=True)
 class ControllerConfig:
     tick_s: float
     measurement_timeout_s: float
@@ -523,6 +536,7 @@ class PackConfig:
     controller: ControllerConfig | None = None
     charging: ChargingConfig | None = None
     vehicle: VehicleConfig = field(default_factory=VehicleConfig)
+    cooling: CoolingConfig | None = None
 
     @property
     def n_cells(self) -> int:
@@ -783,6 +797,22 @@ def _read_charging(r: _Reader) -> ChargingConfig | None:
     )
 
 
+def _read_cooling(r: _Reader) -> CoolingConfig | None:
+    if not r.has("cooling"):
+        return None
+    c = r.sub("cooling")
+    return CoolingConfig(
+        cell_to_coolant_w_per_k=c.number("cell_to_coolant_w_per_k", 0.0, 1e4, lo_open=True),
+        coolant_heat_capacity_j_per_k=c.number("coolant_heat_capacity_j_per_k", 0.0, 1e8,
+                                               lo_open=True),
+        coolant_flow_w_per_k=c.number("coolant_flow_w_per_k", 0.0, 1e6, lo_open=True),
+        end_plates_heat_capacity_j_per_k=c.number("end_plates_heat_capacity_j_per_k", 0.0, 1e8,
+                                                  lo_open=True),
+        cells_to_end_plates_w_per_k=c.number("cells_to_end_plates_w_per_k", 0.0, 1e6),
+        end_plates_to_ambient_w_per_k=c.number("end_plates_to_ambient_w_per_k", 0.0, 1e6),
+    )
+
+
 def _read_protection(r: _Reader, name: str) -> ProtectionLimit:
     p = r.sub(name)
     direction = p.string("direction", choices=("above", "below"))
@@ -937,6 +967,7 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         controller=controller,
         charging=_read_charging(r),
         vehicle=_read_vehicle(r, controller),
+        cooling=_read_cooling(r),
     )
     r.finish()
     return pack

@@ -6,7 +6,9 @@
   the balancing decision (ssb_balance), the current sensor's plausibility check (ssb_current);
 - ``hil._wire`` (``wire_ffibuilder``): the frame codec, csrc/ssb_wire.c batching the reference
   firmware's boards/firmware/src/proto.c (one C codec for firmware and host);
-- ``hil.emulator._plant`` (``plant_ffibuilder``): the emulator's plant step (ssb_plant).
+- ``hil.emulator._plant`` (``plant_ffibuilder``): the emulator's plant step (ssb_plant) and the
+  board's one-call SAMPLE (ssb_board: frame check, step, sensor read, MEASUREMENT frame; it
+  links proto.c too, so the emulator's fast lane needs no call into hil._wire).
 
 So an emulator process loads the wire codec and the plant, never the estimator. Each cdef is its
 public headers minus preprocessor lines, so the headers stay the one source of truth: a change
@@ -34,12 +36,13 @@ MODULES = {
     "bms._core": ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend", "ssb_stack",
                   "ssb_balance", "ssb_current"),
     "hil._wire": ("ssb_wire",),
-    "hil.emulator._plant": ("ssb_plant",),
+    "hil.emulator._plant": ("ssb_plant", "ssb_board"),
 }
 # The reference firmware's protocol codec, compiled into hil._wire as is (csrc/ssb_wire.c batches
 # it). proto.h is not part of the cdef: Python only sees ssb_wire.h.
 FIRMWARE_SRC = HERE.parent / "boards" / "firmware" / "src"
-EXTRA_SOURCES = {"hil._wire": [FIRMWARE_SRC / "proto.c"]}
+EXTRA_SOURCES = {"hil._wire": [FIRMWARE_SRC / "proto.c"],
+                 "hil.emulator._plant": [FIRMWARE_SRC / "proto.c"]}
 CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", "-fno-math-errno",
           "-fno-trapping-math"]
 if platform.machine().lower() in ("x86_64", "amd64"):

@@ -139,6 +139,12 @@ class SerialLink:
         return self._ser is not None and self._ser.is_open
 
     @property
+    def serial(self) -> serial.SerialBase:
+        """The pyserial port under this link (for what a URL handler offers beyond bytes, e.g.
+        the in-process board of ``emu://``: hil.emulator.protocol_emu.emulated_board)."""
+        return self._ser
+
+    @property
     def last_seq(self) -> int:
         """The seq of the last frame sent with :meth:`send` (0 before the first)."""
         return self._seq

@@ -734,6 +734,15 @@ class FrameDecoder:
         """Bytes buffered of an unfinished frame."""
         return len(self._buf)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and no overlong run being discarded: the next bytes start afresh
+        (a fast lane may then take whole frames and count them itself)."""
+        if self._buf:
+            return False
+        st = self._st
+        return not (st.dropping if st is not None else self._dropping)
+
     def take_measurement(self, data: bytes, seq: int, vals_ptr: Any, n_vals: int) -> bool:
         """The fast lane for the MEASUREMENT a host waits for (C engine only): when nothing is
         buffered and ``data`` is exactly that one frame (seq ``seq``, 4 + channels == n_vals),

@@ -164,6 +164,7 @@ def test_a_measurement_that_does_not_match_the_info_is_one_fault(tmp_path: Path,
         c.request_close()
         c.run(1.0)
         emu.board._measurement = short_by_one  # type: ignore[method-assign]
+        emu.board._lane = None  # the board's fast lane builds no Measurement: general path
         try:
             c.run(9.0)
             emu.board._measurement = real_measurement  # type: ignore[method-assign]

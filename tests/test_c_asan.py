@@ -17,7 +17,10 @@ tests/c/: a real C build per case, run from pytest so that ``make test`` covers 
 - wire: tests/c/test_wire_asan.c (ssb_wire over the firmware's proto.c: random damaged streams
   against the firmware's byte-at-a-time reader, exact-size buffers, every payload length);
 - plant: tests/c/test_plant_asan.c (error paths and that they write nothing, 1..40 and 150
-  cells, random flags, steps and currents, NaN/Inf channel values, int64-range clamps).
+  cells, random flags, steps and currents, NaN/Inf channel values, int64-range clamps);
+- board: tests/c/test_board_asan.c (ssb_board_tick on the plant's rig over the firmware's
+  proto.c: refusals write nothing, every prefix and bit flip of a tick's bytes, random ticks
+  in every bus mode, replies decoded, counts beyond the wire types).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ CASES = {
     "current": (["ssb_current.c"], "test_current_asan.c"),
     "plant": (["ssb_plant.c"], "test_plant_asan.c"),
     "wire": (["ssb_wire.c", "../boards/firmware/src/proto.c"], "test_wire_asan.c"),
+    "board": (["ssb_board.c", "ssb_plant.c", "../boards/firmware/src/proto.c"],
+              "test_board_asan.c"),
 }
 FIRMWARE_SRC = ROOT / "boards" / "firmware" / "src"  # proto.h, for the wire case
 

@@ -52,7 +52,7 @@ def test_spec_runs_keys_and_seeds(tmp_path: Path) -> None:
     other = load_spec(_spec(tmp_path, SPEC.format(timeout=60).replace("seeds: [1]",
                                                                        "seeds: [2]"), "o.yaml"))
     assert other.runs[0].plant_seed != cross.runs[0].plant_seed
-    assert sorted(builtin_names()) == ["estimation", "faults", "reliability"]
+    assert sorted(builtin_names()) == ["estimation", "faults", "latency", "leak", "reliability"]
     for name in builtin_names():
         assert len(load_spec(name, quick=True).runs) < len(load_spec(name).runs)
 

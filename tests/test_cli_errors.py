@@ -128,11 +128,18 @@ FILES.update({
 })
 
 
-# bms campaign specs: an unknown top-level key (seed for seeds), an unknown emulator fault.
+# bms campaign specs: an unknown top-level key (seed for seeds), an unknown emulator fault, an
+# unknown bench case, a bench case with an injection key, an unknown report table.
 _CAMPAIGN = b"schema: ssb-bms/campaign/1\nduration_s: 20\nscenarios: [udds]\n"
 FILES.update({
     "campaign-typo.yaml": _CAMPAIGN + b"seed: [1]\n",
     "campaign-fault.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n  - {name: x, fault: VTAP_OPN}\n",
+    "campaign-bench.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n  - {name: x, bench: board rest}\n",
+    "campaign-bench-key.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n"
+                               b"  - {name: x, bench: board reset, at_s: 5}\n",
+    "campaign-table.yaml": _CAMPAIGN + b"seeds: [1]\ntables: [per-seed]\n",
+    "campaign-fault-scenario.yaml": _CAMPAIGN + b"seeds: [1]\nfaults:\n"
+                                    b"  - {name: x, fault: COOLANT_LOSS, scenario: fast-chrage}\n",
 })
 
 
@@ -273,11 +280,20 @@ ROWS: list[Row] = [
         U, "--executor dask://host: give the scheduler as dask://HOST:PORT"),
     Row("campaign-unknown", ("campaign", "nosuch"), C,
         "nosuch: <spec>: no such file and not a built-in campaign; built-ins: estimation, "
-        "faults, reliability"),
+        "faults, latency, leak, reliability"),
     Row("campaign-key-typo", ("campaign", "{d}/campaign-typo.yaml"), C,
         "campaign-typo.yaml: seed: unknown key; did you mean 'seeds'?"),
     Row("campaign-fault-unknown", ("campaign", "{d}/campaign-fault.yaml"), C,
         "faults[0].fault: 'VTAP_OPN' is not an emulator fault; did you mean 'VTAP_OPEN'?"),
+    Row("campaign-bench-unknown", ("campaign", "{d}/campaign-bench.yaml"), C,
+        "faults[0].bench: 'board rest' is not a bench case of bms.app.latency; did you mean "
+        "'board reset'?"),
+    Row("campaign-bench-with-injection", ("campaign", "{d}/campaign-bench-key.yaml"), C,
+        "faults[0].at_s: a bench case takes only name and bench"),
+    Row("campaign-fault-scenario-unknown", ("campaign", "{d}/campaign-fault-scenario.yaml"), C,
+        "faults[0].scenario: 'fast-chrage': no such file and not a shipped scenario"),
+    Row("campaign-table-unknown", ("campaign", "{d}/campaign-table.yaml"), C,
+        "tables[0]: 'per-seed' is not a report table; did you mean 'per_seed'?"),
     Row("campaign-spec-missing", ("campaign", "{d}/nope.yaml"), IO,
         "{d}/nope.yaml: cannot be read: No such file or directory"),
     Row("campaign-out-unwritable", ("campaign", "reliability", "--out", "{d}/cycler.csv/x"),
@@ -438,7 +454,7 @@ ROWS: list[Row] = [
     Row("export-out-is-the-log", ("export", "{d}/export-ok", "--to", "csv", "-o",
                                   "{d}/export-ok/ticks.csv"), U, "is the run's own log"),
     Row("export-chunk-rows-zero", ("export", "{d}/export-ok", "--to", "mf4", "--chunk-rows",
-                                   "0"), U, "argument --chunk-rows: '0' is not >= 1"),
+                                   "0"), U, "argument --chunk-rows: '0' is not a whole number >= 1"),
     Row("export-mf4-master-only", ("export", "{d}/export-ok", "--to", "mf4", "--channels",
                                    "time_s"), U, "--channels time_s: selects only time_s, the "
         "MF4 file's master"),

@@ -3,7 +3,7 @@ the real C core, the sim clock (deterministic, faster than real time).
 
 Every protection (and the sensor, board-reset and lost-measurement faults) runs through
 bms/app/latency.py's scenarios, the same runs that make the latency table of docs/safety.md
-(tools/latency_table.py): inject -> detected within debounce + 1 tick (of the first tick after
+(bms campaign latency): inject -> detected within debounce + 1 tick (of the first tick after
 the injection, or of the tick the measured value crossed the threshold for a ramp) -> contactor
 command all open in that tick, at most debounce + 2 ticks -> record latched and attributed to
 its stack and channel -> a reset asked at once is refused -> the cause removed, a reset is

@@ -1,14 +1,13 @@
 """Estimator quality against the emulator's plant (bms/app/eval_estimator.py, the module
 tools/eval_estimator.py runs): shorter runs than the evaluation tool's (docs/estimation.md has
-the 2-hour figures and the 20-seed sweep). UDDS drive, estimator initialised 30 % off, ambient
-swinging, 10 ohm soft short in one cell; and the sweep's fast-charge-then-drive scenario on two
-seeds, the leak judged by the pack's cell_leak_a protection as the controller does."""
+the 2-hour figures; the 20-seed sweep is the campaign bms campaign leak). UDDS drive,
+estimator initialised 30 % off, ambient swinging, 10 ohm soft short in one cell; and the
+sweep's fast-charge-then-drive scenario on two seeds, the leak judged by the pack's cell_leak_a
+protection as the controller does."""
 
 from __future__ import annotations
 
-import pytest
-
-from bms.app.eval_estimator import parse_seeds, run, sweep
+from bms.app.eval_estimator import run, sweep
 
 
 def test_soc_accuracy_coverage_and_soft_short_detection() -> None:
@@ -45,11 +44,3 @@ def test_no_false_leak_warning_after_fast_charge_and_short_still_flagged() -> No
     assert short.false_warnings == []
     assert short.short_warning_s is not None and short.short_warning_s <= 15 * 60
     assert short.short_fault_s is not None and short.short_fault_s <= 15 * 60
-
-
-def test_parse_seeds() -> None:
-    assert parse_seeds("1-3,7") == [1, 2, 3, 7]
-    assert parse_seeds("5") == [5]
-    for bad in ("", "a-3", "3-1", "-2"):
-        with pytest.raises(ValueError, match="--seeds"):
-            parse_seeds(bad)

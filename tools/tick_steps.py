@@ -33,8 +33,8 @@ from hil.emulator import board as emulated_board  # noqa: E402
 from hil.emulator.protocol_emu import emu_url, register  # noqa: E402
 
 STEPS = ("tick", "_sample", "_receive", "_collect", "_check_freshness", "_power_limits",
-         "_pack_current", "_protect", "_check_current", "_contactors", "_balance_and_derate",
-         "_command", "_record")
+         "_pack_current", "_protect", "_check_current", "_check_cooling", "_check_link",
+         "_contactors", "_balance_and_derate", "_command", "_record")
 
 
 def _timed(f: Callable[..., Any], key: str, acc: dict[str, float]) -> Callable[..., Any]:

@@ -2,7 +2,8 @@
 
 For each PyBaMM parameter set in a truth folder (made by ``tools/pybamm_truth.py``, listed in
 its ``manifest.json``), the cell model is fitted by ``bms fit`` (with ``--charge-transfer``
-unless ``--no-charge-transfer``) from that set's OCV test and HPPC files only, and every
+unless ``--no-charge-transfer``, and ``--diffusion-slope`` unless ``--no-diffusion-slope``)
+from that set's OCV test and HPPC files only, and every
 noisy drive-cycle file of the set is replayed through the BMS's core by ``bms replay`` from a
 wrong initial SOC (and once from the OCV of its first sample), then scored against the
 noise-free truth after a settling window. The estimator never sees the physics it is scored
@@ -12,7 +13,7 @@ Targets (issue 11; :data:`TARGETS`): SOC RMSE <= 0.5 %, max |error| <= 2 % after
 10 minutes, 3-sigma coverage 95-99.7 %, median 3-sigma bound <= 1.5 %, in every file.
 
     bms accuracy --truth-dir /tmp/truth --out runs/accuracy [--sets Chen2020] [--check]
-                 [--no-charge-transfer]
+                 [--no-charge-transfer] [--no-diffusion-slope]
 
 Output: ``accuracy.json`` and ``accuracy.md`` (one row per replay), the fitted packs and their
 fit reports under ``fit/<set>/``. ``--check`` exits 1 when a target is missed.
@@ -145,7 +146,7 @@ def discover(truth_dir: Path) -> list[TruthSet]:
 
 
 def fit_pack(ts: TruthSet, out_dir: Path, rc_branches: int, base: str,
-             charge_transfer: bool = False) -> PackConfig:
+             charge_transfer: bool = False, diffusion_slope: bool = False) -> PackConfig:
     """The set's cell model by ``bms fit`` (OCV test + HPPC files only), written and loaded
     back as the BMS would load it."""
     from bms.app import fit as fitting  # the fit's own dependencies only when fitting
@@ -153,7 +154,8 @@ def fit_pack(ts: TruthSet, out_dir: Path, rc_branches: int, base: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     pack_path = out_dir / f"{ts.name}.yaml"
     result = fitting.fit(ts.ocv, list(ts.hppc), current_sign=TRUTH_CURRENT_SIGN, base=base,
-                         rc_branches=rc_branches, charge_transfer=charge_transfer)
+                         rc_branches=rc_branches, charge_transfer=charge_transfer,
+                         diffusion_slope=diffusion_slope)
     result.write_pack(pack_path)
     if hasattr(result, "write_report"):
         result.write_report(out_dir)
@@ -185,9 +187,11 @@ def run(truth_dir: Path, out_dir: Path, sets: list[str] | None = None,
         temperatures: list[float] | None = None,
         soc_errors: tuple[float, ...] = DEFAULT_SOC_ERRORS, settle_s: float = DEFAULT_SETTLE_S,
         rc_branches: int = 2, base: str = "ssb-23", pack: str | None = None,
-        log=print, charge_transfer: bool = True) -> list[CaseResult]:
+        log=print, charge_transfer: bool = True, diffusion_slope: bool = True
+        ) -> list[CaseResult]:
     """Fit each set (or use ``pack`` for all; ``charge_transfer``: ``bms fit
-    --charge-transfer``), replay each drive file from each start, score."""
+    --charge-transfer``; ``diffusion_slope``: ``--diffusion-slope``), replay each drive file
+    from each start, score."""
     truth_sets = discover(truth_dir)
     if sets:
         unknown = sorted(set(sets) - {t.name for t in truth_sets})
@@ -199,7 +203,8 @@ def run(truth_dir: Path, out_dir: Path, sets: list[str] | None = None,
     for ts in truth_sets:
         t0 = time.perf_counter()
         model = load_pack(pack) if pack else fit_pack(ts, out_dir / "fit" / ts.name,
-                                                       rc_branches, base, charge_transfer)
+                                                       rc_branches, base, charge_transfer,
+                                                       diffusion_slope)
         log(f"{ts.name}: model {'from ' + str(pack) if pack else 'fitted'} "
             f"({time.perf_counter() - t0:.1f} s)")
         for case in ts.drives:
@@ -274,6 +279,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--charge-transfer", action=argparse.BooleanOptionalAction, default=True,
                     help="fit with a Butler-Volmer charge-transfer overpotential "
                          "(bms fit --charge-transfer; default on)")
+    ap.add_argument("--diffusion-slope", action=argparse.BooleanOptionalAction, default=True,
+                    help="fit the slow branch's resistance as c x dOCV/dSOC "
+                         "(bms fit --diffusion-slope; default on)")
     ap.add_argument("--base", default="ssb-23",
                     help="pack the fitted cell goes into (estimator settings; default "
                          "%(default)s)")
@@ -304,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         results = run(args.truth_dir, args.out, sets, temps, errors, args.settle_s,
                       args.rc_branches, args.base, args.pack,
-                      charge_transfer=args.charge_transfer)
+                      charge_transfer=args.charge_transfer,
+                      diffusion_slope=args.diffusion_slope)
         wall = time.perf_counter() - t0
         (args.out / "accuracy.json").write_text(json.dumps(
             {"targets": TARGETS, "settle_s": args.settle_s, "wall_s": round(wall, 2),

@@ -230,6 +230,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count: workers, rows)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1] (a state of charge)."""
     value = _number(text, "a number in [0, 1]")

@@ -14,12 +14,13 @@ Scenarios (``profile``), ambient temperature swinging 15..35 C, optional soft sh
   sit off the stack's looked like a slow leak.
 
     python tools/eval_estimator.py [--minutes 120] [--short-ohm 10] [--no-fusion] [--json]
-    python tools/eval_estimator.py --seeds 1-20 --minutes 120 [--short-ohm 10]  # charge-drive
 
-(the command line over :func:`run` and :func:`sweep`; tests/test_estimator_quality.py runs
-shorter ones). Reports: SOC RMSE and max error after convergence, coverage of the 3-sigma bound,
-soft-short flag time, false leak flags, with and without pressure fusion. The leak is judged
-as the controller judges it: the pack's ``cell_leak_a`` protection (warning / fault levels,
+(the command line over :func:`run`; tests/test_estimator_quality.py runs shorter ones, and
+:func:`sweep` on two seeds). The sweep over 20 seeds is the campaign ``bms campaign leak``, end to
+end through the controller (hil/scenarios/charge-drive.yaml, docs/campaign.md). Reports: SOC
+RMSE and max error after convergence, coverage of the 3-sigma bound, soft-short flag time,
+false leak flags, with and without pressure fusion. The leak is judged as the controller
+judges it: the pack's ``cell_leak_a`` protection (warning / fault levels,
 hysteresis, debounce) on the lower 3-sigma bound leak_a - 3 leak_sigma_a, run through the
 same protection engine (bms.protections.ProtectionEngine).
 """
@@ -218,24 +219,6 @@ def run(minutes: float = 60.0, fusion: bool = True, short_ohm: float | None = No
         short_warning_s=short_level_s.get("warning"),
         short_fault_s=short_level_s.get("fault"),
         healthy_leak_low_max_a=low_max)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"1-20"``, ``"5"`` or ``"1,3,7-9"`` -> the seeds in order; ValueError naming the
-    part that is not a seed or a range."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise ValueError(f"--seeds: {part!r} is not a seed or a range like 1-20") from None
-        if a < 0 or b < a:
-            raise ValueError(f"--seeds: {part!r} is not a range of seeds >= 0 (low-high)")
-        seeds.extend(range(a, b + 1))
-    return seeds
 
 
 #: The seed sweep's scenario (the demo's): charge-drive from plant SOC 0.3, the estimator at

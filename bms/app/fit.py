@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,15 @@ from bms.app.fit_hysteresis import (
     trajectory,
 )
 from bms.app.fit_ocv import OcvResult, fit_ocv, strictly_increasing, temperature_rows
-from bms.app.fit_pulses import PULSE_MAX_S, PulseTest, fit_levels, prepare, simulate
+from bms.app.fit_pulses import (
+    DIFFUSION_SLOPE_SMOOTH_SOC,
+    PULSE_MAX_S,
+    PulseTest,
+    diffusion_slope,
+    fit_levels,
+    prepare,
+    simulate,
+)
 from bms.app.recording import CURRENT_SIGNS
 from bms.core import Core, ct_overpotential
 from bms.tuning import REST_CURRENT_A
@@ -295,7 +304,10 @@ class FitResult:
                            f"{lv['pulse_rmse_mv']:.2f} |")
             out.append("")
         out += ["## Written", "",
-                f"- cell model tables over SOC {', '.join(f'{x:g}' for x in self.tables.soc)}"
+                "- cell model tables over SOC " + (
+                    ", ".join(f"{x:g}" for x in self.tables.soc) if len(self.tables.soc) <= 20
+                    else f"{self.tables.soc[0]:g}..{self.tables.soc[-1]:g} "
+                         f"({len(self.tables.soc)} points)") +
                 f" and temperature {', '.join(f'{x:g}' for x in self.tables.temperature_c)} C",
                 "- estimator.voltage_noise_v: a table over the HPPC levels' SOC and the test "
                 "temperatures, " + self._noise_range() + "; per temperature " + ", ".join(
@@ -401,10 +413,14 @@ def _plot(test: PulseTest, model_v: np.ndarray, rmse_v: float, png: Path, plt) -
 # ---------------------------------------------------------------------------- the fit
 
 
-def _tables(tests: list[PulseTest], n_rc: int, charge_transfer: bool = False
+def _tables(tests: list[PulseTest], n_rc: int, charge_transfer: bool = False,
+            ocv_at_t: Callable[[float], Callable[[np.ndarray], np.ndarray]] | None = None
             ) -> tuple[Tables, list[str]]:
     """Per temperature the levels' values over their SOC (rounded to TABLE_SOC_STEP), all
-    temperatures on the union of the SOC breakpoints (linear between, held beyond)."""
+    temperatures on the union of the SOC breakpoints (linear between, held beyond). When the
+    slow branch follows the OCV slope (``bms fit --diffusion-slope``; ``ocv_at_t`` gives the
+    OCV row at a temperature) every table is on the 1 % grid and the slow branch's
+    R is the levels' coefficient (linear between, held beyond) x that row's smoothed slope."""
     notes = []
     by_t: dict[float, list] = {}
     for test in tests:
@@ -439,6 +455,10 @@ def _tables(tests: list[PulseTest], n_rc: int, charge_transfer: bool = False
         soc_sets.append(soc)
         per_t.append((soc, r0, r0c, rs, taus, i0))
     soc_all = np.unique(np.concatenate(soc_sets))
+    follow = n_rc == 2 and ocv_at_t is not None and all(
+        math.isfinite(lv.slow_r_per_slope) for t in by_t.values() for lv in t)
+    if follow:
+        soc_all = np.round(np.linspace(0.0, 1.0, int(round(1.0 / TABLE_SOC_STEP)) + 1), 6)
 
     def grid(k: int, j: int | None = None) -> np.ndarray:
         rows = []
@@ -449,6 +469,18 @@ def _tables(tests: list[PulseTest], n_rc: int, charge_transfer: bool = False
 
     tables = Tables(soc_all, temps, grid(0), grid(1), [grid(2, j) for j in range(n_rc)],
                     [grid(3, j) for j in range(n_rc)], grid(4) if charge_transfer else None)
+    if follow:
+        rows = []
+        for t in temps:
+            levels = sorted(by_t[t], key=lambda lv: lv.soc)
+            lsoc = np.array([lv.soc for lv in levels])
+            coef = np.array([lv.slow_r_per_slope for lv in levels])
+            slope = diffusion_slope(soc_all, ocv_at_t(float(t))(soc_all))
+            rows.append(np.interp(soc_all, lsoc, coef) * slope)
+        tables.r_ohm[1] = np.array(rows)
+        notes.append("slow branch: R2 = c x dOCV/dSOC (smoothed over +-"
+                     f"{DIFFUSION_SLOPE_SMOOTH_SOC:.0%} SOC), c per level; the tables on the "
+                     "OCV's 1 % grid")
     for name, arr in (("R0", tables.r0_ohm), ("R0 on charge", tables.r0_charge_ohm)):
         if np.any(arr > 10.0):
             raise FitError(f"fitted {name} up to {arr.max():.3g} ohm: above 10 ohm, not a cell "
@@ -496,11 +528,14 @@ def run_core_open_loop(pack: PackConfig, trace: Trace, soc0: float,
 
 def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str = "auto",
         base: str = "ssb-23", rc_branches: int = 2, columns: dict[str, str] | None = None,
-        verify: bool = True, charge_transfer: bool = False) -> FitResult:
+        verify: bool = True, charge_transfer: bool = False,
+        diffusion_slope: bool = False) -> FitResult:
     """The whole fit (see the module docstring). ``verify``: run the written pack through the
     core over each pulse file (sets ``core_rmse_v`` and ``voltage_noise_v``).
     ``charge_transfer``: a Butler-Volmer charge-transfer overpotential in the model, its I0
-    fitted per level (bms.app.fit_pulses.fit_window), R0 then the ohmic part."""
+    fitted per level (bms.app.fit_pulses.fit_window), R0 then the ohmic part.
+    ``diffusion_slope`` (two branches): the slow branch's R follows the OCV's slope
+    (bms.app.fit_pulses.DIFFUSION_SLOPE_SMOOTH_SOC: R2 = c x dOCV/dSOC, c per level)."""
     if rc_branches not in (1, 2):
         raise FitError(f"rc_branches {rc_branches}: the core runs 1 or 2 RC branches")
     if not pulse_paths:
@@ -511,11 +546,11 @@ def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str =
     # pass 1 without hysteresis; its resistances give the polarisation the OCV test's branches
     # carry, so M (and gamma) can be told from it; pass 2 refits with M h as a known input
     result = _fit_pass(fit_ocv(ocv_trace), traces, rc_branches, base, Path(ocv_path), None,
-                       charge_transfer)
+                       charge_transfer, diffusion_slope)
     hyst = _assess_hysteresis(result)
     if hyst.written:
         result = _fit_pass(fit_ocv(ocv_trace, (hyst.at, hyst.rate)), traces, rc_branches, base,
-                           Path(ocv_path), hyst, charge_transfer)
+                           Path(ocv_path), hyst, charge_transfer, diffusion_slope)
     result.hysteresis = hyst
     if verify:
         verify_in_core(result)
@@ -523,10 +558,10 @@ def fit(ocv_path: str | Path, pulse_paths: list[str | Path], current_sign: str =
 
 
 def _fit_pass(ocv: OcvResult, traces: list[Trace], rc_branches: int, base: str,
-              ocv_path: Path, hyst: HysteresisFit | None, charge_transfer: bool = False
-              ) -> FitResult:
+              ocv_path: Path, hyst: HysteresisFit | None, charge_transfer: bool = False,
+              slow_follows_slope: bool = False) -> FitResult:
     """OCV rows over temperature, every HPPC level and the tables, for one hysteresis (None:
-    none); ``charge_transfer``: as fit()."""
+    none); ``charge_transfer``, ``slow_follows_slope`` (``diffusion_slope``): as fit()."""
     # a test's first rest is a charged cell's (h = START_STATE): its SOC from OCV + M h
     rested_v = ocv.ocv_v if hyst is None else strictly_increasing(
         ocv.ocv_v + START_STATE * hyst.at(ocv.soc_grid))
@@ -548,8 +583,10 @@ def _fit_pass(ocv: OcvResult, traces: list[Trace], rc_branches: int, base: str,
     result = FitResult(ocv, tests, temps, rows, None, rc_branches, base,  # type: ignore[arg-type]
                        ocv_path, MIN_VOLTAGE_NOISE_V, notes=notes, hysteresis=hyst)
     for test in tests:
-        fit_levels(test, _ocv_lookup(result, test.temperature_c), rc_branches, charge_transfer)
-    result.tables, table_notes = _tables(tests, rc_branches, charge_transfer)
+        fit_levels(test, _ocv_lookup(result, test.temperature_c), rc_branches, charge_transfer,
+                   slow_follows_slope)
+    result.tables, table_notes = _tables(tests, rc_branches, charge_transfer,
+                                         lambda t: _ocv_lookup(result, t))
     result.notes += table_notes
     return result
 
@@ -719,6 +756,10 @@ def parser() -> argparse.ArgumentParser:
                     help="add a Butler-Volmer charge-transfer overpotential "
                          "(2RT/F) asinh(I / 2 I0), I0 fitted per level from the pulses and "
                          "segment of different current; R0 is then the ohmic part")
+    ap.add_argument("--diffusion-slope", action="store_true",
+                    help="with 2 RC branches: the slow branch's resistance follows the OCV's "
+                         "slope (solid diffusion seen through the OCV curve), its coefficient "
+                         "fitted per level")
     ap.add_argument("-o", "--out", required=True, type=Path, help="pack file to write (YAML)")
     ap.add_argument("--report", type=Path, default=None,
                     help="report directory (default: OUT's directory, files OUT-stem_*)")
@@ -736,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
         if not folder.is_dir():  # said before the fit, not after minutes of it
             raise OutputError(f"-o {args.out}: folder {folder} does not exist")
         result = fit(args.ocv, args.pulses, args.current_sign, args.base, args.rc_branches,
-                     parse_columns(args.columns), charge_transfer=args.charge_transfer)
+                     parse_columns(args.columns), charge_transfer=args.charge_transfer,
+                     diffusion_slope=args.diffusion_slope)
         report_dir = args.report or (args.out.parent if str(args.out.parent) else Path("."))
         try:
             result.write_pack(args.out)

@@ -63,6 +63,22 @@ R_FLOOR_OHM = 1e-6
 CT_I0_MIN_PER_IMAX = 0.02
 CT_I0_MAX_PER_IMAX = 100.0
 CT_GRID_POINTS = 48
+#: ``bms fit --diffusion-slope`` (two branches; off by default: a cell whose slow branch is
+#: not diffusion, or an ECM-like cell such as the emulator's plant, keeps a constant R2 per
+#: level). The slow branch's resistance follows the local OCV slope, R2(SOC) = c x dOCV/dSOC,
+#: c fitted per level. Why: the slow branch is mostly solid diffusion, whose voltage is the
+#: surface-to-bulk concentration difference seen through the electrodes' open-circuit curves
+#: (single-particle picture), so it scales with their slope; the full cell's slope stands
+#: for both electrodes' (assumption). Chen2020's graphite steps make the slope change 4x
+#: between the HPPC's 10 % levels (0.93 V at SOC 0.8, 0.22 at 0.9), which a table over the
+#: levels cannot follow. The fit stays linear (the slow branch's input is dOCV/dSOC x I);
+#: its tau is one per file (a diffusion time R^2/D does not depend on SOC): the levels'
+#: median, each level refitted with it. The pack gets R2 on the OCV's 1 % grid.
+#: The slope is the OCV row's central difference averaged over +-this much SOC (the surface
+#: concentration runs a few % of SOC ahead of the bulk under a drive; assumption), at least
+#: MIN_DIFFUSION_SLOPE_V (a flat stretch keeps some diffusion voltage; assumption).
+DIFFUSION_SLOPE_SMOOTH_SOC = 0.03
+MIN_DIFFUSION_SLOPE_V = 0.05
 
 
 @dataclass
@@ -82,6 +98,8 @@ class LevelFit:
     r0_step_ohm: float          # instantaneous dV/dI at discharge pulse edges
     r0_step_charge_ohm: float
     exchange_current_a: float = math.nan  # charge transfer I0 (NaN: not fitted)
+    #: the slow branch's R2 / (dOCV/dSOC) (ohm per V per unit SOC; NaN: R2 a constant)
+    slow_r_per_slope: float = math.nan
 
 
 @dataclass
@@ -155,6 +173,17 @@ def prepare(trace: Trace, capacity_ah: float, ocv_soc: np.ndarray, ocv_v: np.nda
     return test
 
 
+def diffusion_slope(soc_grid: np.ndarray, ocv_v: np.ndarray) -> np.ndarray:
+    """dOCV/dSOC on ``soc_grid`` (uniform), averaged over +-DIFFUSION_SLOPE_SMOOTH_SOC and at
+    least MIN_DIFFUSION_SLOPE_V: the slow branch's resistance per unit coefficient."""
+    d = np.gradient(np.asarray(ocv_v, dtype=float), soc_grid)
+    step = float(soc_grid[1] - soc_grid[0])
+    k = max(1, int(round(DIFFUSION_SLOPE_SMOOTH_SOC / step)))
+    smooth = np.convolve(np.pad(d, k, mode="edge"), np.ones(2 * k + 1) / (2 * k + 1),
+                         mode="valid")
+    return np.maximum(smooth, MIN_DIFFUSION_SLOPE_V)
+
+
 def filtered(dt: np.ndarray, current: np.ndarray, taus: np.ndarray) -> np.ndarray:
     """The core's RC state per unit resistance for each tau: x_k = a x_(k-1) + (1 - a) I_k,
     x_0 = 0 (samples x taus)."""
@@ -187,18 +216,28 @@ def _solve(gram: np.ndarray, rhs: np.ndarray, yy: float, cols: list[int]) -> tup
 
 
 def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_rc: int,
-            best: _Best, n_free: int, sw: np.ndarray) -> _Best:
+            best: _Best, n_free: int, sw: np.ndarray, x_slow: np.ndarray | None = None,
+            slow_index: int | None = None) -> _Best:
     """Least squares for every tau (pair) of the grid; resistances must be > 0 (the last
-    ``n_free`` base columns, slopes, may have either sign)."""
+    ``n_free`` base columns, slopes, may have either sign). ``x_slow``: the slow branch's
+    columns (the filtered slope-scaled current) when it follows the OCV slope; ``slow_index``:
+    the slow branch's tau is that one of ``taus`` (fixed), only the fast one is searched."""
+    nt = len(taus)
+    slow_off = 0
+    if x_slow is not None and n_rc == 2:
+        x = np.hstack([x, x_slow])
+        slow_off = nt
     m = np.hstack([base, x]) * sw[:, None]
     yw = y * sw
     gram, rhs, yy = m.T @ m, m.T @ yw, float(yw @ yw)
     nb = base.shape[1]
     combos = ([(i,) for i in range(len(taus))] if n_rc == 1 else
               [(i, j) for i in range(len(taus)) for j in range(i + 1, len(taus))
-               if taus[j] >= TAU_RATIO_MIN * taus[i]])
+               if taus[j] >= TAU_RATIO_MIN * taus[i]
+               and (slow_index is None or j == slow_index)])
     for combo in combos:
-        cols = list(range(nb)) + [nb + i for i in combo]
+        cols = list(range(nb)) + [nb + i + (slow_off if n > 0 else 0)
+                                  for n, i in enumerate(combo)]
         sse, c = _solve(gram, rhs, yy, cols)
         if sse < best.sse and np.all(np.delete(c, range(nb - n_free, nb)) > 0.0):
             best = _Best(sse, tuple(float(taus[i]) for i in combo), c)
@@ -207,7 +246,8 @@ def _search(base: np.ndarray, x: np.ndarray, taus: np.ndarray, y: np.ndarray, n_
 
 def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
                dsoc: np.ndarray | None = None, weight: np.ndarray | None = None,
-               ct_temperature_c: np.ndarray | None = None, fixed_i0: float | None = None
+               ct_temperature_c: np.ndarray | None = None, fixed_i0: float | None = None,
+               slope: np.ndarray | None = None, slow_tau: float | None = None
                ) -> tuple[np.ndarray, list[float], list[float], np.ndarray, float]:
     """As :func:`_fit_linear`, and with ``ct_temperature_c`` (the cell temperature per
     sample) a charge-transfer overpotential eta = (2 R T / F) asinh(I / (2 I0)) (symmetric
@@ -217,12 +257,14 @@ def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
     What separates R0 from eta is the window's currents of different size (an HPPC level's
     C/2-class segment and 1C-class pulses). ``fixed_i0``: this I0, not searched. Returns
     (..., I0; NaN without charge transfer; inf when the best I0 is the grid's largest, i.e.
-    the window shows no nonlinearity)."""
+    the window shows no nonlinearity). ``slope``: dOCV/dSOC per sample, the slow branch's
+    resistance then c x slope (returned as c; ``fit_levels(diffusion_slope=True)``);
+    ``slow_tau``: the slow branch's time constant, fixed."""
     if ct_temperature_c is not None and fixed_i0 is not None:
         e = ct_overpotential(np.full(len(current), 0.5 / fixed_i0), current, ct_temperature_c)
-        r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight)
+        r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope, slow_tau)
         return r0, r, tau, model + e, fixed_i0
-    r0, r, tau, model = _fit_linear(dt, current, y, n_rc, dsoc, weight)
+    r0, r, tau, model = _fit_linear(dt, current, y, n_rc, dsoc, weight, slope, slow_tau)
     if ct_temperature_c is None:
         return r0, r, tau, model, math.nan
     imax = float(np.max(np.abs(current)))
@@ -238,9 +280,10 @@ def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
         """The I0 of ``grid`` with the least weighted squared error, time constants fixed."""
         t = np.array(taus)
         x = filtered(dt, current, t)
+        xs = None if slope is None else filtered(dt, current * slope, t)
         sse_best, i0_best = math.inf, math.nan
         for i0 in grid:
-            best = _search(base, x, t, y - eta(float(i0)), n_rc, _Best(), n_free, sw)
+            best = _search(base, x, t, y - eta(float(i0)), n_rc, _Best(), n_free, sw, xs)
             if best.sse < sse_best:
                 sse_best, i0_best = best.sse, float(i0)
         return i0_best
@@ -252,11 +295,11 @@ def fit_window(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
     if i0 >= grid[-1]:  # linear within the grid: not identified here (the caller decides)
         return r0, r, tau, model, math.inf
     e = eta(i0)
-    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight)
+    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope, slow_tau)
     step = float(grid[1] / grid[0])
     i0 = best_i0(i0 * step ** np.linspace(-1.0, 1.0, 9), tau)
     e = eta(i0)
-    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight)
+    r0, r, tau, model = _fit_linear(dt, current, y - e, n_rc, dsoc, weight, slope, slow_tau)
     return r0, r, tau, model + e, i0
 
 
@@ -274,13 +317,18 @@ def _design(current: np.ndarray, dsoc: np.ndarray | None) -> tuple[np.ndarray, i
 
 
 def _fit_linear(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
-                dsoc: np.ndarray | None = None, weight: np.ndarray | None = None
+                dsoc: np.ndarray | None = None, weight: np.ndarray | None = None,
+                slope: np.ndarray | None = None, slow_tau: float | None = None
                 ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
     """(R0 discharge and charge, R_j, tau_j, model of y) for y = v - OCV over one window.
     ``dsoc``: SOC minus the level's SOC; R0 on discharge may then change linearly with it
     inside the window (the segment to the next level crosses 10-20 % SOC, where R0 moves;
     without the slope the slow branch absorbs that drift). The slope is not written: the
-    next level's R0 carries it."""
+    next level's R0 carries it. ``slope`` (two branches): dOCV/dSOC per sample; the slow
+    branch's input is then slope x I and its returned R is the coefficient c. ``slow_tau``
+    (two branches): the slow branch's tau fixed, the fast one searched."""
+    if n_rc != 2:
+        slope, slow_tau = None, None
     dis, chg = np.minimum(current, 0.0), np.maximum(current, 0.0)
     base, n_free = _design(current, dsoc)
     span = float(np.sum(dt))
@@ -288,14 +336,31 @@ def _fit_linear(dt: np.ndarray, current: np.ndarray, y: np.ndarray, n_rc: int,
     taus = np.geomspace(max(TAU_MIN_PER_DT * dt_med, 0.05), max(TAU_MAX_PER_WINDOW * span,
                                                                    4 * dt_med), TAU_GRID_POINTS)
     sw = np.sqrt(np.ones(len(y)) if weight is None else weight)
-    best = _search(base, filtered(dt, current, taus), taus, y, n_rc, _Best(), n_free, sw)
+    step = float(taus[1] / taus[0])
+
+    def slow(t: np.ndarray) -> np.ndarray | None:
+        return None if slope is None else filtered(dt, current * slope, t)
+
+    def with_fixed(t: np.ndarray) -> tuple[np.ndarray, int | None]:
+        if slow_tau is None:
+            return t, None
+        t = np.unique(np.append(t[t * TAU_RATIO_MIN <= slow_tau], slow_tau))
+        return t, int(np.flatnonzero(t == slow_tau)[0])
+
+    taus, si = with_fixed(taus)
+    best = _search(base, filtered(dt, current, taus), taus, y, n_rc, _Best(), n_free, sw,
+                   slow(taus), si)
     if best.coef is None:
         raise FitError("no positive resistances fit this window")
     # refine: a finer grid around each chosen tau (one coarse step either side)
-    step = float(taus[1] / taus[0])
-    fine = np.unique(np.concatenate([t * step ** np.linspace(-1, 1, 9) for t in best.taus]))
-    best = _search(base, filtered(dt, current, fine), fine, y, n_rc, best, n_free, sw)
+    free = best.taus if slow_tau is None else best.taus[:1]
+    fine = np.unique(np.concatenate([t * step ** np.linspace(-1, 1, 9) for t in free]))
+    fine, si = with_fixed(fine)
+    best = _search(base, filtered(dt, current, fine), fine, y, n_rc, best, n_free, sw,
+                   slow(fine), si)
     x = filtered(dt, current, np.array(best.taus))
+    if slope is not None:
+        x[:, 1] = filtered(dt, current * slope, np.array(best.taus[1:]))[:, 0]
     nb = base.shape[1]
     r0 = np.full(2, np.nan)
     j = 0
@@ -344,12 +409,17 @@ def _weights(k: np.ndarray, first: int, last: int, a: int) -> np.ndarray | None:
 
 
 def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc: int,
-               charge_transfer: bool = False) -> None:
+               charge_transfer: bool = False, slow_follows_slope: bool = False) -> None:
     """Fit every level window of ``test`` (``ocv_at``: OCV at this temperature over SOC);
-    ``charge_transfer``: with a Butler-Volmer overpotential (:func:`fit_window`)."""
+    ``charge_transfer``: with a Butler-Volmer overpotential (:func:`fit_window`);
+    ``slow_follows_slope`` (two branches): the slow branch's R = c x dOCV/dSOC, c per level
+    (:func:`diffusion_slope`), its tau one per file (the levels' median)."""
     tr = test.trace
     dt = tr.dt_s
     fits = []
+    follow = slow_follows_slope and n_rc == 2
+    grid = np.round(np.linspace(0.0, 1.0, 101), 6)
+    slope_grid = diffusion_slope(grid, ocv_at(grid))
     for a, b in test.windows:
         k = np.arange(a, b + 1)
         dt_w = dt[k].copy()
@@ -365,8 +435,9 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
         first, last = in_w[0].start, in_w[-1].stop
         temp = tr.temperature_c[k]
         temp = np.where(np.isfinite(temp), temp, tr.temperature_median_c)
+        slope = np.interp(test.soc[k], grid, slope_grid) if follow else None
         args = (dt_w, cur, y, n_rc, test.soc[k] - test.soc[first],
-                _weights(k, first, last, a), temp if charge_transfer else None)
+                _weights(k, first, last, a), temp if charge_transfer else None, None, slope)
         try:
             out = fit_window(*args)
         except FitError:
@@ -384,7 +455,8 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
                 soc_f = float(test.soc[f[5]])
                 i0 = min(known, key=lambda kv: abs(kv[0] - soc_f))[1]
                 try:
-                    fits[n] = f[:8] + (fit_window(*f[7], fixed_i0=i0),)
+                    fits[n] = f[:8] + (fit_window(*f[7][:7], fixed_i0=i0,
+                                                  slope=f[7][8]),)
                 except FitError:
                     raise FitError(f"{tr.path}: no positive resistances fit the level at "
                                    f"{tr.time_s[f[0]]:g}..{tr.time_s[f[1]]:g} s with the "
@@ -392,11 +464,27 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
         if not known:
             test.notes.append("no level shows a charge-transfer nonlinearity: I0 at the "
                               "grid's top (practically linear)")
+    if follow:
+        # Diffusion's time constant (particle radius^2 / diffusivity) does not depend on SOC,
+        # its voltage does (through the slope): one tau2 per file (temperature), the levels'
+        # median, every level refitted with it (I0 kept). Per level the pair was ill-posed:
+        # PyBaMM Mohtat2020 at 0 C gave tau2 30-320 s between neighbouring levels.
+        tau2 = float(np.exp(np.median(np.log([f[8][2][1] for f in fits]))))
+        for n, f in enumerate(fits):
+            i0 = f[8][4] if math.isfinite(f[8][4]) else None
+            fits[n] = f[:8] + (fit_window(*f[7][:7], fixed_i0=i0, slope=f[7][8],
+                                          slow_tau=tau2),)
+        test.notes.append(f"slow branch (diffusion): tau2 {tau2:.1f} s at every level (the "
+                          "levels' median), R2 = c x dOCV/dSOC with c per level")
     for a, b, k, y, in_w, first, last, _, (r0, r, tau, model, i0) in fits:
         if math.isinf(i0):
             i0 = float(np.max(np.abs(tr.current_a[k]))) * CT_I0_MAX_PER_IMAX
         resid = y - model
         prof = slice(first - a, min(last - a + int(PULSE_MAX_S), len(k)))
+        per_slope = math.nan
+        if follow:  # the slow branch's coefficient c; its R at the level's SOC for the tables
+            per_slope = r[1]
+            r = [r[0], per_slope * float(np.interp(test.soc[first], grid, slope_grid))]
         test.levels.append(LevelFit(
             soc=float(test.soc[first]), soc_end=float(test.soc[b]),
             t_start_s=float(tr.time_s[a]), t_end_s=float(tr.time_s[b]),
@@ -404,7 +492,8 @@ def fit_levels(test: PulseTest, ocv_at: Callable[[np.ndarray], np.ndarray], n_rc
             rmse_v=float(np.sqrt(np.mean(resid ** 2))),
             pulse_rmse_v=float(np.sqrt(np.mean(resid[prof] ** 2))),
             r0_step_ohm=step_resistance(tr, in_w, -1),
-            r0_step_charge_ohm=step_resistance(tr, in_w, +1), exchange_current_a=i0))
+            r0_step_charge_ohm=step_resistance(tr, in_w, +1), exchange_current_a=i0,
+            slow_r_per_slope=per_slope))
 
 
 def simulate(dt: np.ndarray, current: np.ndarray, soc: np.ndarray, temperature_c: np.ndarray,

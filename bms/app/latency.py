@@ -22,9 +22,10 @@ ramp); the requirement is ``debounce_s + 2 ticks``. After the fault the scenario
 reset while the condition still holds (must be refused), removes the fault, waits until no
 FAULT-level condition is active, asks again (must be accepted) and closes the contactors again.
 
-Run: ``python tools/latency_table.py [--pack ssb-23] [--only NAME ...]`` (the command line over
-this module); prints the table. tests/test_controller_e2e.py runs the same scenarios and asserts
-on the same results; tests/test_controller_pack4.py drives the :class:`Bench` on ssb-4x23.
+Run: ``bms campaign latency`` (bms/app/campaign/specs/latency.yaml: every scenario a bench case
+of the campaign, over ``emu://`` boards on the pool; its report.md has the table).
+tests/test_controller_e2e.py runs the same scenarios on ptys and asserts on the same results;
+tests/test_controller_pack4.py drives the :class:`Bench` on ssb-4x23.
 """
 
 from __future__ import annotations
@@ -60,25 +61,37 @@ class ScenarioError(RuntimeError):
 
 
 class Bench:
-    """A controller against one emulator process per stack, each on its own pty, sim clock.
+    """A controller against one emulated board per stack, sim clock: each an emulator process
+    on its own pty (``transport="pty"``, the default: the end-to-end tests), or in-process
+    ``emu://`` boards (``"emu"``: the same bytes, no process; the ``latency`` campaign).
 
-    ``soc`` and ``temperature_c`` set the emulators' initial state. The controller owns the
-    links; :meth:`inject` sends FAULT_INJECT through the controller's own board clients between
-    ticks (the board acknowledges each one).
+    ``soc`` and ``temperature_c`` set the emulators' initial state (board k seeded ``seed +
+    k``). The controller owns the links; :meth:`inject` sends FAULT_INJECT through the
+    controller's own board clients between ticks (the board acknowledges each one).
     """
 
     def __init__(self, pack: PackConfig, log_dir: Path, soc: float = 0.5,
                  temperature_c: float | None = None, seed: int = 1, timeout_s: float = 0.25,
-                 retries: int = 1, pipeline: bool = True) -> None:
+                 retries: int = 1, pipeline: bool = True, transport: str = "pty") -> None:
+        if transport not in ("pty", "emu"):
+            raise ValueError(f"transport {transport!r}: pty or emu")
         self.pack = pack
         self.log_dir = Path(log_dir)
         self.emus: list[EmulatorProcess] = []
         extra = ["--temperature", str(temperature_c)] if temperature_c is not None else None
         try:
-            for k in range(len(pack.stacks)):
-                self.emus.append(start_emulator(pack, k, "sim", seed, soc=soc,
-                                                extra_args=extra))
-            self.controller = Controller(pack, [e.path for e in self.emus], clock="sim",
+            if transport == "emu":
+                from hil.emulator.protocol_emu import emu_url, register
+                register()
+                temp = {} if temperature_c is None else {"temperature": temperature_c}
+                ports = [emu_url(str(pack.path), k, seed=seed + k, soc=soc, **temp)
+                         for k in range(len(pack.stacks))]
+            else:
+                for k in range(len(pack.stacks)):
+                    self.emus.append(start_emulator(pack, k, "sim", seed, soc=soc,
+                                                    extra_args=extra))
+                ports = [e.path for e in self.emus]
+            self.controller = Controller(pack, ports, clock="sim",
                                          log_dir=self.log_dir, timeout_s=timeout_s,
                                          retries=retries, pipeline=pipeline)
             self.controller.open()
@@ -563,8 +576,10 @@ class _Trace:
     opened_by: list[str] = field(default_factory=list)
 
 
-def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) -> Result:
-    """Run one scenario (see the module docstring); raises ScenarioError when it cannot."""
+def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1,
+                 transport: str = "pty") -> Result:
+    """Run one scenario (see the module docstring) on ``transport`` (Bench); raises
+    ScenarioError when it cannot."""
     wall0 = time.perf_counter()
     log_dir = Path(work_dir) / sc.name
     lim = pack.protections.get(sc.name)
@@ -572,7 +587,7 @@ def run_scenario(sc: Scenario, pack: PackConfig, work_dir: Path, seed: int = 1) 
     tick = pack.controller.tick_s
     tr = _Trace()
     with Bench(pack, log_dir, soc=sc.soc, temperature_c=sc.temperature_c, seed=seed,
-               timeout_s=sc.timeout_s, retries=sc.retries) as b:
+               timeout_s=sc.timeout_s, retries=sc.retries, transport=transport) as b:
         tr.before = _set_up(sc, b)
         _inject_until_raised(sc, b, tr)
         _reset_while_active(sc, b, tr, log_dir)

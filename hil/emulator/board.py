@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from boards.config import TIME_EPS_S, BoardProfile, PackConfig, load_board
+from hil.emulator.board_lane import TickLane
 from hil.emulator.faults import LINK_CODES, FaultError, InjectedFault, LinkFaults, apply_link_fault
 from hil.emulator.plant import Plant, PlantParams, PlantSnapshot, SensorCounts
 from hil.emulator.scenario import Scenario, ScenarioRunner
@@ -75,6 +76,9 @@ class BoardOptions:
     initial_soc: float | None = None      # default: scenario's, else 0.5
     temperature_c: float | None = None    # default: scenario's, else 25 C
     params: PlantParams | None = None
+    # the usual sim-clock tick in one C call (board_lane.py); False: every frame through the
+    # general path (the reference the lane is tested against)
+    fast_lane: bool = True
 
 
 @dataclass
@@ -141,6 +145,8 @@ class EmulatedBoard:
         self._spec: _Speculation | None = None
         self._last_dt_us = 0
         self._truth_rows: list[list[float]] | None = None
+        self._lane = (TickLane(self, _ST_WD) if opts.fast_lane and self.sim
+                      and self.plant._c is not None else None)
         self._send(self._info(), 0)  # boot INFO, seq 0
 
     # ------------------------------------------------------------------ state
@@ -264,7 +270,15 @@ class EmulatedBoard:
     # ------------------------------------------------------------------ frames
 
     def feed(self, data: bytes) -> None:
-        """Bytes from the host; replies are appended to ``outbox``."""
+        """Bytes from the host; replies are appended to ``outbox``. The usual tick (a SAMPLE,
+        or a HEARTBEAT and a SAMPLE) goes through the fast lane when nothing unusual is on."""
+        # (a lane tick leaves _last_counts as it was: in the sim clock it is only read right
+        # after a SAMPLE on the general path or a committed speculation has set it)
+        lane, link = self._lane, self.link
+        if (lane is not None and self._spec is None and not link.drop_probability
+                and not link.corrupt_probability and self.decoder.idle
+                and lane.feed(data, self._status_bits())):
+            return
         for df in self.decoder.feed(data):
             self.counters.frames_in += 1
             self.handle(df)
@@ -386,17 +400,21 @@ class EmulatedBoard:
         )
         self._send(Ack(int(MsgType.SET_OUTPUTS)), seq)
 
+    def _status_bits(self) -> int:
+        """The MEASUREMENT's status bits but the watchdog's and the sensor error's."""
+        o = self.plant.outputs
+        return ((_ST_POS if o.contactor_pos else 0)
+                | (_ST_NEG if o.contactor_neg else 0)
+                | (_ST_PRE if o.precharge else 0)
+                | (_ST_BOOT if self.just_booted else 0)
+                | (_ST_BAL if o.balance_mask else 0)
+                | (_ST_SIM if self.sim else 0))
+
     def _measurement(self) -> Measurement:
         c = self._last_counts
-        o = self.plant.outputs
-        status = ((_ST_POS if o.contactor_pos else 0)
-                  | (_ST_NEG if o.contactor_neg else 0)
-                  | (_ST_PRE if o.precharge else 0)
+        status = (self._status_bits()
                   | (_ST_WD if self.watchdog_tripped else 0)
-                  | (_ST_BOOT if self.just_booted else 0)
-                  | (_ST_BAL if o.balance_mask else 0)
-                  | (_ST_SENSOR if c.sensor_error else 0)
-                  | (_ST_SIM if self.sim else 0))
+                  | (_ST_SENSOR if c.sensor_error else 0))
         self.just_booted = False
         self.counters.samples += 1
         # sim clock: the plant's time; real clock: when the board took the sample

@@ -49,7 +49,8 @@ class CEngine:
 
     def __init__(self, plant: Plant) -> None:
         module = _load_module()
-        self.ffi, lib = module.ffi, module.lib
+        self.ffi, self.lib = module.ffi, module.lib
+        lib = self.lib
         self.begin, self.finish, self.sense = (lib.ssb_plant_begin, lib.ssb_plant_finish,
                                                lib.ssb_plant_sense)
         n, k, m = plant.n, plant.k, plant.m

@@ -48,7 +48,7 @@ from hil.emulator.board import BoardOptions, EmulatedBoard
 from hil.emulator.cli import EXIT_USAGE, OptionError, board_options, build_parser
 
 __all__ = ["EmuSerial", "Serial", "EmuUrlError", "parse_emu_url", "emu_url", "register",
-           "SCHEME", "PACKAGE"]
+           "emulated_board", "SCHEME", "PACKAGE"]
 
 SCHEME = "emu"
 #: The package pyserial searches for ``protocol_emu`` (serial.protocol_handler_packages).
@@ -164,6 +164,20 @@ def register() -> None:
     wants it (bms.app); the control path only ever sees a port URL."""
     if PACKAGE not in serial.protocol_handler_packages:
         serial.protocol_handler_packages.append(PACKAGE)
+
+
+def emulated_board(port: object) -> EmulatedBoard | None:
+    """The :class:`EmulatedBoard` behind an open ``emu://`` port, for what only the emulator
+    knows (its counters, e.g. ``counters.scenario_errors``; its plant's truth). ``port``: the
+    pyserial port (:class:`EmuSerial`), a ``hil.link.SerialLink`` over it, or a
+    ``hil.client.BoardClient`` using one (duck-typed: this layer imports neither). None when
+    it is another kind of port (a pty, a real board) or closed."""
+    for _ in range(3):  # client -> link -> pyserial port
+        if isinstance(port, EmuSerial):
+            return port.board
+        port = getattr(port, "link", None) if hasattr(port, "link") else \
+            getattr(port, "serial", None)
+    return None
 
 
 class EmuSerial(SerialBase):

@@ -21,17 +21,8 @@ from bms.app.errors import (
     OutputError,
     Parser,
     UsageError,
+    positive_int,
 )
-
-
-def _workers(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--executor", default="local",
                     help="local (default: a pool of --workers processes), dask (a local Dask "
                     "cluster on 127.0.0.1) or dask://HOST:PORT (an existing cluster)")
-    ap.add_argument("--workers", type=_workers, default=None,
+    ap.add_argument("--workers", type=positive_int, default=None,
                     help="runs at once (default: the CPU count)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default runs/campaign-NAME); a folder with results "
@@ -108,7 +99,7 @@ def main(argv: list[str]) -> int:
     write_table(outcome.rows, out_dir)
     inject_at = {f.name: f.at_s for f in spec.faults if f is not None}
     s = write_report(spec.name, outcome.rows, inject_at, out_dir, outcome.wall_s,
-                     executor.workers)
+                     executor.workers, spec.tables)
     missed = sum(f["runs"] - f["detected"] for f in s["faults"].values())
     print(f"campaign {spec.name}: {s['runs']} runs ({outcome.ran} now, {outcome.skipped} done "
           f"before): {s['ok']} ok, {s['errors']} failed, {s['timeouts']} timed out; "

@@ -28,8 +28,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("detected_by", "string"), ("detect_severity", "string"), ("latency_s", "float64"),
     ("fault_latency_s", "float64"), ("bound_s", "float64"), ("also_raised", "string"),
     ("false_warnings", "int64"), ("false_faults", "int64"), ("false_warning_codes", "string"),
-    ("false_fault_codes", "string"), ("error", "string"), ("traceback", "string"),
-    ("wall_s", "float64"),
+    ("false_fault_codes", "string"), ("bench", "string"), ("error", "string"),
+    ("traceback", "string"), ("wall_s", "float64"),
 )
 
 
@@ -104,8 +104,53 @@ def _span(xs: list[float], fmt: str = ".2f") -> str:
     return (f"{min(xs):{fmt}} / {float(np.median(xs)):{fmt}} / {max(xs):{fmt}}")
 
 
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    """The bench cases' table (bms.app.latency.markdown_table of their Results, in spec
+    order); "" when the campaign has none."""
+    from bms.app.latency import Result, markdown_table
+    results = [Result(**json.loads(r["bench"])) for r in rows
+               if r.get("status") == "ok" and r.get("bench")]
+    return markdown_table(results) if results else ""
+
+
+def per_seed_table(rows: list[dict[str, Any]]) -> str:
+    """One line per seed (and start, ambient, scenario): the healthy run's SOC figures and
+    false alarms, and each fault's detection: latency to its first raise / to its first
+    FAULT-level raise (s from the injection), by which code."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    faults = list(dict.fromkeys(r["fault"] for r in ok if r["fault"] != "none"))
+    head = ["seed", "start", "ambient C", "SOC RMSE %", "max %", "3-sigma %",
+            "false alarms (healthy run)"] + [f"{f}: first / fault raise (s), by" for f in faults]
+    out = ["| " + " | ".join(head) + " |", "|" + "---:|" * 6 + "---|" + "---|" * len(faults)]
+    groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in ok:
+        groups[(r["seed"], r.get("soc_error"), r.get("ambient_c"), r.get("scenario"))][
+            r["fault"]] = r
+
+    def num(x: Any, fmt: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}"
+
+    for (seed, err, amb, _sc), by in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1] is not None, kv[0][1] or 0.0, kv[0][2], kv[0][3])):
+        h = by.get("none", {})
+        false = {**json.loads(h.get("false_warning_codes") or "{}"),
+                 **json.loads(h.get("false_fault_codes") or "{}")}
+        cells = [str(seed), "OCV" if err is None else f"{err:+.2f}", f"{amb:g}",
+                 num(h.get("soc_rmse_pct"), ".2f"), num(h.get("soc_max_err_pct"), ".2f"),
+                 num(h.get("soc_cover_3sigma_pct"), ".1f"),
+                 (", ".join(f"{c} x{n}" for c, n in sorted(false.items())) or "none")
+                 if h else "-"]
+        for f in faults:
+            r = by.get(f)
+            cells.append("-" if r is None else "missed" if not r.get("detected") else
+                         f"{num(r.get('latency_s'), '.1f')} / "
+                         f"{num(r.get('fault_latency_s'), '.1f')}, {r.get('detected_by')}")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def markdown(name: str, s: dict[str, Any], rows: list[dict[str, Any]], wall_s: float,
-             workers: int, plots: list[str]) -> str:
+             workers: int, plots: list[str], tables: tuple[str, ...] = ()) -> str:
     out = [f"# Campaign `{name}`", "",
            f"{s['runs']} runs: {s['ok']} ok, {s['errors']} failed, {s['timeouts']} timed out; "
            f"{s['sim_h']:.2f} simulated pack-hours; the runs' own wall time "
@@ -146,6 +191,15 @@ def markdown(name: str, s: dict[str, Any], rows: list[dict[str, Any]], wall_s: f
                 f"{max(r['soc_max_err_pct'] for r in rs):.2f} | "
                 f"{min(r['soc_cover_3sigma_pct'] for r in rs):.1f} |")
         out.append("")
+    bench = latency_table(rows)
+    if bench:
+        out += ["## Detection latency (bench cases)", "",
+                "Per protection, the open command's latency against its bound (debounce + 2 "
+                "ticks; from the crossing of the fault level for a ramp, the injection for a "
+                "step), as docs/safety.md \"Detection latencies\" gives it "
+                "(bms/app/latency.py).", "", bench, ""]
+    if "per_seed" in tables:
+        out += ["## Per seed", "", per_seed_table(rows), ""]
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         out += ["## Failed runs", "", "| key | fault | seed | status | error |",
@@ -205,9 +259,12 @@ def plots(s: dict[str, Any], out_dir: Path) -> list[str]:
 
 
 def write_report(name: str, rows: list[dict[str, Any]], inject_at: dict[str, float],
-                 out_dir: Path, wall_s: float, workers: int) -> dict[str, Any]:
+                 out_dir: Path, wall_s: float, workers: int,
+                 tables: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``tables``: the spec's extra tables (spec.TABLES); a bench case's latency table is
+    always there when the campaign has bench cases."""
     s = summarise(rows, inject_at)
     made = plots(s, out_dir)
-    (out_dir / "report.md").write_text(markdown(name, s, rows, wall_s, workers, made),
+    (out_dir / "report.md").write_text(markdown(name, s, rows, wall_s, workers, made, tables),
                                        encoding="utf-8")
     return s

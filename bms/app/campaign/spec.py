@@ -16,6 +16,7 @@ Format (docs/campaign.md)::
       - none
       - {name: leak, fault: CELL_SOFT_SHORT, target: 7, value: 10.0, at_s: 20}
       # stack: K (0-based) injects on that stack's board only; default every stack
+      # scenario: NAME runs that fault on its own scenario instead of the spec's scenarios
     runs: cross                      # the cross product, or a list of explicit runs
 
 An explicit run names one value of each axis (``{scenario: udds, seed: 1, fault: leak,
@@ -47,9 +48,12 @@ SPEC_SCHEMA = "ssb-bms/campaign/1"
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 NO_FAULT = "none"
 _TOP_KEYS = ("schema", "name", "description", "pack", "overrides", "duration_s", "timeout_s",
-             "scenarios", "seeds", "soc_errors", "ambient_c", "faults", "runs", "quick")
+             "scenarios", "seeds", "soc_errors", "ambient_c", "faults", "runs", "tables",
+             "quick")
 _FAULT_KEYS = ("name", "fault", "target", "targets", "stack", "value", "at_s", "clear_at_s",
-               "expect", "bound_s")
+               "expect", "bound_s", "bench", "scenario")
+#: Extra report tables a spec may ask for (``tables:``; bms.app.campaign.report).
+TABLES = ("per_seed",)
 _RUN_KEYS = ("scenario", "seed", "fault", "soc_error", "ambient_c")
 # Bounds: a campaign run is a simulated pack, not a soak (bms run does those).
 MAX_DURATION_S = 7 * 86400.0
@@ -77,6 +81,12 @@ class FaultSpec:
     expect: tuple[str, ...] = ()      # FaultCode names that count as detecting it
     bound_s: float | None = None      # the latency it must stay within (optional)
     stack: int | None = None          # the stack (board) it is injected on; None: every one
+    # A scripted bench case instead of an injection: a scenario of bms.app.latency (close,
+    # inject between ticks, reset refused, recover, reset, re-close), by name; fault is "".
+    bench: str | None = None
+    # The scenario this fault runs on instead of the spec's scenarios (a fault that needs its
+    # own load to have a physical effect, e.g. a coolant loss under a fast charge).
+    scenario: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,14 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """The run's identity: a hash of its spec (the results file's name)."""
-        text = json.dumps(self.as_dict(), sort_keys=True, default=str)
+        """The run's identity: a hash of its spec (the results file's name). A fault's
+        ``bench`` and ``scenario`` count only when set: the keys of the runs without them stay
+        what they were (a campaign resumes across the version that added them)."""
+        d = self.as_dict()
+        for opt in ("bench", "scenario"):
+            if d["fault"] is not None and d["fault"].get(opt) is None:
+                del d["fault"][opt]
+        text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -138,6 +154,7 @@ class CampaignSpec:
     faults: tuple[FaultSpec | None, ...]
     runs: tuple[RunSpec, ...] = field(default=())
     description: str = ""
+    tables: tuple[str, ...] = ()      # extra report tables (TABLES)
 
 
 def _unknown(path: Path, where: str, key: str, allowed: tuple[str, ...]) -> SpecError:
@@ -232,8 +249,10 @@ def _build(path: Path, data: dict[str, Any]) -> CampaignSpec:
                                                    data.get("soc_errors", [None]))))
     ambient = tuple(_number(path, f"ambient_c[{i}]", t, -40.0, 80.0)
                     for i, t in enumerate(_list(path, "ambient_c", data.get("ambient_c", [25]))))
-    faults = tuple(_fault(path, f"faults[{i}]", f, duration_s)
+    faults = tuple(_fault(path, base, f"faults[{i}]", f, duration_s)
                    for i, f in enumerate(_list(path, "faults", data.get("faults", [NO_FAULT]))))
+    _check_bench(path, pack, faults)
+    tables = _tables(path, data.get("tables", []))
     names = [f.name if f else NO_FAULT for f in faults]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -242,7 +261,7 @@ def _build(path: Path, data: dict[str, Any]) -> CampaignSpec:
         name=str(data.get("name", path.stem)), path=path, pack=pack, overrides=overrides,
         duration_s=duration_s, timeout_s=timeout_s, scenarios=scenarios, seeds=seeds,
         soc_errors=soc_errors, ambient_c=ambient, faults=faults,
-        description=str(data.get("description", "")))
+        description=str(data.get("description", "")), tables=tables)
     runs = _runs(path, spec, data.get("runs", "cross"))
     if len(runs) > MAX_RUNS:
         raise SpecError(path, "runs", f"{len(runs)} runs; at most {MAX_RUNS}")
@@ -281,6 +300,34 @@ def _scenario(path: Path, base: Path, key: str, value: Any) -> str:
     return str(p.resolve())
 
 
+def _tables(path: Path, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise SpecError(path, "tables", f"{value!r} is not a list (of {', '.join(TABLES)})")
+    for i, t in enumerate(value):
+        if t not in TABLES:
+            close = difflib.get_close_matches(str(t), TABLES, n=1)
+            raise SpecError(path, f"tables[{i}]", f"{t!r} is not a report table"
+                            + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f" (one of {', '.join(TABLES)})")
+    return tuple(value)
+
+
+def _check_bench(path: Path, pack: str, faults: tuple[FaultSpec | None, ...]) -> None:
+    """A bench case names a scenario of bms.app.latency for this pack."""
+    cases = [(i, f.bench) for i, f in enumerate(faults) if f is not None and f.bench]
+    if not cases:
+        return
+    from bms.app.latency import scenarios
+    from boards.config import load_pack
+    names = [sc.name for sc in scenarios(load_pack(pack))]
+    for i, name in cases:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            raise SpecError(path, f"faults[{i}].bench", f"{name!r} is not a bench case of "
+                            "bms.app.latency" + (f"; did you mean {close[0]!r}?" if close
+                                                 else "") + f" (one of {', '.join(names)})")
+
+
 def _seeds(path: Path, value: Any) -> tuple[int, ...]:
     if isinstance(value, dict):
         _check_keys(path, "seeds.", value, ("first", "count"))
@@ -294,7 +341,8 @@ def _seeds(path: Path, value: Any) -> tuple[int, ...]:
     return seeds
 
 
-def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | None:
+def _fault(path: Path, base: Path, key: str, value: Any, duration_s: float
+           ) -> FaultSpec | None:
     if value == NO_FAULT or value is None:
         return None
     if not isinstance(value, dict):
@@ -304,6 +352,15 @@ def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | N
     if not isinstance(name, str) or not name or name == NO_FAULT:
         raise SpecError(path, f"{key}.name", f"{name!r}: give each fault a name (not "
                         f"{NO_FAULT!r})")
+    if "bench" in value:
+        bench = value["bench"]
+        if not isinstance(bench, str) or not bench:
+            raise SpecError(path, f"{key}.bench", f"{bench!r} is not a bench case name")
+        extra = [k for k in value if k not in ("name", "bench")]
+        if extra:
+            raise SpecError(path, f"{key}.{extra[0]}", "a bench case takes only name and "
+                            "bench (the case scripts its own injection, bound and timing)")
+        return FaultSpec(name=name, fault="", bench=bench)
     code = value.get("fault")
     allowed = [c.name for c in InjectedFault if c != InjectedFault.CLEAR_ALL]
     if not isinstance(code, str) or code.upper() not in allowed:
@@ -341,8 +398,12 @@ def _fault(path: Path, key: str, value: Any, duration_s: float) -> FaultSpec | N
     stack = value.get("stack")
     if stack is not None:
         stack = _int(path, f"{key}.stack", stack, 0, 255)  # the pack's count: checked at run
+    scenario = value.get("scenario")
+    if scenario is not None:
+        scenario = _scenario(path, base, f"{key}.scenario", scenario)
     return FaultSpec(name=name, fault=code.upper(), targets=targets, value=float(v), at_s=at_s,
-                     clear_at_s=clear, expect=tuple(expect), bound_s=bound, stack=stack)
+                     clear_at_s=clear, expect=tuple(expect), bound_s=bound, stack=stack,
+                     scenario=scenario)
 
 
 def _runs(path: Path, spec: CampaignSpec, value: Any) -> list[RunSpec]:
@@ -350,11 +411,16 @@ def _runs(path: Path, spec: CampaignSpec, value: Any) -> list[RunSpec]:
 
     def make(scenario: str, seed: int, fault: FaultSpec | None, err: float | None,
              amb: float) -> RunSpec:
+        if fault is not None and fault.scenario is not None:
+            scenario = fault.scenario  # the fault's own load
         return RunSpec(pack=spec.pack, overrides=overrides, scenario=scenario, seed=seed,
                        fault=fault, soc_error=err, ambient_c=amb, duration_s=spec.duration_s)
 
     if value == "cross":
+        # A fault with its own scenario runs once per seed (with the first of the spec's
+        # scenarios standing for all of them), not once per scenario.
         return [make(sc, seed, f, e, a) for sc in spec.scenarios for f in spec.faults
+                if f is None or f.scenario is None or sc == spec.scenarios[0]
                 for a in spec.ambient_c for e in spec.soc_errors for seed in spec.seeds]
     if not isinstance(value, list) or not value:
         raise SpecError(path, "runs", f"{value!r}: 'cross' or a non-empty list of runs")

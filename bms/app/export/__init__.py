@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bms.app.errors import CliError, DataFileError, OutputError, Parser, UsageError, report
+from bms.app.errors import (
+    CliError,
+    DataFileError,
+    OutputError,
+    Parser,
+    UsageError,
+    positive_int,
+    report,
+)
 from bms.app.export.channels import Channel, describe
 from bms.app.export.info import RunInfo
 from bms.app.export.reader import (
@@ -252,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels", nargs="+", metavar="GLOB", default=None,
                         help="only the columns matching these globs (time_s always), e.g. "
                              "'cell*_voltage_v' state 'pressure_*'")
-    parser.add_argument("--chunk-rows", type=_positive_int, default=CHUNK_ROWS, metavar="N",
+    parser.add_argument("--chunk-rows", type=positive_int, default=CHUNK_ROWS, metavar="N",
                         help=f"rows read and written at a time (default {CHUNK_ROWS})")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -262,16 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in describe_result(res):
         print(line)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not >= 1")
-    return value
 
 
 if __name__ == "__main__":
