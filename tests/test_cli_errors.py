@@ -445,6 +445,8 @@ ROWS: list[Row] = [
         "/proc/nope/run.png: cannot write (No such file or directory)"),
     Row("accuracy-truth-dir-missing", (*ACCURACY, "{d}/nope"), IO,
         "{d}/nope/manifest.json: not found"),
+    Row("accuracy-fits-from-missing", (*ACCURACY, "{d}/truth-ok", "--fits-from", "{d}/nope"),
+        IO, "--fits-from {d}/nope: {d}/nope/fit/Chen2020/Chen2020.yaml not found"),
     # ---- bms export: a command-line value (2), a folder that is not a usable run (3), an
     # input it cannot read or an output it cannot write (5)
     Row("export-format-unknown", ("export", "{d}/export-ok", "--to", "xls"), U,
