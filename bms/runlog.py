@@ -36,7 +36,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import is_not
 from pathlib import Path
 from typing import Any
@@ -764,6 +764,35 @@ def load_ticks(path: str | Path) -> dict[str, np.ndarray]:
         except ValueError:
             out[name] = np.array(col, dtype=str)
     return out
+
+
+def load_tick_columns(path: str | Path, keep: Callable[[str], bool]) -> dict[str, np.ndarray]:
+    """The columns of ticks.csv (or a run directory) whose names ``keep`` accepts, as
+    :func:`load_ticks` reads them (the same rows kept, the same floats), with NumPy's C parser:
+    ~10x faster on a campaign's 36,000-row hour (a scorer needs 47 of ssb-23's 116 columns).
+    A kept column with an empty or non-numeric field falls back to :func:`load_ticks`."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / TICKS
+    lines = _complete_lines(p)
+    if not lines:
+        return {}
+    header = lines[0].split(",")
+    n = len(header)
+    want = [i for i, name in enumerate(header) if keep(name)]
+    # load_ticks's row filter: split(",") has n fields exactly when the line has n - 1 commas
+    rows = [line for line in lines[1:] if line.count(",") == n - 1]
+    if not want:
+        return {}
+    if not rows:
+        return {header[i]: np.array([], dtype=float) for i in want}
+    try:
+        data = np.loadtxt(rows, delimiter=",", usecols=want, dtype=float, ndmin=2,
+                          comments=None)
+    except ValueError:  # an empty or text field: NaN or str columns, as load_ticks makes them
+        full = load_ticks(p)
+        return {header[i]: full[header[i]] for i in want}
+    return {header[i]: data[:, j].copy() for j, i in enumerate(want)}
 
 
 def load_events(path: str | Path) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from bms.runlog import (
     RunLog,
     TickRow,
     load_events,
+    load_tick_columns,
     load_ticks,
     standard_columns,
 )
@@ -111,6 +112,60 @@ def test_readers_tolerate_torn_last_line(tmp_path: Path) -> None:
     with open(tmp_path / TICKS, "ab") as f:
         f.write(b"\n0.6\n0.7,7\n")
     assert list(load_ticks(tmp_path)["x"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 12.0, 7.0]
+
+
+
+def test_load_tick_columns_is_load_ticks_for_its_columns(tmp_path: Path) -> None:
+    """The campaign's column reader: the same rows and the same floats as load_ticks (any
+    float text: %r, %.4f, exponents, nan), a torn last line and a short row skipped; an empty
+    or text field in a kept column takes load_ticks's NaN / str, never an error."""
+    rng = np.random.default_rng(3)
+    cols = ["time_s", "cell01_soc", "cell01_soc_sigma", "cell01_voltage_v", "note"]
+    log = RunLog(tmp_path, cols)
+    for k in range(300):
+        log.row([k * 0.1, float(rng.uniform(0, 1)), float(rng.uniform(0, 1e-2)) * 10 ** -k % 7,
+                 math.nan if k == 7 else float(rng.normal(3.7, 0.1)), "a"])
+    log.close()
+    with open(tmp_path / TICKS, "ab") as f:
+        f.write(b"1e3,0.5,1,2\n30.1,0.25,1e-05,3.5,b\n40,0.2")  # short row, good row, torn
+    keep = lambda c: c == "time_s" or c.endswith(("_soc", "_soc_sigma"))  # noqa: E731
+    full = load_ticks(tmp_path)
+    fast = load_tick_columns(tmp_path, keep)
+    assert sorted(fast) == ["cell01_soc", "cell01_soc_sigma", "time_s"]
+    assert len(fast["time_s"]) == 301 and fast["time_s"][-1] == 30.1
+    for c in fast:
+        assert fast[c].dtype == full[c].dtype and np.array_equal(fast[c], full[c])
+    volts = load_tick_columns(tmp_path, lambda c: c == "cell01_voltage_v")["cell01_voltage_v"]
+    assert np.array_equal(volts, full["cell01_voltage_v"], equal_nan=True)
+    with open(tmp_path / TICKS, "ab") as f:
+        f.write(b"\n40.0,,0.1,3.6,c\n")  # an empty SOC: the load_ticks path, NaN
+    fast, full = load_tick_columns(tmp_path, keep), load_ticks(tmp_path)
+    assert math.isnan(fast["cell01_soc"][-1]) and len(fast["time_s"]) == 302
+    assert all(np.array_equal(fast[c], full[c], equal_nan=True) for c in fast)
+    assert list(load_tick_columns(tmp_path, lambda c: c == "note")["note"][-2:]) == ["b", "c"]
+
+
+def test_truth_reader_is_genfromtxt(tmp_path: Path) -> None:
+    """evaluate's truth reader (NumPy's C parser) gives genfromtxt's array for a real
+    TruthWriter file, and a torn file still reads as genfromtxt reads it."""
+    from bms.app.evaluate import _read_truth
+    from hil.emulator.truth import TruthWriter, truth_header
+
+    rng = np.random.default_rng(5)
+    n, m = 3, 2
+    w = TruthWriter(tmp_path / "truth.csv", n, m, every=3)
+    for k in range(90):
+        w.write_row_from(lambda k=k: [k * 0.1, *rng.normal(0, 50, 6).tolist(),
+                                       *rng.uniform(0, 1, n).tolist(),
+                                       *rng.normal(25, 5, n).tolist(),
+                                       *rng.normal(3.7, 0.2, n).tolist(),
+                                       *rng.normal(300, 30, m).tolist()])
+    w.close()
+    ref = np.genfromtxt(tmp_path / "truth.csv", delimiter=",", names=True)
+    got = _read_truth(tmp_path / "truth.csv")
+    assert got.shape == ref.shape == (30,) and got.dtype == ref.dtype
+    assert list(got.dtype.names) == truth_header(n, m)
+    assert all(np.array_equal(got[c], ref[c]) for c in ref.dtype.names)
 
 
 _CHILD = r"""

@@ -207,7 +207,7 @@ class EmulatedBoard:
                 if self._truth_rows is not None:
                     self._truth_rows.append(self.plant.truth_row())
                 else:
-                    self.truth.write_row(self.plant.truth_row())
+                    self.truth.write_row_from(self.plant.truth_row)
         if self.runner is not None and self.runner.errors:
             self.counters.scenario_errors.extend(self.runner.errors)
             self.runner.errors.clear()

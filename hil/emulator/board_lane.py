@@ -195,7 +195,7 @@ class TickLane:
         plant.current_a = i_s
         plant.load.observe(plant.cell_v)
         if board.truth is not None:
-            board.truth.write_row(plant.truth_row())
+            board.truth.write_row_from(plant.truth_row)
         if rc < 0 and rc != self.unencodable:  # the row stays unused, as in CEngine
             raise c_error("ssb_plant_sense", -((-rc) % 100))
         s.noise_i = row + 1
