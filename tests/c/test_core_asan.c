@@ -194,9 +194,9 @@ static void run_random(int32_t n, int32_t k, int32_t mlc, int steps)
     for (int32_t i = 0; i < n; i++)
         f.v[i] = i % 2 ? 3.6 : NAN;
     CHECK(ssb_state_init(&f.prm, &f.st, soc0, f.v, NULL, 0.15, 0.02, 0.1) == SSB_OK);
-    for (int step = 0; step < steps; step++) {
+    for (int it = 0; it < steps; it++) {
         double cur = (urand() - 0.5) * 30.0;
-        if (step % 97 == 5)
+        if (it % 97 == 5)
             cur = NAN;
         for (int32_t i = 0; i < n; i++) {
             double r = urand();
@@ -204,18 +204,18 @@ static void run_random(int32_t n, int32_t k, int32_t mlc, int steps)
         }
         for (int32_t j = 0; j < k; j++)
             f.t[j] = urand() < 0.1 ? NAN : -30.0 + 100.0 * urand();
-        if (step % 50 == 7)
+        if (it % 50 == 7)
             for (int32_t j = 0; j < k; j++)
                 f.t[j] = NAN;
         for (int32_t j = 0; j < mlc; j++)
             f.p[j] = urand() < 0.1 ? NAN : 800.0 + 800.0 * urand();
         /* the balancing bleed: none (NULL) on a third of the ticks, else some cells, a NaN */
-        f.m.bleed_a = step % 3 == 0 ? NULL : f.bleed;
+        f.m.bleed_a = it % 3 == 0 ? NULL : f.bleed;
         for (int32_t i = 0; i < n; i++) {
             double r = urand();
             f.bleed[i] = r < 0.01 ? NAN : (r < 0.5 ? 0.2 * r : 0.0);
         }
-        int rc = (step % 2) ? ssb_tick(&f.prm, &f.st, &f.m, 0.1, cur, &f.out)
+        int rc = (it % 2) ? ssb_tick(&f.prm, &f.st, &f.m, 0.1, cur, &f.out)
                             : ssb_ekf_step(&f.prm, &f.st, &f.m, 0.1, cur, &f.out);
         CHECK(rc == SSB_OK);
         for (int32_t i = 0; i < n; i++) {
