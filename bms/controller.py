@@ -222,6 +222,12 @@ class Controller:
         self._measurement_lost = False
         self._boards_lost = False
         self._all_fresh = False  # every board answered this tick (_check_freshness)
+        # What the tick derives from the active fault records, keyed on the table's change
+        # count (FaultTable.changes): the heat-input suspects (_check_cooling) and (derate,
+        # number active) (_balance_and_derate).
+        self._suspect_stamp = self._derate_stamp = -1
+        self._suspect: set[int | None] = set()
+        self._derate = (False, 0)
         # Set when a lost board ends the run (controller.on_board_lost: stop); run() raises
         # SafetyDataLostError with it after the tick, close() records it in the summary.
         self.stop_reason: str | None = None
@@ -529,7 +535,11 @@ class Controller:
         assert cc is not None  # noqa: S101 (called only with a check)
         # A stack whose voltage or current sensors are in fault has an untrustworthy heat (a
         # tap offset, a biased shunt): the check restarts there instead of raising.
-        suspect = {r.stack for r in self.table.active() if r.code in _HEAT_INPUT_CODES}
+        if self._suspect_stamp != self.table.changes:
+            self._suspect_stamp = self.table.changes
+            self._suspect = {r.stack for r in self.table.active()
+                             if r.code in _HEAT_INPUT_CODES}
+        suspect = self._suspect
         for s in self.stacks:
             d, o = s.data, s.out
             if d is not None and o is not None:
@@ -600,11 +610,16 @@ class Controller:
             np.copyto(soc_bal, self._soc, where=known)
         bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, state,
                                    current_a, fault_latched)
-        active = self.table.active()
-        if active and any(r.code in DERATING_CODES for r in active):
+        table = self.table
+        if self._derate_stamp != table.changes:
+            self._derate_stamp = table.changes
+            active = table.active()
+            self._derate = (any(r.code in DERATING_CODES for r in active), len(active))
+        derate, n_active = self._derate
+        if derate:
             charge_a *= WARNING_DERATE
             discharge_a *= WARNING_DERATE
-        return bal, charge_a, discharge_a, len(active)
+        return bal, charge_a, discharge_a, n_active
 
     def _command(self, t: float, c_out: ContactorOutput, state: int, bal: Any,
                  charge_a: float, discharge_a: float) -> None:
