@@ -228,6 +228,8 @@ class Controller:
         self._suspect_stamp = self._derate_stamp = -1
         self._suspect: set[int | None] = set()
         self._derate = (False, 0)
+        self._measurement_timeout_s = self.pack.controller.measurement_timeout_s + TIME_EPS_S
+        self._contactor_in = ContactorInputs(stack_voltage_v=0.0, bus_voltage_v=0.0)
         # Set when a lost board ends the run (controller.on_board_lost: stop); run() raises
         # SafetyDataLostError with it after the tick, close() records it in the summary.
         self.stop_reason: str | None = None
@@ -455,10 +457,11 @@ class Controller:
     def _check_freshness(self, t: float) -> tuple[bool, bool]:
         """2. Safety data present? Missing for longer than the timeout -> MEASUREMENT_LOST
         (the contactors go SAFE). Returns (valid, all boards answered this tick)."""
-        timeout = self.pack.controller.measurement_timeout_s + TIME_EPS_S
+        timeout = self._measurement_timeout_s
         all_fresh = valid = True
         for s in self.stacks:
-            if s.data is None or s.data.time_s != t:
+            d = s.data
+            if d is None or d.time_s != t:
                 all_fresh = False
             if t - s.last_valid_s > timeout:
                 valid = False
@@ -556,10 +559,8 @@ class Controller:
 
     def _check_link(self, t: float) -> None:
         """3d. Link quality (bms/link_quality.py): frames each board's decoder dropped."""
-        counts: list[int | None] = []
-        for s in self.stacks:
-            link = s.client.link
-            counts.append(None if link is None else link.counters.errors)
+        counts: list[int | None] = [None if (link := s.client.link) is None
+                                    else link.counters.errors for s in self.stacks]
         raised = self.link_quality.step(t, counts, self.table)
         if raised and self.log:
             for k in raised:
@@ -573,21 +574,24 @@ class Controller:
         reports (precharge, feedback) are raised at once. Returns (output, fault latched)."""
         stack_v = bus_v = 0.0
         for s in self.stacks:
-            if s.data is not None:
+            d = s.data
+            if d is not None:
                 stack_v += s.stack_voltage_v
-                bus_v += s.data.bus_voltage_v
+                bus_v += d.bus_voltage_v
         self._stack_v, self._bus_v = stack_v, bus_v
-        fault_latched = self.table.fault_latched()
-        c_out = self.contactors.update(t, ContactorInputs(
-            stack_voltage_v=stack_v, bus_voltage_v=bus_v,
-            feedback_bits=self._feedback_bits(),
-            fault_active=fault_latched,
-            critical_active=self.table.critical_latched(),
-            measurement_valid=valid))
-        for code, value in c_out.faults:
-            self.table.raise_fault(code, t, None, value, momentary=True)
+        table = self.table
+        fault_latched = table.fault_latched()
+        # One inputs object, refreshed in place (the state machine keeps no reference).
+        inp = self._contactor_in
+        inp.stack_voltage_v, inp.bus_voltage_v = stack_v, bus_v
+        inp.feedback_bits = self._feedback_bits()
+        inp.fault_active, inp.critical_active = fault_latched, table.critical_latched()
+        inp.measurement_valid = valid
+        c_out = self.contactors.update(t, inp)
         if c_out.faults:
-            fault_latched = self.table.fault_latched()
+            for code, value in c_out.faults:
+                table.raise_fault(code, t, None, value, momentary=True)
+            fault_latched = table.fault_latched()
         if c_out.events:
             self.contactor_events.extend(c_out.events)
         return c_out, fault_latched
