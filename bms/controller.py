@@ -288,6 +288,8 @@ class Controller:
         self._cell_v, self._soc, self._soc_sigma = (np.full(n, np.nan) for _ in range(3))
         self._leak_a, self._leak_sigma_a = np.full(n, np.nan), np.full(n, np.nan)
         self._leak_low_a, self._soc_balancing = np.full(n, np.nan), np.full(n, np.nan)
+        # Each stack's part of the leaks' lower bounds (the cooling check's input), made once.
+        self._leak_low_views = [self._leak_low_a[s.cells] for s in self.stacks]
         self._soc_known = np.zeros(n, dtype=bool)
         self._temps = np.full(self.n_therm, np.nan)
         (self._p_mean_kpa, self._p_rate_kpa_per_s, self._p_cusum_kpa,
@@ -543,11 +545,11 @@ class Controller:
             self._suspect = {r.stack for r in self.table.active()
                              if r.code in _HEAT_INPUT_CODES}
         suspect = self._suspect
-        for s in self.stacks:
+        for s, leak_low in zip(self.stacks, self._leak_low_views, strict=True):
             d, o = s.data, s.out
             if d is not None and o is not None:
                 cc.observe(s.index, t, d.current_a, s.stack_voltage_v / s.config.cells, o.soc,
-                           o.soc_sigma, self._leak_low_a[s.cells], d.temperature_c,
+                           o.soc_sigma, leak_low, d.temperature_c,
                            inputs_ok=s.index not in suspect)
         raised = cc.step(t, self.table)
         if raised and self.log:
