@@ -134,7 +134,9 @@ class CcdWatch:
                pressure_kpa: float, temperature_c: float) -> list[dict[str, Any]]:
         """This tick's events (usually none)."""
         events: list[dict[str, Any]] = []
-        for name, value in (("pressure", pressure_kpa), ("temperature", temperature_c)):
+        # Both known (the usual tick): nothing to report, no tuple of pairs built.
+        for name, value in (() if pressure_kpa == pressure_kpa and temperature_c == temperature_c
+                            else (("pressure", pressure_kpa), ("temperature", temperature_c))):
             if value != value and name not in self._reported_unknown:  # NaN
                 self._reported_unknown.add(name)
                 events.append({

@@ -222,6 +222,14 @@ class Controller:
         self._measurement_lost = False
         self._boards_lost = False
         self._all_fresh = False  # every board answered this tick (_check_freshness)
+        # What the tick derives from the active fault records, keyed on the table's change
+        # count (FaultTable.changes): the heat-input suspects (_check_cooling) and (derate,
+        # number active) (_balance_and_derate).
+        self._suspect_stamp = self._derate_stamp = -1
+        self._suspect: set[int | None] = set()
+        self._derate = (False, 0)
+        self._measurement_timeout_s = self.pack.controller.measurement_timeout_s + TIME_EPS_S
+        self._contactor_in = ContactorInputs(stack_voltage_v=0.0, bus_voltage_v=0.0)
         # Set when a lost board ends the run (controller.on_board_lost: stop); run() raises
         # SafetyDataLostError with it after the tick, close() records it in the summary.
         self.stop_reason: str | None = None
@@ -280,6 +288,8 @@ class Controller:
         self._cell_v, self._soc, self._soc_sigma = (np.full(n, np.nan) for _ in range(3))
         self._leak_a, self._leak_sigma_a = np.full(n, np.nan), np.full(n, np.nan)
         self._leak_low_a, self._soc_balancing = np.full(n, np.nan), np.full(n, np.nan)
+        # Each stack's part of the leaks' lower bounds (the cooling check's input), made once.
+        self._leak_low_views = [self._leak_low_a[s.cells] for s in self.stacks]
         self._soc_known = np.zeros(n, dtype=bool)
         self._temps = np.full(self.n_therm, np.nan)
         (self._p_mean_kpa, self._p_rate_kpa_per_s, self._p_cusum_kpa,
@@ -449,10 +459,11 @@ class Controller:
     def _check_freshness(self, t: float) -> tuple[bool, bool]:
         """2. Safety data present? Missing for longer than the timeout -> MEASUREMENT_LOST
         (the contactors go SAFE). Returns (valid, all boards answered this tick)."""
-        timeout = self.pack.controller.measurement_timeout_s + TIME_EPS_S
+        timeout = self._measurement_timeout_s
         all_fresh = valid = True
         for s in self.stacks:
-            if s.data is None or s.data.time_s != t:
+            d = s.data
+            if d is None or d.time_s != t:
                 all_fresh = False
             if t - s.last_valid_s > timeout:
                 valid = False
@@ -529,12 +540,16 @@ class Controller:
         assert cc is not None  # noqa: S101 (called only with a check)
         # A stack whose voltage or current sensors are in fault has an untrustworthy heat (a
         # tap offset, a biased shunt): the check restarts there instead of raising.
-        suspect = {r.stack for r in self.table.active() if r.code in _HEAT_INPUT_CODES}
-        for s in self.stacks:
+        if self._suspect_stamp != self.table.changes:
+            self._suspect_stamp = self.table.changes
+            self._suspect = {r.stack for r in self.table.active()
+                             if r.code in _HEAT_INPUT_CODES}
+        suspect = self._suspect
+        for s, leak_low in zip(self.stacks, self._leak_low_views, strict=True):
             d, o = s.data, s.out
             if d is not None and o is not None:
                 cc.observe(s.index, t, d.current_a, s.stack_voltage_v / s.config.cells, o.soc,
-                           o.soc_sigma, self._leak_low_a[s.cells], d.temperature_c,
+                           o.soc_sigma, leak_low, d.temperature_c,
                            inputs_ok=s.index not in suspect)
         raised = cc.step(t, self.table)
         if raised and self.log:
@@ -546,10 +561,8 @@ class Controller:
 
     def _check_link(self, t: float) -> None:
         """3d. Link quality (bms/link_quality.py): frames each board's decoder dropped."""
-        counts: list[int | None] = []
-        for s in self.stacks:
-            link = s.client.link
-            counts.append(None if link is None else link.counters.errors)
+        counts: list[int | None] = [None if (link := s.client.link) is None
+                                    else link.counters.errors for s in self.stacks]
         raised = self.link_quality.step(t, counts, self.table)
         if raised and self.log:
             for k in raised:
@@ -563,21 +576,24 @@ class Controller:
         reports (precharge, feedback) are raised at once. Returns (output, fault latched)."""
         stack_v = bus_v = 0.0
         for s in self.stacks:
-            if s.data is not None:
+            d = s.data
+            if d is not None:
                 stack_v += s.stack_voltage_v
-                bus_v += s.data.bus_voltage_v
+                bus_v += d.bus_voltage_v
         self._stack_v, self._bus_v = stack_v, bus_v
-        fault_latched = self.table.fault_latched()
-        c_out = self.contactors.update(t, ContactorInputs(
-            stack_voltage_v=stack_v, bus_voltage_v=bus_v,
-            feedback_bits=self._feedback_bits(),
-            fault_active=fault_latched,
-            critical_active=self.table.critical_latched(),
-            measurement_valid=valid))
-        for code, value in c_out.faults:
-            self.table.raise_fault(code, t, None, value, momentary=True)
+        table = self.table
+        fault_latched = table.fault_latched()
+        # One inputs object, refreshed in place (the state machine keeps no reference).
+        inp = self._contactor_in
+        inp.stack_voltage_v, inp.bus_voltage_v = stack_v, bus_v
+        inp.feedback_bits = self._feedback_bits()
+        inp.fault_active, inp.critical_active = fault_latched, table.critical_latched()
+        inp.measurement_valid = valid
+        c_out = self.contactors.update(t, inp)
         if c_out.faults:
-            fault_latched = self.table.fault_latched()
+            for code, value in c_out.faults:
+                table.raise_fault(code, t, None, value, momentary=True)
+            fault_latched = table.fault_latched()
         if c_out.events:
             self.contactor_events.extend(c_out.events)
         return c_out, fault_latched
@@ -600,11 +616,16 @@ class Controller:
             np.copyto(soc_bal, self._soc, where=known)
         bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, state,
                                    current_a, fault_latched)
-        active = self.table.active()
-        if active and any(r.code in DERATING_CODES for r in active):
+        table = self.table
+        if self._derate_stamp != table.changes:
+            self._derate_stamp = table.changes
+            active = table.active()
+            self._derate = (any(r.code in DERATING_CODES for r in active), len(active))
+        derate, n_active = self._derate
+        if derate:
             charge_a *= WARNING_DERATE
             discharge_a *= WARNING_DERATE
-        return bal, charge_a, discharge_a, len(active)
+        return bal, charge_a, discharge_a, n_active
 
     def _command(self, t: float, c_out: ContactorOutput, state: int, bal: Any,
                  charge_a: float, discharge_a: float) -> None:

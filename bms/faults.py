@@ -315,6 +315,9 @@ class FaultTable:
         self._records: dict[Key, FaultRecord] = {}
         self._events: list[dict[str, Any]] = []
         self._flags: tuple[bool, bool, list[FaultRecord]] | None = None
+        # Counts the changes of any record's active/latched state: a caller keys what it
+        # derives from the active records on it (read every tick, changed rarely).
+        self.changes = 0
 
     # ------------------------------------------------------------------ transitions
 
@@ -469,6 +472,7 @@ class FaultTable:
 
     def _event(self, kind: str, rec: FaultRecord, time_s: float, value: float | None) -> None:
         self._flags = None  # every change of active/latched passes here
+        self.changes += 1
         self._events.append({
             "type": "fault", "event": kind, "time_s": time_s, "code": int(rec.code),
             "name": rec.code.name, "text": rec.text, "severity": rec.severity.label,

@@ -48,6 +48,9 @@ class LinkQuality:
             raise ValueError("LinkQualityConfig.errors must be >= 2: one noise hit is no fault")
         self.config = config
         self._st = [_BoardState() for _ in range(n_boards)]
+        # The last counts when no board had a bad frame in its window nor a raised fault:
+        # the same counts again change nothing (the usual tick).
+        self._quiet_counts: list[int | None] | None = None
 
     def in_window(self, board: int) -> int:
         """Bad frames of the board within the window (as of its last ``step``)."""
@@ -61,6 +64,8 @@ class LinkQuality:
         """``bad_frames``: each board's cumulative count of dropped frames (None: no link
         now). A count that goes down (a reopened port's new decoder) is a new start. Returns
         the boards raised on this tick."""
+        if bad_frames == self._quiet_counts:
+            return []
         c = self.config
         raised: list[int] = []
         for k, (s, count) in enumerate(zip(self._st, bad_frames, strict=True)):
@@ -80,6 +85,8 @@ class LinkQuality:
             elif n < c.errors and s.raised:
                 table.clear_fault(_CODE, t, None, float(n), k)
                 s.raised = False
+        quiet = not any(s.times_s or s.raised for s in self._st)
+        self._quiet_counts = list(bad_frames) if quiet else None
         return raised
 
 

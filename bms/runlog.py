@@ -440,7 +440,7 @@ class _Sink:
         done = 0
         try:
             while done < len(view):
-                n = os.write(self.fd, view[done:])
+                n = os.write(self.fd, view[done:] if done else view)  # no slice: usual case
                 if n <= 0:  # pragma: no cover - os.write raises instead on POSIX
                     raise OSError(errno.EIO, "short write")
                 done += n
