@@ -20,6 +20,14 @@ board's description. When the run's clock is given, the board's clock (INFO capa
 real-clock board under a sim-clock host ignores the SAMPLEs' dt; either is refused at the
 handshake with one line naming both (:class:`ClockMismatchError`).
 
+The usual tick has a fast lane with the same outcome (tests/test_link_fast.py): a SAMPLE
+requested while no other SAMPLE is kept that way is only its seq (no pending record), framed
+with any HEARTBEAT deferred before it in one C call (:meth:`SerialLink.send_sample`); waiting
+for it into a lane first takes what has already arrived without a deadline
+(:meth:`SerialLink.try_lane`). Anything else (another request, a poll, a wait on another seq,
+an answer that is not alone) first turns the seq into the pending record it would have been
+(``_materialize``) and goes the general way.
+
 An INFO with a new ``boot_id`` at any time means the board reset (its contactors are open and
 its state is lost): :attr:`BoardClient.resets` counts it and :meth:`BoardClient.take_reset`
 lets the controller poll for it once.
@@ -168,9 +176,9 @@ class BoardClient:
         self.link: SerialLink | None = link
         self._info: Info | None = None
         self._pending: dict[int, _Pending] = {}
-        # The fast lane of the usual tick (module docstring): the seq of the one SAMPLE
-        # pending, kept as a number while no other request is (0: none); anything else that
-        # needs the pending requests makes it a _Pending first (_materialize).
+        # The fast lane of the usual tick (module docstring): the seq of a SAMPLE pending but
+        # kept as a number (0: none); anything else that needs the pending requests makes it
+        # a _Pending first (_materialize).
         self._sample_seq = 0
         self._dt_s = 0.0
         self._dt_us = 0

@@ -27,7 +27,33 @@ from hil.protocol import WIRE_ENGINE, Heartbeat, InjectedFault, Measurement, Sam
 
 pytestmark = pytest.mark.skipif(WIRE_ENGINE != "c", reason="the lane needs the C wire codec")
 
-TIMEOUT_S = 0.004  # a dropped reply costs the wait this long in wall time (emu:// sleeps it)
+TIMEOUT_S = 0.05
+
+
+class _VirtualTime:
+    """time for hil.client, hil.link and the emu:// port: a clock that only moves when the port
+    sleeps out a read that found nothing. A dropped reply then costs no wall time, and a busy
+    machine cannot run a deadline out between two reads of frames already there (the general
+    path checks its deadline between reads), which would make the two clients differ."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+@pytest.fixture(autouse=True)
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hil.client
+    import hil.emulator.protocol_emu
+    import hil.link
+    clock = _VirtualTime()
+    for module in (hil.client, hil.link, hil.emulator.protocol_emu):
+        monkeypatch.setattr(module, "time", clock)
 
 
 def _general(client: BoardClient) -> None:
