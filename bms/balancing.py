@@ -19,7 +19,9 @@ Rules (docs/safety.md, "Balancing"):
   for the rest. This bounds the average heat and leaves quiet windows where cell voltages are
   measured without the bleed current's IR drop in the tap wires.
 
-Pure logic: ``time_s`` comes from the tick loop; no clock is read here.
+Pure logic: ``time_s`` comes from the tick loop; no clock is read here. Once the gates that need
+no data are open, the decision runs in C (csrc/ssb_balance.c, one call); ``engine="reference"``
+keeps it in NumPy, the reference (tests/test_balancing_c.py: the same decisions).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from bms.tuning import BALANCE_PERIOD_S, TOP_OF_CHARGE_SOC
 from boards.config import TIME_EPS_S, BalancingConfig, CellModel
 
 STATES_ALLOWED = (0, 2)  # ContactorState.STANDBY, ContactorState.CLOSED (HEARTBEAT numbers)
+ENGINES = ("c", "reference")
+# csrc/ssb_balance.h SSB_BAL_* -> the decision's reason
+_C_REASONS = {1: "below top of charge", 2: "no valid data", 3: "balanced", 4: "balanced",
+              5: "duty off"}
 
 
 def top_of_charge_slope_v(cell: CellModel, soc_from: float = TOP_OF_CHARGE_SOC) -> float:
@@ -82,6 +88,7 @@ class Balancer:
         stack_thermistors: Sequence[int], period_s: float = BALANCE_PERIOD_S,
         rest_current_a: float = DEFAULT_REST_CURRENT_A,
         voltage_slope_v_per_soc: float | None = None, top_of_charge_v: float | None = None,
+        engine: str = "c",
     ) -> None:
         if any(not 1 <= n <= 32 for n in stack_cells):
             raise ValueError("each stack needs 1..32 cells (one uint32 mask per board)")
@@ -91,6 +98,9 @@ class Balancer:
                                          or top_of_charge_v is None):
             raise ValueError("voltage mode needs voltage_slope_v_per_soc and top_of_charge_v "
                              "(see top_of_charge_slope_v / top_of_charge_voltage_v)")
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not one of {', '.join(ENGINES)}")
+        self.engine = engine
         self.config = config
         self.period_s = period_s
         self.rest_current_a = rest_current_a
@@ -109,6 +119,43 @@ class Balancer:
         self.selected = np.zeros(self.n_cells, dtype=bool)
         self._zero_masks = np.zeros(self.n_stacks, dtype=np.uint32)
         self._idle: dict[str, BalanceDecision] = {}
+        self._c: tuple | None = None
+        if engine == "c":
+            self._init_c(stack_cells, stack_thermistors)
+
+    def _init_c(self, stack_cells: Sequence[int], stack_thermistors: Sequence[int]) -> None:
+        """The C decision's config and buffers (csrc/ssb_balance.h), made once; the selection
+        lives in a byte buffer that ``selected`` views."""
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi, lib = _core.ffi, _core.lib
+        cfg = self.config
+        c = ffi.new("ssb_bal_config_t *")
+        self._c_starts = [ffi.new("size_t[]", [int(v) for v in np.cumsum([0, *counts])])
+                          for counts in (stack_cells, stack_thermistors)]
+        c.n_cells, c.n_stacks = self.n_cells, self.n_stacks
+        c.cell_start, c.th_start = self._c_starts
+        if cfg.mode == "soc":
+            c.start, c.stop = cfg.start_delta_soc, cfg.stop_delta_soc
+        else:  # the same products as the reference's per tick
+            assert self.slope is not None and self.top_of_charge_v is not None  # noqa: S101
+            c.start = cfg.start_delta_soc * self.slope
+            c.stop = cfg.stop_delta_soc * self.slope
+            c.voltage_mode, c.top_of_charge_v = 1, self.top_of_charge_v
+        c.max_temperature_c, c.min_cell_voltage_v = cfg.max_temperature_c, cfg.min_cell_voltage_v
+        c.duty_cycle, c.period_s, c.time_eps_s = cfg.duty_cycle, self.period_s, TIME_EPS_S
+        c.bleed_resistance_ohm = cfg.bleed_resistance_ohm
+        self._sel_u8 = np.zeros(self.n_cells, dtype=np.uint8)
+        self.selected = self._sel_u8.view(bool)  # the same object for the balancer's life
+        self._c_masks = np.zeros(self.n_stacks, dtype=np.uint32)
+        self._c_bleed = np.zeros(self.n_cells)
+        self._c_reason = ffi.new("int32_t *")
+        self._c_src: tuple = ()  # the input arrays the pointers below are of
+        self._c_ptrs: tuple = ()
+        self._c = (lib.ssb_balance, c, ffi.from_buffer("uint8_t[]", self._sel_u8),
+                   ffi.from_buffer("uint32_t[]", self._c_masks),
+                   ffi.from_buffer("double[]", self._c_bleed), self._c_reason)
+        self._ffi = ffi
 
     def update(
         self, time_s: float, soc: np.ndarray, cell_voltage_v: np.ndarray,
@@ -121,6 +168,8 @@ class Balancer:
         reason = self.idle_reason(state, current_a, fault_active)
         if reason:
             return self._nothing(reason)
+        if self._c is not None:
+            return self._update_c(time_s, soc, cell_voltage_v, temperature_c)
 
         v = np.asarray(cell_voltage_v, dtype=float)
         if cfg.mode == "soc":
@@ -173,6 +222,46 @@ class Balancer:
         power_w = float(np.dot(bleed, v0))
         return BalanceDecision(masks, selected.copy(), bleed, "balancing", power_w)
 
+    def _update_c(self, time_s: float, soc: np.ndarray, cell_voltage_v: np.ndarray,
+                  temperature_c: np.ndarray) -> BalanceDecision:
+        """:meth:`update` past the gates, in one C call (csrc/ssb_balance.c)."""
+        x = soc if self.config.mode == "soc" else cell_voltage_v
+        src = (x, cell_voltage_v, temperature_c)
+        if len(src) != len(self._c_src) or any(a is not b for a, b in zip(src, self._c_src,
+                                                                          strict=True)):
+            self._bind_c(src)
+        fn, cfg, sel, masks, bleed, reason = self._c
+        rc = fn(cfg, time_s, *self._c_ptrs, sel, masks, bleed, reason)
+        if rc != 0:
+            raise ValueError(f"ssb_balance failed with {rc}")
+        code = reason[0]
+        if code == 0:  # balancing
+            v = self._c_src[1]
+            selected = self.selected.copy()
+            bleed_a = self._c_bleed.copy()
+            # the reference's product, on the same arrays (BLAS: its own summation order)
+            power_w = float(np.dot(bleed_a, np.where(selected, v, 0.0)))
+            return BalanceDecision(self._c_masks.copy(), selected, bleed_a, "balancing",
+                                   power_w)
+        # 1-3: selection cleared (by the C); 4: nothing selected; 5: kept, duty off
+        return self._nothing(_C_REASONS[code], keep_selection=code >= 4)
+
+    def _bind_c(self, src: tuple[np.ndarray, ...]) -> None:
+        """Pointers to this tick's input arrays (the controller's, the same every tick: made
+        once), as float64 contiguous arrays of their sizes."""
+        arrays = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in src)
+        n_th = int(self._th_counts.sum())
+        for a, k, name in zip(arrays, (self.n_cells, self.n_cells, n_th),
+                              ("soc", "cell_voltage_v", "temperature_c"), strict=True):
+            if a.shape != (k,):
+                raise ValueError(f"{name} has shape {a.shape}, expected ({k},)")
+        # Keep the caller's arrays only when they are the arrays read (no copy was made), so
+        # the identity check above is sound; a converted input is converted again each tick.
+        self._c_src = src if all(a is b for a, b in zip(arrays, src, strict=True)) else ()
+        self._c_ptrs = tuple(self._ffi.from_buffer("double[]", a) if len(a) else self._ffi.NULL
+                             for a in arrays)
+        self._c_keep = arrays
+
     def idle_reason(self, state: int, current_a: float, fault_active: bool) -> str:
         """Why no cell may bleed this tick whatever the SOCs ("" when the gates are open):
         the first check of :meth:`update`, also asked by the controller so that it prepares
@@ -194,7 +283,10 @@ class Balancer:
 
     def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:
         if not keep_selection:
-            self.selected = np.zeros(self.n_cells, dtype=bool)
+            if self._c is not None:
+                self._sel_u8.fill(0)  # the buffer the C decision reads
+            else:
+                self.selected = np.zeros(self.n_cells, dtype=bool)
         elif self.selected.any():  # "duty off": the selection stays in the decision
             return BalanceDecision(self._zero_masks.copy(), self.selected.copy(),
                                    np.zeros(self.n_cells), reason)

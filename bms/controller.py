@@ -34,6 +34,7 @@ from bms.monitor import MonitorServer
 from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import RunLog, TickRow, stack_snapshot, standard_columns, tick_snapshot
 from bms.soc_start import Start, StartReport
+from bms.stack_step import StackStep
 from bms.statefile import (
     SAVE_PERIOD_S,
     SavedStack,
@@ -76,6 +77,10 @@ if TYPE_CHECKING:  # the link imports python-can and cantools (the optional extr
 _ST_JUST_BOOTED = int(Status.JUST_BOOTED)
 _ST_WATCHDOG = int(Status.WATCHDOG_TRIPPED)
 _ST_SENSOR = int(Status.SENSOR_ERROR)
+# Sensor faults that make a stack's heat estimate (bms/thermal_check.py) untrustworthy.
+_HEAT_INPUT_CODES = frozenset({
+    FaultCode.CELL_VOLTAGE_IMPLAUSIBLE, FaultCode.CELL_VOLTAGE_OPEN_WIRE,
+    FaultCode.CURRENT_SENSOR, FaultCode.CURRENT_SENSOR_OFFSET})
 # The status bits that feed back the output bits (same positions: hil.protocol.Outputs).
 _FEEDBACK_MASK = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
 
@@ -132,6 +137,12 @@ class StackRuntime:
     mismatch: bool = False  # BOARD_MEASUREMENT_MISMATCH active
     # Measured minus predicted cell voltage of the last core step (the current check's input).
     innovation_v: np.ndarray = field(default_factory=lambda: np.empty(0))
+    # The receive chain in one C call (bms/stack_step.py), made after the first fast-lane
+    # measurement; None: the separate calls.
+    chain: StackStep | None = None
+    chain_tried: bool = False
+    bleed_ptrs: tuple = ()  # the chain's pointers into the two pack-wide bleed arrays
+    chain_shares: list[float] | None = None  # the load-cell baseline the chain corrects by
 
     @property
     def client(self) -> BoardClient:
@@ -282,6 +293,7 @@ class Controller:
         # estimator subtracts from each cell's current the bleed that flowed over the interval
         # it predicts (_bleed_flowing).
         self._bleed_cmd_1, self._bleed_cmd_2 = np.zeros(n), np.zeros(n)
+        self._bleed_arrays = (self._bleed_cmd_1, self._bleed_cmd_2)  # swapped, never replaced
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -515,11 +527,15 @@ class Controller:
         its heat and the pack's nominal cooling."""
         cc = self.cooling_check
         assert cc is not None  # noqa: S101 (called only with a check)
+        # A stack whose voltage or current sensors are in fault has an untrustworthy heat (a
+        # tap offset, a biased shunt): the check restarts there instead of raising.
+        suspect = {r.stack for r in self.table.active() if r.code in _HEAT_INPUT_CODES}
         for s in self.stacks:
             d, o = s.data, s.out
             if d is not None and o is not None:
                 cc.observe(s.index, t, d.current_a, s.stack_voltage_v / s.config.cells, o.soc,
-                           o.soc_sigma, o.leak_a, d.temperature_c)
+                           o.soc_sigma, self._leak_low_a[s.cells], d.temperature_c,
+                           inputs_ok=s.index not in suspect)
         raised = cc.step(t, self.table)
         if raised and self.log:
             for k in raised:
@@ -669,9 +685,9 @@ class Controller:
             if not self._all_fresh:
                 arrays, current_a = self._without_stale(t, arrays)
                 stack_v = bus_v = math.nan
-            self.log.row_segments(self._row.fill(
-                t, int(c_out.state), current_a, stack_v, bus_v, arrays,
-                charge_a, discharge_a, int(c_out.outputs), bal.masks, n_active, duration), t)
+            self.log.row_tick(self._row, t, int(c_out.state), current_a, stack_v, bus_v,
+                              arrays, charge_a, discharge_a, int(c_out.outputs), bal.masks,
+                              n_active, duration)
         if self.monitor and self.monitor.poll_viewers():
             self.monitor.publish(self.snapshot())
 
@@ -923,7 +939,11 @@ class Controller:
     def _receive(self, s: StackRuntime, m: Measurement | MeasurementLane, t: float,
                  dt_s: float) -> None:
         """Validate one board's MEASUREMENT (a message, or the values in its fast lane) and run
-        its stack's core."""
+        its stack's core. A fast-lane measurement after the stack's first goes through the
+        chain's one C call (_receive_chain); these calls are its reference."""
+        if s.chain is not None and isinstance(m, MeasurementLane):
+            self._receive_chain(s, s.chain, t, dt_s)
+            return
         timestamp_ms = (int(s.validator.wire_vals[0]) if isinstance(m, MeasurementLane)
                         else m.timestamp_ms)
         if not self._timestamp_moved(s, timestamp_ms, t):
@@ -946,12 +966,89 @@ class Controller:
                                     "detail": str(exc)})
                 s.io.mark_lost(exc, t)
                 return
+        self._status_bits(s, int(data.status), t)
+        core_dt = self._core_dt(s, data.timestamp_ms, dt_s)
+        if not s.estimator_started:
+            self._start_estimator(s, data, t)
+        o = s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v,
+                                data.temperature_c, data.pressure_kpa,
+                                self._bleed_flowing()[s.cells])
+        s.data = data
+        s.last_valid_s = s.ts_moved_s
+        if s.innovation_v.shape != o.voltage_pred_v.shape:
+            s.innovation_v = np.empty_like(o.voltage_pred_v)
+        np.subtract(data.cell_voltage_v, o.voltage_pred_v, out=s.innovation_v)
+        self.current_check.innovation(s.index, t, s.innovation_v, o.soc_sigma)
+        # sum() over a list: under half the cost of a numpy reduction on 23 values (timeit)
+        self._collect(s, data, o, t, sum(data.cell_voltage_v.tolist()),
+                      min(o.charge_limit_a.tolist()), min(o.discharge_limit_a.tolist()))
+        if not s.chain_tried and isinstance(m, MeasurementLane):
+            self._make_chain(s)
+
+    def _make_chain(self, s: StackRuntime) -> None:
+        """After a stack's first fast-lane measurement (its estimator started, its core
+        bound to the validator's arrays): its receive chain in one C call."""
+        s.chain_tried = True
+        try:
+            s.chain = StackStep(s.validator, s.core, s.cells.start)
+        except ValueError:
+            return  # the reference front end, or a core that copies its inputs: the calls
+        s.bleed_ptrs = tuple(s.chain.bleed_pointer(a) for a in self._bleed_arrays)
+        s.innovation_v = s.chain.innovation_v
+        # The chain writes this stack's data into the pack-wide arrays itself (_collect then
+        # copies nothing); with one stack those arrays are the validator's and core's own.
+        cells = {} if self._single_stack else {
+            "cell_v": self._cell_v, "soc": self._soc, "soc_sigma": self._soc_sigma,
+            "leak_a": self._leak_a, "leak_sigma_a": self._leak_sigma_a}
+        no_temps = self._single_stack or s.thermistors.stop == s.thermistors.start
+        s.chain.bind_pack(cells, s.cells.start, None if no_temps else self._temps,
+                          s.thermistors.start,
+                          {"p_mean_kpa": self._p_mean_kpa,
+                           "p_rate_kpa_per_s": self._p_rate_kpa_per_s,
+                           "p_rate_abs_kpa_per_s": self._p_rate_abs,
+                           "p_cusum_kpa": self._p_cusum_kpa,
+                           "p_imbalance_kpa": self._p_imbalance_kpa}, s.index)
+
+    def _receive_chain(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float) -> None:
+        """:meth:`_receive` of a fast-lane measurement: front end, core and the stack's
+        figures in one C call (bms/stack_step.py), the same checks and faults in the same
+        order around it."""
+        v = s.validator
+        timestamp_ms, status, current_raw, bus_raw = v.wire_vals[:4].tolist()
+        if not self._timestamp_moved(s, timestamp_ms, t):
+            return  # stale (see _receive)
+        sc = s.scaler
+        current_a = sc.current_from_raw(current_raw)
+        core_dt = self._core_dt(s, timestamp_ms, dt_s)
+        bleed = s.bleed_ptrs[0] if self._bleed_flowing() is self._bleed_arrays[0] \
+            else s.bleed_ptrs[1]
+        b = s.baseline
+        if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
+            chain.bind_baseline(b.shares, b.offsets_kpa)
+            s.chain_shares = b.shares
+        r = chain.step(current_a, core_dt, bleed)
+        data = v.after_front_end(t, current_a, sc.bus_voltage_from_raw(bus_raw), timestamp_ms,
+                                 status, r.fe_summary)
+        self._status_bits(s, status, t)
+        error = chain.core_error(r)
+        if error is not None:
+            raise error
+        o = s.out = s.core.output()
+        s.data = data
+        s.last_valid_s = s.ts_moved_s
+        self.current_check.innovation_stats(s.index, t, r.innovation_n, r.innovation_median_v,
+                                            r.soc_sigma_sum, s.core.n_cells)
+        self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
+                      r)
+
+    def _status_bits(self, s: StackRuntime, status: int, t: float) -> None:
+        """A measurement was accepted: the mismatch cleared, the board's status bits (reset,
+        watchdog, sensor error) raised or cleared."""
         if s.mismatch:  # a matching measurement again (the board was fixed or replaced)
             s.mismatch = False
             self.table.clear_fault(FaultCode.BOARD_MEASUREMENT_MISMATCH, t, None, None,
                                    s.index)
         s.measurements += 1
-        status = int(data.status)
         if s.client.take_reset() or (status & _ST_JUST_BOOTED and s.measurements > 1):
             self.table.raise_fault(FaultCode.BOARD_RESET, t, None, None, s.index,
                                    momentary=True)
@@ -965,27 +1062,19 @@ class Controller:
         elif s.sensor_error:
             self.table.clear_fault(FaultCode.MONITOR_READ_ERROR, t, None, None, s.index)
         s.sensor_error = bool(status & _ST_SENSOR)
-        timestamp_s = data.timestamp_ms / 1000.0
-        # The estimator integrates over the board's own sample interval when it is plausible
-        # (real clock: jitter), else over the nominal tick.
+
+    @staticmethod
+    def _core_dt(s: StackRuntime, timestamp_ms: int, dt_s: float) -> float:
+        """The estimator integrates over the board's own sample interval when it is plausible
+        (real clock: jitter), else over the nominal tick."""
+        timestamp_s = timestamp_ms / 1000.0
         core_dt = dt_s
         if s.last_timestamp_s is not None:
             board_dt = (timestamp_s - s.last_timestamp_s) % 4294967.296
             if 0.0 < board_dt <= 5.0 * dt_s:
                 core_dt = board_dt
         s.last_timestamp_s = timestamp_s
-        if not s.estimator_started:
-            self._start_estimator(s, data, t)
-        o = s.out = s.core.step(core_dt, data.current_a, data.cell_voltage_v,
-                                data.temperature_c, data.pressure_kpa,
-                                self._bleed_flowing()[s.cells])
-        s.data = data
-        s.last_valid_s = s.ts_moved_s
-        if s.innovation_v.shape != o.voltage_pred_v.shape:
-            s.innovation_v = np.empty_like(o.voltage_pred_v)
-        np.subtract(data.cell_voltage_v, o.voltage_pred_v, out=s.innovation_v)
-        self.current_check.innovation(s.index, t, s.innovation_v, o.soc_sigma)
-        self._collect(s, data, o, t)
+        return core_dt
 
     def _timestamp_moved(self, s: StackRuntime, timestamp_ms: int, t: float) -> bool:
         """False when the board's timestamp has not moved for longer than the measurement
@@ -1008,10 +1097,14 @@ class Controller:
             return False
         return True
 
-    def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any, t: float) -> None:
+    def _collect(self, s: StackRuntime, data: ValidatedStack, o: Any, t: float,
+                 stack_voltage_v: float, charge_limit_a: float, discharge_limit_a: float,
+                 chained: Any = None) -> None:
         """Copy one stack's fresh data and estimates into the pack-wide arrays. With a single
         stack the pack-wide arrays *are* the validator's and the core's buffers (both are
-        updated in place every tick): bound once, on the first data, never copied."""
+        updated in place every tick): bound once, on the first data, never copied.
+        ``chained``: the stack chain's result (bms/stack_step.py), whose figures replace the
+        Python's here (None: computed here)."""
         cells, k = s.cells, s.index
         v = data.cell_voltage_v
         if self._single_stack:
@@ -1019,31 +1112,37 @@ class Controller:
                 self._cell_v, self._temps = v, data.temperature_c
                 self._soc, self._soc_sigma = o.soc, o.soc_sigma
                 self._leak_a, self._leak_sigma_a = o.leak_a, o.leak_sigma_a
-        else:
+        elif chained is None:  # (else the chain copied them: StackStep.bind_pack)
             self._cell_v[cells] = v
             self._temps[s.thermistors] = data.temperature_c
             self._soc[cells] = o.soc
             self._soc_sigma[cells] = o.soc_sigma
             self._leak_a[cells] = o.leak_a
             self._leak_sigma_a[cells] = o.leak_sigma_a
-        # sum() over a list: under half the cost of a numpy reduction on 23 values (timeit)
-        total = sum(v.tolist())
+        # The sum of the cells (NaN when one is) and the horizons' tightest limits come from
+        # the caller: the chain's C or lists (_receive).
+        total = stack_voltage_v
         s.stack_voltage_v = total if total == total else float(np.nansum(v))
-        s.charge_limit_a = min(o.charge_limit_a.tolist())  # a few horizons: no numpy call
-        s.discharge_limit_a = min(o.discharge_limit_a.tolist())
-        self._p_mean_kpa[k] = o.pressure_mean_kpa
-        self._p_rate_kpa_per_s[k] = rate = o.pressure_rate_kpa_per_s
-        self._p_rate_abs[k] = abs(rate)  # the protection's input (a numpy call per tick less)
-        self._p_cusum_kpa[k] = o.pressure_cusum_kpa
+        s.charge_limit_a, s.discharge_limit_a = charge_limit_a, discharge_limit_a
+        if chained is None:  # (the chain wrote these)
+            self._p_mean_kpa[k] = o.pressure_mean_kpa
+            self._p_rate_kpa_per_s[k] = rate = o.pressure_rate_kpa_per_s
+            self._p_rate_abs[k] = abs(rate)  # the protection's input (a numpy call less)
+            self._p_cusum_kpa[k] = o.pressure_cusum_kpa
         # The imbalance against the fixture's static one (the core's is the plain max - min).
         assert s.baseline is not None  # noqa: S101 (made with the stack)
-        imbalance, event = s.baseline.imbalance_kpa(t, data.pressure_kpa)
-        self._p_imbalance_kpa[k] = imbalance
-        if event is not None and self.log:
-            self.log.event(event)
+        if chained is None or s.chain_shares is None:  # (else the chain wrote it too)
+            imbalance, event = s.baseline.imbalance_kpa(t, data.pressure_kpa)
+            self._p_imbalance_kpa[k] = imbalance
+            if event is not None and self.log:
+                self.log.event(event)
         if self.ccd is not None:
-            s.ccd_pressure_kpa, s.ccd_temperature_c = stack_conditions(data.pressure_kpa,
-                                                                       data.temperature_c)
+            if chained is not None:
+                s.ccd_pressure_kpa = chained.min_pressure_kpa
+                s.ccd_temperature_c = chained.min_temperature_c
+            else:
+                s.ccd_pressure_kpa, s.ccd_temperature_c = stack_conditions(
+                    data.pressure_kpa, data.temperature_c)
             s.ccd_limit_a = self.ccd.limit_a(s.ccd_pressure_kpa, s.ccd_temperature_c)
         self._row.set_stack(k, data.current_a, data.pressure_kpa, o.pressure_expected_kpa,
                             o.pressure_residual_kpa,

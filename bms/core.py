@@ -81,6 +81,7 @@ class CoreParams:
     contact_r_ref_ohm: float
     contact_p_ref_kpa: float
     q_soc_per_s: float
+    q_soc_ref_v2: float
     q_rc_v2_per_s: float
     r_voltage_v2: float
     voltage_corr_s: float
@@ -342,6 +343,8 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         # pack: soc_process_noise_per_s is a variance rate (1/s); rc_process_noise_v_per_s a
         # sigma rate (V/s), squared here (docs/estimation.md)
         q_soc_per_s=est.soc_process_noise_per_s,
+        # the random walk per cell follows its voltage noise (0: constant; docs "Noise")
+        q_soc_ref_v2=(est.soc_process_noise_ref_v or 0.0) ** 2,
         q_rc_v2_per_s=est.rc_process_noise_v_per_s ** 2,
         r_voltage_v2=est.voltage_noise_v ** 2, voltage_corr_s=tn.voltage_corr_s,
         r_voltage_r0_rel=est.voltage_noise_r0_rel,
@@ -424,7 +427,7 @@ _INT_PARAMS = ("n_cells", "n_sensors", "n_load_cells", "n_horizons", "n_soc", "n
                "pressure_fusion", "n_rc")
 _FLOAT_PARAMS = (
     "soc_step", "temp_min_c", "temp_step_c", "capacity_as", "coulombic_eff", "hyst_rate",
-    "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_rc_v2_per_s",
+    "contact_r_ref_ohm", "contact_p_ref_kpa", "q_soc_per_s", "q_soc_ref_v2", "q_rc_v2_per_s",
     "r_voltage_v2", "voltage_corr_s", "r_voltage_r0_rel", "current_noise_a", "gate_sigma",
     "leak_q_soc_per_s", "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",

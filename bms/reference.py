@@ -233,7 +233,10 @@ class ReferenceCore:
         a_h = np.exp(-p.hyst_rate * np.abs(dsoc_nom))
         self.hyst = a_h * self.hyst + (1.0 - a_h) * np.sign(ic)
         q_i = p.current_noise_a * eta * dt_s / p.capacity_as
-        q_soc = p.q_soc_per_s * dt_s + q_i * q_i
+        # the random walk follows the cell's voltage noise when the pack ties it (as ssb_core.c)
+        q_rw = (p.q_soc_per_s * dt_s * np.sqrt(w["voltage_noise_v2"] * (1.0 / p.q_soc_ref_v2))
+                if p.q_soc_ref_v2 > 0.0 else p.q_soc_per_s * dt_s)
+        q_soc = q_rw + q_i * q_i
         q_rc = p.q_rc_v2_per_s * dt_s
         c00 = self.p[0] + q_soc
         c01 = self.p[1] * a1

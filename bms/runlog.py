@@ -342,6 +342,9 @@ class _RowFormatter:
         self._arr_ptr = None
         self._fmt_seg = lib.ssb_format_segments
         self._segs: tuple[np.ndarray, ...] = ()
+        self._fmt_tick = lib.ssb_format_tick
+        self._masks_src: np.ndarray | None = None
+        self._masks_ptr = None
 
     def format(self, values: np.ndarray) -> memoryview:
         """The row as a view into the output buffer (valid until the next call)."""
@@ -373,6 +376,36 @@ class _RowFormatter:
                              self._out_ptr, self.cap)
         if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
             raise RuntimeError(f"ssb_format_segments failed: {size}")
+        return self._view[:size]
+
+    def format_tick(self, row: TickRow, time_s: float, state: int, current_a: float,
+                    stack_voltage_v: float, bus_voltage_v: float, charge_limit_a: float,
+                    discharge_limit_a: float, outputs: int, balance_masks: np.ndarray,
+                    faults_active: int, tick_duration_s: float) -> memoryview:
+        """:meth:`format_segments` of ``row`` after :meth:`TickRow.fill` with these values
+        (its cell arrays already in place): the fill and the format in one C call
+        (ssb_format_tick), the same bytes."""
+        segments = row.segments
+        if len(segments) != len(self._segs) or any(map(is_not, segments, self._segs)):
+            if segments[0] is not row._head or segments[-1] is not row._tail:
+                raise ValueError("row segments must start with the row's head and end with "
+                                 "its tail")
+            self._bind_segments(segments)
+        if balance_masks is not self._masks_src:
+            masks = np.ascontiguousarray(balance_masks, dtype=np.uint32)
+            if masks.shape != (row.n_stacks,):
+                raise ValueError(f"{masks.shape} balance masks for {row.n_stacks} stacks")
+            # held with its pointer; the caller's array only when it is the one read
+            self._masks_src = balance_masks if masks is balance_masks else None
+            self._masks_keep, self._masks_ptr = masks, self._ffi.from_buffer("uint32_t[]",
+                                                                             masks)
+        size = self._fmt_tick(self._seg_bufs[0], self._seg_bufs[-1], row.n_stacks, time_s,
+                              state, current_a, stack_voltage_v, bus_voltage_v,
+                              charge_limit_a, discharge_limit_a, outputs, self._masks_ptr,
+                              faults_active, tick_duration_s, self._seg_ptrs, self._seg_lens,
+                              len(self._segs), self._dec_ptr, self._out_ptr, self.cap)
+        if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
+            raise RuntimeError(f"ssb_format_tick failed: {size}")
         return self._view[:size]
 
     def _bind_segments(self, segments: Sequence[np.ndarray]) -> None:
@@ -527,6 +560,21 @@ class RunLog:
         if fmt is None:
             fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
         return self._write_row(fmt.format_segments(segments), time_s)
+
+    def row_tick(self, row: TickRow, time_s: float, state: int, current_a: float,
+                 stack_voltage_v: float, bus_voltage_v: float, cells: Sequence[np.ndarray],
+                 charge_limit_a: float, discharge_limit_a: float, outputs: int,
+                 balance_masks: np.ndarray, faults_active: int, tick_duration_s: float
+                 ) -> bool:
+        """``row_segments(row.fill(...))`` of the controller's row in one C call
+        (fill and format: _RowFormatter.format_tick); the same bytes."""
+        fmt = self._formatter
+        if fmt is None:
+            fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
+        row.segments[1:6] = cells
+        return self._write_row(fmt.format_tick(
+            row, time_s, state, current_a, stack_voltage_v, bus_voltage_v, charge_limit_a,
+            discharge_limit_a, outputs, balance_masks, faults_active, tick_duration_s), time_s)
 
     def _write_row(self, line: bytes | memoryview, t: Any) -> bool:
         if not self._header_ok:

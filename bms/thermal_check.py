@@ -19,7 +19,8 @@ healthy 3C discharge on the emulated stack, a false alarm).
   (Bernardi's energy balance), from the measured current and mean cell voltage and the
   estimator's SOC on the pack's OCV table: no resistance parameter needed, so the estimate
   does not depend on how well R0 and the RC branches were fitted. Plus the heat of the leak
-  currents the estimator sees (a soft short heats its cell: V I_leak), so a known leak is not
+  currents the estimator is sure of (a soft short heats its cell: V I_leak, with the leak's
+  lower 3-sigma bound where it is above zero, what CELL_LEAK compares), so a known leak is not
   taken for a cooling fault (the demo's 10 ohm short alone: +0.2 K of residual).
 - Model (the pack's ``cooling:`` section, per stack of n cells): n C_cell dT/dt = n Q -
   G_c (T - T_w) - G_p (T - T_p), C_w dT_w/dt = G_c (T - T_w) - G_flow (T_w - T_start),
@@ -29,8 +30,10 @@ healthy 3C discharge on the emulated stack, a false alarm).
   measurement: neither the coolant inlet nor the ambient is measured, so the check assumes
   the pack starts in equilibrium with both (a rested pack).
 - It runs while the stack's estimate has converged (mean SOC sigma at most ``sigma_gate``:
-  the OCV at a wrong SOC is a wrong heat) and every thermistor reads; otherwise the model
-  restarts from the measured temperature and the CUSUM from zero.
+  the OCV at a wrong SOC is a wrong heat), every thermistor reads and the heat's inputs are
+  trusted (the controller says no voltage or current sensor fault of the stack is active: a
+  tap offset or a biased current sensor is a wrong heat, not a cooling fault); otherwise the
+  model restarts from the measured temperature and the CUSUM from zero.
 
 Pure logic on the tick's ``time_s``; the controller feeds it and owns the fault table.
 """
@@ -75,6 +78,7 @@ class _StackState:
     cusum_k_s: float = 0.0
     residual_k: float = 0.0
     heat_w: float = 0.0          # mean heat per cell over the last model step
+    inputs_bad: bool = False     # a tick since the last step had untrusted heat inputs
     raised: bool = False
 
 
@@ -127,15 +131,19 @@ class CoolingCheck:
 
     def observe(self, stack: int, t: float, current_a: float, mean_cell_v: float,
                 soc: np.ndarray, soc_sigma: np.ndarray, leak_a: np.ndarray,
-                temperature_c: np.ndarray) -> None:
+                temperature_c: np.ndarray, inputs_ok: bool = True) -> None:
         """One stack's fresh tick: its current, mean cell voltage, SOC estimate (with its
-        sigmas and leak currents) and thermistors. Integrates the heat; every ``period_s``
+        sigmas and the leak currents' lower 3-sigma bounds) and thermistors; ``inputs_ok``
+        false when a sensor fault
+        of the stack makes the heat untrustworthy. Integrates the heat; every ``period_s``
         steps the model and the CUSUM."""
         c = self.config
         s = self._st[stack]
         dt = 0.0 if s.last_tick_s is None else t - s.last_tick_s
         s.last_tick_s = t
-        if s.ocv_v == s.ocv_v and current_a == current_a and mean_cell_v == mean_cell_v:
+        if not inputs_ok or current_a != current_a or mean_cell_v != mean_cell_v:
+            s.inputs_bad = True
+        elif s.ocv_v == s.ocv_v:
             t_k = (s.temp_c if s.temp_c == s.temp_c else 25.0) + _KELVIN
             s.energy_j += (current_a * (mean_cell_v - s.ocv_v + t_k * s.docv_dt_v_per_k)
                            + s.leak_w) * dt
@@ -149,7 +157,9 @@ class CoolingCheck:
         if temp == temp and s.start_c != s.start_c:
             s.start_c = temp  # the stack's (and, assumed, the coolant's) starting temperature
         trusted = (temp == temp and s.model_c == s.model_c and s.ocv_v == s.ocv_v
-                   and sum(sig) <= c.sigma_gate * len(sig) and step_s <= 10.0 * c.period_s)
+                   and not s.inputs_bad and sum(sig) <= c.sigma_gate * len(sig)
+                   and step_s <= 10.0 * c.period_s)
+        s.inputs_bad = False
         if trusted:
             # Per cell: the coolant's capacity and flow shared by the stack's cells.
             n = len(soc)
@@ -188,11 +198,12 @@ class CoolingCheck:
             s.docv_dt_v_per_k = float(np.interp(socs, self._soc_grid, self._docv).mean())
         else:
             s.ocv_v = math.nan
-        # Signed: the estimate's noise averages out over the cells (clipped at 0 it would add
-        # heat that is not there).
-        leaks = [x for x in leak_a.tolist() if x == x]
-        s.leak_w = (sum(leaks) / len(leaks) * mean_cell_v
-                    if leaks and mean_cell_v == mean_cell_v else 0.0)
+        # Only leaks the estimator is sure of (lower bound above zero): a cell whose reading
+        # is off (a tap offset) has a wild leak estimate of either sign, and the signed noise
+        # of healthy cells is no heat.
+        leak = sum(x for x in leak_a.tolist() if x > 0.0)
+        s.leak_w = leak / len(soc_list) * mean_cell_v \
+            if soc_list and mean_cell_v == mean_cell_v else 0.0
 
     def step(self, t: float, table: FaultTable) -> list[int]:
         """After every stack's ``observe``: raise COOLING_DEGRADED on a stack whose CUSUM

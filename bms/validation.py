@@ -265,9 +265,16 @@ class StackValidator:
                            self._fe_summary)
         if rc != 0:
             raise ValueError(f"ssb_fe_step failed with {rc}")
+        return self.after_front_end(time_s, current_a, bus_voltage_v, timestamp_ms, status,
+                                    self._fe_summary[0])
+
+    def after_front_end(self, time_s: float, current_a: float, bus_voltage_v: float,
+                        timestamp_ms: int, status: int, summary: int) -> ValidatedStack:
+        """What follows ssb_fe_step (here, or inside bms/stack_step.py's one call): the
+        diagnosis when ``summary`` (SSB_FE_ANY_*) says something is or was wrong, the scalar
+        and timestamp checks, the ValidatedStack."""
         self._last_i = current_a
         self._last_raw_lc = self._last_raw_lc_buf
-        summary = self._fe_summary[0]
         if summary & 3 or self._anything_prev:  # SSB_FE_ANY_BAD | SSB_FE_ANY_STUCK
             bad = self._fe_bad.view(bool).copy()
             stuck = self._fe_stuck[: len(self._same_count)].view(bool).copy()

@@ -422,6 +422,10 @@ class EstimatorConfig:
     # model's own error per test temperature): the EKF's R at each cell's SOC and temperature;
     # voltage_noise_v is then the table's largest value (the leak filter's, conservative)
     voltage_noise_table: ParamTable | None = None
+    # the voltage noise soc_process_noise_per_s goes with: when given, each cell's SOC random
+    # walk is soc_process_noise_per_s x (its voltage noise at its SOC and temperature / this)^2
+    # (docs/estimation.md, "Noise"; bms fit writes it with a voltage-noise table); None: constant
+    soc_process_noise_ref_v: float | None = None
 
 
 @dataclass(frozen=True)
@@ -913,6 +917,9 @@ def load_pack(path_or_name: str | Path = "ssb-23") -> PackConfig:
         voltage_noise_r0_rel=e.number("voltage_noise_r0_rel", 0.0, 10.0,
                                       default=DEFAULT_VOLTAGE_NOISE_R0_REL),
         voltage_noise_table=None if vn_const else vn_table,
+        soc_process_noise_ref_v=(e.number("soc_process_noise_ref_v", 0.0, 1.0, lo_open=True)
+                                 if e.raw("soc_process_noise_ref_v", None) is not None
+                                 else None),
     )
     pl = r.sub("power_limits")
     power = PowerLimitConfig(

@@ -190,7 +190,7 @@ int ssb_params_check(const ssb_params_t *prm)
         if (!finite_in(positive[k], 1e-300, 1e300))
             return SSB_ERR_PARAM;
     }
-    const double non_negative[] = {prm->contact_r_ref_ohm, prm->q_soc_per_s,
+    const double non_negative[] = {prm->contact_r_ref_ohm, prm->q_soc_per_s, prm->q_soc_ref_v2,
                                    prm->q_rc_v2_per_s, prm->current_noise_a,
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
                                    prm->leak_q_d_per_s, prm->leak_d_sigma0,
@@ -631,9 +631,15 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     int32_t *SSB_RESTRICT stat = status;
     double *SSB_RESTRICT sig = soc_sigma;
     const double *SSB_RESTRICT bl_a = bl;
-    const double q_soc = prm->q_soc_per_s * dt_s +
-                         (prm->current_noise_a * eta * dt_s / prm->capacity_as) *
-                             (prm->current_noise_a * eta * dt_s / prm->capacity_as);
+    const double q_cur = (prm->current_noise_a * eta * dt_s / prm->capacity_as) *
+                         (prm->current_noise_a * eta * dt_s / prm->capacity_as);
+    /* the SOC random walk follows the model's voltage error at the cell's SOC and temperature
+       when the pack ties it to a reference noise v_ref (docs/estimation.md, "Noise"):
+       q = q_soc_per_s x v / v_ref, so the SOC sigma's floor is wider where the fitted model is
+       worse and narrower where it is better */
+    const double q_rw = prm->q_soc_per_s * dt_s;
+    const double q_follow = prm->q_soc_ref_v2 > 0.0 ? 1.0 : 0.0;
+    const double inv_ref_v2 = q_follow != 0.0 ? 1.0 / prm->q_soc_ref_v2 : 0.0;
     const double q_rc = prm->q_rc_v2_per_s * dt_s;
     /* one branch: V2 stays exactly 0 (no gain, no noise, no input) */
     const double use2 = prm->n_rc == 2 ? 1.0 : 0.0;
@@ -668,6 +674,8 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         const double v2 = a2 * v2_a[i] + use2 * rcs[i] * r2_a[i] * (1.0 - a2) * i_a;
         const double hy = a_h * hy_a[i] + h_in;
         double s = socp_a[i];
+        const double q_soc =
+            (q_follow != 0.0 ? q_rw * sqrt(vn2_a[i] * inv_ref_v2) : q_rw) + q_cur;
         double c00 = p00[i] + q_soc;
         double c01 = p01[i] * a1;
         double c02 = p02[i] * a2;

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 7
+#define SSB_CORE_VERSION 8
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
@@ -104,6 +104,9 @@ typedef struct ssb_params {
 
     /* EKF */
     double q_soc_per_s;      /* SOC random-walk variance rate, 1/s */
+    double q_soc_ref_v2;     /* > 0: the random walk follows the model's voltage error, per
+                                cell q_soc_per_s x sqrt(r_v2(SOC, T) / q_soc_ref_v2) (r_v2 the
+                                voltage-noise grid column), V^2; 0: constant */
     double q_rc_v2_per_s;    /* RC voltage variance rate, V^2/s */
     double r_voltage_v2;     /* voltage model error variance of one sample, V^2 */
     double voltage_corr_s;   /* its correlation time: a sample over dt counts as

@@ -150,3 +150,29 @@ int64_t ssb_format_row(const double *values, const signed char *decimals, size_t
         return SSB_FMT_ERR_NULL;
     return ssb_format_segments(&values, &n, 1, decimals, out, cap);
 }
+
+int64_t ssb_format_tick(double *head, double *tail, size_t n_stacks, double time_s,
+                        double state, double current_a, double stack_voltage_v,
+                        double bus_voltage_v, double charge_limit_a, double discharge_limit_a,
+                        double outputs, const uint32_t *masks, double faults_active,
+                        double tick_duration_s, const double *const *seg,
+                        const size_t *seg_len, size_t n_seg, const signed char *decimals,
+                        char *out, size_t cap)
+{
+    if (!head || !tail || (n_stacks > 0 && !masks))
+        return SSB_FMT_ERR_NULL;
+    head[0] = time_s;
+    head[1] = state;
+    head[2] = current_a;
+    head[3] = stack_voltage_v;
+    head[4] = bus_voltage_v;
+    double *t = tail + 3 * n_stacks;
+    t[0] = charge_limit_a;
+    t[1] = discharge_limit_a;
+    t[2] = outputs;
+    for (size_t k = 0; k < n_stacks; k++)
+        t[3 + k] = (double)masks[k];
+    t[3 + n_stacks] = faults_active;
+    t[4 + n_stacks] = tick_duration_s;
+    return ssb_format_segments(seg, seg_len, n_seg, decimals, out, cap);
+}

@@ -43,6 +43,20 @@ int64_t ssb_format_row(const double *values, const signed char *decimals, size_t
 int64_t ssb_format_segments(const double *const *seg, const size_t *seg_len, size_t n_seg,
                             const signed char *decimals, char *out, size_t cap);
 
+/* The controller's ticks.csv row (bms.runlog.TickRow), filled and formatted in one call: the
+ * tick's scalars go into its head segment (head[0..4]: time, state, current, stack and bus
+ * voltage) and tail segment (with n stacks: tail[3n..3n+2] charge and discharge limit and
+ * outputs, tail[3n+3..4n+2] the stacks' balance masks, tail[4n+3..4n+4] faults active and tick
+ * duration), then the segments (head and tail among them) are formatted as
+ * ssb_format_segments. The head holds at least 5 values and the tail 4n + 5. */
+int64_t ssb_format_tick(double *head, double *tail, size_t n_stacks, double time_s,
+                        double state, double current_a, double stack_voltage_v,
+                        double bus_voltage_v, double charge_limit_a, double discharge_limit_a,
+                        double outputs, const uint32_t *masks, double faults_active,
+                        double tick_duration_s, const double *const *seg,
+                        const size_t *seg_len, size_t n_seg, const signed char *decimals,
+                        char *out, size_t cap);
+
 /* One field into out (at least SSB_FMT_FIELD_MAX bytes; no NUL): its length, or
  * SSB_FMT_ERR_PARAM / SSB_FMT_ERR_NULL. */
 int ssb_format_value(double value, int decimals, char *out);

@@ -185,3 +185,8 @@ def test_fitted_from_the_plants_lab_tests_then_scored_on_its_drive(truth_dir, tm
         assert r.residual_rms_mv < 6.0, r
     # started from the OCV (the estimator's h at 0 like the plant's): within 0.2 %
     assert all(r.rmse < 0.002 for r in results if r.soc0 is None), results
+    # --fits-from: the same packs scored again without fitting, the same figures
+    again = run(truth_dir, tmp_path / "again", settle_s=600.0, log=lambda _: None,
+                fits_from=tmp_path)
+    assert not (tmp_path / "again" / "fit").exists()
+    assert [(r.rmse, r.coverage) for r in again] == [(r.rmse, r.coverage) for r in results]

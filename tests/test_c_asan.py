@@ -2,10 +2,18 @@
 tests/c/: a real C build per case, run from pytest so that ``make test`` covers it.
 
 - core: tests/c/test_core_asan.c (every error path, NaN/Inf inputs, sizes 1..257);
-- protect + format: tests/c/test_protect_asan.c (error paths, a full transition buffer,
+- protect + format: tests/c/test_protect_asan.c (error paths, a full transition buffer, the
+  tick row filled and formatted in one call (ssb_format_tick, 0..40 stacks),
   NaN/Inf, sizes 1..300, long random runs, exact-size buffers);
 - frontend: tests/c/test_frontend_asan.c (error paths, exact-size heap buffers, 1..40 cells,
   sentinels and int64 extremes, NaN/Inf currents);
+- stack: tests/c/test_stack_asan.c (ssb_stack_step over the core's and the front end's
+  fixtures: error paths, 1..40 and 100 cells, random counts, currents and bleeds, every figure
+  against a plain recomputation);
+- balance: tests/c/test_balance_asan.c (ssb_balance: error paths that write nothing, 1..6
+  stacks of 1..32 cells, NaN/Inf inputs, each decision's invariants);
+- current: tests/c/test_current_asan.c (ssb_current: NULL paths, 1..8 stacks, NaN/Inf
+  currents and medians, the invariants of each decision);
 - wire: tests/c/test_wire_asan.c (ssb_wire over the firmware's proto.c: random damaged streams
   against the firmware's byte-at-a-time reader, exact-size buffers, every payload length);
 - plant: tests/c/test_plant_asan.c (error paths and that they write nothing, 1..40 and 150
@@ -28,6 +36,9 @@ CASES = {
     "core": (["ssb_core.c"], "test_core_asan.c"),
     "protect+format": (["ssb_protect.c", "ssb_format.c"], "test_protect_asan.c"),
     "frontend": (["ssb_frontend.c"], "test_frontend_asan.c"),
+    "stack": (["ssb_core.c", "ssb_frontend.c", "ssb_stack.c"], "test_stack_asan.c"),
+    "balance": (["ssb_balance.c"], "test_balance_asan.c"),
+    "current": (["ssb_current.c"], "test_current_asan.c"),
     "plant": (["ssb_plant.c"], "test_plant_asan.c"),
     "wire": (["ssb_wire.c", "../boards/firmware/src/proto.c"], "test_wire_asan.c"),
     "board": (["ssb_board.c", "ssb_plant.c", "../boards/firmware/src/proto.c"],

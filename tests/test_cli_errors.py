@@ -445,6 +445,8 @@ ROWS: list[Row] = [
         "/proc/nope/run.png: cannot write (No such file or directory)"),
     Row("accuracy-truth-dir-missing", (*ACCURACY, "{d}/nope"), IO,
         "{d}/nope/manifest.json: not found"),
+    Row("accuracy-fits-from-missing", (*ACCURACY, "{d}/truth-ok", "--fits-from", "{d}/nope"),
+        IO, "--fits-from {d}/nope: {d}/nope/fit/Chen2020/Chen2020.yaml not found"),
     # ---- bms export: a command-line value (2), a folder that is not a usable run (3), an
     # input it cannot read or an output it cannot write (5)
     Row("export-format-unknown", ("export", "{d}/export-ok", "--to", "xls"), U,
@@ -454,7 +456,8 @@ ROWS: list[Row] = [
     Row("export-out-is-the-log", ("export", "{d}/export-ok", "--to", "csv", "-o",
                                   "{d}/export-ok/ticks.csv"), U, "is the run's own log"),
     Row("export-chunk-rows-zero", ("export", "{d}/export-ok", "--to", "mf4", "--chunk-rows",
-                                   "0"), U, "argument --chunk-rows: '0' is not a whole number >= 1"),
+                                   "0"), U,
+        "argument --chunk-rows: '0' is not a whole number >= 1"),
     Row("export-mf4-master-only", ("export", "{d}/export-ok", "--to", "mf4", "--channels",
                                    "time_s"), U, "--channels time_s: selects only time_s, the "
         "MF4 file's master"),

@@ -388,3 +388,40 @@ def test_voltage_noise_table_over_temperature() -> None:
     # the scalar form: a constant column, the same gain as before the table existed
     flat = make_params(base, 0, Tuning(pressure_fusion=False))
     assert np.all(flat.grid[..., col] == base.estimator.voltage_noise_v ** 2)
+
+
+def _sigma_growth(core_like, temp_c: float, dt_s: float = 10.0) -> float:
+    """P00 added by one prediction-only step at rest (the SOC random walk), at ``temp_c``."""
+    n = core_like.prm.n_cells if hasattr(core_like, "prm") else core_like.n_cells
+    core_like.reset(np.full(n, 0.52), soc_sigma0=0.005)
+    step = core_like.step_ekf if hasattr(core_like, "step_ekf") else core_like.ekf_step
+    step(dt_s, 0.0, np.full(n, np.nan), np.full(6, temp_c), np.full(4, 1100.0))
+    return float(np.asarray(core_like.soc_sigma)[0]) ** 2 - 0.005 ** 2
+
+
+def test_soc_random_walk_follows_the_voltage_noise() -> None:
+    """estimator.soc_process_noise_ref_v (bms fit writes it with a noise table): each cell's
+    SOC random walk is soc_process_noise_per_s x v / v_ref, v the table's value at its SOC and
+    temperature; without the key it is constant. C core and reference agree, also over a long
+    random run."""
+    import dataclasses
+
+    from boards.config import ParamTable
+
+    base = load_pack("ssb-23")
+    table = ParamTable(np.array([0.5]), np.array([0.0, 25.0]), np.array([[0.006], [0.002]]))
+    est = dataclasses.replace(base.estimator, voltage_noise_v=0.006, voltage_noise_table=table,
+                              voltage_noise_r0_rel=0.0)
+    q = est.soc_process_noise_per_s
+    tied = dataclasses.replace(base, estimator=dataclasses.replace(
+        est, soc_process_noise_ref_v=0.002))
+    const = dataclasses.replace(base, estimator=est)
+    tn = Tuning(pressure_fusion=False)
+    for pack, ratio_cold in ((tied, 3.0), (const, 1.0)):
+        params = make_params(pack, 0, tn)
+        for core in (Core(pack, 0, params=params), ReferenceCore(params)):
+            warm, cold = _sigma_growth(core, 25.0), _sigma_growth(core, 0.0)
+            assert warm == pytest.approx(q * 10.0, rel=1e-3)  # + the current sensor's share
+            assert cold - warm == pytest.approx((ratio_cold - 1.0) * q * 10.0, rel=1e-6,
+                                                abs=1e-18)
+    _random_run(None, 300, seed=11, fusion=False, tick=False, pack=tied)

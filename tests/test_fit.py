@@ -202,6 +202,9 @@ def test_pack_loads_checks_and_estimates(result, files, capsys):
     # the SOC random walk: the base's (ssb-23: 1e-6 /s at 8 mV) x (voltage noise / 8 mV)^2
     assert pack.estimator.soc_process_noise_per_s == pytest.approx(
         1e-6 * (result.voltage_noise_v / 0.008) ** 2, rel=2e-3)
+    # ... tied to that noise, so per cell it follows the table's value (docs "Noise")
+    assert pack.estimator.soc_process_noise_ref_v == pytest.approx(result.voltage_noise_v,
+                                                                   rel=1e-4)
     assert check.main(["--pack", str(out)]) == 0
     assert "not fused as SOC: the cell has no solid-state description" in capsys.readouterr().out
     # the EKF started 20 % SOC off converges on the 25 C file

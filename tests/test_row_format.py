@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from bms import _core
-from bms.runlog import COLUMN_DECIMALS, RunLog, column_decimals, load_ticks, standard_columns
+from bms.runlog import (
+    COLUMN_DECIMALS,
+    RunLog,
+    TickRow,
+    column_decimals,
+    load_ticks,
+    standard_columns,
+)
 
 ffi, lib = _core.ffi, _core.lib
 TWO_POW_52 = 2.0 ** 52
@@ -249,5 +256,46 @@ def test_row_segments_write_the_same_bytes_as_row_array(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="contiguous float64"):
             b.row_segments([*segs[:-1], segs[-1].astype(np.float32)], 0.0)
         assert b.last_time_s == float(rows[-1, 0])
+    want = (tmp_path / "a" / "ticks.csv").read_bytes()
+    assert (tmp_path / "b" / "ticks.csv").read_bytes() == want
+
+
+@pytest.mark.parametrize("load_cells", [[4], [4, 4, 3, 4]])
+def test_row_tick_writes_the_bytes_of_fill_and_row_segments(tmp_path: Path,
+                                                            load_cells: list[int]) -> None:
+    """The controller's row in one C call (RunLog.row_tick: ssb_format_tick fills the head and
+    tail and formats) against TickRow.fill + row_segments: byte for byte, over random values
+    with NaN and infinities, masks of every dtype the balancer could hand over, a replaced
+    cell array and a stack whose pressure segment is swapped (a stale board)."""
+    n_st = len(load_cells)
+    n_cells, n_th = 23 * n_st, 6 * n_st
+    cols = standard_columns(n_cells, n_th, sum(load_cells), n_st)
+    rng = np.random.default_rng(11)
+    rows = [TickRow(load_cells), TickRow(load_cells)]
+    cells = [rng.normal(size=n_cells) for _ in range(4)] + [rng.normal(size=n_th)]
+    with RunLog(tmp_path / "a", cols) as a, RunLog(tmp_path / "b", cols) as b:
+        for k in range(60):
+            for arr in cells:
+                arr[:] = rng.normal(size=len(arr)) * 10.0 ** rng.integers(-3, 3)
+            if k == 30:
+                cells[2] = cells[2].copy()  # a new array: the pointer table is rebuilt
+            for row in rows:
+                for j in range(n_st):
+                    if k % 17 == 5 and j == 0:
+                        row.set_stack(j, math.nan, row._no_pressure[j], math.nan, math.nan)
+                    else:
+                        row.set_stack(j, float(k), np.full(load_cells[j], 1000.0 + k),
+                                      1.5 * k, -0.25, math.inf if k % 3 else math.nan)
+            masks = rng.integers(0, 2**32, size=n_st, dtype=np.uint64)
+            masks = masks.astype((np.uint32, np.int64, np.uint64)[k % 3])
+            vals = (0.1 * k, k % 6, rng.normal() * 100.0, 80.0 + k, math.nan if k % 7 == 0
+                    else 79.5)
+            args = (float(rng.normal() * 50.0), math.inf, k % 8)
+            tail = (k % 4, 1e-4 * k)
+            assert a.row_segments(rows[0].fill(*vals, cells, *args, masks, *tail), vals[0])
+            assert b.row_tick(rows[1], *vals, cells, *args, masks, *tail)
+        with pytest.raises(ValueError, match="balance masks"):
+            b.row_tick(rows[1], *vals, cells, *args, masks[:-1] if n_st > 1 else masks[:0],
+                       *tail)
     want = (tmp_path / "a" / "ticks.csv").read_bytes()
     assert (tmp_path / "b" / "ticks.csv").read_bytes() == want

@@ -110,7 +110,8 @@ def test_a_stack_warmer_than_its_model_raises_after_the_cusum_limit() -> None:
     assert not rec.active
 
 
-def test_an_unconverged_estimate_or_a_missing_thermistor_holds_the_cusum_at_zero() -> None:
+def test_an_unconverged_estimate_a_missing_thermistor_or_a_sensor_fault_hold_the_cusum(
+) -> None:
     cc, table = _check(), FaultTable()
     t = _feed(cc, 0.0, 5.0, 25.0, 0.01, table)
     t = _feed(cc, t, t + 120.0, 27.0, 0.10, table)  # SOC sigma 10 %: the heat is not trusted
@@ -121,8 +122,28 @@ def test_an_unconverged_estimate_or_a_missing_thermistor_holds_the_cusum_at_zero
         cc.observe(0, t + k * 0.1, 0.0, 3.77, soc, np.full(23, 0.01), np.zeros(23), temps)
         cc.step(t + k * 0.1, table)
     assert cc.cusum_k_s(0) == 0.0 and not table.records()
+    temps[2] = 27.0
+    t += 120.0
+    for k in range(1200):  # a sensor fault of the stack (the controller says): not trusted
+        cc.observe(0, t + k * 0.1, 0.0, 3.77, soc, np.full(23, 0.01), np.zeros(23), temps,
+                   inputs_ok=False)
+        cc.step(t + k * 0.1, table)
+    assert cc.cusum_k_s(0) == 0.0 and not table.records()
 
 
 def test_a_pack_without_a_cooling_section_has_no_check() -> None:
     pack = dataclasses.replace(load_pack("ssb-23"), cooling=None)
     assert CoolingCheck.from_pack(pack, THERMAL_CHECK) is None
+
+
+def test_the_faults_campaign_runs_the_coolant_loss_on_its_own_load() -> None:
+    from bms.app.campaign.runner import expected_codes
+    from bms.app.campaign.spec import load_spec
+
+    spec = load_spec("faults")
+    runs = [r for r in spec.runs if r.fault is not None and r.fault.name == "coolant-loss"]
+    # once per seed on the fast charge, not once per scenario; the other cases on udds
+    assert len(runs) == 10 and {r.scenario for r in runs} == {"fast-charge"}
+    assert len(spec.runs) == 220
+    assert {r.scenario for r in spec.runs if r not in runs} == {"udds"}
+    assert expected_codes(runs[0].fault)[0] == "COOLING_DEGRADED"

@@ -13,10 +13,12 @@ Targets (issue 11; :data:`TARGETS`): SOC RMSE <= 0.5 %, max |error| <= 2 % after
 10 minutes, 3-sigma coverage 95-99.7 %, median 3-sigma bound <= 1.5 %, in every file.
 
     bms accuracy --truth-dir /tmp/truth --out runs/accuracy [--sets Chen2020] [--check]
-                 [--no-charge-transfer] [--no-diffusion-slope]
+                 [--no-charge-transfer] [--no-diffusion-slope] [--fits-from runs/accuracy]
 
 Output: ``accuracy.json`` and ``accuracy.md`` (one row per replay), the fitted packs and their
-fit reports under ``fit/<set>/``. ``--check`` exits 1 when a target is missed.
+fit reports under ``fit/<set>/``. ``--fits-from DIR`` scores the packs an earlier run fitted
+(``DIR/fit/<set>/<set>.yaml``) instead of fitting again (the fits take most of the time).
+``--check`` exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -176,6 +178,16 @@ def score_case(pack: PackConfig, case: DriveCase, soc0: float | None,
                       res.wall_s)
 
 
+def fitted_pack(fits_from: Path, set_name: str) -> PackConfig:
+    """The pack an earlier ``bms accuracy --out fits_from`` fitted for ``set_name``."""
+    path = fits_from / "fit" / set_name / f"{set_name}.yaml"
+    if not path.is_file():
+        raise UnreadableFileError(f"--fits-from {fits_from}: {path} not found (the --out "
+                                  "folder of an earlier bms accuracy run that fitted "
+                                  f"{set_name})")
+    return load_pack(path)
+
+
 def starts(initial_soc: float, soc_errors: tuple[float, ...]) -> list[float | None]:
     """None (from the OCV) and every initial error that keeps the start inside [0, 1]."""
     out: list[float | None] = [None]
@@ -187,11 +199,11 @@ def run(truth_dir: Path, out_dir: Path, sets: list[str] | None = None,
         temperatures: list[float] | None = None,
         soc_errors: tuple[float, ...] = DEFAULT_SOC_ERRORS, settle_s: float = DEFAULT_SETTLE_S,
         rc_branches: int = 2, base: str = "ssb-23", pack: str | None = None,
-        log=print, charge_transfer: bool = True, diffusion_slope: bool = True
-        ) -> list[CaseResult]:
-    """Fit each set (or use ``pack`` for all; ``charge_transfer``: ``bms fit
-    --charge-transfer``; ``diffusion_slope``: ``--diffusion-slope``), replay each drive file
-    from each start, score."""
+        log=print, charge_transfer: bool = True, diffusion_slope: bool = True,
+        fits_from: Path | None = None) -> list[CaseResult]:
+    """Fit each set (or use ``pack`` for all, or the packs fitted under ``fits_from``;
+    ``charge_transfer``: ``bms fit --charge-transfer``; ``diffusion_slope``:
+    ``--diffusion-slope``), replay each drive file from each start, score."""
     truth_sets = discover(truth_dir)
     if sets:
         unknown = sorted(set(sets) - {t.name for t in truth_sets})
@@ -202,11 +214,14 @@ def run(truth_dir: Path, out_dir: Path, sets: list[str] | None = None,
     results = []
     for ts in truth_sets:
         t0 = time.perf_counter()
-        model = load_pack(pack) if pack else fit_pack(ts, out_dir / "fit" / ts.name,
-                                                       rc_branches, base, charge_transfer,
-                                                       diffusion_slope)
-        log(f"{ts.name}: model {'from ' + str(pack) if pack else 'fitted'} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        if pack:
+            model, how = load_pack(pack), f"from {pack}"
+        elif fits_from is not None:
+            model, how = fitted_pack(fits_from, ts.name), f"as fitted in {fits_from}"
+        else:
+            model, how = fit_pack(ts, out_dir / "fit" / ts.name, rc_branches, base,
+                                  charge_transfer, diffusion_slope), "fitted"
+        log(f"{ts.name}: model {how} ({time.perf_counter() - t0:.1f} s)")
         for case in ts.drives:
             if temperatures is not None and case.temperature_c not in temperatures:
                 continue
@@ -287,6 +302,9 @@ def parser() -> argparse.ArgumentParser:
                          "%(default)s)")
     ap.add_argument("--pack", default=None,
                     help="score this pack for every set instead of fitting (a baseline)")
+    ap.add_argument("--fits-from", type=Path, default=None, metavar="DIR",
+                    help="score the packs an earlier run fitted (DIR/fit/SET/SET.yaml, DIR its "
+                         "--out) instead of fitting again")
     ap.add_argument("--check", action="store_true",
                     help=f"exit {int(ExitCode.CHECK_FAILED)} when a target is missed")
     return ap
@@ -313,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args.truth_dir, args.out, sets, temps, errors, args.settle_s,
                       args.rc_branches, args.base, args.pack,
                       charge_transfer=args.charge_transfer,
-                      diffusion_slope=args.diffusion_slope)
+                      diffusion_slope=args.diffusion_slope, fits_from=args.fits_from)
         wall = time.perf_counter() - t0
         (args.out / "accuracy.json").write_text(json.dumps(
             {"targets": TARGETS, "settle_s": args.settle_s, "wall_s": round(wall, 2),

@@ -192,6 +192,10 @@ class FitResult:
         out: dict = {"voltage_noise_v": vn, "voltage_noise_r0_rel": 0.0}
         if self.soc_process_noise_per_s is not None:
             out["soc_process_noise_per_s"] = float(f"{self.soc_process_noise_per_s:.3g}")
+            if self.voltage_noise_table is not None:
+                # the noise that random walk goes with: per cell it follows the table's value
+                # at the cell's SOC and temperature (docs/estimation.md, "Noise")
+                out["soc_process_noise_ref_v"] = _num(self.voltage_noise_v, 5)
         return out
 
     def write_pack(self, path: str | Path) -> Path:
@@ -210,7 +214,9 @@ class FitResult:
             "# 0.2 A) in the first 60 s after current, per HPPC level and test temperature",
             "# (floor 1 mV); voltage_noise_r0_rel 0 (no extra error under load);",
             "# soc_process_noise_per_s: the base's, scaled by the square of the largest",
-            "# per-temperature RMS at rest over the base's voltage_noise_v (docs/estimation.md).",
+            "# per-temperature RMS at rest over the base's voltage_noise_v (docs/estimation.md);",
+            "# soc_process_noise_ref_v: that RMS; each cell's random walk is scaled by the",
+            "# table's value at its SOC and temperature over it.",
             "# Protections and limits are the base's: check them against the cell's datasheet.",
         ]
         text = "\n".join(header) + "\n" + yaml.safe_dump(
@@ -317,7 +323,10 @@ class FitResult:
                 + ("" if self.soc_process_noise_per_s is None or self.base_noise is None else
                    f"soc_process_noise_per_s {self.soc_process_noise_per_s:.3g} /s (the "
                    f"base's {self.base_noise[1]:.3g} /s x ({self.voltage_noise_v * 1e3:.2f} / "
-                   f"{self.base_noise[0] * 1e3:.2f} mV)^2); ")
+                   f"{self.base_noise[0] * 1e3:.2f} mV)^2"
+                   + ("" if self.voltage_noise_table is None else
+                      f", per cell x the table's value / {self.voltage_noise_v * 1e3:.2f} mV: "
+                      "soc_process_noise_ref_v") + "); ")
                 + "the other estimator settings are the base's",
                 ""]
         out += [f"- {n}" for n in self.notes if "OCV" not in n]

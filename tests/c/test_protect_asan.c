@@ -454,9 +454,57 @@ static void test_gather(void)
     free(b);
 }
 
+/* ssb_format_tick: head (5) and tail (4n + 5) exactly sized, the row of the segments
+ * [head, cells, tail] as ssb_format_segments gives it from the same values. */
+static void test_format_tick(size_t n_stacks)
+{
+    size_t n_tail = 4 * n_stacks + 5, n_cells = 7, n = 5 + n_cells + n_tail;
+    double *head = calloc(5, sizeof(double)), *tail = calloc(n_tail, sizeof(double));
+    double *cells = calloc(n_cells, sizeof(double)), *flat = calloc(n, sizeof(double));
+    uint32_t *masks = calloc(n_stacks ? n_stacks : 1, sizeof(uint32_t));
+    signed char *d = calloc(n, 1);
+    size_t cap = n * SSB_FMT_FIELD_MAX + 1;
+    char *out = malloc(cap), *want = malloc(cap);
+    for (size_t i = 0; i < n_cells; i++)
+        cells[i] = 3.5 + 0.01 * (double)i;
+    for (size_t k = 0; k < n_stacks; k++)
+        masks[k] = 0xFFFFFFFFu >> (k % 32);
+    for (size_t i = 0; i < n; i++)
+        d[i] = (signed char)(i % 11) - 1;
+    const double *seg[3] = {head, cells, tail};
+    size_t seg_len[3] = {5, n_cells, n_tail};
+    int64_t len = ssb_format_tick(head, tail, n_stacks, 1.5, 2.0, -3.25, NAN, INFINITY, 10.0,
+                                  20.0, 3.0, masks, 1.0, 1e-4, seg, seg_len, 3, d, out, cap);
+    CHECK(len > 0);
+    CHECK(head[0] == 1.5 && head[3] != head[3] && tail[3 * n_stacks + 2] == 3.0);
+    CHECK(tail[4 * n_stacks + 4] == 1e-4 && (n_stacks == 0 || tail[3 * n_stacks + 3] == 4294967295.0));
+    memcpy(flat, head, 5 * sizeof(double));
+    memcpy(flat + 5, cells, n_cells * sizeof(double));
+    memcpy(flat + 5 + n_cells, tail, n_tail * sizeof(double));
+    CHECK(ssb_format_row(flat, d, n, want, cap) == len && memcmp(out, want, (size_t)len) == 0);
+    CHECK(ssb_format_tick(NULL, tail, n_stacks, 0, 0, 0, 0, 0, 0, 0, 0, masks, 0, 0, seg,
+                          seg_len, 3, d, out, cap) == SSB_FMT_ERR_NULL);
+    if (n_stacks)
+        CHECK(ssb_format_tick(head, tail, n_stacks, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0, 0, seg,
+                              seg_len, 3, d, out, cap) == SSB_FMT_ERR_NULL);
+    CHECK(ssb_format_tick(head, tail, n_stacks, 1.5, 2.0, -3.25, NAN, INFINITY, 10.0, 20.0,
+                          3.0, masks, 1.0, 1e-4, seg, seg_len, 3, d, out, (size_t)len - 1)
+          == SSB_FMT_ERR_FULL);
+    free(head);
+    free(tail);
+    free(cells);
+    free(flat);
+    free(masks);
+    free(d);
+    free(out);
+    free(want);
+}
+
 int main(void)
 {
     test_errors();
+    for (size_t n = 0; n <= 40; n++)
+        test_format_tick(n);
     test_gather();
     test_timing_and_special_values();
     for (size_t n = 1; n <= 300; n++) {
