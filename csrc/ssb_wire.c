@@ -105,6 +105,34 @@ int ssb_wire_encode(uint8_t version, uint8_t type, uint16_t seq, const char *pay
     return (int)w;
 }
 
+int ssb_wire_encode_sample(uint16_t seq, uint32_t dt_us, int with_hb, uint16_t hb_seq,
+                           uint8_t hb_state, uint32_t hb_ms, char *out, size_t out_cap)
+{
+    if (out == NULL)
+        return SSB_WIRE_ERR_NULL;
+    const size_t hb_len = with_hb ? 6u + SSB_WIRE_FRAME_OVERHEAD : 0u;
+    if (out_cap < hb_len + 4u + SSB_WIRE_FRAME_OVERHEAD)
+        return SSB_WIRE_ERR_SIZE;
+    /* proto_encode wants a full-size buffer: encode into one, copy the exact frames out */
+    uint8_t tmp[PROTO_MAX_ENCODED];
+    uint8_t payload[6];
+    size_t w = 0;
+    if (with_hb) {
+        payload[0] = hb_state;
+        payload[1] = 0;
+        put_u32(payload + 2, hb_ms);
+        if (proto_encode(PROTO_VERSION, MSG_HEARTBEAT, hb_seq, payload, 6, tmp) != hb_len)
+            return SSB_WIRE_ERR_SIZE; /* cannot happen: one COBS block */
+        memcpy(out, tmp, hb_len);
+        w = hb_len;
+    }
+    put_u32(payload, dt_us);
+    if (proto_encode(PROTO_VERSION, MSG_SAMPLE, seq, payload, 4, tmp) != 4u + SSB_WIRE_FRAME_OVERHEAD)
+        return SSB_WIRE_ERR_SIZE;
+    memcpy(out + w, tmp, 4u + SSB_WIRE_FRAME_OVERHEAD);
+    return (int)(w + 4u + SSB_WIRE_FRAME_OVERHEAD);
+}
+
 static int64_t s32(uint32_t u)
 {
     /* two's complement without an implementation-defined conversion */

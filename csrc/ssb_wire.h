@@ -76,6 +76,14 @@ int ssb_wire_scan(const char *buf, size_t n, size_t start, ssb_wire_scan_t *st, 
 int ssb_wire_encode(uint8_t version, uint8_t type, uint16_t seq, const char *payload,
                     size_t len, char *out, size_t out_cap);
 
+/* The host's usual request of a tick in one call: when with_hb, a HEARTBEAT (seq hb_seq,
+ * bms_state hb_state, host_time_ms hb_ms) first, then a SAMPLE (seq, dt_us), framed back to back
+ * into out exactly as two ssb_wire_encode calls with their payloads (HEARTBEAT: u8 state, pad,
+ * u32 time; SAMPLE: u32 dt_us) would. Returns the bytes written (10 + 4, plus 10 + 6 with the
+ * HEARTBEAT), SSB_WIRE_ERR_SIZE when out_cap is smaller, SSB_WIRE_ERR_NULL for a NULL out. */
+int ssb_wire_encode_sample(uint16_t seq, uint32_t dt_us, int with_hb, uint16_t hb_seq,
+                           uint8_t hb_state, uint32_t hb_ms, char *out, size_t out_cap);
+
 /* Unpack a MEASUREMENT payload into vals: timestamp_ms, status, current_raw, bus_voltage_raw,
  * then cell_raw[n_cells], thermistor_raw[n_thermistors], load_cell_raw[n_load_cells] (u16
  * channels zero-extended, i32 sign-extended). Writes the three counts to counts[0..3). Returns

@@ -20,6 +20,14 @@ board's description. When the run's clock is given, the board's clock (INFO capa
 real-clock board under a sim-clock host ignores the SAMPLEs' dt; either is refused at the
 handshake with one line naming both (:class:`ClockMismatchError`).
 
+The usual tick has a fast lane with the same outcome (tests/test_link_fast.py): a SAMPLE
+requested while no other SAMPLE is kept that way is only its seq (no pending record), framed
+with any HEARTBEAT deferred before it in one C call (:meth:`SerialLink.send_sample`); waiting
+for it into a lane first takes what has already arrived without a deadline
+(:meth:`SerialLink.try_lane`). Anything else (another request, a poll, a wait on another seq,
+an answer that is not alone) first turns the seq into the pending record it would have been
+(``_materialize``) and goes the general way.
+
 An INFO with a new ``boot_id`` at any time means the board reset (its contactors are open and
 its state is lost): :attr:`BoardClient.resets` counts it and :meth:`BoardClient.take_reset`
 lets the controller poll for it once.
@@ -168,6 +176,12 @@ class BoardClient:
         self.link: SerialLink | None = link
         self._info: Info | None = None
         self._pending: dict[int, _Pending] = {}
+        # The fast lane of the usual tick (module docstring): the seq of a SAMPLE pending but
+        # kept as a number (0: none); anything else that needs the pending requests makes it
+        # a _Pending first (_materialize).
+        self._sample_seq = 0
+        self._dt_s = 0.0
+        self._dt_us = 0
         self._retry_msgs: dict[int, Message] = {}
         self._reset_flag = False
         self._closed_totals: dict[str, int] = {}
@@ -196,6 +210,7 @@ class BoardClient:
             self.link.close()
             self.link = None
         self._pending.clear()
+        self._sample_seq = 0
 
     def __enter__(self) -> BoardClient:
         if self.link is None:
@@ -342,8 +357,18 @@ class BoardClient:
 
     def request_sample(self, dt_s: float) -> int:
         """Send SAMPLE (advance the sim clock by dt_s, then measure) without waiting; the seq."""
-        dt_us = int(round(dt_s * 1e6))
-        return self._request(Sample(dt_us))
+        if dt_s != self._dt_s:
+            self._dt_s, self._dt_us = dt_s, int(round(dt_s * 1e6))
+        link = self.link
+        if link is not None and not self._sample_seq and len(self._pending) < _MAX_PENDING:
+            # The usual tick: the seq alone is the bookkeeping (_materialize makes it a
+            # _Pending, in its place, before anything else reads or adds one; with fewer than
+            # _MAX_PENDING already there, _request would not have forgotten one either).
+            seq = link.send_sample(self._dt_us)
+            self._sample_seq = seq
+            self.stats.requests += 1
+            return seq
+        return self._request(Sample(self._dt_us))
 
     def wait_measurement(self, seq: int, timeout_s: float | None = None,
                          retries: int | None = None) -> Measurement:
@@ -360,6 +385,19 @@ class BoardClient:
         otherwise the Measurement, as wait_measurement. Same timeouts, retries, stale-reply
         and reset handling either way. ``retries``: this wait's retries (default the
         client's)."""
+        link = self.link
+        if seq == self._sample_seq and link is not None:
+            # The usual tick: the answer is already there and alone (always over emu://, where
+            # the board answers inside the write; usually over a pipelined pty): no deadline,
+            # no pending record. Anything else goes on to _wait with the bytes already decoded.
+            try:
+                if link.try_lane(seq, lane):
+                    self._sample_seq = 0
+                    self.stats.replies += 1
+                    return lane
+            except BaseException:
+                self._sample_seq = 0  # as _wait forgets a request that failed
+                raise
         m = self._wait(seq, timeout_s, _SAMPLE_RETRY, lane, retries)
         assert isinstance(m, (Measurement, MeasurementLane))  # noqa: S101 (_REPLY_TYPES)
         return m
@@ -395,11 +433,10 @@ class BoardClient:
     def heartbeat(self, bms_state: int, host_time_ms: int, defer: bool = False) -> None:
         """Send HEARTBEAT (no reply: beats are not acknowledged). ``defer=True`` queues it to
         leave in the same write as the next request (the controller's next SAMPLE)."""
-        msg = Heartbeat(int(bms_state), int(host_time_ms) & 0xFFFFFFFF)
         if defer:
-            self._link().defer(msg)
+            self._link().defer_heartbeat(int(bms_state), int(host_time_ms) & 0xFFFFFFFF)
         else:
-            self._link().send(msg)
+            self._link().send(Heartbeat(int(bms_state), int(host_time_ms) & 0xFFFFFFFF))
 
     def inject_fault(self, fault: int, target: int = 0xFF, value: float = 0.0,
                      clear: bool = False, timeout_s: float | None = None) -> None:
@@ -411,6 +448,7 @@ class BoardClient:
     def poll(self, timeout_s: float = 0.0) -> None:
         """Process whatever has arrived (unsolicited INFO after a reset, late replies)."""
         link = self._link()
+        self._materialize()
         f = link.recv(timeout_s)
         while f is not None:
             self._dispatch(f.seq, f.msg)  # type: ignore[arg-type]
@@ -418,7 +456,16 @@ class BoardClient:
 
     # ------------------------------------------------------------------ machinery
 
+    def _materialize(self) -> None:
+        """The SAMPLE kept as a number (request_sample's fast lane) as a _Pending, in the
+        place it would have had: nothing has been asked since without coming here first."""
+        seq = self._sample_seq
+        if seq:
+            self._sample_seq = 0
+            self._pending[seq] = _Pending(MsgType.SAMPLE, [seq])
+
     def _request(self, msg: Message) -> int:
+        self._materialize()
         seq = self._link().send(msg)
         if len(self._pending) >= _MAX_PENDING:
             # Requests never waited for (a controller that gave up): forget the oldest.
@@ -465,6 +512,7 @@ class BoardClient:
               lane: MeasurementLane | None = None, retries: int | None = None
               ) -> Message | MeasurementLane:
         """``timeout_s`` 0 still reads what has arrived (a bounded wait at a tick's end)."""
+        self._materialize()
         p = self._pending.get(seq)
         if p is None:
             raise LinkError(f"{self.port}: no request pending with seq {seq}")

@@ -33,8 +33,11 @@ import serial
 from hil.protocol import (
     DecodedFrame,
     FrameDecoder,
+    Heartbeat,
     LinkCounters,
     Message,
+    Sample,
+    SampleEncoder,
     encode_frame,
     next_seq,
     wire_values_pointer,
@@ -106,6 +109,10 @@ class SerialLink:
         self._frames: collections.deque[DecodedFrame] = collections.deque()
         self._seq = 0
         self._deferred = b""
+        # A HEARTBEAT deferred by defer_heartbeat, kept as (seq, state, time_ms) until it is
+        # framed: with the next send_sample in one C call, or into _deferred by anything else.
+        self._hb: tuple[int, int, int] | None = None
+        self._encode_sample = SampleEncoder().encode
         self._read_timeout_s = read_timeout_s
         self._write_timeout_s = write_timeout_s
 
@@ -154,6 +161,8 @@ class SerialLink:
     def send(self, msg: Message) -> int:
         """Send ``msg`` with the next host seq (1..65535, wrapping, never 0); return the seq.
         Frames queued with :meth:`defer` go out first, in the same write."""
+        if self._hb is not None:
+            self._frame_heartbeat()
         self._seq = seq = next_seq(self._seq)
         frame = encode_frame(msg, seq)
         if self._deferred:
@@ -168,12 +177,46 @@ class SerialLink:
         For frames without a reply whose exact departure time does not matter within one tick
         (HEARTBEAT): one write and one wake-up of the board instead of two.
         """
+        if self._hb is not None:
+            self._frame_heartbeat()
         self._seq = seq = next_seq(self._seq)
         self._deferred += encode_frame(msg, seq)
         return seq
 
+    def defer_heartbeat(self, bms_state: int, host_time_ms: int) -> int:
+        """``defer(Heartbeat(bms_state, host_time_ms))``, framed only when it leaves: with the
+        next :meth:`send_sample`, both frames in one C call (the controller's usual tick)."""
+        if (self._hb is not None or self._deferred or not 0 <= bms_state <= 0xFF
+                or not 0 <= host_time_ms <= 0xFFFFFFFF):
+            return self.defer(Heartbeat(bms_state, host_time_ms))
+        self._seq = seq = 1 if self._seq >= 0xFFFF else self._seq + 1  # next_seq, inlined
+        self._hb = (seq, bms_state, host_time_ms)
+        return seq
+
+    def send_sample(self, dt_us: int) -> int:
+        """``send(Sample(dt_us))``: the same seq and bytes (a HEARTBEAT deferred by
+        :meth:`defer_heartbeat` first, in the same write), framed in one C call without
+        message objects."""
+        if self._deferred or not 0 <= dt_us <= 0xFFFFFFFF:
+            return self.send(Sample(dt_us))
+        self._seq = seq = 1 if self._seq >= 0xFFFF else self._seq + 1
+        hb = self._hb
+        if hb is not None:
+            self._hb = None
+        self.write(self._encode_sample(seq, dt_us, hb))
+        return seq
+
+    def _frame_heartbeat(self) -> None:
+        """The HEARTBEAT kept by defer_heartbeat, framed into the deferred bytes (its seq as
+        given then): something other than send_sample is about to send or queue."""
+        hb_seq, state, time_ms = self._hb  # type: ignore[misc]
+        self._hb = None
+        self._deferred += encode_frame(Heartbeat(state, time_ms), hb_seq)
+
     def flush(self) -> None:
         """Write any deferred frames now."""
+        if self._hb is not None:
+            self._frame_heartbeat()
         if self._deferred:
             data, self._deferred = self._deferred, b""
             self.write(data)
@@ -250,6 +293,40 @@ class SerialLink:
                         data, seq, lane.pointer, lane.n_values):
                     return lane
                 frames.extend(self.decoder.feed(data))
+
+    def try_lane(self, seq: int, lane: MeasurementLane) -> bool:
+        """:meth:`recv`'s fast lane without any wait: when no frame is queued and what has
+        arrived (one read that does not block) is exactly the MEASUREMENT ``seq``, it is
+        unpacked into ``lane``: True. Otherwise False, and whatever the read brought is decoded
+        into the queue :meth:`recv` takes from, as recv would have done with it (so a caller
+        goes on with recv: same frames, same counters)."""
+        if self._frames:
+            return False
+        data = self.read_now()
+        if not data:
+            return False
+        if self.decoder.take_measurement(data, seq, lane.pointer, lane.n_values):
+            return True
+        self._frames.extend(self.decoder.feed(data))
+        return False
+
+    def read_now(self) -> bytes:
+        """The bytes waiting, without waiting (b"" when none): one non-blocking read on a
+        descriptor, ``read(in_waiting)`` on a URL handler. BoardLostError as read_available."""
+        try:
+            fd = self._fd
+            if fd is not None:
+                try:
+                    return os.read(fd, _READ_CHUNK)  # b"" is not end of file here (VMIN = 0)
+                except BlockingIOError:
+                    return b""
+            ser = self._ser
+            n = ser.in_waiting
+            return ser.read(n) if n > 0 else b""
+        except (serial.SerialException, OSError) as exc:
+            raise BoardLostError(f"{self.port}: read failed: {exc}") from exc
+        except (AttributeError, TypeError) as exc:  # after close(): pyserial's fd is None
+            raise BoardLostError(f"{self.port}: port is closed") from exc
 
     def recv_any(self, timeout_s: float) -> DecodedFrame | None:
         """Like recv, but also returns rejected frames (``error`` set), as a board needs."""

@@ -43,6 +43,7 @@ __all__ = [
     "FaultInject", "Message", "MESSAGE_CLASSES",
     "encode_frame", "encode_payload", "decode_frame", "decode_payload", "FrameError",
     "DecodedFrame", "LinkCounters", "FrameDecoder", "next_seq", "crc16", "encode_raw_frame",
+    "SampleEncoder",
     "message_fields", "encode_frame_reference", "WIRE_ENGINE",
 ]
 
@@ -646,6 +647,43 @@ def wire_values_pointer(values: Any) -> Any:
 def _enc_buffer() -> tuple[Any, Any]:
     out = _ffi.new("char[]", _ENC_CAP)
     return out, _ffi.buffer(out)
+
+
+class SampleEncoder:
+    """The host's usual request of a tick, framed in one call: an optional HEARTBEAT, then a
+    SAMPLE; the same bytes as ``encode_frame(Heartbeat(state, ms), hb_seq) +
+    encode_frame(Sample(dt_us), seq)`` (C engine: ``ssb_wire_encode_sample`` into a buffer made
+    once, no message objects; reference engine: exactly that sum). The caller keeps the fields
+    within their wire types (seq u16, dt_us and ms u32, state u8); one encoder per link (the
+    buffer is not shared between threads)."""
+
+    __slots__ = ("_call", "_out", "_view", "_engine")
+
+    def __init__(self, engine: str = "auto") -> None:
+        if engine == "auto":
+            engine = WIRE_ENGINE
+        if engine == "c":
+            if _lib is None:
+                raise RuntimeError("the C wire codec is not built (pip install -e .)")
+            self._call = _lib.ssb_wire_encode_sample
+            self._out = _ffi.new("char[]", 64)
+            self._view = _ffi.buffer(self._out)
+        elif engine != "reference":
+            raise ValueError(f"engine {engine!r}: expected 'auto', 'c' or 'reference'")
+        self._engine = engine
+
+    def encode(self, seq: int, dt_us: int, hb: tuple[int, int, int] | None = None) -> bytes:
+        """The frames: ``hb`` = (hb_seq, bms_state, host_time_ms) of a HEARTBEAT to lead."""
+        if self._engine == "reference":
+            frame = encode_frame_reference(Sample(dt_us), seq)
+            if hb is None:
+                return frame
+            return encode_frame_reference(Heartbeat(hb[1], hb[2]), hb[0]) + frame
+        if hb is None:
+            n = self._call(seq, dt_us, 0, 0, 0, 0, self._out, 64)
+        else:
+            n = self._call(seq, dt_us, 1, hb[0], hb[1], hb[2], self._out, 64)
+        return self._view[:n]
 
 
 _new_df = DecodedFrame._make  # tuple.__new__: skips the NamedTuple's Python-level __new__

@@ -394,3 +394,23 @@ def test_unpack_measurement_matches_the_parser(seed: int) -> None:
                                                counts) == lib.SSB_WIRE_ERR_SIZE
         assert lib.ssb_wire_unpack_measurement(payload, len(payload), vals, k - 1,
                                                counts) == lib.SSB_WIRE_ERR_SIZE
+
+
+def test_sample_encoder_is_the_two_frames_of_the_reference() -> None:
+    """SampleEncoder (the host's tick request: ssb_wire_encode_sample in one call) gives the
+    bytes of encode_frame_reference(Heartbeat) + encode_frame_reference(Sample), on both
+    engines, for random and extreme fields (seqs with zero bytes: COBS groups move)."""
+    rng = random.Random(11)
+    c, ref = proto.SampleEncoder("c"), proto.SampleEncoder("reference")
+    edges = (0, 1, 0xFF, 0x100, 0xFFFF)
+    for i in range(3000):
+        seq = rng.choice(edges) if i % 5 == 0 else rng.randrange(65536)
+        dt_us = rng.choice((0, 100_000, 0xFFFFFFFF, rng.randrange(2**32)))
+        hb = None if i % 3 == 0 else (rng.randrange(65536), rng.choice((0, 1, 255)),
+                                      rng.choice((0, 2**32 - 1, rng.randrange(2**32))))
+        want = encode_frame_reference(Sample(dt_us), seq)
+        if hb is not None:
+            want = encode_frame_reference(Heartbeat(hb[1], hb[2]), hb[0]) + want
+        assert c.encode(seq, dt_us, hb) == ref.encode(seq, dt_us, hb) == want
+    with pytest.raises(ValueError, match="engine"):
+        proto.SampleEncoder("fast")

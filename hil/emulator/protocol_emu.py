@@ -229,7 +229,8 @@ class EmuSerial(SerialBase):
         usually brings: the host's fast lane takes a MEASUREMENT read alone)."""
         if not self.is_open:
             raise PortNotOpenError()
-        return len(self._rx[0]) if self._rx else 0
+        rx = self._rx
+        return len(rx[0]) if rx else 0
 
     def read(self, size: int = 1) -> bytes:
         if not self.is_open:
@@ -244,10 +245,8 @@ class EmuSerial(SerialBase):
             if timeout > 0:
                 time.sleep(timeout)
             return b""
-        first = rx[0]
-        if len(first) == size:
-            rx.popleft()
-            return first
+        if len(rx[0]) == size:  # the usual read: the whole next frame, as in_waiting said
+            return rx.popleft()
         out = bytearray()
         while rx and size > 0:
             chunk = rx[0]
@@ -264,9 +263,14 @@ class EmuSerial(SerialBase):
     def write(self, data: bytes) -> int:
         if not self.is_open:
             raise PortNotOpenError()
-        data = bytes(data)
-        self.board.feed(data)  # type: ignore[union-attr]
-        self._take()
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        board = self.board
+        board.feed(data)  # type: ignore[union-attr]
+        out = board.outbox  # type: ignore[union-attr]
+        if out:  # _take, inlined: once per request
+            self._rx.extend(out)
+            out.clear()
         return len(data)
 
     def flush(self) -> None:

@@ -3,7 +3,9 @@
  * buffers (zeros, valid frames, damaged frames, long runs) scanned whole and from random start
  * points with record buffers from the minimum size up; results checked against the firmware's
  * byte-at-a-time reader (proto_reader_push + proto_decode) for the same stream; encode of every
- * payload length into exact-size buffers; MEASUREMENT unpacking with exact-size outputs. */
+ * payload length into exact-size buffers; MEASUREMENT unpacking with exact-size outputs; the
+ * tick's HEARTBEAT + SAMPLE in one call (ssb_wire_encode_sample) against two single encodes;
+ * the firmware's CRC against the bitwise form for every (state, byte) pair. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,8 +289,74 @@ static void test_encode_and_unpack(void)
     }
 }
 
+/* proto_crc16 (a byte per step) against the bitwise CRC-16/CCITT-FALSE, over every (state,
+ * byte) pair: the states after two bytes from 0xFFFF are all 65536 (the step is a bijection of
+ * the state for a fixed byte), so every two-byte prefix and third byte covers the whole table. */
+static uint16_t crc_bitwise_step(uint16_t crc, uint8_t byte)
+{
+    crc ^= (uint16_t)((uint16_t)byte << 8);
+    for (int b = 0; b < 8; b++)
+        crc = (crc & 0x8000u) ? (uint16_t)((crc << 1) ^ 0x1021u) : (uint16_t)(crc << 1);
+    return crc;
+}
+
+static void test_crc(void)
+{
+    CHECK(proto_crc16((const uint8_t *)"123456789", 9) == 0x29B1); /* the catalogue's check */
+    CHECK(proto_crc16(NULL, 0) == 0xFFFF);
+    static uint8_t seen[65536 / 8];
+    uint8_t buf[3];
+    for (uint32_t pre = 0; pre < 65536; pre++) {
+        buf[0] = (uint8_t)pre;
+        buf[1] = (uint8_t)(pre >> 8);
+        const uint16_t state = crc_bitwise_step(crc_bitwise_step(0xFFFF, buf[0]), buf[1]);
+        CHECK(proto_crc16(buf, 2) == state);
+        seen[state >> 3] |= (uint8_t)(1u << (state & 7));
+        for (uint32_t b = 0; b < 256; b++) {
+            buf[2] = (uint8_t)b;
+            CHECK(proto_crc16(buf, 3) == crc_bitwise_step(state, (uint8_t)b));
+        }
+    }
+    for (size_t i = 0; i < sizeof seen; i++)
+        CHECK(seen[i] == 0xFF); /* every state was reached */
+}
+
+/* ssb_wire_encode_sample: the same bytes as a HEARTBEAT and a SAMPLE encoded one by one, into
+ * exact-size buffers; one byte less is refused and writes nothing. */
+static void test_encode_sample(void)
+{
+    CHECK(ssb_wire_encode_sample(1, 1, 0, 0, 0, 0, NULL, 64) == SSB_WIRE_ERR_NULL);
+    for (int iter = 0; iter < 20000; iter++) {
+        const int with_hb = (int)below(2);
+        const uint16_t seq = (uint16_t)rnd(), hb_seq = (uint16_t)rnd();
+        const uint8_t state = (uint8_t)rnd();
+        const uint32_t dt = below(4) ? rnd() : (uint32_t)below(2) * 0xFFFFFFFFu;
+        const uint32_t ms = below(4) ? rnd() : 0u;
+        uint8_t p[6] = {state, 0, 0, 0, 0, 0};
+        put_u32(p + 2, ms);
+        char want[64];
+        size_t w = 0;
+        if (with_hb)
+            w = (size_t)ssb_wire_encode(1, 0x21, hb_seq, (const char *)p, 6, want, sizeof want);
+        put_u32(p, dt);
+        w += (size_t)ssb_wire_encode(1, 0x10, seq, (const char *)p, 4, want + w, sizeof want - w);
+        CHECK(w == (with_hb ? 30u : 14u));
+        char *out = malloc(w);
+        CHECK(ssb_wire_encode_sample(seq, dt, with_hb, hb_seq, state, ms, out, w) == (int)w);
+        CHECK(memcmp(out, want, w) == 0);
+        memset(out, 0x5A, w);
+        CHECK(ssb_wire_encode_sample(seq, dt, with_hb, hb_seq, state, ms, out, w - 1) ==
+              SSB_WIRE_ERR_SIZE);
+        for (size_t i = 0; i < w; i++)
+            CHECK(out[i] == 0x5A);
+        free(out);
+    }
+}
+
 int main(void)
 {
+    test_crc();
+    test_encode_sample();
     test_errors();
     test_encode_and_unpack();
     test_streams();
