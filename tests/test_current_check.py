@@ -10,46 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from emu_runs import run_ssb23, udds
 
 from bms.controller import Controller
 from bms.current_check import CurrentCheckConfig, CurrentPlausibility
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.tuning import CURRENT_CHECK
-from boards.config import load_pack
-from hil.emulator.protocol_emu import emu_url, register
-
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT / "hil" / "scenarios"
-
-
-def _scenario(tmp_path: Path, offset_a: float | None, at_s: float) -> Path:
-    data = yaml.safe_load((SCENARIOS / "udds.yaml").read_text(encoding="utf-8"))
-    for seg in data["segments"]:
-        if "csv" in seg:
-            seg["csv"] = str((SCENARIOS / seg["csv"]).resolve())
-    data["faults"] = [] if offset_a is None else [
-        {"at_s": at_s, "fault": "CURRENT_OFFSET", "target": 0, "value": offset_a}]
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def _run(tmp_path: Path, offset_a: float | None, at_s: float, duration_s: float,
          close: bool) -> Controller:
-    register()
-    pack = load_pack("ssb-23")
-    c = Controller(pack, [emu_url("ssb-23", 0, seed=3,
-                                  scenario=str(_scenario(tmp_path, offset_a, at_s)))],
-                   clock="sim")
-    c.open()
-    if close:
-        c.request_close()
-    try:
-        c.run(duration_s)
-    finally:
-        c.close()
-    return c
+    faults = [] if offset_a is None else [
+        {"at_s": at_s, "fault": "CURRENT_OFFSET", "target": 0, "value": offset_a}]
+    return run_ssb23(udds(tmp_path, faults), seed=3, duration_s=duration_s, close=close)[0]
 
 
 def _offset_records(c: Controller) -> list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
+from emu_runs import run_ssb23, udds
 
 from bms.app.campaign.runner import expected_codes, score
 from bms.app.campaign.spec import FaultSpec, RunSpec
@@ -17,35 +17,17 @@ from bms.controller import Controller
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.link_quality import LinkQuality, LinkQualityConfig
 from bms.tuning import LINK_QUALITY
-from boards.config import load_pack
-from hil.emulator.protocol_emu import emu_url, register
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT / "hil" / "scenarios"
 AT_S, CLEAR_S = 5.0, 10.0
 
 
 def _run(tmp_path: Path, corrupt: bool, duration_s: float) -> tuple[Controller, dict]:
-    data = yaml.safe_load((SCENARIOS / "udds.yaml").read_text(encoding="utf-8"))
-    for seg in data["segments"]:
-        if "csv" in seg:
-            seg["csv"] = str((SCENARIOS / seg["csv"]).resolve())
     # 0.2 % of the reply bytes flipped: ~1 in 6 MEASUREMENT frames (the faults campaign's case)
-    data["faults"] = [{"at_s": AT_S, "fault": "LINK_CORRUPT", "target": 255, "value": 0.002},
-                      {"at_s": CLEAR_S, "fault": "LINK_CORRUPT", "target": 255,
-                       "clear": True}] if corrupt else []
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    register()
-    c = Controller(load_pack("ssb-23"), [emu_url("ssb-23", 0, seed=10, scenario=str(path))],
-                   clock="sim", log_dir=tmp_path / "log")
-    c.open()
-    c.request_close()
-    try:
-        c.run(duration_s)
-    finally:
-        summary = c.close()
-    return c, summary
+    faults = [{"at_s": AT_S, "fault": "LINK_CORRUPT", "target": 255, "value": 0.002},
+              {"at_s": CLEAR_S, "fault": "LINK_CORRUPT", "target": 255,
+               "clear": True}] if corrupt else []
+    return run_ssb23(udds(tmp_path, faults), seed=10, duration_s=duration_s,
+                     log_dir=tmp_path / "log")
 
 
 def _records(c: Controller) -> list:

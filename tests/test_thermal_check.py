@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from emu_runs import run_ssb23, write_scenario
 
 from bms.controller import Controller
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.thermal_check import CoolingCheck
 from bms.tuning import THERMAL_CHECK
 from boards.config import load_pack
-from hil.emulator.protocol_emu import emu_url, register
 
 # The pack's maximum continuous discharge (3C, 15 A) from 95 %: ~3.5 W a cell.
 _DISCHARGE = {"schema": "ssb-bms/scenario/1", "name": "discharge-3c",
@@ -27,21 +26,9 @@ _DISCHARGE = {"schema": "ssb-bms/scenario/1", "name": "discharge-3c",
 
 
 def _run(tmp_path: Path, coolant_lost: bool, duration_s: float) -> Controller:
-    data = dict(_DISCHARGE)
-    data["faults"] = [{"at_s": 0.0, "fault": "COOLANT_LOSS", "target": 255}] \
-        if coolant_lost else []
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    register()
-    c = Controller(load_pack("ssb-23"), [emu_url("ssb-23", 0, seed=2, scenario=str(path))],
-                   clock="sim")
-    c.open()
-    c.request_close()
-    try:
-        c.run(duration_s)
-    finally:
-        c.close()
-    return c
+    faults = [{"at_s": 0.0, "fault": "COOLANT_LOSS", "target": 255}] if coolant_lost else []
+    return run_ssb23(write_scenario(tmp_path, _DISCHARGE, faults), seed=2,
+                     duration_s=duration_s)[0]
 
 
 def _records(c: Controller) -> list:
