@@ -1,9 +1,17 @@
 """Run log: ticks.csv (one row per tick), events.jsonl (one JSON object per line), summary.json.
 
-Crash safety: every row and event goes to the kernel with one ``os.write`` on an unbuffered file
-descriptor, so a process killed with SIGKILL leaves every complete line readable (the data is in
-the page cache; only a power loss needs ``fsync``, done at ``close``). The readers tolerate a
-torn last line anyway (a line without its newline is dropped).
+Crash safety: every event goes to the kernel with one ``os.write`` on an unbuffered file
+descriptor, and so does every row unless the log batches them (``batch_rows``: the
+controller's sim clock only), so a process killed with SIGKILL leaves every complete line
+readable (the data is in the page cache; only a power loss needs ``fsync``, done at ``close``).
+The readers tolerate a torn last line anyway (a line without its newline is dropped). A
+batching log holds at most ``batch_rows`` rows (the controller: one simulated second,
+:data:`SIM_ROW_BATCH_S`) and writes them, in one ``os.write``, when the batch is full, before
+and right after any event (a fault raised or cleared, a state change: the rows up to it and
+its own tick's row reach the kernel with it), at :meth:`RunLog.flush` (the controller's
+``run`` ends with one, whatever ends it) and at ``close``: a SIGKILL of a sim-clock run loses
+at most the last simulated second of rows, and the run can be made again from its seed (the
+sim clock is deterministic). The real clock keeps one write per row.
 
 Disk full (or any OSError on write) never raises into the controller: the row or event is
 dropped and counted; the first failure and a later recovery are reported as events (if the
@@ -48,6 +56,11 @@ EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 LOCK = "bms.lock"
 RESERVE = "summary.reserve"
+#: Rows a sim-clock controller's log holds before one write (in simulated seconds of ticks): the
+#: row's ``os.write`` was ~6 us of a ~85 us tick (docs/architecture.md "Performance"), and a
+#: sim run killed by SIGKILL can be made again from its seed. Assumption: one second bounds what
+#: a kill loses to what a reader tailing ticks.csv hardly notices.
+SIM_ROW_BATCH_S = 1.0
 #: Space set aside for the final summary.json (a 4-stack run's summary with a few hundred
 #: fault records is ~100 KiB; assumption, measured on ssb-4x23 runs with faults injected).
 RESERVE_BYTES = 256 * 1024
@@ -435,7 +448,8 @@ class _Sink:
         self.dropped = 0
         self.last_error: str | None = None
 
-    def write(self, data: bytes | memoryview, count: bool = True) -> bool:
+    def write(self, data: bytes | memoryview | bytearray, count: int = 1) -> bool:
+        """``data`` (``count`` lines, all or none counted) in as many writes as it takes."""
         view = memoryview(data)
         done = 0
         try:
@@ -470,11 +484,15 @@ class RunLog:
     """Writes one run's log into ``directory`` (created if needed).
 
     ``columns``: the ticks.csv header (units in the names); ``meta``: written as the first
-    event (pack name, seed, versions...). Methods never raise on I/O errors after opening.
+    event (pack name, seed, versions...). ``batch_rows``: rows held before one write (1: every
+    row written at once; more: see the module doc). Methods never raise on I/O errors after
+    opening.
     """
 
     def __init__(self, directory: str | Path, columns: Sequence[str],
-                 meta: Mapping[str, Any] | None = None) -> None:
+                 meta: Mapping[str, Any] | None = None, batch_rows: int = 1) -> None:
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows {batch_rows!r}: at least 1")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.columns = list(columns)
@@ -511,6 +529,13 @@ class RunLog:
         self.last_time_s: float | None = None
         self._dropping = False
         self._closed = False
+        # Rows held for one write (batch_rows > 1): their bytes, count, first and last time.
+        self.batch_rows = int(batch_rows)
+        self._held = bytearray()
+        self._held_n = 0
+        self._held_t0: Any = None
+        self._held_t: Any = None
+        self._flush_next = False  # an event was written: the next row goes out with it
         self._header = (",".join(_fmt(c) for c in self.columns) + "\n").encode()
         self._formatter: _RowFormatter | None = None  # made on the first row_array
         self._header_ok = self.ticks.write(self._header, count=False)
@@ -577,24 +602,56 @@ class RunLog:
             discharge_limit_a, outputs, balance_masks, faults_active, tick_duration_s), time_s)
 
     def _write_row(self, line: bytes | memoryview, t: Any) -> bool:
+        """Write one row, or hold it (batch_rows > 1; True then: not known to fail yet)."""
+        if self.batch_rows > 1:
+            if not self._held_n:
+                self._held_t0 = t
+            self._held += line
+            self._held_n += 1
+            self._held_t = t
+            if self._held_n >= self.batch_rows or self._flush_next:
+                self.flush()
+            return True
+        return self._write_lines(line, 1, t, t)
+
+    def flush(self) -> bool:
+        """Write the rows held (batch_rows > 1) in one ``os.write``; False when they were
+        dropped (a full disk: counted as for single rows)."""
+        self._flush_next = False
+        n = self._held_n
+        if not n:
+            return True
+        self._held_n = 0
+        try:
+            return self._write_lines(self._held, n, self._held_t0, self._held_t)
+        finally:
+            del self._held[:]
+
+    def _write_lines(self, data: bytes | memoryview | bytearray, n: int, t0: Any, t: Any
+                     ) -> bool:
+        """``n`` complete rows (times ``t0`` .. ``t``) in one write, or all dropped."""
         if not self._header_ok:
             # The header could not be written (disk full at start): it must come first, so
             # retry it before any row; until it succeeds the rows are dropped too.
             self._header_ok = self.ticks.write(self._header, count=False)
-        ok = self._header_ok and self.ticks.write(line)
+        ok = self._header_ok and self.ticks.write(data, count=n)
         if not self._header_ok:
-            self.ticks.dropped += 1
+            self.ticks.dropped += n
         if ok:
-            self.rows += 1
+            self.rows += n
             if t is not None:
                 if self.first_time_s is None:
-                    self.first_time_s = float(t)
+                    self.first_time_s = float(t0)
                 self.last_time_s = float(t)
-        self._track(ok, t)
+        self._track(ok, t0)
         return ok
 
     def event(self, obj: Mapping[str, Any]) -> bool:
-        """Append one event (a JSON object on one line). Returns False when dropped."""
+        """Append one event (a JSON object on one line). Returns False when dropped. A
+        batching log writes the rows it holds first, and the next row at once."""
+        if self._held_n:
+            self.flush()
+        self._flush_next = self.batch_rows > 1
         line = json.dumps(_json_safe(obj), separators=(",", ":"), allow_nan=False)
         return self.events.write((line + "\n").encode())
 
@@ -714,6 +771,7 @@ class RunLog:
         if self._closed:
             return self.summary()
         self._closed = True
+        self.flush()
         self._stop_summary_writer()  # a periodic summary still being written goes first
         self.ticks.close()
         self.events.close()

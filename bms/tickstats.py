@@ -23,22 +23,33 @@ BIN_RATIO = 1.01
 _LOG_RATIO = math.log(BIN_RATIO)
 N_BINS = int(math.ceil(math.log(LATENCY_MAX_S / LATENCY_MIN_S) / _LOG_RATIO)) + 1
 PERCENTILES = (50, 90, 99, 99.9)
+_LAST_BIN = N_BINS - 1
+_log = math.log
 
 
-@dataclass
 class LatencyHistogram:
-    """Fixed-size histogram of durations in seconds (N_BINS counters, exact count and max)."""
+    """Fixed-size histogram of durations in seconds (N_BINS counters, exact count and max).
 
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(N_BINS, dtype=np.int64))
-    n: int = 0
-    max_s: float = 0.0
+    The counters are a Python list (an item increment costs ~25 ns against ~110 ns for a numpy
+    element: this runs every tick); ``counts`` is them as an array."""
+
+    __slots__ = ("_bins", "n", "max_s")
+
+    def __init__(self) -> None:
+        self._bins = [0] * N_BINS
+        self.n = 0
+        self.max_s = 0.0
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array(self._bins, dtype=np.int64)
 
     def add(self, duration_s: float) -> None:
         if not duration_s > LATENCY_MIN_S:  # also NaN: a clock that went back counts as 0
             k = 0
         else:
-            k = min(int(math.log(duration_s / LATENCY_MIN_S) / _LOG_RATIO) + 1, N_BINS - 1)
-        self.counts[k] += 1
+            k = min(int(_log(duration_s / LATENCY_MIN_S) / _LOG_RATIO) + 1, _LAST_BIN)
+        self._bins[k] += 1
         self.n += 1
         if duration_s > self.max_s:
             self.max_s = duration_s
