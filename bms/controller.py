@@ -31,7 +31,7 @@ from bms.current_check import CurrentPlausibility
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.link_quality import LinkQuality
 from bms.monitor import MonitorServer
-from bms.protections import LoadCellBaseline, PackProtections, ProtectionInputs
+from bms.protections import LeakLowerBound, LoadCellBaseline, PackProtections, ProtectionInputs
 from bms.runlog import (
     SIM_ROW_BATCH_S,
     RunLog,
@@ -298,6 +298,7 @@ class Controller:
         self._cell_v, self._soc, self._soc_sigma = (np.full(n, np.nan) for _ in range(3))
         self._leak_a, self._leak_sigma_a = np.full(n, np.nan), np.full(n, np.nan)
         self._leak_low_a, self._soc_balancing = np.full(n, np.nan), np.full(n, np.nan)
+        self._leak_low = LeakLowerBound(self._leak_low_a)
         # Each stack's part of the leaks' lower bounds (the cooling check's input), made once.
         self._leak_low_views = [self._leak_low_a[s.cells] for s in self.stacks]
         self._soc_known = np.zeros(n, dtype=bool)
@@ -1247,9 +1248,7 @@ class Controller:
         # The leak protection acts on the lower 3-sigma bound: a leak that is only possible
         # (large sigma, e.g. under constant current where a capacity mismatch looks the same)
         # is not a confirmed leak (pack: estimator.leak_alarm_a).
-        leak_low = self._leak_low_a
-        np.multiply(self._leak_sigma_a, -3.0, out=leak_low)
-        leak_low += self._leak_a
+        self._leak_low.update(self._leak_a, self._leak_sigma_a)
         # One object, refreshed in place (its arrays are the pack-wide buffers; with a single
         # stack they are bound to the validator's and core's once, on the first data).
         p = self._prot_in

@@ -572,6 +572,49 @@ def _derate(dynamic_limit_a: float, max_static_a: float) -> float:
     return min(max(max_static_a - dynamic_limit_a, 0.0), max_static_a)
 
 
+class LeakLowerBound:
+    """The leak protection's input: each cell's leak estimate less ``sigmas`` of its sigma
+    (``leak + k sigma``, k = -3: the lower 3-sigma bound, so a leak that is only possible is
+    not a confirmed one), written into ``out`` (the controller's pack-wide buffer, which the
+    protections and the cooling check read). One C call a tick (ssb_protect_leak_low, pointers
+    kept while the same arrays come back); ``engine="reference"`` is the NumPy it replaces."""
+
+    def __init__(self, out: np.ndarray, k: float = -3.0, engine: str = "c") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not one of {', '.join(ENGINES)}")
+        self.out, self.k, self.engine = out, float(k), engine
+        self._src: tuple[np.ndarray, np.ndarray] | None = None
+        self._args: tuple | None = None
+
+    def update(self, leak_a: np.ndarray, leak_sigma_a: np.ndarray) -> np.ndarray:
+        """``out`` = leak_a + k leak_sigma_a (NaN where either is); returns ``out``."""
+        src = self._src
+        if src is None or leak_a is not src[0] or leak_sigma_a is not src[1]:
+            self._bind(leak_a, leak_sigma_a)
+        if self._args is None:
+            np.multiply(leak_sigma_a, self.k, out=self.out)
+            self.out += leak_a
+        else:
+            self._call(*self._args)
+        return self.out
+
+    def _bind(self, leak_a: np.ndarray, leak_sigma_a: np.ndarray) -> None:
+        self._src, self._args = (leak_a, leak_sigma_a), None
+        arrays = (leak_a, leak_sigma_a, self.out)
+        if self.engine != "c" or not all(
+                isinstance(a, np.ndarray) and a.dtype == np.float64 and a.ndim == 1
+                and a.flags.c_contiguous and len(a) == len(self.out) for a in arrays):
+            return  # the NumPy path (it raises on a wrong shape)
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi = _core.ffi
+        self._call = _core.lib.ssb_protect_leak_low
+        # the arrays are held in _src (and out), so the pointers stay valid while they match
+        self._args = (ffi.from_buffer("double[]", leak_a),
+                      ffi.from_buffer("double[]", leak_sigma_a), self.k,
+                      ffi.from_buffer("double[]", self.out), len(self.out))
+
+
 class LoadCellBaseline:
     """The fixture's static load-cell imbalance, so LOAD_CELL_IMBALANCE watches its change.
 

@@ -35,7 +35,10 @@ healthy 3C discharge on the emulated stack, a false alarm).
   tap offset or a biased current sensor is a wrong heat, not a cooling fault); otherwise the
   model restarts from the measured temperature and the CUSUM from zero.
 
-Pure logic on the tick's ``time_s``; the controller feeds it and owns the fault table.
+Pure logic on the tick's ``time_s``; the controller feeds it and owns the fault table. The
+per-tick work (``observe``) runs in C (csrc/ssb_thermal.c, ``engine="c"``, the default); the
+Python here (``engine="reference"``) is its reference, held to it bit for bit by
+tests/test_thermal_check_c.py.
 """
 
 from __future__ import annotations
@@ -87,21 +90,91 @@ class CoolingCheck:
 
     def __init__(self, n_stacks: int, config: ThermalCheckConfig, heat_capacity_j_per_k: float,
                  cooling: CoolingConfig, soc_grid: np.ndarray, ocv_v: np.ndarray,
-                 docv_dt_v_per_k: np.ndarray) -> None:
+                 docv_dt_v_per_k: np.ndarray, engine: str = "c") -> None:
         """``heat_capacity_j_per_k``: a cell's; ``ocv_v`` and ``docv_dt_v_per_k``: the cell's
         OCV and its temperature slope on ``soc_grid`` at the pack's nominal temperature. The
         model runs per cell: the coolant's capacity and flow are shared by a stack's cells
-        (divided by its cell count in ``observe``)."""
+        (divided by its cell count in ``observe``). ``engine``: "c" (csrc/ssb_thermal.c) or
+        "reference" (the Python below)."""
+        if engine not in ("c", "reference"):
+            raise ValueError(f"engine {engine!r} not one of c, reference")
         self.config = config
         self.heat_capacity_j_per_k = heat_capacity_j_per_k
         self.cooling = cooling
-        self._soc_grid = np.asarray(soc_grid, dtype=float)
-        self._ocv = np.asarray(ocv_v, dtype=float)
-        self._docv = np.asarray(docv_dt_v_per_k, dtype=float)
-        self._st = [_StackState() for _ in range(n_stacks)]
+        self._soc_grid = np.ascontiguousarray(soc_grid, dtype=float)
+        self._ocv = np.ascontiguousarray(ocv_v, dtype=float)
+        self._docv = np.ascontiguousarray(docv_dt_v_per_k, dtype=float)
+        self.engine = engine
+        self._st: list = [_StackState() for _ in range(n_stacks)]
+        # A model step ran since the last ``step``: only then can a CUSUM have moved.
+        self._stepped = False
+        if engine == "c":
+            self._bind_c(n_stacks)
+
+    def _bind_c(self, n_stacks: int) -> None:
+        """The C engine: its parameters, one state per stack (the same fields as
+        _StackState, so ``step`` and the accessors read either), pointers made once."""
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi, lib = _core.ffi, _core.lib
+        self._ffi = ffi
+        c, cool = self.config, self.cooling
+        p = self._params = ffi.new("ssb_cooling_params_t *")
+        p.period_s, p.allowance_k = c.period_s, c.allowance_k
+        p.limit_k_s, p.sigma_gate = c.limit_k_s, c.sigma_gate
+        p.heat_capacity_j_per_k = self.heat_capacity_j_per_k
+        p.cell_to_coolant_w_per_k = cool.cell_to_coolant_w_per_k
+        p.coolant_heat_capacity_j_per_k = cool.coolant_heat_capacity_j_per_k
+        p.coolant_flow_w_per_k = cool.coolant_flow_w_per_k
+        p.end_plates_heat_capacity_j_per_k = cool.end_plates_heat_capacity_j_per_k
+        p.cells_to_end_plates_w_per_k = cool.cells_to_end_plates_w_per_k
+        p.end_plates_to_ambient_w_per_k = cool.end_plates_to_ambient_w_per_k
+        self._tables = [ffi.from_buffer("double[]", a)
+                        for a in (self._soc_grid, self._ocv, self._docv)]
+        p.soc_grid, p.ocv_v, p.docv_dt_v_per_k = self._tables
+        p.n_grid = len(self._soc_grid)
+        if not len(self._ocv) == len(self._docv) == p.n_grid:
+            raise ValueError("the OCV tables and the SOC grid differ in length")
+        rc = lib.ssb_cooling_check(p)
+        if rc != 0:
+            raise ValueError(f"ssb_cooling_check: {rc} (the SOC grid must be finite and "
+                             "strictly increasing)")
+        states = self._states = ffi.new("ssb_cooling_state_t[]", n_stacks)
+        self._st = [ffi.addressof(states, k) for k in range(n_stacks)]
+        for st in self._st:
+            ref = _StackState()
+            for name in ("start_c", "model_c", "coolant_c", "plates_c", "energy_j", "ocv_v",
+                         "leak_w", "docv_dt_v_per_k", "temp_c", "cusum_k_s", "residual_k",
+                         "heat_w"):
+                setattr(st, name, getattr(ref, name))
+            st.last_tick_s = st.last_step_s = math.nan  # None
+            st.inputs_bad = st.raised = 0
+        self._observe_c = lib.ssb_cooling_observe
+        # per stack: the arrays last seen (held: identity means the same live buffers) and
+        # their pointers, and a scratch buffer of the stack's cell count
+        self._bound: list[tuple | None] = [None] * n_stacks
+
+    def _pointers(self, stack: int, arrays: tuple[np.ndarray, ...]) -> tuple:
+        """The C call's pointers to these arrays (and a scratch buffer), kept for the next
+        call with the same arrays (held, so identity means the same live buffers)."""
+        if not len(arrays[0]) == len(arrays[1]) == len(arrays[2]):
+            raise ValueError(f"stack {stack}: {len(arrays[0])} SOCs, {len(arrays[1])} sigmas "
+                             f"and {len(arrays[2])} leaks")
+        ffi = self._ffi
+        held = tuple(a if a.dtype == np.float64 and a.flags.c_contiguous
+                     else np.ascontiguousarray(a, dtype=np.float64) for a in arrays)
+        if any(h is not a for h, a in zip(held, arrays, strict=True)):
+            # a copy: valid this tick only (not cached)
+            return tuple(ffi.from_buffer("double[]", h) for h in held) + (
+                ffi.new("double[]", max(len(held[0]), 1)), held)
+        ptrs = tuple(ffi.from_buffer("double[]", h) for h in held) + (
+            ffi.new("double[]", max(len(held[0]), 1)),)
+        self._bound[stack] = (*arrays, ptrs)
+        return ptrs
 
     @classmethod
-    def from_pack(cls, pack: PackConfig, config: ThermalCheckConfig) -> CoolingCheck | None:
+    def from_pack(cls, pack: PackConfig, config: ThermalCheckConfig, engine: str = "c"
+                  ) -> CoolingCheck | None:
         """The check for a pack with a ``cooling:`` section; None without it."""
         cell = pack.cell
         if pack.cooling is None:
@@ -113,7 +186,7 @@ class CoolingCheck:
         slope = (ocv[j] - ocv[i]) / (temps[j] - temps[i]) if j >= 0 and j != i \
             else np.zeros_like(ocv[i])
         return cls(len(pack.stacks), config, cell.heat_capacity_j_per_k, pack.cooling,
-                   cell.soc_grid, ocv[i], slope)
+                   cell.soc_grid, ocv[i], slope, engine=engine)
 
     def residual_k(self, stack: int) -> float:
         """Measured minus predicted mean temperature at the last model step (K)."""
@@ -137,6 +210,21 @@ class CoolingCheck:
         false when a sensor fault
         of the stack makes the heat untrustworthy. Integrates the heat; every ``period_s``
         steps the model and the CUSUM."""
+        if self.engine == "c":
+            b = self._bound[stack]
+            if b is not None and b[0] is soc and b[1] is soc_sigma and b[2] is leak_a \
+                    and b[3] is temperature_c:
+                ptrs = b[4]
+            else:
+                ptrs = self._pointers(stack, (soc, soc_sigma, leak_a, temperature_c))
+            rc = self._observe_c(self._params, self._st[stack], t, current_a, mean_cell_v,
+                                 ptrs[0], ptrs[1], ptrs[2], len(soc), ptrs[3],
+                                 len(temperature_c), inputs_ok, ptrs[4])
+            if rc < 0:  # pragma: no cover - pointers made above, never NULL
+                raise RuntimeError(f"ssb_cooling_observe: {rc}")
+            if rc:
+                self._stepped = True
+            return
         c = self.config
         s = self._st[stack]
         dt = 0.0 if s.last_tick_s is None else t - s.last_tick_s
@@ -149,6 +237,7 @@ class CoolingCheck:
                            + s.leak_w) * dt
         if s.last_step_s is not None and t - s.last_step_s < c.period_s - 1e-9:
             return
+        self._stepped = True
         temps = temperature_c.tolist()
         sig = soc_sigma.tolist()
         temp = sum(temps) / len(temps) if temps else math.nan
@@ -208,7 +297,11 @@ class CoolingCheck:
     def step(self, t: float, table: FaultTable) -> list[int]:
         """After every stack's ``observe``: raise COOLING_DEGRADED on a stack whose CUSUM
         passed the limit, clear it once the CUSUM is back to zero. Returns the stacks raised
-        on this tick."""
+        on this tick. Only a model step moves a CUSUM (``observe``): without one since the
+        last call nothing can change, and nothing is looked at."""
+        if not self._stepped:
+            return []
+        self._stepped = False
         raised: list[int] = []
         for k, s in enumerate(self._st):
             if not s.raised and s.cusum_k_s > self.config.limit_k_s:

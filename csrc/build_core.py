@@ -3,7 +3,8 @@
 - ``bms._core`` (``core_ffibuilder``): the BMS control path: the numeric core (ssb_core), the
   protection engine (ssb_protect), the CSV row formatter (ssb_format) and the measurement front
   end (ssb_frontend) and the stack chain that runs it and the core in one call (ssb_stack),
-  the balancing decision (ssb_balance), the current sensor's plausibility check (ssb_current);
+  the balancing decision (ssb_balance), the current sensor's plausibility check (ssb_current),
+  the cooling check's per-tick work (ssb_thermal);
 - ``hil._wire`` (``wire_ffibuilder``): the frame codec, csrc/ssb_wire.c batching the reference
   firmware's boards/firmware/src/proto.c (one C codec for firmware and host);
 - ``hil.emulator._plant`` (``plant_ffibuilder``): the emulator's plant step (ssb_plant) and the
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 # module name -> its parts (csrc/NAME.h + NAME.c each)
 MODULES = {
     "bms._core": ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend", "ssb_stack",
-                  "ssb_balance", "ssb_current"),
+                  "ssb_balance", "ssb_current", "ssb_thermal"),
     "hil._wire": ("ssb_wire",),
     "hil.emulator._plant": ("ssb_plant", "ssb_board"),
 }

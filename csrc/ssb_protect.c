@@ -181,3 +181,15 @@ int ssb_protect_gather(double *value, size_t n, const double *const *src, const 
             memcpy(value + dst_off[k], src[k], src_len[k] * sizeof(double));
     return 0;
 }
+
+int ssb_protect_leak_low(const double *leak, const double *sigma, double k, double *low,
+                         size_t n)
+{
+    if (n > 0 && (!leak || !sigma || !low))
+        return SSB_PROT_ERR_NULL;
+    for (size_t i = 0; i < n; i++) {
+        double scaled = sigma[i] * k; /* rounded first, as np.multiply then += */
+        low[i] = scaled + leak[i];
+    }
+    return 0;
+}

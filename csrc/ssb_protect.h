@@ -92,4 +92,10 @@ int ssb_protect_update(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
 int ssb_protect_gather(double *value, size_t n, const double *const *src, const size_t *src_len,
                        const size_t *dst_off, size_t n_src);
 
+/* The leak protection's input: each cell's lower bound low[i] = sigma[i] * k + leak[i] (k = -3:
+ * the lower 3-sigma bound), as NumPy's multiply then add (bms/controller.py keeps that as the
+ * reference). SSB_OK or SSB_PROT_ERR_NULL (a NULL array with n > 0; nothing written). */
+int ssb_protect_leak_low(const double *leak, const double *sigma, double k, double *low,
+                         size_t n);
+
 #endif /* SSB_PROTECT_H */

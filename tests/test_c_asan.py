@@ -14,6 +14,9 @@ tests/c/: a real C build per case, run from pytest so that ``make test`` covers 
   stacks of 1..32 cells, NaN/Inf inputs, each decision's invariants);
 - current: tests/c/test_current_asan.c (ssb_current: NULL paths, 1..8 stacks, NaN/Inf
   currents and medians, the invariants of each decision);
+- thermal: tests/c/test_thermal_asan.c (ssb_cooling_observe: NULL and parameter paths that
+  change nothing, 1..300 cells and 1..40 grid points, NaN/Inf inputs, the CUSUM's bounds, numpy's
+  interp and pairwise sum);
 - wire: tests/c/test_wire_asan.c (ssb_wire over the firmware's proto.c: random damaged streams
   against the firmware's byte-at-a-time reader, exact-size buffers, every payload length);
 - plant: tests/c/test_plant_asan.c (error paths and that they write nothing, 1..40 and 150
@@ -39,6 +42,7 @@ CASES = {
     "stack": (["ssb_core.c", "ssb_frontend.c", "ssb_stack.c"], "test_stack_asan.c"),
     "balance": (["ssb_balance.c"], "test_balance_asan.c"),
     "current": (["ssb_current.c"], "test_current_asan.c"),
+    "thermal": (["ssb_thermal.c"], "test_thermal_asan.c"),
     "plant": (["ssb_plant.c"], "test_plant_asan.c"),
     "wire": (["ssb_wire.c", "../boards/firmware/src/proto.c"], "test_wire_asan.c"),
     "board": (["ssb_board.c", "ssb_plant.c", "../boards/firmware/src/proto.c"],

@@ -247,3 +247,29 @@ def test_bench_step_no_transitions(benchmark, pack, engine: str) -> None:
     clock = itertools.count(0.0, 0.1)
     benchmark(lambda: pp.step(next(clock), inp, table))
     assert table.records() == [] and not pp.engine.asserted.any()
+
+
+def test_leak_lower_bound_in_c_is_numpys_bit_for_bit() -> None:
+    """The leak protection's input (bms.protections.LeakLowerBound): the C call and the NumPy
+    it replaced give the same bits, NaN and Inf included, also after the arrays it reads are
+    replaced (a single-stack controller binds them to the core's on the first data)."""
+    from bms.protections import LeakLowerBound
+
+    rng = np.random.default_rng(5)
+    n = 92
+    outs = {e: np.full(n, np.nan) for e in ("c", "reference")}
+    bounds = {e: LeakLowerBound(outs[e], engine=e) for e in outs}
+    leak, sigma = np.empty(n), np.empty(n)
+    for k in range(200):
+        if k % 50 == 49:  # new arrays now and then; else the same ones, refilled in place
+            leak, sigma = np.empty(n), np.empty(n)
+        leak[:], sigma[:] = rng.normal(0, 0.01, n), np.abs(rng.normal(0, 0.003, n))
+        leak[rng.integers(n)] = np.nan
+        sigma[rng.integers(n)] = np.inf
+        for e, b in bounds.items():
+            assert b.update(leak, sigma) is outs[e]
+        assert outs["c"].tobytes() == outs["reference"].tobytes(), k
+    assert bounds["c"]._args is not None  # the C path ran
+    strided = LeakLowerBound(np.full(n, np.nan))
+    strided.update(np.zeros(2 * n)[::2], np.ones(n))  # not contiguous: NumPy, same result
+    assert strided._args is None and np.all(strided.out == -3.0)

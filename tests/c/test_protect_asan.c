@@ -415,6 +415,32 @@ static void test_format(size_t n)
     free(d);
 }
 
+/* ssb_protect_leak_low: exact-size heap arrays of 0..300 cells, NaN/Inf passed through, the
+ * NULL path writes nothing. */
+static void test_leak_low(void)
+{
+    double one = 1.0, out1 = 7.0;
+    CHECK(ssb_protect_leak_low(NULL, &one, -3.0, &out1, 1) == SSB_PROT_ERR_NULL);
+    CHECK(ssb_protect_leak_low(&one, &one, -3.0, NULL, 1) == SSB_PROT_ERR_NULL);
+    CHECK(out1 == 7.0);
+    CHECK(ssb_protect_leak_low(NULL, NULL, -3.0, NULL, 0) == 0);
+    for (size_t n = 1; n <= 300; n++) {
+        double *leak = malloc(n * sizeof *leak), *sigma = malloc(n * sizeof *sigma);
+        double *low = malloc(n * sizeof *low);
+        for (size_t i = 0; i < n; i++) {
+            leak[i] = i % 17 == 3 ? NAN : 0.01 * ((double)(i % 7) - 3.0);
+            sigma[i] = i % 19 == 5 ? INFINITY : 0.001 * (double)(i % 5);
+        }
+        CHECK(ssb_protect_leak_low(leak, sigma, -3.0, low, n) == 0);
+        for (size_t i = 0; i < n; i++) {
+            double want = sigma[i] * -3.0;
+            want += leak[i];
+            CHECK((isnan(want) && isnan(low[i])) || want == low[i]);
+        }
+        free(leak), free(sigma), free(low);
+    }
+}
+
 /* ssb_protect_gather: ranges copied exactly (one source feeding two ranges), errors leave the
  * destination untouched, nothing read or written out of bounds (ASan). */
 static void test_gather(void)
@@ -506,6 +532,7 @@ int main(void)
     for (size_t n = 0; n <= 40; n++)
         test_format_tick(n);
     test_gather();
+    test_leak_low();
     test_timing_and_special_values();
     for (size_t n = 1; n <= 300; n++) {
         test_full_buffer(n);
