@@ -146,6 +146,7 @@ class Balancer:
         c.duty_cycle, c.period_s, c.time_eps_s = cfg.duty_cycle, self.period_s, TIME_EPS_S
         c.bleed_resistance_ohm = cfg.bleed_resistance_ohm
         self._sel_u8 = np.zeros(self.n_cells, dtype=np.uint8)
+        self._sel_clear = True  # _sel_u8 all zero (cleared, and no C call since)
         self.selected = self._sel_u8.view(bool)  # the same object for the balancer's life
         self._c_masks = np.zeros(self.n_stacks, dtype=np.uint32)
         self._c_bleed = np.zeros(self.n_cells)
@@ -226,11 +227,12 @@ class Balancer:
                   temperature_c: np.ndarray) -> BalanceDecision:
         """:meth:`update` past the gates, in one C call (csrc/ssb_balance.c)."""
         x = soc if self.config.mode == "soc" else cell_voltage_v
-        src = (x, cell_voltage_v, temperature_c)
-        if len(src) != len(self._c_src) or any(a is not b for a, b in zip(src, self._c_src,
-                                                                          strict=True)):
-            self._bind_c(src)
+        bound = self._c_src
+        if not (bound and bound[0] is x and bound[1] is cell_voltage_v
+                and bound[2] is temperature_c):
+            self._bind_c((x, cell_voltage_v, temperature_c))
         fn, cfg, sel, masks, bleed, reason = self._c
+        self._sel_clear = False
         rc = fn(cfg, time_s, *self._c_ptrs, sel, masks, bleed, reason)
         if rc != 0:
             raise ValueError(f"ssb_balance failed with {rc}")
@@ -284,7 +286,9 @@ class Balancer:
     def _nothing(self, reason: str, keep_selection: bool = False) -> BalanceDecision:
         if not keep_selection:
             if self._c is not None:
-                self._sel_u8.fill(0)  # the buffer the C decision reads
+                if not self._sel_clear:  # (most ticks: cleared already, no C call since)
+                    self._sel_u8.fill(0)  # the buffer the C decision reads
+                    self._sel_clear = True
             else:
                 self.selected = np.zeros(self.n_cells, dtype=bool)
         elif self.selected.any():  # "duty off": the selection stays in the decision

@@ -315,6 +315,7 @@ class Controller:
         # it predicts (_bleed_flowing).
         self._bleed_cmd_1, self._bleed_cmd_2 = np.zeros(n), np.zeros(n)
         self._bleed_arrays = (self._bleed_cmd_1, self._bleed_cmd_2)  # swapped, never replaced
+        self._bleed_zero_1 = self._bleed_zero_2 = True  # each holds zeros (tick)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -417,7 +418,13 @@ class Controller:
             t, c_out, current_a, fault_latched, charge_a, discharge_a)
         self._command(t, c_out, int(c_out.state), bal, charge_a, discharge_a)
         self._bleed_cmd_1, self._bleed_cmd_2 = self._bleed_cmd_2, self._bleed_cmd_1
-        np.copyto(self._bleed_cmd_1, bal.bleed_current_a)
+        self._bleed_zero_1, self._bleed_zero_2 = self._bleed_zero_2, self._bleed_zero_1
+        # Every decision but "balancing" bleeds nothing (zeros): into a buffer that holds
+        # zeros already (most ticks), nothing to copy.
+        zero = bal.reason != "balancing"
+        if not (zero and self._bleed_zero_1):
+            np.copyto(self._bleed_cmd_1, bal.bleed_current_a)
+        self._bleed_zero_1 = zero
         self._record(t, wall0, c_out, current_a, charge_a, discharge_a, bal, n_active)
         self.tick_index += 1
         if t >= self._next_state_save_s:
@@ -593,12 +600,12 @@ class Controller:
                 bus_v += d.bus_voltage_v
         self._stack_v, self._bus_v = stack_v, bus_v
         table = self.table
-        fault_latched = table.fault_latched()
+        fault_latched, critical_latched = table.latched_flags()
         # One inputs object, refreshed in place (the state machine keeps no reference).
         inp = self._contactor_in
         inp.stack_voltage_v, inp.bus_voltage_v = stack_v, bus_v
         inp.feedback_bits = self._feedback_bits()
-        inp.fault_active, inp.critical_active = fault_latched, table.critical_latched()
+        inp.fault_active, inp.critical_active = fault_latched, critical_latched
         inp.measurement_valid = valid
         c_out = self.contactors.update(t, inp)
         if c_out.faults:

@@ -439,6 +439,11 @@ class FaultTable:
         """Any CRITICAL record active or latched."""
         return self._summary_flags()[1]
 
+    def latched_flags(self) -> tuple[bool, bool]:
+        """(fault_latched(), critical_latched()) in one call (the tick asks both)."""
+        flags = self._summary_flags()
+        return flags[0], flags[1]
+
     def warning_active(self) -> bool:
         """Any record active at any severity (warnings ask the controller to derate)."""
         return any(r.active for r in self._records.values())

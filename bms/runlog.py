@@ -162,7 +162,9 @@ class TickRow:
     """The controller's ticks.csv row in :func:`standard_columns` order (no ``extra``), kept as
     consecutive float64 segments for :meth:`RunLog.row_segments`: the per-cell and per-sensor
     arrays themselves (formatted in place by the C formatter, never copied) with the scalars in
-    two small buffers around them. ``load_cells``: load cells per stack, in pack order."""
+    two small buffers around them. ``load_cells``: load cells per stack, in pack order.
+    ``segments`` changes only through the methods here, which count each change in
+    ``version`` (the formatter rebinds its pointers only then)."""
 
     def __init__(self, load_cells: Sequence[int]) -> None:
         n_st = len(load_cells)
@@ -175,6 +177,7 @@ class TickRow:
         self._no_pressure = [np.full(k, np.nan) for k in load_cells]  # a stack without data
         self.segments: list[np.ndarray] = (
             [self._head] + [np.empty(0)] * 5 + list(self._no_pressure) + [self._tail])
+        self.version = 0
 
     def set_stack(self, k: int, current_a: float, pressure_kpa: np.ndarray,
                   pressure_expected_kpa: float, pressure_residual_kpa: float,
@@ -182,7 +185,9 @@ class TickRow:
         """Stack ``k``'s latest data (kept for later rows until the next call)."""
         if self.n_stacks > 1:
             self._head[5 + k] = current_a
-        self.segments[6 + k] = pressure_kpa
+        if self.segments[6 + k] is not pressure_kpa:
+            self.segments[6 + k] = pressure_kpa
+            self.version += 1
         self._tail[k] = pressure_expected_kpa
         self._tail[self.n_stacks + k] = pressure_residual_kpa
         self._tail[2 * self.n_stacks + k] = ccd_limit_a
@@ -200,8 +205,18 @@ class TickRow:
         k += 3
         tail[k:k + n_st] = balance_masks
         tail[k + n_st:k + n_st + 2] = (faults_active, tick_duration_s)
-        self.segments[1:6] = cells
+        self.set_cells(cells)
         return self.segments
+
+    def set_cells(self, cells: Sequence[np.ndarray]) -> None:
+        """The pack-wide cell voltage, SOC, SOC sigma and leak arrays, then the thermistor
+        temperatures (in column order), as this row's segments."""
+        segs = self.segments
+        c0, c1, c2, c3, c4 = cells
+        if (segs[1] is not c0 or segs[2] is not c1 or segs[3] is not c2 or segs[4] is not c3
+                or segs[5] is not c4):
+            segs[1:6] = cells
+            self.version += 1
 
 
 def stack_snapshot(name: str, lost: bool, data: Any, out: Any, balance_mask: int
@@ -358,6 +373,8 @@ class _RowFormatter:
         self._fmt_tick = lib.ssb_format_tick
         self._masks_src: np.ndarray | None = None
         self._masks_ptr = None
+        self._row: TickRow | None = None  # the row bound last, at its version
+        self._row_version = -1
 
     def format(self, values: np.ndarray) -> memoryview:
         """The row as a view into the output buffer (valid until the next call)."""
@@ -399,11 +416,13 @@ class _RowFormatter:
         (its cell arrays already in place): the fill and the format in one C call
         (ssb_format_tick), the same bytes."""
         segments = row.segments
-        if len(segments) != len(self._segs) or any(map(is_not, segments, self._segs)):
+        if (row is not self._row or row.version != self._row_version) and (
+                len(segments) != len(self._segs) or any(map(is_not, segments, self._segs))):
             if segments[0] is not row._head or segments[-1] is not row._tail:
                 raise ValueError("row segments must start with the row's head and end with "
                                  "its tail")
             self._bind_segments(segments)
+        self._row, self._row_version = row, row.version
         if balance_masks is not self._masks_src:
             masks = np.ascontiguousarray(balance_masks, dtype=np.uint32)
             if masks.shape != (row.n_stacks,):
@@ -430,6 +449,7 @@ class _RowFormatter:
         total = sum(len(a) for a in segments)
         if total != self.n:
             raise ValueError(f"row has {total} values for {self.n} columns")
+        self._row = None  # format_tick's row is bound again at its next call
         self._segs = tuple(segments)
         self._seg_bufs = [ffi.from_buffer("double[]", a) for a in segments]
         self._seg_ptrs = ffi.new("double *[]", [ffi.cast("double *", b)
@@ -596,7 +616,7 @@ class RunLog:
         fmt = self._formatter
         if fmt is None:
             fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
-        row.segments[1:6] = cells
+        row.set_cells(cells)
         return self._write_row(fmt.format_tick(
             row, time_s, state, current_a, stack_voltage_v, bus_voltage_v, charge_limit_a,
             discharge_limit_a, outputs, balance_masks, faults_active, tick_duration_s), time_s)

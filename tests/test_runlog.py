@@ -318,3 +318,31 @@ def test_row_array_rounds_to_the_column_resolution(tmp_path) -> None:
     ticks = load_ticks(tmp_path / "fast")
     assert ticks["a_v"][0] == pytest.approx(3.7000004, abs=0.5e-6)
     assert np.isnan(ticks["b_kpa"][0])
+
+
+def test_format_tick_rebinds_on_a_changed_segment_only(tmp_path: Path) -> None:
+    """The row's pointers are kept while its segments stay (TickRow.version); a replaced
+    array (set_stack, set_cells) or a format_segments call in between binds them again."""
+    cols = standard_columns(4, 2, 2, 1)
+    log = RunLog(tmp_path, cols)
+    row = TickRow([2])
+    cells = [np.arange(4.0), np.ones(4), np.full(4, 0.1), np.zeros(4), np.array([25.0, 26.0])]
+    masks = np.zeros(1, dtype=np.uint32)
+    row.set_stack(0, 1.0, np.array([1.0, 2.0]), 3.0, 4.0)
+
+    def line() -> str:
+        log.row_tick(row, 0.0, 2, 1.0, 3.0, 3.0, cells, 1.0, 1.0, 3, masks, 0, 0.001)
+        assert log._formatter is not None
+        return bytes(log._formatter.format_tick(row, 0.0, 2, 1.0, 3.0, 3.0, 1.0, 1.0, 3, masks,
+                                                0, 0.001)).decode()
+
+    first = line()
+    version = row.version
+    assert line() == first and row.version == version  # same arrays: nothing rebound
+    row.set_stack(0, 1.0, np.array([7.0, 8.0]), 3.0, 4.0)
+    assert row.version == version + 1 and ",7,8," in line()
+    cells[0] = np.full(4, 3.5)
+    assert line().startswith("0,2,1,3,3,3.5,3.5,3.5,3.5,")
+    log._formatter.format_segments([np.zeros(len(cols))])
+    assert line().startswith("0,2,1,3,3,3.5,")  # bound to the row again
+    log.close()
