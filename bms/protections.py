@@ -296,6 +296,10 @@ class ProtectionEngine(_EngineBase):
 
     def evaluate(self, time_s: float) -> list[Transition]:
         count = self._update(self._lim, self._st, self._in, time_s, self._out, self._cap)
+        return self.transitions(count, time_s) if count else []
+
+    def transitions(self, count: int, time_s: float) -> list[Transition]:
+        """The ``count`` transitions a C call (ssb_protect_update or _tick) wrote."""
         if count == 0:
             return []
         if count < 0:  # pragma: no cover - only bad pointers or sizes, excluded at __init__
@@ -408,6 +412,7 @@ class PackProtections:
         self._group_present = [False] * len(self._groups)  # what the buffers hold now
         self._gather_src: tuple[np.ndarray, ...] = ()
         self._gather_args: tuple | None = None
+        self._tick = None  # ssb_protect_tick's arguments, made with the gather's (C engine)
         self._ich = eng.slices["charge_overcurrent_a"].start
         self._idis = eng.slices["discharge_overcurrent_a"].start
         self._current_present = False
@@ -443,7 +448,27 @@ class PackProtections:
                   inputs.pressure_rate_kpa_per_s, inputs.pressure_residual_kpa,
                   inputs.load_cell_imbalance_kpa, inputs.cell_leak_a)
         src = self._gather_src
-        if (src and not any(map(is_not, arrays, src))) or self._bind_gather(arrays):
+        gathered = bool(src and not any(map(is_not, arrays, src))) or self._bind_gather(arrays)
+        current = inputs.current_a
+        charge_limit_a, discharge_limit_a = inputs.charge_limit_a, inputs.discharge_limit_a
+        if (gathered and self._tick is not None and current is not None
+                and self._current_present and charge_limit_a is not None
+                and discharge_limit_a is not None):
+            # The usual tick (every input present, as the last tick, the current too): the
+            # gather, the over-current pair and the engine in one C call (ssb_protect_tick).
+            if current > self.rest_current_a:
+                self.charge_mode = True
+            elif current < -self.rest_current_a:
+                self.charge_mode = False
+            key = (present_now[1], self.charge_mode)
+            if key != self._temp_key:
+                self._temp_enabled[:] = self._temp_enabled_rows[key]
+                self._temp_key = key
+            count = self._tick_fn(self._tick, time_s, current, charge_limit_a,
+                                  discharge_limit_a, eng._out, eng._cap)
+            raw = eng.transitions(count, time_s) if count else []
+            return [self._place(t) for t in raw] if raw else raw
+        if gathered:
             # Every input present, as the last tick: one C call copies them all.
             rc = self._gather(*self._gather_args)
             if rc != 0:  # pragma: no cover - sizes and pointers checked when bound
@@ -459,7 +484,6 @@ class PackProtections:
                     # invalid).
                     vrows[:] = np.nan
                     prows[:] = present_now[k] = False
-        current = inputs.current_a
         values, offset = eng.values, eng.offset
         ich, idis = self._ich, self._idis
         if current is not None:
@@ -489,7 +513,7 @@ class PackProtections:
         engine's value rows, when every one is present (and was last tick, so the present
         flags hold), float64, contiguous and of its rows' width. False: take the numpy path
         (it also sets the present flags and raises on a wrong shape)."""
-        self._gather_src, self._gather_args = (), None
+        self._gather_src, self._gather_args, self._tick = (), None, None
         if not all(self._group_present):
             return False
         srcs, lens, offs = [], [], []
@@ -515,6 +539,18 @@ class PackProtections:
                              ffi.new("double *[]", [ffi.cast("double *", b) for b in bufs]),
                              ffi.new("size_t[]", lens), ffi.new("size_t[]", offs), len(srcs))
         self._gather_src = arrays
+        eng = self.engine
+        if isinstance(eng, ProtectionEngine):
+            # The usual tick's one call (update): this gather, the current, the engine.
+            tk = ffi.new("ssb_protect_tick_t *")
+            tk.lim, tk.st, tk.inputs = eng._lim, eng._st, eng._in
+            tk.value = ffi.from_buffer("double[]", eng.values)
+            tk.offset = ffi.from_buffer("double[]", eng.offset)
+            _, _, tk.src, tk.src_len, tk.dst_off, tk.n_src = self._gather_args
+            tk.i_charge, tk.i_discharge = self._ich, self._idis
+            tk.max_charge_a, tk.max_discharge_a = self._max_charge_a, self._max_discharge_a
+            self._tick_keep = (tk.value, tk.offset)
+            self._tick, self._tick_fn = tk, _core.lib.ssb_protect_tick
         return True
 
     def _place(self, t: Transition) -> Transition:

@@ -193,3 +193,36 @@ int ssb_protect_leak_low(const double *leak, const double *sigma, double k, doub
     }
     return 0;
 }
+
+/* Python's min(max(max_static - limit, 0.0), max_static) (each keeps its first argument unless
+ * the second compares greater / smaller), 0 for a limit that is not finite. */
+static double derate(double limit_a, double max_static_a)
+{
+    if (!isfinite(limit_a))
+        return 0.0;
+    double d = max_static_a - limit_a;
+    d = 0.0 > d ? 0.0 : d;
+    return max_static_a < d ? max_static_a : d;
+}
+
+int ssb_protect_tick(const ssb_protect_tick_t *tk, double time_s, double current_a,
+                     double charge_limit_a, double discharge_limit_a, ssb_transition_t *out,
+                     size_t cap)
+{
+    if (!tk || !tk->lim || !tk->value || !tk->offset || !tk->inputs)
+        return SSB_PROT_ERR_NULL;
+    const size_t n = tk->lim->n;
+    if (tk->i_charge >= n || tk->i_discharge >= n)
+        return SSB_PROT_ERR_SIZE;
+    int rc = check_pointers(tk->lim, tk->st, tk->inputs);
+    if (rc)
+        return rc;
+    rc = ssb_protect_gather(tk->value, n, tk->src, tk->src_len, tk->dst_off, tk->n_src);
+    if (rc)
+        return rc;
+    tk->value[tk->i_charge] = current_a;
+    tk->value[tk->i_discharge] = -current_a;
+    tk->offset[tk->i_charge] = derate(charge_limit_a, tk->max_charge_a);
+    tk->offset[tk->i_discharge] = derate(discharge_limit_a, tk->max_discharge_a);
+    return ssb_protect_update(tk->lim, tk->st, tk->inputs, time_s, out, cap);
+}

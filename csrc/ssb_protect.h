@@ -92,6 +92,29 @@ int ssb_protect_update(const ssb_protect_limits_t *lim, ssb_protect_state_t *st,
 int ssb_protect_gather(double *value, size_t n, const double *const *src, const size_t *src_len,
                        const size_t *dst_off, size_t n_src);
 
+/* PackProtections' usual tick (bms/protections.py) in one call: the gather above, then the
+ * over-current pair (value[i_charge] = current, value[i_discharge] = -current, and each
+ * offset the core's derate: min(max(max_static - limit, 0), max_static), 0 for a limit that is
+ * not finite, as the Python's _derate), then ssb_protect_update. Made once by the caller;
+ * value and offset are the buffers inputs->value and inputs->offset read. */
+typedef struct ssb_protect_tick {
+    const ssb_protect_limits_t *lim;
+    ssb_protect_state_t *st;
+    const ssb_protect_inputs_t *inputs;
+    double *value, *offset; /* n each: the buffers inputs->value / ->offset point to */
+    const double *const *src; /* the gather's sources, lengths and destinations */
+    const size_t *src_len, *dst_off;
+    size_t n_src;
+    size_t i_charge, i_discharge; /* flat channels of the two over-current protections */
+    double max_charge_a, max_discharge_a;
+} ssb_protect_tick_t;
+
+/* The transitions' count (>= 0) as ssb_protect_update, or a negative error (a pointer NULL,
+ * a channel or range past n: nothing written). */
+int ssb_protect_tick(const ssb_protect_tick_t *tk, double time_s, double current_a,
+                     double charge_limit_a, double discharge_limit_a, ssb_transition_t *out,
+                     size_t cap);
+
 /* The leak protection's input: each cell's lower bound low[i] = sigma[i] * k + leak[i] (k = -3:
  * the lower 3-sigma bound), as NumPy's multiply then add (bms/controller.py keeps that as the
  * reference). SSB_OK or SSB_PROT_ERR_NULL (a NULL array with n > 0; nothing written). */

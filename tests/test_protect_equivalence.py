@@ -199,6 +199,21 @@ def test_pack_fast_path_matches_dict_rules_on_reference(pack) -> None:
     spec = PackProtections(pack, engine="reference")
     table_fast, table_spec = FaultTable(), FaultTable()
     seen = set()
+    # Count the ticks that took the one-call path (ssb_protect_tick): every input present.
+    fused = [0]
+    bind = fast._bind_gather
+
+    def counting_bind(arrays):
+        ok = bind(arrays)
+        if fast._tick is not None:
+            fn = fast._tick_fn
+
+            def counted(*args):
+                fused[0] += 1
+                return fn(*args)
+            fast._tick_fn = counted
+        return ok
+    fast._bind_gather = counting_bind  # type: ignore[method-assign]
     for k in range(3000):
         t = 0.1 * k
         inp = _random_pack_inputs(rng, pack, k)
@@ -211,6 +226,7 @@ def test_pack_fast_path_matches_dict_rules_on_reference(pack) -> None:
         seen.update((x.name, x.level) for x in got)
     assert {r.code for r in table_fast.records()} == {r.code for r in table_spec.records()}
     assert len(seen) > 30 and {name for name, _ in seen} == set(PROTECTION_NAMES)
+    assert 500 < fused[0] < 3000, fused  # both paths ran
 
 
 def test_engine_refuses_bad_limits() -> None:

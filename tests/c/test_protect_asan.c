@@ -441,6 +441,69 @@ static void test_leak_low(void)
     }
 }
 
+/* ssb_protect_tick: the same state and transitions as the gather, the current pair with its
+ * derates written by hand, and ssb_protect_update, on random runs of 2..60 channels; its
+ * error paths. */
+static double derate_ref(double limit, double max_static)
+{
+    if (!isfinite(limit))
+        return 0.0;
+    double d = max_static - limit;
+    if (d < 0.0)
+        d = 0.0;
+    return d > max_static ? max_static : d;
+}
+
+static void test_tick(void)
+{
+    for (size_t n = 2; n <= 60; n += 3) {
+        fix_t a, b;
+        fix_init(&a, n, 0.2);
+        fix_init(&b, n, 0.2);
+        const size_t n_src_vals = n - 2; /* channels 0 .. n-3 gathered, the last two current */
+        double *src0 = malloc((n_src_vals ? n_src_vals : 1) * sizeof(double));
+        const double *src[1] = {src0};
+        size_t len[1] = {n_src_vals}, off[1] = {0};
+        ssb_protect_tick_t tk = {&a.lim, &a.st, &a.in, a.value, a.offset, src, len, off, 1,
+                                 n - 2, n - 1, 50.0, 80.0};
+        ssb_transition_t *oa = malloc(4 * n * sizeof *oa), *ob = malloc(4 * n * sizeof *ob);
+        for (size_t i = 0; i < n; i++)
+            a.present[i] = b.present[i] = 1;
+        for (int k = 0; k < 300; k++) {
+            for (size_t i = 0; i < n_src_vals; i++) {
+                const double r = urand();
+                src0[i] = r < 0.03 ? NAN : raw(&a, i, 4.0 * urand() - 0.5);
+            }
+            const double cur = urand() < 0.03 ? NAN : 200.0 * (urand() - 0.5);
+            const double cl = urand() < 0.05 ? NAN : 60.0 * urand();
+            const double dl = urand() < 0.05 ? INFINITY : 90.0 * urand();
+            const double t = 0.1 * k;
+            const int ca = ssb_protect_tick(&tk, t, cur, cl, dl, oa, 4 * n);
+            memcpy(b.value, src0, n_src_vals * sizeof(double));
+            b.value[n - 2] = cur;
+            b.value[n - 1] = -cur;
+            b.offset[n - 2] = derate_ref(cl, 50.0);
+            b.offset[n - 1] = derate_ref(dl, 80.0);
+            const int cb = upd(&b, t, ob, 4 * n);
+            CHECK(ca == cb && ca >= 0);
+            CHECK(same_transitions(oa, ob, ca));
+            CHECK(memcmp(a.asserted, b.asserted, 3 * n) == 0);
+            CHECK(memcmp(a.invalid, b.invalid, n) == 0);
+            for (size_t i = 0; i < 3 * n; i++)
+                CHECK((isnan(a.start[i]) && isnan(b.start[i])) || a.start[i] == b.start[i]);
+        }
+        tk.i_discharge = n; /* past the channels: refused, nothing written */
+        CHECK(ssb_protect_tick(&tk, 99.0, 1.0, 1.0, 1.0, oa, 4 * n) == SSB_PROT_ERR_SIZE);
+        tk.i_discharge = n - 1;
+        CHECK(ssb_protect_tick(NULL, 99.0, 1.0, 1.0, 1.0, oa, 4 * n) == SSB_PROT_ERR_NULL);
+        tk.value = NULL;
+        CHECK(ssb_protect_tick(&tk, 99.0, 1.0, 1.0, 1.0, oa, 4 * n) == SSB_PROT_ERR_NULL);
+        free(src0), free(oa), free(ob);
+        fix_free(&a);
+        fix_free(&b);
+    }
+}
+
 /* ssb_protect_gather: ranges copied exactly (one source feeding two ranges), errors leave the
  * destination untouched, nothing read or written out of bounds (ASan). */
 static void test_gather(void)
@@ -533,6 +596,7 @@ int main(void)
         test_format_tick(n);
     test_gather();
     test_leak_low();
+    test_tick();
     test_timing_and_special_values();
     for (size_t n = 1; n <= 300; n++) {
         test_full_buffer(n);
