@@ -120,6 +120,8 @@ class Balancer:
         self._zero_masks = np.zeros(self.n_stacks, dtype=np.uint32)
         self._idle: dict[str, BalanceDecision] = {}
         self._c: tuple | None = None
+        self._soc_in: tuple | None = None  # soc_input's arrays and its C call
+        self._duty_off: tuple[bytes, BalanceDecision] | None = None  # (selection, decision)
         if engine == "c":
             self._init_c(stack_cells, stack_thermistors)
 
@@ -278,6 +280,39 @@ class Balancer:
             return "fault"
         return ""
 
+    def soc_input(self, soc: np.ndarray, soc_sigma: np.ndarray, sigma_max: float,
+                  out: np.ndarray) -> np.ndarray:
+        """The ``soc`` argument of :meth:`update`: ``soc`` where its sigma is at most
+        ``sigma_max``, NaN elsewhere (an estimate still converging is no data), into ``out``.
+        One C call (ssb_balance_soc_input) with the C engine, pointers kept while the same
+        arrays come back; NumPy with the reference."""
+        b = self._soc_in
+        if b is None or b[0] is not soc or b[1] is not soc_sigma or b[2] is not out:
+            b = self._soc_in = self._bind_soc_input(soc, soc_sigma, out)
+        if b[3] is None:
+            known = soc_sigma <= sigma_max  # NaN: no data
+            out.fill(np.nan)
+            np.copyto(out, soc, where=known)
+        else:
+            fn, args = b[3]
+            fn(args[0], args[1], sigma_max, args[2], args[3])
+        return out
+
+    def _bind_soc_input(self, soc: np.ndarray, soc_sigma: np.ndarray, out: np.ndarray
+                        ) -> tuple:
+        arrays = (soc, soc_sigma, out)
+        if self._c is None or not all(
+                isinstance(a, np.ndarray) and a.dtype == np.float64 and a.ndim == 1
+                and a.flags.c_contiguous and len(a) == self.n_cells for a in arrays):
+            return (*arrays, None)
+        from bms import _core  # built by pip install (setup.py cffi_modules)
+
+        ffi = _core.ffi
+        # the arrays are held in the tuple: identity means the same live buffers
+        return (*arrays, (_core.lib.ssb_balance_soc_input,
+                          (ffi.from_buffer("double[]", soc), ffi.from_buffer("double[]", soc_sigma),
+                           ffi.from_buffer("double[]", out), self.n_cells)))
+
     @property
     def reads_soc(self) -> bool:
         """True when :meth:`update` decides on the ``soc`` argument (mode ``soc``)."""
@@ -292,8 +327,18 @@ class Balancer:
             else:
                 self.selected = np.zeros(self.n_cells, dtype=bool)
         elif self.selected.any():  # "duty off": the selection stays in the decision
-            return BalanceDecision(self._zero_masks.copy(), self.selected.copy(),
-                                   np.zeros(self.n_cells), reason)
+            # One read-only decision per selection (it holds over the off part of the duty
+            # period): made again only when the selection changed.
+            key = self.selected.tobytes()
+            last = self._duty_off
+            if last is not None and last[0] == key and last[1].reason == reason:
+                return last[1]
+            arrays = (self._zero_masks.copy(), self.selected.copy(), np.zeros(self.n_cells))
+            for a in arrays:
+                a.flags.writeable = False
+            decision = BalanceDecision(*arrays, reason)
+            self._duty_off = (key, decision)
+            return decision
         # Nothing selected: one read-only decision per reason, made once (most ticks end here).
         decision = self._idle.get(reason)
         if decision is None:

@@ -301,7 +301,6 @@ class Controller:
         self._leak_low = LeakLowerBound(self._leak_low_a)
         # Each stack's part of the leaks' lower bounds (the cooling check's input), made once.
         self._leak_low_views = [self._leak_low_a[s.cells] for s in self.stacks]
-        self._soc_known = np.zeros(n, dtype=bool)
         self._temps = np.full(self.n_therm, np.nan)
         (self._p_mean_kpa, self._p_rate_kpa_per_s, self._p_cusum_kpa,
          self._p_imbalance_kpa) = (np.full(n_st, np.nan) for _ in range(4))
@@ -623,17 +622,15 @@ class Controller:
         active. Balance only on SOCs known better than the imbalance that would start a bleed:
         an estimate still converging (sigma above start_delta_soc) counts as no data, so no
         charge is burnt on an estimation error. Returns (decision, limits, active faults)."""
-        soc_bal, known = self._soc_balancing, self._soc_known
+        soc_bal = self._soc_balancing
         state = int(c_out.state)
-        # The SOC input costs three numpy calls: made only on a tick whose decision reads it
+        # The SOC input (Balancer.soc_input): made only on a tick whose decision reads it
         # (most ticks are gated: discharging, a fault, another state).
-        if self.balancer.reads_soc and not self.balancer.idle_reason(state, current_a,
-                                                                     fault_latched):
-            np.less_equal(self._soc_sigma, self._balance_sigma_max, out=known)  # NaN: no data
-            soc_bal.fill(np.nan)
-            np.copyto(soc_bal, self._soc, where=known)
-        bal = self.balancer.update(t, soc_bal, self._cell_v, self._temps, state,
-                                   current_a, fault_latched)
+        balancer = self.balancer
+        if balancer.reads_soc and not balancer.idle_reason(state, current_a, fault_latched):
+            balancer.soc_input(self._soc, self._soc_sigma, self._balance_sigma_max, soc_bal)
+        bal = balancer.update(t, soc_bal, self._cell_v, self._temps, state, current_a,
+                              fault_latched)
         table = self.table
         if self._derate_stamp != table.changes:
             self._derate_stamp = table.changes

@@ -99,3 +99,13 @@ int ssb_balance(const ssb_bal_config_t *c, double time_s, const double *x, const
     *reason = SSB_BAL_BALANCING;
     return 0;
 }
+
+int ssb_balance_soc_input(const double *soc, const double *sigma, double sigma_max, double *out,
+                          size_t n)
+{
+    if (n > 0 && (!soc || !sigma || !out))
+        return SSB_BAL_ERR_NULL;
+    for (size_t i = 0; i < n; i++)
+        out[i] = sigma[i] <= sigma_max ? soc[i] : NAN;
+    return 0;
+}

@@ -58,4 +58,10 @@ int ssb_balance(const ssb_bal_config_t *c, double time_s, const double *x, const
                 const double *temperature_c, uint8_t *selected, uint32_t *masks,
                 double *bleed_a, int32_t *reason);
 
+/* The SOC the decision may read: out[i] = soc[i] where sigma[i] <= sigma_max, NaN elsewhere
+ * (NaN sigma too): an estimate still converging counts as no data. SSB_BAL_ERR_NULL for a
+ * NULL array with n > 0 (nothing written), else 0. */
+int ssb_balance_soc_input(const double *soc, const double *sigma, double sigma_max, double *out,
+                          size_t n);
+
 #endif

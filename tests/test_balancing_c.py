@@ -93,3 +93,49 @@ def test_full_duty_same_decisions() -> None:
 def test_unknown_engine_refused() -> None:
     with pytest.raises(ValueError, match="engine"):
         Balancer(PACK.balancing, [23], [6], engine="fortran")
+
+
+def test_soc_input_in_c_is_the_numpy_reference() -> None:
+    """Balancer.soc_input: the SOC where its sigma is at most the limit, NaN elsewhere (NaN
+    sigma too), the same bits from the C call and from NumPy, also when the arrays it reads
+    are replaced (a controller binds them to the core's on the first data)."""
+    cfg = PACK.balancing
+    c, ref = _pair(cfg, [23], [6])
+    rng = np.random.default_rng(4)
+    outs = (np.full(23, 7.0), np.full(23, 7.0))
+    soc, sigma = np.empty(23), np.empty(23)
+    for k in range(300):
+        if k % 100 == 99:
+            soc, sigma = np.empty(23), np.empty(23)
+        soc[:] = rng.uniform(0, 1, 23)
+        sigma[:] = rng.choice([0.005, 0.02, cfg.start_delta_soc, np.nan, np.inf], 23)
+        for b, out in zip((c, ref), outs, strict=True):
+            assert b.soc_input(soc, sigma, cfg.start_delta_soc, out) is out
+        assert outs[0].tobytes() == outs[1].tobytes(), k
+        want = np.where(sigma <= cfg.start_delta_soc, soc, np.nan)
+        np.testing.assert_array_equal(outs[0], want)
+    assert c._soc_in is not None and c._soc_in[3] is not None  # the C call ran
+    assert ref._soc_in is not None and ref._soc_in[3] is None
+
+
+def test_a_duty_off_decision_is_kept_while_its_selection_holds() -> None:
+    """Over the off part of the duty period the decision is one read-only object per
+    selection (no arrays made per tick); a changed selection makes a new one."""
+    cfg = dataclasses.replace(PACK.balancing, duty_cycle=0.5)
+    for engine in ("c", "reference"):
+        b = Balancer(cfg, [23], [6], engine=engine)
+        soc = np.full(23, 0.5)
+        soc[3] += 0.05
+        v, temps = np.full(23, 3.8), np.full(6, 25.0)
+        period = b.period_s
+        on = b.update(0.0, soc, v, temps, 0, 0.0, False)
+        assert on.reason == "balancing" and on.selected[3]
+        t_off = 0.75 * period
+        off1 = b.update(t_off, soc, v, temps, 0, 0.0, False)
+        off2 = b.update(t_off + 0.1, soc, v, temps, 0, 0.0, False)
+        assert off1.reason == off2.reason == "duty off" and off2 is off1, engine
+        assert not off1.selected.flags.writeable and off1.selected[3]
+        assert not off1.bleed_current_a.any() and not off1.masks.any()
+        soc[7] += 0.05  # a second cell selected: a new decision
+        off3 = b.update(t_off + 0.2, soc, v, temps, 0, 0.0, False)
+        assert off3 is not off1 and off3.selected[7] and off3.selected[3]

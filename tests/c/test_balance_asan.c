@@ -70,8 +70,31 @@ static void run(size_t ns, int voltage_mode, int steps)
         free(bufs[i]);
 }
 
+/* ssb_balance_soc_input: exact-size heap arrays of 1..64 cells; NaN sigma and the limit
+ * itself; the NULL path writes nothing. */
+static void soc_input(void)
+{
+    double one = 0.5, out1 = 9.0;
+    CHECK(ssb_balance_soc_input(&one, NULL, 0.01, &out1, 1) == SSB_BAL_ERR_NULL);
+    CHECK(out1 == 9.0);
+    CHECK(ssb_balance_soc_input(NULL, NULL, 0.01, NULL, 0) == 0);
+    for (size_t n = 1; n <= 64; n++) {
+        double *soc = malloc(n * sizeof *soc), *sig = malloc(n * sizeof *sig);
+        double *out = malloc(n * sizeof *out);
+        for (size_t i = 0; i < n; i++) {
+            soc[i] = 0.01 * (double)i;
+            sig[i] = i % 5 == 0 ? NAN : (i % 5 == 1 ? 0.01 : 0.004 * (double)(i % 5));
+        }
+        CHECK(ssb_balance_soc_input(soc, sig, 0.01, out, n) == 0);
+        for (size_t i = 0; i < n; i++)
+            CHECK(sig[i] <= 0.01 ? out[i] == soc[i] : isnan(out[i]));
+        free(soc), free(sig), free(out);
+    }
+}
+
 int main(void)
 {
+    soc_input();
     size_t cs[] = {0, 4}, ts[] = {0, 2};
     double x[4] = {0.5, 0.6, 0.5, 0.5}, v[4] = {4.0, 4.0, 4.0, 4.0}, t[2] = {25.0, 25.0};
     double bleed[4] = {9, 9, 9, 9};
