@@ -59,8 +59,22 @@ static int fmt_fixed(double v, int d, char *out)
     char *w = out;
     if (v < 0.0)
         *w++ = '-';
-    uint64_t ip = q / IPOW10[d];
-    uint64_t fp = q % IPOW10[d];
+    /* by a constant per case: the compiler multiplies instead of a 64-bit division (~40
+     * cycles), once per value of every row */
+    uint64_t ip, fp;
+    switch (d) {
+#define SPLIT(k)                     \
+    case k:                          \
+        ip = q / IPOW10[k];          \
+        fp = q % IPOW10[k];          \
+        break;
+        SPLIT(1) SPLIT(2) SPLIT(3) SPLIT(4) SPLIT(5) SPLIT(6) SPLIT(7) SPLIT(8) SPLIT(9)
+#undef SPLIT
+    default: /* 0 */
+        ip = q;
+        fp = 0;
+        break;
+    }
     char digits[24];
     int k = 0;
     do {
