@@ -19,6 +19,10 @@ static const double POW10[SSB_FMT_MAX_DECIMALS + 1] = {1e0, 1e1, 1e2, 1e3, 1e4,
 static const uint64_t IPOW10[SSB_FMT_MAX_DECIMALS + 1] = {
     1u, 10u, 100u, 1000u, 10000u, 100000u, 1000000u, 10000000u, 100000000u, 1000000000u};
 #define TWO_POW_52 4503599627370496.0
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
 
 static int put_text(char *out, const char *s)
 {
@@ -75,25 +79,39 @@ static int fmt_fixed(double v, int d, char *out)
         fp = 0;
         break;
     }
+    /* digits two at a time from a table (half the dependent divisions by 10) */
     char digits[24];
-    int k = 0;
-    do {
-        digits[k++] = (char)('0' + (int)(ip % 10u));
-        ip /= 10u;
-    } while (ip);
-    while (k)
-        *w++ = digits[--k];
+    int k = 24;
+    while (ip >= 100u) {
+        const unsigned pair = (unsigned)(ip % 100u);
+        ip /= 100u;
+        k -= 2;
+        memcpy(digits + k, DIGIT_PAIRS + 2 * pair, 2);
+    }
+    if (ip >= 10u) {
+        k -= 2;
+        memcpy(digits + k, DIGIT_PAIRS + 2 * ip, 2);
+    } else {
+        digits[--k] = (char)('0' + (int)ip);
+    }
+    memcpy(w, digits + k, (size_t)(24 - k));
+    w += 24 - k;
     if (fp) {
+        char frac[SSB_FMT_MAX_DECIMALS + 1];
+        int j = d;
+        while (j >= 2) {
+            const unsigned pair = (unsigned)(fp % 100u);
+            fp /= 100u;
+            j -= 2;
+            memcpy(frac + j, DIGIT_PAIRS + 2 * pair, 2);
+        }
+        if (j)
+            frac[0] = (char)('0' + (int)fp);
         int nd = d;
-        while (fp % 10u == 0) { /* trim trailing zeros */
-            fp /= 10u;
+        while (frac[nd - 1] == '0') /* trim trailing zeros (the fraction is not 0) */
             nd--;
-        }
         *w++ = '.';
-        for (int j = nd - 1; j >= 0; j--) {
-            w[j] = (char)('0' + (int)(fp % 10u));
-            fp /= 10u;
-        }
+        memcpy(w, frac, (size_t)nd);
         w += nd;
     }
     return (int)(w - out);
