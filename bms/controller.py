@@ -650,8 +650,10 @@ class Controller:
         7. Sim clock in lockstep: ask for the next tick's sample after this tick's commands
         (so the board applies them before it advances), and let the board compute while this
         process logs. (Pipelined: already asked in _sample.)"""
-        pending = [(s, s.io.send_outputs(c_out.outputs, int(bal.masks[s.index]), charge_a,
-                                         discharge_a, t)) for s in self.stacks]
+        masks = bal.masks.tolist()  # Python ints at once, not one numpy scalar per board
+        outputs = c_out.outputs
+        pending = [(s, s.io.send_outputs(outputs, masks[s.index], charge_a, discharge_a, t))
+                   for s in self.stacks]
         for s, seq in pending:
             if seq is None:
                 continue
@@ -1228,9 +1230,13 @@ class Controller:
             if s.out is None:
                 continue
             seen = True
-            sof = min(sof, s.charge_limit_a)
-            ccd = min(ccd, s.ccd_limit_a)
-            discharge = min(discharge, s.discharge_limit_a)
+            # min(x, v) as comparisons (x kept unless v < x: NaN never replaces it)
+            if s.charge_limit_a < sof:
+                sof = s.charge_limit_a
+            if s.ccd_limit_a < ccd:
+                ccd = s.ccd_limit_a
+            if s.discharge_limit_a < discharge:
+                discharge = s.discharge_limit_a
             if s.ccd_watch is not None:
                 self._ccd_events(s.ccd_watch.update(t, s.ccd_limit_a, s.charge_limit_a,
                                                     s.ccd_pressure_kpa, s.ccd_temperature_c))
