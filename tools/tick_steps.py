@@ -10,6 +10,9 @@ around it, so the figures are upper bounds; the ``plain`` line is the same run u
 (process CPU per tick), the figure to compare between code versions.
 
     .venv/bin/python tools/tick_steps.py --pack ssb-23 --duration 300 --repeat 3 [--json]
+
+``--steps tick,_sample`` wraps only those (two wrapped calls: ``tick`` minus ``_sample`` is the
+work after the sample with ~2 timer reads in it, not the ~20 of every step wrapped).
 """
 
 from __future__ import annotations
@@ -49,30 +52,31 @@ def _timed(f: Callable[..., Any], key: str, acc: dict[str, float]) -> Callable[.
     return wrapper
 
 
-def one_run(pack: PackConfig, duration_s: float, scenario: str, steps: bool
-            ) -> dict[str, float]:
-    """CPU per tick (us): per step when ``steps``, else the whole process (``plain``)."""
+def one_run(pack: PackConfig, duration_s: float, scenario: str, steps: bool,
+            names: tuple[str, ...] = STEPS, feed: bool = True) -> dict[str, float]:
+    """CPU per tick (us): per step (``names``, and the boards' ``feed`` when ``feed``) when
+    ``steps``, else the whole process (``plain``)."""
     register()
     ports = [emu_url(pack.path, k, seed=1 + k, scenario=scenario)
              for k in range(len(pack.stacks))]
     acc: dict[str, float] = {}
-    feed = emulated_board.EmulatedBoard.feed
+    board_feed = emulated_board.EmulatedBoard.feed
     with tempfile.TemporaryDirectory(prefix="bms-steps-") as tmp:
         try:
-            if steps:
-                emulated_board.EmulatedBoard.feed = _timed(feed, "boards_feed", acc)  # type: ignore[method-assign]
+            if steps and feed:
+                emulated_board.EmulatedBoard.feed = _timed(board_feed, "boards_feed", acc)  # type: ignore[method-assign]
             controller = Controller(pack, ports, clock="sim", log_dir=Path(tmp))
             controller.open()
             controller.request_close()
             if steps:
-                for name in STEPS:
+                for name in names:
                     setattr(controller, name, _timed(getattr(controller, name), name, acc))
             cpu0 = time.process_time()
             controller.run(duration_s)
             cpu = time.process_time() - cpu0
             controller.close()
         finally:
-            emulated_board.EmulatedBoard.feed = feed  # type: ignore[method-assign]
+            emulated_board.EmulatedBoard.feed = board_feed  # type: ignore[method-assign]
     n = controller.stats.ticks
     out = {k: 1e6 * v / n for k, v in acc.items()}
     out["process_cpu"] = 1e6 * cpu / n
@@ -94,8 +98,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--duration", type=float, default=300.0, help="sim seconds per run")
     ap.add_argument("--scenario", default="udds")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each kind (medians)")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help="comma-separated steps to wrap (default: all; 'tick,_sample' for the "
+                    "work after the sample with the fewest timer reads; the boards' feed is "
+                    "wrapped only with all)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    names = tuple(n for n in args.steps.split(",") if n)
+    if not names or any(n not in STEPS for n in names):
+        ap.error(f"--steps: names from {', '.join(STEPS)}")
     if not args.duration > 0 or args.repeat < 1:
         ap.error("--duration must be > 0 and --repeat >= 1")
     try:
@@ -105,7 +116,8 @@ def main(argv: list[str]) -> int:
         return 2
     timed, plain = [], []
     for _ in range(args.repeat):  # interleaved: a slow minute of the machine hits both
-        timed.append(one_run(pack, args.duration, args.scenario, steps=True))
+        timed.append(one_run(pack, args.duration, args.scenario, steps=True, names=names,
+                             feed=names == STEPS))
         plain.append(one_run(pack, args.duration, args.scenario, steps=False)["process_cpu"])
     medians = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
     record = {"pack": pack.name, "scenario": args.scenario, "duration_s": args.duration,
