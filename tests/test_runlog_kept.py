@@ -72,3 +72,24 @@ def test_a_text_row_leaves_nothing_kept(tmp_path: Path) -> None:
     log.row({"time_s": 0.1, "a_soc": 0.25})  # %.10g text: not what the tap reproduces
     assert log.kept_columns() is None
     log.close()
+
+
+def test_discarded_ticks_are_counted_and_kept_not_written(tmp_path: Path) -> None:
+    cols = ["time_s", "a_soc", "x_v"]
+    logs = {name: RunLog(tmp_path / name, cols) for name in ("written", "discarded")}
+    for log in logs.values():
+        log.keep_columns(["time_s", "a_soc"])
+    logs["discarded"].discard_ticks()
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        values = np.array([i * 0.1, rng.uniform(), rng.normal(3.8, 0.1)])
+        for log in logs.values():
+            log.row_array(values)
+    kept = logs["discarded"].kept_columns()
+    summaries = {name: log.close() for name, log in logs.items()}
+    assert kept is not None
+    read = load_tick_columns(tmp_path / "written", lambda c: c in kept)
+    assert all(np.array_equal(kept[c], read[c]) for c in kept) and len(kept["a_soc"]) == 300
+    assert (tmp_path / "discarded" / "ticks.csv").read_text() == ",".join(cols) + "\n"
+    for key in ("rows", "first_time_s", "last_time_s"):
+        assert summaries["written"][key] == summaries["discarded"][key], key

@@ -41,6 +41,9 @@ import yaml
 from bms.app.campaign.spec import NO_FAULT, FaultSpec, RunSpec
 
 RESULT_MARK = "CAMPAIGN-RESULT "
+#: The child's option for a run whose log is not kept: its ticks are scored from memory and
+#: not written (RunLog.discard_ticks).
+NO_TICKS = "--no-ticks"
 
 #: The BMS codes that count as detecting each emulator fault when the spec names none
 #: (bms.app.evaluate.DETECTED_BY for the faults ``bms demo`` scores, and the link, board,
@@ -104,7 +107,8 @@ def _run_child(run: dict[str, Any], key: str, run_dir: Path, timeout_s: float,
     (run_dir / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
     out, err = run_dir / "child.out", run_dir / "child.err"
     row: dict[str, Any]
-    code, timed_out = server().run([str(run_dir / "run.json")], str(out), str(err), timeout_s)
+    argv = [str(run_dir / "run.json")] + ([] if keep_logs else [NO_TICKS])
+    code, timed_out = server().run(argv, str(out), str(err), timeout_s)
     if timed_out:
         row = _failed(run, "timeout", f"no result after {timeout_s:g} s wall: killed", "")
     else:
@@ -201,8 +205,9 @@ def initial_soc(soc_error: float | None, scenario_soc: float | None) -> float | 
     return min(1.0, max(0.0, (0.5 if scenario_soc is None else scenario_soc) + soc_error))
 
 
-def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """The child's work: run, then score. Raises on a run that cannot be made or fails."""
+def execute(run: RunSpec, run_dir: Path, write_ticks: bool = True) -> dict[str, Any]:
+    """The child's work: run, then score. Raises on a run that cannot be made or fails.
+    ``write_ticks`` false: ticks.csv keeps its header only (the log is not kept)."""
     if run.fault is not None and run.fault.bench:
         return execute_bench(run, run_dir)
     from bms.app.run import final_open
@@ -238,6 +243,8 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     assert c.log is not None
     # the score's columns kept as the rows are written: not read back from ticks.csv
     c.log.keep_columns([n for n in c.log.columns if _scored(n)])
+    if not write_ticks:
+        c.log.discard_ticks()
     boards: list[Any] = []
     cells: list[slice] = []
     try:
@@ -259,7 +266,10 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     errors = [e for b in boards if b is not None for e in b.counters.scenario_errors]
     if errors:
         raise RuntimeError(f"the emulator refused the scenario: {errors[0]}")
-    report = {"soc": soc_all_stacks(log_dir, run_dir, cells, tick_s, c.log.kept_columns())}
+    kept = c.log.kept_columns()
+    if kept is None and not write_ticks:  # pragma: no cover - the controller logs by row_tick
+        raise RuntimeError("the run log kept no columns and wrote no ticks: nothing to score")
+    report = {"soc": soc_all_stacks(log_dir, run_dir, cells, tick_s, kept)}
     return score(run, report, summary, log_dir)
 
 
@@ -388,7 +398,7 @@ def main(argv: list[str]) -> int:
     d = json.loads(run_json.read_text(encoding="utf-8"))
     run = run_from_dict(d)
     try:
-        row = execute(run, run_json.parent)
+        row = execute(run, run_json.parent, write_ticks=NO_TICKS not in argv[1:])
     except Exception as exc:  # noqa: BLE001 - a run's failure is its result, recorded
         row = _failed(d, "error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     sys.stdout.write(RESULT_MARK + json.dumps(row, default=_plain) + "\n")
