@@ -132,8 +132,10 @@ def shutdown_all() -> None:
 # --------------------------------------------------------------------------- server side
 
 
-def _wait(pid: int, timeout_s: float) -> tuple[int, bool]:
-    """Wait for the child ``pid`` (killed at ``timeout_s``): (exit code, timed out)."""
+def _wait(pid: int, timeout_s: float, parent_fd: int) -> tuple[int, bool]:
+    """Wait for the child ``pid`` (killed at ``timeout_s``): (exit code, timed out). The
+    parent sends nothing while a run runs: ``parent_fd`` readable means it is gone (a worker
+    killed): the child is killed too and the server ends, no orphan left running."""
     deadline = time.monotonic() + timeout_s
     pidfd = None
     if hasattr(os, "pidfd_open"):
@@ -151,10 +153,14 @@ def _wait(pid: int, timeout_s: float) -> tuple[int, bool]:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 return -signal.SIGKILL, True
-            if pidfd is not None:
-                select.select([pidfd], [], [], left)  # readable when the child ends
-            else:
-                time.sleep(min(left, 0.01))
+            # the pidfd is readable when the child ends
+            wait_on = [parent_fd] if pidfd is None else [parent_fd, pidfd]
+            ready = select.select(wait_on, [], [], left if pidfd is not None
+                                  else min(left, 0.01))[0]
+            if parent_fd in ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os._exit(0)
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -202,7 +208,7 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             _child(req)
-        code, timed_out = _wait(pid, float(req["timeout_s"]))
+        code, timed_out = _wait(pid, float(req["timeout_s"]), stdin.fileno())
         stdout.write((json.dumps({"returncode": code, "timed_out": timed_out}) + "\n")
                      .encode())
         stdout.flush()
