@@ -16,6 +16,7 @@ closes (the worker ended or :func:`shutdown_all`).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -58,11 +59,12 @@ class ForkServer:
         return self._proc.poll() is None
 
     def run(self, argv: list[str], stdout_path: str, stderr_path: str,
-            timeout_s: float) -> tuple[int, bool]:
+            timeout_s: float, pack: str | None = None) -> tuple[int, bool]:
         """Run ``runner.main(argv)`` in a forked child: (exit code, negative for a signal;
-        killed at ``timeout_s``)."""
+        killed at ``timeout_s``). ``pack``: the run's pack, loaded once by the server (its
+        parsed YAML then in every child: boards.config._PARSED)."""
         req = {"argv": argv, "stdout": stdout_path, "stderr": stderr_path,
-               "timeout_s": timeout_s}
+               "timeout_s": timeout_s, "pack": pack}
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
             self._proc.stdin.write((json.dumps(req) + "\n").encode())
@@ -200,9 +202,23 @@ def serve() -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the run imports it again and records the error
             pass
+    # The imports' objects out of the collector's sight: the child's full collections
+    # (Controller.run's gc.collect before its gc.freeze) do not walk them, nor touch (and so
+    # copy) their pages.
+    gc.collect()
+    gc.freeze()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    packs: set[str] = set()
     for line in stdin:
         req = json.loads(line)
+        pack = req.get("pack")
+        if pack and pack not in packs:
+            packs.add(pack)
+            try:
+                from boards.config import load_pack
+                load_pack(pack)
+            except Exception:  # noqa: BLE001 - the run loads it again and records the error
+                pass
         stdout.flush()  # nothing buffered may be copied into the child
         sys.stderr.flush()
         pid = os.fork()

@@ -108,7 +108,7 @@ def _run_child(run: dict[str, Any], key: str, run_dir: Path, timeout_s: float,
     out, err = run_dir / "child.out", run_dir / "child.err"
     row: dict[str, Any]
     argv = [str(run_dir / "run.json")] + ([] if keep_logs else [NO_TICKS])
-    code, timed_out = server().run(argv, str(out), str(err), timeout_s)
+    code, timed_out = server().run(argv, str(out), str(err), timeout_s, pack=run["pack"])
     if timed_out:
         row = _failed(run, "timeout", f"no result after {timeout_s:g} s wall: killed", "")
     else:
