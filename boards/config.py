@@ -6,6 +6,7 @@ value and what is allowed, so the CLI can print one line instead of a traceback.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -211,6 +212,14 @@ def _unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
+#: Parsed YAML by file content (a copy handed out each time): the same bytes parse the same,
+#: and PyYAML's pure-Python loader costs ~19 ms per load_pack of ssb-23, which a campaign run
+#: paid twice (its controller's pack, its emulated boards'), and now its fork server once for
+#: every run (bms/app/campaign/forkserver.py).
+_PARSED: dict[bytes, Any] = {}
+_PARSED_MAX = 256
+
+
 def _load_yaml(path: Path) -> Any:
     try:
         raw = path.read_bytes()
@@ -222,8 +231,14 @@ def _load_yaml(path: Path) -> Any:
         raise ConfigError(path, "<file>", f"byte {exc.start}", "a UTF-8 text file",
                           f"not UTF-8 text (byte {exc.start}: {raw[exc.start]:#04x}); "
                           "save the file as UTF-8") from None
+    hit = _PARSED.get(raw)
+    if hit is not None:
+        return copy.deepcopy(hit)
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        if len(_PARSED) < _PARSED_MAX:
+            _PARSED[raw] = copy.deepcopy(data)
+        return data
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

@@ -96,3 +96,30 @@ def test_controller_batches_in_the_sim_clock_only(tmp_path: Path, clock: str) ->
     assert _rows_on_disk(tmp_path / "log") == 27
     c.close()
     assert _rows_on_disk(tmp_path / "log") == 27
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs the /dev/full device")
+def test_kept_columns_with_batches_match_the_file_or_are_none(tmp_path: Path) -> None:
+    """RunLog.keep_columns with batched rows: the kept floats are the file's; a batch that
+    fails to be written (its rows kept while held) leaves nothing kept rather than rows the
+    file lacks."""
+    cols = ["time_s", "cell01_voltage_v"]
+    log = RunLog(tmp_path / "a", cols, batch_rows=4)
+    log.keep_columns(["cell01_voltage_v"])
+    for k in range(10):
+        log.row_array(np.array([0.1 * k, 3.7 + 1e-7 * k]))
+    kept = log.kept_columns()
+    log.close()
+    assert kept is not None
+    np.testing.assert_array_equal(kept["cell01_voltage_v"],
+                                  load_ticks(tmp_path / "a")["cell01_voltage_v"])
+    log = RunLog(tmp_path / "b", cols, batch_rows=4)
+    log.keep_columns(["cell01_voltage_v"])
+    full = os.open("/dev/full", os.O_WRONLY)
+    good, log.ticks.fd = log.ticks.fd, full
+    for k in range(4):  # held, kept, then the batch fails
+        log.row_array(np.array([0.1 * k, 3.7]))
+    log.ticks.fd = good
+    os.close(full)
+    assert log.kept_columns() is None
+    log.close()

@@ -53,7 +53,9 @@ class LocalPool:
         return cf.as_completed(list(futures))
 
     def shutdown(self) -> None:
+        from bms.app.campaign.forkserver import shutdown_all
         self._pool.shutdown(wait=True, cancel_futures=True)
+        shutdown_all()  # the workers' fork servers
 
 
 class DaskExecutor:

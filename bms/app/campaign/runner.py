@@ -1,9 +1,11 @@
 """One campaign run: an emulated pack over ``emu://`` ports in the sim clock, through the real
 controller, codec and client, scored from its own log and the emulator's truth.
 
-:func:`run_task` is what an executor runs: it starts ``python -m bms.app.campaign.runner`` as a
-child process (a run that hangs is killed at its timeout, one that crashes, even in C, takes
-only its child down) and returns the result row; :func:`execute` is the child's work.
+:func:`run_task` is what an executor runs: it has the worker's fork server
+(:mod:`.forkserver`: the run's modules imported once) fork a child process for the run (a run
+that hangs is killed at its timeout, one that crashes, even in C, takes only its child down)
+and returns the result row; :func:`main` (also ``python -m bms.app.campaign.runner RUN.json``)
+and :func:`execute` are the child's work.
 
 The run: the scenario file with the run's fault injections and ambient temperature added
 (written into the run's folder), one ``emu://`` URL per stack (seed = the run's plant seed +
@@ -26,9 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -41,6 +41,9 @@ import yaml
 from bms.app.campaign.spec import NO_FAULT, FaultSpec, RunSpec
 
 RESULT_MARK = "CAMPAIGN-RESULT "
+#: The child's option for a run whose log is not kept: its ticks are scored from memory and
+#: not written (RunLog.discard_ticks).
+NO_TICKS = "--no-ticks"
 
 #: The BMS codes that count as detecting each emulator fault when the spec names none
 #: (bms.app.evaluate.DETECTED_BY for the faults ``bms demo`` scores, and the link, board,
@@ -97,29 +100,37 @@ def run_task(run: dict[str, Any], key: str, out_dir: str, timeout_s: float,
 
 def _run_child(run: dict[str, Any], key: str, run_dir: Path, timeout_s: float,
                keep_logs: bool) -> dict[str, Any]:
+    from bms.app.campaign.forkserver import server
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a run interrupted before: start it over
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
-    cmd = [sys.executable, "-m", "bms.app.campaign.runner", str(run_dir / "run.json")]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out, err = run_dir / "child.out", run_dir / "child.err"
     row: dict[str, Any]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
-                              check=False)
-        line = next((ln for ln in reversed(proc.stdout.splitlines())
+    argv = [str(run_dir / "run.json")] + ([] if keep_logs else [NO_TICKS])
+    code, timed_out = server().run(argv, str(out), str(err), timeout_s, pack=run["pack"])
+    if timed_out:
+        row = _failed(run, "timeout", f"no result after {timeout_s:g} s wall: killed", "")
+    else:
+        stdout = _read(out)
+        line = next((ln for ln in reversed(stdout.splitlines())
                      if ln.startswith(RESULT_MARK)), None)
         if line is not None:
             row = json.loads(line[len(RESULT_MARK):])
         else:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-20:]
-            row = _failed(run, "error", f"the run's process ended with code {proc.returncode} "
+            tail = (_read(err) or stdout).strip().splitlines()[-20:]
+            row = _failed(run, "error", f"the run's process ended with code {code} "
                           "and no result", "\n".join(tail))
-    except subprocess.TimeoutExpired:
-        row = _failed(run, "timeout", f"no result after {timeout_s:g} s wall: killed", "")
     if not keep_logs:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _failed(run: dict[str, Any], status: str, error: str, tb: str) -> dict[str, Any]:
@@ -194,8 +205,9 @@ def initial_soc(soc_error: float | None, scenario_soc: float | None) -> float | 
     return min(1.0, max(0.0, (0.5 if scenario_soc is None else scenario_soc) + soc_error))
 
 
-def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """The child's work: run, then score. Raises on a run that cannot be made or fails."""
+def execute(run: RunSpec, run_dir: Path, write_ticks: bool = True) -> dict[str, Any]:
+    """The child's work: run, then score. Raises on a run that cannot be made or fails.
+    ``write_ticks`` false: ticks.csv keeps its header only (the log is not kept)."""
     if run.fault is not None and run.fault.bench:
         return execute_bench(run, run_dir)
     from bms.app.run import final_open
@@ -228,6 +240,11 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     c = Controller(pack, urls, clock="sim", log_dir=log_dir,
                    meta={"command": "campaign", "run": run.as_dict()},
                    initial_soc=initial_soc(run.soc_error, scenario.initial_soc))
+    assert c.log is not None
+    # the score's columns kept as the rows are written: not read back from ticks.csv
+    c.log.keep_columns([n for n in c.log.columns if _scored(n)])
+    if not write_ticks:
+        c.log.discard_ticks()
     boards: list[Any] = []
     cells: list[slice] = []
     try:
@@ -249,7 +266,10 @@ def execute(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     errors = [e for b in boards if b is not None for e in b.counters.scenario_errors]
     if errors:
         raise RuntimeError(f"the emulator refused the scenario: {errors[0]}")
-    report = {"soc": soc_all_stacks(log_dir, run_dir, cells, tick_s)}
+    kept = c.log.kept_columns()
+    if kept is None and not write_ticks:  # pragma: no cover - the controller logs by row_tick
+        raise RuntimeError("the run log kept no columns and wrote no ticks: nothing to score")
+    report = {"soc": soc_all_stacks(log_dir, run_dir, cells, tick_s, kept)}
     return score(run, report, summary, log_dir)
 
 
@@ -291,16 +311,22 @@ def _bench_end_s(log_dir: Path) -> float:
     return float(t[-1]) if t is not None and len(t) else 0.0
 
 
-def soc_all_stacks(log_dir: Path, run_dir: Path, cells: list[slice],
-                   tick_s: float) -> dict[str, Any]:
+def _scored(column: str) -> bool:
+    """The ticks.csv columns the score reads."""
+    return column == "time_s" or column.endswith(("_soc", "_soc_sigma"))
+
+
+def soc_all_stacks(log_dir: Path, run_dir: Path, cells: list[slice], tick_s: float,
+                   ticks: dict[str, Any] | None = None) -> dict[str, Any]:
     """bms.app.evaluate.soc_error per stack (its cells' columns against its own truth file),
-    pooled over every cell-sample of the pack."""
+    pooled over every cell-sample of the pack. ``ticks``: the scored columns as the run log
+    kept them (RunLog.kept_columns: the floats ticks.csv holds); None: read from ticks.csv."""
     from bms.app.evaluate import soc_error
     from bms.runlog import load_tick_columns
 
-    # only the columns scored (parsing all 116 of ssb-23's took ~7 s per simulated hour)
-    ticks = load_tick_columns(log_dir, lambda c: c == "time_s" or c.endswith(("_soc",
-                                                                             "_soc_sigma")))
+    if ticks is None:
+        # only the columns scored (parsing all 116 of ssb-23's took ~7 s per simulated hour)
+        ticks = load_tick_columns(log_dir, _scored)
     soc_cols = sorted(c for c in ticks if c.endswith("_soc"))
     parts = []
     for k, sl in enumerate(cells):
@@ -372,7 +398,7 @@ def main(argv: list[str]) -> int:
     d = json.loads(run_json.read_text(encoding="utf-8"))
     run = run_from_dict(d)
     try:
-        row = execute(run, run_json.parent)
+        row = execute(run, run_json.parent, write_ticks=NO_TICKS not in argv[1:])
     except Exception as exc:  # noqa: BLE001 - a run's failure is its result, recorded
         row = _failed(d, "error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     sys.stdout.write(RESULT_MARK + json.dumps(row, default=_plain) + "\n")
