@@ -95,6 +95,8 @@ class CoreParams:
     leak_q_d_per_s: float
     leak_d_sigma0: float
     leak_v2_rel_sigma: float
+    leak_relax_rel_sigma: float
+    leak_relax_tau_factor: float
     soh_lambda: float
     soh_min_di_a: float
     soh_r0_p_max: float
@@ -352,7 +354,8 @@ def make_params(pack: PackConfig, stack_index: int = 0, tuning: Tuning | None = 
         leak_q_soc_per_s=tn.leak_q_soc_per_s, leak_q_a2_per_s=tn.leak_q_a2_per_s,
         leak_r_soc2=tn.leak_r_soc ** 2, leak_alarm_a=est.leak_alarm_a,
         leak_q_d_per_s=tn.leak_q_d_per_s, leak_d_sigma0=tn.leak_d_sigma0,
-        leak_v2_rel_sigma=tn.leak_v2_rel_sigma,
+        leak_v2_rel_sigma=tn.leak_v2_rel_sigma, leak_relax_rel_sigma=tn.leak_relax_rel_sigma,
+        leak_relax_tau_factor=tn.leak_relax_tau_factor,
         soh_lambda=est.soh_forgetting, soh_min_di_a=tn.soh_min_di_a,
         soh_r0_p_max=tn.soh_r0_p_max, soh_cap_window=tn.soh_cap_window,
         soh_hp_tau_s=tn.soh_hp_tau_s, soh_noise_v=tn.soh_noise_v, soh_q_per_s=tn.soh_q_per_s,
@@ -431,6 +434,7 @@ _FLOAT_PARAMS = (
     "r_voltage_v2", "voltage_corr_s", "r_voltage_r0_rel", "current_noise_a", "gate_sigma",
     "leak_q_soc_per_s", "leak_q_a2_per_s",
     "leak_r_soc2", "leak_alarm_a", "leak_q_d_per_s", "leak_d_sigma0", "leak_v2_rel_sigma",
+    "leak_relax_rel_sigma", "leak_relax_tau_factor",
     "soh_lambda", "soh_min_di_a", "soh_r0_p_max", "soh_cap_window", "soh_hp_tau_s", "soh_noise_v",
     "soh_q_per_s",
     "soh_scale_min", "soh_scale_max", "soh_soc_anchor_s", "cap_fb_d_sigma", "preload_kpa",
@@ -441,7 +445,7 @@ _FLOAT_PARAMS = (
     "t_derate_band_c", "i_charge_max_a", "i_discharge_max_a")
 _STATE_ARRAYS = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "rc_scale",
                  "imp", "cap_ratio", "cap_p", "soc_window0", "leak_e", "leak_a", "leak_d",
-                 "leak_p", "v_prev", "work")
+                 "leak_p", "leak_r", "leak_rp", "v_prev", "work")
 _STATE_SCALARS = ("i_prev", "window_as", "p_prev", "rate_f", "cusum_pos", "cusum_neg",
                   "have_prev", "have_pressure")
 _OUTPUT_ARRAYS = ("soc_sigma", "voltage_pred_v", "leak_sigma_a", "r0_ohm", "capacity_ah",
@@ -513,6 +517,8 @@ class Core:
         self.leak_a = np.zeros(n)
         self.leak_d = np.zeros(n)
         self.leak_p = np.zeros((6, n))
+        self.leak_r = np.zeros(n)
+        self.leak_rp = np.zeros((4, n))
         self.v_prev = np.zeros(n)
         self.gated_count = np.zeros(n, dtype=np.uint32)
         self.work = np.zeros((WORK_ROWS, n))

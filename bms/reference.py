@@ -163,6 +163,8 @@ class ReferenceCore:
         self.leak_p[0] = p.leak_r_soc2
         self.leak_p[3] = p.leak_sigma0_a ** 2
         self.leak_p[5] = p.leak_d_sigma0 ** 2
+        self.leak_r = np.zeros(n)
+        self.leak_rp = np.zeros((4, n))  # rr, er, lr, dr
         self.v_prev = np.full(n, np.nan)
         self.gated_count = np.zeros(n, dtype=np.int64)
         self.i_prev = math.nan
@@ -377,7 +379,7 @@ class ReferenceCore:
     # ------------------------------------------------------------------ leak
 
     def leak(self, v_meas: np.ndarray, dt_s: float, current_a: float) -> None:
-        """Per cell, x = [e, I_leak, d]: e = SOC - median SOC of the stack,
+        """Per cell, x = [e, I_leak, d, r]: e = SOC - median SOC of the stack,
         de/dt = (-I_leak + I d) / Q, where d = Q/Q_i - 1 is the cell's capacity mismatch.
         A leak drains at any current; a small cell drifts in proportion to the current, so
         the two separate whenever the current varies, and under a constant current the
@@ -395,28 +397,51 @@ class ReferenceCore:
         c = b * (current_a - self.bleed_a)  # each cell's current
         # the bleed moves a cell against the median, which moves by the median bleed
         med_bleed = float(np.median(self.bleed_a)) if np.any(self.bleed_a != 0.0) else 0.0
-        pee0, pel0, ped0, pll0, pld0, pdd0 = self.leak_p
-        e = self.leak_e - b * (self.leak_a + self.bleed_a - med_bleed) + c * self.leak_d
-        pel = pel0 - b * pll0 + c * pld0
-        ped = ped0 - b * pld0 + c * pdd0
-        pee = (pee0 - 2.0 * b * pel0 + 2.0 * c * ped0 + b * b * pll0 - 2.0 * b * c * pld0
-               + c * c * pdd0 + p.leak_q_soc_per_s * dt_s)
-        pll = pll0 + p.leak_q_a2_per_s * dt_s
-        pld = pld0
-        pdd = pdd0 + p.leak_q_d_per_s * dt_s
-        # Slow polarisation the model gets wrong per cell moves e like a leak: count it as
-        # measurement noise, (k V2 / dOCV/dSOC)^2; and the voltage's SOC is as uncertain as
-        # one voltage sample over the slope, sigma_v^2 / (dOCV/dSOC)^2.
-        slope = np.maximum(self._w["docv"], 1e-3)
+        # x = [e, I_leak, d, r] per cell, r the voltage's relaxation bias (Gauss-Markov with
+        # the slowest RC branch's time constant x leak_relax_tau_factor; its level follows
+        # that branch's polarisation): the measurement is z = e + r + noise. Written here as
+        # 4x4 matrices per cell (the C expands the products).
+        n = raw.size
+        ee, el, ed, ll, ld, dd = self.leak_p
+        rr, er, lr, dr = self.leak_rp
+        P = np.empty((n, 4, 4))
+        rows = ((ee, el, ed, er), (el, ll, ld, lr), (ed, ld, dd, dr), (er, lr, dr, rr))
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                P[:, i, j] = v
+        v_slow, tau_slow = ((self.v2, w["tau2_s"]) if p.n_rc == 2 else (self.v1, w["tau1_s"]))
+        ar = np.exp(-dt_s / (p.leak_relax_tau_factor * tau_slow))
+        slope = np.maximum(w["docv"], 1e-3)
+        F = np.zeros((n, 4, 4))
+        F[:, 0, 0] = 1.0
+        F[:, 0, 1] = -b
+        F[:, 0, 2] = c
+        F[:, 1, 1] = 1.0
+        F[:, 2, 2] = 1.0
+        F[:, 3, 3] = ar
+        Q = np.zeros((n, 4, 4))
+        Q[:, 0, 0] = p.leak_q_soc_per_s * dt_s
+        Q[:, 1, 1] = p.leak_q_a2_per_s * dt_s
+        Q[:, 2, 2] = p.leak_q_d_per_s * dt_s
+        Q[:, 3, 3] = (1.0 - ar ** 2) * (p.leak_relax_rel_sigma * v_slow / slope) ** 2
+        x = np.stack([self.leak_e, self.leak_a, self.leak_d, self.leak_r], axis=1)
+        x = np.einsum("nij,nj->ni", F, x)
+        x[:, 0] -= b * (self.bleed_a - med_bleed)
+        P = F @ P @ np.transpose(F, (0, 2, 1)) + Q
+        # Slow polarisation the model gets wrong per cell also counts as white measurement
+        # noise, (k V2 / dOCV/dSOC)^2; and the voltage's SOC is as uncertain as one voltage
+        # sample over the slope, sigma_v^2 / (dOCV/dSOC)^2.
         r_v2 = (p.leak_v2_rel_sigma ** 2 * self.v2 ** 2 + p.r_voltage_v2) / slope ** 2
-        gain = np.where(self.status == CELL_OK, 1.0 / (pee + p.leak_r_soc2 + r_v2), 0.0)
-        nu = raw - med - e
-        self.leak_e = e + pee * gain * nu
-        self.leak_a = self.leak_a + pel * gain * nu
-        self.leak_d = self.leak_d + ped * gain * nu
-        self.leak_p = np.array([pee - pee * pee * gain, pel - pee * pel * gain,
-                                ped - pee * ped * gain, pll - pel * pel * gain,
-                                pld - pel * ped * gain, pdd - ped * ped * gain])
+        ph = P[:, :, 0] + P[:, :, 3]  # P H', H = [1, 0, 0, 1]
+        s_inn = ph[:, 0] + ph[:, 3] + p.leak_r_soc2 + r_v2
+        gain = np.where(self.status == CELL_OK, 1.0 / s_inn, 0.0)
+        nu = raw - med - x[:, 0] - x[:, 3]
+        x = x + ph * (gain * nu)[:, None]
+        P = P - ph[:, :, None] * ph[:, None, :] * gain[:, None, None]
+        self.leak_e, self.leak_a, self.leak_d, self.leak_r = (x[:, k].copy() for k in range(4))
+        self.leak_p = np.array([P[:, 0, 0], P[:, 0, 1], P[:, 0, 2], P[:, 1, 1], P[:, 1, 2],
+                                P[:, 2, 2]])
+        self.leak_rp = np.array([P[:, 3, 3], P[:, 0, 3], P[:, 1, 3], P[:, 2, 3]])
         self.leak_sigma_a = np.sqrt(self.leak_p[3])
         self.leak_flag = ((self.leak_a - 3.0 * self.leak_sigma_a) > p.leak_alarm_a).astype(
             np.int32)

@@ -90,6 +90,18 @@ class Tuning:
     # estimator has one R2/R1 and tau2/tau1 for all cells): inflates the leak filter's noise
     # while the slow branch is polarised (docs/estimation.md).
     leak_v2_rel_sigma: float = 0.3
+    # The voltage's SOC also carries a per-cell relaxation bias r (a state of the leak
+    # filter: Gauss-Markov, decaying with leak_relax_tau_factor x the slowest RC branch's
+    # time constant, level leak_relax_rel_sigma x that branch's polarisation over the OCV
+    # slope), so a cell that relaxes a little slower than the others after a heavy load is not
+    # read as a leak at rest: without it a 3C discharge at 10 C raised false CELL_LEAK
+    # warnings (and faults) at rest in 9 of 10 plant seeds (docs/estimation.md, "Leak").
+    # 10 %: the per-cell error of the slow branch's polarisation (cells of one lot spread a
+    # few % in resistance, the slow branch's share and time constant more; assumption).
+    # 2x: a real cell's slow relaxation (solid diffusion) has a longer tail than one
+    # exponential (assumption).
+    leak_relax_rel_sigma: float = 0.1
+    leak_relax_tau_factor: float = 2.0
     # Per-cell impedance scales (theta0 on R0 + contact, theta_rc on R1/R2) by RLS on
     # high-passed signals, fed back into the EKF (docs/estimation.md, "SOH"). Variance ceiling
     # 0.01: prior sigma 10 % (a cell's resistances spread a few % in one lot, contact more;

@@ -182,7 +182,7 @@ int ssb_params_check(const ssb_params_t *prm)
                                prm->soh_hp_tau_s,
                                prm->soh_noise_v, prm->soh_soc_anchor_s,
                                prm->r_pressure_kpa2, prm->rate_tau_s, prm->cusum_tau_s,
-                               prm->t_derate_band_c};
+                               prm->t_derate_band_c, prm->leak_relax_tau_factor};
     if (!finite_in(prm->voltage_corr_s, 0.0, 1e6) || !finite_in(prm->pressure_corr_s, 0.0, 1e6) ||
         !finite_in(prm->r_voltage_r0_rel, 0.0, 100.0))
         return SSB_ERR_PARAM;
@@ -194,7 +194,8 @@ int ssb_params_check(const ssb_params_t *prm)
                                    prm->q_rc_v2_per_s, prm->current_noise_a,
                                    prm->leak_q_soc_per_s, prm->leak_q_a2_per_s,
                                    prm->leak_q_d_per_s, prm->leak_d_sigma0,
-                                   prm->leak_v2_rel_sigma, prm->cap_fb_d_sigma,
+                                   prm->leak_v2_rel_sigma, prm->leak_relax_rel_sigma,
+                                   prm->cap_fb_d_sigma,
                                    prm->soh_q_per_s,
                                    prm->preload_kpa, prm->stiffness_kpa_per_um,
                                    prm->cusum_k_kpa, prm->i_charge_max_a,
@@ -230,7 +231,7 @@ static int state_ok(const ssb_state_t *st)
            st->rc_scale != NULL && st->imp != NULL &&
            st->cap_ratio != NULL && st->cap_p != NULL && st->soc_window0 != NULL &&
            st->leak_e != NULL && st->leak_a != NULL && st->leak_d != NULL &&
-           st->leak_p != NULL &&
+           st->leak_p != NULL && st->leak_r != NULL && st->leak_rp != NULL &&
            st->v_prev != NULL && st->gated_count != NULL && st->work != NULL;
 }
 
@@ -521,6 +522,9 @@ int ssb_state_init(const ssb_params_t *prm, ssb_state_t *st, const double *soc0,
         st->leak_p[3 * (size_t)n + i] = leak_sigma0_a * leak_sigma0_a;
         st->leak_p[4 * (size_t)n + i] = 0.0;
         st->leak_p[5 * (size_t)n + i] = prm->leak_d_sigma0 * prm->leak_d_sigma0;
+        st->leak_r[i] = 0.0;
+        for (int r = 0; r < 4; r++)
+            st->leak_rp[(size_t)r * (size_t)n + i] = 0.0;
         st->v_prev[i] = NAN;
         st->gated_count[i] = 0u;
     }
@@ -930,18 +934,28 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
     const double qd = prm->leak_q_d_per_s * dt_s;
     const double rl = prm->leak_r_soc2, alarm = prm->leak_alarm_a;
     const double k2 = prm->leak_v2_rel_sigma * prm->leak_v2_rel_sigma;
+    const double kr2 = prm->leak_relax_rel_sigma * prm->leak_relax_rel_sigma;
     const double rv1 = prm->r_voltage_v2;
     const double *SSB_RESTRICT v2_a = st->v2;
+    /* the slowest branch: R2 of a 2-RC model, R1 of a 1-RC model */
+    const double *SSB_RESTRICT vs_a = prm->n_rc == 2 ? st->v2 : st->v1;
+    const double *SSB_RESTRICT taus_a = st->work + (prm->n_rc == 2 ? W_TAU2 : W_TAU1) * nn;
+    const double inv_tf = 1.0 / prm->leak_relax_tau_factor;
     const double *SSB_RESTRICT docv_a = st->work + W_DOCV * nn;
     double *SSB_RESTRICT e_a = st->leak_e;
     double *SSB_RESTRICT l_a = st->leak_a;
     double *SSB_RESTRICT d_a = st->leak_d;
+    double *SSB_RESTRICT r_a = st->leak_r;
     double *SSB_RESTRICT pee_a = st->leak_p;
     double *SSB_RESTRICT pel_a = st->leak_p + nn;
     double *SSB_RESTRICT ped_a = st->leak_p + 2 * nn;
     double *SSB_RESTRICT pll_a = st->leak_p + 3 * nn;
     double *SSB_RESTRICT pld_a = st->leak_p + 4 * nn;
     double *SSB_RESTRICT pdd_a = st->leak_p + 5 * nn;
+    double *SSB_RESTRICT prr_a = st->leak_rp;
+    double *SSB_RESTRICT per_a = st->leak_rp + nn;
+    double *SSB_RESTRICT plr_a = st->leak_rp + 2 * nn;
+    double *SSB_RESTRICT pdr_a = st->leak_rp + 3 * nn;
     const int32_t *SSB_RESTRICT stat = out->status;
     double *SSB_RESTRICT sig = out->leak_sigma_a;
     int32_t *SSB_RESTRICT flag = out->leak_flag;
@@ -953,32 +967,50 @@ static void leak_update(const ssb_params_t *prm, ssb_state_t *st, const double *
         const double l = l_a[i], d = d_a[i];
         const double c = b * (current_a - bl[i]); /* the cell's current (ekf_core) */
         const double e = e_a[i] - b * (l + bl[i] - med_bleed) + c * d;
+        const double slope = docv_a[i] > 1e-3 ? docv_a[i] : 1e-3;
+        /* The voltage's SOC carries the error of the cell's own slow relaxation, which the
+         * model gets wrong per cell (after a heavy load it relaxes over many minutes, and at
+         * rest e's move would read as a leak): a bias r, first-order Gauss-Markov with the
+         * slowest branch's time constant (x the factor) and a level that follows that
+         * branch's polarisation. A leak keeps draining; r decays. */
+        const double ar = exp_neg(-dt_s * inv_tf / taus_a[i]);
+        const double lev = vs_a[i] / slope;
+        const double qr = (1.0 - ar * ar) * kr2 * lev * lev;
+        const double r = ar * r_a[i];
         const double pee0 = pee_a[i], pel0 = pel_a[i], ped0 = ped_a[i];
         const double pll0 = pll_a[i], pld0 = pld_a[i], pdd0 = pdd_a[i];
-        /* P = F P F' + Q with F = [[1, -b, c], [0, 1, 0], [0, 0, 1]] */
+        const double prr0 = prr_a[i], per0 = per_a[i], plr0 = plr_a[i], pdr0 = pdr_a[i];
+        /* P = F P F' + Q with F = [[1, -b, c, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, ar]] */
         const double pel = pel0 - b * pll0 + c * pld0;
         const double ped = ped0 - b * pld0 + c * pdd0;
         const double pee = pee0 - 2.0 * b * pel0 + 2.0 * c * ped0 + b * b * pll0 -
                            2.0 * b * c * pld0 + c * c * pdd0 + qe;
         const double pll = pll0 + ql, pld = pld0, pdd = pdd0 + qd;
-        /* Slow polarisation the model gets wrong per cell (after a fast charge it relaxes
-         * over minutes) moves e like a leak would: count it as measurement noise; and the
-         * voltage's own SOC is as uncertain as one voltage sample over the OCV slope (large
-         * where the OCV is flat). */
-        const double slope = docv_a[i] > 1e-3 ? docv_a[i] : 1e-3;
+        const double per = ar * (per0 - b * plr0 + c * pdr0);
+        const double plr = ar * plr0, pdr = ar * pdr0;
+        const double prr = ar * ar * prr0 + qr;
+        /* Slow polarisation the model gets wrong per cell also counts as white measurement
+         * noise; and the voltage's own SOC is as uncertain as one voltage sample over the
+         * OCV slope (large where the OCV is flat). z = e + r + noise. */
         const double r_v2 = (k2 * v2_a[i] * v2_a[i] + rv1) / (slope * slope);
-        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (pee + rl + r_v2) : 0.0;
-        const double nu = raw[i] - med - e;
-        e_a[i] = e + pee * gain * nu;
-        l_a[i] = l + pel * gain * nu;
-        d_a[i] = d + ped * gain * nu;
-        pee_a[i] = pee - pee * pee * gain;
-        pel_a[i] = pel - pee * pel * gain;
-        ped_a[i] = ped - pee * ped * gain;
-        const double npll = pll - pel * pel * gain;
+        const double he = pee + per, hl = pel + plr, hd = ped + pdr, hr = per + prr;
+        const double gain = stat[i] == SSB_CELL_OK ? 1.0 / (he + hr + rl + r_v2) : 0.0;
+        const double nu = raw[i] - med - e - r;
+        e_a[i] = e + he * gain * nu;
+        l_a[i] = l + hl * gain * nu;
+        d_a[i] = d + hd * gain * nu;
+        r_a[i] = r + hr * gain * nu;
+        pee_a[i] = pee - he * he * gain;
+        pel_a[i] = pel - he * hl * gain;
+        ped_a[i] = ped - he * hd * gain;
+        const double npll = pll - hl * hl * gain;
         pll_a[i] = npll;
-        pld_a[i] = pld - pel * ped * gain;
-        pdd_a[i] = pdd - ped * ped * gain;
+        pld_a[i] = pld - hl * hd * gain;
+        pdd_a[i] = pdd - hd * hd * gain;
+        prr_a[i] = prr - hr * hr * gain;
+        per_a[i] = per - he * hr * gain;
+        plr_a[i] = plr - hl * hr * gain;
+        pdr_a[i] = pdr - hd * hr * gain;
         const double sd = sqrt(npll);
         sig[i] = sd;
         flag[i] = (l_a[i] - 3.0 * sd) > alarm;

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#define SSB_CORE_VERSION 8
+#define SSB_CORE_VERSION 9
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
@@ -128,6 +128,10 @@ typedef struct ssb_params {
     double leak_d_sigma0;    /* prior sigma of d (relative capacity spread of the cells) */
     double leak_v2_rel_sigma; /* relative per-cell error of the slow RC branch: the leak
                                  measurement's variance grows by (k V2 / dOCV/dSOC)^2 */
+    double leak_relax_rel_sigma;  /* per-cell error of the slowest RC branch's polarisation,
+                                     relative: the relaxation bias's level is k |V| / slope */
+    double leak_relax_tau_factor; /* the relaxation bias decays with this x the slowest
+                                     branch's time constant */
 
     /* SOH: recursive least squares */
     double soh_lambda;     /* forgetting factor per update, (0, 1] */
@@ -188,6 +192,8 @@ typedef struct ssb_state {
     double *cap_ratio, *cap_p, *soc_window0; /* RLS: capacity / nominal, variance, window start */
     double *leak_e, *leak_a, *leak_d; /* leak filter: relative SOC, leak A, capacity mismatch */
     double *leak_p; /* its covariance, 6 per cell SoA: ee, el, ed, ll, ld, dd */
+    double *leak_r;  /* the voltage's relaxation bias r (Gauss-Markov), relative SOC */
+    double *leak_rp; /* its covariance with the above, 4 per cell SoA: rr, er, lr, dr */
     double *v_prev;
     uint32_t *gated_count;
     double *work; /* scratch, SSB_WORK_ROWS per cell */

@@ -15,7 +15,8 @@ from boards.config import load_pack
 
 RTOL = 1e-9
 STATE = ("soc", "v1", "v2", "hyst", "p", "cell_temp_c", "r0_scale", "r0_p", "rc_scale", "imp",
-         "cap_ratio", "cap_p", "leak_e", "leak_a", "leak_d", "leak_p", "gated_count")
+         "cap_ratio", "cap_p", "leak_e", "leak_a", "leak_d", "leak_p", "leak_r", "leak_rp",
+         "gated_count")
 OUTPUT = ("soc_sigma", "voltage_pred_v", "leak_sigma_a", "r0_ohm", "capacity_ah", "status",
           "leak_flag", "charge_limit_a", "discharge_limit_a", "stack_out")
 

@@ -62,6 +62,8 @@ int main(int argc, char **argv)
     st.leak_a = dalloc(n);
     st.leak_d = dalloc(n);
     st.leak_p = dalloc(6 * n);
+    st.leak_r = dalloc(n);
+    st.leak_rp = dalloc(4 * n);
     st.v_prev = dalloc(n);
     st.gated_count = calloc(n, sizeof(uint32_t));
     st.work = dalloc(SSB_WORK_ROWS * n);

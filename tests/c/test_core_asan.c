@@ -85,6 +85,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     p->leak_q_d_per_s = 1e-12;
     p->leak_d_sigma0 = 0.03;
     p->leak_v2_rel_sigma = 0.3;
+    p->leak_relax_rel_sigma = 0.1;
+    p->leak_relax_tau_factor = 2.0;
     p->soh_lambda = 0.9999;
     p->soh_min_di_a = 1.0;
     p->soh_r0_p_max = 0.01;
@@ -138,6 +140,8 @@ static void fixture_init(fixture_t *f, int32_t n, int32_t k, int32_t mlc)
     s->leak_a = dalloc(nn);
     s->leak_d = dalloc(nn);
     s->leak_p = dalloc(6 * nn);
+    s->leak_r = dalloc(nn);
+    s->leak_rp = dalloc(4 * nn);
     s->v_prev = dalloc(nn);
     s->gated_count = calloc(nn, sizeof(uint32_t));
     s->work = dalloc(SSB_WORK_ROWS * nn);
@@ -167,7 +171,8 @@ static void fixture_free(fixture_t *f)
     ssb_output_t *o = &f->out;
     void *ptrs[] = {f->grid, f->i0, f->i1, f->tw, s->soc, s->v1, s->v2, s->hyst, s->p, s->cell_temp_c,
                     s->r0_scale, s->r0_p, s->rc_scale, s->imp, s->cap_ratio, s->cap_p, s->soc_window0, s->leak_e,
-                    s->leak_a, s->leak_d, s->leak_p, s->v_prev, s->gated_count, s->work, o->soc_sigma,
+                    s->leak_a, s->leak_d, s->leak_p, s->leak_r, s->leak_rp, s->v_prev, s->gated_count,
+                    s->work, o->soc_sigma,
                     o->voltage_pred_v, o->leak_sigma_a, o->r0_ohm, o->capacity_ah, o->status, o->leak_flag,
                     o->stack, o->charge_limit_a, o->discharge_limit_a, f->v,
                     f->t, f->p, f->bleed};
