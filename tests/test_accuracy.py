@@ -138,6 +138,8 @@ def test_scores_every_start_against_the_truth(truth_dir, tmp_path) -> None:
         # the bound mostly honest, a model residual of a few mV.
         assert r.rmse < 0.03 and r.coverage > 0.7 and 0.1 < r.residual_rms_mv < 30, r
         assert r.samples == 901
+        # error / sigma: beside the coverage, its RMS and largest value (replay.Score)
+        assert 0.0 < r.z_rms <= r.z_max < 100.0, r
 
 
 def test_cli_writes_the_tables_and_check_reflects_the_targets(truth_dir, tmp_path) -> None:
@@ -146,7 +148,7 @@ def test_cli_writes_the_tables_and_check_reflects_the_targets(truth_dir, tmp_pat
            str(out), "--pack", "ssb-23", "--soc-errors", "-0.2"]
     run_ = subprocess.run(cmd + ["--check"], capture_output=True, text=True, timeout=120)
     doc = json.loads((out / "accuracy.json").read_text())
-    assert len(doc["results"]) == 4
+    assert len(doc["results"]) == 4 and all(r["z_rms"] > 0.0 for r in doc["results"])
     missed = any(r["misses"] for r in doc["results"])
     assert run_.returncode == (ExitCode.CHECK_FAILED if missed else 0), run_.stderr
     assert "replays meet every target" in run_.stdout

@@ -18,7 +18,7 @@ import pytest
 
 from bms.app.emulators import start_emulators
 from bms.app.recording import RecordingError, read_recording
-from bms.app.replay import read_truth_soc, replay, score
+from bms.app.replay import ReplayResult, read_truth_soc, replay, score
 from bms.controller import Controller
 from bms.runlog import load_ticks
 from boards.config import load_board, load_pack
@@ -110,6 +110,32 @@ def test_cycler_file_sign_found_from_the_data_and_scored_against_truth(tmp_path)
     with pytest.raises(RecordingError, match="the sign is inverted"):
         read_recording(data, current_sign="charge-positive")
     assert "as given" in read_recording(data, current_sign="discharge-positive").sign_note
+
+
+def test_score_gives_the_error_over_sigma_beside_the_coverage() -> None:
+    """Coverage alone cannot tell a bound too wide from an error without a tail: an error
+    that swings smoothly to +-sqrt(2) sigma is right in the RMS sense (error / sigma RMS 1)
+    yet inside 3 sigma all the time; the same bound over a swing to 4 sigma passes 3 sigma
+    in part of the samples."""
+    t = np.arange(0.0, 3600.0)
+    sigma = np.full((t.size, 1), 0.002)
+    truth = np.full((t.size, 1), 0.5)
+
+    def scored(amplitude: float):
+        soc = truth + amplitude * 0.002 * np.sin(2 * np.pi * t / 600.0)[:, None]
+        nan = np.full((t.size, 1), np.nan)
+        res = ReplayResult(t, np.zeros(t.size), soc, sigma, nan, nan, nan, nan, nan,
+                           np.zeros(t.size), np.zeros(t.size))
+        return score(res, t, truth, settle_s=0.0)
+
+    smooth = scored(np.sqrt(2.0))
+    assert smooth.coverage == 1.0
+    assert smooth.z_rms == pytest.approx(1.0, rel=1e-3)
+    assert smooth.z_max == pytest.approx(np.sqrt(2.0), rel=1e-3)
+    wide = scored(4.0)
+    assert wide.z_rms == pytest.approx(4.0 / np.sqrt(2.0), rel=1e-3)
+    # |sin| <= 3/4 in 2/pi asin(3/4) = 54 % of the time
+    assert wide.coverage == pytest.approx(2 / np.pi * np.arcsin(0.75), abs=0.01)
 
 
 def test_bad_recordings_are_one_line_errors(tmp_path) -> None:
