@@ -26,7 +26,7 @@ from bms.balancing import Balancer
 from bms.board_io import BoardIO
 from bms.charging import CcdLimit, CcdWatch, HeldLimit, stack_conditions
 from bms.contactors import ContactorInputs, ContactorOutput, ContactorState, ContactorStateMachine
-from bms.core import Core
+from bms.core import OUT_MEAN_OVERPOTENTIAL, Core
 from bms.current_check import CurrentPlausibility
 from bms.faults import FaultCode, FaultTable, Severity
 from bms.link_quality import LinkQuality
@@ -1018,7 +1018,8 @@ class Controller:
         if s.innovation_v.shape != o.voltage_pred_v.shape:
             s.innovation_v = np.empty_like(o.voltage_pred_v)
         np.subtract(data.cell_voltage_v, o.voltage_pred_v, out=s.innovation_v)
-        self.current_check.innovation(s.index, t, s.innovation_v, o.soc_sigma)
+        self.current_check.innovation(s.index, t, s.innovation_v, o.soc_sigma,
+                                      float(s.core.stack_out[OUT_MEAN_OVERPOTENTIAL]))
         # sum() over a list: under half the cost of a numpy reduction on 23 values (timeit)
         self._collect(s, data, o, t, sum(data.cell_voltage_v.tolist()),
                       min(o.charge_limit_a.tolist()), min(o.discharge_limit_a.tolist()))
@@ -1077,7 +1078,8 @@ class Controller:
         s.data = data
         s.last_valid_s = s.ts_moved_s
         self.current_check.innovation_stats(s.index, t, r.innovation_n, r.innovation_median_v,
-                                            r.soc_sigma_sum, s.core.n_cells)
+                                            r.soc_sigma_sum, s.core.n_cells,
+                                            float(s.core.stack_out[OUT_MEAN_OVERPOTENTIAL]))
         self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
                       r)
 

@@ -49,6 +49,7 @@ class CurrentCheckConfig:
     rest_threshold_a: float
     rest_debounce_s: float
     cusum_allowance_v: float
+    cusum_allowance_rel: float
     cusum_limit_v_s: float
     sigma_gate: float
     disagree_a: float
@@ -87,6 +88,7 @@ class CurrentPlausibility:
         ffi, lib = _core.ffi, _core.lib
         c, cfg = ffi.new("ssb_cc_config_t *"), self.config
         for name in ("rest_threshold_a", "rest_debounce_s", "cusum_allowance_v",
+                     "cusum_allowance_rel",
                      "cusum_limit_v_s", "sigma_gate", "disagree_a", "disagree_debounce_s"):
             setattr(c, name, getattr(cfg, name))
         self._cusum_pos, self._cusum_neg = np.zeros(n), np.zeros(n)
@@ -115,10 +117,11 @@ class CurrentPlausibility:
         s = self._st[stack]
         return max(s.cusum_pos_v_s, s.cusum_neg_v_s)
 
-    def innovation(self, stack: int, t: float, innovation_v: np.ndarray, soc_sigma: np.ndarray
-                   ) -> None:
+    def innovation(self, stack: int, t: float, innovation_v: np.ndarray, soc_sigma: np.ndarray,
+                   overpotential_v: float = 0.0) -> None:
         """One stack's fresh estimate: its cells' innovations (measured - predicted voltage,
-        NaN where a cell had none) and SOC sigmas."""
+        NaN where a cell had none), SOC sigmas and the model's mean |R0 I + eta| (the core's
+        ``OUT_MEAN_OVERPOTENTIAL``: the allowance grows with it)."""
         # Lists, not numpy reductions: ~6.5 us a stack against ~75 for nanmean + median on 23
         # values (timeit); a NaN sigma (no estimate) keeps the gate shut. The controller's
         # hot path has the same figures from C (bms/stack_step.py) and calls innovation_stats.
@@ -129,14 +132,16 @@ class CurrentPlausibility:
         if n:
             vals.sort()
             med = vals[n // 2] if n % 2 else 0.5 * (vals[n // 2 - 1] + vals[n // 2])
-        self.innovation_stats(stack, t, n, med, sum(sig), len(sig))
+        self.innovation_stats(stack, t, n, med, sum(sig), len(sig), overpotential_v)
 
     def innovation_stats(self, stack: int, t: float, n_valid: int, median_v: float,
-                         sigma_sum: float, n_cells: int) -> None:
+                         sigma_sum: float, n_cells: int, overpotential_v: float = 0.0) -> None:
         """:meth:`innovation` from its figures: how many cells have an innovation, their
-        median, the sum of the cells' SOC sigmas (in cell order) and the cell count."""
+        median, the sum of the cells' SOC sigmas (in cell order), the cell count and the
+        model's mean |R0 I + eta| (NaN counts as 0)."""
         if self._c is not None:
-            self._c[0](self._c[2], self._c[3], stack, t, n_valid, median_v, sigma_sum, n_cells)
+            self._c[0](self._c[2], self._c[3], stack, t, n_valid, median_v, sigma_sum, n_cells,
+                       overpotential_v)
             return
         c = self.config
         s = self._st[stack]
@@ -148,10 +153,14 @@ class CurrentPlausibility:
             s.cusum_pos_v_s = s.cusum_neg_v_s = 0.0
             return
         med = median_v
+        # The model's common-mode error grows with its overpotential (a cold 3C load: 6.5 mV
+        # at 0.37 V), so the allowance does (bms/tuning.py CURRENT_CHECK).
+        allow = c.cusum_allowance_v + c.cusum_allowance_rel * (
+            overpotential_v if overpotential_v > 0.0 else 0.0)
         # Capped at twice the limit: a repaired sensor clears within limit / allowance seconds.
         cap = 2.0 * c.cusum_limit_v_s
-        s.cusum_pos_v_s = min(cap, max(0.0, s.cusum_pos_v_s + (med - c.cusum_allowance_v) * dt))
-        s.cusum_neg_v_s = min(cap, max(0.0, s.cusum_neg_v_s + (-med - c.cusum_allowance_v) * dt))
+        s.cusum_pos_v_s = min(cap, max(0.0, s.cusum_pos_v_s + (med - allow) * dt))
+        s.cusum_neg_v_s = min(cap, max(0.0, s.cusum_neg_v_s + (-med - allow) * dt))
 
     def step(self, t: float, currents_a: list[float], no_current_path: bool,
              table: FaultTable) -> list[int]:

@@ -28,6 +28,7 @@ from bms.core import (
     OUT_EXPECTED,
     OUT_IMBALANCE,
     OUT_MEAN,
+    OUT_MEAN_OVERPOTENTIAL,
     OUT_MEAN_SOC,
     OUT_MEAN_SOC_SIGMA,
     OUT_N,
@@ -250,6 +251,7 @@ class ReferenceCore:
         # (eta depends on I and T, not on the state)
         r0e = self.r0_scale * (w["r0"] + r_contact)
         op = r0e * ic + w["eta"]  # instantaneous overpotential
+        w["op_abs"] = np.abs(op)
         h = w["ocv_v"] + w["hysteresis_v"] * self.hyst + v1 + v2 + op
         self.voltage_pred_v = h
         z = np.asarray(v_meas, dtype=float)
@@ -586,6 +588,8 @@ class ReferenceCore:
         self.stack_out[OUT_MEAN_SOC] = float(np.sum(self.soc)) / p.n_cells
         self.stack_out[OUT_MEAN_SOC_SIGMA] = math.sqrt(float(np.sum(self.p[0]))) / p.n_cells
         self.stack_out[OUT_STACK_STATUS] = flags
+        self.stack_out[OUT_MEAN_OVERPOTENTIAL] = (
+            math.fsum(self._w["op_abs"]) / p.n_cells if ekf_ran else math.nan)
 
 
 __all__ = ["ReferenceCore", "CELL_OK", "CELL_GATED", "CELL_REJECTED_NAN", "ST_FUSION_GATED",

@@ -47,6 +47,7 @@ enum {
     W_DSOC,    /* this tick's SOC increment of each cell (its own capacity) */
     W_VN2,     /* voltage model error variance of one sample at the cell's SOC and T, V^2 */
     W_BLEED,   /* this tick's bleed current of each cell, A (ssb_meas_t.bleed_a, NaN -> 0) */
+    W_OP,      /* |instantaneous overpotential| R0 I + eta of this tick, V */
     W_SCRATCH,
     W_ROWS
 };
@@ -620,6 +621,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
     double *SSB_RESTRICT v2_a = st->v2;
     double *SSB_RESTRICT hy_a = st->hyst;
     double *SSB_RESTRICT vp_a = v_pred;
+    double *SSB_RESTRICT op_a = w + W_OP * nn;
     double *SSB_RESTRICT p00 = st->p;
     double *SSB_RESTRICT p01 = st->p + nn;
     double *SSB_RESTRICT p02 = st->p + 2 * nn;
@@ -688,6 +690,7 @@ static uint32_t ekf_core(const ssb_params_t *prm, ssb_state_t *st, const double 
         double c22 = p22[i] * a2 * a2 + q_rc2;
         const double r0e = r0s[i] * (r0_a[i] + r_contact);
         const double op = r0e * i_a + eta_a[i]; /* instantaneous overpotential */
+        op_a[i] = fabs(op);
         const double h = ocv_a[i] + m_a[i] * hy + v1 + v2 + op;
         vp_a[i] = h;
         hy_a[i] = hy;
@@ -1291,5 +1294,10 @@ int ssb_tick(const ssb_params_t *prm, ssb_state_t *st, const ssb_meas_t *m, doub
     out->stack[SSB_OUT_MEAN_SOC] = ssum / n;
     out->stack[SSB_OUT_MEAN_SOC_SIGMA] = sqrt(vsum) / n;
     out->stack[SSB_OUT_STACK_STATUS] = (double)flags;
+    double opsum = 0.0;
+    const double *op_a = st->work + (size_t)W_OP * (size_t)n;
+    for (int32_t i = 0; i < n && ekf_ran; i++)
+        opsum += op_a[i];
+    out->stack[SSB_OUT_MEAN_OVERPOTENTIAL_V] = ekf_ran ? opsum / n : NAN;
     return SSB_OK;
 }

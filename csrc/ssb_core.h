@@ -19,7 +19,7 @@
 #define SSB_MAX_SENSORS 64
 #define SSB_MAX_LOAD_CELLS 16
 #define SSB_MAX_HORIZONS 4
-#define SSB_WORK_ROWS 20 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
+#define SSB_WORK_ROWS 21 /* ssb_state_t.work holds SSB_WORK_ROWS x n_cells doubles */
 /* rows of ssb_state_t.imp (the impedance estimator, n_cells each): RLS covariance entries
  * P01 and P11 (P00 is r0_p), the open-loop fast RC voltage of the nominal table, the
  * coulomb-counted SOC it reads the OCV at, and the low-pass states of its three signals (the
@@ -65,6 +65,9 @@ enum {
     SSB_OUT_STACK_STATUS,    /* bits SSB_ST_*, as a double (exact) */
     SSB_OUT_MEAN_SOC,
     SSB_OUT_MEAN_SOC_SIGMA, /* sum of the per-cell variances / n^2 (cells independent) */
+    SSB_OUT_MEAN_OVERPOTENTIAL_V, /* mean over the cells of the model's |R0 I + eta| this tick,
+                                     V (NaN when the EKF did not run): the size of the model
+                                     error the current check allows (docs/safety.md) */
     SSB_OUT_N               /* number of stack scalars */
 };
 

@@ -4,7 +4,8 @@
 #include <math.h>
 
 int ssb_cc_innovation(const ssb_cc_config_t *c, ssb_cc_state_t *s, size_t k, double t,
-                      int64_t n_valid, double median_v, double sigma_sum, int64_t n_cells)
+                      int64_t n_valid, double median_v, double sigma_sum, int64_t n_cells,
+                      double overpotential_v)
 {
     if (!c || !s || !s->cusum_pos_v_s || !s->cusum_neg_v_s || !s->last_t_s)
         return SSB_CC_ERR_NULL;
@@ -15,11 +16,13 @@ int ssb_cc_innovation(const ssb_cc_config_t *c, ssb_cc_state_t *s, size_t k, dou
         return 0;
     }
     double cap = 2.0 * c->cusum_limit_v_s;
+    const double op = overpotential_v > 0.0 ? overpotential_v : 0.0; /* NaN -> 0 */
+    const double allow = c->cusum_allowance_v + c->cusum_allowance_rel * op;
     /* min(cap, max(0.0, x)) as Python's builtins: max keeps 0.0 unless x > 0.0 */
-    double x = s->cusum_pos_v_s[k] + (median_v - c->cusum_allowance_v) * dt;
+    double x = s->cusum_pos_v_s[k] + (median_v - allow) * dt;
     double y = x > 0.0 ? x : 0.0;
     s->cusum_pos_v_s[k] = y < cap ? y : cap;
-    x = s->cusum_neg_v_s[k] + (-median_v - c->cusum_allowance_v) * dt;
+    x = s->cusum_neg_v_s[k] + (-median_v - allow) * dt;
     y = x > 0.0 ? x : 0.0;
     s->cusum_neg_v_s[k] = y < cap ? y : cap;
     return 0;

@@ -23,7 +23,7 @@
 
 typedef struct {
     double rest_threshold_a, rest_debounce_s;
-    double cusum_allowance_v, cusum_limit_v_s, sigma_gate;
+    double cusum_allowance_v, cusum_allowance_rel, cusum_limit_v_s, sigma_gate;
     double disagree_a, disagree_debounce_s;
 } ssb_cc_config_t;
 
@@ -36,9 +36,11 @@ typedef struct {
     double *scratch;  /* n: work space */
 } ssb_cc_state_t;
 
-/* CurrentPlausibility.innovation_stats of stack k. */
+/* CurrentPlausibility.innovation_stats of stack k; overpotential_v the core's mean model
+ * |R0 I + eta| (SSB_OUT_MEAN_OVERPOTENTIAL_V; NaN counts as 0). */
 int ssb_cc_innovation(const ssb_cc_config_t *c, ssb_cc_state_t *s, size_t k, double t,
-                      int64_t n_valid, double median_v, double sigma_sum, int64_t n_cells);
+                      int64_t n_valid, double median_v, double sigma_sum, int64_t n_cells,
+                      double overpotential_v);
 
 /* CurrentPlausibility.step's decision over n stacks: currents_a (NaN: none), no_current_path.
  * change[k] = 1 when stack k is raised now, -1 when cleared now, else 0, with value[k] the

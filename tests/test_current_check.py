@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emu_runs import run_ssb23, udds
+import yaml
+from emu_runs import SCENARIOS, run_ssb23, udds, write_scenario
 
 from bms.controller import Controller
 from bms.current_check import CurrentCheckConfig, CurrentPlausibility
@@ -119,3 +120,14 @@ def test_the_cusum_needs_common_mode_and_a_converged_estimate() -> None:
     chk.step(k * 0.1, [1.0], no_current_path=False, table=table)
     (rec,) = table.records()
     assert rec.code == FaultCode.CURRENT_SENSOR_OFFSET and rec.trigger_value < 0
+
+
+def test_cold_3c_discharge_is_not_an_offset(tmp_path: Path) -> None:
+    # hil/scenarios/discharge-3c.yaml at 0 C, seed 2: the model's common-mode error under the
+    # load put the healthy median innovation at +6.5 mV around 120 s, over the 5 mV alone (a
+    # false CURRENT_SENSOR_OFFSET at 149 s before the allowance grew with the overpotential)
+    data = yaml.safe_load((SCENARIOS / "discharge-3c.yaml").read_text(encoding="utf-8"))
+    data["initial"]["temperature_c"] = 0.0
+    c, _ = run_ssb23(write_scenario(tmp_path, data, []), seed=2, duration_s=300.0)
+    assert not _offset_records(c)
+    assert c.stacks[0].core.soc.mean() < 0.85  # the discharge ran through the window judged

@@ -37,8 +37,10 @@ def test_c_engine_makes_the_reference_decisions(n_stacks: int) -> None:
             n_valid = 23 if rng.random() < 0.97 else int(rng.choice([2, 0]))
             median = math.nan if n_valid == 0 else drift + float(rng.normal(0.0, 0.004))
             sigma_sum = 0.05 if rng.random() < 0.98 else float(rng.choice([2.0, math.nan]))
+            # the model's mean overpotential: at rest, under load, or none (NaN)
+            op = float(rng.choice([0.0, float(rng.uniform(0.0, 0.5)), math.nan]))
             for e in (c, ref):
-                e.innovation_stats(s, t, n_valid, median, sigma_sum, 23)
+                e.innovation_stats(s, t, n_valid, median, sigma_sum, 23, op)
         current = 0.0 if no_path else float(rng.normal(-10.0, 20.0))
         currents = [current + b + float(rng.normal(0.0, 0.05)) for b in bias]
         for j in range(n_stacks):

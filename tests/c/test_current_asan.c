@@ -30,7 +30,7 @@ static double *dalloc(size_t n)
 
 static void run(size_t n, int steps)
 {
-    ssb_cc_config_t c = {0.5, 1.0, 0.005, 0.05, 0.03, 1.0, 1.0};
+    ssb_cc_config_t c = {0.5, 1.0, 0.005, 0.03, 0.05, 0.03, 1.0, 1.0};
     ssb_cc_state_t s = {calloc(n, sizeof(double)), calloc(n, sizeof(double)), dalloc(n),
                         dalloc(n), dalloc(n), calloc(n, 1), calloc(n, sizeof(int32_t)),
                         dalloc(n)};
@@ -43,7 +43,7 @@ static void run(size_t n, int steps)
             double u = urand();
             double med = u < 0.02 ? NAN : (u < 0.03 ? INFINITY : 0.03 * (urand() - 0.3));
             CHECK(ssb_cc_innovation(&c, &s, j, t, u < 0.05 ? 2 : 23, med, u < 0.04 ? NAN : 0.1,
-                                    23) == 0);
+                                    23, u < 0.5 ? 0.4 * urand() : (u < 0.6 ? NAN : 0.0)) == 0);
             CHECK(s.cusum_pos_v_s[j] >= 0.0 && s.cusum_pos_v_s[j] <= 0.1);
             CHECK(s.cusum_neg_v_s[j] >= 0.0 && s.cusum_neg_v_s[j] <= 0.1);
             double v = urand();
@@ -68,12 +68,12 @@ static void run(size_t n, int steps)
 
 int main(void)
 {
-    ssb_cc_config_t c = {0.5, 1.0, 0.005, 0.05, 0.03, 1.0, 1.0};
+    ssb_cc_config_t c = {0.5, 1.0, 0.005, 0.03, 0.05, 0.03, 1.0, 1.0};
     ssb_cc_state_t s = {0};
     double cur[1] = {1.0}, value[1];
     int8_t change[1];
-    CHECK(ssb_cc_innovation(NULL, &s, 0, 0.0, 23, 0.0, 0.1, 23) == SSB_CC_ERR_NULL);
-    CHECK(ssb_cc_innovation(&c, &s, 0, 0.0, 23, 0.0, 0.1, 23) == SSB_CC_ERR_NULL);
+    CHECK(ssb_cc_innovation(NULL, &s, 0, 0.0, 23, 0.0, 0.1, 23, 0.0) == SSB_CC_ERR_NULL);
+    CHECK(ssb_cc_innovation(&c, &s, 0, 0.0, 23, 0.0, 0.1, 23, 0.0) == SSB_CC_ERR_NULL);
     CHECK(ssb_cc_step(&c, &s, 1, 0.0, cur, 0, change, value) == SSB_CC_ERR_NULL);
     CHECK(ssb_cc_step(&c, NULL, 1, 0.0, cur, 0, change, value) == SSB_CC_ERR_NULL);
     for (size_t n = 1; n <= 8; n++)
