@@ -1029,11 +1029,73 @@ class Controller:
                            "p_rate_abs_kpa_per_s": self._p_rate_abs,
                            "p_cusum_kpa": self._p_cusum_kpa,
                            "p_imbalance_kpa": self._p_imbalance_kpa}, s.index)
+        s.chain.bind_receive(s.scaler, self.current_check, s.index, self.ccd)
 
     def _receive_chain(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float) -> None:
-        """:meth:`_receive` of a fast-lane measurement: front end, core and the stack's
-        figures in one C call (bms/stack_step.py), the same checks and faults in the same
-        order around it."""
+        """:meth:`_receive` of a fast-lane measurement: scaling, the core's interval, front
+        end, core, the current check's CUSUM and the stack's figures in one C call
+        (bms/stack_step.py, ``StackStep.receive``); when it reports the usual case and nothing
+        is pending here (no stale, mismatch, watchdog, sensor or scalar record to clear, no
+        board reset to raise, the load-cell baseline known), the state the calls would leave;
+        otherwise the same checks and faults in the same order around its results."""
+        bleed = s.bleed_ptrs[0] if self._bleed_flowing() is self._bleed_arrays[0] \
+            else s.bleed_ptrs[1]
+        b = s.baseline
+        if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
+            chain.bind_baseline(b.shares, b.offsets_kpa)
+            s.chain_shares = b.shares
+        r = chain.receive(t, dt_s, s.last_ts_ms, s.last_timestamp_s, bleed)
+        if r is None:  # the same timestamp again: stale, or a repeat that is used
+            self._receive_repeat(s, chain, t, dt_s, bleed)
+            return
+        v = s.validator
+        timestamp_ms, status = r.timestamp_ms, r.status
+        if (r.usual and s.chain_shares is not None and chain.runs_current_check
+                and not (s.stale or s.mismatch or s.watchdog_tripped or s.sensor_error
+                         or v._anything_prev or s.io.client._reset_flag)
+                and True not in v._bad_scalar.values()):
+            # _timestamp_moved, _core_dt, after_front_end, _status_bits and _collect, each
+            # with nothing to raise, clear or diagnose
+            s.last_ts_ms, s.ts_moved_s = timestamp_ms, t
+            s.last_timestamp_s = r.timestamp_s
+            v._last_i, v._last_raw_lc, v._last_ts_ms = (r.current_in_a, v._last_raw_lc_buf,
+                                                         timestamp_ms)
+            s.data = data = ValidatedStack(t, v._v_out, v._t_out, v._p_out, r.current_a,
+                                           r.bus_voltage_v, status, timestamp_ms)
+            s.measurements += 1
+            o = s.out = s.core.output()
+            s.last_valid_s = t
+            s.stack_voltage_v = r.stack_voltage_v
+            s.charge_limit_a, s.discharge_limit_a = r.charge_limit_a, r.discharge_limit_a
+            ccd_limit_a = math.nan
+            if self.ccd is not None:
+                s.ccd_pressure_kpa, s.ccd_temperature_c = r.min_pressure_kpa, r.min_temperature_c
+                s.ccd_limit_a = ccd_limit_a = r.ccd_limit_a
+            self._row.set_stack(s.index, data.current_a, data.pressure_kpa,
+                                o.pressure_expected_kpa, o.pressure_residual_kpa, ccd_limit_a)
+            return
+        self._timestamp_moved(s, timestamp_ms, t)  # it moved: clears a stale record
+        s.last_timestamp_s = r.timestamp_s
+        data = v.after_front_end(t, r.current_in_a, r.bus_voltage_v, timestamp_ms, status,
+                                 r.fe_summary)
+        self._status_bits(s, status, t)
+        error = chain.core_error(r)
+        if error is not None:
+            raise error
+        o = s.out = s.core.output()
+        s.data = data
+        s.last_valid_s = s.ts_moved_s
+        if not chain.runs_current_check:
+            self.current_check.innovation_stats(s.index, t, r.innovation_n,
+                                                r.innovation_median_v, r.soc_sigma_sum,
+                                                s.core.n_cells)
+        self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
+                      r)
+
+    def _receive_repeat(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float,
+                        bleed: Any) -> None:
+        """:meth:`_receive_chain` of a measurement with the last one's timestamp: dropped when
+        it has been frozen for too long (stale), else the chain's calls one by one."""
         v = s.validator
         timestamp_ms, status, current_raw, bus_raw = v.wire_vals[:4].tolist()
         if not self._timestamp_moved(s, timestamp_ms, t):
@@ -1041,12 +1103,6 @@ class Controller:
         sc = s.scaler
         current_a = sc.current_from_raw(current_raw)
         core_dt = self._core_dt(s, timestamp_ms, dt_s)
-        bleed = s.bleed_ptrs[0] if self._bleed_flowing() is self._bleed_arrays[0] \
-            else s.bleed_ptrs[1]
-        b = s.baseline
-        if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
-            chain.bind_baseline(b.shares, b.offsets_kpa)
-            s.chain_shares = b.shares
         r = chain.step(current_a, core_dt, bleed)
         data = v.after_front_end(t, current_a, sc.bus_voltage_from_raw(bus_raw), timestamp_ms,
                                  status, r.fe_summary)
