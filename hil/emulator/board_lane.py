@@ -204,15 +204,18 @@ class TickLane:
             c.noise_p = c.ptr(s.noise)
         t0 = plant.t_s
         b.heartbeat_timeout_s = board.heartbeat_timeout_s  # a test may change it
-        args = (b, data, len(data), t0, plant.pressure_kpa, plant.bus_v, plant.gas_kpa,
-                f.gas_ramp_kpa_per_s, board.last_heartbeat_s, board.watchdog_tripped,
-                board.link.silence_until_s, self._status, c.th_dt, th[0], th[1], th[2], mode,
-                demand, g_bus, c.noise_p + row * c.nch, self.res, self.out, 250)
-        rc = self.tick(*args)
+        noise = c.noise_p + row * c.nch
+        rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v, plant.gas_kpa,
+                       f.gas_ramp_kpa_per_s, board.last_heartbeat_s, board.watchdog_tripped,
+                       board.link.silence_until_s, self._status, c.th_dt, th[0], th[1], th[2],
+                       mode, demand, g_bus, noise, self.res, self.out, 250)
         if rc == self.need_block:  # the block ran out (or this tick is off it): as before
-            args = args[:16] + (self.bus_closed, self._profile_limited(plant.load, plant, o)) \
-                + args[18:]
-            rc = self.tick(*args)
+            rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v,
+                           plant.gas_kpa, f.gas_ramp_kpa_per_s, board.last_heartbeat_s,
+                           board.watchdog_tripped, board.link.silence_until_s, self._status,
+                           c.th_dt, th[0], th[1], th[2], self.bus_closed,
+                           self._profile_limited(plant.load, plant, o), g_bus, noise, self.res,
+                           self.out, 250)
         if rc == self.fallback:
             return False
         t_s, i_s, bus_v, p_kpa, gas, dt_us, seq, frames, load_done = self.unpack(self.res,
