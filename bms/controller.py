@@ -1066,7 +1066,7 @@ class Controller:
             s.data = data = ValidatedStack(t, v._v_out, v._t_out, v._p_out, r.current_a,
                                            r.bus_voltage_v, status, timestamp_ms)
             s.measurements += 1
-            o = s.out = chain.output()
+            o = s.out = s.core.output()
             s.last_valid_s = t
             s.stack_voltage_v = r.stack_voltage_v
             s.charge_limit_a, s.discharge_limit_a = r.charge_limit_a, r.discharge_limit_a

@@ -16,28 +16,12 @@ own, bound once: nothing is copied but the stack's slice of the bleed.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
-from bms.core import (
-    OUT_CUSUM,
-    OUT_EXPECTED,
-    OUT_IMBALANCE,
-    OUT_MEAN,
-    OUT_MEAN_SOC,
-    OUT_MEAN_SOC_SIGMA,
-    OUT_RATE,
-    OUT_RESIDUAL,
-    OUT_STACK_STATUS,
-    Core,
-    CoreError,
-    CoreOutput,
-)
+from bms.core import Core, CoreError
 from bms.validation import StackValidator
-
-_new_object = object.__new__
 
 
 class StackStep:
@@ -74,18 +58,7 @@ class StackStep:
         self._ffi = ffi
         self._baseline: tuple[np.ndarray, ...] = ()
         sk.lc_share = sk.lc_offset_kpa = ffi.NULL
-        self._core = core
         self.usual = False  # receive(): the usual case, the validator's state updated
-        # output(): the field names in CoreOutput's order (checked here, so a field added
-        # there fails loudly instead of going missing)
-        names = ("soc", "soc_sigma", "voltage_pred_v", "leak_a", "leak_sigma_a", "leak_flag",
-                 "capacity_ah", "r0_ohm", "cell_temperature_c", "status", "gated_count",
-                 "mean_soc", "mean_soc_sigma", "pressure_expected_kpa", "pressure_mean_kpa",
-                 "pressure_residual_kpa", "pressure_rate_kpa_per_s", "pressure_cusum_kpa",
-                 "load_cell_imbalance_kpa", "stack_status", "horizons_s", "charge_limit_a",
-                 "discharge_limit_a")
-        if names != tuple(f.name for f in fields(CoreOutput)):
-            raise RuntimeError("bms.core.CoreOutput's fields changed: update StackStep.output")
         self._receive_fn = lib.ssb_stack_receive
         self._not_moved = lib.SSB_STACK_NOT_MOVED
         self._receive_keep: tuple = ()
@@ -209,29 +182,6 @@ class StackStep:
         if r.core_rc == 0:
             raise ValueError(f"ssb_stack_receive failed with {rc}")
         return r
-
-    def output(self) -> CoreOutput:
-        """``Core.output()`` of the step just taken: the same fields and values (the core's
-        arrays, its stack figures), made without the dataclass's __init__ (a third of the
-        cost: this runs every tick for every stack)."""
-        c = self._core
-        so = c.stack_out.tolist()
-        stack_status = so[OUT_STACK_STATUS]
-        o = _new_object(CoreOutput)
-        o.__dict__ = {
-            "soc": c.soc, "soc_sigma": c.soc_sigma, "voltage_pred_v": c.voltage_pred_v,
-            "leak_a": c.leak_a, "leak_sigma_a": c.leak_sigma_a, "leak_flag": c.leak_flag,
-            "capacity_ah": c.capacity_ah, "r0_ohm": c.r0_ohm,
-            "cell_temperature_c": c.cell_temp_c, "status": c.status,
-            "gated_count": c.gated_count, "mean_soc": so[OUT_MEAN_SOC],
-            "mean_soc_sigma": so[OUT_MEAN_SOC_SIGMA], "pressure_expected_kpa": so[OUT_EXPECTED],
-            "pressure_mean_kpa": so[OUT_MEAN], "pressure_residual_kpa": so[OUT_RESIDUAL],
-            "pressure_rate_kpa_per_s": so[OUT_RATE], "pressure_cusum_kpa": so[OUT_CUSUM],
-            "load_cell_imbalance_kpa": so[OUT_IMBALANCE],
-            "stack_status": int(stack_status) if math.isfinite(stack_status) else 0,
-            "horizons_s": c.params.horizons_s, "charge_limit_a": c.charge_limit_a,
-            "discharge_limit_a": c.discharge_limit_a}
-        return o
 
     def bleed_pointer(self, pack_bleed_a: np.ndarray) -> Any:
         """A pointer to this stack's cells in a pack-wide bleed array (made once per array
