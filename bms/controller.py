@@ -438,7 +438,8 @@ class Controller:
         for s, m in zip(self.stacks, answers, strict=True):
             if m is not None:
                 self._receive(s, m, t, self.tick_s)
-            s.io.collect_pending_ack(t)  # last tick's SET_OUTPUTS (pipelined, _command)
+            if s.io.ack_seq is not None:  # last tick's SET_OUTPUTS (pipelined, _command)
+                s.io.collect_pending_ack(t)
 
     def _bleed_flowing(self) -> np.ndarray:
         """The bleed per cell that flowed over the interval this tick's MEASUREMENT ends
@@ -1044,8 +1045,9 @@ class Controller:
         is pending here (no stale, mismatch, watchdog, sensor or scalar record to clear, no
         board reset to raise, the load-cell baseline known), the state the calls would leave;
         otherwise the same checks and faults in the same order around its results."""
-        bleed = s.bleed_ptrs[0] if self._bleed_flowing() is self._bleed_arrays[0] \
-            else s.bleed_ptrs[1]
+        # _bleed_flowing, inline
+        flowing = self._bleed_cmd_2 if self.pipeline else self._bleed_cmd_1
+        bleed = s.bleed_ptrs[0] if flowing is self._bleed_arrays[0] else s.bleed_ptrs[1]
         b = s.baseline
         if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
             chain.bind_baseline(b.shares, b.offsets_kpa)
