@@ -436,9 +436,15 @@ class Controller:
         commands, in _command)."""
         sample_dt = self.tick_s if self.clock == "sim" else 0.0
         seqs = [s.io.take_prefetched_or_request(sample_dt, t) for s in self.stacks]
-        answers = [s.io.await_measurement(seq, t, *self._wait_bound(s, t,
-                                                                     BOARD_SAMPLE_WAIT_FRACTION))
-                   for s, seq in zip(self.stacks, seqs, strict=True)]
+        if self.clock == "sim":  # _wait_bound's sim-clock bound, inline: one call a stack less
+            missed_after_s = self.tick_s + TIME_EPS_S
+            answers = [s.io.await_measurement(seq, t, None, 0 if s.measurements > 0 and
+                                              t - s.last_valid_s > missed_after_s else None)
+                       for s, seq in zip(self.stacks, seqs, strict=True)]
+        else:
+            answers = [s.io.await_measurement(seq, t, *self._wait_bound(
+                s, t, BOARD_SAMPLE_WAIT_FRACTION))
+                for s, seq in zip(self.stacks, seqs, strict=True)]
         if self.pipeline:
             # All answers are in (usually they were waiting): the next SAMPLEs leave together,
             # so a process serving several boards wakes once for all of them.
@@ -449,7 +455,8 @@ class Controller:
         for s, m in zip(self.stacks, answers, strict=True):
             if m is not None:
                 self._receive(s, m, t, self.tick_s)
-            s.io.collect_pending_ack(t)  # last tick's SET_OUTPUTS (pipelined, _command)
+            if s.io.ack_seq is not None:  # last tick's SET_OUTPUTS (pipelined, _command)
+                s.io.collect_pending_ack(t)
 
     def _bleed_flowing(self) -> np.ndarray:
         """The bleed per cell that flowed over the interval this tick's MEASUREMENT ends
@@ -1049,11 +1056,72 @@ class Controller:
                            "p_rate_abs_kpa_per_s": self._p_rate_abs,
                            "p_cusum_kpa": self._p_cusum_kpa,
                            "p_imbalance_kpa": self._p_imbalance_kpa}, s.index)
+        s.chain.bind_receive(s.scaler, self.current_check, s.index, self.ccd)
 
     def _receive_chain(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float) -> None:
-        """:meth:`_receive` of a fast-lane measurement: front end, core and the stack's
-        figures in one C call (bms/stack_step.py), the same checks and faults in the same
-        order around it."""
+        """:meth:`_receive` of a fast-lane measurement: scaling, the core's interval, front
+        end, core, the current check's CUSUM and the stack's figures in one C call
+        (bms/stack_step.py, ``StackStep.receive``); when it reports the usual case and nothing
+        is pending here (no stale, mismatch, watchdog, sensor or scalar record to clear, no
+        board reset to raise, the load-cell baseline known), the state the calls would leave;
+        otherwise the same checks and faults in the same order around its results."""
+        # _bleed_flowing, inline
+        flowing = self._bleed_cmd_2 if self.pipeline else self._bleed_cmd_1
+        bleed = s.bleed_ptrs[0] if flowing is self._bleed_arrays[0] else s.bleed_ptrs[1]
+        b = s.baseline
+        if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
+            chain.bind_baseline(b.shares, b.offsets_kpa)
+            s.chain_shares = b.shares
+        r = chain.receive(t, dt_s, s.last_ts_ms, s.last_timestamp_s, bleed)
+        if r is None:  # the same timestamp again: stale, or a repeat that is used
+            self._receive_repeat(s, chain, t, dt_s, bleed)
+            return
+        v = s.validator
+        timestamp_ms, status = r.timestamp_ms, r.status
+        if (chain.usual and s.chain_shares is not None and chain.runs_current_check
+                and not (s.stale or s.mismatch or s.watchdog_tripped or s.sensor_error
+                         or s.io.client.reset_pending)):
+            # _timestamp_moved, _core_dt, after_front_end, _status_bits and _collect, each
+            # with nothing to raise, clear or diagnose (the validator's state: chain.receive)
+            s.last_ts_ms, s.ts_moved_s = timestamp_ms, t
+            s.last_timestamp_s = r.timestamp_s
+            s.data = data = ValidatedStack(t, v._v_out, v._t_out, v._p_out, r.current_a,
+                                           r.bus_voltage_v, status, timestamp_ms)
+            s.measurements += 1
+            o = s.out = s.core.output()
+            s.last_valid_s = t
+            s.stack_voltage_v = r.stack_voltage_v
+            s.charge_limit_a, s.discharge_limit_a = r.charge_limit_a, r.discharge_limit_a
+            ccd_limit_a = math.nan
+            if self.ccd is not None:
+                s.ccd_pressure_kpa, s.ccd_temperature_c = r.min_pressure_kpa, r.min_temperature_c
+                s.ccd_limit_a = ccd_limit_a = r.ccd_limit_a
+            self._row.set_stack(s.index, data.current_a, data.pressure_kpa,
+                                o.pressure_expected_kpa, o.pressure_residual_kpa, ccd_limit_a)
+            return
+        self._timestamp_moved(s, timestamp_ms, t)  # it moved: clears a stale record
+        s.last_timestamp_s = r.timestamp_s
+        data = v.after_front_end(t, r.current_in_a, r.bus_voltage_v, timestamp_ms, status,
+                                 r.fe_summary)
+        self._status_bits(s, status, t)
+        error = chain.core_error(r)
+        if error is not None:
+            raise error
+        o = s.out = s.core.output()
+        s.data = data
+        s.last_valid_s = s.ts_moved_s
+        if not chain.runs_current_check:
+            self.current_check.innovation_stats(s.index, t, r.innovation_n,
+                                                r.innovation_median_v, r.soc_sigma_sum,
+                                                s.core.n_cells,
+                                                float(s.core.stack_out[OUT_MEAN_OVERPOTENTIAL]))
+        self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
+                      r)
+
+    def _receive_repeat(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float,
+                        bleed: Any) -> None:
+        """:meth:`_receive_chain` of a measurement with the last one's timestamp: dropped when
+        it has been frozen for too long (stale), else the chain's calls one by one."""
         v = s.validator
         timestamp_ms, status, current_raw, bus_raw = v.wire_vals[:4].tolist()
         if not self._timestamp_moved(s, timestamp_ms, t):
@@ -1061,12 +1129,6 @@ class Controller:
         sc = s.scaler
         current_a = sc.current_from_raw(current_raw)
         core_dt = self._core_dt(s, timestamp_ms, dt_s)
-        bleed = s.bleed_ptrs[0] if self._bleed_flowing() is self._bleed_arrays[0] \
-            else s.bleed_ptrs[1]
-        b = s.baseline
-        if b is not None and b.shares is not s.chain_shares:  # set (or restored) since
-            chain.bind_baseline(b.shares, b.offsets_kpa)
-            s.chain_shares = b.shares
         r = chain.step(current_a, core_dt, bleed)
         data = v.after_front_end(t, current_a, sc.bus_voltage_from_raw(bus_raw), timestamp_ms,
                                  status, r.fe_summary)

@@ -15,6 +15,7 @@ own, bound once: nothing is copied but the stack's slice of the bleed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,10 @@ class StackStep:
         self._ffi = ffi
         self._baseline: tuple[np.ndarray, ...] = ()
         sk.lc_share = sk.lc_offset_kpa = ffi.NULL
+        self.usual = False  # receive(): the usual case, the validator's state updated
+        self._receive_fn = lib.ssb_stack_receive
+        self._not_moved = lib.SSB_STACK_NOT_MOVED
+        self._receive_keep: tuple = ()
 
     def bind_baseline(self, shares: list[float] | None, offsets_kpa: list[float] | None
                       ) -> None:
@@ -101,6 +106,82 @@ class StackStep:
         for name, a in per_stack.items():
             setattr(sk, f"pack_{name}", at(a, stack))
         self._pack_keep = keep
+
+    def bind_receive(self, scaler: Any, current_check: Any, stack: int, ccd: Any) -> None:
+        """What :meth:`receive` does beyond :meth:`step`: the board profile's scaling of
+        current and bus voltage (``scaler``: hil.scaling.Scaler), the validator's timestamp
+        gap, the status bits that need the caller (a tripped watchdog, a sensor error, a board
+        that just booted: Controller._status_bits), the current check's CUSUM of stack
+        ``stack`` (``current_check``: bms.current_check.CurrentPlausibility, its C engine;
+        None or the reference: not run, the caller calls innovation_stats) and the CCD limit
+        (``ccd``: bms.charging.CcdLimit, or None)."""
+        from bms.tuning import TIMESTAMP_GAP_TICKS
+        from hil.protocol import INVALID_I32, Status
+
+        ffi, sk = self._ffi, self._sk
+        p = scaler.profile
+        sk.wire = ffi.from_buffer("int64_t[]", self._validator.wire_vals)
+        sk.current_lsb_a, sk.current_offset_a = p.current_lsb_a, p.current_offset_a
+        sk.bus_lsb_v, sk.invalid_i32 = p.bus_lsb_v, INVALID_I32
+        # StackValidator._check_timestamp's bound, the same expression
+        sk.timestamp_gap_ms = TIMESTAMP_GAP_TICKS * self._validator.tick_s * 1000.0
+        sk.status_unusual = int(Status.WATCHDOG_TRIPPED | Status.SENSOR_ERROR
+                                | Status.JUST_BOOTED)
+        cc = getattr(current_check, "_c", None)
+        self.runs_current_check = cc is not None
+        if cc is not None:
+            sk.cc_cfg, sk.cc_st, sk.cc_stack = cc[2], cc[3], stack
+        else:
+            sk.cc_cfg = sk.cc_st = ffi.NULL
+        keep: list[Any] = [self._validator.wire_vals]
+        if ccd is not None:
+            axes = (np.array(ccd.pressure_kpa, dtype=np.float64),
+                    np.array(ccd.temperature_c, dtype=np.float64),
+                    np.ascontiguousarray(ccd.ccd_ma_cm2_table, dtype=np.float64).ravel())
+            if axes[2].size != axes[0].size * axes[1].size:
+                raise ValueError("CCD table shape differs from its axes")
+            sk.ccd_p, sk.ccd_t, sk.ccd_table = (ffi.from_buffer("double[]", a) for a in axes)
+            sk.ccd_np, sk.ccd_nt = axes[0].size, axes[1].size
+            sk.ccd_amps_per_ma_cm2 = ccd._amps_per_ma_cm2
+            keep.extend(axes)
+        else:
+            sk.ccd_np = sk.ccd_nt = 0
+        self._receive_keep = tuple(keep)  # held: the struct points into them
+
+    def receive(self, t: float, dt_s: float, last_ts_ms: int | None,
+                last_timestamp_s: float | None, bleed_ptr: Any) -> Any:
+        """The controller's receive of the fast lane's values in one call (ssb_stack_receive,
+        after :meth:`bind_receive`): None when the board's timestamp is ``last_ts_ms`` (nothing
+        ran), else the result struct of :meth:`step` with the receive's fields (usual,
+        timestamp, scaled values, the core's interval, the CCD limit). :attr:`usual`: the C
+        call's usual case with nothing pending in the validator, whose state is then updated
+        as its own calls would. Raises as :meth:`step`."""
+        v = self._validator
+        last = v._last_ts_ms
+        r = self._res
+        rc = self._receive_fn(self._sk, t, dt_s, v._last_i, v._last_raw_lc is not None,
+                              -1 if last_ts_ms is None else last_ts_ms,
+                              math.nan if last_timestamp_s is None else last_timestamp_s,
+                              -1 if last is None else last, bleed_ptr, r)
+        if rc == 0:
+            # The validator's part of the usual case (nothing for its diagnosis now or from
+            # before): the state after_front_end and _check_timestamp would leave, here
+            # (calling them again, as the caller's other path does, sets the same values)
+            if r.usual and not v._anything_prev and True not in v._bad_scalar.values():
+                v._last_i, v._last_raw_lc, v._last_ts_ms = (r.current_in_a, v._last_raw_lc_buf,
+                                                            r.timestamp_ms)
+                self.usual = True
+            else:
+                self.usual = False
+            return r
+        self.usual = False
+        if rc == self._not_moved:
+            return None
+        if r.fe_rc != 0:
+            raise ValueError(f"ssb_fe_step failed with {r.fe_rc}")
+        if r.core_rc == 0:
+            raise ValueError(f"ssb_stack_receive failed with {rc}")
+        return r
 
     def bleed_pointer(self, pack_bleed_a: np.ndarray) -> Any:
         """A pointer to this stack's cells in a pack-wide bleed array (made once per array

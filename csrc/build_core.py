@@ -34,8 +34,10 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 # module name -> its parts (csrc/NAME.h + NAME.c each)
 MODULES = {
-    "bms._core": ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend", "ssb_stack",
-                  "ssb_balance", "ssb_current", "ssb_thermal"),
+    # (ssb_current before ssb_stack: the cdef is the headers in this order, and the stack's
+    # struct holds the current check's)
+    "bms._core": ("ssb_core", "ssb_protect", "ssb_format", "ssb_frontend", "ssb_current",
+                  "ssb_stack", "ssb_balance", "ssb_thermal"),
     "hil._wire": ("ssb_wire",),
     "hil.emulator._plant": ("ssb_plant", "ssb_board"),
 }

@@ -136,7 +136,7 @@ static size_t pack_measurement(const ssb_plant_sense_config_t *s, const int64_t 
     return len;
 }
 
-int ssb_board_tick(const ssb_board_t *b, const char *in, size_t n, double t_s,
+int ssb_board_tick(ssb_board_t *b, const char *in, size_t n, double t_s,
                    double pressure_kpa, double bus_v, double gas_kpa, double gas_ramp_kpa_per_s,
                    double last_heartbeat_s, int watchdog_tripped, double silence_until_s,
                    unsigned status, double th_dt_s, const double *minv, const double *c_dt,
@@ -167,6 +167,17 @@ int ssb_board_tick(const ssb_board_t *b, const char *in, size_t n, double t_s,
         return SSB_BOARD_FALLBACK; /* this step trips the watchdog: open_all() in Python */
     if (t_new < silence_until_s)
         return SSB_BOARD_FALLBACK; /* the reply would be silenced */
+    if (bus_mode == SSB_BOARD_BUS_CLOSED_PROFILE) {
+        /* TickLane.profile_demand's hit, then Plant._stack_current's limits */
+        if (b->blk_t == NULL || b->blk_d == NULL || b->blk_i < 0 || b->blk_i >= b->blk_n
+            || b->blk_t[b->blk_i] != t_s)
+            return SSB_BOARD_NEED_BLOCK;
+        demand_a = b->blk_d[b->blk_i];
+        if (b->respect_limits) {
+            demand_a = -b->discharge_limit_a > demand_a ? -b->discharge_limit_a : demand_a;
+            demand_a = b->charge_limit_a < demand_a ? b->charge_limit_a : demand_a;
+        }
+    }
     res[SSB_BOARD_RES_DT_US] = (double)dt_us;
     res[SSB_BOARD_RES_SEQ] = (double)seq;
     res[SSB_BOARD_RES_FRAMES] = (double)frames;
@@ -183,6 +194,10 @@ int ssb_board_tick(const ssb_board_t *b, const char *in, size_t n, double t_s,
     int rc = ssb_plant_begin(cfg, st, pressure_kpa, sums);
     if (rc)
         return SSB_BOARD_ERR_BEGIN + rc;
+    if (bus_mode == SSB_BOARD_BUS_CLOSED_PROFILE) { /* the step takes the block's demand */
+        b->blk_i++;
+        bus_mode = SSB_BOARD_BUS_CLOSED;
+    }
     int load_done = 0;
     if (bus_mode == SSB_BOARD_BUS_CLOSED_CV) {
         const size_t row = cfg->n + 3;
@@ -208,6 +223,8 @@ int ssb_board_tick(const ssb_board_t *b, const char *in, size_t n, double t_s,
     rc = ssb_plant_sense(b->scfg, st, t_new, i_s, bus_v, noise, b->sense_buf, b->raw);
     if (rc)
         return SSB_BOARD_ERR_SENSE + rc;
+    if (b->lc_last != NULL && b->scfg->m > 0)
+        memcpy(b->lc_last, b->raw + b->scfg->n + b->scfg->k, b->scfg->m * sizeof *b->lc_last);
     if (tripped)
         status |= b->watchdog_status_bit;
     uint8_t payload[PROTO_MAX_PAYLOAD];

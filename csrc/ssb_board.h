@@ -34,6 +34,8 @@
 #define SSB_BOARD_UNENCODABLE (-3)      /* stepped and read, but a count, the timestamp or the
                                            payload does not fit the wire: raw holds the counts,
                                            the caller finishes on the general path */
+#define SSB_BOARD_NEED_BLOCK (-4)       /* SSB_BOARD_BUS_CLOSED_PROFILE without this tick's
+                                           demand in the block: nothing changed */
 #define SSB_BOARD_ERR_BEGIN (-100)      /* + ssb_plant_begin's code: nothing stepped */
 #define SSB_BOARD_ERR_FINISH (-200)     /* + ssb_plant_finish's code: res[2] is the bus voltage */
 #define SSB_BOARD_ERR_SENSE (-300)      /* + ssb_plant_sense's code: stepped, res[0..5) valid */
@@ -44,6 +46,7 @@
 #define SSB_BOARD_BUS_PRECHARGE 1 /* precharge relay and negative contactor closed */
 #define SSB_BOARD_BUS_CLOSED 2    /* both contactors closed: the load's demand flows */
 #define SSB_BOARD_BUS_CLOSED_CV 3 /* closed, demand from the CC-CV charger in ssb_board_t */
+#define SSB_BOARD_BUS_CLOSED_PROFILE 4 /* closed, demand from the profile block in ssb_board_t */
 
 /* res[] written by ssb_board_tick (doubles; the integers are exact) */
 #define SSB_BOARD_RES_T_S 0
@@ -57,7 +60,8 @@
 #define SSB_BOARD_RES_LOAD_DONE 8 /* 1: the CC-CV charger ended (its current fell below cutoff) */
 #define SSB_BOARD_RES_COUNT 9
 
-/* One board: the plant engine's structs (plant_c.py CEngine) and constants, set once. */
+/* One board: the plant engine's structs (plant_c.py CEngine) and constants, set once; the
+ * profile block's index moves with each tick that takes its demand (not const for that). */
 typedef struct {
     const ssb_plant_config_t *cfg;
     ssb_plant_state_t *st;
@@ -76,6 +80,18 @@ typedef struct {
     double cv_cutoff_a;
     double charge_limit_a;
     double discharge_limit_a;
+    /* SSB_BOARD_BUS_CLOSED_PROFILE (board_lane.py TickLane.profile_demand's block): the plant
+     * times of the next ticks and the drive cycle's demands there; this tick's is at blk_i
+     * when blk_t[blk_i] is the plant's time (then blk_i moves on), clipped to the limits
+     * above when respect_limits */
+    const double *blk_t;
+    const double *blk_d;
+    int64_t blk_n;
+    int64_t blk_i;
+    int respect_limits;
+    /* where the load cells' counts of each read are copied (the stuck-cell fault's "last
+     * counts", Sensors.lc_last_counts), or NULL */
+    int64_t *lc_last;
 } ssb_board_t;
 
 /* One tick. in[0 .. n): the host's bytes. The plant's scalars before the step: t_s,
@@ -86,7 +102,7 @@ typedef struct {
  * (the bus conductance). noise: this read's noise row (n + k + m + 2).
  * Returns the reply frame's length in out, or an SSB_BOARD_* code; res gets the plant's
  * scalars after the step and the frames' dt_us, seq and count (SSB_BOARD_RES_*). */
-int ssb_board_tick(const ssb_board_t *b, const char *in, size_t n, double t_s,
+int ssb_board_tick(ssb_board_t *b, const char *in, size_t n, double t_s,
                    double pressure_kpa, double bus_v, double gas_kpa, double gas_ramp_kpa_per_s,
                    double last_heartbeat_s, int watchdog_tripped, double silence_until_s,
                    unsigned status, double th_dt_s, const double *minv, const double *c_dt,

@@ -160,3 +160,115 @@ int ssb_stack_step(const ssb_stack_t *sk, double current_a, double last_i, int h
     r->discharge_limit_a = py_min(sk->out->discharge_limit_a, nh);
     return 0;
 }
+
+/* Python's float x % y for y > 0 (the sign of the divisor; fmod keeps the dividend's). */
+static double py_mod(double x, double y)
+{
+    double m = fmod(x, y);
+    if (m != 0.0) {
+        if ((y < 0.0) != (m < 0.0))
+            m += y;
+    } else {
+        m = copysign(0.0, y);
+    }
+    return m;
+}
+
+/* bisect.bisect_right over a[0 .. n): the first index whose value is above x. */
+static int64_t bisect_right(const double *a, int64_t n, double x)
+{
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (x < a[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* bms.charging.CcdLimit.ccd_ma_cm2 (same operations, same order). */
+static double ccd_ma_cm2(const ssb_stack_t *sk, double p, double t)
+{
+    const double *ps = sk->ccd_p, *ts = sk->ccd_t;
+    const int64_t np_ = sk->ccd_np, nt = sk->ccd_nt;
+    if (!(p >= ps[0]) || !(t >= ts[0]))
+        return 0.0;
+    int64_t i = np_ - 1;
+    double fp = 0.0;
+    if (p < ps[i]) {
+        i = bisect_right(ps, np_, p) - 1;
+        fp = (p - ps[i]) / (ps[i + 1] - ps[i]);
+    }
+    int64_t j = nt - 1;
+    const double *lo = sk->ccd_table + j * np_, *hi = lo;
+    double ft = 0.0;
+    if (t < ts[j]) {
+        j = bisect_right(ts, nt, t) - 1;
+        ft = (t - ts[j]) / (ts[j + 1] - ts[j]);
+        lo = sk->ccd_table + j * np_;
+        hi = lo + np_;
+    }
+    double at_lo, at_hi;
+    if (fp > 0.0) {
+        at_lo = lo[i] + fp * (lo[i + 1] - lo[i]);
+        at_hi = hi[i] + fp * (hi[i + 1] - hi[i]);
+    } else {
+        at_lo = lo[i];
+        at_hi = hi[i];
+    }
+    return at_lo + ft * (at_hi - at_lo);
+}
+
+int ssb_stack_receive(const ssb_stack_t *sk, double t, double dt_s, double last_i,
+                      int have_last_raw, int64_t last_ts_ms, double last_timestamp_s,
+                      int64_t gap_last_ts_ms, const double *bleed_a, ssb_stack_result_t *r)
+{
+    if (!sk || !r || !sk->wire)
+        return SSB_STACK_ERR_NULL;
+    const int64_t *w = sk->wire;
+    const int64_t ts_ms = w[0];
+    if (ts_ms == last_ts_ms)
+        return SSB_STACK_NOT_MOVED;
+    /* hil.scaling.Scaler.current_from_raw, bus_voltage_from_raw */
+    const double current_a = w[2] == sk->invalid_i32
+        ? NAN : (double)w[2] * sk->current_lsb_a + sk->current_offset_a;
+    const double bus_v = w[3] == sk->invalid_i32 ? NAN : (double)w[3] * sk->bus_lsb_v;
+    /* Controller._core_dt */
+    const double ts_s = (double)ts_ms / 1000.0;
+    double core_dt = dt_s;
+    if (last_timestamp_s == last_timestamp_s) {
+        const double board_dt = py_mod(ts_s - last_timestamp_s, 4294967.296);
+        if (0.0 < board_dt && board_dt <= 5.0 * dt_s)
+            core_dt = board_dt;
+    }
+    int rc = ssb_stack_step(sk, current_a, last_i, have_last_raw, core_dt, bleed_a, r);
+    r->timestamp_ms = ts_ms;
+    r->status = w[1];
+    r->current_in_a = current_a;
+    r->bus_voltage_v = bus_v;
+    r->timestamp_s = ts_s;
+    r->core_dt_s = core_dt;
+    r->ccd_limit_a = NAN;
+    r->usual = 0;
+    if (rc)
+        return rc;
+    if (sk->cc_cfg && sk->cc_st)
+        ssb_cc_innovation(sk->cc_cfg, sk->cc_st, (size_t)sk->cc_stack, t, r->innovation_n,
+                          r->innovation_median_v, r->soc_sigma_sum, sk->prm->n_cells,
+                          sk->out->stack[SSB_OUT_MEAN_OVERPOTENTIAL_V]);
+    if (sk->ccd_np > 0 && sk->ccd_nt > 0)
+        r->ccd_limit_a = ccd_ma_cm2(sk, r->min_pressure_kpa, r->min_temperature_c)
+            * sk->ccd_amps_per_ma_cm2;
+    /* StackValidator._check_timestamp: a step back or an advance beyond the gap */
+    int gap = 0;
+    if (gap_last_ts_ms >= 0) {
+        const uint64_t adv = (uint64_t)(ts_ms - gap_last_ts_ms) & 0xFFFFFFFFu;
+        gap = adv >= 0x80000000u || (double)adv > sk->timestamp_gap_ms;
+    }
+    r->usual = (r->fe_summary & 7u) == 0 && r->current_a == r->current_a && bus_v == bus_v
+        && r->stack_voltage_v == r->stack_voltage_v && !gap
+        && (r->status & sk->status_unusual) == 0;
+    return 0;
+}

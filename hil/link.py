@@ -129,6 +129,9 @@ class SerialLink:
         # Ports with a real descriptor (ttys, ptys, spy:// on a tty) wait in select() with the
         # caller's exact timeout; others (loop://, socket://) use pyserial's own read timeout.
         self._fd: int | None = None
+        # A URL handler that hands over whole frames without waiting (``read_frame()``, e.g.
+        # emu://): read_now takes the next one in one call instead of in_waiting + read.
+        self._read_frame = getattr(self._ser, "read_frame", None)
         if isinstance(self._ser, serial.serialposix.Serial):
             self._fd = self._ser.fileno()
             # pyserial opens O_NONBLOCK; make sure, since read_available reads before it waits.
@@ -320,6 +323,8 @@ class SerialLink:
                     return os.read(fd, _READ_CHUNK)  # b"" is not end of file here (VMIN = 0)
                 except BlockingIOError:
                     return b""
+            if self._read_frame is not None:
+                return self._read_frame()
             ser = self._ser
             n = ser.in_waiting
             return ser.read(n) if n > 0 else b""

@@ -107,9 +107,9 @@ class _Both:
         if lane is not None:
             real = lane.feed
 
-            def counted(d: bytes, status: int) -> bool:
+            def counted(d: bytes) -> bool:
                 nonlocal hit
-                hit = real(d, status)
+                hit = real(d)
                 return hit
             lane.feed = counted  # type: ignore[method-assign]
         errors = []
@@ -266,7 +266,7 @@ def test_lane_refuses_without_changing_anything() -> None:
                  encode_frame(Sample(100_000), 4) + encode_frame(Heartbeat(1, 0), 5),
                  encode_frame(Sample(200_000), 6), encode_frame(Sample(0), 7),
                  encode_frame(SetOutputs(CLOSE, 0, 1000, 1000), 8)):
-        assert lane.feed(data, board._status_bits()) is False, data
+        assert lane.feed(data) is False, data
         assert _state(board) == before and not board.outbox
 
 

@@ -50,8 +50,9 @@ def _run(pack_name: str, scenario: str, seconds: float, chain: bool, log: Path,
 
     def record(ctl: Controller) -> None:
         figures.append((ctl._p_imbalance_kpa.tolist(), [
-            (s.ccd_pressure_kpa, s.ccd_temperature_c, s.stack_voltage_v, s.charge_limit_a,
-             s.discharge_limit_a, ctl.current_check.cusum_v_s(s.index)) for s in ctl.stacks]))
+            (s.ccd_pressure_kpa, s.ccd_temperature_c, s.ccd_limit_a, s.stack_voltage_v,
+             s.charge_limit_a, s.discharge_limit_a, ctl.current_check.cusum_v_s(s.index),
+             s.last_timestamp_s, s.measurements) for s in ctl.stacks]))
 
     c.open()
     c.request_close()
@@ -94,3 +95,4 @@ def test_chain_is_not_made_for_the_reference_front_end(tmp_path: Path) -> None:
     c.run(1.0)
     c.close()
     assert c.stacks[0].chain_tried and c.stacks[0].chain is None
+

@@ -277,7 +277,7 @@ class EmulatedBoard:
         lane, link = self._lane, self.link
         if (lane is not None and self._spec is None and not link.drop_probability
                 and not link.corrupt_probability and self.decoder.idle
-                and lane.feed(data, self._status_bits())):
+                and lane.feed(data)):
             return
         for df in self.decoder.feed(data):
             self.counters.frames_in += 1

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hil.emulator.loads import CcCvCharge, ConstantCurrent, CurrentProfile, Rest
+from hil.emulator.loads import CcCvCharge, ConstantCurrent, CurrentProfile, Load, Rest
 from hil.emulator.plant_c import c_error
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # whose demand needs this step's v_open / r_eff) in the C call; any other Load subclass takes
 # the general path.
 _FAST_LOADS = frozenset({Rest, ConstantCurrent, CurrentProfile, CcCvCharge})
+# Loads whose observe() is Load's no-op (no stop condition to check after a step)
+_NO_OBSERVE = frozenset(cls for cls in _FAST_LOADS if cls.observe is Load.observe)
 _BLOCK = 256  # CurrentProfile demands computed at once (TickLane.profile_demand)
 _STAGES = {1: "ssb_plant_begin", 2: "ssb_plant_finish", 3: "ssb_plant_sense"}
 
@@ -69,11 +71,24 @@ class TickLane:
         self.res = ffi.new(f"double[{lib.SSB_BOARD_RES_COUNT}]")
         self.out = ffi.new(f"char[{lib.SSB_BOARD_OUT_MIN}]")
         self.unpack, self.buffer = ffi.unpack, ffi.buffer
-        n, k, m = plant.n, plant.k, plant.m
-        self.lc = slice(n + k, n + k + m) if m else None
-        # CurrentProfile demands ahead: (load, load_t0, dt, plant times, demands)
-        self._block: tuple[Any, float, float, list[float], list[float]] | None = None
-        self._block_i = 0
+        m = plant.m
+        # Sensors.lc_last_counts of a lane tick: the C call copies the load cells' counts here
+        self.lc_last = np.zeros(m, dtype=np.int64) if m else None
+        b.lc_last = c.ptr(self.lc_last, "int64_t *") if m else ffi.NULL
+        self.bus_profile = lib.SSB_BOARD_BUS_CLOSED_PROFILE
+        self.need_block = lib.SSB_BOARD_NEED_BLOCK
+        # CurrentProfile demands ahead: (load, load_t0, dt, plant times, demands), the last
+        # two as arrays the C call reads (ssb_board_t.blk_*) and moves its index along
+        self._block: tuple[Any, float, float, np.ndarray, np.ndarray] | None = None
+        b.blk_t = b.blk_d = ffi.NULL
+        b.blk_n = b.blk_i = 0
+        # What the usual tick's checks read, kept while it cannot have changed: the scenario's
+        # quiet time (ScenarioRunner.quiet_before_s, until its next advance), the status bits
+        # (until the outputs object is replaced or the board boots)
+        self._runner_advances = -1
+        self._quiet_before_s = -np.inf
+        self._status_outputs: Any = None
+        self._status = 0
 
     def profile_demand(self, load: CurrentProfile, t_s: float, load_t0_s: float) -> float:
         """``load.demand_a(t_s - load_t0_s, ...)``, from a block computed ahead: one call
@@ -83,14 +98,15 @@ class TickLane:
         one loop for scalars and arrays: the same value per point); a tick at any other time,
         another load or segment start, or past the profile's end asks the load itself."""
         blk = self._block
-        i = self._block_i
+        b = self.b
+        i = b.blk_i
         if (blk is not None and i < len(blk[3]) and blk[3][i] == t_s and blk[0] is load
                 and blk[1] == load_t0_s):
-            self._block_i = i + 1
-            return blk[4][i]
+            b.blk_i = i + 1
+            return float(blk[4][i])
         dt_s = self.board._last_dt_us * 1e-6
         if not dt_s > 0.0:
-            self._block = None
+            self._unbind_block()
             return load.demand_a(t_s - load_t0_s, self.engine.v_open, self.engine.r_eff)
         steps = np.full(_BLOCK, dt_s)
         steps[0] = t_s
@@ -102,24 +118,43 @@ class TickLane:
             x = load.time_s[0] + t_rel
             x = x[:int(np.searchsorted(x, load.time_s[-1], side="right"))]
         if not len(x):  # past the end: the load sets done
-            self._block = None
+            self._unbind_block()
             return load.demand_a(t_s - load_t0_s, self.engine.v_open, self.engine.r_eff)
         demands = load.scale * np.interp(x, load.time_s, load.current_a)
-        self._block = (load, load_t0_s, dt_s, times[:len(x)].tolist(), demands.tolist())
-        self._block_i = 1
-        return self._block[4][0]
+        blk_t = np.ascontiguousarray(times[:len(x)])
+        self._block = (load, load_t0_s, dt_s, blk_t, demands)
+        ptr = self.engine.ptr
+        b.blk_t, b.blk_d, b.blk_n, b.blk_i = ptr(blk_t), ptr(demands), len(blk_t), 1
+        return float(demands[0])
 
-    def feed(self, data: bytes, status: int) -> bool:
+    def _unbind_block(self) -> None:
+        self._block = None
+        b = self.b
+        b.blk_t = b.blk_d = self.engine.ffi.NULL
+        b.blk_n = b.blk_i = 0
+
+    def feed(self, data: bytes) -> bool:
         """Serve ``data`` as one tick: True when done (reply in the outbox, counters as the
-        general path keeps them), False when nothing changed and the general path must run.
-        ``status``: the MEASUREMENT's status bits but the watchdog's."""
+        general path keeps them), False when nothing changed and the general path must run."""
         board = self.board
         plant = board.plant
         s = plant._sensors
-        runner = board.runner
-        if s.th_fault_any or s.lc_fault_any or (runner is not None and runner.due()):
+        if s.th_fault_any or s.lc_fault_any:
             return False
+        runner = board.runner
+        if runner is not None:
+            # ScenarioRunner.due() is False before its quiet time (kept until it advances)
+            # unless the load is done; at or after it, due() itself decides
+            if runner.advances != self._runner_advances:
+                self._runner_advances = runner.advances
+                self._quiet_before_s = runner.quiet_before_s()
+            if (plant.t_s >= self._quiet_before_s or plant.load.done) and runner.due():
+                return False
         o, f = plant.outputs, plant.faults
+        if o is not self._status_outputs or board.just_booted:  # EmulatedBoard._status_bits
+            self._status = board._status_bits()
+            self._status_outputs = None if board.just_booted else o
+        b = self.b
         g_bus = self.g_bus0
         if f.precharge_fail:
             g_bus += self.g_fail
@@ -131,18 +166,24 @@ class TickLane:
             else:
                 load = plant.load
                 cls = load.__class__
-                if cls is CcCvCharge and not load.done:
+                if cls is CurrentProfile:
+                    blk = self._block
+                    if blk is not None and blk[0] is load and blk[1] == plant._load_t0:
+                        # this tick's demand from the block in the C call (NEED_BLOCK: not
+                        # there, then profile_demand below, as before)
+                        mode = self.bus_profile
+                        b.respect_limits = load.respect_limits
+                        b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
+                                                                 o.discharge_limit_a)
+                    else:
+                        demand = self._profile_limited(load, plant, o)
+                elif cls is CcCvCharge and not load.done:
                     # its demand needs this step's v_open / r_eff: computed in the C call
                     mode = self.bus_cv
-                    b = self.b
                     b.cv_cell_v, b.cc_current_a, b.cv_cutoff_a = (
                         load.cv_cell_v, load.current_a, load.cutoff_a)
                     b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
                                                              o.discharge_limit_a)
-                elif cls is CurrentProfile:
-                    demand = self.profile_demand(load, plant.t_s, plant._load_t0)
-                    if load.respect_limits:
-                        demand = min(max(demand, -o.discharge_limit_a), o.charge_limit_a)
                 elif cls in _FAST_LOADS:
                     c = self.engine
                     demand = load.demand_a(plant.t_s - plant._load_t0, c.v_open, c.r_eff)
@@ -162,12 +203,19 @@ class TickLane:
             c.noise_src = s.noise
             c.noise_p = c.ptr(s.noise)
         t0 = plant.t_s
-        self.b.heartbeat_timeout_s = board.heartbeat_timeout_s  # a test may change it
-        rc = self.tick(self.b, data, len(data), t0, plant.pressure_kpa, plant.bus_v,
-                       plant.gas_kpa, f.gas_ramp_kpa_per_s, board.last_heartbeat_s,
-                       board.watchdog_tripped, board.link.silence_until_s, status, c.th_dt,
-                       th[0], th[1], th[2], mode, demand, g_bus, c.noise_p + row * c.nch,
-                       self.res, self.out, 250)
+        b.heartbeat_timeout_s = board.heartbeat_timeout_s  # a test may change it
+        noise = c.noise_p + row * c.nch
+        rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v, plant.gas_kpa,
+                       f.gas_ramp_kpa_per_s, board.last_heartbeat_s, board.watchdog_tripped,
+                       board.link.silence_until_s, self._status, c.th_dt, th[0], th[1], th[2],
+                       mode, demand, g_bus, noise, self.res, self.out, 250)
+        if rc == self.need_block:  # the block ran out (or this tick is off it): as before
+            rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v,
+                           plant.gas_kpa, f.gas_ramp_kpa_per_s, board.last_heartbeat_s,
+                           board.watchdog_tripped, board.link.silence_until_s, self._status,
+                           c.th_dt, th[0], th[1], th[2], self.bus_closed,
+                           self._profile_limited(plant.load, plant, o), g_bus, noise, self.res,
+                           self.out, 250)
         if rc == self.fallback:
             return False
         t_s, i_s, bus_v, p_kpa, gas, dt_us, seq, frames, load_done = self.unpack(self.res,
@@ -193,7 +241,9 @@ class TickLane:
         plant.t_s = t_s
         plant.pressure_kpa = p_kpa
         plant.current_a = i_s
-        plant.load.observe(plant.cell_v)
+        load = plant.load
+        if load.__class__ not in _NO_OBSERVE:
+            load.observe(plant.cell_v)
         if board.truth is not None:
             board.truth.write_row_from(plant.truth_row)
         if rc < 0 and rc != self.unencodable:  # the row stays unused, as in CEngine
@@ -204,14 +254,22 @@ class TickLane:
             board._last_counts = s.finish(c.raw, f)
             board._send(board._measurement(), int(seq))
             return True
-        if self.lc is not None:  # Sensors.finish keeps them for a stuck load cell
-            s.lc_last_counts = c.raw[self.lc].copy()
+        if self.lc_last is not None and s.lc_last_counts is not self.lc_last:
+            # Sensors.finish keeps them for a stuck load cell; the C call copied them here
+            s.lc_last_counts = self.lc_last
             s.lc_have_last = True
         board.just_booted = False
         counters.samples += 1
         counters.replies += 1
         board.outbox.append(self.buffer(self.out, rc)[:])
         return True
+
+    def _profile_limited(self, load: CurrentProfile, plant: Any, o: Any) -> float:
+        """profile_demand and the SET_OUTPUTS limits (Plant._stack_current)."""
+        demand = self.profile_demand(load, plant.t_s, plant._load_t0)
+        if load.respect_limits:
+            demand = min(max(demand, -o.discharge_limit_a), o.charge_limit_a)
+        return demand
 
 
 __all__ = ["TickLane"]

@@ -248,6 +248,7 @@ class Plant:
         self._i_cell: np.ndarray | float = np.zeros(n)
         self._r_series = np.zeros(n)
         self._balance = np.zeros(n, dtype=bool)
+        self._balance_mask = 0  # the int _balance was made from (set_outputs)
         self.pressure_kpa = 0.0
         self._lc_kpa = np.zeros(self.m)
         self._heat_fault_any = False
@@ -281,8 +282,24 @@ class Plant:
         if (pos, neg) != (self.commanded.contactor_pos, self.commanded.contactor_neg):
             self.outputs = replace(self.commanded, contactor_pos=pos,
                                                contactor_neg=neg)
-        self._balance = ((int(balance_mask) >> np.arange(self.n)) & 1).astype(bool)
-        self._refresh_derived()
+        # Of what _refresh_derived recomputes only the bleed conductance depends on the
+        # outputs (the rest on the faults): a command that leaves the bleed switches as they
+        # were (the usual SET_OUTPUTS: a limit moved, or the periodic resend) changes none of
+        # it, and another mask changes that one array (the same values as the full refresh).
+        mask = int(balance_mask)
+        if mask != self._balance_mask:
+            self._balance_mask = mask
+            self._balance = ((mask >> np.arange(self.n)) & 1).astype(bool)
+            self._refresh_bleed()
+
+    def _refresh_bleed(self) -> None:
+        """The static conductance per cell (bleed switches and soft shorts): the part of
+        :meth:`_refresh_derived` that the bleed switches change."""
+        self._g_static = (np.where(self._balance, self._bleed_g, 0.0)
+                          + 1.0 / self.faults.soft_short_ohm)
+        self._g_any = bool(self._g_static.any())
+        if self._c is not None:
+            self._c.sync_bleed(self)
 
     def open_all(self) -> None:
         """Open contactors and precharge relay, stop balancing (board watchdog, reboot)."""

@@ -183,6 +183,11 @@ class CEngine:
         self.scfg.vtap_any = int(s.vtap_any)
         self.th_dt = math.nan  # faults may have changed the coolant or the ambient override
 
+    def sync_bleed(self, plant: Plant) -> None:
+        """:meth:`sync` of what the bleed switches change (Plant._refresh_bleed)."""
+        self.bufs["g_static"][...] = plant._g_static
+        self.cfg.g_any = int(plant._g_any)
+
     def thermal_pointers(self, plant: Plant, dt_s: float) -> tuple[Any, Any, Any]:
         """Plant._thermal_matrix as C pointers, cached under the same key."""
         key = (dt_s, plant.faults.coolant_lost, plant.ambient_effective_c)

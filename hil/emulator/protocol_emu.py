@@ -232,6 +232,14 @@ class EmuSerial(SerialBase):
         rx = self._rx
         return len(rx[0]) if rx else 0
 
+    def read_frame(self) -> bytes:
+        """``read(in_waiting)`` in one call: the next frame the board sent whole, b"" when
+        there is none (never waits). hil.link.SerialLink reads a port that has it this way."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        rx = self._rx
+        return rx.popleft() if rx else b""
+
     def read(self, size: int = 1) -> bytes:
         if not self.is_open:
             raise PortNotOpenError()

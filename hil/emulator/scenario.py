@@ -281,6 +281,9 @@ def _parse_ambient(path: Path, data: dict[str, Any]) -> list[tuple[float, float]
 
 
 Injector = Callable[[InjectedFault, int, float, bool], None]
+# ScenarioRunner.quiet_before_s's margin (s): far above the rounding of a plant time (~1e-12 s
+# at a day) and far below a tick
+_QUIET_MARGIN_S = 1e-6
 
 
 @dataclass
@@ -300,6 +303,7 @@ class ScenarioRunner:
     _next_fault: int = 0
     _next_ambient: int = 0
     errors: list[str] = field(default_factory=list)
+    advances: int = 0  # calls of advance(): what quiet_before_s() depends on changes only there
 
     def __post_init__(self) -> None:
         self._start_segment(0)
@@ -331,8 +335,24 @@ class ScenarioRunner:
         seg = sc.segments[self.segment_index]
         return self.plant.load.done or t - self._segment_t0 >= seg.duration_s
 
+    def quiet_before_s(self) -> float:
+        """A plant time before which :meth:`due` is False while the load is not done and
+        :meth:`advance` is not called: the next fault, ambient change or segment end, less
+        TIME_EPS_S and a margin far above the rounding of ``t_s + TIME_EPS_S`` (the board's
+        fast lane asks due() only from then on)."""
+        sc = self.scenario
+        t = math.inf
+        if self._next_fault < len(sc.faults):
+            t = min(t, sc.faults[self._next_fault].at_s)
+        if self._next_ambient < len(sc.ambient):
+            t = min(t, sc.ambient[self._next_ambient][0])
+        if not self.finished:
+            t = min(t, self._segment_t0 + sc.segments[self.segment_index].duration_s)
+        return t - TIME_EPS_S - _QUIET_MARGIN_S
+
     def advance(self) -> None:
         """Apply the events due at the plant's time and move to the next segment if done."""
+        self.advances += 1
         t = self.plant.t_s + TIME_EPS_S  # events at t fire before the step that starts at t
         sc = self.scenario
         while self._next_fault < len(sc.faults) and sc.faults[self._next_fault].at_s <= t:

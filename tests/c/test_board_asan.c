@@ -156,12 +156,27 @@ static void random_ticks(size_t n, size_t k, size_t m, int ticks)
     char *out = malloc(SSB_BOARD_OUT_MIN);
     CHECK(out);
     double t = 0.0;
-    int n_ok = 0, n_unenc = 0;
+    int n_ok = 0, n_unenc = 0, n_block = 0;
+    /* SSB_BOARD_BUS_CLOSED_PROFILE's block (refilled at the tick's time when it misses) and the
+     * load cells' last counts, each exactly sized */
+    double *blk_t = dalloc(4), *blk_d = dalloc(4);
+    int64_t *lc_last = m ? malloc(m * sizeof *lc_last) : NULL;
+    br.b.blk_t = blk_t, br.b.blk_d = blk_d, br.b.blk_n = 4, br.b.blk_i = 4;
+    br.b.lc_last = lc_last;
     for (int s = 0; s < ticks; s++) {
         br.r.cfg.loss_any = urand() < 0.3, br.r.cfg.g_any = urand() < 0.3;
         br.r.cfg.heat_fault_any = urand() < 0.3, br.r.scfg.vtap_any = urand() < 0.3;
         const uint32_t dt_us = urand() < 0.5 ? 100000u : 1u + (uint32_t)(urand() * 999999.0);
-        const int hb = urand() < 0.5, mode = (int)(urand() * 4.0);
+        const int hb = urand() < 0.5, mode = (int)(urand() * 5.0);
+        br.b.respect_limits = urand() < 0.5;
+        if (mode == SSB_BOARD_BUS_CLOSED_PROFILE && urand() < 0.3) { /* a block from t on */
+            for (int j = 0; j < 4; j++) {
+                blk_t[j] = t + j * (double)dt_us * 1e-6;
+                blk_d[j] = uni(-60.0, 60.0);
+            }
+            br.b.blk_i = 0;
+        }
+        const int64_t blk_i0 = br.b.blk_i;
         const uint16_t seq = (uint16_t)(urand() * 65536.0);
         uint8_t tmp[2 * PROTO_MAX_ENCODED];
         const size_t nb = tick_bytes(tmp, hb, dt_us, seq);
@@ -189,6 +204,14 @@ static void random_ticks(size_t n, size_t k, size_t m, int ticks)
                       SSB_BOARD_OUT_MIN);
         }
         free(in);
+        if (rc == SSB_BOARD_NEED_BLOCK) { /* this tick's time not at the block's index */
+            CHECK(mode == SSB_BOARD_BUS_CLOSED_PROFILE && br.b.blk_i == blk_i0);
+            CHECK(blk_i0 >= 4 || blk_t[blk_i0] != t);
+            n_block++;
+            continue;
+        }
+        if (mode == SSB_BOARD_BUS_CLOSED_PROFILE && rc != 0)
+            CHECK(br.b.blk_i == blk_i0 + 1);
         if (rc == 0)
             continue; /* a watchdog trip (last heartbeat drawn up to 1.2 s back) */
         n_ok += rc > 0, n_unenc += rc == SSB_BOARD_UNENCODABLE;
@@ -214,7 +237,13 @@ static void random_ticks(size_t n, size_t k, size_t m, int ticks)
         CHECK(f.payload[6] == n && f.payload[7] == k && f.payload[8] == m);
         for (size_t c = 0; c < n + k; c++)
             CHECK(get_u16(f.payload + 20 + 2 * c) == (uint16_t)br.r.raw[c]);
+        if (m)
+            CHECK(memcmp(lc_last, br.r.raw + n + k, m * sizeof *lc_last) == 0);
     }
+    CHECK(n_block > 0);
+    free(blk_t);
+    free(blk_d);
+    free(lc_last);
     /* both outcomes seen (a 150-cell payload never fits: only UNENCODABLE) */
     CHECK(n_unenc > 0 && (n_ok > 0 || 20 + 2 * (n + k) + 4 * m > PROTO_MAX_PAYLOAD));
     free(res);

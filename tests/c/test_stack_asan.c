@@ -5,6 +5,9 @@
  * Error paths (NULLs, sizes, a front-end error runs nothing, a core error leaves the front
  * end's work), 1..40 and 100 cells (the qsort median), random counts with sentinels, currents
  * NaN/Inf/implausible, NaN bleeds; every figure checked against a plain recomputation.
+ * ssb_stack_receive: the timestamp that did not move, the scaling with the wire's "no value",
+ * the core's interval (first, plausible, wrapped, implausible), the gap, the status bits, the
+ * current check's CUSUM and the CCD limit against a plain bilinear recomputation.
  */
 #define main core_driver_main /* the two drivers' fixtures, not their programs */
 #include "test_core_asan.c"
@@ -47,10 +50,23 @@ static void chain_init(chain_t *c, int32_t n, size_t extra_fe_cells, int32_t k, 
         c->share[j] = 0.9 + 0.05 * j;
         c->offset[j] = 3.0 - j;
     }
-    c->sk = (ssb_stack_t){&c->r.cfg, &c->r.st, c->r.raw, c->r.values, c->r.clean, c->r.bad,
-                          c->r.stuck, c->r.jump, &c->f.prm, &c->f.st, &c->f.m, &c->f.out,
-                          c->f.bleed, c->innovation, c->scratch, 300.0, NULL, NULL,
-                          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    memset(&c->sk, 0, sizeof c->sk); /* every pointer NULL, every number 0 */
+    c->sk.fe_cfg = &c->r.cfg;
+    c->sk.fe_st = &c->r.st;
+    c->sk.raw = c->r.raw;
+    c->sk.values = c->r.values;
+    c->sk.clean = c->r.clean;
+    c->sk.bad = c->r.bad;
+    c->sk.stuck = c->r.stuck;
+    c->sk.jump = c->r.jump;
+    c->sk.prm = &c->f.prm;
+    c->sk.st = &c->f.st;
+    c->sk.meas = &c->f.m;
+    c->sk.out = &c->f.out;
+    c->sk.bleed_in = c->f.bleed;
+    c->sk.innovation_v = c->innovation;
+    c->sk.scratch = c->scratch;
+    c->sk.current_plausible_a = 300.0;
 }
 
 static void chain_free(chain_t *c)
@@ -206,6 +222,148 @@ static void run_chain(int32_t n, size_t extra, int32_t k, int32_t mlc, int steps
     chain_free(&c);
 }
 
+
+/* bms.charging.CcdLimit.ccd_ma_cm2, written plainly (linear search) */
+static double ccd_plain(const double *ps, size_t np_, const double *ts, size_t nt,
+                        const double *tab, double p, double t)
+{
+    if (!(p >= ps[0]) || !(t >= ts[0]))
+        return 0.0;
+    size_t i = np_ - 1, j = nt - 1;
+    double fp = 0.0, ft = 0.0;
+    if (p < ps[np_ - 1]) {
+        i = 0;
+        while (ps[i + 1] <= p)
+            i++;
+        fp = (p - ps[i]) / (ps[i + 1] - ps[i]);
+    }
+    const double *lo = tab + j * np_, *hi = lo;
+    if (t < ts[nt - 1]) {
+        j = 0;
+        while (ts[j + 1] <= t)
+            j++;
+        ft = (t - ts[j]) / (ts[j + 1] - ts[j]);
+        lo = tab + j * np_;
+        hi = lo + np_;
+    }
+    double a = fp > 0.0 ? lo[i] + fp * (lo[i + 1] - lo[i]) : lo[i];
+    double b = fp > 0.0 ? hi[i] + fp * (hi[i + 1] - hi[i]) : hi[i];
+    return a + ft * (b - a);
+}
+
+static void run_receive(void)
+{
+    chain_t c;
+    chain_init(&c, 23, 0, 6, 4);
+    ssb_stack_result_t res;
+    int64_t *wire = malloc(4 * sizeof *wire);
+    double *ps = dalloc(3), *ts = dalloc(2), *tab = dalloc(6);
+    const double p_axis[] = {50.0, 150.0, 400.0}, t_axis[] = {0.0, 25.0};
+    const double table[] = {0.5, 1.0, 2.0, 1.0, 2.5, 4.0};
+    memcpy(ps, p_axis, sizeof p_axis);
+    memcpy(ts, t_axis, sizeof t_axis);
+    memcpy(tab, table, sizeof table);
+    ssb_cc_config_t cc = {2.0, 1.0, 0.002, 0.5, 0.05, 5.0, 1.0};
+    double *cusum_pos = dalloc(1), *cusum_neg = dalloc(1), *last_t = dalloc(1);
+    double *rest = dalloc(1), *dis = dalloc(1), *scr = dalloc(1);
+    uint8_t *raised = calloc(1, 1);
+    int32_t *why = calloc(1, sizeof *why);
+    last_t[0] = rest[0] = dis[0] = NAN;
+    ssb_cc_state_t ccs = {cusum_pos, cusum_neg, last_t, rest, dis, raised, why, scr};
+    CHECK(ssb_stack_receive(&c.sk, 0.1, 0.1, NAN, 0, -1, NAN, -1, c.bleed, &res)
+          == SSB_STACK_ERR_NULL);
+    c.sk.wire = wire;
+    c.sk.current_lsb_a = 0.01;
+    c.sk.current_offset_a = -0.5;
+    c.sk.bus_lsb_v = 0.001;
+    c.sk.invalid_i32 = 0x7FFFFFFF;
+    c.sk.timestamp_gap_ms = 300.0;
+    c.sk.status_unusual = 0x58;
+    c.sk.cc_cfg = &cc;
+    c.sk.cc_st = &ccs;
+    c.sk.cc_stack = 0;
+    c.sk.ccd_p = ps;
+    c.sk.ccd_t = ts;
+    c.sk.ccd_table = tab;
+    c.sk.ccd_np = 3;
+    c.sk.ccd_nt = 2;
+    c.sk.ccd_amps_per_ma_cm2 = 0.9;
+    wire[0] = 1000;
+    wire[1] = 0;
+    wire[2] = 1234;
+    wire[3] = 80000;
+    CHECK(ssb_stack_receive(&c.sk, 0.1, 0.1, NAN, 0, 1000, NAN, -1, c.bleed, &res)
+          == SSB_STACK_NOT_MOVED);
+    double last_ts_s = NAN;
+    int64_t last = -1;
+    for (int s = 0; s < 400; s++) {
+        const double t = 0.1 * (s + 1);
+        wire[0] = (s % 50 == 7) ? wire[0] + 100000 : wire[0] + 100; /* a gap now and then */
+        if (s == 200)
+            wire[0] = 4294967200LL; /* wraps on the next */
+        else if (s == 201)
+            wire[0] = 4;
+        wire[1] = (s % 17 == 3) ? 0x10 : 0x3;
+        wire[2] = (s % 13 == 5) ? 0x7FFFFFFF : 1234 + s;
+        wire[3] = (s % 19 == 6) ? 0x7FFFFFFF : 80000;
+        for (size_t i = 0; i < 23 + 6 + 4; i++)
+            c.r.raw[i] = i < 23 ? (int64_t)(36000 + 50 * urand())
+                       : (i < 29 ? (int64_t)(30000 + 500 * urand()) : 100000 + s);
+        if (s > 0 && !isnan(res.min_pressure_kpa) && !isnan(res.min_temperature_c)) {
+            /* axes around the last conditions: below, inside, on and above the table */
+            const double u = (urand() - 0.5) * 3.0, v = (urand() - 0.5) * 3.0;
+            for (int i = 0; i < 3; i++)
+                ps[i] = res.min_pressure_kpa + (s % 11 == 0 ? 0.0 : u) + 0.7 * (i - 1);
+            ts[0] = res.min_temperature_c + v - 0.4;
+            ts[1] = ts[0] + (s % 7 == 0 ? 0.0 : 0.8) + 1e-3;
+        }
+        CHECK(ssb_stack_receive(&c.sk, t, 0.1, c.r.st.last_i, c.r.st.have_last_raw, last,
+                                last_ts_s, last, c.bleed, &res) == 0);
+        const double cur = wire[2] == 0x7FFFFFFF ? NAN : (double)wire[2] * 0.01 - 0.5;
+        CHECK(res.timestamp_ms == wire[0] && res.status == wire[1]);
+        CHECK(wire[2] == 0x7FFFFFFF ? isnan(res.current_in_a) : res.current_in_a == cur);
+        CHECK(wire[3] == 0x7FFFFFFF ? isnan(res.bus_voltage_v) : res.bus_voltage_v == 80.0);
+        const double ts_s = (double)wire[0] / 1000.0;
+        CHECK(res.timestamp_s == ts_s);
+        double want_dt = 0.1;
+        if (!isnan(last_ts_s)) {
+            double d = fmod(ts_s - last_ts_s, 4294967.296);
+            if (d < 0.0)
+                d += 4294967.296;
+            if (d > 0.0 && d <= 0.5)
+                want_dt = d;
+        }
+        CHECK(res.core_dt_s == want_dt);
+        CHECK(last_t[0] == t); /* the current check saw this stack at t */
+        const double want_ccd = ccd_plain(ps, 3, ts, 2, tab, res.min_pressure_kpa,
+                                          res.min_temperature_c) * 0.9;
+        CHECK(res.ccd_limit_a == want_ccd);
+        int gap = 0;
+        if (last >= 0) {
+            uint64_t adv = (uint64_t)(wire[0] - last) & 0xFFFFFFFFu;
+            gap = adv >= 0x80000000u || (double)adv > 300.0;
+        }
+        const int usual = (res.fe_summary & 7u) == 0 && !isnan(cur) && wire[3] != 0x7FFFFFFF
+            && !isnan(res.stack_voltage_v) && !gap && (wire[1] & 0x58) == 0;
+        CHECK(res.usual == usual);
+        last = wire[0];
+        last_ts_s = ts_s;
+    }
+    free(wire);
+    free(ps);
+    free(ts);
+    free(tab);
+    free(cusum_pos);
+    free(cusum_neg);
+    free(last_t);
+    free(rest);
+    free(dis);
+    free(scr);
+    free(raised);
+    free(why);
+    chain_free(&c);
+}
+
 int main(void)
 {
     chain_t c;
@@ -247,6 +405,7 @@ int main(void)
         run_chain(n, (size_t)(n % 3 == 0), n % 7, n % 5, 40);
     run_chain(100, 0, 4, 3, 40);
     run_chain(23, 1, 6, 4, 600);
+    run_receive();
     printf("ok\n");
     return 0;
 }
