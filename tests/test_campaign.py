@@ -109,6 +109,9 @@ def test_crash_and_timeout_recorded_and_resume_skips_done(tmp_path: Path) -> Non
     assert (again.ran, again.skipped) == (1, 3)
     kept = out / "runs" / spec.runs[1].key
     assert (kept / "log" / "ticks.csv").exists() and (kept / "truth_0.csv").exists()
+    # kept: the whole log (a run not kept writes no tick rows: RunLog.discard_ticks)
+    rows = json.loads((kept / "log" / "summary.json").read_text())["rows"]
+    assert rows >= 200 and len((kept / "log" / "ticks.csv").read_text().splitlines()) == rows + 1
     assert json.loads(result_path(out, spec.runs[1].key).read_text())["detected"] is True
 
 

@@ -56,12 +56,14 @@ def _gone(pid: int, within_s: float) -> bool:
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
 
 
-def test_timeout_kills_the_child_and_the_server_serves_on(tmp_path: Path) -> None:
-    argv = _hanging_run(tmp_path)
+def test_timeout_kills_the_child_and_the_server_serves_on(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    _hanging_run(tmp_path)
     s = ForkServer()
+    monkeypatch.chdir(tmp_path)  # after the server started: the child follows the parent
     try:
         t0 = time.monotonic()
-        code, timed_out = s.run(argv, str(tmp_path / "o1"), str(tmp_path / "e1"), 2.0)
+        code, timed_out = s.run(["run.json"], str(tmp_path / "o1"), str(tmp_path / "e1"), 2.0)
         assert timed_out and code == -signal.SIGKILL and 2.0 <= time.monotonic() - t0 < 10
         assert s.alive() and not _children(s._proc.pid)
         # the next run of the same server: an error of its own (no such file), recorded
@@ -91,7 +93,7 @@ def test_parent_gone_takes_server_and_child(tmp_path: Path) -> None:
     argv = _hanging_run(tmp_path)
     s = ForkServer()
     req = {"argv": argv, "stdout": str(tmp_path / "o"), "stderr": str(tmp_path / "e"),
-           "timeout_s": 120.0}
+           "timeout_s": 120.0, "cwd": os.getcwd()}
     assert s._proc.stdin is not None
     s._proc.stdin.write((json.dumps(req) + "\n").encode())
     s._proc.stdin.flush()

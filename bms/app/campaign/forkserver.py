@@ -64,7 +64,7 @@ class ForkServer:
         killed at ``timeout_s``). ``pack``: the run's pack, loaded once by the server (its
         parsed YAML then in every child: boards.config._PARSED)."""
         req = {"argv": argv, "stdout": stdout_path, "stderr": stderr_path,
-               "timeout_s": timeout_s, "pack": pack}
+               "timeout_s": timeout_s, "pack": pack, "cwd": os.getcwd()}
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
             self._proc.stdin.write((json.dumps(req) + "\n").encode())
@@ -176,6 +176,8 @@ def _child(req: dict[str, Any]) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if req.get("cwd"):
+            os.chdir(req["cwd"])  # the parent's now, as a process started per run had it
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
