@@ -30,7 +30,10 @@ static double *dalloc(size_t n)
 
 static void run(size_t n, int steps)
 {
-    ssb_cc_config_t c = {0.5, 1.0, 0.005, 0.03, 0.05, 0.03, 1.0, 1.0};
+    ssb_cc_config_t c = {.rest_threshold_a = 0.5, .rest_debounce_s = 1.0,
+                         .cusum_allowance_v = 0.005, .cusum_allowance_rel = 0.03,
+                         .cusum_limit_v_s = 0.05, .sigma_gate = 0.03, .disagree_a = 1.0,
+                         .disagree_debounce_s = 1.0};
     ssb_cc_state_t s = {calloc(n, sizeof(double)), calloc(n, sizeof(double)), dalloc(n),
                         dalloc(n), dalloc(n), calloc(n, 1), calloc(n, sizeof(int32_t)),
                         dalloc(n)};
@@ -68,7 +71,10 @@ static void run(size_t n, int steps)
 
 int main(void)
 {
-    ssb_cc_config_t c = {0.5, 1.0, 0.005, 0.03, 0.05, 0.03, 1.0, 1.0};
+    ssb_cc_config_t c = {.rest_threshold_a = 0.5, .rest_debounce_s = 1.0,
+                         .cusum_allowance_v = 0.005, .cusum_allowance_rel = 0.03,
+                         .cusum_limit_v_s = 0.05, .sigma_gate = 0.03, .disagree_a = 1.0,
+                         .disagree_debounce_s = 1.0};
     ssb_cc_state_t s = {0};
     double cur[1] = {1.0}, value[1];
     int8_t change[1];

@@ -263,7 +263,10 @@ static void run_receive(void)
     memcpy(ps, p_axis, sizeof p_axis);
     memcpy(ts, t_axis, sizeof t_axis);
     memcpy(tab, table, sizeof table);
-    ssb_cc_config_t cc = {2.0, 1.0, 0.002, 0.5, 0.05, 5.0, 1.0};
+    ssb_cc_config_t cc = {.rest_threshold_a = 2.0, .rest_debounce_s = 1.0,
+                          .cusum_allowance_v = 0.002, .cusum_allowance_rel = 0.03,
+                          .cusum_limit_v_s = 0.5, .sigma_gate = 0.05, .disagree_a = 5.0,
+                          .disagree_debounce_s = 1.0};
     double *cusum_pos = dalloc(1), *cusum_neg = dalloc(1), *last_t = dalloc(1);
     double *rest = dalloc(1), *dis = dalloc(1), *scr = dalloc(1);
     uint8_t *raised = calloc(1, 1);
