@@ -81,7 +81,7 @@ def test_server_killed_mid_run_is_an_error_and_replaced(tmp_path: Path) -> None:
     first = server()
     try:
         os.kill(first._proc.pid, signal.SIGKILL)
-        with pytest.raises(ForkServerError, match="ended"):
+        with pytest.raises(ForkServerError, match="gone|ended"):  # the write or the read
             first.run(argv, str(tmp_path / "o"), str(tmp_path / "e"), 30.0)
         again = server()
         assert again is not first and again.alive()
