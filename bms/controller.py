@@ -1104,19 +1104,7 @@ class Controller:
         data = v.after_front_end(t, r.current_in_a, r.bus_voltage_v, timestamp_ms, status,
                                  r.fe_summary)
         self._status_bits(s, status, t)
-        error = chain.core_error(r)
-        if error is not None:
-            raise error
-        o = s.out = s.core.output()
-        s.data = data
-        s.last_valid_s = s.ts_moved_s
-        if not chain.runs_current_check:
-            self.current_check.innovation_stats(s.index, t, r.innovation_n,
-                                                r.innovation_median_v, r.soc_sigma_sum,
-                                                s.core.n_cells,
-                                                float(s.core.stack_out[OUT_MEAN_OVERPOTENTIAL]))
-        self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
-                      r)
+        self._chain_result(s, chain, r, data, t, current_check=not chain.runs_current_check)
 
     def _receive_repeat(self, s: StackRuntime, chain: StackStep, t: float, dt_s: float,
                         bleed: Any) -> None:
@@ -1133,15 +1121,24 @@ class Controller:
         data = v.after_front_end(t, current_a, sc.bus_voltage_from_raw(bus_raw), timestamp_ms,
                                  status, r.fe_summary)
         self._status_bits(s, status, t)
+        self._chain_result(s, chain, r, data, t, current_check=True)
+
+    def _chain_result(self, s: StackRuntime, chain: StackStep, r: Any, data: ValidatedStack,
+                      t: float, current_check: bool) -> None:
+        """A chain step's result taken in (the general paths of :meth:`_receive_chain` and
+        :meth:`_receive_repeat`): the core's error raised, its output and the data kept, the
+        current check's CUSUM (unless the C call ran it) and the stack's figures."""
         error = chain.core_error(r)
         if error is not None:
             raise error
         o = s.out = s.core.output()
         s.data = data
         s.last_valid_s = s.ts_moved_s
-        self.current_check.innovation_stats(s.index, t, r.innovation_n, r.innovation_median_v,
-                                            r.soc_sigma_sum, s.core.n_cells,
-                                            float(s.core.stack_out[OUT_MEAN_OVERPOTENTIAL]))
+        if current_check:
+            self.current_check.innovation_stats(s.index, t, r.innovation_n,
+                                                r.innovation_median_v, r.soc_sigma_sum,
+                                                s.core.n_cells,
+                                                float(s.core.stack_out[OUT_MEAN_OVERPOTENTIAL]))
         self._collect(s, data, o, t, r.stack_voltage_v, r.charge_limit_a, r.discharge_limit_a,
                       r)
 

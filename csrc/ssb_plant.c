@@ -6,33 +6,8 @@
 
 #include <math.h>
 
-/* numpy's pairwise summation (loops_utils.h: 8 accumulators up to 128 values, halves above),
- * so that stack sums equal np.add.reduce's bit for bit. */
-static double pairwise_sum(const double *a, size_t n)
-{
-    if (n < 8) {
-        double res = 0.0;
-        for (size_t i = 0; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    if (n <= 128) {
-        double r[8];
-        size_t i;
-        for (size_t j = 0; j < 8; j++)
-            r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (size_t j = 0; j < 8; j++)
-                r[j] += a[i + j];
-        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    size_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
-}
+#include "ssb_pairwise.h"
+
 
 /* Python's max(a, b): a unless b > a */
 static double py_max(double a, double b) { return b > a ? b : a; }
@@ -158,8 +133,8 @@ int ssb_plant_begin(const ssb_plant_config_t *cfg, ssb_plant_state_t *st, double
             r_eff[i] = r_series;
         }
     }
-    sums[0] = pairwise_sum(v_open, n);
-    sums[1] = pairwise_sum(r_eff, n);
+    sums[0] = ssb_pairwise_sum(v_open, n);
+    sums[1] = ssb_pairwise_sum(r_eff, n);
     return 0;
 }
 
@@ -240,7 +215,7 @@ int ssb_plant_finish(const ssb_plant_config_t *cfg, ssb_plant_state_t *st, doubl
     for (size_t i = 0; i < n; i++)
         dot += cfg->swell_um[i] * st->soc[i];
     double dx_um = dot
-        + cfg->thermal_um_per_k * (pairwise_sum(st->temp_c, n) / (double)n - cfg->fixture_ref_c)
+        + cfg->thermal_um_per_k * (ssb_pairwise_sum(st->temp_c, n) / (double)n - cfg->fixture_ref_c)
         - cfg->collapse_um;
     /* springs and pouch stiffen as they compress (assumption, plant_defaults.yaml) */
     double stiff = 1.0 + cfg->fixture_stiffening * dx_um / cfg->swell_full_total_um;

@@ -7,8 +7,9 @@
 
 #include <math.h>
 
+#include "ssb_pairwise.h"
+
 #define KELVIN 273.15
-#define PW_BLOCKSIZE 128 /* numpy's */
 
 int ssb_cooling_check(const ssb_cooling_params_t *p)
 {
@@ -61,28 +62,7 @@ double ssb_thermal_interp(double x, const double *xp, const double *fp, size_t n
 
 double ssb_thermal_pairwise_sum(const double *a, size_t n)
 {
-    if (n < 8) {
-        double res = 0.0;
-        for (size_t i = 0; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    if (n <= PW_BLOCKSIZE) {
-        double r[8];
-        size_t i;
-        for (int j = 0; j < 8; j++)
-            r[j] = a[j];
-        for (i = 8; i < n - (n % 8); i += 8)
-            for (int j = 0; j < 8; j++)
-                r[j] += a[i + j];
-        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    size_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return ssb_thermal_pairwise_sum(a, n2) + ssb_thermal_pairwise_sum(a + n2, n - n2);
+    return ssb_pairwise_sum(a, n);
 }
 
 /* float(np.interp(soc, grid, f).mean()): the interpolated values into work, their pairwise

@@ -12,23 +12,14 @@
 
 #include "check.h"
 
-static unsigned long long rng = 88172645463325252ull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0;
-}
-
 static void *xalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
 
 static void run(size_t ns, int voltage_mode, int steps)
 {
     size_t *cs = xalloc(ns + 1, sizeof *cs), *ts = xalloc(ns + 1, sizeof *ts);
     for (size_t k = 0; k < ns; k++) {
-        cs[k + 1] = cs[k] + 1 + (size_t)(urand() * 32.0);
-        ts[k + 1] = ts[k] + (size_t)(urand() * 5.0);
+        cs[k + 1] = cs[k] + 1 + (size_t)(check_urand() * 32.0);
+        ts[k + 1] = ts[k] + (size_t)(check_urand() * 5.0);
     }
     size_t n = cs[ns], nt = ts[ns];
     ssb_bal_config_t c = {n, ns, cs, ts, 0.02, 0.005, 45.0, 3.0, 0.6, 10.0, 1e-9, 33.0,
@@ -41,15 +32,15 @@ static void run(size_t ns, int voltage_mode, int steps)
     for (int s = 0; s < steps; s++) {
         double spread = (s / 50) % 2 ? 0.05 : 0.001;
         for (size_t i = 0; i < n; i++) {
-            double u = urand();
-            x[i] = u < 0.02 ? NAN : (u < 0.03 ? INFINITY : 0.5 + spread * urand());
-            v[i] = u < 0.05 ? NAN : 3.9 + 0.3 * urand();
+            double u = check_urand();
+            x[i] = u < 0.02 ? NAN : (u < 0.03 ? INFINITY : 0.5 + spread * check_urand());
+            v[i] = u < 0.05 ? NAN : 3.9 + 0.3 * check_urand();
         }
         if (s % 40 == 3)
             for (size_t i = 0; i < n; i++)
                 x[i] = NAN;
         for (size_t j = 0; j < nt; j++)
-            t[j] = urand() < 0.05 ? NAN : 20.0 + 30.0 * urand();
+            t[j] = check_urand() < 0.05 ? NAN : 20.0 + 30.0 * check_urand();
         CHECK(ssb_balance(&c, 0.1 * s, x, v, t, sel, masks, bleed, &reason) == 0);
         CHECK(reason >= SSB_BAL_BALANCING && reason <= SSB_BAL_DUTY_OFF);
         for (size_t k = 0; k < ns; k++) {

@@ -11,15 +11,6 @@
 
 #include "check.h"
 
-static unsigned long long rng = 88172645463325252ull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0;
-}
-
 static double *dalloc(size_t n)
 {
     double *p = malloc(n * sizeof *p);
@@ -43,14 +34,14 @@ static void run(size_t n, int steps)
     for (int k = 0; k < steps; k++) {
         double t = 0.1 * k;
         for (size_t j = 0; j < n; j++) {
-            double u = urand();
-            double med = u < 0.02 ? NAN : (u < 0.03 ? INFINITY : 0.03 * (urand() - 0.3));
+            double u = check_urand();
+            double med = u < 0.02 ? NAN : (u < 0.03 ? INFINITY : 0.03 * (check_urand() - 0.3));
             CHECK(ssb_cc_innovation(&c, &s, j, t, u < 0.05 ? 2 : 23, med, u < 0.04 ? NAN : 0.1,
-                                    23, u < 0.5 ? 0.4 * urand() : (u < 0.6 ? NAN : 0.0)) == 0);
+                                    23, u < 0.5 ? 0.4 * check_urand() : (u < 0.6 ? NAN : 0.0)) == 0);
             CHECK(s.cusum_pos_v_s[j] >= 0.0 && s.cusum_pos_v_s[j] <= 0.1);
             CHECK(s.cusum_neg_v_s[j] >= 0.0 && s.cusum_neg_v_s[j] <= 0.1);
-            double v = urand();
-            cur[j] = v < 0.03 ? NAN : (v < 0.05 ? -INFINITY : 20.0 * (urand() - 0.5) + (j == 0) * 3.0);
+            double v = check_urand();
+            cur[j] = v < 0.03 ? NAN : (v < 0.05 ? -INFINITY : 20.0 * (check_urand() - 0.5) + (j == 0) * 3.0);
             before[j] = s.raised[j];
         }
         int changes = ssb_cc_step(&c, &s, n, t, cur, (k / 100) % 2, change, value);

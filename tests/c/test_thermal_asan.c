@@ -14,15 +14,6 @@
 
 #include "check.h"
 
-static unsigned long long rng = 88172645463325252ull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0;
-}
-
 static double *dalloc(size_t n)
 {
     double *p = malloc((n ? n : 1) * sizeof *p);
@@ -46,8 +37,8 @@ static void grid(size_t n, double *soc, double *ocv, double *docv)
 {
     for (size_t i = 0; i < n; i++) {
         soc[i] = n == 1 ? 0.5 : (double)i / (double)(n - 1);
-        ocv[i] = 3.0 + 1.2 * soc[i] + 0.05 * urand();
-        docv[i] = 1e-4 * (urand() - 0.5);
+        ocv[i] = 3.0 + 1.2 * soc[i] + 0.05 * check_urand();
+        docv[i] = 1e-4 * (check_urand() - 0.5);
     }
 }
 
@@ -96,7 +87,7 @@ static void sums(void)
         long double exact = 0.0L;
         double mag = 0.0;
         for (size_t i = 0; i < n; i++) {
-            a[i] = (urand() - 0.5) * 100.0;
+            a[i] = (check_urand() - 0.5) * 100.0;
             exact += a[i];
             mag += fabs(a[i]);
         }
@@ -118,21 +109,21 @@ static void run(size_t n_cells, size_t n_temps, size_t n_grid, int ticks)
     ssb_cooling_state_t s = fresh();
     double last_step = -INFINITY;
     for (int k = 0; k < ticks; k++) {
-        double t = 0.1 * k + (urand() < 0.01 ? 30.0 : 0.0) * (k > ticks / 2);
+        double t = 0.1 * k + (check_urand() < 0.01 ? 30.0 : 0.0) * (k > ticks / 2);
         for (size_t i = 0; i < n_cells; i++) {
-            double u = urand();
-            soc[i] = u < 0.01 ? NAN : (u < 0.02 ? -0.1 : (u < 0.03 ? 1.2 : urand()));
+            double u = check_urand();
+            soc[i] = u < 0.01 ? NAN : (u < 0.02 ? -0.1 : (u < 0.03 ? 1.2 : check_urand()));
             if (u > 0.5 && n_grid > 1)
-                soc[i] = g[(size_t)(urand() * (double)n_grid) % n_grid]; /* a grid point */
-            sig[i] = urand() < 0.01 ? INFINITY : 0.03 * urand();
-            leak[i] = urand() < 0.01 ? NAN : 0.01 * (urand() - 0.5);
+                soc[i] = g[(size_t)(check_urand() * (double)n_grid) % n_grid]; /* a grid point */
+            sig[i] = check_urand() < 0.01 ? INFINITY : 0.03 * check_urand();
+            leak[i] = check_urand() < 0.01 ? NAN : 0.01 * (check_urand() - 0.5);
         }
         for (size_t i = 0; i < n_temps; i++)
-            temps[i] = urand() < 0.01 ? NAN : 25.0 + 10.0 * urand();
-        double u = urand();
-        double cur = u < 0.01 ? NAN : (u < 0.02 ? INFINITY : 40.0 * (urand() - 0.5));
-        int rc = ssb_cooling_observe(&p, &s, t, cur, 3.0 + urand(), soc, sig, leak, n_cells,
-                                     temps, n_temps, urand() > 0.02, w);
+            temps[i] = check_urand() < 0.01 ? NAN : 25.0 + 10.0 * check_urand();
+        double u = check_urand();
+        double cur = u < 0.01 ? NAN : (u < 0.02 ? INFINITY : 40.0 * (check_urand() - 0.5));
+        int rc = ssb_cooling_observe(&p, &s, t, cur, 3.0 + check_urand(), soc, sig, leak, n_cells,
+                                     temps, n_temps, check_urand() > 0.02, w);
         CHECK(rc == 0 || rc == 1);
         if (rc == 1) {
             CHECK(!(t - last_step < p.period_s - 1e-9));
@@ -142,7 +133,7 @@ static void run(size_t n_cells, size_t n_temps, size_t n_grid, int ticks)
         CHECK(s.inputs_bad == 0 || s.inputs_bad == 1);
     }
     for (size_t i = 0; i < 50; i++) {
-        double x = -0.2 + 1.4 * urand();
+        double x = -0.2 + 1.4 * check_urand();
         double lo = INFINITY, hi = -INFINITY;
         for (size_t j = 0; j < n_grid; j++) {
             lo = fmin(lo, o[j]);
