@@ -43,7 +43,7 @@ cppcheck: sysdeps
 	  $(wildcard boards/firmware/sim) $(wildcard boards/firmware/hal) $(wildcard boards/firmware/fuzz)
 
 pytest: venv
-	$(PY) -m pytest --min-tests $(MIN_TESTS) --cov=bms --cov=hil --cov=boards --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(PY) -m pytest --min-tests $(MIN_TESTS) --durations=15 --cov=bms --cov=hil --cov=boards --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 test: sysdeps venv lint layers cppcheck pytest
 
