@@ -70,7 +70,7 @@ class TickLane:
         self.g_fail = 1.0 / p.precharge_fail_short_ohm
         self.res = ffi.new(f"double[{lib.SSB_BOARD_RES_COUNT}]")
         self.out = ffi.new(f"char[{lib.SSB_BOARD_OUT_MIN}]")
-        self.unpack, self.buffer = ffi.unpack, ffi.buffer
+        self.unpack = ffi.unpack
         m = plant.m
         # Sensors.lc_last_counts of a lane tick: the C call copies the load cells' counts here
         self.lc_last = np.zeros(m, dtype=np.int64) if m else None
@@ -89,6 +89,12 @@ class TickLane:
         self._quiet_before_s = -np.inf
         self._status_outputs: Any = None
         self._status = 0
+        # The struct's SET_OUTPUTS limits are those of this outputs object (set when it is
+        # replaced: an Outputs is never changed in place, as _status_outputs assumes) and its
+        # heartbeat timeout this float (a test may change the board's): a cffi field write
+        # costs more than the identity test
+        self._limits_outputs: Any = None
+        self._hb_timeout_s = board.heartbeat_timeout_s
 
     def profile_demand(self, load: CurrentProfile, t_s: float, load_t0_s: float) -> float:
         """``load.demand_a(t_s - load_t0_s, ...)``, from a block computed ahead: one call
@@ -173,8 +179,10 @@ class TickLane:
                         # there, then profile_demand below, as before)
                         mode = self.bus_profile
                         b.respect_limits = load.respect_limits
-                        b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
-                                                                 o.discharge_limit_a)
+                        if o is not self._limits_outputs:
+                            self._limits_outputs = o
+                            b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
+                                                                     o.discharge_limit_a)
                     else:
                         demand = self._profile_limited(load, plant, o)
                 elif cls is CcCvCharge and not load.done:
@@ -182,8 +190,10 @@ class TickLane:
                     mode = self.bus_cv
                     b.cv_cell_v, b.cc_current_a, b.cv_cutoff_a = (
                         load.cv_cell_v, load.current_a, load.cutoff_a)
-                    b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
-                                                             o.discharge_limit_a)
+                    if o is not self._limits_outputs:
+                        self._limits_outputs = o
+                        b.charge_limit_a, b.discharge_limit_a = (o.charge_limit_a,
+                                                                 o.discharge_limit_a)
                 elif cls in _FAST_LOADS:
                     c = self.engine
                     demand = load.demand_a(plant.t_s - plant._load_t0, c.v_open, c.r_eff)
@@ -203,7 +213,8 @@ class TickLane:
             c.noise_src = s.noise
             c.noise_p = c.ptr(s.noise)
         t0 = plant.t_s
-        b.heartbeat_timeout_s = board.heartbeat_timeout_s  # a test may change it
+        if board.heartbeat_timeout_s != self._hb_timeout_s:  # a test may change it
+            b.heartbeat_timeout_s = self._hb_timeout_s = board.heartbeat_timeout_s
         noise = c.noise_p + row * c.nch
         rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v, plant.gas_kpa,
                        f.gas_ramp_kpa_per_s, board.last_heartbeat_s, board.watchdog_tripped,
@@ -220,11 +231,12 @@ class TickLane:
             return False
         t_s, i_s, bus_v, p_kpa, gas, dt_us, seq, frames, load_done = self.unpack(self.res,
                                                                                  self.n_res)
+        n_frames = int(frames)
         counters = board.counters
-        counters.frames_in += int(frames)
+        counters.frames_in += n_frames
         dc = board.decoder.counters
         dc.bytes_in += len(data)
-        dc.frames_ok += int(frames)
+        dc.frames_ok += n_frames
         if frames == 2:  # HEARTBEAT first
             board.last_heartbeat_s = t0
             board.watchdog_tripped = False
@@ -261,7 +273,7 @@ class TickLane:
         board.just_booted = False
         counters.samples += 1
         counters.replies += 1
-        board.outbox.append(self.buffer(self.out, rc)[:])
+        board.outbox.append(self.unpack(self.out, rc))  # bytes, as buffer(...)[:]
         return True
 
     def _profile_limited(self, load: CurrentProfile, plant: Any, o: Any) -> float:
