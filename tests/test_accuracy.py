@@ -18,6 +18,7 @@ from bms.app.accuracy import (
     CaseResult,
     benchmark_misses,
     discover,
+    leak_flag_time,
     pooled_coverage,
     run,
     starts,
@@ -223,3 +224,16 @@ def test_fitted_from_the_plants_lab_tests_then_scored_on_its_drive(truth_dir, tm
                 fits_from=tmp_path)
     assert not (tmp_path / "again" / "fit").exists()
     assert [(r.rmse, r.coverage) for r in again] == [(r.rmse, r.coverage) for r in results]
+
+
+def test_leak_flag_time_is_the_longest_stretch_above_the_warning() -> None:
+    """The leak protection's input (lower 3-sigma bound) above the warning for the level's
+    debounce is a flag; shorter stretches, NaN and other cells' stretches do not add up."""
+    t = np.arange(0.0, 200.0)
+    low = np.full((200, 2), -0.1)
+    low[10:40, 0] = 0.06     # 30 s above 0.05 on cell 1 (29 s between its first and last)
+    low[50:120, 1] = 0.2     # 70 s on cell 2
+    low[60, 1] = np.nan      # a NaN breaks it: 10 s and 59 s
+    low_max, above_s = leak_flag_time(t, low, 0.05)
+    assert low_max == pytest.approx(0.2) and above_s == pytest.approx(59.0)
+    assert leak_flag_time(t, np.full((200, 2), np.nan), 0.05)[1] == 0.0
