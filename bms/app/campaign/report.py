@@ -34,13 +34,17 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def preload() -> None:
-    """Import what :func:`write_table` and :func:`write_report` use (pyarrow.parquet, which
-    brings pandas, and matplotlib's pyplot on Agg): 1-2 s of CPU that the end of a campaign
-    would otherwise wait for (the engine imports them while a core is idle)."""
+    """Import what :func:`write_table` and :func:`write_report` use (pyarrow.parquet; pandas,
+    which pyarrow imports at its first conversion of Python values when it is installed,
+    0.2-0.8 s; matplotlib's pyplot on Agg): 1-2 s of CPU that the end of a campaign would
+    otherwise wait for (the engine imports them while a core is idle)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
+    import pyarrow as pa
     import pyarrow.parquet  # noqa: F401
+
+    pa.array([0])  # (pyarrow's pandas check, at its first conversion)
 
 
 def normalise(row: dict[str, Any]) -> dict[str, Any]:
@@ -117,10 +121,11 @@ def _span(xs: list[float], fmt: str = ".2f") -> str:
 def latency_table(rows: list[dict[str, Any]]) -> str:
     """The bench cases' table (bms.app.latency.markdown_table of their Results, in spec
     order); "" when the campaign has none."""
+    bench = [json.loads(r["bench"]) for r in rows if r.get("status") == "ok" and r.get("bench")]
+    if not bench:
+        return ""  # (bms.app.latency not imported: 0.1 s of a campaign without bench cases)
     from bms.app.latency import Result, markdown_table
-    results = [Result(**json.loads(r["bench"])) for r in rows
-               if r.get("status") == "ok" and r.get("bench")]
-    return markdown_table(results) if results else ""
+    return markdown_table([Result(**b) for b in bench])
 
 
 def per_seed_table(rows: list[dict[str, Any]]) -> str:
