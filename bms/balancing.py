@@ -63,13 +63,22 @@ class BalanceDecision:
     ``selected``: cells chosen by the SOC/voltage rule (regardless of the duty phase).
     ``bleed_current_a``: expected bleed current per cell now (V / R when bleeding, else 0).
     ``reason``: why nothing bleeds, or ``"balancing"`` / ``"duty off"`` / ``"balanced"``.
-    ``bleed_power_w``: heat in the bleed resistors now (sum of V^2 / R)."""
+    ``bleed_resistance_ohm``: the bleed resistor (0: nothing bleeds)."""
 
     masks: np.ndarray
     selected: np.ndarray
     bleed_current_a: np.ndarray
     reason: str
-    bleed_power_w: float = 0.0
+    bleed_resistance_ohm: float = 0.0
+
+    @property
+    def bleed_power_w(self) -> float:
+        """Heat in the bleed resistors now: sum of V^2 / R = R sum of I^2. Computed when
+        read (the controller never reads it; a balancing tick's product cost ~2 us)."""
+        if not self.bleed_resistance_ohm:
+            return 0.0
+        i = self.bleed_current_a
+        return float(np.dot(i, i)) * self.bleed_resistance_ohm
 
 
 class Balancer:
@@ -222,8 +231,8 @@ class Balancer:
         masks = np.add.reduceat(bits, self._cell_starts).astype(np.uint32)
         v0 = np.where(selected, v, 0.0)                    # selected cells have v > min: finite
         bleed = v0 / cfg.bleed_resistance_ohm
-        power_w = float(np.dot(bleed, v0))
-        return BalanceDecision(masks, selected.copy(), bleed, "balancing", power_w)
+        return BalanceDecision(masks, selected.copy(), bleed, "balancing",
+                               cfg.bleed_resistance_ohm)
 
     def _update_c(self, time_s: float, soc: np.ndarray, cell_voltage_v: np.ndarray,
                   temperature_c: np.ndarray) -> BalanceDecision:
@@ -240,15 +249,14 @@ class Balancer:
             raise ValueError(f"ssb_balance failed with {rc}")
         code = reason[0]
         if code == 0:  # balancing
-            v = self._c_src[1]
-            selected = self.selected.copy()
-            bleed_a = self._c_bleed.copy()
-            # the reference's product, on the same arrays (BLAS: its own summation order)
-            power_w = float(np.dot(bleed_a, np.where(selected, v, 0.0)))
-            return BalanceDecision(self._c_masks.copy(), selected, bleed_a, "balancing",
-                                   power_w)
-        # 1-3: selection cleared (by the C); 4: nothing selected; 5: kept, duty off
-        return self._nothing(_C_REASONS[code], keep_selection=code >= 4)
+            return BalanceDecision(self._c_masks.copy(), self.selected.copy(),
+                                   self._c_bleed.copy(), "balancing",
+                                   self.config.bleed_resistance_ohm)
+        if code == 4:  # nothing selected (the selection the C wrote is all zero)
+            return self._idle_decision(_C_REASONS[4])
+        if code == 5:  # duty off: a selection (non-empty) kept
+            return self._duty_off_decision(_C_REASONS[5])
+        return self._nothing(_C_REASONS[code])  # 1-3: selection cleared (by the C)
 
     def _bind_c(self, src: tuple[np.ndarray, ...]) -> None:
         """Pointers to this tick's input arrays (the controller's, the same every tick: made
@@ -327,19 +335,27 @@ class Balancer:
             else:
                 self.selected = np.zeros(self.n_cells, dtype=bool)
         elif self.selected.any():  # "duty off": the selection stays in the decision
-            # One read-only decision per selection (it holds over the off part of the duty
-            # period): made again only when the selection changed.
-            key = self.selected.tobytes()
-            last = self._duty_off
-            if last is not None and last[0] == key and last[1].reason == reason:
-                return last[1]
-            arrays = (self._zero_masks.copy(), self.selected.copy(), np.zeros(self.n_cells))
-            for a in arrays:
-                a.flags.writeable = False
-            decision = BalanceDecision(*arrays, reason)
-            self._duty_off = (key, decision)
-            return decision
-        # Nothing selected: one read-only decision per reason, made once (most ticks end here).
+            return self._duty_off_decision(reason)
+        return self._idle_decision(reason)
+
+    def _duty_off_decision(self, reason: str) -> BalanceDecision:
+        """Cells selected, none bleeding in this part of the duty period: one read-only
+        decision per selection (it holds over the off part of the duty period), made again
+        only when the selection changed."""
+        key = self.selected.tobytes()
+        last = self._duty_off
+        if last is not None and last[0] == key and last[1].reason == reason:
+            return last[1]
+        arrays = (self._zero_masks.copy(), self.selected.copy(), np.zeros(self.n_cells))
+        for a in arrays:
+            a.flags.writeable = False
+        decision = BalanceDecision(*arrays, reason)
+        self._duty_off = (key, decision)
+        return decision
+
+    def _idle_decision(self, reason: str) -> BalanceDecision:
+        """Nothing selected: one read-only decision per reason, made once (most ticks end
+        here)."""
         decision = self._idle.get(reason)
         if decision is None:
             arrays = (self._zero_masks.copy(), np.zeros(self.n_cells, dtype=bool),
