@@ -14,9 +14,10 @@ Targets (issue 11; :data:`TARGETS`): SOC RMSE <= 0.5 % and max |error| <= 2 % af
 Per replay: RMSE, max, the median bound, no leak flag (issue 11: "no leak flag on any healthy
 cell"; the pack's cell_leak_a warning held for its debounce), and coverage >= 95 % (a bound
 that misses the truth more often is too narrow whatever the statistics); the 95-99.7 % window
-over the benchmark: pooled over every replay and over each parameter set's. Not per replay: a replay's
-SOC error is correlated over minutes (7-70 independent stretches after settling, measured:
-docs/estimation.md "Accuracy on PyBaMM truth"), and a calibrated bound puts two thirds or more
+over the benchmark: pooled over every replay and over each parameter set's. Not per replay:
+a replay's SOC error is correlated over minutes (7-70 independent stretches after settling,
+measured: docs/estimation.md "How coverage is judged"), and a calibrated bound puts two thirds
+or more
 of such files above 99.7 % (tools/coverage_calibrated.py); the count of replays inside the
 window is printed beside it.
 
