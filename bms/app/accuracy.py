@@ -17,9 +17,8 @@ that misses the truth more often is too narrow whatever the statistics); the 95-
 over the benchmark: pooled over every replay and over each parameter set's. Not per replay:
 a replay's SOC error is correlated over minutes (7-70 independent stretches after settling,
 measured: docs/estimation.md "How coverage is judged"), and a calibrated bound puts two thirds
-or more
-of such files above 99.7 % (tools/coverage_calibrated.py); the count of replays inside the
-window is printed beside it.
+or more of such files above 99.7 % (tools/coverage_calibrated.py); the count of replays inside
+the window is printed beside it.
 
     bms accuracy --truth-dir /tmp/truth --out runs/accuracy [--sets Chen2020] [--check]
                  [--no-charge-transfer] [--no-diffusion-slope] [--fits-from runs/accuracy]
