@@ -372,6 +372,8 @@ class _RowFormatter:
         self._fmt_seg = lib.ssb_format_segments
         self._segs: tuple[np.ndarray, ...] = ()
         self._fmt_tick = lib.ssb_format_tick
+        self._fill_tick = lib.ssb_fill_tick
+        self.gather = lib.ssb_gather_segments
         self._masks_src: np.ndarray | None = None
         self._masks_ptr = None
         self._row: TickRow | None = None  # the row bound last, at its version
@@ -416,6 +418,32 @@ class _RowFormatter:
         """:meth:`format_segments` of ``row`` after :meth:`TickRow.fill` with these values
         (its cell arrays already in place): the fill and the format in one C call
         (ssb_format_tick), the same bytes."""
+        masks_ptr = self._bind_tick(row, balance_masks)
+        size = self._fmt_tick(self._seg_bufs[0], self._seg_bufs[-1], row.n_stacks, time_s,
+                              state, current_a, stack_voltage_v, bus_voltage_v,
+                              charge_limit_a, discharge_limit_a, outputs, masks_ptr,
+                              faults_active, tick_duration_s, self._seg_ptrs, self._seg_lens,
+                              len(self._segs), self._dec_ptr, self._out_ptr, self.cap)
+        if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
+            raise RuntimeError(f"ssb_format_tick failed: {size}")
+        return self._view[:size]
+
+    def fill_tick(self, row: TickRow, time_s: float, state: int, current_a: float,
+                  stack_voltage_v: float, bus_voltage_v: float, charge_limit_a: float,
+                  discharge_limit_a: float, outputs: int, balance_masks: np.ndarray,
+                  faults_active: int, tick_duration_s: float) -> None:
+        """:meth:`format_tick`'s fill of ``row`` (ssb_fill_tick), nothing formatted: a row
+        counted and kept but not written (RunLog.discard_ticks)."""
+        masks_ptr = self._bind_tick(row, balance_masks)
+        rc = self._fill_tick(self._seg_bufs[0], self._seg_bufs[-1], row.n_stacks, time_s,
+                             state, current_a, stack_voltage_v, bus_voltage_v, charge_limit_a,
+                             discharge_limit_a, outputs, masks_ptr, faults_active,
+                             tick_duration_s)
+        if rc < 0:  # pragma: no cover - the pointers are bound above
+            raise RuntimeError(f"ssb_fill_tick failed: {rc}")
+
+    def _bind_tick(self, row: TickRow, balance_masks: np.ndarray) -> Any:
+        """Bind ``row``'s segments (when they changed) and the masks; the masks' pointer."""
         segments = row.segments
         if (row is not self._row or row.version != self._row_version) and (
                 len(segments) != len(self._segs) or any(map(is_not, segments, self._segs))):
@@ -432,14 +460,7 @@ class _RowFormatter:
             self._masks_src = balance_masks if masks is balance_masks else None
             self._masks_keep, self._masks_ptr = masks, self._ffi.from_buffer("uint32_t[]",
                                                                              masks)
-        size = self._fmt_tick(self._seg_bufs[0], self._seg_bufs[-1], row.n_stacks, time_s,
-                              state, current_a, stack_voltage_v, bus_voltage_v,
-                              charge_limit_a, discharge_limit_a, outputs, self._masks_ptr,
-                              faults_active, tick_duration_s, self._seg_ptrs, self._seg_lens,
-                              len(self._segs), self._dec_ptr, self._out_ptr, self.cap)
-        if size < 0:  # pragma: no cover - the buffer holds the longest row; decimals checked
-            raise RuntimeError(f"ssb_format_tick failed: {size}")
-        return self._view[:size]
+        return self._masks_ptr
 
     def _bind_segments(self, segments: Sequence[np.ndarray]) -> None:
         ffi = self._ffi
@@ -506,47 +527,39 @@ class _ColumnTap:
         self._chunks: list[np.ndarray] = []
         self._buf = np.empty((self.CHUNK, len(self.cols)))
         self._n = 0
-        self._lens: tuple[int, ...] = ()
-        self._plan: list[tuple[int, int, int, int, int]] = []
+        self._width = len(self.cols)
+        self._cols_c: np.ndarray | None = None  # with its pointer, made on the first add_bound
+        self._cols_ptr: Any = None
+        self._buf_ptr: Any = None  # the chunk's pointer, made on its first add_bound
         self.valid = True
 
     def _next(self) -> tuple[np.ndarray, int]:
         if self._n == len(self._buf):
             self._chunks.append(self._buf)
             self._buf = np.empty_like(self._buf)
+            self._buf_ptr = None
             self._n = 0
         return self._buf, self._n
+
+    def add_bound(self, fmt: _RowFormatter) -> None:
+        """The kept columns of the row ``fmt`` formatted or filled last (its bound segments)
+        into the next row of the chunk: one C call (ssb_gather_segments), no Python loop."""
+        if self._cols_c is None:
+            self._cols_c = np.asarray(self.cols, dtype=np.uintp)
+            self._cols_ptr = fmt._ffi.from_buffer("size_t[]", self._cols_c)
+        buf, i = self._next()
+        if self._buf_ptr is None:
+            self._buf_ptr = fmt._ffi.from_buffer("double[]", buf)
+        rc = fmt.gather(fmt._seg_ptrs, fmt._seg_lens, len(fmt._segs), self._cols_ptr,
+                        self._width, self._buf_ptr + i * self._width)
+        if rc < 0:
+            raise ValueError(f"kept columns outside the row ({rc})")
+        self._n = i + 1
 
     def add_array(self, values: np.ndarray) -> None:
         buf, i = self._next()
         buf[i] = values[self._idx]
         self._n = i + 1
-
-    def add_segments(self, segments: Sequence[np.ndarray]) -> None:
-        lens = tuple(map(len, segments))
-        if lens != self._lens:
-            self._bind(lens)
-        buf, i = self._next()
-        row = buf[i]
-        for si, s0, s1, b0, b1 in self._plan:
-            row[b0:b1] = segments[si][s0:s1]
-        self._n = i + 1
-
-    def _bind(self, lens: tuple[int, ...]) -> None:
-        """One slice copy per run of kept columns that are consecutive in one segment."""
-        starts = np.cumsum((0,) + lens)
-        plan: list[list[int]] = []
-        for b, col in enumerate(self.cols):
-            si = int(np.searchsorted(starts, col, side="right")) - 1
-            off = col - int(starts[si])
-            last = plan[-1] if plan else None
-            if last and last[0] == si and last[2] == off and last[4] == b:
-                last[2] += 1
-                last[4] += 1
-            else:
-                plan.append([si, off, off + 1, b, b + 1])
-        self._plan = [tuple(x) for x in plan]  # type: ignore[misc]
-        self._lens = lens
 
     def columns(self, decimals: Sequence[int]) -> dict[str, np.ndarray]:
         data = np.concatenate(self._chunks + [self._buf[:self._n]])
@@ -676,6 +689,7 @@ class RunLog:
         self._header = (",".join(_fmt(c) for c in self.columns) + "\n").encode()
         self._formatter: _RowFormatter | None = None  # made on the first row_array
         self._tap: _ColumnTap | None = None
+        self._discard = False  # discard_ticks: row_tick's rows counted, not formatted
         self._header_ok = self.ticks.write(self._header, count=False)
         if meta is not None:
             self.event({"type": "meta", **meta})
@@ -729,7 +743,7 @@ class RunLog:
             fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
         ok = self._write_row(fmt.format_segments(segments), time_s)
         if ok and self._tap is not None:
-            self._tap.add_segments(segments)
+            self._tap.add_bound(fmt)  # the segments as format_segments bound them
         return ok
 
     def row_tick(self, row: TickRow, time_s: float, state: int, current_a: float,
@@ -743,11 +757,18 @@ class RunLog:
         if fmt is None:
             fmt = self._formatter = _RowFormatter([column_decimals(c) for c in self.columns])
         row.set_cells(cells)
-        ok = self._write_row(fmt.format_tick(
-            row, time_s, state, current_a, stack_voltage_v, bus_voltage_v, charge_limit_a,
-            discharge_limit_a, outputs, balance_masks, faults_active, tick_duration_s), time_s)
+        if self._discard:  # not formatted: filled (for the kept columns) and counted
+            fmt.fill_tick(row, time_s, state, current_a, stack_voltage_v, bus_voltage_v,
+                          charge_limit_a, discharge_limit_a, outputs, balance_masks,
+                          faults_active, tick_duration_s)
+            ok = self._count_row(time_s)
+        else:
+            ok = self._write_row(fmt.format_tick(
+                row, time_s, state, current_a, stack_voltage_v, bus_voltage_v,
+                charge_limit_a, discharge_limit_a, outputs, balance_masks, faults_active,
+                tick_duration_s), time_s)
         if ok and self._tap is not None:
-            self._tap.add_segments(row.segments)  # the head and tail as the C call filled them
+            self._tap.add_bound(fmt)  # the head and tail as the C call filled them
         return ok
 
     def keep_columns(self, names: Sequence[str]) -> None:
@@ -761,14 +782,17 @@ class RunLog:
         self._tap = _ColumnTap(self.columns, names)
 
     def discard_ticks(self) -> None:
-        """From now on rows are formatted, counted (the summary) and kept
-        (:meth:`keep_columns`) but not written: ticks.csv keeps its header only. For a caller
-        that deletes the log when the run ends and scores it from :meth:`kept_columns` (bms
-        campaign without --keep-logs: the ~32 MB per simulated hour of ssb-23 it would write
-        to the page cache and then delete)."""
+        """From now on rows are counted (the summary) and kept (:meth:`keep_columns`) but not
+        written: ticks.csv keeps its header only (rows held by ``batch_rows`` are written
+        first). :meth:`row_tick`'s rows are not even formatted (only filled, for the kept
+        columns). For a caller that deletes the log when the run ends and scores it from
+        :meth:`kept_columns` (bms campaign without --keep-logs: the ~32 MB per simulated hour
+        of ssb-23 it would write to the page cache and then delete)."""
         if not isinstance(self.ticks, _NullSink):
+            self.flush()
             self.ticks.close()
             self.ticks = _NullSink(self.ticks.path)
+            self._discard = True
 
     def kept_columns(self) -> dict[str, np.ndarray] | None:
         """The kept columns, as :func:`load_tick_columns` reads them from ticks.csv (the
@@ -781,6 +805,20 @@ class RunLog:
         decimals = (fmt.decimals.tolist() if fmt is not None
                     else [column_decimals(c) for c in self.columns])
         return tap.columns(decimals)
+
+    def _count_row(self, t: float) -> bool:
+        """A discarded row (no bytes): counted as :meth:`_write_lines` counts a row that the
+        null sink takes (it always does), after any rows still held."""
+        if self._held_n:
+            self.flush()
+        self.ticks.written += 1
+        self.rows += 1
+        if self.first_time_s is None:
+            self.first_time_s = float(t)
+        self.last_time_s = float(t)
+        if self._dropping:  # rows were dropped before the discard: as _write_lines tracks
+            self._track(True, t)
+        return True
 
     def _write_row(self, line: bytes | memoryview, t: Any) -> bool:
         """Write one row, or hold it (batch_rows > 1; True then: not known to fail yet)."""

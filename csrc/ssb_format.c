@@ -183,13 +183,10 @@ int64_t ssb_format_row(const double *values, const signed char *decimals, size_t
     return ssb_format_segments(&values, &n, 1, decimals, out, cap);
 }
 
-int64_t ssb_format_tick(double *head, double *tail, size_t n_stacks, double time_s,
-                        double state, double current_a, double stack_voltage_v,
-                        double bus_voltage_v, double charge_limit_a, double discharge_limit_a,
-                        double outputs, const uint32_t *masks, double faults_active,
-                        double tick_duration_s, const double *const *seg,
-                        const size_t *seg_len, size_t n_seg, const signed char *decimals,
-                        char *out, size_t cap)
+int ssb_fill_tick(double *head, double *tail, size_t n_stacks, double time_s, double state,
+                  double current_a, double stack_voltage_v, double bus_voltage_v,
+                  double charge_limit_a, double discharge_limit_a, double outputs,
+                  const uint32_t *masks, double faults_active, double tick_duration_s)
 {
     if (!head || !tail || (n_stacks > 0 && !masks))
         return SSB_FMT_ERR_NULL;
@@ -206,5 +203,47 @@ int64_t ssb_format_tick(double *head, double *tail, size_t n_stacks, double time
         t[3 + k] = (double)masks[k];
     t[3 + n_stacks] = faults_active;
     t[4 + n_stacks] = tick_duration_s;
+    return 0;
+}
+
+int64_t ssb_format_tick(double *head, double *tail, size_t n_stacks, double time_s,
+                        double state, double current_a, double stack_voltage_v,
+                        double bus_voltage_v, double charge_limit_a, double discharge_limit_a,
+                        double outputs, const uint32_t *masks, double faults_active,
+                        double tick_duration_s, const double *const *seg,
+                        const size_t *seg_len, size_t n_seg, const signed char *decimals,
+                        char *out, size_t cap)
+{
+    const int rc = ssb_fill_tick(head, tail, n_stacks, time_s, state, current_a,
+                                 stack_voltage_v, bus_voltage_v, charge_limit_a,
+                                 discharge_limit_a, outputs, masks, faults_active,
+                                 tick_duration_s);
+    if (rc < 0)
+        return rc;
     return ssb_format_segments(seg, seg_len, n_seg, decimals, out, cap);
+}
+
+int ssb_gather_segments(const double *const *seg, const size_t *seg_len, size_t n_seg,
+                        const size_t *cols, size_t n_cols, double *out)
+{
+    if (n_cols == 0)
+        return 0;
+    if (!cols || !out || !seg || !seg_len)
+        return SSB_FMT_ERR_NULL;
+    size_t k = 0, start = 0; /* segment k holds the row's values start .. start + seg_len[k] */
+    for (size_t i = 0; i < n_cols; i++) {
+        const size_t c = cols[i];
+        if (i > 0 && c <= cols[i - 1])
+            return SSB_FMT_ERR_PARAM;
+        while (k < n_seg && c - start >= seg_len[k]) { /* c >= start: cols ascend */
+            start += seg_len[k];
+            k++;
+        }
+        if (k == n_seg)
+            return SSB_FMT_ERR_PARAM;
+        if (!seg[k])
+            return SSB_FMT_ERR_NULL;
+        out[i] = seg[k][c - start];
+    }
+    return 0;
 }

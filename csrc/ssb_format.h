@@ -57,6 +57,21 @@ int64_t ssb_format_tick(double *head, double *tail, size_t n_stacks, double time
                         const size_t *seg_len, size_t n_seg, const signed char *decimals,
                         char *out, size_t cap);
 
+/* ssb_format_tick's fill of the head and tail segments without the format (a row counted but
+ * not written: bms.runlog.RunLog.discard_ticks). Returns 0 or SSB_FMT_ERR_NULL. */
+int ssb_fill_tick(double *head, double *tail, size_t n_stacks, double time_s, double state,
+                  double current_a, double stack_voltage_v, double bus_voltage_v,
+                  double charge_limit_a, double discharge_limit_a, double outputs,
+                  const uint32_t *masks, double faults_active, double tick_duration_s);
+
+/* The row's values at columns cols[0..n_cols-1] (strictly ascending, each inside the row) of
+ * the row given as segments (as ssb_format_segments), into out[0..n_cols-1]: the columns a
+ * run log keeps in memory (bms.runlog._ColumnTap). Returns 0, SSB_FMT_ERR_NULL, or
+ * SSB_FMT_ERR_PARAM for columns not ascending or past the row's end (out then holds the
+ * values before it). */
+int ssb_gather_segments(const double *const *seg, const size_t *seg_len, size_t n_seg,
+                        const size_t *cols, size_t n_cols, double *out);
+
 /* One field into out (at least SSB_FMT_FIELD_MAX bytes; no NUL): its length, or
  * SSB_FMT_ERR_PARAM / SSB_FMT_ERR_NULL. */
 int ssb_format_value(double value, int decimals, char *out);

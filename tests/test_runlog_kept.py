@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bms.runlog import RunLog, _RowFormatter, as_logged, load_tick_columns
+from bms.runlog import RunLog, TickRow, _RowFormatter, as_logged, load_tick_columns
 
 
 def _adversarial(decimals: int, rng: np.random.Generator) -> np.ndarray:
@@ -92,4 +92,50 @@ def test_discarded_ticks_are_counted_and_kept_not_written(tmp_path: Path) -> Non
     assert all(np.array_equal(kept[c], read[c]) for c in kept) and len(kept["a_soc"]) == 300
     assert (tmp_path / "discarded" / "ticks.csv").read_text() == ",".join(cols) + "\n"
     for key in ("rows", "first_time_s", "last_time_s"):
+        assert summaries["written"][key] == summaries["discarded"][key], key
+
+
+def test_discarded_tick_rows_are_filled_and_kept_not_formatted(tmp_path: Path) -> None:
+    """row_tick (the controller's rows) on a log that discards its ticks: not formatted (only
+    filled, ssb_fill_tick), yet counted and kept as a written log has them (the C gather of
+    the kept columns out of the row's segments, with batched rows and cell arrays replaced
+    now and then, as the controller's stale-data rows do)."""
+    load_cells = [2, 3]
+    n_cells, n_temps = 4, 3
+    cols = ([f"h{i}" for i in range(1, 7)] + [f"c{i}_v" for i in range(n_cells)]
+            + [f"c{i}_soc" for i in range(n_cells)] + [f"c{i}_soc_sigma" for i in range(n_cells)]
+            + [f"c{i}_leak_a" for i in range(n_cells)] + [f"t{i}_c" for i in range(n_temps)]
+            + [f"p{i}_kpa" for i in range(sum(load_cells))] + [f"tail{i}" for i in range(13)])
+    cols.insert(0, "time_s")
+    keep = ["time_s", "c1_soc", "c0_soc_sigma", "c3_soc_sigma", "t2_c", "tail11", "tail12"]
+    rng = np.random.default_rng(11)
+    logs, rows = {}, {}
+    for name in ("written", "discarded"):
+        logs[name] = RunLog(tmp_path / name, cols, batch_rows=7)
+        logs[name].keep_columns(keep)
+        rows[name] = TickRow(load_cells)
+    logs["discarded"].discard_ticks()
+    cells = [rng.uniform(3.0, 4.0, n_cells), rng.uniform(0, 1, n_cells),
+             rng.uniform(0, 0.05, n_cells), rng.normal(0, 1e-3, n_cells),
+             rng.uniform(20, 30, n_temps)]
+    masks = np.zeros(2, dtype=np.uint32)
+    for i in range(300):
+        for a in cells:
+            a[:] = a + rng.normal(0, 1e-3, len(a))
+        arrays = (tuple(a.copy() for a in cells) if i % 50 == 7 else tuple(cells))
+        masks[:] = rng.integers(0, 2**23, 2)
+        for name, log in logs.items():
+            row = rows[name]
+            row.set_stack(i % 2, rng.normal(), rng.uniform(0, 300, load_cells[i % 2]), 1.0, 2.0)
+            assert log.row_tick(row, i * 0.1, 2, -5.5, 80.0, 80.1, arrays, 10.0, 20.0, 7,
+                                masks, i % 3, 1e-4 * (1 + i % 5))
+    kept = {name: log.kept_columns() for name, log in logs.items()}
+    summaries = {name: log.close() for name, log in logs.items()}
+    read = load_tick_columns(tmp_path / "written", lambda c: c in keep)
+    for name in keep:
+        assert np.array_equal(kept["discarded"][name], read[name]), name
+        assert np.array_equal(kept["written"][name], read[name]), name
+    assert len(kept["discarded"]["time_s"]) == 300
+    assert (tmp_path / "discarded" / "ticks.csv").read_text() == ",".join(cols) + "\n"
+    for key in ("rows", "first_time_s", "last_time_s", "dropped_rows"):
         assert summaries["written"][key] == summaries["discarded"][key], key

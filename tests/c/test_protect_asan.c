@@ -571,6 +571,38 @@ static void test_format_tick(size_t n_stacks)
     memcpy(flat + 5, cells, n_cells * sizeof(double));
     memcpy(flat + 5 + n_cells, tail, n_tail * sizeof(double));
     CHECK(ssb_format_row(flat, d, n, want, cap) == len && memcmp(out, want, (size_t)len) == 0);
+    /* ssb_fill_tick: the same head and tail as the format's fill */
+    double *head2 = calloc(5, sizeof(double)), *tail2 = calloc(n_tail, sizeof(double));
+    CHECK(ssb_fill_tick(head2, tail2, n_stacks, 1.5, 2.0, -3.25, NAN, INFINITY, 10.0, 20.0, 3.0,
+                        masks, 1.0, 1e-4) == 0);
+    CHECK(memcmp(head, head2, 5 * sizeof(double)) == 0);
+    CHECK(memcmp(tail, tail2, n_tail * sizeof(double)) == 0);
+    CHECK(ssb_fill_tick(head2, NULL, n_stacks, 0, 0, 0, 0, 0, 0, 0, 0, masks, 0, 0)
+          == SSB_FMT_ERR_NULL);
+    /* ssb_gather_segments: every column, then every third, as the flat row has them */
+    size_t *cols = calloc(n, sizeof(size_t));
+    double *got = calloc(n, sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        cols[i] = i;
+    CHECK(ssb_gather_segments(seg, seg_len, 3, cols, n, got) == 0);
+    CHECK(memcmp(got, flat, n * sizeof(double)) == 0);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i += 3)
+        cols[m++] = i;
+    CHECK(ssb_gather_segments(seg, seg_len, 3, cols, m, got) == 0);
+    for (size_t j = 0; j < m; j++)
+        CHECK(memcmp(&got[j], &flat[3 * j], sizeof(double)) == 0);
+    cols[0] = n; /* past the row */
+    CHECK(ssb_gather_segments(seg, seg_len, 3, cols, 1, got) == SSB_FMT_ERR_PARAM);
+    cols[0] = 2;
+    cols[1] = 2; /* not ascending */
+    CHECK(ssb_gather_segments(seg, seg_len, 3, cols, 2, got) == SSB_FMT_ERR_PARAM);
+    CHECK(ssb_gather_segments(seg, seg_len, 3, NULL, 1, got) == SSB_FMT_ERR_NULL);
+    CHECK(ssb_gather_segments(NULL, NULL, 0, NULL, 0, NULL) == 0);
+    free(head2);
+    free(tail2);
+    free(cols);
+    free(got);
     CHECK(ssb_format_tick(NULL, tail, n_stacks, 0, 0, 0, 0, 0, 0, 0, 0, masks, 0, 0, seg,
                           seg_len, 3, d, out, cap) == SSB_FMT_ERR_NULL);
     if (n_stacks)
