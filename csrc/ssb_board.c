@@ -234,3 +234,19 @@ int ssb_board_tick(ssb_board_t *b, const char *in, size_t n, double t_s,
     return (int)proto_encode(PROTO_VERSION, MSG_MEASUREMENT, seq, payload, (uint16_t)len,
                              (uint8_t *)out);
 }
+
+int ssb_board_tick_kept(ssb_board_t *b, const char *in, size_t n, double t_s,
+                        double pressure_kpa, double bus_v, double gas_kpa,
+                        double gas_ramp_kpa_per_s, double last_heartbeat_s, int watchdog_tripped,
+                        double silence_until_s, unsigned status, int bus_mode, double demand_a,
+                        double g_bus, int64_t noise_row)
+{
+    if (b == NULL || b->scfg == NULL || b->noise == NULL || noise_row < 0
+        || noise_row >= b->noise_rows)
+        return SSB_BOARD_ERR_NULL;
+    const size_t nch = b->scfg->n + b->scfg->k + b->scfg->m + 2;
+    return ssb_board_tick(b, in, n, t_s, pressure_kpa, bus_v, gas_kpa, gas_ramp_kpa_per_s,
+                          last_heartbeat_s, watchdog_tripped, silence_until_s, status, b->th_dt_s,
+                          b->minv, b->c_dt, b->amb, bus_mode, demand_a, g_bus,
+                          b->noise + (size_t)noise_row * nch, b->res, b->out, b->out_cap);
+}

@@ -92,6 +92,19 @@ typedef struct {
     /* where the load cells' counts of each read are copied (the stuck-cell fault's "last
      * counts", Sensors.lc_last_counts), or NULL */
     int64_t *lc_last;
+    /* What ssb_board_tick_kept reads in place of ssb_board_tick's arguments, kept here between
+     * ticks and set by the caller only when it changes (board_lane.py TickLane): the thermal
+     * matrices and the step they are for (plant_c.py CEngine.th / th_dt), the noise batch
+     * (noise_rows rows of scfg n + k + m + 2), the res and out buffers */
+    double th_dt_s;
+    const double *minv;
+    const double *c_dt;
+    const double *amb;
+    const double *noise;
+    int64_t noise_rows;
+    double *res;
+    char *out;
+    size_t out_cap;
 } ssb_board_t;
 
 /* One tick. in[0 .. n): the host's bytes. The plant's scalars before the step: t_s,
@@ -108,5 +121,14 @@ int ssb_board_tick(ssb_board_t *b, const char *in, size_t n, double t_s,
                    unsigned status, double th_dt_s, const double *minv, const double *c_dt,
                    const double *amb, int bus_mode, double demand_a, double g_bus,
                    const double *noise, double *res, char *out, size_t out_cap);
+
+/* ssb_board_tick with the thermal matrices, the noise batch and the res / out buffers of b
+ * (the kept fields above): noise row noise_row of the batch (SSB_BOARD_ERR_NULL when a kept
+ * pointer is NULL or noise_row is outside 0 .. noise_rows). */
+int ssb_board_tick_kept(ssb_board_t *b, const char *in, size_t n, double t_s,
+                        double pressure_kpa, double bus_v, double gas_kpa,
+                        double gas_ramp_kpa_per_s, double last_heartbeat_s, int watchdog_tripped,
+                        double silence_until_s, unsigned status, int bus_mode, double demand_a,
+                        double g_bus, int64_t noise_row);
 
 #endif

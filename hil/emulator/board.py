@@ -60,6 +60,9 @@ _ST_POS, _ST_NEG, _ST_PRE = int(Status.CONTACTOR_POS), int(Status.CONTACTOR_NEG)
 _ST_WD, _ST_BOOT, _ST_BAL = int(Status.WATCHDOG_TRIPPED), int(Status.JUST_BOOTED), int(
     Status.BALANCING)
 _ST_SENSOR, _ST_SIM = int(Status.SENSOR_ERROR), int(Status.SIM_CLOCK)
+# Truth rows held for one write in the sim clock (TruthWriter batch_rows): a campaign keeps one
+# row per simulated second, so a SIGKILL loses at most about a simulated minute of truth
+SIM_TRUTH_BATCH_ROWS = 64
 _OUTPUT_BITS = int(Outputs.CONTACTOR_POS | Outputs.CONTACTOR_NEG | Outputs.PRECHARGE)
 
 
@@ -129,7 +132,9 @@ class EmulatedBoard:
         self.counters = BoardCounters()
         self.decoder = FrameDecoder()
         self.runner = ScenarioRunner(sc, self.plant, self._inject) if sc else None
-        self.truth = (TruthWriter(opts.truth_path, self.plant.n, self.plant.m, opts.truth_every)
+        # sim clock: truth rows written in batches (truth.py), flushed at close()
+        self.truth = (TruthWriter(opts.truth_path, self.plant.n, self.plant.m, opts.truth_every,
+                                  SIM_TRUTH_BATCH_ROWS if self.sim else 1)
                       if opts.truth_path else None)
         self.heartbeat_timeout_s = (pack.contactors.heartbeat_timeout_s
                                     if pack.contactors else 1.0)

@@ -51,7 +51,7 @@ class TickLane:
         if not hasattr(lib, "ssb_board_tick"):
             raise RuntimeError("hil.emulator._plant was built before csrc/ssb_board.c: rebuild "
                                "it (python setup.py build_ext --inplace)")
-        self.tick = lib.ssb_board_tick
+        self.tick = lib.ssb_board_tick_kept
         self.fallback, self.unencodable = lib.SSB_BOARD_FALLBACK, lib.SSB_BOARD_UNENCODABLE
         self.bus_open, self.bus_pre, self.bus_closed, self.bus_cv = (
             lib.SSB_BOARD_BUS_OPEN, lib.SSB_BOARD_BUS_PRECHARGE, lib.SSB_BOARD_BUS_CLOSED,
@@ -70,6 +70,14 @@ class TickLane:
         self.g_fail = 1.0 / p.precharge_fail_short_ohm
         self.res = ffi.new(f"double[{lib.SSB_BOARD_RES_COUNT}]")
         self.out = ffi.new(f"char[{lib.SSB_BOARD_OUT_MIN}]")
+        # kept in the struct between ticks (ssb_board_tick_kept): the buffers, and the
+        # thermal matrices and noise batch of the engine, set again when they change
+        b.res, b.out, b.out_cap = self.res, self.out, lib.SSB_BOARD_OUT_MIN
+        self._th: Any = None
+        self._th_dt = np.nan
+        self._noise: Any = None
+        b.minv = b.c_dt = b.amb = b.noise = ffi.NULL
+        b.noise_rows = 0
         self.unpack = ffi.unpack
         m = plant.m
         # Sensors.lc_last_counts of a lane tick: the C call copies the load cells' counts here
@@ -209,24 +217,26 @@ class TickLane:
         row, th = s.noise_i, c.th
         if row >= len(s.noise) or th is None:
             return False  # a new batch of noise is drawn on the general path (same stream)
-        if c.noise_src is not s.noise:  # a new batch, or one put back by restore()
-            c.noise_src = s.noise
-            c.noise_p = c.ptr(s.noise)
+        noise = s.noise
+        if noise is not self._noise:  # a new batch, or one put back by restore()
+            self._noise = noise  # (kept: the struct's pointer does not hold the array)
+            b.noise, b.noise_rows = c.ptr(noise), len(noise)
+        if th is not self._th or c.th_dt != self._th_dt:  # new matrices (CEngine.step)
+            self._th, self._th_dt = th, c.th_dt
+            b.minv, b.c_dt, b.amb = th
+            b.th_dt_s = c.th_dt
         t0 = plant.t_s
         if board.heartbeat_timeout_s != self._hb_timeout_s:  # a test may change it
             b.heartbeat_timeout_s = self._hb_timeout_s = board.heartbeat_timeout_s
-        noise = c.noise_p + row * c.nch
         rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v, plant.gas_kpa,
                        f.gas_ramp_kpa_per_s, board.last_heartbeat_s, board.watchdog_tripped,
-                       board.link.silence_until_s, self._status, c.th_dt, th[0], th[1], th[2],
-                       mode, demand, g_bus, noise, self.res, self.out, 250)
+                       board.link.silence_until_s, self._status, mode, demand, g_bus, row)
         if rc == self.need_block:  # the block ran out (or this tick is off it): as before
             rc = self.tick(b, data, len(data), t0, plant.pressure_kpa, plant.bus_v,
                            plant.gas_kpa, f.gas_ramp_kpa_per_s, board.last_heartbeat_s,
                            board.watchdog_tripped, board.link.silence_until_s, self._status,
-                           c.th_dt, th[0], th[1], th[2], self.bus_closed,
-                           self._profile_limited(plant.load, plant, o), g_bus, noise, self.res,
-                           self.out, 250)
+                           self.bus_closed, self._profile_limited(plant.load, plant, o), g_bus,
+                           row)
         if rc == self.fallback:
             return False
         t_s, i_s, bus_v, p_kpa, gas, dt_us, seq, frames, load_done = self.unpack(self.res,

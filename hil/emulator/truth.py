@@ -7,6 +7,12 @@ and terminal voltage, then per load cell the true local pressure. The BMS never 
 A failed write (a full disk) stops the truth file, never the board: the board is what the BMS
 under test talks to, and the truth is only for scoring it afterwards. The first failure is one
 line on stderr; ``dropped`` counts the rows lost.
+
+Batching (``batch_rows`` > 1: the sim clock, EmulatedBoard): kept rows are held as text and
+written in one write when ``batch_rows`` are held, at :meth:`flush` and at :meth:`close` (the
+board's close: the emu:// port's close, the emulator process's exit path), as the run log batches
+ticks.csv in the sim clock (bms/runlog.py): a SIGKILL loses at most the held rows, and a sim-clock
+run can be made again from its seed. The real clock keeps one write per row.
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ def truth_header(n_cells: int, n_load_cells: int) -> list[str]:
 class TruthWriter:
     """Appends PlantTruth rows to a CSV file; line-buffered so a killed run keeps its rows."""
 
-    def __init__(self, path: str | Path, n_cells: int, n_load_cells: int, every: int = 1) -> None:
+    def __init__(self, path: str | Path, n_cells: int, n_load_cells: int, every: int = 1,
+                 batch_rows: int = 1) -> None:
         if every < 1:
             raise ValueError("every must be >= 1")
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be >= 1")
+        self.batch_rows = batch_rows
+        self._held: list[str] = []
         self.path = Path(path)
         self.every = every
         self._count = 0
@@ -71,15 +82,36 @@ class TruthWriter:
         if self.error is not None:
             self.dropped += 1
             return
+        if self.batch_rows > 1:
+            held = self._held
+            held.append(self._fmt % tuple(row))
+            if len(held) >= self.batch_rows:
+                self.flush()
+            return
+        self._put(self._fmt % tuple(row), 1)
+
+    def _put(self, text: str, rows: int) -> None:
         try:
-            self._fh.write(self._fmt % tuple(row))
+            self._fh.write(text)
         except OSError as exc:
-            self.dropped += 1
+            self.dropped += rows
             self.error = f"{exc.strerror or exc}"
             print(f"bms emulate: truth file {self.path}: {self.error}; no more truth rows "
                   "(the board goes on)", file=sys.stderr, flush=True)
 
+    def flush(self) -> None:
+        """Write the held rows (batching only), in one write."""
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        if self.error is not None:
+            self.dropped += len(held)
+            return
+        self._put("".join(held), len(held))
+
     def close(self) -> None:
+        self.flush()
         if not self._fh.closed:
             try:
                 self._fh.close()

@@ -75,10 +75,18 @@ static int call(board_rig_t *br, const uint8_t *in, size_t n, double t, int wd, 
                 double th_dt, int mode, double *res, char *out, size_t cap)
 {
     rig_t *r = &br->r;
-    return ssb_board_tick(&br->b, (const char *)in, n, t, 400.0, 50.0, 0.0,
-                          urand() < 0.3 ? uni(-1.0, 1.0) : 0.0, t - uni(0.0, 1.2), wd, silence,
-                          0x80u, th_dt, r->minv, r->c_dt, r->amb, mode, uni(-40.0, 40.0),
-                          uni(1e-6, 1e-2), r->noise, res, out, cap);
+    const double ramp = urand() < 0.3 ? uni(-1.0, 1.0) : 0.0, hb = t - uni(0.0, 1.2);
+    const double demand = uni(-40.0, 40.0), g_bus = uni(1e-6, 1e-2);
+    if (cap == SSB_BOARD_OUT_MIN && urand() < 0.5) { /* the same call with the kept fields */
+        ssb_board_t *b = &br->b;
+        b->th_dt_s = th_dt, b->minv = r->minv, b->c_dt = r->c_dt, b->amb = r->amb;
+        b->noise = r->noise, b->noise_rows = 1, b->res = res, b->out = out, b->out_cap = cap;
+        return ssb_board_tick_kept(b, (const char *)in, n, t, 400.0, 50.0, 0.0, ramp, hb, wd,
+                                   silence, 0x80u, mode, demand, g_bus, 0);
+    }
+    return ssb_board_tick(&br->b, (const char *)in, n, t, 400.0, 50.0, 0.0, ramp, hb, wd,
+                          silence, 0x80u, th_dt, r->minv, r->c_dt, r->amb, mode, demand, g_bus,
+                          r->noise, res, out, cap);
 }
 
 static void refusals_and_errors(void)
@@ -106,6 +114,20 @@ static void refusals_and_errors(void)
     CHECK(ssb_board_tick(&br.b, (const char *)frames, n, 0.0, 400.0, 0.0, 0.0, 0.0, 0.0, 0, -1.0,
                          0, 0.1, br.r.minv, br.r.c_dt, br.r.amb, 0, 0.0, 1e-3, br.r.noise, res,
                          out, SSB_BOARD_OUT_MIN - 1) == SSB_BOARD_ERR_SIZE);
+    /* the kept fields: a NULL batch or a row outside it */
+    CHECK(ssb_board_tick_kept(NULL, (const char *)frames, n, 0.0, 400.0, 0.0, 0.0, 0.0, 0.0, 0,
+                              -1.0, 0, 0, 0.0, 1e-3, 0) == SSB_BOARD_ERR_NULL);
+    CHECK(ssb_board_tick_kept(&br.b, (const char *)frames, n, 0.0, 400.0, 0.0, 0.0, 0.0, 0.0, 0,
+                              -1.0, 0, 0, 0.0, 1e-3, 0) == SSB_BOARD_ERR_NULL);
+    br.b.noise = br.r.noise, br.b.noise_rows = 1;
+    br.b.res = res, br.b.out = out, br.b.out_cap = SSB_BOARD_OUT_MIN;
+    CHECK(ssb_board_tick_kept(&br.b, (const char *)frames, n, 0.0, 400.0, 0.0, 0.0, 0.0, 0.0, 0,
+                              -1.0, 0, 0, 0.0, 1e-3, 1) == SSB_BOARD_ERR_NULL);
+    CHECK(ssb_board_tick_kept(&br.b, (const char *)frames, n, 0.0, 400.0, 0.0, 0.0, 0.0, 0.0, 0,
+                              -1.0, 0, 0, 0.0, 1e-3, -1) == SSB_BOARD_ERR_NULL);
+    /* minv NULL (not set yet): ssb_board_tick's own check */
+    CHECK(ssb_board_tick_kept(&br.b, (const char *)frames, n, 0.0, 400.0, 0.0, 0.0, 0.0, 0.0, 0,
+                              -1.0, 0, 0, 0.0, 1e-3, 0) == SSB_BOARD_ERR_NULL);
     /* refused: dt without matrices, dt 0 or above 1 s, a trip, a silenced reply */
     CHECK(call(&br, frames, n, 5.0, 0, -1.0, 0.2, 2, res, out, SSB_BOARD_OUT_MIN) == 0);
     size_t n0 = tick_bytes(frames, 0, 0, 3);
