@@ -435,7 +435,15 @@ class Controller:
         previous tick (pipelined: right after the answers came; lockstep: after the
         commands, in _command)."""
         sample_dt = self.tick_s if self.clock == "sim" else 0.0
-        seqs = [s.io.take_prefetched_or_request(sample_dt, t) for s in self.stacks]
+        seqs = []
+        for s in self.stacks:  # BoardIO.take_prefetched_or_request, its usual case inline
+            io = s.io
+            seq = io.prefetched
+            if seq is not None:
+                io.prefetched = None
+            else:
+                seq = io.request_sample(sample_dt, t)
+            seqs.append(seq)
         if self.clock == "sim":  # _wait_bound's sim-clock bound, inline: one call a stack less
             missed_after_s = self.tick_s + TIME_EPS_S
             answers = [s.io.await_measurement(seq, t, None, 0 if s.measurements > 0 and
