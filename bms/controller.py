@@ -435,7 +435,15 @@ class Controller:
         previous tick (pipelined: right after the answers came; lockstep: after the
         commands, in _command)."""
         sample_dt = self.tick_s if self.clock == "sim" else 0.0
-        seqs = [s.io.take_prefetched_or_request(sample_dt, t) for s in self.stacks]
+        seqs = []
+        for s in self.stacks:  # BoardIO.take_prefetched_or_request, its usual case inline
+            io = s.io
+            seq = io.prefetched
+            if seq is not None:
+                io.prefetched = None
+            else:
+                seq = io.request_sample(sample_dt, t)
+            seqs.append(seq)
         if self.clock == "sim":  # _wait_bound's sim-clock bound, inline: one call a stack less
             missed_after_s = self.tick_s + TIME_EPS_S
             answers = [s.io.await_measurement(seq, t, None, 0 if s.measurements > 0 and
@@ -1077,28 +1085,43 @@ class Controller:
             self._receive_repeat(s, chain, t, dt_s, bleed)
             return
         v = s.validator
-        timestamp_ms, status = r.timestamp_ms, r.status
         if (chain.usual and s.chain_shares is not None and chain.runs_current_check
                 and not (s.stale or s.mismatch or s.watchdog_tripped or s.sensor_error
                          or s.io.client.reset_pending)):
             # _timestamp_moved, _core_dt, after_front_end, _status_bits and _collect, each
-            # with nothing to raise, clear or diagnose (the validator's state: chain.receive)
+            # with nothing to raise, clear or diagnose (the validator's state: chain.receive);
+            # the result's fields from the one unpack of StackStep.receive (chain.vals)
+            (_, _, _, _, current_a, stack_voltage_v, charge_limit_a, discharge_limit_a, _, _,
+             min_pressure_kpa, min_temperature_c, _, timestamp_ms, status, _, bus_voltage_v,
+             timestamp_s, _, ccd_limit_a, _) = chain.vals
             s.last_ts_ms, s.ts_moved_s = timestamp_ms, t
-            s.last_timestamp_s = r.timestamp_s
-            s.data = data = ValidatedStack(t, v._v_out, v._t_out, v._p_out, r.current_a,
-                                           r.bus_voltage_v, status, timestamp_ms)
+            s.last_timestamp_s = timestamp_s
+            data = s.data
+            if data is None:
+                s.data = data = ValidatedStack(t, v._v_out, v._t_out, v._p_out, current_a,
+                                               bus_voltage_v, status, timestamp_ms)
+            else:  # its arrays are the validator's buffers (every ValidatedStack's): the
+                # stack's one record, its scalars refreshed (no new object per tick)
+                data.time_s, data.current_a, data.bus_voltage_v = t, current_a, bus_voltage_v
+                data.status, data.timestamp_ms = status, timestamp_ms
             s.measurements += 1
-            o = s.out = s.core.output()
+            o = s.out
+            if o is None:
+                o = s.out = s.core.output()
+            else:  # the stack's record of the core's output, its stack values refreshed
+                s.core.refresh_output(o)
             s.last_valid_s = t
-            s.stack_voltage_v = r.stack_voltage_v
-            s.charge_limit_a, s.discharge_limit_a = r.charge_limit_a, r.discharge_limit_a
-            ccd_limit_a = math.nan
+            s.stack_voltage_v = stack_voltage_v
+            s.charge_limit_a, s.discharge_limit_a = charge_limit_a, discharge_limit_a
             if self.ccd is not None:
-                s.ccd_pressure_kpa, s.ccd_temperature_c = r.min_pressure_kpa, r.min_temperature_c
-                s.ccd_limit_a = ccd_limit_a = r.ccd_limit_a
-            self._row.set_stack(s.index, data.current_a, data.pressure_kpa,
+                s.ccd_pressure_kpa, s.ccd_temperature_c = min_pressure_kpa, min_temperature_c
+                s.ccd_limit_a = ccd_limit_a
+            else:
+                ccd_limit_a = math.nan
+            self._row.set_stack(s.index, current_a, data.pressure_kpa,
                                 o.pressure_expected_kpa, o.pressure_residual_kpa, ccd_limit_a)
             return
+        timestamp_ms, status = r.timestamp_ms, r.status
         self._timestamp_moved(s, timestamp_ms, t)  # it moved: clears a stale record
         s.last_timestamp_s = r.timestamp_s
         data = v.after_front_end(t, r.current_in_a, r.bus_voltage_v, timestamp_ms, status,

@@ -734,6 +734,19 @@ class Core:
             self.params.horizons_s, self.charge_limit_a, self.discharge_limit_a,
         )
 
+    def refresh_output(self, o: CoreOutput) -> None:
+        """:meth:`output` into ``o``, an earlier output of this core: its arrays are this
+        core's buffers already (made once, never rebound), so only the stack values are
+        written (the controller's usual tick: no new record per tick; a caller that keeps
+        an output across steps copies it, as it copies the arrays)."""
+        so = self.stack_out.tolist()
+        stack_status = so[OUT_STACK_STATUS]
+        o.mean_soc, o.mean_soc_sigma = so[OUT_MEAN_SOC], so[OUT_MEAN_SOC_SIGMA]
+        o.pressure_expected_kpa, o.pressure_mean_kpa = so[OUT_EXPECTED], so[OUT_MEAN]
+        o.pressure_residual_kpa, o.pressure_rate_kpa_per_s = so[OUT_RESIDUAL], so[OUT_RATE]
+        o.pressure_cusum_kpa, o.load_cell_imbalance_kpa = so[OUT_CUSUM], so[OUT_IMBALANCE]
+        o.stack_status = int(stack_status) if math.isfinite(stack_status) else 0
+
     def raw_call(self):
         """(function, args) of one C tick with the current input buffers (benchmarks: the
         cffi call alone). Fill ``input_buffers()`` first."""

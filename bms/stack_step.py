@@ -16,6 +16,7 @@ own, bound once: nothing is copied but the stack's slice of the bleed.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,19 @@ class StackStep:
         self._receive_fn = lib.ssb_stack_receive
         self._not_moved = lib.SSB_STACK_NOT_MOVED
         self._receive_keep: tuple = ()
+        # The result struct read in one unpack (a tuple; no cffi attribute read per field):
+        # ssb_stack_result_t's fields in order, native alignment as the C compiler lays them
+        # out (checked against the ffi's offsets: a build that differs keeps the attributes).
+        layout = struct.Struct("@Iiii9d2q5di")
+        T = "ssb_stack_result_t"
+        names = [f for f, _ in ffi.typeof(T).fields]
+        offsets = [ffi.offsetof(T, f) for f in names]
+        if len(names) == 21 and names[-1] == "usual" and offsets[-1] == layout.size - 4:
+            self._unpack: Any = layout.unpack_from
+            self._res_buf: Any = ffi.buffer(self._res)
+        else:  # pragma: no cover (an ABI that pads otherwise)
+            self._unpack = None
+        self.vals: tuple = ()  # receive(): the result's fields when usual (RESULT_* order)
 
     def bind_baseline(self, shares: list[float] | None, offsets_kpa: list[float] | None
                       ) -> None:
@@ -167,10 +181,16 @@ class StackStep:
             # The validator's part of the usual case (nothing for its diagnosis now or from
             # before): the state after_front_end and _check_timestamp would leave, here
             # (calling them again, as the caller's other path does, sets the same values)
-            if r.usual and not v._anything_prev and True not in v._bad_scalar.values():
-                v._last_i, v._last_raw_lc, v._last_ts_ms = (r.current_in_a, v._last_raw_lc_buf,
-                                                            r.timestamp_ms)
-                self.usual = True
+            unpack = self._unpack
+            if unpack is not None:
+                vals = self.vals = unpack(self._res_buf)
+                usual, current_in_a, timestamp_ms = vals[20], vals[15], vals[13]
+            else:
+                usual, current_in_a, timestamp_ms = r.usual, r.current_in_a, r.timestamp_ms
+            if usual and not v._anything_prev and True not in v._bad_scalar.values():
+                v._last_i, v._last_raw_lc, v._last_ts_ms = (current_in_a, v._last_raw_lc_buf,
+                                                            timestamp_ms)
+                self.usual = unpack is not None
             else:
                 self.usual = False
             return r

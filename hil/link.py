@@ -305,7 +305,16 @@ class SerialLink:
         goes on with recv: same frames, same counters)."""
         if self._frames:
             return False
-        data = self.read_now()
+        read_frame = self._read_frame
+        if read_frame is not None and self._fd is None:  # read_now's emu:// branch, inline
+            try:
+                data = read_frame()
+            except (serial.SerialException, OSError) as exc:
+                raise BoardLostError(f"{self.port}: read failed: {exc}") from exc
+            except (AttributeError, TypeError) as exc:
+                raise BoardLostError(f"{self.port}: port is closed") from exc
+        else:
+            data = self.read_now()
         if not data:
             return False
         if self.decoder.take_measurement(data, seq, lane.pointer, lane.n_values):

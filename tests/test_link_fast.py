@@ -222,3 +222,17 @@ def test_usual_tick_writes_heartbeat_and_sample_once() -> None:
         assert client._pending == {}
     finally:
         client.close()
+
+
+def test_try_lane_on_a_closed_emu_port_is_a_lost_board() -> None:
+    """The lane's inline read of an emu:// port maps a failed read as read_now does."""
+    from boards.config import load_pack
+    from hil.link import BoardLostError, SerialLink
+
+    register()
+    link = SerialLink(emu_url(load_pack("ssb-23").path, 0, seed=1, scenario="udds"))
+    lane = MeasurementLane(np.zeros(4 + 23 + 8 + 4, dtype=np.int64))
+    link.serial.close()
+    with pytest.raises(BoardLostError, match="read failed: Attempting to use a port that is "
+                                             "not open"):
+        link.try_lane(1, lane)

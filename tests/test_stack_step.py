@@ -96,3 +96,41 @@ def test_chain_is_not_made_for_the_reference_front_end(tmp_path: Path) -> None:
     c.close()
     assert c.stacks[0].chain_tried and c.stacks[0].chain is None
 
+
+
+def test_usual_tick_reads_the_result_and_refreshes_the_output_as_the_fields_say(
+        tmp_path: Path) -> None:
+    """The usual tick's shortcuts (StackStep.vals: the result struct in one unpack;
+    Core.refresh_output and the ValidatedStack's scalars: the stack's one output and data
+    records refreshed in place) hold what the struct's fields and a fresh Core.output() hold,
+    every tick of a 4-stack run."""
+    from dataclasses import astuple
+
+    from bms import _core
+    register()
+    pack = load_pack("ssb-4x23")
+    ports = [emu_url(pack.path, k, seed=1 + k, scenario="udds") for k in range(4)]
+    c = Controller(pack, ports, clock="sim", log_dir=tmp_path / "run")
+    names = [f for f, _ in _core.ffi.typeof("ssb_stack_result_t").fields]
+    checked = [0, 0]
+
+    def check(ctl: Controller) -> None:
+        for s in ctl.stacks:
+            if s.chain is None or not s.chain.usual:
+                continue
+            r = s.chain._res
+            assert repr(s.chain.vals) == repr(tuple(getattr(r, f) for f in names))
+            checked[0] += 1
+            d, v = s.data, s.validator
+            assert d.cell_voltage_v is v._v_out and d.temperature_c is v._t_out
+            assert d.pressure_kpa is v._p_out
+            assert repr((d.time_s, d.current_a, d.bus_voltage_v, d.status, d.timestamp_ms)) \
+                == repr((ctl.time_s, r.current_a, r.bus_voltage_v, r.status, r.timestamp_ms))
+            assert repr(astuple(s.out)) == repr(astuple(s.core.output()))
+            checked[1] += s.out is not None
+
+    c.open()
+    c.request_close()
+    c.run(10.0, on_tick=check)
+    c.close()
+    assert checked[0] > 300 and checked[1] == checked[0]
