@@ -3,7 +3,7 @@
     python tools/compare_runs.py RUN_DIR_A RUN_DIR_B
 
 Wall-clock fields (the ``tick_duration_s`` column, events' wall-time keys) and the paths (the
-pack file's, the ports, the truth folder: a pty run and an ``emu://`` run of the same boards
+pack file's, the ports, the truth folder or file: a pty run and an ``emu://`` run of the same boards
 differ only there) differ between any two runs and are left out; every other byte must agree.
 Exit 0 when both files agree, 1 with the first difference named otherwise.
 """
@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 TIMING_COLUMNS = ("tick_duration_s",)
-VOLATILE_EVENT_KEYS = ("pack_file", "wall_s", "wall_time", "started_at", "ports", "truth_dir")
+VOLATILE_EVENT_KEYS = ("pack_file", "wall_s", "wall_time", "started_at", "ports", "truth_dir",
+                       "truth")
 
 
 def _ticks(path: Path) -> tuple[list[str], list[list[str]]]:
