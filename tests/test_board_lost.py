@@ -252,8 +252,12 @@ def test_a_reconnect_attempt_does_not_stall_the_real_clock_tick(tmp_path: Path) 
             back.stop()
     print(f"reconnect attempts on a silent board: {missed_silent} missed deadline(s) in 50 "
           f"ticks, worst tick {worst_ms:.1f} ms")
-    assert missed_silent <= 1, f"{missed_silent} missed deadlines: the attempt stalled the tick"
-    assert worst_ms < 0.5 * 1e3 * c.tick_s, worst_ms
+    # A stalled attempt costs ~0.55 s: ~5 missed deadlines and a ~550 ms tick each, two attempts
+    # here. Alone this runs with 0 missed and a 5 ms worst tick; inside the whole suite on 2
+    # cores it saw 2 missed once (session 12's CI), so the bounds leave room for the machine,
+    # not for a stall.
+    assert missed_silent <= 3, f"{missed_silent} missed deadlines: the attempt stalled the tick"
+    assert worst_ms < 3.0 * 1e3 * c.tick_s, worst_ms
     assert summary["boards"][0]["reconnects"] == 1 and not summary["boards"][0]["lost"]
     reconnected = [e for e in _events(log) if e.get("event") == "reconnected"]
     assert len(reconnected) == 1 and reconnected[0]["time_s"] > 6.0
